@@ -1,0 +1,326 @@
+//! Typed, validated configuration, read from the environment (and `.env`) once at start.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretBox, SecretString};
+
+use crate::origin::OriginPolicy;
+
+/// Everything the gateway needs to start. Built by [`Settings::from_env`] or by tests directly.
+#[derive(Debug)]
+pub struct Settings {
+    pub bind_addr: SocketAddr,
+    /// `None`: the in-process ticket store (single node).
+    pub mongodb: Option<MongoSettings>,
+    pub jwt: JwtSettings,
+    pub tickets: TicketPolicy,
+    pub auth_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub client_timeout: Duration,
+    /// `None`: the demo broadcaster is off.
+    pub broadcast_interval: Option<Duration>,
+    pub allowed_origins: OriginPolicy,
+    /// Upper bound on any single ticket-store operation.
+    pub store_timeout: Duration,
+    /// Largest WebSocket message accepted from a client, after aggregating continuations.
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug)]
+pub struct MongoSettings {
+    /// May carry credentials, hence secret: it is never logged.
+    pub uri: SecretString,
+    pub database: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TicketPolicy {
+    pub ttl: Duration,
+    pub single_use: bool,
+}
+
+#[derive(Debug)]
+pub struct JwtSettings {
+    pub key: JwtKey,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway_secs: u64,
+}
+
+/// Where the key that verifies user JWTs comes from.
+#[derive(Debug)]
+pub enum JwtKey {
+    /// `JWT_SECRET`: HS256.
+    Hs256(SecretBox<Vec<u8>>),
+    /// No key configured: a random HS256 secret for this process only.
+    DevRandom(SecretBox<Vec<u8>>),
+}
+
+impl JwtKey {
+    pub fn hs256_secret(&self) -> &[u8] {
+        match self {
+            JwtKey::Hs256(secret) | JwtKey::DevRandom(secret) => secret.expose_secret(),
+        }
+    }
+
+    pub fn is_dev(&self) -> bool {
+        matches!(self, JwtKey::DevRandom(_))
+    }
+}
+
+/// A configuration value that cannot be used; the message names the variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var}: invalid value {value:?}: {reason}")]
+    Invalid {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Inconsistent(String),
+    #[error("reading .env: {0}")]
+    DotEnv(#[from] dotenvy::Error),
+}
+
+pub const DEFAULT_BIND_ADDR: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATABASE: &str = "ticketgate";
+pub const DEFAULT_TICKET_TTL_SECS: u64 = 900;
+/// MongoDB stores `expireAfterSeconds` as a 32-bit integer.
+const MAX_TICKET_TTL_SECS: u64 = i32::MAX as u64;
+
+impl Settings {
+    /// Reads `.env` (when present) into the process environment, then the environment.
+    pub fn from_process_env() -> Result<Self, ConfigError> {
+        match dotenvy::dotenv() {
+            Ok(_) => {}
+            Err(e) if e.not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        Self::from_vars(&vars)
+    }
+
+    /// Builds settings from a map of variables: the environment in production, a literal in tests.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let env = Vars(vars);
+        let heartbeat_interval = env.secs("HEARTBEAT_INTERVAL_SECS", 15, 1)?;
+        let client_timeout = env.secs("CLIENT_TIMEOUT_SECS", 45, 1)?;
+        if client_timeout <= heartbeat_interval {
+            return Err(ConfigError::Inconsistent(format!(
+                "CLIENT_TIMEOUT_SECS ({}) must be greater than HEARTBEAT_INTERVAL_SECS ({})",
+                client_timeout.as_secs(),
+                heartbeat_interval.as_secs()
+            )));
+        }
+        let ttl = env.secs("TICKET_TTL_SECS", DEFAULT_TICKET_TTL_SECS, 1)?;
+        if ttl.as_secs() > MAX_TICKET_TTL_SECS {
+            return Err(env.invalid("TICKET_TTL_SECS", "at most 2147483647 seconds"));
+        }
+        let broadcast_secs = env.number("BROADCAST_INTERVAL_SECS", 0, 0)?;
+        Ok(Settings {
+            bind_addr: env.parsed("BIND_ADDR", DEFAULT_BIND_ADDR)?,
+            mongodb: match env.get("MONGODB_URI") {
+                None => None,
+                Some(uri) => Some(MongoSettings {
+                    uri: SecretString::from(uri.to_owned()),
+                    database: env.database_name()?,
+                }),
+            },
+            jwt: JwtSettings {
+                key: match env.get("JWT_SECRET") {
+                    Some(secret) if secret.len() < 32 => {
+                        return Err(ConfigError::Invalid {
+                            var: "JWT_SECRET",
+                            value: "<hidden>".into(),
+                            reason: "an HS256 secret must be at least 32 bytes".into(),
+                        });
+                    }
+                    Some(secret) => {
+                        JwtKey::Hs256(SecretBox::new(Box::new(secret.as_bytes().to_vec())))
+                    }
+                    None => {
+                        JwtKey::DevRandom(SecretBox::new(Box::new(random_bytes::<32>().to_vec())))
+                    }
+                },
+                leeway_secs: env.number("JWT_LEEWAY_SECS", 30, 0)?,
+            },
+            tickets: TicketPolicy {
+                ttl,
+                single_use: env.boolean("TICKET_SINGLE_USE", true)?,
+            },
+            auth_timeout: env.secs("AUTH_TIMEOUT_SECS", 10, 1)?,
+            heartbeat_interval,
+            client_timeout,
+            broadcast_interval: (broadcast_secs > 0).then(|| Duration::from_secs(broadcast_secs)),
+            allowed_origins: match env.get("ALLOWED_ORIGINS") {
+                None => OriginPolicy::SameOrigin,
+                Some(list) => OriginPolicy::parse_list(list)
+                    .map_err(|reason| env.invalid("ALLOWED_ORIGINS", &reason))?,
+            },
+            store_timeout: Duration::from_millis(env.number("STORE_TIMEOUT_MS", 2000, 1)?),
+            max_message_bytes: env.number("MAX_MESSAGE_BYTES", 64 * 1024, 256)? as usize,
+        })
+    }
+}
+
+/// OS randomness. A machine without it cannot run a secure gateway, so failing loudly is right.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).expect("the operating system's random number generator failed");
+    bytes
+}
+
+/// Variable lookup with parsing helpers; empty values count as unset.
+struct Vars<'a>(&'a HashMap<String, String>);
+
+impl Vars<'_> {
+    fn get(&self, var: &str) -> Option<&str> {
+        self.0.get(var).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    fn invalid(&self, var: &'static str, reason: &str) -> ConfigError {
+        ConfigError::Invalid {
+            var,
+            value: self.get(var).unwrap_or_default().to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    fn parsed<T: std::str::FromStr>(
+        &self,
+        var: &'static str,
+        default: &str,
+    ) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let raw = self.get(var).unwrap_or(default);
+        raw.parse()
+            .map_err(|e: T::Err| self.invalid(var, &e.to_string()))
+    }
+
+    fn number(&self, var: &'static str, default: u64, min: u64) -> Result<u64, ConfigError> {
+        let value: u64 = match self.get(var) {
+            None => default,
+            Some(raw) => raw
+                .parse()
+                .map_err(|_| self.invalid(var, "expected a whole number"))?,
+        };
+        if value < min {
+            return Err(self.invalid(var, &format!("must be at least {min}")));
+        }
+        Ok(value)
+    }
+
+    fn secs(&self, var: &'static str, default: u64, min: u64) -> Result<Duration, ConfigError> {
+        self.number(var, default, min).map(Duration::from_secs)
+    }
+
+    fn boolean(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(var).map(str::to_ascii_lowercase).as_deref() {
+            None => Ok(default),
+            Some("true" | "1" | "yes") => Ok(true),
+            Some("false" | "0" | "no") => Ok(false),
+            Some(_) => Err(self.invalid(var, "expected true or false")),
+        }
+    }
+
+    fn database_name(&self) -> Result<String, ConfigError> {
+        let name = self.get("MONGODB_DATABASE").unwrap_or(DEFAULT_DATABASE);
+        // MongoDB's own rules: no empty names, none of these characters, under 64 bytes.
+        if name.len() >= 64
+            || name.contains(['/', '\\', '.', ' ', '"', '$', '*', '<', '>', ':', '|', '?'])
+        {
+            return Err(self.invalid("MONGODB_DATABASE", "not a valid MongoDB database name"));
+        }
+        Ok(name.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let s = Settings::from_vars(&vars(&[])).unwrap();
+        assert_eq!(s.bind_addr.to_string(), "127.0.0.1:8080");
+        assert!(s.mongodb.is_none());
+        assert!(s.jwt.key.is_dev());
+        assert_eq!(s.tickets.ttl, Duration::from_secs(900));
+        assert!(s.tickets.single_use);
+        assert_eq!(s.auth_timeout, Duration::from_secs(10));
+        assert_eq!(s.heartbeat_interval, Duration::from_secs(15));
+        assert_eq!(s.client_timeout, Duration::from_secs(45));
+        assert!(s.broadcast_interval.is_none());
+        assert!(matches!(s.allowed_origins, OriginPolicy::SameOrigin));
+    }
+
+    #[test]
+    fn every_invalid_value_names_its_variable() {
+        for (var, value) in [
+            ("BIND_ADDR", "nowhere"),
+            ("TICKET_TTL_SECS", "0"),
+            ("TICKET_TTL_SECS", "ten"),
+            ("TICKET_TTL_SECS", "99999999999"),
+            ("TICKET_SINGLE_USE", "maybe"),
+            ("AUTH_TIMEOUT_SECS", "-1"),
+            ("HEARTBEAT_INTERVAL_SECS", "0"),
+            ("CLIENT_TIMEOUT_SECS", "x"),
+            ("BROADCAST_INTERVAL_SECS", "1.5"),
+            ("ALLOWED_ORIGINS", "not a url"),
+            ("JWT_SECRET", "short"),
+            ("STORE_TIMEOUT_MS", "0"),
+        ] {
+            let err = Settings::from_vars(&vars(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(var), "{var}={value}: {err}");
+        }
+        let err = Settings::from_vars(&vars(&[
+            ("MONGODB_URI", "mongodb://x"),
+            ("MONGODB_DATABASE", "a/b"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("MONGODB_DATABASE"), "{err}");
+    }
+
+    #[test]
+    fn client_timeout_must_exceed_heartbeat() {
+        let err = Settings::from_vars(&vars(&[
+            ("HEARTBEAT_INTERVAL_SECS", "30"),
+            ("CLIENT_TIMEOUT_SECS", "30"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("CLIENT_TIMEOUT_SECS") && err.contains("HEARTBEAT_INTERVAL_SECS"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_not_printed_by_debug() {
+        let secret = "a-very-secret-value-that-is-long-enough";
+        let s = Settings::from_vars(&vars(&[
+            ("JWT_SECRET", secret),
+            ("MONGODB_URI", "mongodb://user:pw@h"),
+        ]))
+        .unwrap();
+        let printed = format!("{s:?}");
+        assert!(
+            !printed.contains(secret) && !printed.contains("pw@"),
+            "{printed}"
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! Every HTTP rejection, mapped in this one place to a status and a JSON body
+//! `{"error": <code>, "message": <text>}` (docs/PROTOCOL.md lists them).
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::jwt::JwtRejection;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("send the user's JWT as `Authorization: Bearer <JWT>`")]
+    MissingToken,
+    #[error("{0}")]
+    InvalidToken(JwtRejection),
+    #[error("pass the ticket from GET /token/ws as ?token=<ticket>")]
+    MissingTicket,
+    #[error("the ticket is unknown, malformed, expired or already used; fetch a new one")]
+    InvalidTicket,
+    #[error("this Origin may not open the WebSocket")]
+    OriginNotAllowed,
+    #[error("this endpoint only accepts WebSocket upgrades ({0})")]
+    NotWebSocket(String),
+    #[error("the ticket store is unavailable; try again shortly")]
+    StoreUnavailable,
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'static str,
+    message: &'a str,
+}
+
+impl ApiError {
+    /// The stable, machine-readable code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MissingToken => "missing_token",
+            ApiError::InvalidToken(_) => "invalid_token",
+            ApiError::MissingTicket => "missing_ticket",
+            ApiError::InvalidTicket => "invalid_ticket",
+            ApiError::OriginNotAllowed => "origin_not_allowed",
+            ApiError::NotWebSocket(_) => "not_websocket",
+            ApiError::StoreUnavailable => "store_unavailable",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::MissingToken | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            ApiError::MissingTicket | ApiError::InvalidTicket => StatusCode::UNAUTHORIZED,
+            ApiError::OriginNotAllowed => StatusCode::FORBIDDEN,
+            ApiError::NotWebSocket(_) => StatusCode::BAD_REQUEST,
+            ApiError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let message = self.to_string();
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            // RFC 6750: tell the client which scheme the endpoint wants.
+            ApiError::MissingToken => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ApiError::InvalidToken(_) => {
+                response
+                    .insert_header((header::WWW_AUTHENTICATE, r#"Bearer error="invalid_token""#));
+            }
+            ApiError::StoreUnavailable => {
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            _ => {}
+        }
+        response.json(ErrorBody {
+            error: self.code(),
+            message: &message,
+        })
+    }
+}

@@ -1,0 +1,18 @@
+//! ticketgate: a WebSocket gateway with two-phase authentication.
+//!
+//! Phase 1: `GET /token/ws` trades a user JWT for a short-lived, single-use ticket.
+//! Phase 2: `GET /demo?token=<ticket>` upgrades; the first message must carry the JWT again.
+//! See docs/PROTOCOL.md for the wire contract.
+
+pub mod config;
+pub mod demo_broadcaster;
+pub mod error;
+pub mod hub;
+pub mod jwt;
+pub mod migrations;
+pub mod origin;
+pub mod routes;
+pub mod session;
+pub mod startup;
+pub mod store;
+pub mod ticket;

@@ -1,0 +1,137 @@
+//! The `ticketgate` command: serve (the default), migrate, mint-jwt.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ticketgate::config::{JwtKey, Settings};
+use ticketgate::jwt::JwtSigner;
+use ticketgate::migrations::{self, MigrationContext};
+use ticketgate::startup::Application;
+use ticketgate::store;
+
+/// A WebSocket gateway with two-phase authentication: a short-lived ticket from
+/// `GET /token/ws` opens `/demo?token=<ticket>`, and the first message must carry the JWT.
+///
+/// Configuration comes from environment variables, also read from `.env` in the working
+/// directory (see .env.example): BIND_ADDR, MONGODB_URI, MONGODB_DATABASE, JWT_SECRET,
+/// JWT_LEEWAY_SECS, TICKET_TTL_SECS, TICKET_SINGLE_USE, AUTH_TIMEOUT_SECS,
+/// HEARTBEAT_INTERVAL_SECS, CLIENT_TIMEOUT_SECS, BROADCAST_INTERVAL_SECS, ALLOWED_ORIGINS,
+/// STORE_TIMEOUT_MS, MAX_MESSAGE_BYTES, RUST_LOG.
+#[derive(Parser)]
+#[command(name = "ticketgate", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default when no command is given).
+    Serve,
+    /// Apply pending MongoDB migrations (migrations/) and exit. Needs MONGODB_URI.
+    Migrate,
+    /// Print an HS256 JWT signed with JWT_SECRET, for development and tests.
+    MintJwt {
+        /// The user id, written as the `sub` claim.
+        #[arg(long)]
+        sub: String,
+        /// Lifetime in seconds, written as `exp` = now + this.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let settings = match Settings::from_process_env() {
+        Ok(settings) => settings,
+        Err(e) => return fail(&format!("configuration: {e}")),
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => actix_web::rt::System::new().block_on(serve(settings)),
+        Command::Migrate => actix_web::rt::System::new().block_on(migrate(settings)),
+        Command::MintJwt { sub, ttl_secs } => mint_jwt(&settings, &sub, ttl_secs),
+    }
+}
+
+async fn serve(settings: Settings) -> ExitCode {
+    let dev_secret = settings
+        .jwt
+        .key
+        .is_dev()
+        .then(|| settings.jwt.key.hs256_secret().to_vec());
+    let app = match Application::build(settings).await {
+        Ok(app) => app,
+        Err(e) => return fail(&e.to_string()),
+    };
+    if let Some(secret) = dev_secret {
+        announce_dev_mode(&secret, app.port());
+    }
+    match app.run_until_stopped().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&format!("server: {e}")),
+    }
+}
+
+/// Dev mode: no JWT key was configured. The demo JWT goes to stdout for the developer to copy;
+/// it is signed with a secret that dies with the process, so it opens nothing else.
+fn announce_dev_mode(secret: &[u8], port: u16) {
+    log::warn!(
+        "DEV MODE: no JWT key is configured (JWT_SECRET), so a random secret was made for this \
+         process. Any JWT it signs dies with it. Never run like this in production."
+    );
+    let jwt = JwtSigner::hs256(secret).mint("demo-user", 24 * 3600);
+    println!(
+        "\n=== ticketgate dev mode ===\n\
+         Dev JWT for user \"demo-user\" (valid 24h, this process only):\n\n{jwt}\n\n\
+         Try it:\n  curl -H \"Authorization: Bearer {jwt}\" http://127.0.0.1:{port}/token/ws\n\
+         then open ws://127.0.0.1:{port}/demo?token=<token> and send {{\"type\":\"jwt\",\"token\":\"<the JWT>\"}}\n"
+    );
+}
+
+async fn migrate(settings: Settings) -> ExitCode {
+    let Some(mongo) = &settings.mongodb else {
+        return fail("MONGODB_URI is not set: the in-process store has nothing to migrate");
+    };
+    let db = match store::connect(mongo, settings.store_timeout).await {
+        Ok(db) => db,
+        Err(e) => return fail(&e.to_string()),
+    };
+    match migrations::apply(
+        &db,
+        &MigrationContext {
+            ticket_ttl: settings.tickets.ttl,
+        },
+    )
+    .await
+    {
+        Ok(report) => {
+            println!(
+                "migrations applied: {:?}; TTL indexes updated: {:?}",
+                report.applied, report.ttl_updated
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn mint_jwt(settings: &Settings, sub: &str, ttl_secs: u64) -> ExitCode {
+    let JwtKey::Hs256(_) = &settings.jwt.key else {
+        return fail("JWT_SECRET is not set: there is no key to sign with");
+    };
+    if sub.is_empty() {
+        return fail("--sub must not be empty");
+    }
+    println!(
+        "{}",
+        JwtSigner::hs256(settings.jwt.key.hs256_secret()).mint(sub, ttl_secs)
+    );
+    ExitCode::SUCCESS
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("ticketgate: {message}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,48 @@
+//! `GET /token/ws`: trades a user JWT for a connection ticket.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Serialize;
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::ticket::redact;
+
+#[derive(Serialize)]
+struct TicketResponse {
+    token: String,
+    expires_in: u64,
+}
+
+pub async fn mint_ticket(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let jwt = bearer_token(&req).ok_or(ApiError::MissingToken)?;
+    let user = state
+        .session
+        .jwt
+        .verify(jwt)
+        .map_err(ApiError::InvalidToken)?;
+    let ticket = state.tickets.issue(&user.sub).await.map_err(|e| {
+        log::warn!("minting a ticket: {e}");
+        ApiError::StoreUnavailable
+    })?;
+    let token = ticket.to_string();
+    log::debug!("minted ticket {} for user {}", redact(&token), user.sub);
+    Ok(HttpResponse::Ok()
+        // A ticket is a credential: no cache may keep it (RFC 6749 §5.1 does the same).
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(TicketResponse {
+            token,
+            expires_in: state.ticket_ttl.as_secs(),
+        }))
+}
+
+/// The token of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 7235).
+fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}

@@ -1,0 +1,45 @@
+//! HTTP routes: one module per endpoint, wired together in [`configure`].
+
+mod mint;
+mod upgrade;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{HttpResponse, web};
+
+use crate::error::ApiError;
+use crate::origin::OriginPolicy;
+use crate::session::SessionContext;
+use crate::store::TicketStore;
+
+/// What the handlers share, built once by startup.
+pub struct AppState {
+    pub tickets: TicketStore,
+    pub session: Arc<SessionContext>,
+    pub origins: OriginPolicy,
+    pub max_message_bytes: usize,
+    pub ticket_ttl: Duration,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/token/ws")
+            .route(web::get().to(mint::mint_ticket))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/demo")
+            .route(web::get().to(upgrade::upgrade))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .default_service(web::to(not_found));
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}

@@ -1,0 +1,110 @@
+//! Why a connection ends, mapped in this one place to WebSocket close codes (docs/PROTOCOL.md).
+
+use actix_ws::{CloseCode, CloseReason as Frame};
+
+use crate::jwt::JwtRejection;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// 4400: the first message was not `{"type":"jwt","token":…}` as a text frame.
+    MalformedAuth(&'static str),
+    /// 4401: the JWT was refused.
+    JwtRejected(JwtRejection),
+    /// 4401: a valid JWT for another user than the ticket's.
+    WrongUser,
+    /// 4408: no JWT message within AUTH_TIMEOUT_SECS.
+    AuthTimeout,
+    /// 4408: no sign of life within CLIENT_TIMEOUT_SECS.
+    HeartbeatTimeout,
+    /// 1013: the connection fell too far behind the broadcasts; reconnecting is the remedy.
+    SlowConsumer { missed: u64 },
+    /// 1009: a message over MAX_MESSAGE_BYTES.
+    MessageTooBig,
+    /// 1002: the client broke the WebSocket protocol.
+    ProtocolError,
+    /// The client sent a close frame: answered with the same code, as RFC 6455 asks.
+    ClientClosed(Option<Frame>),
+    /// The socket is gone (reset, or writes no longer complete): no close frame can be sent.
+    ConnectionLost,
+}
+
+impl CloseReason {
+    pub fn code(&self) -> Option<u16> {
+        Some(match self {
+            CloseReason::MalformedAuth(_) => 4400,
+            CloseReason::JwtRejected(_) | CloseReason::WrongUser => 4401,
+            CloseReason::AuthTimeout | CloseReason::HeartbeatTimeout => 4408,
+            CloseReason::SlowConsumer { .. } => 1013,
+            CloseReason::MessageTooBig => 1009,
+            CloseReason::ProtocolError => 1002,
+            CloseReason::ClientClosed(frame) => frame.as_ref().map_or(1000, |f| u16::from(f.code)),
+            CloseReason::ConnectionLost => return None,
+        })
+    }
+
+    fn description(&self) -> String {
+        match self {
+            CloseReason::MalformedAuth(why) => {
+                format!("first message must be a jwt message: {why}")
+            }
+            CloseReason::JwtRejected(why) => format!("invalid token: {why}"),
+            CloseReason::WrongUser => "the token's sub is not the ticket's user".into(),
+            CloseReason::AuthTimeout => "authentication timeout".into(),
+            CloseReason::HeartbeatTimeout => "heartbeat timeout".into(),
+            CloseReason::SlowConsumer { missed } => {
+                format!("slow consumer: missed {missed} broadcasts")
+            }
+            CloseReason::MessageTooBig => "message too big".into(),
+            CloseReason::ProtocolError => "protocol error".into(),
+            CloseReason::ClientClosed(frame) => frame
+                .as_ref()
+                .and_then(|f| f.description.clone())
+                .unwrap_or_default(),
+            CloseReason::ConnectionLost => String::new(),
+        }
+    }
+
+    /// The close frame to send; `None` when none can be sent.
+    pub fn frame(&self) -> Option<Frame> {
+        let code = self.code()?;
+        let description = self.description();
+        Some(Frame {
+            code: CloseCode::from(code),
+            description: (!description.is_empty()).then_some(description),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_the_documented_ones() {
+        assert_eq!(CloseReason::MalformedAuth("binary").code(), Some(4400));
+        assert_eq!(
+            CloseReason::JwtRejected(JwtRejection::Expired).code(),
+            Some(4401)
+        );
+        assert_eq!(CloseReason::WrongUser.code(), Some(4401));
+        assert_eq!(CloseReason::AuthTimeout.code(), Some(4408));
+        assert_eq!(CloseReason::HeartbeatTimeout.code(), Some(4408));
+        assert_eq!(CloseReason::SlowConsumer { missed: 3 }.code(), Some(1013));
+        assert_eq!(CloseReason::MessageTooBig.code(), Some(1009));
+        assert_eq!(CloseReason::ClientClosed(None).code(), Some(1000));
+        assert_eq!(CloseReason::ConnectionLost.frame(), None);
+    }
+
+    #[test]
+    fn descriptions_fit_in_a_close_frame() {
+        // RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code.
+        for reason in [
+            CloseReason::MalformedAuth("the first message must be a text frame"),
+            CloseReason::JwtRejected(JwtRejection::MissingClaim),
+            CloseReason::WrongUser,
+            CloseReason::SlowConsumer { missed: u64::MAX },
+        ] {
+            assert!(reason.description().len() <= 123, "{reason:?}");
+        }
+    }
+}

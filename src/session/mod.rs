@@ -1,0 +1,332 @@
+//! One task per WebSocket connection, as a typed state machine:
+//! `Connection<Unauthenticated>` → [`Connection::authenticate`] → `Connection<Authenticated>`.
+//!
+//! Only the authenticated state holds a [`Membership`], so a connection cannot receive a
+//! broadcast or a ping before it has authenticated: the code to do so does not type-check.
+//! Every path ends in one [`Closing`], which sends at most one close frame.
+
+pub mod close;
+pub mod protocol;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, Closed, ProtocolError, Session};
+use bytestring::ByteString;
+use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
+
+use crate::hub::{ConnectionId, Hub, Membership, OpenConnection};
+use crate::jwt::JwtVerifier;
+pub use close::CloseReason;
+use protocol::{ClientMessage, ErrorCode, ParseError, ServerMessage};
+
+/// Shared by all connections of a gateway.
+pub struct SessionContext {
+    pub jwt: Arc<JwtVerifier>,
+    pub hub: Arc<Hub>,
+    pub timing: SessionTiming,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SessionTiming {
+    pub auth_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    /// No sign of life for this long closes the connection; also the deadline for any one write.
+    pub client_timeout: Duration,
+}
+
+pub struct Connection<State> {
+    open: OpenConnection,
+    session: Session,
+    stream: AggregatedMessageStream,
+    state: State,
+}
+
+/// Upgraded with a valid ticket; waiting for the JWT. Sends nothing.
+pub struct Unauthenticated {
+    ticket_user: String,
+}
+
+/// The JWT checked out: in the broadcast pipeline, with a heartbeat.
+pub struct Authenticated {
+    user_id: String,
+    membership: Membership,
+}
+
+/// The end of a connection: why, and the means to say so.
+pub struct Closing {
+    open: OpenConnection,
+    session: Session,
+    reason: CloseReason,
+}
+
+/// What the connection task does from upgrade to close.
+pub async fn run(
+    ctx: Arc<SessionContext>,
+    open: OpenConnection,
+    session: Session,
+    stream: AggregatedMessageStream,
+    ticket_user: String,
+) {
+    let started = Instant::now();
+    let connection = Connection {
+        open,
+        session,
+        stream,
+        state: Unauthenticated { ticket_user },
+    };
+    let closing = match connection.authenticate(&ctx).await {
+        Ok(authenticated) => authenticated.serve(&ctx.timing).await,
+        Err(closing) => closing,
+    };
+    closing.finish(ctx.timing.client_timeout, started).await;
+}
+
+impl<S> Connection<S> {
+    fn closing(self, reason: CloseReason) -> Closing {
+        Closing {
+            open: self.open,
+            session: self.session,
+            reason,
+        }
+    }
+
+    fn id(&self) -> ConnectionId {
+        self.open.id
+    }
+}
+
+impl Connection<Unauthenticated> {
+    /// Waits up to AUTH_TIMEOUT_SECS for `{"type":"jwt","token":…}` whose `sub` is the ticket's user.
+    pub async fn authenticate(
+        mut self,
+        ctx: &SessionContext,
+    ) -> Result<Connection<Authenticated>, Closing> {
+        let first = match timeout(
+            ctx.timing.auth_timeout,
+            first_data_message(&mut self.stream),
+        )
+        .await
+        {
+            Err(_) => return Err(self.closing(CloseReason::AuthTimeout)),
+            Ok(Err(reason)) => return Err(self.closing(reason)),
+            Ok(Ok(message)) => message,
+        };
+        let text = match first {
+            AggregatedMessage::Text(text) => text,
+            _ => {
+                return Err(self.closing(CloseReason::MalformedAuth(
+                    "the first message must be a text frame",
+                )));
+            }
+        };
+        let token = match ClientMessage::parse(&text) {
+            Ok(ClientMessage::Jwt { token }) => token,
+            Ok(_) | Err(ParseError::UnknownType) => {
+                return Err(self.closing(CloseReason::MalformedAuth("expected type jwt")));
+            }
+            Err(ParseError::NotJson) => {
+                return Err(self.closing(CloseReason::MalformedAuth("not JSON")));
+            }
+            Err(ParseError::BadFields) => {
+                return Err(self.closing(CloseReason::MalformedAuth("missing token")));
+            }
+        };
+        let verified = match ctx.jwt.verify(&token) {
+            Ok(verified) => verified,
+            Err(rejection) => return Err(self.closing(CloseReason::JwtRejected(rejection))),
+        };
+        if verified.sub != self.state.ticket_user {
+            return Err(self.closing(CloseReason::WrongUser));
+        }
+        let welcome = ServerMessage::Authenticated {
+            user_id: &verified.sub,
+            expires_at: verified.expires_at,
+        }
+        .encode();
+        if send(&mut self.session, welcome, ctx.timing.client_timeout)
+            .await
+            .is_err()
+        {
+            return Err(self.closing(CloseReason::ConnectionLost));
+        }
+        let membership = ctx.hub.join(&self.open, &verified.sub);
+        log::info!("{} authenticated as user {}", self.id(), verified.sub);
+        Ok(Connection {
+            open: self.open,
+            session: self.session,
+            stream: self.stream,
+            state: Authenticated {
+                user_id: verified.sub,
+                membership,
+            },
+        })
+    }
+}
+
+/// The next text, binary or close message. Control frames before authentication are ignored:
+/// the server sends nothing at all until the JWT checks out (not even a Pong), and the
+/// deadline around this call does not move.
+async fn first_data_message(
+    stream: &mut AggregatedMessageStream,
+) -> Result<AggregatedMessage, CloseReason> {
+    loop {
+        match stream.recv().await {
+            None => return Err(CloseReason::ConnectionLost),
+            Some(Err(error)) => return Err(protocol_failure(&error)),
+            Some(Ok(AggregatedMessage::Ping(_) | AggregatedMessage::Pong(_))) => continue,
+            Some(Ok(AggregatedMessage::Close(frame))) => {
+                return Err(CloseReason::ClientClosed(frame));
+            }
+            Some(Ok(message)) => return Ok(message),
+        }
+    }
+}
+
+/// What to do after handling one client message.
+enum Next {
+    Continue,
+    Close(CloseReason),
+}
+
+impl Connection<Authenticated> {
+    /// The authenticated loop: client messages, broadcasts and the heartbeat, until one ends it.
+    pub async fn serve(mut self, timing: &SessionTiming) -> Closing {
+        let mut heartbeat = interval_at(
+            Instant::now() + timing.heartbeat_interval,
+            timing.heartbeat_interval,
+        );
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_seen = Instant::now();
+        let reason = loop {
+            tokio::select! {
+                incoming = self.stream.recv() => {
+                    last_seen = Instant::now();
+                    let next = match incoming {
+                        None => Next::Close(CloseReason::ConnectionLost),
+                        Some(Err(error)) => Next::Close(protocol_failure(&error)),
+                        Some(Ok(message)) => self.handle(message, timing).await,
+                    };
+                    if let Next::Close(reason) = next {
+                        break reason;
+                    }
+                }
+                broadcast = self.state.membership.next_broadcast() => match broadcast {
+                    Ok(frame) => {
+                        if send(&mut self.session, frame, timing.client_timeout).await.is_err() {
+                            break CloseReason::ConnectionLost;
+                        }
+                    }
+                    Err(lagged) => break CloseReason::SlowConsumer { missed: lagged.missed },
+                },
+                _ = heartbeat.tick() => {
+                    if last_seen.elapsed() >= timing.client_timeout {
+                        break CloseReason::HeartbeatTimeout;
+                    }
+                    let ping = timeout(timing.client_timeout, self.session.ping(b""));
+                    if !matches!(ping.await, Ok(Ok(()))) {
+                        break CloseReason::ConnectionLost;
+                    }
+                }
+            }
+        };
+        log::debug!(
+            "{} (user {}) leaving: {reason:?}",
+            self.id(),
+            self.state.user_id
+        );
+        // Leaving the broadcast pipeline happens here, by dropping the membership.
+        let Connection {
+            open,
+            session,
+            state,
+            ..
+        } = self;
+        drop(state);
+        Closing {
+            open,
+            session,
+            reason,
+        }
+    }
+
+    async fn handle(&mut self, message: AggregatedMessage, timing: &SessionTiming) -> Next {
+        let reply = match message {
+            AggregatedMessage::Text(text) => match ClientMessage::parse(&text) {
+                Ok(ClientMessage::Ping) => ServerMessage::Pong.encode(),
+                Ok(ClientMessage::Echo { data }) => ServerMessage::Echo { data }.encode(),
+                Ok(ClientMessage::Jwt { .. }) => error(ErrorCode::AlreadyAuthenticated),
+                Err(ParseError::UnknownType) => error(ErrorCode::UnknownType),
+                Err(ParseError::NotJson | ParseError::BadFields) => error(ErrorCode::BadMessage),
+            },
+            AggregatedMessage::Binary(_) => error(ErrorCode::BadMessage),
+            AggregatedMessage::Ping(payload) => {
+                let pong = timeout(timing.client_timeout, self.session.pong(&payload));
+                return match pong.await {
+                    Ok(Ok(())) => Next::Continue,
+                    _ => Next::Close(CloseReason::ConnectionLost),
+                };
+            }
+            AggregatedMessage::Pong(_) => return Next::Continue,
+            AggregatedMessage::Close(frame) => {
+                return Next::Close(CloseReason::ClientClosed(frame));
+            }
+        };
+        match send(&mut self.session, reply, timing.client_timeout).await {
+            Ok(()) => Next::Continue,
+            Err(_) => Next::Close(CloseReason::ConnectionLost),
+        }
+    }
+}
+
+impl Closing {
+    /// Sends the close frame (if the socket can still take one) and ends the connection; the
+    /// connection stops counting as open only after that.
+    async fn finish(self, write_deadline: Duration, started: Instant) {
+        let Closing {
+            open,
+            session,
+            reason,
+        } = self;
+        if let Some(frame) = reason.frame() {
+            let _ = timeout(write_deadline, session.close(Some(frame))).await;
+        }
+        log::info!(
+            "{} closed: code {} after {:.1}s",
+            open.id,
+            reason
+                .code()
+                .map_or_else(|| "none".to_owned(), |c| c.to_string()),
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+fn error(code: ErrorCode) -> String {
+    ServerMessage::Error { error: code }.encode()
+}
+
+/// Writes one text frame, giving up when the client does not take it within `deadline`: a
+/// client that stopped reading must not pin its task forever.
+async fn send(
+    session: &mut Session,
+    text: impl Into<ByteString>,
+    deadline: Duration,
+) -> Result<(), Closed> {
+    match timeout(deadline, session.text(text)).await {
+        Ok(result) => result,
+        Err(_) => Err(Closed),
+    }
+}
+
+fn protocol_failure(error: &ProtocolError) -> CloseReason {
+    match error {
+        ProtocolError::Overflow => CloseReason::MessageTooBig,
+        // actix-ws reports an over-long continuation sequence as this I/O error.
+        ProtocolError::Io(e) if e.to_string().contains("maximum continuation size") => {
+            CloseReason::MessageTooBig
+        }
+        ProtocolError::Io(_) => CloseReason::ConnectionLost,
+        _ => CloseReason::ProtocolError,
+    }
+}

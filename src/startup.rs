@@ -1,0 +1,138 @@
+//! Building the gateway from [`Settings`] and running it: split so tests can start the real
+//! application on port 0 and reach its hub.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, web};
+
+use crate::config::Settings;
+use crate::hub::Hub;
+use crate::jwt::JwtVerifier;
+use crate::migrations::{self, MigrationContext, MigrationError};
+use crate::routes::{self, AppState};
+use crate::session::{SessionContext, SessionTiming};
+use crate::store::{self, MemoryTicketStore, MongoTicketStore, StoreUnavailable, TicketStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("MongoDB: {0}")]
+    Store(#[from] StoreUnavailable),
+    #[error(transparent)]
+    Migration(#[from] MigrationError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// How long a stopping server waits for open connections before dropping them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    hub: Arc<Hub>,
+    broadcast_interval: Option<Duration>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let tickets = ticket_store(&settings).await?;
+        let hub = Hub::new();
+        let state = web::Data::new(AppState {
+            tickets,
+            session: Arc::new(SessionContext {
+                jwt: Arc::new(JwtVerifier::new(&settings.jwt)),
+                hub: Arc::clone(&hub),
+                timing: SessionTiming {
+                    auth_timeout: settings.auth_timeout,
+                    heartbeat_interval: settings.heartbeat_interval,
+                    client_timeout: settings.client_timeout,
+                },
+            }),
+            origins: settings.allowed_origins.clone(),
+            max_message_bytes: settings.max_message_bytes,
+            ticket_ttl: settings.tickets.ttl,
+        });
+
+        let bind_error = |source| StartupError::Bind {
+            addr: settings.bind_addr.to_string(),
+            source,
+        };
+        let listener = TcpListener::bind(settings.bind_addr).map_err(bind_error)?;
+        let port = listener.local_addr().map_err(bind_error)?.port();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .configure(routes::configure)
+        })
+        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        .listen(listener)
+        .map_err(bind_error)?
+        .run();
+        log::info!("listening on {}:{port}", settings.bind_addr.ip());
+        Ok(Application {
+            port,
+            server,
+            hub,
+            broadcast_interval: settings.broadcast_interval,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn hub(&self) -> Arc<Hub> {
+        Arc::clone(&self.hub)
+    }
+
+    /// Stops the server (used by tests and, later, by graceful drain).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        match self.broadcast_interval {
+            None => self.server.await,
+            Some(every) => {
+                let broadcaster = crate::demo_broadcaster::run(self.hub, every);
+                tokio::select! {
+                    result = self.server => result,
+                    _ = broadcaster => unreachable!("the demo broadcaster never ends"),
+                }
+            }
+        }
+    }
+}
+
+async fn ticket_store(settings: &Settings) -> Result<TicketStore, StartupError> {
+    let Some(mongo) = &settings.mongodb else {
+        log::info!("MONGODB_URI is not set: tickets live in this process (single node only)");
+        return Ok(TicketStore::Memory(MemoryTicketStore::new(
+            settings.tickets,
+        )));
+    };
+    let db = store::connect(mongo, settings.store_timeout).await?;
+    let report = migrations::apply(
+        &db,
+        &MigrationContext {
+            ticket_ttl: settings.tickets.ttl,
+        },
+    )
+    .await?;
+    log::info!(
+        "tickets live in MongoDB database {:?} (migrations applied now: {:?})",
+        mongo.database,
+        report.applied
+    );
+    Ok(TicketStore::Mongo(MongoTicketStore::new(
+        &db,
+        settings.tickets,
+        settings.store_timeout,
+    )))
+}

@@ -1,0 +1,94 @@
+//! Where tickets live: MongoDB for one or many nodes, or in process for a single node.
+//! Both give the same answers; `tests/api/store_conformance.rs` holds them to it.
+
+mod memory;
+mod mongo;
+
+use std::time::Duration;
+
+pub use memory::MemoryTicketStore;
+pub use mongo::{MongoTicketStore, TICKETS_COLLECTION, connect};
+
+use crate::config::TicketPolicy;
+use crate::ticket::{NewTicket, PresentedTicket};
+
+/// The store could not answer in time or at all. The gateway answers 503 and tries again on
+/// the next request; nothing is cached as "down".
+#[derive(Debug, thiserror::Error)]
+#[error("ticket store unavailable: {0}")]
+pub struct StoreUnavailable(pub String);
+
+/// Why a well-formed ticket was refused. All of these answer the client with the same
+/// `invalid_ticket`; the distinction is for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TicketRejection {
+    #[error("unknown, expired and removed, or already used")]
+    Unknown,
+    #[error("secret does not match")]
+    SecretMismatch,
+    #[error("expired")]
+    Expired,
+    #[error("already used")]
+    AlreadyUsed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedeemError {
+    #[error("ticket refused: {0}")]
+    Rejected(TicketRejection),
+    #[error(transparent)]
+    Unavailable(#[from] StoreUnavailable),
+}
+
+/// A ticket that was valid and, under the single-use policy, is now consumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redeemed {
+    pub user_id: String,
+}
+
+pub enum TicketStore {
+    Memory(MemoryTicketStore),
+    Mongo(MongoTicketStore),
+}
+
+impl TicketStore {
+    /// Creates and stores a ticket for `user_id`; the returned value is its only plain copy.
+    pub async fn issue(&self, user_id: &str) -> Result<NewTicket, StoreUnavailable> {
+        let ticket = NewTicket::generate();
+        match self {
+            TicketStore::Memory(store) => store.insert(&ticket, user_id),
+            TicketStore::Mongo(store) => store.insert(&ticket, user_id).await?,
+        }
+        Ok(ticket)
+    }
+
+    /// Checks a presented ticket and, when single use, consumes it atomically: of any number of
+    /// concurrent redemptions of one ticket, on any number of nodes, exactly one succeeds.
+    pub async fn redeem(&self, ticket: &PresentedTicket) -> Result<Redeemed, RedeemError> {
+        match self {
+            TicketStore::Memory(store) => store.redeem(ticket).map_err(RedeemError::Rejected),
+            TicketStore::Mongo(store) => store.redeem(ticket).await,
+        }
+    }
+
+    pub fn policy(&self) -> TicketPolicy {
+        match self {
+            TicketStore::Memory(store) => store.policy(),
+            TicketStore::Mongo(store) => store.policy(),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TicketStore::Memory(_) => "in-process",
+            TicketStore::Mongo(_) => "mongodb",
+        }
+    }
+}
+
+/// Whether a ticket created `age` ago is past its TTL. Shared so both stores agree to the
+/// millisecond; MongoDB's TTL monitor only runs once a minute by default, so the store checks
+/// expiry itself rather than relying on deletion.
+fn is_expired(age: Duration, policy: &TicketPolicy) -> bool {
+    age >= policy.ttl
+}

@@ -1,0 +1,135 @@
+//! The MongoDB ticket store: collection `ws_tickets`, one document per ticket.
+
+use std::time::Duration;
+
+use bson::oid::ObjectId;
+use bson::{Binary, DateTime, doc, spec::BinarySubtype};
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Collection, Database};
+use serde::{Deserialize, Serialize};
+
+use super::{RedeemError, Redeemed, StoreUnavailable, TicketRejection, is_expired};
+use crate::config::{MongoSettings, TicketPolicy};
+use crate::ticket::{NewTicket, PresentedTicket};
+
+pub const TICKETS_COLLECTION: &str = "ws_tickets";
+const TOKEN_TYPE: &str = "ws";
+
+/// The stored form of a ticket. Field names are part of the documented contract.
+#[derive(Debug, Serialize, Deserialize)]
+struct TicketDocument {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    token_type: String,
+    user_id: String,
+    /// The TTL index is on this field.
+    created_at: DateTime,
+    /// SHA-256 of the ticket's secret; the secret itself is never stored.
+    secret_hash: Binary,
+}
+
+/// Opens a client whose every wait is bounded by `timeout`, so an unreachable server turns
+/// into an error rather than a hang.
+pub async fn connect(
+    settings: &MongoSettings,
+    timeout: Duration,
+) -> Result<Database, StoreUnavailable> {
+    use secrecy::ExposeSecret;
+    let mut options = ClientOptions::parse(settings.uri.expose_secret())
+        .await
+        .map_err(|e| StoreUnavailable(format!("MONGODB_URI: {e}")))?;
+    options.app_name = Some("ticketgate".into());
+    options.server_selection_timeout = Some(timeout);
+    options.connect_timeout = Some(timeout);
+    let client = Client::with_options(options).map_err(|e| StoreUnavailable(e.to_string()))?;
+    Ok(client.database(&settings.database))
+}
+
+pub struct MongoTicketStore {
+    tickets: Collection<TicketDocument>,
+    policy: TicketPolicy,
+    timeout: Duration,
+}
+
+impl MongoTicketStore {
+    pub fn new(db: &Database, policy: TicketPolicy, timeout: Duration) -> Self {
+        MongoTicketStore {
+            tickets: db.collection(TICKETS_COLLECTION),
+            policy,
+            timeout,
+        }
+    }
+
+    pub fn policy(&self) -> TicketPolicy {
+        self.policy
+    }
+
+    pub(super) async fn insert(
+        &self,
+        ticket: &NewTicket,
+        user_id: &str,
+    ) -> Result<(), StoreUnavailable> {
+        let document = TicketDocument {
+            id: ticket.id,
+            token_type: TOKEN_TYPE.into(),
+            user_id: user_id.to_owned(),
+            created_at: DateTime::now(),
+            secret_hash: binary(&ticket.secret_hash()),
+        };
+        self.bounded(self.tickets.insert_one(&document)).await?;
+        Ok(())
+    }
+
+    /// Find, compare the hash in constant time, then delete on `{_id, secret_hash}`. The delete
+    /// is the atomic step: of racing redeemers exactly one sees `deleted_count == 1`. Checking
+    /// the secret before deleting means someone who guessed an ObjectId cannot burn the ticket.
+    pub(super) async fn redeem(
+        &self,
+        presented: &PresentedTicket,
+    ) -> Result<Redeemed, RedeemError> {
+        let filter = doc! { "_id": presented.id, "token_type": TOKEN_TYPE };
+        let stored = self
+            .bounded(self.tickets.find_one(filter))
+            .await?
+            .ok_or(RedeemError::Rejected(TicketRejection::Unknown))?;
+        if !presented.matches(&stored.secret_hash.bytes) {
+            return Err(RedeemError::Rejected(TicketRejection::SecretMismatch));
+        }
+        let age_ms = DateTime::now().timestamp_millis() - stored.created_at.timestamp_millis();
+        if is_expired(Duration::from_millis(age_ms.max(0) as u64), &self.policy) {
+            return Err(RedeemError::Rejected(TicketRejection::Expired));
+        }
+        if self.policy.single_use {
+            let consume =
+                doc! { "_id": presented.id, "secret_hash": binary(presented.secret_hash()) };
+            let deleted = self.bounded(self.tickets.delete_one(consume)).await?;
+            if deleted.deleted_count != 1 {
+                return Err(RedeemError::Rejected(TicketRejection::AlreadyUsed));
+            }
+        }
+        Ok(Redeemed {
+            user_id: stored.user_id,
+        })
+    }
+
+    async fn bounded<T>(
+        &self,
+        operation: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
+    ) -> Result<T, StoreUnavailable> {
+        match tokio::time::timeout(self.timeout, operation.into_future()).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(StoreUnavailable(e.to_string())),
+            Err(_) => Err(StoreUnavailable(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+}
+
+fn binary(bytes: &[u8]) -> Binary {
+    Binary {
+        subtype: BinarySubtype::Generic,
+        bytes: bytes.to_vec(),
+    }
+}
