@@ -84,6 +84,25 @@ pub enum ConfigError {
     DotEnv(#[from] dotenvy::Error),
 }
 
+/// Every variable the gateway reads; .env.example lists each (a test checks).
+pub const VARIABLES: &[&str] = &[
+    "BIND_ADDR",
+    "MONGODB_URI",
+    "MONGODB_DATABASE",
+    "JWT_SECRET",
+    "JWT_LEEWAY_SECS",
+    "TICKET_TTL_SECS",
+    "TICKET_SINGLE_USE",
+    "AUTH_TIMEOUT_SECS",
+    "HEARTBEAT_INTERVAL_SECS",
+    "CLIENT_TIMEOUT_SECS",
+    "BROADCAST_INTERVAL_SECS",
+    "ALLOWED_ORIGINS",
+    "STORE_TIMEOUT_MS",
+    "MAX_MESSAGE_BYTES",
+    "RUST_LOG",
+];
+
 pub const DEFAULT_BIND_ADDR: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATABASE: &str = "ticketgate";
 pub const DEFAULT_TICKET_TTL_SECS: u64 = 900;
@@ -293,6 +312,36 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("MONGODB_DATABASE"), "{err}");
+    }
+
+    #[test]
+    fn env_example_lists_every_variable_with_its_default() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example");
+        let example: HashMap<String, String> = dotenvy::from_path_iter(path)
+            .unwrap()
+            .map(|item| item.unwrap())
+            .collect();
+        let mut listed: Vec<&str> = example.keys().map(String::as_str).collect();
+        let mut known = VARIABLES.to_vec();
+        listed.sort_unstable();
+        known.sort_unstable();
+        assert_eq!(listed, known);
+        let from_example = Settings::from_vars(&example).unwrap();
+        let defaults = Settings::from_vars(&HashMap::new()).unwrap();
+        // Settings holds secrets and cannot derive PartialEq; compare the printed form without them.
+        let printed = |s: &Settings| {
+            format!("{:?} {:?} {:?}", s.bind_addr, s.tickets, s.allowed_origins)
+                + &format!(
+                    " {:?} {:?} {:?}",
+                    s.auth_timeout, s.heartbeat_interval, s.client_timeout
+                )
+                + &format!(
+                    " {:?} {:?} {} {}",
+                    s.broadcast_interval, s.store_timeout, s.max_message_bytes, s.jwt.leeway_secs
+                )
+        };
+        assert_eq!(printed(&from_example), printed(&defaults));
+        assert!(from_example.mongodb.is_none() && from_example.jwt.key.is_dev());
     }
 
     #[test]

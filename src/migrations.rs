@@ -146,10 +146,10 @@ pub async fn apply(
                     "applied_at": DateTime::now(),
                 };
                 // Another node may have recorded it a moment ago; that is the same outcome.
-                if let Err(e) = records.insert_one(record).await {
-                    if !is_duplicate_key(&e) {
-                        return Err(e.into());
-                    }
+                if let Err(e) = records.insert_one(record).await
+                    && !is_duplicate_key(&e)
+                {
+                    return Err(e.into());
                 }
                 log::info!("applied migration {}", migration.name);
                 report.applied.push(migration.version);
@@ -174,10 +174,10 @@ async fn apply_one(
 ) -> Result<(), MigrationError> {
     let existing: HashSet<String> = db.list_collection_names().await?.into_iter().collect();
     for name in spec.collections.iter().filter(|c| !existing.contains(*c)) {
-        if let Err(e) = db.create_collection(name).await {
-            if !has_code(&e, NAMESPACE_EXISTS) {
-                return Err(e.into());
-            }
+        if let Err(e) = db.create_collection(name).await
+            && !has_code(&e, NAMESPACE_EXISTS)
+        {
+            return Err(e.into());
         }
     }
     for index in &spec.indexes {

@@ -1,0 +1,18 @@
+# Build stage: compile the release binary.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY migrations ./migrations
+RUN cargo build --release --locked --bin ticketgate
+
+# Runtime stage: a small image with only the binary, running as a non-root user.
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --no-create-home ticketgate
+COPY --from=build /src/target/release/ticketgate /usr/local/bin/ticketgate
+USER ticketgate
+ENV BIND_ADDR=0.0.0.0:8080
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/ticketgate"]

@@ -1,0 +1,238 @@
+//! The `ticketgate` binary: commands, configuration errors, dev mode, `.env`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{Document, doc};
+use serde_json::json;
+use ticketgate::config::{JwtKey, JwtSettings};
+use ticketgate::jwt::JwtVerifier;
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ticketgate");
+
+/// The binary with a clean environment (no inherited MONGODB_URI, JWT_SECRET…) in an empty
+/// directory, so no `.env` is picked up unless a test writes one.
+fn ticketgate(dir: &std::path::Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .current_dir(dir);
+    command
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn help_documents_every_command_and_variable() {
+    let output = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for word in [
+        "serve",
+        "migrate",
+        "mint-jwt",
+        "MONGODB_URI",
+        "JWT_SECRET",
+        "TICKET_TTL_SECS",
+        "ALLOWED_ORIGINS",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}:\n{help}");
+    }
+    let output = Command::new(BIN)
+        .args(["mint-jwt", "--help"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .contains("--ttl-secs")
+    );
+}
+
+#[test]
+fn mint_jwt_signs_with_jwt_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = ticketgate(dir.path())
+        .env("JWT_SECRET", SECRET)
+        .args(["mint-jwt", "--sub", "carol", "--ttl-secs", "120"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8(output.stdout).unwrap();
+    let verifier = JwtVerifier::new(&JwtSettings {
+        key: JwtKey::Hs256(secrecy::SecretBox::new(Box::new(
+            SECRET.as_bytes().to_vec(),
+        ))),
+        leeway_secs: 0,
+    });
+    let verified = verifier.verify(token.trim()).unwrap();
+    assert_eq!(verified.sub, "carol");
+    assert!((now() + 110..=now() + 121).contains(&verified.expires_at));
+
+    let output = ticketgate(dir.path())
+        .args(["mint-jwt", "--sub", "carol"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("JWT_SECRET"));
+}
+
+#[test]
+fn an_invalid_variable_stops_the_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for (var, value) in [
+        ("TICKET_TTL_SECS", "soon"),
+        ("BIND_ADDR", "here"),
+        ("TICKET_SINGLE_USE", "perhaps"),
+    ] {
+        let output = ticketgate(dir.path()).env(var, value).output().unwrap();
+        assert!(!output.status.success(), "{var}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(var), "{var}: {stderr}");
+    }
+}
+
+#[test]
+fn migrate_without_mongodb_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = ticketgate(dir.path()).arg("migrate").output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("MONGODB_URI"));
+}
+
+#[tokio::test]
+async fn migrate_applies_and_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = unique_db_name();
+    let output = ticketgate(dir.path())
+        .env("MONGODB_URI", mongo_uri())
+        .env("MONGODB_DATABASE", &database)
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let db = mongodb::Client::with_uri_str(mongo_uri())
+        .await
+        .unwrap()
+        .database(&database);
+    let recorded = db
+        .collection::<Document>("schema_migrations")
+        .count_documents(doc! {})
+        .await
+        .unwrap();
+    assert_eq!(recorded as usize, ticketgate::migrations::MIGRATIONS.len());
+}
+
+/// `cargo run --release` with nothing configured: dev mode on the in-process store. The printed
+/// JWT walks the whole flow; `.env` in the working directory is read.
+#[tokio::test]
+async fn dev_mode_prints_a_jwt_that_walks_the_whole_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "BIND_ADDR=127.0.0.1:0\nTICKET_TTL_SECS=77\n",
+    )
+    .unwrap();
+    let mut child = ticketgate(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _running = Running(child);
+
+    let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = log_tx.send(line);
+        }
+    });
+    let (out_tx, out_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = out_tx.send(line);
+        }
+    });
+
+    let deadline = Instant::now() + PATIENCE;
+    let mut log = Vec::new();
+    let port = loop {
+        let line = log_rx
+            .recv_timeout(deadline - Instant::now())
+            .expect("a 'listening on' log line");
+        log.push(line.clone());
+        if let Some(addr) = line.split("listening on ").nth(1) {
+            break addr
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .trim()
+                .parse::<u16>()
+                .unwrap();
+        }
+    };
+    let jwt = loop {
+        let line = out_rx
+            .recv_timeout(deadline - Instant::now())
+            .expect("a dev JWT on stdout");
+        if line.starts_with("ey") {
+            break line;
+        }
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    log.extend(log_rx.try_iter());
+    let log = log.join("\n");
+    assert!(log.contains("DEV MODE"), "{log}");
+    assert!(
+        log.contains("in this process"),
+        "the in-process store is announced: {log}"
+    );
+    assert!(
+        !log.contains(&jwt),
+        "the JWT is printed to stdout, never logged"
+    );
+
+    let http = reqwest::Client::new();
+    let body: serde_json::Value = http
+        .get(format!("http://127.0.0.1:{port}/token/ws"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["expires_in"], 77, ".env was read");
+    let url = format!(
+        "ws://127.0.0.1:{port}/demo?token={}",
+        body["token"].as_str().unwrap()
+    );
+    let mut client = try_connect_url(&url, None).await.unwrap();
+    client
+        .send_json(&json!({"type": "jwt", "token": jwt}))
+        .await;
+    let welcome = client.next_json().await;
+    assert_eq!(welcome["type"], "authenticated");
+    assert_eq!(welcome["user_id"], "demo-user");
+}

