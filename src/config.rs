@@ -2,10 +2,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretBox, SecretString};
+use secrecy::{SecretBox, SecretString};
 
+use crate::client_ip::TrustedProxies;
+use crate::hub::ConnectionLimits;
+use crate::jwt::{self, JwtSettings};
 use crate::origin::OriginPolicy;
 
 /// Everything the gateway needs to start. Built by [`Settings::from_env`] or by tests directly.
@@ -26,6 +30,11 @@ pub struct Settings {
     pub store_timeout: Duration,
     /// Largest WebSocket message accepted from a client, after aggregating continuations.
     pub max_message_bytes: usize,
+    pub ticket_rate_per_min: NonZeroU32,
+    pub upgrade_rate_per_min: NonZeroU32,
+    pub connection_limits: ConnectionLimits,
+    /// Peers whose X-Forwarded-For is believed.
+    pub trusted_proxies: TrustedProxies,
 }
 
 #[derive(Debug)]
@@ -39,34 +48,6 @@ pub struct MongoSettings {
 pub struct TicketPolicy {
     pub ttl: Duration,
     pub single_use: bool,
-}
-
-#[derive(Debug)]
-pub struct JwtSettings {
-    pub key: JwtKey,
-    /// Clock skew tolerated on `exp` and `nbf`.
-    pub leeway_secs: u64,
-}
-
-/// Where the key that verifies user JWTs comes from.
-#[derive(Debug)]
-pub enum JwtKey {
-    /// `JWT_SECRET`: HS256.
-    Hs256(SecretBox<Vec<u8>>),
-    /// No key configured: a random HS256 secret for this process only.
-    DevRandom(SecretBox<Vec<u8>>),
-}
-
-impl JwtKey {
-    pub fn hs256_secret(&self) -> &[u8] {
-        match self {
-            JwtKey::Hs256(secret) | JwtKey::DevRandom(secret) => secret.expose_secret(),
-        }
-    }
-
-    pub fn is_dev(&self) -> bool {
-        matches!(self, JwtKey::DevRandom(_))
-    }
 }
 
 /// A configuration value that cannot be used; the message names the variable.
@@ -90,6 +71,10 @@ pub const VARIABLES: &[&str] = &[
     "MONGODB_URI",
     "MONGODB_DATABASE",
     "JWT_SECRET",
+    "JWT_PUBLIC_KEY_FILE",
+    "JWT_JWKS_FILE",
+    "JWT_ISSUER",
+    "JWT_AUDIENCE",
     "JWT_LEEWAY_SECS",
     "TICKET_TTL_SECS",
     "TICKET_SINGLE_USE",
@@ -100,6 +85,11 @@ pub const VARIABLES: &[&str] = &[
     "ALLOWED_ORIGINS",
     "STORE_TIMEOUT_MS",
     "MAX_MESSAGE_BYTES",
+    "TICKET_RATE_PER_MIN",
+    "UPGRADE_RATE_PER_MIN",
+    "MAX_CONNECTIONS_PER_USER",
+    "MAX_CONNECTIONS",
+    "TRUSTED_PROXIES",
     "RUST_LOG",
 ];
 
@@ -147,24 +137,7 @@ impl Settings {
                     database: env.database_name()?,
                 }),
             },
-            jwt: JwtSettings {
-                key: match env.get("JWT_SECRET") {
-                    Some(secret) if secret.len() < 32 => {
-                        return Err(ConfigError::Invalid {
-                            var: "JWT_SECRET",
-                            value: "<hidden>".into(),
-                            reason: "an HS256 secret must be at least 32 bytes".into(),
-                        });
-                    }
-                    Some(secret) => {
-                        JwtKey::Hs256(SecretBox::new(Box::new(secret.as_bytes().to_vec())))
-                    }
-                    None => {
-                        JwtKey::DevRandom(SecretBox::new(Box::new(random_bytes::<32>().to_vec())))
-                    }
-                },
-                leeway_secs: env.number("JWT_LEEWAY_SECS", 30, 0)?,
-            },
+            jwt: env.jwt_settings()?,
             tickets: TicketPolicy {
                 ttl,
                 single_use: env.boolean("TICKET_SINGLE_USE", true)?,
@@ -180,6 +153,18 @@ impl Settings {
             },
             store_timeout: Duration::from_millis(env.number("STORE_TIMEOUT_MS", 2000, 1)?),
             max_message_bytes: env.number("MAX_MESSAGE_BYTES", 64 * 1024, 256)? as usize,
+            ticket_rate_per_min: env.rate("TICKET_RATE_PER_MIN", 30)?,
+            upgrade_rate_per_min: env.rate("UPGRADE_RATE_PER_MIN", 120)?,
+            connection_limits: ConnectionLimits {
+                max_per_user: env.number("MAX_CONNECTIONS_PER_USER", 20, 1)? as usize,
+                max_total: env.number("MAX_CONNECTIONS", 100_000, 1)? as usize,
+            },
+            trusted_proxies: match env.get("TRUSTED_PROXIES") {
+                None => TrustedProxies::default(),
+                Some(list) => {
+                    TrustedProxies::parse(list).map_err(|e| env.invalid("TRUSTED_PROXIES", &e))?
+                }
+            },
         })
     }
 }
@@ -233,6 +218,14 @@ impl Vars<'_> {
         Ok(value)
     }
 
+    fn rate(&self, var: &'static str, default: u64) -> Result<NonZeroU32, ConfigError> {
+        let value = self.number(var, default, 1)?;
+        u32::try_from(value)
+            .ok()
+            .and_then(NonZeroU32::new)
+            .ok_or_else(|| self.invalid(var, "too large"))
+    }
+
     fn secs(&self, var: &'static str, default: u64, min: u64) -> Result<Duration, ConfigError> {
         self.number(var, default, min).map(Duration::from_secs)
     }
@@ -244,6 +237,50 @@ impl Vars<'_> {
             Some("false" | "0" | "no") => Ok(false),
             Some(_) => Err(self.invalid(var, "expected true or false")),
         }
+    }
+
+    fn jwt_settings(&self) -> Result<JwtSettings, ConfigError> {
+        let hs256_secret = match self.get("JWT_SECRET") {
+            Some(secret) if secret.len() < 32 => {
+                return Err(ConfigError::Invalid {
+                    var: "JWT_SECRET",
+                    value: "<hidden>".into(),
+                    reason: "an HS256 secret must be at least 32 bytes".into(),
+                });
+            }
+            Some(secret) => Some(SecretBox::new(Box::new(secret.as_bytes().to_vec()))),
+            None => None,
+        };
+        let mut public_keys = Vec::new();
+        if let Some(path) = self.get("JWT_PUBLIC_KEY_FILE") {
+            let pem = self.read_file("JWT_PUBLIC_KEY_FILE", path)?;
+            public_keys.push(
+                jwt::key_from_pem(pem.as_bytes())
+                    .map_err(|e| self.invalid("JWT_PUBLIC_KEY_FILE", &e))?,
+            );
+        }
+        if let Some(path) = self.get("JWT_JWKS_FILE") {
+            let json = self.read_file("JWT_JWKS_FILE", path)?;
+            public_keys
+                .extend(jwt::keys_from_jwks(&json).map_err(|e| self.invalid("JWT_JWKS_FILE", &e))?);
+        }
+        let dev_mode = hs256_secret.is_none() && public_keys.is_empty();
+        Ok(JwtSettings {
+            hs256_secret: match (hs256_secret, dev_mode) {
+                (None, true) => Some(SecretBox::new(Box::new(random_bytes::<32>().to_vec()))),
+                (secret, _) => secret,
+            },
+            public_keys,
+            dev_mode,
+            leeway_secs: self.number("JWT_LEEWAY_SECS", 30, 0)?,
+            issuer: self.get("JWT_ISSUER").map(str::to_owned),
+            audience: self.get("JWT_AUDIENCE").map(str::to_owned),
+        })
+    }
+
+    fn read_file(&self, var: &'static str, path: &str) -> Result<String, ConfigError> {
+        std::fs::read_to_string(path)
+            .map_err(|e| self.invalid(var, &format!("cannot read the file: {e}")))
     }
 
     fn database_name(&self) -> Result<String, ConfigError> {
@@ -274,7 +311,9 @@ mod tests {
         let s = Settings::from_vars(&vars(&[])).unwrap();
         assert_eq!(s.bind_addr.to_string(), "127.0.0.1:8080");
         assert!(s.mongodb.is_none());
-        assert!(s.jwt.key.is_dev());
+        assert!(s.jwt.dev_mode && s.jwt.hs256_secret.is_some());
+        assert!(s.jwt.issuer.is_none() && s.jwt.audience.is_none());
+        assert_eq!(s.jwt.leeway_secs, 30);
         assert_eq!(s.tickets.ttl, Duration::from_secs(900));
         assert!(s.tickets.single_use);
         assert_eq!(s.auth_timeout, Duration::from_secs(10));
@@ -282,6 +321,10 @@ mod tests {
         assert_eq!(s.client_timeout, Duration::from_secs(45));
         assert!(s.broadcast_interval.is_none());
         assert!(matches!(s.allowed_origins, OriginPolicy::SameOrigin));
+        assert_eq!(s.ticket_rate_per_min.get(), 30);
+        assert_eq!(s.upgrade_rate_per_min.get(), 120);
+        assert_eq!(s.connection_limits.max_per_user, 20);
+        assert_eq!(s.connection_limits.max_total, 100_000);
     }
 
     #[test]
@@ -299,6 +342,14 @@ mod tests {
             ("ALLOWED_ORIGINS", "not a url"),
             ("JWT_SECRET", "short"),
             ("STORE_TIMEOUT_MS", "0"),
+            ("JWT_PUBLIC_KEY_FILE", "/nonexistent.pem"),
+            ("JWT_JWKS_FILE", "/nonexistent.json"),
+            ("JWT_PUBLIC_KEY_FILE", "/etc/hostname"),
+            ("TICKET_RATE_PER_MIN", "0"),
+            ("UPGRADE_RATE_PER_MIN", "99999999999"),
+            ("MAX_CONNECTIONS_PER_USER", "0"),
+            ("MAX_CONNECTIONS", "none"),
+            ("TRUSTED_PROXIES", "proxy.local"),
         ] {
             let err = Settings::from_vars(&vars(&[(var, value)]))
                 .unwrap_err()
@@ -328,20 +379,9 @@ mod tests {
         assert_eq!(listed, known);
         let from_example = Settings::from_vars(&example).unwrap();
         let defaults = Settings::from_vars(&HashMap::new()).unwrap();
-        // Settings holds secrets and cannot derive PartialEq; compare the printed form without them.
-        let printed = |s: &Settings| {
-            format!("{:?} {:?} {:?}", s.bind_addr, s.tickets, s.allowed_origins)
-                + &format!(
-                    " {:?} {:?} {:?}",
-                    s.auth_timeout, s.heartbeat_interval, s.client_timeout
-                )
-                + &format!(
-                    " {:?} {:?} {} {}",
-                    s.broadcast_interval, s.store_timeout, s.max_message_bytes, s.jwt.leeway_secs
-                )
-        };
-        assert_eq!(printed(&from_example), printed(&defaults));
-        assert!(from_example.mongodb.is_none() && from_example.jwt.key.is_dev());
+        // Debug redacts secrets (the dev secret differs per call), so it compares every setting.
+        assert_eq!(format!("{from_example:?}"), format!("{defaults:?}"));
+        assert!(from_example.mongodb.is_none() && from_example.jwt.dev_mode);
     }
 
     #[test]

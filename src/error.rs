@@ -7,6 +7,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::jwt::JwtRejection;
+use crate::limits::RetryAfter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -24,6 +25,12 @@ pub enum ApiError {
     NotWebSocket(String),
     #[error("the ticket store is unavailable; try again shortly")]
     StoreUnavailable,
+    #[error("too many requests; retry after {} s", .0.secs())]
+    RateLimited(RetryAfter),
+    #[error("this user already has the maximum number of open connections")]
+    TooManyConnections,
+    #[error("the gateway is at its connection capacity; try again shortly")]
+    AtCapacity,
     #[error("no such endpoint")]
     NotFound,
     #[error("method not allowed on this endpoint")]
@@ -47,6 +54,9 @@ impl ApiError {
             ApiError::OriginNotAllowed => "origin_not_allowed",
             ApiError::NotWebSocket(_) => "not_websocket",
             ApiError::StoreUnavailable => "store_unavailable",
+            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::TooManyConnections => "too_many_connections",
+            ApiError::AtCapacity => "at_capacity",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
         }
@@ -60,7 +70,10 @@ impl ResponseError for ApiError {
             ApiError::MissingTicket | ApiError::InvalidTicket => StatusCode::UNAUTHORIZED,
             ApiError::OriginNotAllowed => StatusCode::FORBIDDEN,
             ApiError::NotWebSocket(_) => StatusCode::BAD_REQUEST,
-            ApiError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreUnavailable | ApiError::AtCapacity => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited(_) | ApiError::TooManyConnections => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -80,6 +93,12 @@ impl ResponseError for ApiError {
             }
             ApiError::StoreUnavailable => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            ApiError::AtCapacity => {
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
+            }
+            ApiError::RateLimited(retry) => {
+                response.insert_header((header::RETRY_AFTER, retry.secs()));
             }
             _ => {}
         }

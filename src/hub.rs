@@ -7,7 +7,7 @@
 //! it lagged and is closed, so one slow client never holds up the others.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytestring::ByteString;
@@ -36,12 +36,44 @@ struct Registration {
     user_id: Arc<str>,
 }
 
+/// Limits on concurrent WebSocket connections, checked when one is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub max_total: usize,
+    pub max_per_user: usize,
+}
+
+impl ConnectionLimits {
+    pub const UNLIMITED: ConnectionLimits = ConnectionLimits {
+        max_total: usize::MAX,
+        max_per_user: usize::MAX,
+    };
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectionRefused {
+    #[error("the user already has the maximum number of connections")]
+    UserLimit,
+    #[error("the gateway is at its connection capacity")]
+    Capacity,
+}
+
+/// Open connections, in total and per user (authenticated or not), counted under one lock so
+/// a limit can never be overshot by racing upgrades.
+#[derive(Default)]
+struct OpenCounts {
+    total: usize,
+    per_user: HashMap<Arc<str>, usize>,
+}
+
 pub struct Hub {
     /// Held with the sender so `seq` order is delivery order even with concurrent publishers.
     publisher: Mutex<Publisher>,
     registry: Mutex<HashMap<ConnectionId, Registration>>,
     next_connection: AtomicU64,
-    open_connections: AtomicUsize,
+    open: Mutex<OpenCounts>,
+    limits: ConnectionLimits,
 }
 
 struct Publisher {
@@ -58,7 +90,7 @@ struct BroadcastMessage<'a> {
 }
 
 impl Hub {
-    pub fn new() -> Arc<Self> {
+    pub fn new(limits: ConnectionLimits) -> Arc<Self> {
         let (sender, _) = broadcast::channel(BROADCAST_BUFFER);
         Arc::new(Hub {
             publisher: Mutex::new(Publisher {
@@ -67,7 +99,8 @@ impl Hub {
             }),
             registry: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
-            open_connections: AtomicUsize::new(0),
+            open: Mutex::new(OpenCounts::default()),
+            limits,
         })
     }
 
@@ -88,25 +121,36 @@ impl Hub {
         seq
     }
 
-    /// Counts a new WebSocket connection until the returned guard is dropped.
-    pub fn open_connection(self: &Arc<Self>) -> OpenConnection {
-        self.open_connections.fetch_add(1, Ordering::Relaxed);
-        OpenConnection {
+    /// Takes a connection slot for `user_id`, within the limits, until the guard is dropped.
+    pub fn try_open(self: &Arc<Self>, user_id: &str) -> Result<OpenConnection, ConnectionRefused> {
+        let mut open = lock(&self.open);
+        if open.total >= self.limits.max_total {
+            return Err(ConnectionRefused::Capacity);
+        }
+        let user: Arc<str> = Arc::from(user_id);
+        let of_user = open.per_user.entry(Arc::clone(&user)).or_insert(0);
+        if *of_user >= self.limits.max_per_user {
+            return Err(ConnectionRefused::UserLimit);
+        }
+        *of_user += 1;
+        open.total += 1;
+        Ok(OpenConnection {
             hub: Arc::clone(self),
             id: ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed)),
-        }
+            user,
+        })
     }
 
     /// Adds an authenticated connection to the broadcast pipeline. Only the session's
     /// authenticated state can call this, so nothing reaches a connection before it authenticates.
-    pub fn join(self: &Arc<Self>, connection: &OpenConnection, user_id: &str) -> Membership {
+    pub fn join(self: &Arc<Self>, connection: &OpenConnection) -> Membership {
         // Subscribe before registering: a connection counted as registered receives everything
         // published from then on.
         let receiver = lock(&self.publisher).sender.subscribe();
         lock(&self.registry).insert(
             connection.id,
             Registration {
-                user_id: Arc::from(user_id),
+                user_id: Arc::clone(&connection.user),
             },
         );
         Membership {
@@ -123,19 +167,38 @@ impl Hub {
 
     /// All open WebSocket connections, authenticated or not.
     pub fn open_count(&self) -> usize {
-        self.open_connections.load(Ordering::Relaxed)
+        lock(&self.open).total
+    }
+
+    /// Open connections of one user, authenticated or not.
+    pub fn open_count_of(&self, user_id: &str) -> usize {
+        lock(&self.open).per_user.get(user_id).copied().unwrap_or(0)
     }
 }
 
-/// A WebSocket connection, counted from upgrade to the end of its task.
+/// A WebSocket connection's slot, held from upgrade to the end of its task.
 pub struct OpenConnection {
     hub: Arc<Hub>,
     pub id: ConnectionId,
+    user: Arc<str>,
+}
+
+impl OpenConnection {
+    pub fn user_id(&self) -> &str {
+        &self.user
+    }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.hub.open_connections.fetch_sub(1, Ordering::Relaxed);
+        let mut open = lock(&self.hub.open);
+        open.total -= 1;
+        if let Some(count) = open.per_user.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                open.per_user.remove(&self.user);
+            }
+        }
     }
 }
 
@@ -188,10 +251,10 @@ mod tests {
 
     #[tokio::test]
     async fn members_receive_broadcasts_in_seq_order_and_leave_on_drop() {
-        let hub = Hub::new();
-        let conn = hub.open_connection();
+        let hub = Hub::new(ConnectionLimits::UNLIMITED);
+        let conn = hub.try_open("alice").unwrap();
         assert_eq!(hub.open_count(), 1);
-        let mut member = hub.join(&conn, "alice");
+        let mut member = hub.join(&conn);
         assert_eq!(hub.authenticated_count(), 1);
         assert_eq!(hub.publish(&raw(r#"{"a":1}"#)), 1);
         assert_eq!(hub.publish(&raw("2")), 2);
@@ -211,12 +274,35 @@ mod tests {
 
     #[tokio::test]
     async fn a_lagging_member_is_told_how_much_it_missed() {
-        let hub = Hub::new();
-        let conn = hub.open_connection();
-        let mut member = hub.join(&conn, "slow");
+        let hub = Hub::new(ConnectionLimits::UNLIMITED);
+        let conn = hub.try_open("slow").unwrap();
+        let mut member = hub.join(&conn);
         for _ in 0..BROADCAST_BUFFER + 5 {
             hub.publish(&raw("0"));
         }
         assert_eq!(member.next_broadcast().await, Err(Lagged { missed: 5 }));
+    }
+
+    #[test]
+    fn connection_limits_hold_per_user_and_in_total() {
+        let hub = Hub::new(ConnectionLimits {
+            max_total: 3,
+            max_per_user: 2,
+        });
+        let a1 = hub.try_open("alice").unwrap();
+        let _a2 = hub.try_open("alice").unwrap();
+        assert_eq!(
+            hub.try_open("alice").err(),
+            Some(ConnectionRefused::UserLimit)
+        );
+        let _b1 = hub.try_open("bob").unwrap();
+        assert_eq!(
+            hub.try_open("carol").err(),
+            Some(ConnectionRefused::Capacity)
+        );
+        drop(a1);
+        assert_eq!(hub.open_count_of("alice"), 1);
+        let _a3 = hub.try_open("alice").unwrap();
+        assert_eq!(hub.open_count(), 3);
     }
 }

@@ -1,12 +1,22 @@
-//! Verifying user JWTs (and minting them for development and tests).
+//! Verifying user JWTs against the configured keys (and minting HS256 ones for development).
+//!
+//! Each key is bound to exactly one algorithm, and a token is only ever checked with a key of
+//! its header's algorithm. This is what defeats algorithm confusion: an HS256 token "signed" with
+//! an RSA public key's bytes is checked against the HMAC secret (if any), never against the RSA
+//! key.
+
+use std::fmt;
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
+};
+use secrecy::{ExposeSecret, SecretBox};
 use serde::{Deserialize, Serialize};
 
-use crate::config::JwtSettings;
-
-/// The claims ticketgate relies on; other claims are ignored.
+/// The claims ticketgate relies on; other claims are ignored (`iss` and `aud` are checked by
+/// the validation when configured).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
@@ -17,6 +27,111 @@ pub struct Claims {
     pub iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+}
+
+/// Everything that decides which JWTs are accepted.
+#[derive(Debug)]
+pub struct JwtSettings {
+    /// JWT_SECRET (or the dev-mode random secret): verifies HS256, signs `mint-jwt` tokens.
+    pub hs256_secret: Option<SecretBox<Vec<u8>>>,
+    /// From JWT_PUBLIC_KEY_FILE and JWT_JWKS_FILE.
+    pub public_keys: Vec<VerificationKey>,
+    /// No key was configured: `hs256_secret` is random and lives only in this process.
+    pub dev_mode: bool,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// When set, `iss` must be present and equal.
+    pub issuer: Option<String>,
+    /// When set, `aud` must be present and contain it.
+    pub audience: Option<String>,
+}
+
+impl JwtSettings {
+    /// HS256 with one secret and no other checks: for tests and tools.
+    pub fn hs256(secret: &[u8]) -> Self {
+        JwtSettings {
+            hs256_secret: Some(SecretBox::new(Box::new(secret.to_vec()))),
+            public_keys: Vec::new(),
+            dev_mode: false,
+            leeway_secs: 0,
+            issuer: None,
+            audience: None,
+        }
+    }
+}
+
+/// A public key, or the HMAC secret, with the one algorithm it verifies.
+pub struct VerificationKey {
+    pub kid: Option<String>,
+    pub algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+impl fmt::Debug for VerificationKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "VerificationKey({:?}, kid {:?})",
+            self.algorithm, self.kid
+        )
+    }
+}
+
+/// Reads a PEM public key: RSA keys verify RS256, P-256 keys ES256.
+pub fn key_from_pem(pem: &[u8]) -> Result<VerificationKey, String> {
+    if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+        return Ok(VerificationKey {
+            kid: None,
+            algorithm: Algorithm::RS256,
+            key,
+        });
+    }
+    if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+        return Ok(VerificationKey {
+            kid: None,
+            algorithm: Algorithm::ES256,
+            key,
+        });
+    }
+    Err("not a PEM RSA or EC (P-256) public key".into())
+}
+
+/// Reads a JWKS document: every key becomes a verification key, selected by its `kid`.
+pub fn keys_from_jwks(json: &str) -> Result<Vec<VerificationKey>, String> {
+    let set: JwkSet =
+        serde_json::from_str(json).map_err(|e| format!("not a JWKS document: {e}"))?;
+    if set.keys.is_empty() {
+        return Err("the JWKS has no keys".into());
+    }
+    let mut keys = Vec::with_capacity(set.keys.len());
+    for jwk in &set.keys {
+        let kid = jwk.common.key_id.clone();
+        let name = kid.clone().unwrap_or_else(|| "(no kid)".into());
+        let algorithm = match jwk.common.key_algorithm {
+            Some(alg) => {
+                Algorithm::try_from(alg).map_err(|_| format!("key {name}: unsupported alg"))?
+            }
+            // RFC 7517 makes `alg` optional; infer it where the key type leaves one choice.
+            None => match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+                    Algorithm::ES256
+                }
+                _ => return Err(format!("key {name}: give its alg")),
+            },
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {name}: {e}"))?;
+        keys.push(VerificationKey {
+            kid,
+            algorithm,
+            key,
+        });
+    }
+    let kids: Vec<&str> = keys.iter().filter_map(|k| k.kid.as_deref()).collect();
+    if (1..kids.len()).any(|i| kids[..i].contains(&kids[i])) {
+        return Err("two keys share a kid".into());
+    }
+    Ok(keys)
 }
 
 /// A JWT that passed every check.
@@ -36,39 +151,69 @@ pub enum JwtRejection {
     BadSignature,
     #[error("the token's algorithm is not accepted")]
     AlgorithmNotAllowed,
+    #[error("the token's kid names no configured key")]
+    UnknownKey,
+    #[error("the token has no kid, and several keys are configured")]
+    MissingKid,
     #[error("the token has expired")]
     Expired,
     #[error("the token is not valid yet (nbf)")]
     NotYetValid,
-    #[error("the token lacks a required claim (exp, sub)")]
+    #[error("the token lacks a required claim")]
     MissingClaim,
     #[error("the token's sub claim is empty")]
     EmptySubject,
+    #[error("the token's issuer is not accepted")]
+    WrongIssuer,
+    #[error("the token's audience is not accepted")]
+    WrongAudience,
+}
+
+struct ConfiguredKey {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+    /// Built once; names only this key's algorithm.
+    validation: Validation,
 }
 
 pub struct JwtVerifier {
-    key: DecodingKey,
-    validation: Validation,
+    keys: Vec<ConfiguredKey>,
+    /// Whether any key has a kid, i.e. a JWKS is in use: then a token's kid must match one.
+    kids_in_use: bool,
 }
 
 impl JwtVerifier {
     pub fn new(settings: &JwtSettings) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = settings.leeway_secs;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        // Without JWT_AUDIENCE nothing is said about `aud`, so a token that carries one is fine.
-        validation.validate_aud = false;
-        validation.algorithms = vec![Algorithm::HS256];
+        let hmac = settings.hs256_secret.iter().map(|secret| VerificationKey {
+            kid: None,
+            algorithm: Algorithm::HS256,
+            key: DecodingKey::from_secret(secret.expose_secret()),
+        });
+        let keys: Vec<ConfiguredKey> = hmac
+            .chain(settings.public_keys.iter().map(|k| VerificationKey {
+                kid: k.kid.clone(),
+                algorithm: k.algorithm,
+                key: k.key.clone(),
+            }))
+            .map(|k| ConfiguredKey {
+                validation: validation(settings, k.algorithm),
+                kid: k.kid,
+                algorithm: k.algorithm,
+                key: k.key,
+            })
+            .collect();
         JwtVerifier {
-            key: DecodingKey::from_secret(settings.key.hs256_secret()),
-            validation,
+            kids_in_use: keys.iter().any(|k| k.kid.is_some()),
+            keys,
         }
     }
 
     pub fn verify(&self, token: &str) -> Result<VerifiedJwt, JwtRejection> {
-        let data = decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| rejection(e.kind()))?;
+        let header = decode_header(token).map_err(|e| rejection(e.kind()))?;
+        let key = self.select(&header)?;
+        let data =
+            decode::<Claims>(token, &key.key, &key.validation).map_err(|e| rejection(e.kind()))?;
         if data.claims.sub.is_empty() {
             return Err(JwtRejection::EmptySubject);
         }
@@ -77,6 +222,53 @@ impl JwtVerifier {
             expires_at: data.claims.exp,
         })
     }
+
+    /// A token with a kid gets the key with that kid (when keys have kids at all); otherwise
+    /// the one key without a kid for the token's algorithm.
+    fn select(&self, header: &Header) -> Result<&ConfiguredKey, JwtRejection> {
+        if let (Some(kid), true) = (&header.kid, self.kids_in_use) {
+            let key = self
+                .keys
+                .iter()
+                .find(|k| k.kid.as_deref() == Some(kid.as_str()))
+                .ok_or(JwtRejection::UnknownKey)?;
+            return if key.algorithm == header.alg {
+                Ok(key)
+            } else {
+                Err(JwtRejection::AlgorithmNotAllowed)
+            };
+        }
+        let mut same_alg = self.keys.iter().filter(|k| k.algorithm == header.alg);
+        match same_alg.clone().find(|k| k.kid.is_none()) {
+            Some(key) => Ok(key),
+            None if same_alg.next().is_some() => Err(JwtRejection::MissingKid),
+            None => Err(JwtRejection::AlgorithmNotAllowed),
+        }
+    }
+}
+
+fn validation(settings: &JwtSettings, algorithm: Algorithm) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.leeway = settings.leeway_secs;
+    validation.validate_nbf = true;
+    let mut required = vec!["exp", "sub"];
+    match &settings.issuer {
+        Some(issuer) => {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        None => validation.iss = None,
+    }
+    match &settings.audience {
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        // Without JWT_AUDIENCE nothing is said about `aud`, so a token that carries one is fine.
+        None => validation.validate_aud = false,
+    }
+    validation.set_required_spec_claims(&required);
+    validation
 }
 
 fn rejection(kind: &ErrorKind) -> JwtRejection {
@@ -88,6 +280,8 @@ fn rejection(kind: &ErrorKind) -> JwtRejection {
         ErrorKind::ExpiredSignature => JwtRejection::Expired,
         ErrorKind::ImmatureSignature => JwtRejection::NotYetValid,
         ErrorKind::MissingRequiredClaim(_) => JwtRejection::MissingClaim,
+        ErrorKind::InvalidIssuer => JwtRejection::WrongIssuer,
+        ErrorKind::InvalidAudience => JwtRejection::WrongAudience,
         _ => JwtRejection::Malformed,
     }
 }
@@ -125,18 +319,13 @@ impl JwtSigner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::JwtKey;
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use secrecy::SecretBox;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
     fn verifier() -> JwtVerifier {
-        JwtVerifier::new(&JwtSettings {
-            key: JwtKey::Hs256(SecretBox::new(Box::new(SECRET.to_vec()))),
-            leeway_secs: 0,
-        })
+        JwtVerifier::new(&JwtSettings::hs256(SECRET))
     }
 
     fn now() -> u64 {
@@ -206,5 +395,16 @@ mod tests {
             URL_SAFE_NO_PAD.encode(format!(r#"{{"exp":{}}}"#, now() + 60))
         );
         assert!(v.verify(&no_sub).is_err());
+    }
+
+    #[test]
+    fn jwks_keys_need_distinct_kids_and_known_algorithms() {
+        assert!(keys_from_jwks(r#"{"keys":[]}"#).is_err());
+        assert!(keys_from_jwks("not json").is_err());
+        let oct = r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#;
+        assert!(keys_from_jwks(oct).unwrap_err().contains("alg"));
+        assert!(
+            key_from_pem(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").is_err()
+        );
     }
 }

@@ -4,11 +4,13 @@
 //! Phase 2: `GET /demo?token=<ticket>` upgrades; the first message must carry the JWT again.
 //! See docs/PROTOCOL.md for the wire contract.
 
+pub mod client_ip;
 pub mod config;
 pub mod demo_broadcaster;
 pub mod error;
 pub mod hub;
 pub mod jwt;
+pub mod limits;
 pub mod migrations;
 pub mod origin;
 pub mod routes;

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ticketgate::config::{JwtKey, Settings};
+use secrecy::ExposeSecret;
+use ticketgate::config::Settings;
 use ticketgate::jwt::JwtSigner;
 use ticketgate::migrations::{self, MigrationContext};
 use ticketgate::startup::Application;
@@ -14,7 +15,7 @@ use ticketgate::store;
 ///
 /// Configuration comes from environment variables, also read from `.env` in the working
 /// directory (see .env.example): BIND_ADDR, MONGODB_URI, MONGODB_DATABASE, JWT_SECRET,
-/// JWT_LEEWAY_SECS, TICKET_TTL_SECS, TICKET_SINGLE_USE, AUTH_TIMEOUT_SECS,
+/// JWT_PUBLIC_KEY_FILE, JWT_JWKS_FILE, JWT_ISSUER, JWT_AUDIENCE, JWT_LEEWAY_SECS, TICKET_TTL_SECS, TICKET_SINGLE_USE, AUTH_TIMEOUT_SECS,
 /// HEARTBEAT_INTERVAL_SECS, CLIENT_TIMEOUT_SECS, BROADCAST_INTERVAL_SECS, ALLOWED_ORIGINS,
 /// STORE_TIMEOUT_MS, MAX_MESSAGE_BYTES, RUST_LOG.
 #[derive(Parser)]
@@ -56,11 +57,10 @@ fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> ExitCode {
-    let dev_secret = settings
-        .jwt
-        .key
-        .is_dev()
-        .then(|| settings.jwt.key.hs256_secret().to_vec());
+    let dev_secret = match (&settings.jwt.hs256_secret, settings.jwt.dev_mode) {
+        (Some(secret), true) => Some(secret.expose_secret().clone()),
+        _ => None,
+    };
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => return fail(&e.to_string()),
@@ -118,7 +118,7 @@ async fn migrate(settings: Settings) -> ExitCode {
 }
 
 fn mint_jwt(settings: &Settings, sub: &str, ttl_secs: u64) -> ExitCode {
-    let JwtKey::Hs256(_) = &settings.jwt.key else {
+    let (Some(secret), false) = (&settings.jwt.hs256_secret, settings.jwt.dev_mode) else {
         return fail("JWT_SECRET is not set: there is no key to sign with");
     };
     if sub.is_empty() {
@@ -126,7 +126,7 @@ fn mint_jwt(settings: &Settings, sub: &str, ttl_secs: u64) -> ExitCode {
     }
     println!(
         "{}",
-        JwtSigner::hs256(settings.jwt.key.hs256_secret()).mint(sub, ttl_secs)
+        JwtSigner::hs256(secret.expose_secret()).mint(sub, ttl_secs)
     );
     ExitCode::SUCCESS
 }

@@ -11,6 +11,7 @@ use actix_web::{App, HttpServer, web};
 use crate::config::Settings;
 use crate::hub::Hub;
 use crate::jwt::JwtVerifier;
+use crate::limits::RateLimits;
 use crate::migrations::{self, MigrationContext, MigrationError};
 use crate::routes::{self, AppState};
 use crate::session::{SessionContext, SessionTiming};
@@ -37,14 +38,20 @@ pub struct Application {
     server: Server,
     hub: Arc<Hub>,
     broadcast_interval: Option<Duration>,
+    state: web::Data<AppState>,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let tickets = ticket_store(&settings).await?;
-        let hub = Hub::new();
+        let hub = Hub::new(settings.connection_limits);
         let state = web::Data::new(AppState {
             tickets,
+            rate_limits: RateLimits::new(
+                settings.ticket_rate_per_min,
+                settings.upgrade_rate_per_min,
+            ),
+            trusted_proxies: settings.trusted_proxies.clone(),
             session: Arc::new(SessionContext {
                 jwt: Arc::new(JwtVerifier::new(&settings.jwt)),
                 hub: Arc::clone(&hub),
@@ -53,9 +60,9 @@ impl Application {
                     heartbeat_interval: settings.heartbeat_interval,
                     client_timeout: settings.client_timeout,
                 },
+                max_message_bytes: settings.max_message_bytes,
             }),
             origins: settings.allowed_origins.clone(),
-            max_message_bytes: settings.max_message_bytes,
             ticket_ttl: settings.tickets.ttl,
         });
 
@@ -65,9 +72,10 @@ impl Application {
         };
         let listener = TcpListener::bind(settings.bind_addr).map_err(bind_error)?;
         let port = listener.local_addr().map_err(bind_error)?.port();
+        let app_state = state.clone();
         let server = HttpServer::new(move || {
             App::new()
-                .app_data(state.clone())
+                .app_data(app_state.clone())
                 .configure(routes::configure)
         })
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
@@ -80,6 +88,7 @@ impl Application {
             server,
             hub,
             broadcast_interval: settings.broadcast_interval,
+            state,
         })
     }
 
@@ -96,16 +105,26 @@ impl Application {
         self.server.handle()
     }
 
+    /// Serves until the server stops, running the background jobs alongside.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        match self.broadcast_interval {
-            None => self.server.await,
-            Some(every) => {
-                let broadcaster = crate::demo_broadcaster::run(self.hub, every);
-                tokio::select! {
-                    result = self.server => result,
-                    _ = broadcaster => unreachable!("the demo broadcaster never ends"),
-                }
+        let demo_broadcasts = async {
+            match self.broadcast_interval {
+                Some(every) => crate::demo_broadcaster::run(Arc::clone(&self.hub), every).await,
+                None => std::future::pending().await,
             }
+        };
+        let state = self.state.clone();
+        let forget_idle_rate_limits = async move {
+            let mut every_minute = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every_minute.tick().await;
+                state.rate_limits.forget_idle();
+            }
+        };
+        tokio::select! {
+            result = self.server => result,
+            () = demo_broadcasts => unreachable!("the demo broadcaster never ends"),
+            () = forget_idle_rate_limits => unreachable!("housekeeping never ends"),
         }
     }
 }

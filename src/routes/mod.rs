@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
 
+use crate::client_ip::TrustedProxies;
 use crate::error::ApiError;
+use crate::limits::RateLimits;
 use crate::origin::OriginPolicy;
 use crate::session::SessionContext;
 use crate::store::TicketStore;
@@ -16,9 +18,10 @@ use crate::store::TicketStore;
 /// What the handlers share, built once by startup.
 pub struct AppState {
     pub tickets: TicketStore,
+    pub rate_limits: RateLimits,
+    pub trusted_proxies: TrustedProxies,
     pub session: Arc<SessionContext>,
     pub origins: OriginPolicy,
-    pub max_message_bytes: usize,
     pub ticket_ttl: Duration,
 }
 

@@ -5,6 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::AppState;
 use crate::error::ApiError;
+use crate::hub::ConnectionRefused;
 use crate::session;
 use crate::store::RedeemError;
 use crate::ticket::{PresentedTicket, redact};
@@ -14,6 +15,12 @@ pub async fn upgrade(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    if let Some(client) = state.trusted_proxies.client_ip(&req) {
+        state
+            .rate_limits
+            .check_upgrade(client)
+            .map_err(ApiError::RateLimited)?;
+    }
     check_origin(&req, &state)?;
     let raw_ticket = ticket_param(req.query_string())?;
     // Check the handshake before redeeming, so a request that cannot upgrade does not burn
@@ -23,31 +30,34 @@ pub async fn upgrade(
         log::debug!("malformed ticket {}", redact(&raw_ticket));
         ApiError::InvalidTicket
     })?;
-    let redeemed = state.tickets.redeem(&ticket).await.map_err(|e| match e {
-        RedeemError::Rejected(why) => {
-            log::debug!("ticket {} refused: {why}", redact(&raw_ticket));
-            ApiError::InvalidTicket
-        }
-        RedeemError::Unavailable(e) => {
-            log::warn!("redeeming a ticket: {e}");
-            ApiError::StoreUnavailable
-        }
-    })?;
+    // The connection slot is taken inside the redemption, after the ticket checks out and
+    // before it is consumed: a user at their limit keeps the ticket for later.
+    let hub = &state.session.hub;
+    let (_, open) = state
+        .tickets
+        .redeem_admitting(&ticket, |user_id| hub.try_open(user_id))
+        .await
+        .map_err(|e| match e {
+            RedeemError::Rejected(why) => {
+                log::debug!("ticket {} refused: {why}", redact(&raw_ticket));
+                ApiError::InvalidTicket
+            }
+            RedeemError::Unavailable(e) => {
+                log::warn!("redeeming a ticket: {e}");
+                ApiError::StoreUnavailable
+            }
+            RedeemError::NotAdmitted(ConnectionRefused::UserLimit) => ApiError::TooManyConnections,
+            RedeemError::NotAdmitted(ConnectionRefused::Capacity) => ApiError::AtCapacity,
+        })?;
 
     let (response, ws_session, stream) =
         actix_ws::handle(&req, body).map_err(|e| ApiError::NotWebSocket(e.to_string()))?;
-    let stream = stream
-        .max_frame_size(state.max_message_bytes)
-        .aggregate_continuations()
-        .max_continuation_size(state.max_message_bytes);
-    let open = state.session.hub.open_connection();
-    log::info!("{} upgraded for user {}", open.id, redeemed.user_id);
+    log::info!("{} upgraded for user {}", open.id, open.user_id());
     actix_web::rt::spawn(session::run(
         state.session.clone(),
         open,
         ws_session,
         stream,
-        redeemed.user_id,
     ));
     Ok(response)
 }

@@ -22,6 +22,8 @@ pub enum CloseReason {
     MessageTooBig,
     /// 1002: the client broke the WebSocket protocol.
     ProtocolError,
+    /// 1007: a text message that is not UTF-8.
+    InvalidUtf8,
     /// The client sent a close frame: answered with the same code, as RFC 6455 asks.
     ClientClosed(Option<Frame>),
     /// The socket is gone (reset, or writes no longer complete): no close frame can be sent.
@@ -37,6 +39,7 @@ impl CloseReason {
             CloseReason::SlowConsumer { .. } => 1013,
             CloseReason::MessageTooBig => 1009,
             CloseReason::ProtocolError => 1002,
+            CloseReason::InvalidUtf8 => 1007,
             CloseReason::ClientClosed(frame) => frame.as_ref().map_or(1000, |f| u16::from(f.code)),
             CloseReason::ConnectionLost => return None,
         })
@@ -56,6 +59,7 @@ impl CloseReason {
             }
             CloseReason::MessageTooBig => "message too big".into(),
             CloseReason::ProtocolError => "protocol error".into(),
+            CloseReason::InvalidUtf8 => "text message is not UTF-8".into(),
             CloseReason::ClientClosed(frame) => frame
                 .as_ref()
                 .and_then(|f| f.description.clone())

@@ -11,7 +11,10 @@ pub mod protocol;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, Closed, ProtocolError, Session};
+use actix_ws::{
+    AggregatedMessage, AggregatedMessageStream, Closed, Item, Message, MessageStream,
+    ProtocolError, Session,
+};
 use bytestring::ByteString;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
 
@@ -25,7 +28,13 @@ pub struct SessionContext {
     pub jwt: Arc<JwtVerifier>,
     pub hub: Arc<Hub>,
     pub timing: SessionTiming,
+    /// Largest message after authentication (MAX_MESSAGE_BYTES).
+    pub max_message_bytes: usize,
 }
+
+/// Largest message before authentication: a JWT fits with room to spare, and a client that has
+/// proven nothing yet cannot make the server buffer more.
+pub const PRE_AUTH_MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SessionTiming {
@@ -38,19 +47,21 @@ pub struct SessionTiming {
 pub struct Connection<State> {
     open: OpenConnection,
     session: Session,
-    stream: AggregatedMessageStream,
     state: State,
 }
 
-/// Upgraded with a valid ticket; waiting for the JWT. Sends nothing.
+/// Upgraded with a valid ticket (whose user the connection slot records); waiting for the JWT.
+/// Sends nothing. Reads raw frames capped at [`PRE_AUTH_MAX_MESSAGE_BYTES`].
 pub struct Unauthenticated {
-    ticket_user: String,
+    stream: MessageStream,
 }
 
-/// The JWT checked out: in the broadcast pipeline, with a heartbeat.
+/// The JWT checked out: in the broadcast pipeline, with a heartbeat. Reads messages of up to
+/// MAX_MESSAGE_BYTES, continuations aggregated.
 pub struct Authenticated {
     user_id: String,
     membership: Membership,
+    stream: AggregatedMessageStream,
 }
 
 /// The end of a connection: why, and the means to say so.
@@ -65,15 +76,15 @@ pub async fn run(
     ctx: Arc<SessionContext>,
     open: OpenConnection,
     session: Session,
-    stream: AggregatedMessageStream,
-    ticket_user: String,
+    stream: MessageStream,
 ) {
     let started = Instant::now();
     let connection = Connection {
         open,
         session,
-        stream,
-        state: Unauthenticated { ticket_user },
+        state: Unauthenticated {
+            stream: stream.max_frame_size(PRE_AUTH_MAX_MESSAGE_BYTES),
+        },
     };
     let closing = match connection.authenticate(&ctx).await {
         Ok(authenticated) => authenticated.serve(&ctx.timing).await,
@@ -102,23 +113,11 @@ impl Connection<Unauthenticated> {
         mut self,
         ctx: &SessionContext,
     ) -> Result<Connection<Authenticated>, Closing> {
-        let first = match timeout(
-            ctx.timing.auth_timeout,
-            first_data_message(&mut self.stream),
-        )
-        .await
-        {
+        let first = first_text_message(&mut self.state.stream);
+        let text = match timeout(ctx.timing.auth_timeout, first).await {
             Err(_) => return Err(self.closing(CloseReason::AuthTimeout)),
             Ok(Err(reason)) => return Err(self.closing(reason)),
-            Ok(Ok(message)) => message,
-        };
-        let text = match first {
-            AggregatedMessage::Text(text) => text,
-            _ => {
-                return Err(self.closing(CloseReason::MalformedAuth(
-                    "the first message must be a text frame",
-                )));
-            }
+            Ok(Ok(text)) => text,
         };
         let token = match ClientMessage::parse(&text) {
             Ok(ClientMessage::Jwt { token }) => token,
@@ -136,7 +135,7 @@ impl Connection<Unauthenticated> {
             Ok(verified) => verified,
             Err(rejection) => return Err(self.closing(CloseReason::JwtRejected(rejection))),
         };
-        if verified.sub != self.state.ticket_user {
+        if verified.sub != self.open.user_id() {
             return Err(self.closing(CloseReason::WrongUser));
         }
         let welcome = ServerMessage::Authenticated {
@@ -150,35 +149,65 @@ impl Connection<Unauthenticated> {
         {
             return Err(self.closing(CloseReason::ConnectionLost));
         }
-        let membership = ctx.hub.join(&self.open, &verified.sub);
+        let membership = ctx.hub.join(&self.open);
         log::info!("{} authenticated as user {}", self.id(), verified.sub);
+        let stream = self
+            .state
+            .stream
+            .max_frame_size(ctx.max_message_bytes)
+            .aggregate_continuations()
+            .max_continuation_size(ctx.max_message_bytes);
         Ok(Connection {
             open: self.open,
             session: self.session,
-            stream: self.stream,
             state: Authenticated {
                 user_id: verified.sub,
                 membership,
+                stream,
             },
         })
     }
 }
 
-/// The next text, binary or close message. Control frames before authentication are ignored:
-/// the server sends nothing at all until the JWT checks out (not even a Pong), and the
-/// deadline around this call does not move.
-async fn first_data_message(
-    stream: &mut AggregatedMessageStream,
-) -> Result<AggregatedMessage, CloseReason> {
+/// The first message, which must be text (possibly fragmented) of at most
+/// [`PRE_AUTH_MAX_MESSAGE_BYTES`]. Control frames before authentication are ignored: the server
+/// sends nothing at all until the JWT checks out (not even a Pong), and the deadline around this
+/// call does not move.
+async fn first_text_message(stream: &mut MessageStream) -> Result<ByteString, CloseReason> {
+    const NOT_TEXT: CloseReason =
+        CloseReason::MalformedAuth("the first message must be a text frame");
+    let mut fragments: Option<Vec<u8>> = None;
     loop {
-        match stream.recv().await {
+        let message = match stream.recv().await {
             None => return Err(CloseReason::ConnectionLost),
             Some(Err(error)) => return Err(protocol_failure(&error)),
-            Some(Ok(AggregatedMessage::Ping(_) | AggregatedMessage::Pong(_))) => continue,
-            Some(Ok(AggregatedMessage::Close(frame))) => {
-                return Err(CloseReason::ClientClosed(frame));
+            Some(Ok(message)) => message,
+        };
+        let last_fragment = match message {
+            Message::Ping(_) | Message::Pong(_) | Message::Nop => continue,
+            Message::Close(frame) => return Err(CloseReason::ClientClosed(frame)),
+            Message::Text(text) if fragments.is_none() => return Ok(text),
+            Message::Continuation(Item::FirstText(bytes)) if fragments.is_none() => {
+                fragments = Some(bytes.to_vec());
+                continue;
             }
-            Some(Ok(message)) => return Ok(message),
+            Message::Continuation(Item::Continue(bytes)) => (bytes, false),
+            Message::Continuation(Item::Last(bytes)) => (bytes, true),
+            _ => return Err(NOT_TEXT),
+        };
+        let (bytes, last) = last_fragment;
+        let Some(buffer) = fragments.as_mut() else {
+            return Err(CloseReason::ProtocolError);
+        };
+        if buffer.len() + bytes.len() > PRE_AUTH_MAX_MESSAGE_BYTES {
+            return Err(CloseReason::MessageTooBig);
+        }
+        buffer.extend_from_slice(&bytes);
+        if last {
+            let buffer = fragments.take().unwrap_or_default();
+            return String::from_utf8(buffer)
+                .map(ByteString::from)
+                .map_err(|_| CloseReason::InvalidUtf8);
         }
     }
 }
@@ -200,7 +229,7 @@ impl Connection<Authenticated> {
         let mut last_seen = Instant::now();
         let reason = loop {
             tokio::select! {
-                incoming = self.stream.recv() => {
+                incoming = self.state.stream.recv() => {
                     last_seen = Instant::now();
                     let next = match incoming {
                         None => Next::Close(CloseReason::ConnectionLost),

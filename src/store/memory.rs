@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bson::oid::ObjectId;
 
-use super::{Redeemed, TicketRejection, is_expired};
+use super::{RedeemError, Redeemed, TicketRejection, is_expired};
 use crate::config::TicketPolicy;
 use crate::ticket::{NewTicket, PresentedTicket, SecretHash};
 
@@ -64,20 +64,25 @@ impl MemoryTicketStore {
         );
     }
 
-    /// Check and consume under one lock: that is what makes single use atomic here.
-    pub(super) fn redeem(&self, presented: &PresentedTicket) -> Result<Redeemed, TicketRejection> {
+    /// Check, admit and consume under one lock: that is what makes single use atomic here.
+    pub(super) fn redeem<T, E>(
+        &self,
+        presented: &PresentedTicket,
+        admit: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Result<(Redeemed, T), RedeemError<E>> {
         let mut tickets = self.lock();
-        let stored = tickets
-            .by_id
-            .get(&presented.id)
-            .ok_or(TicketRejection::Unknown)?;
+        let rejected = |why| Err(RedeemError::Rejected(why));
+        let Some(stored) = tickets.by_id.get(&presented.id) else {
+            return rejected(TicketRejection::Unknown);
+        };
         if !presented.matches(&stored.secret_hash) {
-            return Err(TicketRejection::SecretMismatch);
+            return rejected(TicketRejection::SecretMismatch);
         }
         if is_expired(stored.created_at.elapsed(), &self.policy) {
             tickets.by_id.remove(&presented.id);
-            return Err(TicketRejection::Expired);
+            return rejected(TicketRejection::Expired);
         }
+        let admitted = admit(&stored.user_id).map_err(RedeemError::NotAdmitted)?;
         let user_id = if self.policy.single_use {
             tickets
                 .by_id
@@ -87,7 +92,7 @@ impl MemoryTicketStore {
         } else {
             stored.user_id.clone()
         };
-        Ok(Redeemed { user_id })
+        Ok((Redeemed { user_id }, admitted))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tickets> {

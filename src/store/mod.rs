@@ -33,11 +33,14 @@ pub enum TicketRejection {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RedeemError {
+pub enum RedeemError<E = std::convert::Infallible> {
     #[error("ticket refused: {0}")]
     Rejected(TicketRejection),
     #[error(transparent)]
     Unavailable(#[from] StoreUnavailable),
+    /// The ticket is valid, but the admission check refused; the ticket was not consumed.
+    #[error("not admitted")]
+    NotAdmitted(E),
 }
 
 /// A ticket that was valid and, under the single-use policy, is now consumed.
@@ -65,9 +68,22 @@ impl TicketStore {
     /// Checks a presented ticket and, when single use, consumes it atomically: of any number of
     /// concurrent redemptions of one ticket, on any number of nodes, exactly one succeeds.
     pub async fn redeem(&self, ticket: &PresentedTicket) -> Result<Redeemed, RedeemError> {
+        self.redeem_admitting(ticket, |_| Ok(()))
+            .await
+            .map(|(redeemed, ())| redeemed)
+    }
+
+    /// Like [`redeem`](Self::redeem), with `admit` run on the ticket's user after the ticket is
+    /// verified and before it is consumed: a refusal (say, a connection limit) leaves the
+    /// ticket usable. What `admit` returns is dropped if the ticket is lost to a racing redeemer.
+    pub async fn redeem_admitting<T, E>(
+        &self,
+        ticket: &PresentedTicket,
+        admit: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Result<(Redeemed, T), RedeemError<E>> {
         match self {
-            TicketStore::Memory(store) => store.redeem(ticket).map_err(RedeemError::Rejected),
-            TicketStore::Mongo(store) => store.redeem(ticket).await,
+            TicketStore::Memory(store) => store.redeem(ticket, admit),
+            TicketStore::Mongo(store) => store.redeem(ticket, admit).await,
         }
     }
 

@@ -80,13 +80,15 @@ impl MongoTicketStore {
         Ok(())
     }
 
-    /// Find, compare the hash in constant time, then delete on `{_id, secret_hash}`. The delete
-    /// is the atomic step: of racing redeemers exactly one sees `deleted_count == 1`. Checking
-    /// the secret before deleting means someone who guessed an ObjectId cannot burn the ticket.
-    pub(super) async fn redeem(
+    /// Find, compare the hash in constant time, admit, then delete on `{_id, secret_hash}`. The
+    /// delete is the atomic step: of racing redeemers exactly one sees `deleted_count == 1`.
+    /// Checking the secret before deleting means someone who guessed an ObjectId cannot burn the
+    /// ticket.
+    pub(super) async fn redeem<T, E>(
         &self,
         presented: &PresentedTicket,
-    ) -> Result<Redeemed, RedeemError> {
+        admit: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Result<(Redeemed, T), RedeemError<E>> {
         let filter = doc! { "_id": presented.id, "token_type": TOKEN_TYPE };
         let stored = self
             .bounded(self.tickets.find_one(filter))
@@ -99,6 +101,7 @@ impl MongoTicketStore {
         if is_expired(Duration::from_millis(age_ms.max(0) as u64), &self.policy) {
             return Err(RedeemError::Rejected(TicketRejection::Expired));
         }
+        let admitted = admit(&stored.user_id).map_err(RedeemError::NotAdmitted)?;
         if self.policy.single_use {
             let consume =
                 doc! { "_id": presented.id, "secret_hash": binary(presented.secret_hash()) };
@@ -107,9 +110,12 @@ impl MongoTicketStore {
                 return Err(RedeemError::Rejected(TicketRejection::AlreadyUsed));
             }
         }
-        Ok(Redeemed {
-            user_id: stored.user_id,
-        })
+        Ok((
+            Redeemed {
+                user_id: stored.user_id,
+            },
+            admitted,
+        ))
     }
 
     async fn bounded<T>(

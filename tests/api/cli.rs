@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::{Document, doc};
 use serde_json::json;
-use ticketgate::config::{JwtKey, JwtSettings};
-use ticketgate::jwt::JwtVerifier;
+use ticketgate::jwt::{JwtSettings, JwtVerifier};
 
 use crate::helpers::*;
 
@@ -74,12 +73,7 @@ fn mint_jwt_signs_with_jwt_secret() {
         String::from_utf8_lossy(&output.stderr)
     );
     let token = String::from_utf8(output.stdout).unwrap();
-    let verifier = JwtVerifier::new(&JwtSettings {
-        key: JwtKey::Hs256(secrecy::SecretBox::new(Box::new(
-            SECRET.as_bytes().to_vec(),
-        ))),
-        leeway_secs: 0,
-    });
+    let verifier = JwtVerifier::new(&JwtSettings::hs256(SECRET.as_bytes()));
     let verified = verifier.verify(token.trim()).unwrap();
     assert_eq!(verified.sub, "carol");
     assert!((now() + 110..=now() + 121).contains(&verified.expires_at));

@@ -3,6 +3,7 @@
 
 mod cli;
 mod helpers;
+mod jwt_keys;
 mod migrations;
 mod mint;
 mod origin;
