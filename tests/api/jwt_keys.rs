@@ -92,14 +92,14 @@ async fn rs256_and_es256_public_keys_verify_their_tokens() {
             .send_json(&json!({"type": "jwt", "token": token}))
             .await;
         assert_eq!(client.next_json().await["type"], "authenticated", "{name}");
-        // A token signed by another key of the same kind is refused.
+        // A token signed by a key that is not configured is refused.
         let other = if name == "rsa-a" { "rsa-b" } else { "rsa-a" };
-        let other_alg = if name == "rsa-a" {
-            Algorithm::RS256
-        } else {
-            Algorithm::RS256
-        };
-        let forged = sign(other_alg, None, &private_key(other), &claims(json!({})));
+        let forged = sign(
+            Algorithm::RS256,
+            None,
+            &private_key(other),
+            &claims(json!({})),
+        );
         assert_eq!(mint_status(&app, &forged).await.0, 401, "{name}");
     }
 }
