@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use secrecy::ExposeSecret;
 use ticketgate::config::Settings;
 use ticketgate::jwt::JwtSigner;
@@ -12,12 +12,6 @@ use ticketgate::store;
 
 /// A WebSocket gateway with two-phase authentication: a short-lived ticket from
 /// `GET /token/ws` opens `/demo?token=<ticket>`, and the first message must carry the JWT.
-///
-/// Configuration comes from environment variables, also read from `.env` in the working
-/// directory (see .env.example): BIND_ADDR, MONGODB_URI, MONGODB_DATABASE, JWT_SECRET,
-/// JWT_PUBLIC_KEY_FILE, JWT_JWKS_FILE, JWT_ISSUER, JWT_AUDIENCE, JWT_LEEWAY_SECS, TICKET_TTL_SECS, TICKET_SINGLE_USE, AUTH_TIMEOUT_SECS,
-/// HEARTBEAT_INTERVAL_SECS, CLIENT_TIMEOUT_SECS, BROADCAST_INTERVAL_SECS, ALLOWED_ORIGINS,
-/// STORE_TIMEOUT_MS, MAX_MESSAGE_BYTES, RUST_LOG.
 #[derive(Parser)]
 #[command(name = "ticketgate", version, about, long_about)]
 struct Cli {
@@ -43,7 +37,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The variable list comes from the code that reads them, so --help cannot drift.
+    let variables = format!(
+        "Configuration: environment variables, also read from .env in the working directory \
+         (see .env.example and docs/PROTOCOL.md):\n  {}",
+        ticketgate::config::VARIABLES.join(", ")
+    );
+    let matches = Cli::command().after_long_help(variables).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let settings = match Settings::from_process_env() {
         Ok(settings) => settings,

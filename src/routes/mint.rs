@@ -24,6 +24,10 @@ pub async fn mint_ticket(
         .jwt
         .verify(jwt)
         .map_err(ApiError::InvalidToken)?;
+    state
+        .rate_limits
+        .check_ticket(&user.sub)
+        .map_err(ApiError::RateLimited)?;
     let ticket = state.tickets.issue(&user.sub).await.map_err(|e| {
         log::warn!("minting a ticket: {e}");
         ApiError::StoreUnavailable

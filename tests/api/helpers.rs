@@ -335,11 +335,18 @@ impl TestApp {
 }
 
 pub async fn try_connect_url(url: &str, origin: Option<&str>) -> Result<WsClient, (u16, Value)> {
+    let headers: Vec<(&str, &str)> = origin.map(|o| ("Origin", o)).into_iter().collect();
+    try_connect_with_headers(url, &headers).await
+}
+
+pub async fn try_connect_with_headers(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<WsClient, (u16, Value)> {
     let mut request = url.into_client_request().unwrap();
-    if let Some(origin) = origin {
-        request
-            .headers_mut()
-            .insert("Origin", origin.parse().unwrap());
+    for (name, value) in headers {
+        let name = tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+        request.headers_mut().append(name, value.parse().unwrap());
     }
     match tokio_tungstenite::connect_async(request).await {
         Ok((stream, response)) => {

@@ -4,6 +4,7 @@
 mod cli;
 mod helpers;
 mod jwt_keys;
+mod limits;
 mod migrations;
 mod mint;
 mod origin;
