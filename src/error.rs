@@ -23,6 +23,8 @@ pub enum ApiError {
     OriginNotAllowed,
     #[error("this endpoint only accepts WebSocket upgrades ({0})")]
     NotWebSocket(String),
+    #[error("CORS preflight refused: this origin, method or header is not allowed")]
+    CorsRejected,
     #[error("the ticket store is unavailable; try again shortly")]
     StoreUnavailable,
     #[error("too many requests; retry after {} s", .0.secs())]
@@ -53,6 +55,7 @@ impl ApiError {
             ApiError::InvalidTicket => "invalid_ticket",
             ApiError::OriginNotAllowed => "origin_not_allowed",
             ApiError::NotWebSocket(_) => "not_websocket",
+            ApiError::CorsRejected => "cors_rejected",
             ApiError::StoreUnavailable => "store_unavailable",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::TooManyConnections => "too_many_connections",
@@ -69,7 +72,7 @@ impl ResponseError for ApiError {
             ApiError::MissingToken | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::MissingTicket | ApiError::InvalidTicket => StatusCode::UNAUTHORIZED,
             ApiError::OriginNotAllowed => StatusCode::FORBIDDEN,
-            ApiError::NotWebSocket(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotWebSocket(_) | ApiError::CorsRejected => StatusCode::BAD_REQUEST,
             ApiError::StoreUnavailable | ApiError::AtCapacity => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited(_) | ApiError::TooManyConnections => {
                 StatusCode::TOO_MANY_REQUESTS

@@ -5,6 +5,9 @@
 
 use std::collections::HashSet;
 
+use actix_cors::Cors;
+use actix_web::HttpRequest;
+use actix_web::http::header;
 use url::Url;
 
 #[derive(Debug, Clone)]
@@ -55,6 +58,42 @@ impl OriginPolicy {
                 (Some(authority), Some(host)) => authority == normalize_host(host),
                 _ => false,
             },
+        }
+    }
+}
+
+impl OriginPolicy {
+    /// [`allows`](Self::allows) for a request. Same-origin compares with the raw `Host` header,
+    /// not `X-Forwarded-Host`: forwarding headers are only trustworthy behind a known proxy, and
+    /// the proxy should pass `Host` through. A header that is not text is refused.
+    pub fn allows_request(&self, req: &HttpRequest) -> bool {
+        let text = |name| match req.headers().get(name) {
+            None => Ok(None),
+            Some(value) => value.to_str().map(Some),
+        };
+        match (text(header::ORIGIN), text(header::HOST)) {
+            (Ok(origin), Ok(host)) => self.allows(origin, host),
+            _ => false,
+        }
+    }
+
+    /// CORS for `GET /token/ws` (the SPA sends `Authorization`, so browsers preflight it):
+    /// answers preflights and adds the response headers for allowed origins. Requests from
+    /// other origins are not blocked here but by the handler, with a JSON 403 like `/demo`'s.
+    pub fn cors(&self) -> Cors {
+        let cors = Cors::default()
+            .allowed_methods(["GET"])
+            .allowed_headers([header::AUTHORIZATION])
+            .max_age(600)
+            .block_on_origin_mismatch(false);
+        match self {
+            // Same-origin requests need no CORS, so no origin is listed.
+            OriginPolicy::SameOrigin => cors,
+            OriginPolicy::Any => cors.allow_any_origin(),
+            OriginPolicy::List(_) => {
+                let policy = self.clone();
+                cors.allowed_origin_fn(move |origin, _| policy.allows(origin.to_str().ok(), None))
+            }
         }
     }
 }

@@ -76,7 +76,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
-                .configure(routes::configure)
+                .configure(|cfg| routes::configure(cfg, &app_state.origins))
         })
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
         .listen(listener)

@@ -18,6 +18,9 @@ pub async fn mint_ticket(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    if !state.origins.allows_request(&req) {
+        return Err(ApiError::OriginNotAllowed);
+    }
     let jwt = bearer_token(&req).ok_or(ApiError::MissingToken)?;
     let user = state
         .session

@@ -6,7 +6,10 @@ mod upgrade;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{HttpResponse, web};
+use actix_web::dev::ServiceResponse;
+use actix_web::http::StatusCode;
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
+use actix_web::{HttpResponse, ResponseError, web};
 
 use crate::client_ip::TrustedProxies;
 use crate::error::ApiError;
@@ -25,9 +28,12 @@ pub struct AppState {
     pub ticket_ttl: Duration,
 }
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub fn configure(cfg: &mut web::ServiceConfig, origins: &OriginPolicy) {
     cfg.service(
         web::resource("/token/ws")
+            .wrap(origins.cors())
+            // actix-cors answers refused preflights with plain text; every rejection is JSON.
+            .wrap(ErrorHandlers::new().handler(StatusCode::BAD_REQUEST, cors_rejection_as_json))
             .route(web::get().to(mint::mint_ticket))
             .default_service(web::to(method_not_allowed)),
     )
@@ -37,6 +43,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .default_service(web::to(not_found));
+}
+
+fn cors_rejection_as_json<B>(
+    response: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let (request, _) = response.into_parts();
+    let json = ServiceResponse::new(request, ApiError::CorsRejected.error_response());
+    Ok(ErrorHandlerResponse::Response(json.map_into_right_body()))
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {

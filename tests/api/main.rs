@@ -2,6 +2,7 @@
 //! One test binary (modules below) so it compiles and starts mongod once.
 
 mod cli;
+mod cors;
 mod helpers;
 mod jwt_keys;
 mod limits;

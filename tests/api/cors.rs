@@ -1,0 +1,105 @@
+//! CORS on `GET /token/ws`: preflights and response headers follow ALLOWED_ORIGINS.
+
+use reqwest::Method;
+
+use crate::helpers::*;
+
+async fn preflight(app: &TestApp, origin: &str) -> reqwest::Response {
+    app.http
+        .request(Method::OPTIONS, app.url("/token/ws"))
+        .header("Origin", origin)
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "authorization")
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn cross_origin_get(app: &TestApp, origin: &str) -> reqwest::Response {
+    app.http
+        .get(app.url("/token/ws"))
+        .header("Origin", origin)
+        .bearer_auth(jwt("alice"))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn allow_origin(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get("access-control-allow-origin")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn a_listed_origin_passes_the_preflight_and_reads_the_ticket() {
+    let app = spawn_app(Store::Memory, &[("ALLOWED_ORIGINS", "https://app.example")]).await;
+    let response = preflight(&app, "https://app.example").await;
+    assert!(response.status().is_success(), "{}", response.status());
+    assert_eq!(
+        allow_origin(&response).as_deref(),
+        Some("https://app.example")
+    );
+    let headers = response.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(headers.contains("authorization"), "{headers}");
+    let methods = response.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap();
+    assert!(methods.contains("GET"), "{methods}");
+
+    let response = cross_origin_get(&app, "https://app.example").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        allow_origin(&response).as_deref(),
+        Some("https://app.example")
+    );
+}
+
+#[tokio::test]
+async fn an_unlisted_origin_gets_no_cors_headers_and_a_json_403() {
+    let app = spawn_app(Store::Memory, &[("ALLOWED_ORIGINS", "https://app.example")]).await;
+    let response = preflight(&app, "https://evil.example").await;
+    assert_eq!(
+        allow_origin(&response),
+        None,
+        "the browser refuses the actual request"
+    );
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "cors_rejected");
+    let response = cross_origin_get(&app, "https://evil.example").await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(allow_origin(&response), None);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "origin_not_allowed");
+}
+
+#[tokio::test]
+async fn by_default_cross_origin_minting_is_refused() {
+    let app = spawn_app(Store::Memory, &[]).await;
+    assert_eq!(
+        allow_origin(&preflight(&app, "https://app.example").await),
+        None
+    );
+    assert_eq!(
+        cross_origin_get(&app, "https://app.example").await.status(),
+        403
+    );
+    let same = cross_origin_get(&app, &format!("http://127.0.0.1:{}", app.port)).await;
+    assert_eq!(same.status(), 200, "same origin needs no CORS");
+}
+
+#[tokio::test]
+async fn a_wildcard_allows_every_origin() {
+    let app = spawn_app(Store::Memory, &[("ALLOWED_ORIGINS", "*")]).await;
+    let response = preflight(&app, "https://anywhere.example").await;
+    assert!(response.status().is_success());
+    assert!(allow_origin(&response).is_some());
+    let response = cross_origin_get(&app, "https://anywhere.example").await;
+    assert_eq!(response.status(), 200);
+    assert!(allow_origin(&response).is_some());
+}
