@@ -15,7 +15,9 @@ use crate::limits::RateLimits;
 use crate::migrations::{self, MigrationContext, MigrationError};
 use crate::routes::{self, AppState};
 use crate::session::{SessionContext, SessionTiming};
-use crate::store::{self, MemoryTicketStore, MongoTicketStore, StoreUnavailable, TicketStore};
+use crate::store::{
+    self, MemoryTicketStore, MongoTicketStore, StoreReadiness, StoreUnavailable, TicketStore,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -136,22 +138,56 @@ async fn ticket_store(settings: &Settings) -> Result<TicketStore, StartupError> 
             settings.tickets,
         )));
     };
+    // Only a malformed URI fails here; an unreachable server is found out below.
     let db = store::connect(mongo, settings.store_timeout).await?;
-    let report = migrations::apply(
-        &db,
-        &MigrationContext {
-            ticket_ttl: settings.tickets.ttl,
-        },
-    )
-    .await?;
-    log::info!(
-        "tickets live in MongoDB database {:?} (migrations applied now: {:?})",
-        mongo.database,
-        report.applied
-    );
-    Ok(TicketStore::Mongo(MongoTicketStore::new(
-        &db,
-        settings.tickets,
-        settings.store_timeout,
-    )))
+    let context = MigrationContext {
+        ticket_ttl: settings.tickets.ttl,
+    };
+    let readiness = StoreReadiness::default();
+    match migrations::apply(&db, &context).await {
+        Ok(report) => {
+            log::info!(
+                "tickets live in MongoDB database {:?} (migrations applied now: {:?})",
+                mongo.database,
+                report.applied
+            );
+            readiness.set_ready();
+        }
+        Err(e @ MigrationError::Invalid { .. }) => return Err(e.into()),
+        Err(e) => {
+            log::warn!(
+                "MongoDB is not reachable yet ({e}); serving 503 and retrying in the background"
+            );
+            tokio::spawn(prepare_until_ready(db.clone(), context, readiness.clone()));
+        }
+    }
+    let store = MongoTicketStore::new(&db, settings.tickets, settings.store_timeout, readiness);
+    Ok(TicketStore::Mongo(store))
+}
+
+/// Retries the migrations with exponential backoff (0.5 s doubling to 30 s) until they apply,
+/// then opens the store for business.
+async fn prepare_until_ready(
+    db: mongodb::Database,
+    context: MigrationContext,
+    readiness: StoreReadiness,
+) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        tokio::time::sleep(backoff).await;
+        match migrations::apply(&db, &context).await {
+            Ok(report) => {
+                log::info!(
+                    "MongoDB is ready (migrations applied now: {:?})",
+                    report.applied
+                );
+                readiness.set_ready();
+                return;
+            }
+            Err(e) => {
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                log::warn!("MongoDB still not ready ({e}); retrying in {backoff:?}");
+            }
+        }
+    }
 }

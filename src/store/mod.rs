@@ -7,7 +7,7 @@ mod mongo;
 use std::time::Duration;
 
 pub use memory::MemoryTicketStore;
-pub use mongo::{MongoTicketStore, TICKETS_COLLECTION, connect};
+pub use mongo::{MongoTicketStore, StoreReadiness, TICKETS_COLLECTION, connect};
 
 use crate::config::TicketPolicy;
 use crate::ticket::{NewTicket, PresentedTicket};

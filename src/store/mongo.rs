@@ -1,5 +1,7 @@
 //! The MongoDB ticket store: collection `ws_tickets`, one document per ticket.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bson::oid::ObjectId;
@@ -45,18 +47,46 @@ pub async fn connect(
     Ok(client.database(&settings.database))
 }
 
+/// Whether the database is ready for tickets (migrations applied). Until it is, every
+/// operation answers "unavailable" at once instead of touching half-prepared collections.
+#[derive(Debug, Clone, Default)]
+pub struct StoreReadiness(Arc<AtomicBool>);
+
+impl StoreReadiness {
+    pub fn ready() -> Self {
+        let readiness = Self::default();
+        readiness.set_ready();
+        readiness
+    }
+
+    pub fn set_ready(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 pub struct MongoTicketStore {
     tickets: Collection<TicketDocument>,
     policy: TicketPolicy,
     timeout: Duration,
+    readiness: StoreReadiness,
 }
 
 impl MongoTicketStore {
-    pub fn new(db: &Database, policy: TicketPolicy, timeout: Duration) -> Self {
+    pub fn new(
+        db: &Database,
+        policy: TicketPolicy,
+        timeout: Duration,
+        readiness: StoreReadiness,
+    ) -> Self {
         MongoTicketStore {
             tickets: db.collection(TICKETS_COLLECTION),
             policy,
             timeout,
+            readiness,
         }
     }
 
@@ -122,6 +152,11 @@ impl MongoTicketStore {
         &self,
         operation: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
     ) -> Result<T, StoreUnavailable> {
+        if !self.readiness.is_ready() {
+            return Err(StoreUnavailable(
+                "MongoDB is not ready yet (migrations pending)".into(),
+            ));
+        }
         match tokio::time::timeout(self.timeout, operation.into_future()).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(StoreUnavailable(e.to_string())),

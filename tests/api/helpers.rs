@@ -34,9 +34,11 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 /// however it ends.
 pub struct TestMongod {
     pub uri: String,
-    /// The watchdog shell; kept so it is reaped, and so a test may stop this mongod.
-    #[allow(dead_code)]
-    watchdog: std::process::Child,
+    pub port: u16,
+    bin: PathBuf,
+    dbpath: PathBuf,
+    /// The watchdog shell around mongod, while it runs.
+    watchdog: Option<std::process::Child>,
 }
 
 /// `MONGODB_URI`, or a mongod started for this test process.
@@ -100,51 +102,99 @@ fn mongod_binary() -> PathBuf {
         .into()
 }
 
+/// Runs mongod and watches over it: when the test process dies, mongod is stopped and its files
+/// deleted; on SIGTERM (a test's `stop`), mongod is killed like a crash and its files are kept
+/// for a restart.
+const WATCHDOG: &str = r#"
+    "$MONGOD" --dbpath "$DBPATH" --port "$PORT" --bind_ip 127.0.0.1 --replSet rs0 \
+        --setParameter ttlMonitorSleepSecs=1 --wiredTigerCacheSizeGB 0.25 --nounixsocket \
+        --quiet --logpath "$DBPATH/mongod.log" --logappend &
+    m=$!
+    trap 'kill -KILL "$m" 2>/dev/null; wait "$m" 2>/dev/null; exit 0' TERM
+    while kill -0 "$OWNER" 2>/dev/null && kill -0 "$m" 2>/dev/null; do sleep 0.2; done
+    kill "$m" 2>/dev/null; wait "$m" 2>/dev/null
+    kill -0 "$OWNER" 2>/dev/null || rm -rf "$DBPATH"
+"#;
+
 impl TestMongod {
+    /// A fresh mongod on a free port, ready as a replica-set primary. Blocks; fine in async tests.
     pub fn start() -> TestMongod {
-        let bin = mongod_binary();
+        Self::start_on(free_port())
+    }
+
+    /// Like [`start`](Self::start) on a given port (say, one a gateway was told to use before
+    /// any MongoDB listened there).
+    pub fn start_on(port: u16) -> TestMongod {
         let dbpath = tempfile::Builder::new()
             .prefix("tg-mongod-")
             .tempdir()
             .unwrap()
             .keep();
-        let port = free_port();
-        let script = r#"
-            "$MONGOD" --dbpath "$DBPATH" --port "$PORT" --bind_ip 127.0.0.1 --replSet rs0 \
-                --setParameter ttlMonitorSleepSecs=1 --wiredTigerCacheSizeGB 0.25 --nounixsocket \
-                --quiet --logpath "$DBPATH/mongod.log" &
-            m=$!
-            while kill -0 "$OWNER" 2>/dev/null && kill -0 "$m" 2>/dev/null; do sleep 0.5; done
-            kill "$m" 2>/dev/null; wait "$m" 2>/dev/null
-            rm -rf "$DBPATH"
-        "#;
+        let mut mongod = TestMongod {
+            uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+            port,
+            bin: mongod_binary(),
+            dbpath,
+            watchdog: None,
+        };
+        mongod.restart();
+        mongod
+    }
+
+    /// Kills mongod abruptly, like a crash or a cut cable; its data stays for [`restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(watchdog.id().to_string())
+                .status();
+            let _ = watchdog.wait();
+        }
+    }
+
+    /// Starts mongod again on the same port and data, and waits until it is primary.
+    pub fn restart(&mut self) {
+        assert!(self.watchdog.is_none(), "mongod is already running");
         let watchdog = Command::new("sh")
             .arg("-c")
-            .arg(script)
-            .env("MONGOD", &bin)
-            .env("DBPATH", &dbpath)
-            .env("PORT", port.to_string())
+            .arg(WATCHDOG)
+            .env("MONGOD", &self.bin)
+            .env("DBPATH", &self.dbpath)
+            .env("PORT", self.port.to_string())
             .env("OWNER", std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawning mongod");
-        let uri = format!("mongodb://127.0.0.1:{port}/?directConnection=true");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        if let Err(e) = runtime.block_on(initiate_replica_set(&uri, port)) {
-            let log = std::fs::read_to_string(dbpath.join("mongod.log")).unwrap_or_default();
+        self.watchdog = Some(watchdog);
+        // The driver needs a runtime of its own, and this may be called inside one.
+        let (uri, port) = (self.uri.clone(), self.port);
+        let outcome = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(initiate_replica_set(&uri, port))
+        })
+        .join()
+        .unwrap();
+        if let Err(e) = outcome {
+            let log = std::fs::read_to_string(self.dbpath.join("mongod.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
             panic!(
                 "mongod ({}) did not come up: {e}\nlog tail:\n{}",
-                bin.display(),
+                self.bin.display(),
                 tail.join("\n")
             );
         }
-        TestMongod { uri, watchdog }
+    }
+}
+
+impl Drop for TestMongod {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dbpath);
     }
 }
 

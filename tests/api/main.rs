@@ -9,6 +9,7 @@ mod limits;
 mod migrations;
 mod mint;
 mod origin;
+mod outage;
 mod session;
 mod store_conformance;
 mod upgrade;

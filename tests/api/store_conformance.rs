@@ -7,7 +7,8 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use ticketgate::config::{MongoSettings, TicketPolicy};
 use ticketgate::store::{
-    self, MemoryTicketStore, MongoTicketStore, RedeemError, TicketRejection, TicketStore,
+    self, MemoryTicketStore, MongoTicketStore, RedeemError, StoreReadiness, TicketRejection,
+    TicketStore,
 };
 use ticketgate::ticket::{NewTicket, PresentedTicket};
 
@@ -28,7 +29,13 @@ async fn make_store(kind: Store, ttl_secs: u64, single_use: bool) -> TicketStore
             let db = store::connect(&settings, Duration::from_secs(5))
                 .await
                 .unwrap();
-            TicketStore::Mongo(MongoTicketStore::new(&db, policy, Duration::from_secs(5)))
+            let ready = StoreReadiness::ready();
+            TicketStore::Mongo(MongoTicketStore::new(
+                &db,
+                policy,
+                Duration::from_secs(5),
+                ready,
+            ))
         }
     }
 }

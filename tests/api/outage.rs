@@ -1,0 +1,118 @@
+//! A failing MongoDB: clear 503s in bounded time, open connections untouched, recovery without
+//! a restart, and a start while MongoDB is still down.
+
+use std::time::{Duration, Instant};
+
+use mongodb::bson::Document;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use crate::helpers::*;
+
+/// Well above STORE_TIMEOUT_MS below: the point is "bounded", not a speed.
+const ANSWER_BOUND: Duration = Duration::from_secs(5);
+
+async fn app_on(uri: &str, store_timeout_ms: &str) -> TestApp {
+    let mut vars = base_vars(Store::Memory);
+    vars.insert("MONGODB_URI".into(), uri.to_owned());
+    vars.insert("MONGODB_DATABASE".into(), unique_db_name());
+    vars.insert("STORE_TIMEOUT_MS".into(), store_timeout_ms.to_owned());
+    spawn_app_with(vars).await
+}
+
+async fn mint_until_ok(app: &TestApp, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, body) = app.mint(Some(&format!("Bearer {}", jwt("alice")))).await;
+        if status == 200 {
+            return;
+        }
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (503, Some("store_unavailable"))
+        );
+        assert!(Instant::now() < deadline, "minting never recovered");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_answers_503_keeps_open_connections_and_recovers() {
+    let mut mongod = tokio::task::block_in_place(TestMongod::start);
+    let app = app_on(&mongod.uri, "1000").await;
+    let mut live = app.authenticated("alice").await;
+    let minted_before = app.ticket("bob").await;
+
+    tokio::task::block_in_place(|| mongod.stop());
+
+    let started = Instant::now();
+    let (status, body) = app.mint(Some(&format!("Bearer {}", jwt("bob")))).await;
+    assert_eq!(
+        (status, body["error"].as_str().unwrap()),
+        (503, "store_unavailable")
+    );
+    assert!(
+        started.elapsed() < ANSWER_BOUND,
+        "minting hung for {:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let (status, body) = app.try_connect(&minted_before, None).await.err().unwrap();
+    assert_eq!(
+        (status, body["error"].as_str().unwrap()),
+        (503, "store_unavailable")
+    );
+    assert!(
+        started.elapsed() < ANSWER_BOUND,
+        "the upgrade hung for {:?}",
+        started.elapsed()
+    );
+
+    // The authenticated connection does not depend on MongoDB.
+    let seq = app
+        .hub
+        .publish(&RawValue::from_string(r#""during the outage""#.into()).unwrap());
+    assert_eq!(
+        live.next_json().await,
+        json!({"type": "broadcast", "seq": seq, "data": "during the outage"})
+    );
+    live.send_json(&json!({"type": "ping"})).await;
+    assert_eq!(live.next_json().await, json!({"type": "pong"}));
+
+    tokio::task::block_in_place(|| mongod.restart());
+    mint_until_ok(&app, Duration::from_secs(30)).await;
+    // Nothing was lost: the ticket minted before the outage still opens a connection.
+    app.connect(&minted_before).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_while_mongodb_is_down_serves_503_until_it_comes_up() {
+    let port = free_port();
+    let uri = format!("mongodb://127.0.0.1:{port}/?directConnection=true");
+    let started = Instant::now();
+    let app = app_on(&uri, "500").await;
+    assert!(
+        started.elapsed() < ANSWER_BOUND,
+        "the start waited for MongoDB"
+    );
+    let (status, body) = app.mint(Some(&format!("Bearer {}", jwt("alice")))).await;
+    assert_eq!(
+        (status, body["error"].as_str().unwrap()),
+        (503, "store_unavailable")
+    );
+
+    let _mongod = tokio::task::block_in_place(|| TestMongod::start_on(port));
+    mint_until_ok(&app, Duration::from_secs(60)).await;
+    let indexes: Vec<String> = app
+        .db
+        .as_ref()
+        .unwrap()
+        .collection::<Document>("ws_tickets")
+        .list_index_names()
+        .await
+        .unwrap();
+    assert!(
+        indexes.contains(&"created_at_ttl".to_string()),
+        "migrations ran once it came up: {indexes:?}"
+    );
+}
