@@ -35,6 +35,8 @@ pub struct Settings {
     pub connection_limits: ConnectionLimits,
     /// Peers whose X-Forwarded-For is believed.
     pub trusted_proxies: TrustedProxies,
+    /// Time allowed to send a request's head (slowloris defence).
+    pub http_request_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -90,6 +92,7 @@ pub const VARIABLES: &[&str] = &[
     "MAX_CONNECTIONS_PER_USER",
     "MAX_CONNECTIONS",
     "TRUSTED_PROXIES",
+    "HTTP_REQUEST_TIMEOUT_SECS",
     "RUST_LOG",
 ];
 
@@ -159,6 +162,7 @@ impl Settings {
                 max_per_user: env.number("MAX_CONNECTIONS_PER_USER", 20, 1)? as usize,
                 max_total: env.number("MAX_CONNECTIONS", 100_000, 1)? as usize,
             },
+            http_request_timeout: env.secs("HTTP_REQUEST_TIMEOUT_SECS", 5, 1)?,
             trusted_proxies: match env.get("TRUSTED_PROXIES") {
                 None => TrustedProxies::default(),
                 Some(list) => {

@@ -81,6 +81,10 @@ impl Application {
                 .configure(|cfg| routes::configure(cfg, &app_state.origins))
         })
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        // A client must send its request head within this time (slowloris), and gets a
+        // second to take the response of a refused request before the socket is closed.
+        .client_request_timeout(settings.http_request_timeout)
+        .client_disconnect_timeout(Duration::from_secs(1))
         .listen(listener)
         .map_err(bind_error)?
         .run();

@@ -1,7 +1,6 @@
 //! The `ticketgate` binary: commands, configuration errors, dev mode, `.env`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{Document, doc};
@@ -9,8 +8,6 @@ use serde_json::json;
 use ticketgate::jwt::{JwtSettings, JwtVerifier};
 
 use crate::helpers::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ticketgate");
 
 /// The binary with a clean environment (no inherited MONGODB_URI, JWT_SECRET…) in an empty
 /// directory, so no `.env` is picked up unless a test writes one.
@@ -21,15 +18,6 @@ fn ticketgate(dir: &std::path::Path) -> Command {
         .env("PATH", std::env::var("PATH").unwrap())
         .current_dir(dir);
     command
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -133,63 +121,20 @@ async fn migrate_applies_and_records() {
 /// JWT walks the whole flow; `.env` in the working directory is read.
 #[tokio::test]
 async fn dev_mode_prints_a_jwt_that_walks_the_whole_flow() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join(".env"),
-        "BIND_ADDR=127.0.0.1:0\nTICKET_TTL_SECS=77\n",
-    )
-    .unwrap();
-    let mut child = ticketgate(dir.path())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let _running = Running(child);
-
-    let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = log_tx.send(line);
-        }
-    });
-    let (out_tx, out_rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = out_tx.send(line);
-        }
-    });
-
+    let gateway = GatewayProcess::start_with_dotenv(&[], Some("TICKET_TTL_SECS=77\n"));
     let deadline = Instant::now() + PATIENCE;
-    let mut log = Vec::new();
-    let port = loop {
-        let line = log_rx
-            .recv_timeout(deadline - Instant::now())
-            .expect("a 'listening on' log line");
-        log.push(line.clone());
-        if let Some(addr) = line.split("listening on ").nth(1) {
-            break addr
-                .rsplit(':')
-                .next()
-                .unwrap()
-                .trim()
-                .parse::<u16>()
-                .unwrap();
-        }
-    };
     let jwt = loop {
-        let line = out_rx
-            .recv_timeout(deadline - Instant::now())
-            .expect("a dev JWT on stdout");
-        if line.starts_with("ey") {
-            break line;
+        if let Some(line) = gateway.stdout().lines().find(|l| l.starts_with("ey")) {
+            break line.to_owned();
         }
+        assert!(
+            Instant::now() < deadline,
+            "no dev JWT on stdout:\n{}",
+            gateway.stdout()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    std::thread::sleep(Duration::from_millis(200));
-    log.extend(log_rx.try_iter());
-    let log = log.join("\n");
+    let log = gateway.log();
     assert!(log.contains("DEV MODE"), "{log}");
     assert!(
         log.contains("in this process"),
@@ -202,7 +147,7 @@ async fn dev_mode_prints_a_jwt_that_walks_the_whole_flow() {
 
     let http = reqwest::Client::new();
     let body: serde_json::Value = http
-        .get(format!("http://127.0.0.1:{port}/token/ws"))
+        .get(gateway.url("/token/ws"))
         .bearer_auth(&jwt)
         .send()
         .await
@@ -211,10 +156,7 @@ async fn dev_mode_prints_a_jwt_that_walks_the_whole_flow() {
         .await
         .unwrap();
     assert_eq!(body["expires_in"], 77, ".env was read");
-    let url = format!(
-        "ws://127.0.0.1:{port}/demo?token={}",
-        body["token"].as_str().unwrap()
-    );
+    let url = gateway.ws_url(body["token"].as_str().unwrap());
     let mut client = try_connect_url(&url, None).await.unwrap();
     client
         .send_json(&json!({"type": "jwt", "token": jwt}))

@@ -4,6 +4,7 @@
 mod cli;
 mod cors;
 mod helpers;
+mod hostile;
 mod jwt_keys;
 mod limits;
 mod migrations;

@@ -1,0 +1,242 @@
+//! Abuse that must cost nothing: sockets that never authenticate, clients that dribble their
+//! request, and secrets that must never reach the log. Run against the gateway as a process,
+//! whose file descriptors, memory and log are what is measured.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+
+/// Waits until `measure` is at most `limit`; returns the last value seen.
+async fn settles_to(what: &str, limit: usize, measure: impl Fn() -> usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let value = measure();
+        if value <= limit {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} stayed at {value}, above {limit}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_sockets_that_never_authenticate_leave_nothing_behind() {
+    const SOCKETS: usize = 2000;
+    let (uri, db) = (mongo_uri(), unique_db_name());
+    let gateway = GatewayProcess::start(&[
+        ("JWT_SECRET", SECRET),
+        ("MONGODB_URI", &uri),
+        ("MONGODB_DATABASE", &db),
+        ("AUTH_TIMEOUT_SECS", "3"),
+        ("TICKET_RATE_PER_MIN", "1000000"),
+        ("UPGRADE_RATE_PER_MIN", "1000000"),
+    ]);
+    // Warm up at the same concurrency (MongoDB's connection pool grows to its size), so the
+    // baseline is the steady state of a used gateway.
+    let mint_tickets = |count: usize| {
+        let gateway = &gateway;
+        async move {
+            // A client of its own, dropped after: its keep-alive sockets are not the gateway's.
+            let http = reqwest::Client::new();
+            futures_util::stream::iter(0..count)
+                .map(|i| {
+                    let http = &http;
+                    async move { gateway.ticket(http, &format!("user-{i}")).await }
+                })
+                .buffer_unordered(50)
+                .collect::<Vec<String>>()
+                .await
+        }
+    };
+    mint_tickets(200).await;
+    let warm_ticket = gateway.ticket(&reqwest::Client::new(), "warm").await;
+    let mut warm = try_connect_url(&gateway.ws_url(&warm_ticket), None)
+        .await
+        .unwrap();
+    warm.send_json(&json!({"type": "jwt", "token": jwt("warm")}))
+        .await;
+    let _ = warm.next_json().await;
+    drop(warm);
+    let baseline_fds = settles_to("fds after warm-up", 64, || gateway.open_fds()).await;
+    tokio::time::sleep(Duration::from_secs(6)).await; // past the HTTP keep-alive of 5 s
+    let (baseline_fds, baseline_rss) = (gateway.open_fds().min(baseline_fds), gateway.rss_kib());
+
+    let tickets = mint_tickets(SOCKETS).await;
+    let clients: Vec<WsClient> = futures_util::stream::iter(tickets)
+        .map(|ticket| {
+            let url = gateway.ws_url(&ticket);
+            async move { try_connect_url(&url, None).await.expect("upgrade") }
+        })
+        .buffer_unordered(100)
+        .collect()
+        .await;
+    let (peak_fds, peak_rss) = (gateway.open_fds(), gateway.rss_kib());
+    assert!(
+        peak_fds >= baseline_fds + SOCKETS,
+        "all {SOCKETS} were open at once ({peak_fds} fds)"
+    );
+
+    let endings = join_all(
+        clients
+            .into_iter()
+            .map(|mut client| async move { client.ending().await }),
+    )
+    .await;
+    for ending in &endings {
+        match ending {
+            Ending::Closed { code: 4408, .. } => {}
+            other => panic!("expected 4408 at the auth deadline, got {other:?}"),
+        }
+    }
+    let fds = settles_to("open fds", baseline_fds + 4, || gateway.open_fds()).await;
+    // Freed memory goes back to the allocator, which returns it to the system within seconds
+    // (jemalloc, see main.rs); a little stays mapped, what must not is memory that grows with
+    // the sockets and stays.
+    let growth = peak_rss.saturating_sub(baseline_rss) as usize;
+    let rss = settles_to("RSS (KiB)", baseline_rss as usize + growth / 4, || {
+        gateway.rss_kib() as usize
+    })
+    .await;
+    eprintln!(
+        "never-authenticating sockets: {SOCKETS}; fds {baseline_fds} -> {peak_fds} -> {fds}; \
+         RSS KiB {baseline_rss} -> {peak_rss} -> {rss}"
+    );
+}
+
+/// One client sends its request head a byte at a time; each is cut off at the request timeout.
+async fn dribble(port: u16) -> Duration {
+    let started = Instant::now();
+    let mut socket = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // A valid head so far; the last header's value never ends.
+    socket
+        .write_all(b"GET /token/ws HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 512];
+    loop {
+        tokio::select! {
+            read = socket.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => return started.elapsed(),
+                // A 408 answer; the close follows.
+                Ok(_) => continue,
+            },
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {
+                if socket.write_all(b"a").await.is_err() {
+                    return started.elapsed();
+                }
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "a dribbling client was never cut off"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_clients_are_cut_off_at_the_request_timeout() {
+    let gateway =
+        GatewayProcess::start(&[("JWT_SECRET", SECRET), ("HTTP_REQUEST_TIMEOUT_SECS", "2")]);
+    let baseline_fds = gateway.open_fds();
+    let cut_after = join_all((0..50).map(|_| dribble(gateway.port))).await;
+    let slowest = cut_after.iter().max().unwrap();
+    let fastest = cut_after.iter().min().unwrap();
+    assert!(
+        *fastest >= Duration::from_millis(1500),
+        "cut off for the timeout, not for bad input: {fastest:?}"
+    );
+    assert!(
+        *slowest < Duration::from_secs(10),
+        "the slowest dribbler lasted {slowest:?}"
+    );
+    settles_to("open fds", baseline_fds + 2, || gateway.open_fds()).await;
+    // And the gateway still serves.
+    let http = reqwest::Client::new();
+    gateway.ticket(&http, "alice").await;
+    eprintln!("slowloris: 50 dribbling clients, all cut off, the slowest after {slowest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debug_log_of_whole_sessions_holds_no_secret() {
+    let (uri, db) = (mongo_uri(), unique_db_name());
+    let gateway = GatewayProcess::start(&[
+        ("JWT_SECRET", SECRET),
+        ("MONGODB_URI", &uri),
+        ("MONGODB_DATABASE", &db),
+        ("RUST_LOG", "debug"),
+    ]);
+    let http = reqwest::Client::new();
+    let token = jwt("alice");
+    let mut secrets = vec![SECRET.to_owned(), token.clone()];
+    // A good session.
+    let ticket = gateway.ticket(&http, "alice").await;
+    secrets.push(ticket.clone());
+    let mut client = try_connect_url(&gateway.ws_url(&ticket), None)
+        .await
+        .unwrap();
+    client
+        .send_json(&json!({"type": "jwt", "token": token}))
+        .await;
+    assert_eq!(client.next_json().await["type"], "authenticated");
+    client
+        .send_json(&json!({"type": "echo", "data": "hi"}))
+        .await;
+    client.next_json().await;
+    drop(client);
+    // Refused tickets: reused, tampered.
+    try_connect_url(&gateway.ws_url(&ticket), None)
+        .await
+        .err()
+        .unwrap();
+    let fresh = gateway.ticket(&http, "alice").await;
+    secrets.push(fresh.clone());
+    let tampered = format!("{}A", &fresh[..fresh.len() - 1]);
+    secrets.push(tampered.clone());
+    try_connect_url(&gateway.ws_url(&tampered), None)
+        .await
+        .err()
+        .unwrap();
+    // A refused JWT in the first message and at minting.
+    let other = jwt("mallory");
+    secrets.push(other.clone());
+    let mut client = try_connect_url(&gateway.ws_url(&fresh), None)
+        .await
+        .unwrap();
+    client
+        .send_json(&json!({"type": "jwt", "token": other}))
+        .await;
+    client.expect_close(4401).await;
+    let response = http
+        .get(gateway.url("/token/ws"))
+        .bearer_auth(format!("{other}x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let log = gateway.log();
+    assert!(log.contains(" DEBUG "), "debug logging was on");
+    assert!(
+        log.contains(&format!("{}…", &tampered[..8])),
+        "refusals name the ticket by 8 characters"
+    );
+    for secret in &secrets {
+        // Any long piece of a secret counts: a JWT's signature or a ticket's secret alone leaks it.
+        for piece in secret.split('.').filter(|p| p.len() >= 16) {
+            assert!(
+                !log.contains(piece),
+                "the log holds a secret piece {piece:?}"
+            );
+        }
+    }
+}
