@@ -1,11 +1,13 @@
 //! `GET /demo?token=<ticket>`: checks the ticket, then upgrades to a WebSocket.
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_http::BoxedPayloadStream;
+use actix_web::{FromRequest, HttpRequest, HttpResponse, dev, web};
 
 use super::AppState;
 use crate::error::ApiError;
 use crate::hub::ConnectionRefused;
-use crate::session;
+use crate::session::frame_guard::{FrameGuard, FrameLimit};
+use crate::session::{self, PRE_AUTH_MAX_MESSAGE_BYTES};
 use crate::store::RedeemError;
 use crate::ticket::{PresentedTicket, redact};
 
@@ -51,6 +53,13 @@ pub async fn upgrade(
             RedeemError::NotAdmitted(ConnectionRefused::Capacity) => ApiError::AtCapacity,
         })?;
 
+    // Every frame header is checked against the limit before actix buffers the frame.
+    let frame_limit = FrameLimit::new(PRE_AUTH_MAX_MESSAGE_BYTES);
+    let guarded: BoxedPayloadStream =
+        Box::pin(FrameGuard::new(body.into_inner(), frame_limit.clone()));
+    let body = web::Payload::from_request(&req, &mut dev::Payload::from(guarded))
+        .await
+        .map_err(|e| ApiError::NotWebSocket(e.to_string()))?;
     let (response, ws_session, stream) =
         actix_ws::handle(&req, body).map_err(|e| ApiError::NotWebSocket(e.to_string()))?;
     log::info!("{} upgraded for user {}", open.id, open.user_id());
@@ -59,6 +68,7 @@ pub async fn upgrade(
         open,
         ws_session,
         stream,
+        frame_limit,
     ));
     Ok(response)
 }

@@ -1,6 +1,7 @@
 //! Integration tests: the real gateway on a free port, real sockets, a real mongod.
 //! One test binary (modules below) so it compiles and starts mongod once.
 
+mod adversarial;
 mod cli;
 mod cors;
 mod helpers;

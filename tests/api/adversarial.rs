@@ -1,0 +1,534 @@
+//! Over forty distinct bad inputs, thrown at the running gateway over raw TCP: malformed HTTP,
+//! bad query strings and handshakes, and WebSocket frames that break RFC 6455. Each has a
+//! pinned outcome; afterwards the gateway still serves a full session and has leaked nothing.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP
+// ---------------------------------------------------------------------------------------------
+
+/// The status line's code (None when the server just closed), and the body.
+async fn raw_http(port: u16, request: &[u8]) -> (Option<u16>, String) {
+    let mut socket = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // The server may close before reading it all; that is an answer too.
+    let _ = socket.write_all(request).await;
+    let mut received = Vec::new();
+    let mut buffer = vec![0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        match tokio::time::timeout_at(deadline, socket.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                received.extend_from_slice(&buffer[..n]);
+                if response_complete(&received) {
+                    break;
+                }
+            }
+            Err(_) => panic!(
+                "no answer to {:?}",
+                String::from_utf8_lossy(&request[..request.len().min(80)])
+            ),
+        }
+    }
+    let text = String::from_utf8_lossy(&received).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok());
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn response_complete(received: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(received);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+        })
+        .and_then(|v| v.parse::<usize>().ok());
+    match length {
+        Some(length) => body.len() >= length,
+        None => head.starts_with("HTTP/1.1 101"),
+    }
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").into_bytes()
+}
+
+fn upgrade_request(path: &str, extra_headers: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra_headers}\r\n").into_bytes()
+}
+
+const WS_HEADERS: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+/// An HTTP request that must get `status` with a JSON `error` of `code`, or, with `code` empty,
+/// any answer of that status.
+async fn expect_http(app: &TestApp, what: &str, request: Vec<u8>, status: u16, code: &str) {
+    let (got, body) = raw_http(app.port, &request).await;
+    assert_eq!(got, Some(status), "{what}: {body}");
+    if !code.is_empty() {
+        let json: Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("{what}: not JSON: {body}"));
+        assert_eq!(json["error"], code, "{what}");
+    }
+}
+
+/// A request the HTTP parser refuses: a 4xx, or the connection closed without an answer.
+async fn expect_refused(app: &TestApp, what: &str, request: Vec<u8>) {
+    let (status, body) = raw_http(app.port, &request).await;
+    match status {
+        None => {}
+        Some(code) if (400..500).contains(&code) => {}
+        Some(code) => panic!("{what}: expected a refusal, got {code}: {body}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw WebSocket frames
+// ---------------------------------------------------------------------------------------------
+
+struct RawFrame {
+    fin: bool,
+    rsv: u8,
+    opcode: u8,
+    masked: bool,
+    payload: Vec<u8>,
+    /// Claim this length instead of the payload's (for truncated and huge frames).
+    claimed_len: Option<u64>,
+}
+
+impl RawFrame {
+    fn new(opcode: u8, payload: &[u8]) -> Self {
+        RawFrame {
+            fin: true,
+            rsv: 0,
+            opcode,
+            masked: true,
+            payload: payload.to_vec(),
+            claimed_len: None,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![(u8::from(self.fin) << 7) | (self.rsv << 4) | self.opcode];
+        let len = self.claimed_len.unwrap_or(self.payload.len() as u64);
+        let mask_bit = if self.masked { 0x80 } else { 0 };
+        if len < 126 {
+            out.push(mask_bit | len as u8);
+        } else if len <= u16::MAX as u64 {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+        let key = [0x12, 0x34, 0x56, 0x78];
+        if self.masked {
+            out.extend_from_slice(&key);
+            out.extend(self.payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            out.extend_from_slice(&self.payload);
+        }
+        out
+    }
+}
+
+const TEXT: u8 = 0x1;
+const BINARY: u8 = 0x2;
+const CONTINUATION: u8 = 0x0;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+
+/// A raw socket upgraded with a fresh ticket; authenticated too when `authenticate`.
+async fn raw_ws(app: &TestApp, authenticate: bool) -> TcpStream {
+    let ticket = app.ticket("raw").await;
+    let mut socket = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    socket
+        .write_all(&upgrade_request(
+            &format!("/demo?token={ticket}"),
+            WS_HEADERS,
+        ))
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        socket.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    if authenticate {
+        let jwt_message = serde_json::json!({"type": "jwt", "token": jwt("raw")}).to_string();
+        socket
+            .write_all(&RawFrame::new(TEXT, jwt_message.as_bytes()).encode())
+            .await
+            .unwrap();
+        let (opcode, payload) = read_frame(&mut socket)
+            .await
+            .expect("the authenticated message");
+        assert_eq!(opcode, TEXT);
+        assert!(String::from_utf8_lossy(&payload).contains("authenticated"));
+    }
+    socket
+}
+
+/// One server frame (servers never mask): opcode and payload; None at end of stream.
+async fn read_frame(socket: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let read = async {
+        let mut head = [0u8; 2];
+        socket.read_exact(&mut head).await.ok()?;
+        let mut len = u64::from(head[1] & 0x7f);
+        if len == 126 {
+            let mut ext = [0u8; 2];
+            socket.read_exact(&mut ext).await.ok()?;
+            len = u64::from(u16::from_be_bytes(ext));
+        } else if len == 127 {
+            let mut ext = [0u8; 8];
+            socket.read_exact(&mut ext).await.ok()?;
+            len = u64::from_be_bytes(ext);
+        }
+        let mut payload = vec![0u8; len as usize];
+        socket.read_exact(&mut payload).await.ok()?;
+        Some((head[0] & 0x0f, payload))
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("the server neither answered nor closed")
+}
+
+/// How the server ended the connection: its close code, or None for a plain disconnect.
+async fn close_code(socket: &mut TcpStream) -> Option<u16> {
+    while let Some((opcode, payload)) = read_frame(socket).await {
+        if opcode == CLOSE {
+            return payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+        }
+    }
+    None
+}
+
+/// Sends `frames` and expects the connection to end with `expected` (None: a disconnect).
+async fn expect_ws_end(
+    app: &TestApp,
+    what: &str,
+    authenticated: bool,
+    frames: &[RawFrame],
+    expected: Option<u16>,
+) {
+    let mut socket = raw_ws(app, authenticated).await;
+    for frame in frames {
+        let _ = socket.write_all(&frame.encode()).await;
+    }
+    assert_eq!(close_code(&mut socket).await, expected, "{what}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The barrage
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_kinds_of_bad_input_then_a_healthy_gateway() {
+    let app = spawn_app(
+        Store::Mongo,
+        &[
+            ("TICKET_RATE_PER_MIN", "10000"),
+            ("UPGRADE_RATE_PER_MIN", "10000"),
+            ("AUTH_TIMEOUT_SECS", "2"),
+        ],
+    )
+    .await;
+    let mut kinds = 0;
+
+    // Malformed HTTP: refused by the parser (4xx or a closed socket), never a crash.
+    let malformed: Vec<(&str, Vec<u8>)> = vec![
+        ("binary garbage", vec![0x00, 0xff, 0x13, 0x37, b'\r', b'\n', b'\r', b'\n']),
+        ("invalid method token", b"G@T /token/ws HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("HTTP/0.9 request", b"GET /token/ws\r\n\r\n".to_vec()),
+        ("HTTP/2 preface on HTTP/1", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec()),
+        ("unknown HTTP version", b"GET /token/ws HTTP/9.9\r\nHost: x\r\n\r\n".to_vec()),
+        ("header without a colon", b"GET /token/ws HTTP/1.1\r\nHost x\r\n\r\n".to_vec()),
+        ("control character in a header name", b"GET /token/ws HTTP/1.1\r\nHo\x01st: x\r\n\r\n".to_vec()),
+        ("a NUL in the path", b"GET /tok\x00en/ws HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("space in the request target", b"GET /token /ws HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("negative content length", b"POST /token/ws HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n".to_vec()),
+        (
+            "content length and chunked together",
+            b"POST /token/ws HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "invalid chunk size",
+            b"POST /token/ws HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nhello\r\n0\r\n\r\n".to_vec(),
+        ),
+        ("a 100 KiB header", format!("GET /token/ws HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(100 * 1024)).into_bytes()),
+        ("a thousand headers", {
+            let headers: String = (0..1000).map(|i| format!("X-H{i}: v\r\n")).collect();
+            format!("GET /token/ws HTTP/1.1\r\nHost: x\r\n{headers}\r\n").into_bytes()
+        }),
+        ("a 100 KiB URL", format!("GET /demo?token={} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(100 * 1024)).into_bytes()),
+    ];
+    for (what, request) in malformed {
+        expect_refused(&app, what, request).await;
+        kinds += 1;
+    }
+
+    // Wrong methods on every route: 405 with a JSON body.
+    for (method, path) in [
+        ("POST", "/token/ws"),
+        ("PUT", "/token/ws"),
+        ("DELETE", "/token/ws"),
+        ("PATCH", "/demo"),
+        ("POST", "/demo"),
+        ("HEAD", "/demo"),
+    ] {
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let (status, body) = raw_http(app.port, request.as_bytes()).await;
+        assert_eq!(status, Some(405), "{method} {path}: {body}");
+        if method != "HEAD" {
+            assert!(
+                body.contains("method_not_allowed"),
+                "{method} {path}: {body}"
+            );
+        }
+        kinds += 1;
+    }
+    expect_http(&app, "an unknown route", get("/admin"), 404, "not_found").await;
+    kinds += 1;
+
+    // Query strings: bad, duplicated, encoded, oversized tickets, all refused as documented.
+    let ticket = app.ticket("victim").await;
+    let queries = [
+        ("no query", "/demo".to_string(), "missing_ticket"),
+        ("empty token", "/demo?token=".to_string(), "missing_ticket"),
+        (
+            "token in another case",
+            format!("/demo?TOKEN={ticket}"),
+            "missing_ticket",
+        ),
+        (
+            "token as an array",
+            format!("/demo?token[]={ticket}"),
+            "missing_ticket",
+        ),
+        (
+            "duplicated token",
+            format!("/demo?token={ticket}&token={ticket}"),
+            "invalid_ticket",
+        ),
+        (
+            "broken percent-encoding",
+            "/demo?token=%ZZ%".to_string(),
+            "invalid_ticket",
+        ),
+        (
+            "unicode ticket",
+            "/demo?token=%E2%9C%93%F0%9F%94%91".to_string(),
+            "invalid_ticket",
+        ),
+        (
+            "fullwidth dot in the ticket",
+            ticket
+                .replacen('.', "%EF%BC%8E", 1)
+                .replacen("", "/demo?token=", 1),
+            "invalid_ticket",
+        ),
+        (
+            "invalid UTF-8 in the ticket",
+            "/demo?token=%FF%FE%FD".to_string(),
+            "invalid_ticket",
+        ),
+        (
+            "a 6 KiB ticket",
+            format!("/demo?token={}", "b".repeat(6 * 1024)),
+            "invalid_ticket",
+        ),
+    ];
+    for (what, path, code) in queries {
+        expect_http(
+            &app,
+            what,
+            upgrade_request(&path, &format!("{WS_HEADERS}Connection: Upgrade\r\n")),
+            401,
+            code,
+        )
+        .await;
+        kinds += 1;
+    }
+
+    // Broken handshakes with a valid ticket: 400 not_websocket, and the ticket survives them all.
+    let path = format!("/demo?token={ticket}");
+    let handshakes = [
+        ("no upgrade headers at all", ""),
+        (
+            "no Sec-WebSocket-Key",
+            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+        ),
+        (
+            "unsupported version",
+            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        ),
+        (
+            "Upgrade to another protocol",
+            "Connection: Upgrade\r\nUpgrade: h2c\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        ),
+        (
+            "Connection: close instead of Upgrade",
+            "Connection: close\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        ),
+    ];
+    for (what, headers) in handshakes {
+        expect_http(
+            &app,
+            what,
+            upgrade_request(&path, headers),
+            400,
+            "not_websocket",
+        )
+        .await;
+        kinds += 1;
+    }
+    app.connect(&ticket).await;
+
+    // Frames that break RFC 6455, before and after authentication.
+    let mut unmasked = RawFrame::new(TEXT, br#"{"type":"ping"}"#);
+    unmasked.masked = false;
+    let mut reserved_bits = RawFrame::new(TEXT, br#"{"type":"ping"}"#);
+    reserved_bits.rsv = 0b100;
+    let mut fragmented_ping = RawFrame::new(PING, b"x");
+    fragmented_ping.fin = false;
+    let mut huge = RawFrame::new(TEXT, b"");
+    huge.claimed_len = Some(1 << 40);
+    let mut megabyte_before_auth = RawFrame::new(TEXT, b"");
+    megabyte_before_auth.claimed_len = Some(1 << 20);
+    let mut truncated = RawFrame::new(TEXT, b"only part");
+    truncated.claimed_len = Some(100);
+    let mut started = RawFrame::new(TEXT, b"{\"type\":");
+    started.fin = false;
+    let frame_cases: Vec<(&str, bool, Vec<RawFrame>, Option<u16>)> = vec![
+        ("unmasked client frame", false, vec![unmasked], Some(1002)),
+        ("reserved bits set", true, vec![reserved_bits], Some(1002)),
+        (
+            "reserved data opcode 0x3",
+            true,
+            vec![RawFrame::new(0x3, b"x")],
+            Some(1002),
+        ),
+        (
+            "reserved control opcode 0xB",
+            true,
+            vec![RawFrame::new(0xB, b"x")],
+            Some(1002),
+        ),
+        (
+            "control frame over 125 bytes",
+            true,
+            vec![RawFrame::new(PING, &[b'p'; 126])],
+            Some(1002),
+        ),
+        (
+            "fragmented control frame",
+            true,
+            vec![fragmented_ping],
+            Some(1002),
+        ),
+        ("a frame claiming a terabyte", true, vec![huge], Some(1009)),
+        (
+            "a header declaring 1 MiB before auth",
+            false,
+            vec![megabyte_before_auth],
+            Some(1009),
+        ),
+        (
+            "continuation without a start",
+            false,
+            vec![RawFrame::new(CONTINUATION, b"x")],
+            Some(1002),
+        ),
+        (
+            "new message inside a fragmented one",
+            false,
+            vec![started, RawFrame::new(TEXT, b"{}")],
+            Some(1002),
+        ),
+        (
+            "invalid UTF-8 before auth",
+            false,
+            vec![RawFrame::new(TEXT, &[0xc3, 0x28, 0xff])],
+            Some(1007),
+        ),
+        (
+            "invalid UTF-8 after auth",
+            true,
+            vec![RawFrame::new(TEXT, &[0xed, 0xa0, 0x80])],
+            Some(1007),
+        ),
+        (
+            "close frame with a 1-byte payload",
+            true,
+            vec![RawFrame::new(CLOSE, &[0x03])],
+            Some(1002),
+        ),
+        (
+            "binary before auth",
+            false,
+            vec![RawFrame::new(BINARY, b"\x00\x01")],
+            Some(4400),
+        ),
+        (
+            "truncated frame, then silence",
+            false,
+            vec![truncated],
+            Some(4408),
+        ),
+    ];
+    for (what, authenticated, frames, expected) in frame_cases {
+        eprintln!("frame case: {what}");
+        expect_ws_end(&app, what, authenticated, &frames, expected).await;
+        kinds += 1;
+    }
+    // Close frames with codes a client may not send: answered and closed, never crashing.
+    for code in [0u16, 999, 1005, 1006, 5000] {
+        let mut socket = raw_ws(&app, true).await;
+        socket
+            .write_all(&RawFrame::new(CLOSE, &code.to_be_bytes()).encode())
+            .await
+            .unwrap();
+        let answer = close_code(&mut socket).await;
+        assert!(
+            matches!(answer, Some(1002) | None),
+            "close code {code}: answered {answer:?}"
+        );
+        kinds += 1;
+    }
+
+    assert!(kinds >= 40, "only {kinds} kinds of bad input");
+
+    // Still healthy: a whole session works, and nothing leaked.
+    let mut client = app.authenticated("after-the-storm").await;
+    client.send_json(&serde_json::json!({"type": "ping"})).await;
+    assert_eq!(client.next_json().await["type"], "pong");
+    drop(client);
+    app.assert_no_connections_left().await;
+    eprintln!("adversarial: {kinds} kinds of bad input, gateway healthy afterwards");
+}
