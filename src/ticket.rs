@@ -150,6 +150,59 @@ mod tests {
         }
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn ticket(oid: [u8; 12], secret: [u8; 32]) -> NewTicket {
+            NewTicket {
+                id: ObjectId::from_bytes(oid),
+                secret,
+            }
+        }
+
+        proptest! {
+            /// Every ticket round-trips, and matches its own hash and no other.
+            #[test]
+            fn every_ticket_round_trips(oid in any::<[u8; 12]>(), secret in any::<[u8; 32]>(), other in any::<[u8; 32]>()) {
+                let issued = ticket(oid, secret);
+                let text = issued.to_string();
+                prop_assert_eq!(text.len(), TICKET_LEN);
+                let presented = PresentedTicket::parse(&text).unwrap();
+                prop_assert_eq!(presented.id, issued.id);
+                prop_assert!(presented.matches(&issued.secret_hash()));
+                prop_assume!(other != secret);
+                prop_assert!(!presented.matches(&ticket(oid, other).secret_hash()));
+            }
+
+            /// Changing any one character either breaks the format or names another secret:
+            /// no second spelling of a ticket exists.
+            #[test]
+            fn any_single_change_is_refused_or_another_ticket(
+                oid in any::<[u8; 12]>(), secret in any::<[u8; 32]>(), at in 0usize..TICKET_LEN, c in any::<char>(),
+            ) {
+                let issued = ticket(oid, secret);
+                let text = issued.to_string();
+                let mut changed: Vec<char> = text.chars().collect();
+                prop_assume!(changed[at] != c);
+                changed[at] = c;
+                let changed: String = changed.into_iter().collect();
+                if let Ok(presented) = PresentedTicket::parse(&changed) {
+                    prop_assert!(presented.id != issued.id || !presented.matches(&issued.secret_hash()));
+                }
+            }
+
+            /// Arbitrary text never panics, and whatever parses has the canonical shape.
+            #[test]
+            fn arbitrary_text_parses_only_in_canonical_form(raw in ".{0,80}") {
+                if PresentedTicket::parse(&raw).is_ok() {
+                    prop_assert_eq!(raw.len(), TICKET_LEN);
+                    prop_assert_eq!(raw.as_bytes()[24], b'.');
+                }
+            }
+        }
+    }
+
     #[test]
     fn redaction_keeps_eight_characters() {
         let good = NewTicket::generate().to_string();

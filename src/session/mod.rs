@@ -8,6 +8,7 @@
 pub mod close;
 pub mod frame_guard;
 pub mod protocol;
+pub mod rules;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,8 @@ use crate::hub::{ConnectionId, Hub, Membership, OpenConnection};
 use crate::jwt::JwtVerifier;
 pub use close::CloseReason;
 use frame_guard::FrameLimit;
-use protocol::{ClientMessage, ErrorCode, ParseError, ServerMessage};
+use protocol::ServerMessage;
+use rules::Reply;
 
 /// Shared by all connections of a gateway.
 pub struct SessionContext {
@@ -125,25 +127,10 @@ impl Connection<Unauthenticated> {
             Ok(Err(reason)) => return Err(self.closing(reason)),
             Ok(Ok(text)) => text,
         };
-        let token = match ClientMessage::parse(&text) {
-            Ok(ClientMessage::Jwt { token }) => token,
-            Ok(_) | Err(ParseError::UnknownType) => {
-                return Err(self.closing(CloseReason::MalformedAuth("expected type jwt")));
-            }
-            Err(ParseError::NotJson) => {
-                return Err(self.closing(CloseReason::MalformedAuth("not JSON")));
-            }
-            Err(ParseError::BadFields) => {
-                return Err(self.closing(CloseReason::MalformedAuth("missing token")));
-            }
-        };
-        let verified = match ctx.jwt.verify(&token) {
+        let verified = match rules::check_first_message(&text, &ctx.jwt, self.open.user_id()) {
             Ok(verified) => verified,
-            Err(rejection) => return Err(self.closing(CloseReason::JwtRejected(rejection))),
+            Err(reason) => return Err(self.closing(reason)),
         };
-        if verified.sub != self.open.user_id() {
-            return Err(self.closing(CloseReason::WrongUser));
-        }
         let welcome = ServerMessage::Authenticated {
             user_id: &verified.sub,
             expires_at: verified.expires_at,
@@ -287,28 +274,18 @@ impl Connection<Authenticated> {
     }
 
     async fn handle(&mut self, message: AggregatedMessage, timing: &SessionTiming) -> Next {
-        let reply = match message {
-            AggregatedMessage::Text(text) => match ClientMessage::parse(&text) {
-                Ok(ClientMessage::Ping) => ServerMessage::Pong.encode(),
-                Ok(ClientMessage::Echo { data }) => ServerMessage::Echo { data }.encode(),
-                Ok(ClientMessage::Jwt { .. }) => error(ErrorCode::AlreadyAuthenticated),
-                Err(ParseError::UnknownType) => error(ErrorCode::UnknownType),
-                Err(ParseError::NotJson | ParseError::BadFields) => error(ErrorCode::BadMessage),
-            },
-            AggregatedMessage::Binary(_) => error(ErrorCode::BadMessage),
-            AggregatedMessage::Ping(payload) => {
-                let pong = timeout(timing.client_timeout, self.session.pong(&payload));
-                return match pong.await {
-                    Ok(Ok(())) => Next::Continue,
-                    _ => Next::Close(CloseReason::ConnectionLost),
-                };
+        let sent = match rules::reply_to(&message) {
+            Reply::Text(text) => send(&mut self.session, text, timing.client_timeout).await,
+            Reply::Pong(payload) => {
+                match timeout(timing.client_timeout, self.session.pong(payload)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Closed),
+                }
             }
-            AggregatedMessage::Pong(_) => return Next::Continue,
-            AggregatedMessage::Close(frame) => {
-                return Next::Close(CloseReason::ClientClosed(frame));
-            }
+            Reply::Nothing => Ok(()),
+            Reply::Close(reason) => return Next::Close(reason),
         };
-        match send(&mut self.session, reply, timing.client_timeout).await {
+        match sent {
             Ok(()) => Next::Continue,
             Err(_) => Next::Close(CloseReason::ConnectionLost),
         }
@@ -336,10 +313,6 @@ impl Closing {
             started.elapsed().as_secs_f64()
         );
     }
-}
-
-fn error(code: ErrorCode) -> String {
-    ServerMessage::Error { error: code }.encode()
 }
 
 /// Writes one text frame, giving up when the client does not take it within `deadline`: a

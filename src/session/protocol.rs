@@ -117,6 +117,23 @@ mod tests {
         assert_eq!(data.get(), "null");
     }
 
+    /// Found by fuzzing (fuzz/fuzz_targets/client_message.rs): a number beyond f64's range is
+    /// valid JSON; it is echoed exactly as written rather than refused or rounded.
+    #[test]
+    fn echoes_numbers_beyond_f64_exactly() {
+        let text =
+            r#"{"type":"echo","data":{"x":[111111111.110111115e11111111111177,true,71.5e10]}}"#;
+        let ClientMessage::Echo { data } = ClientMessage::parse(text).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            data.get(),
+            r#"{"x":[111111111.110111115e11111111111177,true,71.5e10]}"#
+        );
+        let reply = ServerMessage::Echo { data }.encode();
+        assert_eq!(reply, format!(r#"{{"type":"echo","data":{}}}"#, data.get()));
+    }
+
     #[test]
     fn classifies_bad_messages() {
         assert_eq!(

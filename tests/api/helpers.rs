@@ -478,8 +478,18 @@ impl WsClient {
 
     /// Reads until the connection ends, skipping anything else.
     pub async fn ending(&mut self) -> Ending {
+        self.ending_within(PATIENCE).await
+    }
+
+    /// Like [`ending`](Self::ending), waiting up to `patience` for each frame.
+    pub async fn ending_within(&mut self, patience: Duration) -> Ending {
         loop {
-            match self.next_frame().await {
+            let frame = match tokio::time::timeout(patience, self.stream.next()).await {
+                Err(_) => panic!("the connection did not end within {patience:?}"),
+                Ok(Some(Ok(message))) => Some(message),
+                Ok(_) => None,
+            };
+            match frame {
                 Some(Message::Close(frame)) => {
                     let CloseFrame { code, reason } = frame.unwrap_or(CloseFrame {
                         code: 1005.into(),

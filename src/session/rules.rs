@@ -1,0 +1,213 @@
+//! The session's decisions as pure functions, so the state machine's transitions can be checked
+//! without sockets: what the first message decides, and what an authenticated connection
+//! answers. The async loop in `mod.rs` only moves bytes and timers around these.
+
+use actix_ws::AggregatedMessage;
+
+use super::close::CloseReason;
+use super::protocol::{ClientMessage, ErrorCode, ParseError, ServerMessage};
+use crate::jwt::{JwtVerifier, VerifiedJwt};
+
+/// Unauthenticated → Authenticated, or the close code that ends it.
+pub fn check_first_message(
+    text: &str,
+    jwt: &JwtVerifier,
+    ticket_user: &str,
+) -> Result<VerifiedJwt, CloseReason> {
+    let token = match ClientMessage::parse(text) {
+        Ok(ClientMessage::Jwt { token }) => token,
+        Ok(_) | Err(ParseError::UnknownType) => {
+            return Err(CloseReason::MalformedAuth("expected type jwt"));
+        }
+        Err(ParseError::NotJson) => return Err(CloseReason::MalformedAuth("not JSON")),
+        Err(ParseError::BadFields) => return Err(CloseReason::MalformedAuth("missing token")),
+    };
+    let verified = jwt.verify(&token).map_err(CloseReason::JwtRejected)?;
+    if verified.sub != ticket_user {
+        return Err(CloseReason::WrongUser);
+    }
+    Ok(verified)
+}
+
+/// What an authenticated connection does with one client message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply<'a> {
+    Text(String),
+    Pong(&'a [u8]),
+    Nothing,
+    Close(CloseReason),
+}
+
+pub fn reply_to(message: &AggregatedMessage) -> Reply<'_> {
+    let error = |code| Reply::Text(ServerMessage::Error { error: code }.encode());
+    match message {
+        AggregatedMessage::Text(text) => match ClientMessage::parse(text) {
+            Ok(ClientMessage::Ping) => Reply::Text(ServerMessage::Pong.encode()),
+            Ok(ClientMessage::Echo { data }) => Reply::Text(ServerMessage::Echo { data }.encode()),
+            Ok(ClientMessage::Jwt { .. }) => error(ErrorCode::AlreadyAuthenticated),
+            Err(ParseError::UnknownType) => error(ErrorCode::UnknownType),
+            Err(ParseError::NotJson | ParseError::BadFields) => error(ErrorCode::BadMessage),
+        },
+        AggregatedMessage::Binary(_) => error(ErrorCode::BadMessage),
+        AggregatedMessage::Ping(payload) => Reply::Pong(payload),
+        AggregatedMessage::Pong(_) => Reply::Nothing,
+        AggregatedMessage::Close(frame) => Reply::Close(CloseReason::ClientClosed(frame.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwt::{JwtSettings, JwtSigner};
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const TICKET_USER: &str = "alice";
+
+    /// What a client may send, as the model sees it.
+    #[derive(Debug, Clone)]
+    enum Input {
+        JwtFor(&'static str),
+        ForgedJwt,
+        Echo(String),
+        Ping,
+        OtherType(String),
+        Text(String),
+        Binary(Vec<u8>),
+        ControlPing(Vec<u8>),
+        Close,
+    }
+
+    fn input() -> impl Strategy<Value = Input> {
+        prop_oneof![
+            prop_oneof![Just("alice"), Just("mallory")].prop_map(Input::JwtFor),
+            Just(Input::ForgedJwt),
+            any::<String>().prop_map(Input::Echo),
+            Just(Input::Ping),
+            "[a-z_]{1,12}"
+                .prop_filter("not a known type", |t| !["jwt", "ping", "echo"]
+                    .contains(&t.as_str()))
+                .prop_map(Input::OtherType),
+            any::<String>().prop_map(Input::Text),
+            proptest::collection::vec(any::<u8>(), 0..32).prop_map(Input::Binary),
+            proptest::collection::vec(any::<u8>(), 0..16).prop_map(Input::ControlPing),
+            Just(Input::Close),
+        ]
+    }
+
+    fn message(input: &Input) -> AggregatedMessage {
+        let text = |json: serde_json::Value| AggregatedMessage::Text(json.to_string().into());
+        match input {
+            Input::JwtFor(user) => text(
+                serde_json::json!({"type": "jwt", "token": JwtSigner::hs256(SECRET).mint(user, 600)}),
+            ),
+            Input::ForgedJwt => text(
+                serde_json::json!({"type": "jwt", "token": JwtSigner::hs256(b"forged-forged-forged-forged-forged").mint(TICKET_USER, 600)}),
+            ),
+            Input::Echo(data) => text(serde_json::json!({"type": "echo", "data": data})),
+            Input::Ping => text(serde_json::json!({"type": "ping"})),
+            Input::OtherType(kind) => text(serde_json::json!({"type": kind})),
+            Input::Text(raw) => AggregatedMessage::Text(raw.clone().into()),
+            Input::Binary(bytes) => AggregatedMessage::Binary(Bytes::from(bytes.clone())),
+            Input::ControlPing(bytes) => AggregatedMessage::Ping(Bytes::from(bytes.clone())),
+            Input::Close => AggregatedMessage::Close(None),
+        }
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Phase {
+        Unauthenticated,
+        Authenticated,
+        Closed(Option<u16>),
+    }
+
+    /// One step of the state machine, composed of the same pure rules the async loop uses
+    /// (control frames are skipped before authentication, as `first_text_message` does).
+    fn step(phase: Phase, input: &Input, jwt: &JwtVerifier) -> (Phase, Vec<String>) {
+        let message = message(input);
+        match phase {
+            Phase::Closed(_) => (phase, vec![]),
+            Phase::Unauthenticated => match &message {
+                AggregatedMessage::Ping(_) | AggregatedMessage::Pong(_) => (phase, vec![]),
+                AggregatedMessage::Close(_) => (Phase::Closed(Some(1000)), vec![]),
+                AggregatedMessage::Binary(_) => (Phase::Closed(Some(4400)), vec![]),
+                AggregatedMessage::Text(text) => {
+                    match check_first_message(text, jwt, TICKET_USER) {
+                        Ok(v) => {
+                            let welcome = ServerMessage::Authenticated {
+                                user_id: &v.sub,
+                                expires_at: v.expires_at,
+                            };
+                            (Phase::Authenticated, vec![welcome.encode()])
+                        }
+                        Err(reason) => (Phase::Closed(reason.code()), vec![]),
+                    }
+                }
+            },
+            Phase::Authenticated => match reply_to(&message) {
+                Reply::Text(text) => (phase, vec![text]),
+                Reply::Pong(_) | Reply::Nothing => (phase, vec![]),
+                Reply::Close(reason) => (Phase::Closed(reason.code()), vec![]),
+            },
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn transitions_keep_the_protocol_invariants(inputs in proptest::collection::vec(input(), 1..12)) {
+            let jwt = JwtVerifier::new(&JwtSettings::hs256(SECRET));
+            let mut phase = Phase::Unauthenticated;
+            let mut first_data = None;
+            for input in &inputs {
+                let before = phase;
+                let (after, sent) = step(phase, input, &jwt);
+                match (before, after) {
+                    // Nothing at all is sent before authentication...
+                    (Phase::Unauthenticated, Phase::Unauthenticated) | (Phase::Unauthenticated, Phase::Closed(_)) => {
+                        prop_assert!(sent.is_empty());
+                    }
+                    // ...and authentication is one `authenticated` message, for the ticket's
+                    // user, after a valid JWT as the very first data message.
+                    (Phase::Unauthenticated, Phase::Authenticated) => {
+                        prop_assert!(matches!(input, Input::JwtFor("alice")));
+                        prop_assert!(first_data.is_none());
+                        prop_assert_eq!(sent.len(), 1);
+                        prop_assert!(sent[0].contains(r#""type":"authenticated","user_id":"alice""#));
+                    }
+                    // Authenticated: every text gets exactly one JSON reply, and only a close
+                    // frame ends the connection.
+                    (Phase::Authenticated, Phase::Authenticated) => {
+                        let is_text = !matches!(input, Input::Binary(_) | Input::ControlPing(_) | Input::Close);
+                        prop_assert_eq!(sent.len(), usize::from(is_text || matches!(input, Input::Binary(_))));
+                        for reply in &sent {
+                            let json: serde_json::Value = serde_json::from_str(reply).unwrap();
+                            prop_assert!(["pong", "echo", "error"].contains(&json["type"].as_str().unwrap()));
+                        }
+                    }
+                    (Phase::Authenticated, Phase::Closed(code)) => {
+                        prop_assert!(matches!(input, Input::Close));
+                        prop_assert_eq!(code, Some(1000));
+                    }
+                    (Phase::Closed(_), next) => prop_assert_eq!(next, before),
+                    (Phase::Authenticated, Phase::Unauthenticated) => prop_assert!(false, "no way back"),
+                }
+                if before == Phase::Unauthenticated && !matches!(input, Input::ControlPing(_)) {
+                    first_data.get_or_insert(input.clone());
+                }
+                // A failed first message closes with the documented code for its kind.
+                if let (Phase::Unauthenticated, Phase::Closed(code)) = (before, after) {
+                    let expected = match input {
+                        Input::JwtFor(_) | Input::ForgedJwt => Some(4401),
+                        Input::Close => Some(1000),
+                        _ => Some(4400),
+                    };
+                    prop_assert_eq!(code, expected);
+                }
+                phase = after;
+            }
+        }
+    }
+}
