@@ -34,7 +34,7 @@ fn allow_origin(response: &reqwest::Response) -> Option<String> {
 
 #[tokio::test]
 async fn a_listed_origin_passes_the_preflight_and_reads_the_ticket() {
-    let app = spawn_app(Store::Memory, &[("ALLOWED_ORIGINS", "https://app.example")]).await;
+    let app = spawn_app(Store::Mongo, &[("ALLOWED_ORIGINS", "https://app.example")]).await;
     let response = preflight(&app, "https://app.example").await;
     assert!(response.status().is_success(), "{}", response.status());
     assert_eq!(
@@ -61,7 +61,7 @@ async fn a_listed_origin_passes_the_preflight_and_reads_the_ticket() {
 
 #[tokio::test]
 async fn an_unlisted_origin_gets_no_cors_headers_and_a_json_403() {
-    let app = spawn_app(Store::Memory, &[("ALLOWED_ORIGINS", "https://app.example")]).await;
+    let app = spawn_app(Store::Mongo, &[("ALLOWED_ORIGINS", "https://app.example")]).await;
     let response = preflight(&app, "https://evil.example").await;
     assert_eq!(
         allow_origin(&response),
@@ -80,7 +80,7 @@ async fn an_unlisted_origin_gets_no_cors_headers_and_a_json_403() {
 
 #[tokio::test]
 async fn by_default_cross_origin_minting_is_refused() {
-    let app = spawn_app(Store::Memory, &[]).await;
+    let app = spawn_app(Store::Mongo, &[]).await;
     assert_eq!(
         allow_origin(&preflight(&app, "https://app.example").await),
         None
@@ -95,7 +95,7 @@ async fn by_default_cross_origin_minting_is_refused() {
 
 #[tokio::test]
 async fn a_wildcard_allows_every_origin() {
-    let app = spawn_app(Store::Memory, &[("ALLOWED_ORIGINS", "*")]).await;
+    let app = spawn_app(Store::Mongo, &[("ALLOWED_ORIGINS", "*")]).await;
     let response = preflight(&app, "https://anywhere.example").await;
     assert!(response.status().is_success());
     assert!(allow_origin(&response).is_some());

@@ -57,7 +57,7 @@ fn jwks_file(dir: &tempfile::TempDir, keys: &[(&str, &str, Algorithm)]) -> Strin
 
 /// Settings with the given JWT variables only (no JWT_SECRET).
 async fn app_with_keys(vars: &[(&str, &str)]) -> TestApp {
-    let mut all = base_vars(Store::Memory);
+    let mut all = base_vars(Store::Mongo);
     all.remove("JWT_SECRET");
     for (k, v) in vars {
         all.insert(k.to_string(), v.to_string());

@@ -19,7 +19,7 @@ fn fragment(opcode: Data, payload: &str, last: bool) -> Message {
 
 #[tokio::test]
 async fn before_auth_messages_are_capped_at_16_kib_after_auth_at_max_message_bytes() {
-    let app = spawn_app(Store::Memory, &[]).await;
+    let app = spawn_app(Store::Mongo, &[]).await;
     let mut early = app.connect(&app.ticket("alice").await).await;
     let padding = "x".repeat(17 * 1024);
     early
@@ -45,7 +45,7 @@ async fn before_auth_messages_are_capped_at_16_kib_after_auth_at_max_message_byt
 
 #[tokio::test]
 async fn fragmented_messages_are_aggregated_within_the_caps() {
-    let app = spawn_app(Store::Memory, &[("MAX_MESSAGE_BYTES", "2048")]).await;
+    let app = spawn_app(Store::Mongo, &[("MAX_MESSAGE_BYTES", "2048")]).await;
     let mut client = app.connect(&app.ticket("alice").await).await;
     let first = json!({"type": "jwt", "token": jwt("alice")}).to_string();
     let (a, rest) = first.split_at(10);
@@ -95,7 +95,7 @@ async fn fragmented_messages_are_aggregated_within_the_caps() {
 
 #[tokio::test]
 async fn ticket_minting_is_rate_limited_per_user() {
-    let app = spawn_app(Store::Memory, &[("TICKET_RATE_PER_MIN", "3")]).await;
+    let app = spawn_app(Store::Mongo, &[("TICKET_RATE_PER_MIN", "3")]).await;
     for _ in 0..3 {
         app.ticket("alice").await;
     }
@@ -132,7 +132,7 @@ async fn upgrade_status(app: &TestApp, headers: &[(&str, &str)]) -> u16 {
 
 #[tokio::test]
 async fn upgrade_attempts_are_rate_limited_per_client_ip() {
-    let app = spawn_app(Store::Memory, &[("UPGRADE_RATE_PER_MIN", "3")]).await;
+    let app = spawn_app(Store::Mongo, &[("UPGRADE_RATE_PER_MIN", "3")]).await;
     for _ in 0..3 {
         assert_eq!(upgrade_status(&app, &[]).await, 401);
     }
@@ -156,7 +156,7 @@ async fn upgrade_attempts_are_rate_limited_per_client_ip() {
 #[tokio::test]
 async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_allowance() {
     let app = spawn_app(
-        Store::Memory,
+        Store::Mongo,
         &[
             ("UPGRADE_RATE_PER_MIN", "2"),
             ("TRUSTED_PROXIES", "127.0.0.0/8"),
@@ -197,7 +197,7 @@ async fn connections_per_user_are_limited_before_the_upgrade_without_using_the_t
 
 #[tokio::test]
 async fn total_connections_are_limited() {
-    let app = spawn_app(Store::Memory, &[("MAX_CONNECTIONS", "2")]).await;
+    let app = spawn_app(Store::Mongo, &[("MAX_CONNECTIONS", "2")]).await;
     let _a = app.authenticated("a").await;
     let _b = app.connect(&app.ticket("b").await).await;
     let response_status = app

@@ -67,6 +67,10 @@ async fn an_outage_answers_503_keeps_open_connections_and_recovers() {
         "the upgrade hung for {:?}",
         started.elapsed()
     );
+    eprintln!(
+        "outage: upgrade answered 503 after {:?} (STORE_TIMEOUT_MS=1000)",
+        started.elapsed()
+    );
 
     // The authenticated connection does not depend on MongoDB.
     let seq = app
@@ -80,7 +84,12 @@ async fn an_outage_answers_503_keeps_open_connections_and_recovers() {
     assert_eq!(live.next_json().await, json!({"type": "pong"}));
 
     tokio::task::block_in_place(|| mongod.restart());
+    let back = Instant::now();
     mint_until_ok(&app, Duration::from_secs(30)).await;
+    eprintln!(
+        "outage: minting recovered {:?} after mongod was primary again",
+        back.elapsed()
+    );
     // Nothing was lost: the ticket minted before the outage still opens a connection.
     app.connect(&minted_before).await;
 }
