@@ -159,95 +159,70 @@ async fn a_jwks_selects_keys_by_kid_for_rotation() {
     );
     let app = app_with_keys(&[("JWT_JWKS_FILE", &jwks)]).await;
     let body = claims(json!({}));
-    assert_eq!(
-        mint_status(
-            &app,
-            &sign(
-                Algorithm::RS256,
-                Some("2026-old"),
-                &private_key("rsa-a"),
-                &body
-            )
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        mint_status(
-            &app,
-            &sign(
-                Algorithm::RS256,
-                Some("2026-new"),
-                &private_key("rsa-b"),
-                &body
-            )
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        mint_status(
-            &app,
-            &sign(Algorithm::ES256, Some("ec"), &private_key("ec-a"), &body)
-        )
-        .await
-        .0,
-        200
-    );
-
-    let (status, detail) = mint_status(
-        &app,
-        &sign(Algorithm::RS256, None, &private_key("rsa-a"), &body),
-    )
-    .await;
-    assert_eq!(status, 401);
-    assert!(
-        detail.contains("no kid"),
-        "a missing kid with several keys: {detail}"
-    );
-    let (status, detail) = mint_status(
-        &app,
-        &sign(
+    // (what, algorithm, kid, signing key, expected status, a word the refusal must give)
+    let cases = [
+        (
+            "the old key during rotation",
             Algorithm::RS256,
-            Some("retired"),
-            &private_key("rsa-a"),
-            &body,
+            Some("2026-old"),
+            "rsa-a",
+            200,
+            "",
         ),
-    )
-    .await;
-    assert_eq!(status, 401);
-    assert!(
-        detail.contains("kid names no configured key"),
-        "an unknown kid: {detail}"
-    );
-    let (status, detail) = mint_status(
-        &app,
-        &sign(
+        (
+            "the new key during rotation",
             Algorithm::RS256,
             Some("2026-new"),
-            &private_key("rsa-a"),
-            &body,
+            "rsa-b",
+            200,
+            "",
         ),
-    )
-    .await;
-    assert_eq!(status, 401);
-    assert!(
-        detail.contains("signature"),
-        "the right kid, the wrong key: {detail}"
-    );
-    let (status, _) = mint_status(
-        &app,
-        &sign(
+        (
+            "an EC key beside RSA keys",
+            Algorithm::ES256,
+            Some("ec"),
+            "ec-a",
+            200,
+            "",
+        ),
+        (
+            "a missing kid with several keys",
+            Algorithm::RS256,
+            None,
+            "rsa-a",
+            401,
+            "no kid",
+        ),
+        (
+            "an unknown kid",
+            Algorithm::RS256,
+            Some("retired"),
+            "rsa-a",
+            401,
+            "kid names no configured key",
+        ),
+        (
+            "the right kid, the wrong key",
+            Algorithm::RS256,
+            Some("2026-new"),
+            "rsa-a",
+            401,
+            "signature",
+        ),
+        (
+            "a kid's key for another algorithm",
             Algorithm::ES256,
             Some("2026-old"),
-            &private_key("ec-a"),
-            &body,
+            "ec-a",
+            401,
+            "algorithm",
         ),
-    )
-    .await;
-    assert_eq!(status, 401, "a kid's key only verifies its own algorithm");
+    ];
+    for (what, alg, kid, key, status, word) in cases {
+        let (got, detail) = mint_status(&app, &sign(alg, kid, &private_key(key), &body)).await;
+        assert_eq!(got, status, "{what}: {detail}");
+        assert!(detail.contains(word), "{what}: {detail}");
+    }
 }
 
 #[tokio::test]
