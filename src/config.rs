@@ -23,6 +23,8 @@ pub struct Settings {
     pub auth_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub client_timeout: Duration,
+    /// How long before a JWT's `exp` a connection gets `token_expiring`.
+    pub token_refresh_notice: Duration,
     /// `None`: the demo broadcaster is off.
     pub broadcast_interval: Option<Duration>,
     pub allowed_origins: OriginPolicy,
@@ -83,6 +85,7 @@ pub const VARIABLES: &[&str] = &[
     "AUTH_TIMEOUT_SECS",
     "HEARTBEAT_INTERVAL_SECS",
     "CLIENT_TIMEOUT_SECS",
+    "TOKEN_REFRESH_NOTICE_SECS",
     "BROADCAST_INTERVAL_SECS",
     "ALLOWED_ORIGINS",
     "STORE_TIMEOUT_MS",
@@ -148,6 +151,7 @@ impl Settings {
             auth_timeout: env.secs("AUTH_TIMEOUT_SECS", 10, 1)?,
             heartbeat_interval,
             client_timeout,
+            token_refresh_notice: env.secs("TOKEN_REFRESH_NOTICE_SECS", 60, 0)?,
             broadcast_interval: (broadcast_secs > 0).then(|| Duration::from_secs(broadcast_secs)),
             allowed_origins: match env.get("ALLOWED_ORIGINS") {
                 None => OriginPolicy::SameOrigin,

@@ -61,6 +61,8 @@ impl Application {
                     auth_timeout: settings.auth_timeout,
                     heartbeat_interval: settings.heartbeat_interval,
                     client_timeout: settings.client_timeout,
+                    token_refresh_notice: settings.token_refresh_notice,
+                    expiry_grace: Duration::from_secs(settings.jwt.leeway_secs),
                 },
                 max_message_bytes: settings.max_message_bytes,
             }),

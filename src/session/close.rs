@@ -12,6 +12,8 @@ pub enum CloseReason {
     JwtRejected(JwtRejection),
     /// 4401: a valid JWT for another user than the ticket's.
     WrongUser,
+    /// 4401: the JWT's `exp` passed without an in-band refresh.
+    TokenExpired,
     /// 4408: no JWT message within AUTH_TIMEOUT_SECS.
     AuthTimeout,
     /// 4408: no sign of life within CLIENT_TIMEOUT_SECS.
@@ -34,7 +36,9 @@ impl CloseReason {
     pub fn code(&self) -> Option<u16> {
         Some(match self {
             CloseReason::MalformedAuth(_) => 4400,
-            CloseReason::JwtRejected(_) | CloseReason::WrongUser => 4401,
+            CloseReason::JwtRejected(_) | CloseReason::WrongUser | CloseReason::TokenExpired => {
+                4401
+            }
             CloseReason::AuthTimeout | CloseReason::HeartbeatTimeout => 4408,
             CloseReason::SlowConsumer { .. } => 1013,
             CloseReason::MessageTooBig => 1009,
@@ -52,6 +56,7 @@ impl CloseReason {
             }
             CloseReason::JwtRejected(why) => format!("invalid token: {why}"),
             CloseReason::WrongUser => "the token's sub is not the ticket's user".into(),
+            CloseReason::TokenExpired => "token expired".into(),
             CloseReason::AuthTimeout => "authentication timeout".into(),
             CloseReason::HeartbeatTimeout => "heartbeat timeout".into(),
             CloseReason::SlowConsumer { missed } => {

@@ -6,6 +6,7 @@
 //! Every path ends in one [`Closing`], which sends at most one close frame.
 
 pub mod close;
+pub mod expiry;
 pub mod frame_guard;
 pub mod protocol;
 pub mod rules;
@@ -18,11 +19,12 @@ use actix_ws::{
     ProtocolError, Session,
 };
 use bytestring::ByteString;
-use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 
 use crate::hub::{ConnectionId, Hub, Membership, OpenConnection};
 use crate::jwt::JwtVerifier;
 pub use close::CloseReason;
+use expiry::{Expiry, ExpiryEvent};
 use frame_guard::FrameLimit;
 use protocol::ServerMessage;
 use rules::Reply;
@@ -46,6 +48,17 @@ pub struct SessionTiming {
     pub heartbeat_interval: Duration,
     /// No sign of life for this long closes the connection; also the deadline for any one write.
     pub client_timeout: Duration,
+    /// How long before `exp` the `token_expiring` notice goes out.
+    pub token_refresh_notice: Duration,
+    /// How long after `exp` the connection may live: the verifier's leeway, so a token accepted
+    /// within it is not closed at once.
+    pub expiry_grace: Duration,
+}
+
+impl SessionTiming {
+    fn expiry_of(&self, expires_at: u64) -> Expiry {
+        Expiry::new(expires_at, self.token_refresh_notice, self.expiry_grace)
+    }
 }
 
 pub struct Connection<State> {
@@ -68,6 +81,8 @@ pub struct Authenticated {
     user_id: String,
     membership: Membership,
     stream: AggregatedMessageStream,
+    /// When the current JWT runs out; a refresh starts it over.
+    expiry: Expiry,
 }
 
 /// The end of a connection: why, and the means to say so.
@@ -95,7 +110,7 @@ pub async fn run(
         },
     };
     let closing = match connection.authenticate(&ctx).await {
-        Ok(authenticated) => authenticated.serve(&ctx.timing).await,
+        Ok(authenticated) => authenticated.serve(&ctx).await,
         Err(closing) => closing,
     };
     closing.finish(ctx.timing.client_timeout, started).await;
@@ -155,6 +170,7 @@ impl Connection<Unauthenticated> {
             open: self.open,
             session: self.session,
             state: Authenticated {
+                expiry: ctx.timing.expiry_of(verified.expires_at),
                 user_id: verified.sub,
                 membership,
                 stream,
@@ -214,7 +230,10 @@ enum Next {
 
 impl Connection<Authenticated> {
     /// The authenticated loop: client messages, broadcasts and the heartbeat, until one ends it.
-    pub async fn serve(mut self, timing: &SessionTiming) -> Closing {
+    pub async fn serve(mut self, ctx: &SessionContext) -> Closing {
+        let timing = &ctx.timing;
+        let expiry_timer = sleep_until(self.state.expiry.next_deadline());
+        tokio::pin!(expiry_timer);
         let mut heartbeat = interval_at(
             Instant::now() + timing.heartbeat_interval,
             timing.heartbeat_interval,
@@ -228,10 +247,28 @@ impl Connection<Authenticated> {
                     let next = match incoming {
                         None => Next::Close(CloseReason::ConnectionLost),
                         Some(Err(error)) => Next::Close(protocol_failure(&error)),
-                        Some(Ok(message)) => self.handle(message, timing).await,
+                        Some(Ok(message)) => self.handle(message, ctx).await,
                     };
                     if let Next::Close(reason) = next {
                         break reason;
+                    }
+                    // A refresh moved the expiry.
+                    if expiry_timer.deadline() != self.state.expiry.next_deadline() {
+                        expiry_timer.as_mut().reset(self.state.expiry.next_deadline());
+                    }
+                }
+                () = &mut expiry_timer => {
+                    let (event, next) = self.state.expiry.fire();
+                    self.state.expiry = next;
+                    match event {
+                        ExpiryEvent::Expired => break CloseReason::TokenExpired,
+                        ExpiryEvent::Notice { expires_at } => {
+                            let notice = ServerMessage::TokenExpiring { expires_at }.encode();
+                            if send(&mut self.session, notice, timing.client_timeout).await.is_err() {
+                                break CloseReason::ConnectionLost;
+                            }
+                            expiry_timer.as_mut().reset(self.state.expiry.next_deadline());
+                        }
                     }
                 }
                 broadcast = self.state.membership.next_broadcast() => match broadcast {
@@ -273,9 +310,28 @@ impl Connection<Authenticated> {
         }
     }
 
-    async fn handle(&mut self, message: AggregatedMessage, timing: &SessionTiming) -> Next {
+    async fn handle(&mut self, message: AggregatedMessage, ctx: &SessionContext) -> Next {
+        let timing = &ctx.timing;
         let sent = match rules::reply_to(&message) {
             Reply::Text(text) => send(&mut self.session, text, timing.client_timeout).await,
+            Reply::Refresh(token) => {
+                match rules::check_jwt(&token, &ctx.jwt, &self.state.user_id) {
+                    Err(reason) => return Next::Close(reason),
+                    Ok(verified) => {
+                        self.state.expiry = timing.expiry_of(verified.expires_at);
+                        log::info!(
+                            "{} refreshed, now valid until {}",
+                            self.id(),
+                            verified.expires_at
+                        );
+                        let welcome = ServerMessage::Authenticated {
+                            user_id: &verified.sub,
+                            expires_at: verified.expires_at,
+                        };
+                        send(&mut self.session, welcome.encode(), timing.client_timeout).await
+                    }
+                }
+            }
             Reply::Pong(payload) => {
                 match timeout(timing.client_timeout, self.session.pong(payload)).await {
                     Ok(result) => result,

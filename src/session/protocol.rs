@@ -68,6 +68,7 @@ impl<'a> ClientMessage<'a> {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage<'a> {
     Authenticated { user_id: &'a str, expires_at: u64 },
+    TokenExpiring { expires_at: u64 },
     Pong,
     Echo { data: &'a RawValue },
     Error { error: ErrorCode },
@@ -80,8 +81,6 @@ pub enum ErrorCode {
     /// Not JSON, not a text frame, or fields of the wrong type.
     BadMessage,
     UnknownType,
-    /// A `jwt` message on a connection that is already authenticated.
-    AlreadyAuthenticated,
 }
 
 impl ServerMessage<'_> {

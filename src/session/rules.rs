@@ -2,6 +2,8 @@
 //! without sockets: what the first message decides, and what an authenticated connection
 //! answers. The async loop in `mod.rs` only moves bytes and timers around these.
 
+use std::borrow::Cow;
+
 use actix_ws::AggregatedMessage;
 
 use super::close::CloseReason;
@@ -22,8 +24,13 @@ pub fn check_first_message(
         Err(ParseError::NotJson) => return Err(CloseReason::MalformedAuth("not JSON")),
         Err(ParseError::BadFields) => return Err(CloseReason::MalformedAuth("missing token")),
     };
-    let verified = jwt.verify(&token).map_err(CloseReason::JwtRejected)?;
-    if verified.sub != ticket_user {
+    check_jwt(&token, jwt, ticket_user)
+}
+
+/// A JWT for this connection's user, at authentication or refresh.
+pub fn check_jwt(token: &str, jwt: &JwtVerifier, user: &str) -> Result<VerifiedJwt, CloseReason> {
+    let verified = jwt.verify(token).map_err(CloseReason::JwtRejected)?;
+    if verified.sub != user {
         return Err(CloseReason::WrongUser);
     }
     Ok(verified)
@@ -33,6 +40,8 @@ pub fn check_first_message(
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reply<'a> {
     Text(String),
+    /// An in-band refresh: check this JWT with [`check_jwt`].
+    Refresh(Cow<'a, str>),
     Pong(&'a [u8]),
     Nothing,
     Close(CloseReason),
@@ -44,7 +53,7 @@ pub fn reply_to(message: &AggregatedMessage) -> Reply<'_> {
         AggregatedMessage::Text(text) => match ClientMessage::parse(text) {
             Ok(ClientMessage::Ping) => Reply::Text(ServerMessage::Pong.encode()),
             Ok(ClientMessage::Echo { data }) => Reply::Text(ServerMessage::Echo { data }.encode()),
-            Ok(ClientMessage::Jwt { .. }) => error(ErrorCode::AlreadyAuthenticated),
+            Ok(ClientMessage::Jwt { token }) => Reply::Refresh(token),
             Err(ParseError::UnknownType) => error(ErrorCode::UnknownType),
             Err(ParseError::NotJson | ParseError::BadFields) => error(ErrorCode::BadMessage),
         },
@@ -147,6 +156,16 @@ mod tests {
             },
             Phase::Authenticated => match reply_to(&message) {
                 Reply::Text(text) => (phase, vec![text]),
+                Reply::Refresh(token) => match check_jwt(&token, jwt, TICKET_USER) {
+                    Ok(v) => {
+                        let welcome = ServerMessage::Authenticated {
+                            user_id: &v.sub,
+                            expires_at: v.expires_at,
+                        };
+                        (phase, vec![welcome.encode()])
+                    }
+                    Err(reason) => (Phase::Closed(reason.code()), vec![]),
+                },
                 Reply::Pong(_) | Reply::Nothing => (phase, vec![]),
                 Reply::Close(reason) => (Phase::Closed(reason.code()), vec![]),
             },
@@ -177,19 +196,25 @@ mod tests {
                         prop_assert_eq!(sent.len(), 1);
                         prop_assert!(sent[0].contains(r#""type":"authenticated","user_id":"alice""#));
                     }
-                    // Authenticated: every text gets exactly one JSON reply, and only a close
-                    // frame ends the connection.
+                    // Authenticated: every text gets exactly one JSON reply; a JWT for the same
+                    // user refreshes, any other JWT or a close frame ends the connection.
                     (Phase::Authenticated, Phase::Authenticated) => {
                         let is_text = !matches!(input, Input::Binary(_) | Input::ControlPing(_) | Input::Close);
                         prop_assert_eq!(sent.len(), usize::from(is_text || matches!(input, Input::Binary(_))));
                         for reply in &sent {
                             let json: serde_json::Value = serde_json::from_str(reply).unwrap();
-                            prop_assert!(["pong", "echo", "error"].contains(&json["type"].as_str().unwrap()));
+                            let kind = json["type"].as_str().unwrap();
+                            prop_assert!(["pong", "echo", "error", "authenticated"].contains(&kind));
+                            prop_assert_eq!(kind == "authenticated", matches!(input, Input::JwtFor("alice")));
                         }
                     }
                     (Phase::Authenticated, Phase::Closed(code)) => {
-                        prop_assert!(matches!(input, Input::Close));
-                        prop_assert_eq!(code, Some(1000));
+                        let expected = match input {
+                            Input::Close => 1000,
+                            Input::JwtFor(_) | Input::ForgedJwt => 4401,
+                            other => return Err(TestCaseError::fail(format!("{other:?} closed the connection"))),
+                        };
+                        prop_assert_eq!(code, Some(expected));
                     }
                     (Phase::Closed(_), next) => prop_assert_eq!(next, before),
                     (Phase::Authenticated, Phase::Unauthenticated) => prop_assert!(false, "no way back"),

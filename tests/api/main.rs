@@ -8,6 +8,7 @@ mod helpers;
 mod hostile;
 mod jwt_keys;
 mod limits;
+mod live;
 mod migrations;
 mod mint;
 mod origin;
