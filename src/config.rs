@@ -37,6 +37,9 @@ pub struct Settings {
     pub connection_limits: ConnectionLimits,
     /// Peers whose X-Forwarded-For is believed.
     pub trusted_proxies: TrustedProxies,
+    /// Authenticates the server API; `None` turns the API off.
+    pub api_key: Option<SecretString>,
+    pub api_max_body_bytes: usize,
     /// Time allowed to send a request's head (slowloris defence).
     pub http_request_timeout: Duration,
 }
@@ -96,6 +99,8 @@ pub const VARIABLES: &[&str] = &[
     "MAX_CONNECTIONS",
     "TRUSTED_PROXIES",
     "HTTP_REQUEST_TIMEOUT_SECS",
+    "API_KEY",
+    "API_MAX_BODY_BYTES",
     "RUST_LOG",
 ];
 
@@ -166,6 +171,17 @@ impl Settings {
                 max_per_user: env.number("MAX_CONNECTIONS_PER_USER", 20, 1)? as usize,
                 max_total: env.number("MAX_CONNECTIONS", 100_000, 1)? as usize,
             },
+            api_key: match env.get("API_KEY") {
+                Some(key) if key.len() < 16 => {
+                    return Err(ConfigError::Invalid {
+                        var: "API_KEY",
+                        value: "<hidden>".into(),
+                        reason: "use at least 16 characters".into(),
+                    });
+                }
+                key => key.map(|k| SecretString::from(k.to_owned())),
+            },
+            api_max_body_bytes: env.number("API_MAX_BODY_BYTES", 256 * 1024, 64)? as usize,
             http_request_timeout: env.secs("HTTP_REQUEST_TIMEOUT_SECS", 5, 1)?,
             trusted_proxies: match env.get("TRUSTED_PROXIES") {
                 None => TrustedProxies::default(),

@@ -33,6 +33,14 @@ pub enum ApiError {
     TooManyConnections,
     #[error("the gateway is at its connection capacity; try again shortly")]
     AtCapacity,
+    #[error("send the API key as `Authorization: Bearer <API_KEY>`")]
+    MissingApiKey,
+    #[error("the API key is not valid")]
+    InvalidApiKey,
+    #[error("the request body is not acceptable: {0}")]
+    BadRequest(String),
+    #[error("the request body is over the limit (API_MAX_BODY_BYTES)")]
+    BodyTooLarge,
     #[error("no such endpoint")]
     NotFound,
     #[error("method not allowed on this endpoint")]
@@ -60,6 +68,10 @@ impl ApiError {
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::TooManyConnections => "too_many_connections",
             ApiError::AtCapacity => "at_capacity",
+            ApiError::MissingApiKey => "missing_api_key",
+            ApiError::InvalidApiKey => "invalid_api_key",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::BodyTooLarge => "body_too_large",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
         }
@@ -77,6 +89,9 @@ impl ResponseError for ApiError {
             ApiError::RateLimited(_) | ApiError::TooManyConnections => {
                 StatusCode::TOO_MANY_REQUESTS
             }
+            ApiError::MissingApiKey | ApiError::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }

@@ -1,24 +1,28 @@
-//! The fan-out hub: which connections are authenticated, and the one seam every broadcast goes
+//! The hub: every open connection, what stage it is in, and the one seam every broadcast goes
 //! through ([`Hub::publish`]). A later cluster bus publishes through the same seam.
 //!
 //! Broadcasts are serialized once and shared (a `ByteString` clone is a reference-count bump).
 //! They travel on a bounded `tokio::sync::broadcast` ring: publishing never waits for any
 //! connection, and a connection that falls more than [`BROADCAST_BUFFER`] messages behind learns
-//! it lagged and is closed, so one slow client never holds up the others.
+//! it lagged and is closed, so one slow client never holds up the others. Messages for one user
+//! go through each of that user's connections' bounded mailbox, with the same rule. Server-side
+//! closes (disconnect, revocation, drain) reach a connection through its [`Kick`] channel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytestring::ByteString;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// Broadcasts a connection may fall behind before it is closed as a slow consumer.
 pub const BROADCAST_BUFFER: usize = 1024;
+/// User messages a connection may have waiting before it is closed as a slow consumer.
+pub const MAILBOX_BUFFER: usize = 256;
 
-/// Identifies one WebSocket connection in logs and in the registry.
+/// Identifies one WebSocket connection in logs and in the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnectionId(u64);
 
@@ -28,13 +32,8 @@ impl std::fmt::Display for ConnectionId {
     }
 }
 
-/// An encoded broadcast, ready to be written to any number of sockets.
+/// An encoded message, ready to be written to any number of sockets.
 pub type Frame = ByteString;
-
-struct Registration {
-    #[allow(dead_code)] // read by per-user delivery and connection listings in later issues
-    user_id: Arc<str>,
-}
 
 /// Limits on concurrent WebSocket connections, checked when one is opened.
 #[derive(Debug, Clone, Copy)]
@@ -59,20 +58,56 @@ pub enum ConnectionRefused {
     Capacity,
 }
 
-/// Open connections, in total and per user (authenticated or not), counted under one lock so
-/// a limit can never be overshot by racing upgrades.
+/// A server-side decision to close a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// `POST /api/users/{id}/disconnect`.
+    Disconnected,
+    /// The JWT it authenticated with was revoked.
+    Revoked,
+    /// The gateway is shutting down.
+    Draining,
+    /// Its mailbox of user messages overflowed.
+    SlowConsumer,
+}
+
+/// Counts of open connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ConnectionCounts {
+    pub total: usize,
+    pub authenticated: usize,
+    pub unauthenticated: usize,
+}
+
+enum Stage {
+    Unauthenticated,
+    Authenticated {
+        mailbox: mpsc::Sender<Frame>,
+        jti: Option<Arc<str>>,
+    },
+    /// Out of the pipelines, closing.
+    Leaving,
+}
+
+struct Entry {
+    kick: watch::Sender<Option<Kick>>,
+    stage: Stage,
+}
+
+/// The table of open connections, with an index by user; one lock, so limits can never be
+/// overshot by racing upgrades.
 #[derive(Default)]
-struct OpenCounts {
-    total: usize,
-    per_user: HashMap<Arc<str>, usize>,
+struct Connections {
+    entries: HashMap<ConnectionId, Entry>,
+    by_user: HashMap<Arc<str>, HashSet<ConnectionId>>,
+    authenticated: usize,
 }
 
 pub struct Hub {
     /// Held with the sender so `seq` order is delivery order even with concurrent publishers.
     publisher: Mutex<Publisher>,
-    registry: Mutex<HashMap<ConnectionId, Registration>>,
+    connections: Mutex<Connections>,
     next_connection: AtomicU64,
-    open: Mutex<OpenCounts>,
     limits: ConnectionLimits,
 }
 
@@ -82,11 +117,18 @@ struct Publisher {
 }
 
 #[derive(Serialize)]
-struct BroadcastMessage<'a> {
+struct Envelope<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
-    seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
     data: &'a RawValue,
+}
+
+fn encode(kind: &'static str, seq: Option<u64>, data: &RawValue) -> Frame {
+    let json = serde_json::to_string(&Envelope { kind, seq, data })
+        .expect("serializing a RawValue cannot fail");
+    ByteString::from(json)
 }
 
 impl Hub {
@@ -97,9 +139,8 @@ impl Hub {
                 last_seq: 0,
                 sender,
             }),
-            registry: Mutex::new(HashMap::new()),
+            connections: Mutex::new(Connections::default()),
             next_connection: AtomicU64::new(1),
-            open: Mutex::new(OpenCounts::default()),
             limits,
         })
     }
@@ -110,69 +151,140 @@ impl Hub {
         let mut publisher = lock(&self.publisher);
         publisher.last_seq += 1;
         let seq = publisher.last_seq;
-        let message = BroadcastMessage {
-            kind: "broadcast",
-            seq,
-            data,
-        };
-        let frame = serde_json::to_string(&message).expect("serializing a RawValue cannot fail");
         // An error only means nobody is listening right now, which is fine for a broadcast.
-        let _ = publisher.sender.send(ByteString::from(frame));
+        let _ = publisher.sender.send(encode("broadcast", Some(seq), data));
         seq
+    }
+
+    /// Sends `{"type":"message","data":…}` to each authenticated connection of `user_id`;
+    /// returns how many got it. A connection whose mailbox is full is closed as a slow consumer.
+    pub fn send_to_user(&self, user_id: &str, data: &RawValue) -> usize {
+        let frame = encode("message", None, data);
+        let connections = lock(&self.connections);
+        let mut delivered = 0;
+        for entry in connections.of_user(user_id) {
+            if let Stage::Authenticated { mailbox, .. } = &entry.stage {
+                match mailbox.try_send(frame.clone()) {
+                    Ok(()) => delivered += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        entry.kick.send_replace(Some(Kick::SlowConsumer));
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Closes every connection of `user_id`, authenticated or not; returns how many.
+    pub fn kick_user(&self, user_id: &str, kick: Kick) -> usize {
+        let connections = lock(&self.connections);
+        kick_each(connections.of_user(user_id), kick)
+    }
+
+    /// Closes every connection authenticated with a JWT whose `jti` is `jti`; returns how many.
+    pub fn kick_jti(&self, jti: &str, kick: Kick) -> usize {
+        let connections = lock(&self.connections);
+        let matching = connections.entries.values().filter(|entry| {
+            matches!(&entry.stage, Stage::Authenticated { jti: Some(current), .. } if &**current == jti)
+        });
+        kick_each(matching, kick)
+    }
+
+    /// Closes every open connection; returns how many.
+    pub fn kick_all(&self, kick: Kick) -> usize {
+        let connections = lock(&self.connections);
+        kick_each(connections.entries.values(), kick)
     }
 
     /// Takes a connection slot for `user_id`, within the limits, until the guard is dropped.
     pub fn try_open(self: &Arc<Self>, user_id: &str) -> Result<OpenConnection, ConnectionRefused> {
-        let mut open = lock(&self.open);
-        if open.total >= self.limits.max_total {
+        let mut connections = lock(&self.connections);
+        if connections.entries.len() >= self.limits.max_total {
             return Err(ConnectionRefused::Capacity);
         }
-        let user: Arc<str> = Arc::from(user_id);
-        let of_user = open.per_user.entry(Arc::clone(&user)).or_insert(0);
-        if *of_user >= self.limits.max_per_user {
+        if connections.by_user.get(user_id).map_or(0, HashSet::len) >= self.limits.max_per_user {
             return Err(ConnectionRefused::UserLimit);
         }
-        *of_user += 1;
-        open.total += 1;
+        let id = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
+        let user: Arc<str> = Arc::from(user_id);
+        let (kick, kicked) = watch::channel(None);
+        connections.entries.insert(
+            id,
+            Entry {
+                kick,
+                stage: Stage::Unauthenticated,
+            },
+        );
+        connections
+            .by_user
+            .entry(Arc::clone(&user))
+            .or_default()
+            .insert(id);
         Ok(OpenConnection {
             hub: Arc::clone(self),
-            id: ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed)),
+            id,
             user,
+            kicked,
         })
     }
 
-    /// Adds an authenticated connection to the broadcast pipeline. Only the session's
-    /// authenticated state can call this, so nothing reaches a connection before it authenticates.
-    pub fn join(self: &Arc<Self>, connection: &OpenConnection) -> Membership {
-        // Subscribe before registering: a connection counted as registered receives everything
-        // published from then on.
+    /// Adds an authenticated connection to the broadcast and message pipelines. Only the
+    /// session's authenticated state can call this, so nothing reaches a connection before it
+    /// authenticates.
+    pub fn join(self: &Arc<Self>, connection: &OpenConnection, jti: Option<&str>) -> Membership {
+        // Subscribe before registering: a connection counted as authenticated receives every
+        // broadcast published from then on.
         let receiver = lock(&self.publisher).sender.subscribe();
-        lock(&self.registry).insert(
-            connection.id,
-            Registration {
-                user_id: Arc::clone(&connection.user),
-            },
-        );
+        let (mailbox, messages) = mpsc::channel(MAILBOX_BUFFER);
+        let mut connections = lock(&self.connections);
+        if let Some(entry) = connections.entries.get_mut(&connection.id) {
+            entry.stage = Stage::Authenticated {
+                mailbox,
+                jti: jti.map(Arc::from),
+            };
+            connections.authenticated += 1;
+        }
         Membership {
             hub: Arc::clone(self),
             id: connection.id,
             receiver,
+            messages,
+        }
+    }
+
+    pub fn counts(&self) -> ConnectionCounts {
+        let connections = lock(&self.connections);
+        ConnectionCounts {
+            total: connections.entries.len(),
+            authenticated: connections.authenticated,
+            unauthenticated: connections.entries.len() - connections.authenticated,
         }
     }
 
     /// Connections in the broadcast pipeline.
     pub fn authenticated_count(&self) -> usize {
-        lock(&self.registry).len()
+        self.counts().authenticated
     }
 
     /// All open WebSocket connections, authenticated or not.
     pub fn open_count(&self) -> usize {
-        lock(&self.open).total
+        self.counts().total
     }
 
     /// Open connections of one user, authenticated or not.
     pub fn open_count_of(&self, user_id: &str) -> usize {
-        lock(&self.open).per_user.get(user_id).copied().unwrap_or(0)
+        lock(&self.connections)
+            .by_user
+            .get(user_id)
+            .map_or(0, HashSet::len)
+    }
+}
+
+impl Connections {
+    fn of_user<'a>(&'a self, user_id: &str) -> impl Iterator<Item = &'a Entry> {
+        let ids = self.by_user.get(user_id).into_iter().flatten();
+        ids.filter_map(|id| self.entries.get(id))
     }
 }
 
@@ -181,33 +293,52 @@ pub struct OpenConnection {
     hub: Arc<Hub>,
     pub id: ConnectionId,
     user: Arc<str>,
+    kicked: watch::Receiver<Option<Kick>>,
 }
 
 impl OpenConnection {
     pub fn user_id(&self) -> &str {
         &self.user
     }
-}
 
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        let mut open = lock(&self.hub.open);
-        open.total -= 1;
-        if let Some(count) = open.per_user.get_mut(&self.user) {
-            *count -= 1;
-            if *count == 0 {
-                open.per_user.remove(&self.user);
+    /// Resolves when the server decides to close this connection.
+    pub async fn kicked(&mut self) -> Kick {
+        loop {
+            if let Some(kick) = *self.kicked.borrow_and_update() {
+                return kick;
+            }
+            if self.kicked.changed().await.is_err() {
+                // The sender lives in the hub's entry, which outlives this guard.
+                std::future::pending::<()>().await;
             }
         }
     }
 }
 
-/// An authenticated connection's place in the broadcast pipeline. Dropping it is the one and
-/// only way out, so every exit path (close, error, panic) unregisters.
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        let mut connections = lock(&self.hub.connections);
+        if let Some(entry) = connections.entries.remove(&self.id)
+            && matches!(entry.stage, Stage::Authenticated { .. })
+        {
+            connections.authenticated -= 1;
+        }
+        if let Some(ids) = connections.by_user.get_mut(&self.user) {
+            ids.remove(&self.id);
+            if ids.is_empty() {
+                connections.by_user.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// An authenticated connection's place in the pipelines. Dropping it is the one and only way
+/// out, so every exit path (close, error, panic) leaves them.
 pub struct Membership {
     hub: Arc<Hub>,
     id: ConnectionId,
     receiver: broadcast::Receiver<Frame>,
+    messages: mpsc::Receiver<Frame>,
 }
 
 /// The connection fell so far behind that broadcasts were dropped for it.
@@ -225,15 +356,70 @@ impl Membership {
             Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
         }
     }
+
+    /// The next message addressed to this connection's user.
+    pub async fn next_message(&mut self) -> Frame {
+        match self.messages.recv().await {
+            Some(frame) => frame,
+            // The sender lives in the hub's entry for as long as this membership.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The next frame for this connection: a user message or a broadcast, whichever is ready.
+    pub async fn next(&mut self) -> Result<Frame, Lagged> {
+        tokio::select! {
+            message = self.messages.recv() => match message {
+                Some(frame) => Ok(frame),
+                None => std::future::pending().await,
+            },
+            broadcast = self.receiver.recv() => match broadcast {
+                Ok(frame) => Ok(frame),
+                Err(broadcast::error::RecvError::Lagged(missed)) => Err(Lagged { missed }),
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            },
+        }
+    }
+
+    /// After an in-band refresh: revocation now concerns the new JWT's `jti`.
+    pub fn set_jti(&self, jti: Option<&str>) {
+        let mut connections = lock(&self.hub.connections);
+        if let Some(Entry {
+            stage: Stage::Authenticated { jti: current, .. },
+            ..
+        }) = connections.entries.get_mut(&self.id)
+        {
+            *current = jti.map(Arc::from);
+        }
+    }
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        lock(&self.hub.registry).remove(&self.id);
+        let mut connections = lock(&self.hub.connections);
+        let was_authenticated = match connections.entries.get_mut(&self.id) {
+            Some(entry) => matches!(
+                std::mem::replace(&mut entry.stage, Stage::Leaving),
+                Stage::Authenticated { .. }
+            ),
+            None => false,
+        };
+        if was_authenticated {
+            connections.authenticated -= 1;
+        }
     }
 }
 
-/// Registry and publisher updates are single operations, so a panic elsewhere cannot leave them
+fn kick_each<'a>(entries: impl Iterator<Item = &'a Entry>, kick: Kick) -> usize {
+    let mut kicked = 0;
+    for entry in entries {
+        entry.kick.send_replace(Some(kick));
+        kicked += 1;
+    }
+    kicked
+}
+
+/// Table and publisher updates are single operations, so a panic elsewhere cannot leave them
 /// half-done; a poisoned lock is still consistent.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -253,8 +439,15 @@ mod tests {
     async fn members_receive_broadcasts_in_seq_order_and_leave_on_drop() {
         let hub = Hub::new(ConnectionLimits::UNLIMITED);
         let conn = hub.try_open("alice").unwrap();
-        assert_eq!(hub.open_count(), 1);
-        let mut member = hub.join(&conn);
+        assert_eq!(
+            hub.counts(),
+            ConnectionCounts {
+                total: 1,
+                authenticated: 0,
+                unauthenticated: 1
+            }
+        );
+        let mut member = hub.join(&conn, None);
         assert_eq!(hub.authenticated_count(), 1);
         assert_eq!(hub.publish(&raw(r#"{"a":1}"#)), 1);
         assert_eq!(hub.publish(&raw("2")), 2);
@@ -267,7 +460,14 @@ mod tests {
             r#"{"type":"broadcast","seq":2,"data":2}"#
         );
         drop(member);
-        assert_eq!(hub.authenticated_count(), 0);
+        assert_eq!(
+            hub.counts(),
+            ConnectionCounts {
+                total: 1,
+                authenticated: 0,
+                unauthenticated: 1
+            }
+        );
         drop(conn);
         assert_eq!(hub.open_count(), 0);
     }
@@ -276,11 +476,56 @@ mod tests {
     async fn a_lagging_member_is_told_how_much_it_missed() {
         let hub = Hub::new(ConnectionLimits::UNLIMITED);
         let conn = hub.try_open("slow").unwrap();
-        let mut member = hub.join(&conn);
+        let mut member = hub.join(&conn, None);
         for _ in 0..BROADCAST_BUFFER + 5 {
             hub.publish(&raw("0"));
         }
         assert_eq!(member.next_broadcast().await, Err(Lagged { missed: 5 }));
+    }
+
+    #[tokio::test]
+    async fn user_messages_reach_only_that_users_authenticated_connections() {
+        let hub = Hub::new(ConnectionLimits::UNLIMITED);
+        let (a1, a2, b) = (
+            hub.try_open("alice").unwrap(),
+            hub.try_open("alice").unwrap(),
+            hub.try_open("bob").unwrap(),
+        );
+        let _waiting = hub.try_open("alice").unwrap();
+        let (mut m1, mut m2, mut mb) =
+            (hub.join(&a1, None), hub.join(&a2, None), hub.join(&b, None));
+        assert_eq!(hub.send_to_user("alice", &raw(r#""hi""#)), 2);
+        assert_eq!(
+            &*m1.next_message().await,
+            r#"{"type":"message","data":"hi"}"#
+        );
+        assert_eq!(
+            &*m2.next_message().await,
+            r#"{"type":"message","data":"hi"}"#
+        );
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(20), mb.next_message())
+                .await
+                .is_err()
+        );
+        assert_eq!(hub.send_to_user("nobody", &raw("1")), 0);
+    }
+
+    #[tokio::test]
+    async fn kicks_reach_users_jtis_and_everyone() {
+        let hub = Hub::new(ConnectionLimits::UNLIMITED);
+        let mut alice = hub.try_open("alice").unwrap();
+        let mut pending = hub.try_open("alice").unwrap();
+        let mut bob = hub.try_open("bob").unwrap();
+        let member = hub.join(&bob, Some("jti-1"));
+        assert_eq!(hub.kick_user("alice", Kick::Disconnected), 2);
+        assert_eq!(alice.kicked().await, Kick::Disconnected);
+        assert_eq!(pending.kicked().await, Kick::Disconnected);
+        member.set_jti(Some("jti-2"));
+        assert_eq!(hub.kick_jti("jti-1", Kick::Revoked), 0);
+        assert_eq!(hub.kick_jti("jti-2", Kick::Revoked), 1);
+        assert_eq!(bob.kicked().await, Kick::Revoked);
+        assert_eq!(hub.kick_all(Kick::Draining), 3);
     }
 
     #[test]

@@ -140,6 +140,8 @@ pub struct VerifiedJwt {
     pub sub: String,
     /// The JWT's `exp`, unix seconds.
     pub expires_at: u64,
+    /// The JWT's `jti`, by which it can be revoked.
+    pub jti: Option<String>,
 }
 
 /// Why a JWT was refused. The text goes back to the client; it never contains the token.
@@ -220,6 +222,7 @@ impl JwtVerifier {
         Ok(VerifiedJwt {
             sub: data.claims.sub,
             expires_at: data.claims.exp,
+            jti: data.claims.jti,
         })
     }
 

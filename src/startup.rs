@@ -54,6 +54,7 @@ impl Application {
                 settings.upgrade_rate_per_min,
             ),
             trusted_proxies: settings.trusted_proxies.clone(),
+            api_key: settings.api_key.clone(),
             session: Arc::new(SessionContext {
                 jwt: Arc::new(JwtVerifier::new(&settings.jwt)),
                 hub: Arc::clone(&hub),
@@ -77,10 +78,14 @@ impl Application {
         let listener = TcpListener::bind(settings.bind_addr).map_err(bind_error)?;
         let port = listener.local_addr().map_err(bind_error)?.port();
         let app_state = state.clone();
+        let api_body_limit = state
+            .api_key
+            .is_some()
+            .then_some(settings.api_max_body_bytes);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
-                .configure(|cfg| routes::configure(cfg, &app_state.origins))
+                .configure(|cfg| routes::configure(cfg, &app_state.origins, api_body_limit))
         })
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
         // A client must send its request head within this time (slowloris), and gets a

@@ -1,5 +1,6 @@
 //! HTTP routes: one module per endpoint, wired together in [`configure`].
 
+pub mod api;
 mod mint;
 mod upgrade;
 
@@ -10,6 +11,8 @@ use actix_web::dev::ServiceResponse;
 use actix_web::http::StatusCode;
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{HttpResponse, ResponseError, web};
+
+use secrecy::SecretString;
 
 use crate::client_ip::TrustedProxies;
 use crate::error::ApiError;
@@ -23,12 +26,17 @@ pub struct AppState {
     pub tickets: TicketStore,
     pub rate_limits: RateLimits,
     pub trusted_proxies: TrustedProxies,
+    /// `None`: the server API is off (its routes answer 404).
+    pub api_key: Option<SecretString>,
     pub session: Arc<SessionContext>,
     pub origins: OriginPolicy,
     pub ticket_ttl: Duration,
 }
 
-pub fn configure(cfg: &mut web::ServiceConfig, origins: &OriginPolicy) {
+pub fn configure(cfg: &mut web::ServiceConfig, origins: &OriginPolicy, api: Option<usize>) {
+    if let Some(max_body_bytes) = api {
+        api::configure(cfg, max_body_bytes);
+    }
     cfg.service(
         web::resource("/token/ws")
             .wrap(origins.cors())

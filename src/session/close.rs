@@ -2,6 +2,7 @@
 
 use actix_ws::{CloseCode, CloseReason as Frame};
 
+use crate::hub::Kick;
 use crate::jwt::JwtRejection;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +19,9 @@ pub enum CloseReason {
     AuthTimeout,
     /// 4408: no sign of life within CLIENT_TIMEOUT_SECS.
     HeartbeatTimeout,
+    /// The server closed it: 4403 for a disconnect or revocation, 1001 when draining, 1013 for a
+    /// full mailbox.
+    Kicked(Kick),
     /// 1013: the connection fell too far behind the broadcasts; reconnecting is the remedy.
     SlowConsumer { missed: u64 },
     /// 1009: a message over MAX_MESSAGE_BYTES.
@@ -40,7 +44,9 @@ impl CloseReason {
                 4401
             }
             CloseReason::AuthTimeout | CloseReason::HeartbeatTimeout => 4408,
-            CloseReason::SlowConsumer { .. } => 1013,
+            CloseReason::SlowConsumer { .. } | CloseReason::Kicked(Kick::SlowConsumer) => 1013,
+            CloseReason::Kicked(Kick::Disconnected | Kick::Revoked) => 4403,
+            CloseReason::Kicked(Kick::Draining) => 1001,
             CloseReason::MessageTooBig => 1009,
             CloseReason::ProtocolError => 1002,
             CloseReason::InvalidUtf8 => 1007,
@@ -61,6 +67,12 @@ impl CloseReason {
             CloseReason::HeartbeatTimeout => "heartbeat timeout".into(),
             CloseReason::SlowConsumer { missed } => {
                 format!("slow consumer: missed {missed} broadcasts")
+            }
+            CloseReason::Kicked(Kick::Disconnected) => "disconnected by the server".into(),
+            CloseReason::Kicked(Kick::Revoked) => "token revoked".into(),
+            CloseReason::Kicked(Kick::Draining) => "going away".into(),
+            CloseReason::Kicked(Kick::SlowConsumer) => {
+                "slow consumer: too many messages waiting".into()
             }
             CloseReason::MessageTooBig => "message too big".into(),
             CloseReason::ProtocolError => "protocol error".into(),

@@ -137,7 +137,11 @@ impl Connection<Unauthenticated> {
         ctx: &SessionContext,
     ) -> Result<Connection<Authenticated>, Closing> {
         let first = first_text_message(&mut self.state.stream);
-        let text = match timeout(ctx.timing.auth_timeout, first).await {
+        let outcome = tokio::select! {
+            outcome = timeout(ctx.timing.auth_timeout, first) => outcome,
+            kick = self.open.kicked() => return Err(self.closing(CloseReason::Kicked(kick))),
+        };
+        let text = match outcome {
             Err(_) => return Err(self.closing(CloseReason::AuthTimeout)),
             Ok(Err(reason)) => return Err(self.closing(reason)),
             Ok(Ok(text)) => text,
@@ -157,7 +161,7 @@ impl Connection<Unauthenticated> {
         {
             return Err(self.closing(CloseReason::ConnectionLost));
         }
-        let membership = ctx.hub.join(&self.open);
+        let membership = ctx.hub.join(&self.open, verified.jti.as_deref());
         log::info!("{} authenticated as user {}", self.id(), verified.sub);
         self.state.frame_limit.set(ctx.max_message_bytes);
         let stream = self
@@ -271,7 +275,8 @@ impl Connection<Authenticated> {
                         }
                     }
                 }
-                broadcast = self.state.membership.next_broadcast() => match broadcast {
+                kick = self.open.kicked() => break CloseReason::Kicked(kick),
+                delivery = self.state.membership.next() => match delivery {
                     Ok(frame) => {
                         if send(&mut self.session, frame, timing.client_timeout).await.is_err() {
                             break CloseReason::ConnectionLost;
@@ -319,6 +324,7 @@ impl Connection<Authenticated> {
                     Err(reason) => return Next::Close(reason),
                     Ok(verified) => {
                         self.state.expiry = timing.expiry_of(verified.expires_at);
+                        self.state.membership.set_jti(verified.jti.as_deref());
                         log::info!(
                             "{} refreshed, now valid until {}",
                             self.id(),

@@ -95,6 +95,13 @@ impl MemoryTicketStore {
         Ok((Redeemed { user_id }, admitted))
     }
 
+    pub(super) fn delete_user(&self, user_id: &str) -> u64 {
+        let mut tickets = self.lock();
+        let before = tickets.by_id.len();
+        tickets.by_id.retain(|_, t| t.user_id != user_id);
+        (before - tickets.by_id.len()) as u64
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Tickets> {
         // A panic while holding this lock cannot leave the map half-updated (every mutation is
         // a single insert/remove/retain), so a poisoned lock is still safe to use.

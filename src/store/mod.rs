@@ -87,6 +87,14 @@ impl TicketStore {
         }
     }
 
+    /// Deletes every unused ticket of `user_id`; returns how many.
+    pub async fn delete_user_tickets(&self, user_id: &str) -> Result<u64, StoreUnavailable> {
+        match self {
+            TicketStore::Memory(store) => Ok(store.delete_user(user_id)),
+            TicketStore::Mongo(store) => store.delete_user(user_id).await,
+        }
+    }
+
     pub fn policy(&self) -> TicketPolicy {
         match self {
             TicketStore::Memory(store) => store.policy(),

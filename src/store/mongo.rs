@@ -148,6 +148,14 @@ impl MongoTicketStore {
         ))
     }
 
+    pub(super) async fn delete_user(&self, user_id: &str) -> Result<u64, StoreUnavailable> {
+        let filter = doc! { "user_id": user_id, "token_type": TOKEN_TYPE };
+        Ok(self
+            .bounded(self.tickets.delete_many(filter))
+            .await?
+            .deleted_count)
+    }
+
     async fn bounded<T>(
         &self,
         operation: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,

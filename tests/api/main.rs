@@ -13,6 +13,7 @@ mod migrations;
 mod mint;
 mod origin;
 mod outage;
+mod server_api;
 mod session;
 mod store_conformance;
 mod upgrade;
