@@ -40,6 +40,8 @@ pub struct Settings {
     /// Authenticates the server API; `None` turns the API off.
     pub api_key: Option<SecretString>,
     pub api_max_body_bytes: usize,
+    /// How long a draining gateway waits for its connections before it exits.
+    pub shutdown_grace: Duration,
     /// Time allowed to send a request's head (slowloris defence).
     pub http_request_timeout: Duration,
 }
@@ -99,6 +101,7 @@ pub const VARIABLES: &[&str] = &[
     "MAX_CONNECTIONS",
     "TRUSTED_PROXIES",
     "HTTP_REQUEST_TIMEOUT_SECS",
+    "SHUTDOWN_GRACE_SECS",
     "API_KEY",
     "API_MAX_BODY_BYTES",
     "RUST_LOG",
@@ -182,6 +185,7 @@ impl Settings {
                 key => key.map(|k| SecretString::from(k.to_owned())),
             },
             api_max_body_bytes: env.number("API_MAX_BODY_BYTES", 256 * 1024, 64)? as usize,
+            shutdown_grace: env.secs("SHUTDOWN_GRACE_SECS", 10, 0)?,
             http_request_timeout: env.secs("HTTP_REQUEST_TIMEOUT_SECS", 5, 1)?,
             trusted_proxies: match env.get("TRUSTED_PROXIES") {
                 None => TrustedProxies::default(),

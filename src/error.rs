@@ -27,6 +27,8 @@ pub enum ApiError {
     CorsRejected,
     #[error("the ticket store is unavailable; try again shortly")]
     StoreUnavailable,
+    #[error("this gateway is shutting down; connect again (to another node)")]
+    Draining,
     #[error("too many requests; retry after {} s", .0.secs())]
     RateLimited(RetryAfter),
     #[error("this user already has the maximum number of open connections")]
@@ -65,6 +67,7 @@ impl ApiError {
             ApiError::NotWebSocket(_) => "not_websocket",
             ApiError::CorsRejected => "cors_rejected",
             ApiError::StoreUnavailable => "store_unavailable",
+            ApiError::Draining => "draining",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::TooManyConnections => "too_many_connections",
             ApiError::AtCapacity => "at_capacity",
@@ -85,7 +88,9 @@ impl ResponseError for ApiError {
             ApiError::MissingTicket | ApiError::InvalidTicket => StatusCode::UNAUTHORIZED,
             ApiError::OriginNotAllowed => StatusCode::FORBIDDEN,
             ApiError::NotWebSocket(_) | ApiError::CorsRejected => StatusCode::BAD_REQUEST,
-            ApiError::StoreUnavailable | ApiError::AtCapacity => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreUnavailable | ApiError::AtCapacity | ApiError::Draining => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::RateLimited(_) | ApiError::TooManyConnections => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -109,7 +114,7 @@ impl ResponseError for ApiError {
                 response
                     .insert_header((header::WWW_AUTHENTICATE, r#"Bearer error="invalid_token""#));
             }
-            ApiError::StoreUnavailable => {
+            ApiError::StoreUnavailable | ApiError::Draining => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             ApiError::AtCapacity => {

@@ -15,6 +15,7 @@ pub mod migrations;
 pub mod origin;
 pub mod routes;
 pub mod session;
+pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod ticket;

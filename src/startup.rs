@@ -15,6 +15,7 @@ use crate::limits::RateLimits;
 use crate::migrations::{self, MigrationContext, MigrationError};
 use crate::routes::{self, AppState};
 use crate::session::{SessionContext, SessionTiming};
+use crate::shutdown::Shutdown;
 use crate::store::{
     self, MemoryTicketStore, MongoTicketStore, StoreReadiness, StoreUnavailable, TicketStore,
 };
@@ -32,15 +33,13 @@ pub enum StartupError {
     },
 }
 
-/// How long a stopping server waits for open connections before dropping them.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 pub struct Application {
     port: u16,
     server: Server,
     hub: Arc<Hub>,
     broadcast_interval: Option<Duration>,
     state: web::Data<AppState>,
+    shutdown_grace: Duration,
 }
 
 impl Application {
@@ -55,6 +54,7 @@ impl Application {
             ),
             trusted_proxies: settings.trusted_proxies.clone(),
             api_key: settings.api_key.clone(),
+            shutdown: Shutdown::new(Arc::clone(&hub)),
             session: Arc::new(SessionContext {
                 jwt: Arc::new(JwtVerifier::new(&settings.jwt)),
                 hub: Arc::clone(&hub),
@@ -87,7 +87,9 @@ impl Application {
                 .app_data(app_state.clone())
                 .configure(|cfg| routes::configure(cfg, &app_state.origins, api_body_limit))
         })
-        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        // Signals are handled by run_until_stopped, which drains before stopping.
+        .disable_signals()
+        .shutdown_timeout(settings.shutdown_grace.as_secs())
         // A client must send its request head within this time (slowloris), and gets a
         // second to take the response of a refused request before the socket is closed.
         .client_request_timeout(settings.http_request_timeout)
@@ -101,12 +103,18 @@ impl Application {
             server,
             hub,
             broadcast_interval: settings.broadcast_interval,
+            shutdown_grace: settings.shutdown_grace,
             state,
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The drain that SIGTERM and SIGINT start; tests start it directly.
+    pub fn shutdown(&self) -> Shutdown {
+        self.state.shutdown.clone()
     }
 
     pub fn hub(&self) -> Arc<Hub> {
@@ -134,8 +142,25 @@ impl Application {
                 state.rate_limits.forget_idle();
             }
         };
+        let (server, shutdown, grace) = (
+            self.server.handle(),
+            self.state.shutdown.clone(),
+            self.shutdown_grace,
+        );
+        let drain_on_signal = async move {
+            let name = crate::shutdown::signal().await;
+            log::info!("{name}: draining (grace {grace:?})");
+            let drained = shutdown.drain(grace).await;
+            log::info!(
+                "drained: {} connections closed, {} left open",
+                drained.closed,
+                drained.left_open
+            );
+            server.stop(true).await;
+        };
         tokio::select! {
             result = self.server => result,
+            () = drain_on_signal => Ok(()),
             () = demo_broadcasts => unreachable!("the demo broadcaster never ends"),
             () = forget_idle_rate_limits => unreachable!("housekeeping never ends"),
         }

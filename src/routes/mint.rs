@@ -18,6 +18,9 @@ pub async fn mint_ticket(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    if state.shutdown.is_draining() {
+        return Err(ApiError::Draining);
+    }
     if !state.origins.allows_request(&req) {
         return Err(ApiError::OriginNotAllowed);
     }

@@ -19,6 +19,7 @@ use crate::error::ApiError;
 use crate::limits::RateLimits;
 use crate::origin::OriginPolicy;
 use crate::session::SessionContext;
+use crate::shutdown::Shutdown;
 use crate::store::TicketStore;
 
 /// What the handlers share, built once by startup.
@@ -28,6 +29,8 @@ pub struct AppState {
     pub trusted_proxies: TrustedProxies,
     /// `None`: the server API is off (its routes answer 404).
     pub api_key: Option<SecretString>,
+    /// While draining, mints and upgrades answer 503.
+    pub shutdown: Shutdown,
     pub session: Arc<SessionContext>,
     pub origins: OriginPolicy,
     pub ticket_ttl: Duration,

@@ -22,6 +22,9 @@ pub async fn upgrade(
             .check_upgrade(client)
             .map_err(ApiError::RateLimited)?;
     }
+    if state.shutdown.is_draining() {
+        return Err(ApiError::Draining);
+    }
     if !state.origins.allows_request(&req) {
         return Err(ApiError::OriginNotAllowed);
     }

@@ -251,6 +251,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     /// The database this app's tickets live in (Mongo store only).
     pub db: Option<mongodb::Database>,
+    /// The drain SIGTERM would start.
+    pub shutdown: ticketgate::shutdown::Shutdown,
     handle: ServerHandle,
 }
 
@@ -302,6 +304,7 @@ pub async fn spawn_app_with(vars: HashMap<String, String>) -> TestApp {
         hub: app.hub(),
         http: reqwest::Client::new(),
         db,
+        shutdown: app.shutdown(),
         handle: app.handle(),
     };
     tokio::spawn(app.run_until_stopped());
@@ -632,6 +635,29 @@ impl GatewayProcess {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ticketgate did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// A ticket for `sub`, minted with the test secret (the process must use JWT_SECRET=SECRET).

@@ -4,6 +4,7 @@
 mod adversarial;
 mod cli;
 mod cors;
+mod drain;
 mod helpers;
 mod hostile;
 mod jwt_keys;
