@@ -16,6 +16,7 @@ use bytestring::ByteString;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
 
 /// Broadcasts a connection may fall behind before it is closed as a slow consumer.
 pub const BROADCAST_BUFFER: usize = 1024;
@@ -34,6 +35,14 @@ impl std::fmt::Display for ConnectionId {
 
 /// An encoded message, ready to be written to any number of sockets.
 pub type Frame = ByteString;
+
+/// A frame on its way to one connection. Cloning it is two reference-count bumps' worth of work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub frame: Frame,
+    /// For broadcasts: when it was published, for the fan-out latency metric.
+    pub published_at: Option<Instant>,
+}
 
 /// Limits on concurrent WebSocket connections, checked when one is opened.
 #[derive(Debug, Clone, Copy)]
@@ -82,7 +91,7 @@ pub struct ConnectionCounts {
 enum Stage {
     Unauthenticated,
     Authenticated {
-        mailbox: mpsc::Sender<Frame>,
+        mailbox: mpsc::Sender<Delivery>,
         jti: Option<Arc<str>>,
     },
     /// Out of the pipelines, closing.
@@ -113,7 +122,7 @@ pub struct Hub {
 
 struct Publisher {
     last_seq: u64,
-    sender: broadcast::Sender<Frame>,
+    sender: broadcast::Sender<Delivery>,
 }
 
 #[derive(Serialize)]
@@ -152,19 +161,26 @@ impl Hub {
         publisher.last_seq += 1;
         let seq = publisher.last_seq;
         // An error only means nobody is listening right now, which is fine for a broadcast.
-        let _ = publisher.sender.send(encode("broadcast", Some(seq), data));
+        let delivery = Delivery {
+            frame: encode("broadcast", Some(seq), data),
+            published_at: Some(Instant::now()),
+        };
+        let _ = publisher.sender.send(delivery);
         seq
     }
 
     /// Sends `{"type":"message","data":…}` to each authenticated connection of `user_id`;
     /// returns how many got it. A connection whose mailbox is full is closed as a slow consumer.
     pub fn send_to_user(&self, user_id: &str, data: &RawValue) -> usize {
-        let frame = encode("message", None, data);
+        let delivery = Delivery {
+            frame: encode("message", None, data),
+            published_at: None,
+        };
         let connections = lock(&self.connections);
         let mut delivered = 0;
         for entry in connections.of_user(user_id) {
             if let Stage::Authenticated { mailbox, .. } = &entry.stage {
-                match mailbox.try_send(frame.clone()) {
+                match mailbox.try_send(delivery.clone()) {
                     Ok(()) => delivered += 1,
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         entry.kick.send_replace(Some(Kick::SlowConsumer));
@@ -337,8 +353,8 @@ impl Drop for OpenConnection {
 pub struct Membership {
     hub: Arc<Hub>,
     id: ConnectionId,
-    receiver: broadcast::Receiver<Frame>,
-    messages: mpsc::Receiver<Frame>,
+    receiver: broadcast::Receiver<Delivery>,
+    messages: mpsc::Receiver<Delivery>,
 }
 
 /// The connection fell so far behind that broadcasts were dropped for it.
@@ -348,34 +364,18 @@ pub struct Lagged {
 }
 
 impl Membership {
-    pub async fn next_broadcast(&mut self) -> Result<Frame, Lagged> {
-        match self.receiver.recv().await {
-            Ok(frame) => Ok(frame),
-            Err(broadcast::error::RecvError::Lagged(missed)) => Err(Lagged { missed }),
-            // The hub owns the sender and this membership keeps the hub alive.
-            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
-        }
-    }
-
-    /// The next message addressed to this connection's user.
-    pub async fn next_message(&mut self) -> Frame {
-        match self.messages.recv().await {
-            Some(frame) => frame,
-            // The sender lives in the hub's entry for as long as this membership.
-            None => std::future::pending().await,
-        }
-    }
-
-    /// The next frame for this connection: a user message or a broadcast, whichever is ready.
-    pub async fn next(&mut self) -> Result<Frame, Lagged> {
+    /// The next delivery for this connection: a user message or a broadcast, whichever is ready.
+    pub async fn next(&mut self) -> Result<Delivery, Lagged> {
         tokio::select! {
             message = self.messages.recv() => match message {
-                Some(frame) => Ok(frame),
+                Some(delivery) => Ok(delivery),
+                // The sender lives in the hub's entry for as long as this membership.
                 None => std::future::pending().await,
             },
             broadcast = self.receiver.recv() => match broadcast {
-                Ok(frame) => Ok(frame),
+                Ok(delivery) => Ok(delivery),
                 Err(broadcast::error::RecvError::Lagged(missed)) => Err(Lagged { missed }),
+                // The hub owns the sender and this membership keeps the hub alive.
                 Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
             },
         }
@@ -452,11 +452,11 @@ mod tests {
         assert_eq!(hub.publish(&raw(r#"{"a":1}"#)), 1);
         assert_eq!(hub.publish(&raw("2")), 2);
         assert_eq!(
-            &*member.next_broadcast().await.unwrap(),
+            &*member.next().await.unwrap().frame,
             r#"{"type":"broadcast","seq":1,"data":{"a":1}}"#
         );
         assert_eq!(
-            &*member.next_broadcast().await.unwrap(),
+            &*member.next().await.unwrap().frame,
             r#"{"type":"broadcast","seq":2,"data":2}"#
         );
         drop(member);
@@ -480,7 +480,7 @@ mod tests {
         for _ in 0..BROADCAST_BUFFER + 5 {
             hub.publish(&raw("0"));
         }
-        assert_eq!(member.next_broadcast().await, Err(Lagged { missed: 5 }));
+        assert_eq!(member.next().await, Err(Lagged { missed: 5 }));
     }
 
     #[tokio::test]
@@ -496,15 +496,15 @@ mod tests {
             (hub.join(&a1, None), hub.join(&a2, None), hub.join(&b, None));
         assert_eq!(hub.send_to_user("alice", &raw(r#""hi""#)), 2);
         assert_eq!(
-            &*m1.next_message().await,
+            &*m1.next().await.unwrap().frame,
             r#"{"type":"message","data":"hi"}"#
         );
         assert_eq!(
-            &*m2.next_message().await,
+            &*m2.next().await.unwrap().frame,
             r#"{"type":"message","data":"hi"}"#
         );
         assert!(
-            tokio::time::timeout(std::time::Duration::from_millis(20), mb.next_message())
+            tokio::time::timeout(std::time::Duration::from_millis(20), mb.next())
                 .await
                 .is_err()
         );

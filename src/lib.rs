@@ -11,6 +11,7 @@ pub mod error;
 pub mod hub;
 pub mod jwt;
 pub mod limits;
+pub mod metrics;
 pub mod migrations;
 pub mod origin;
 pub mod routes;

@@ -12,6 +12,7 @@ use crate::config::Settings;
 use crate::hub::Hub;
 use crate::jwt::JwtVerifier;
 use crate::limits::RateLimits;
+use crate::metrics::Metrics;
 use crate::migrations::{self, MigrationContext, MigrationError};
 use crate::routes::{self, AppState};
 use crate::session::{SessionContext, SessionTiming};
@@ -44,7 +45,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let tickets = ticket_store(&settings).await?;
+        let metrics = Arc::new(Metrics::new());
+        let tickets = ticket_store(&settings, &metrics).await?;
         let hub = Hub::new(settings.connection_limits);
         let state = web::Data::new(AppState {
             tickets,
@@ -66,6 +68,7 @@ impl Application {
                     expiry_grace: Duration::from_secs(settings.jwt.leeway_secs),
                 },
                 max_message_bytes: settings.max_message_bytes,
+                metrics,
             }),
             origins: settings.allowed_origins.clone(),
             ticket_ttl: settings.tickets.ttl,
@@ -167,7 +170,10 @@ impl Application {
     }
 }
 
-async fn ticket_store(settings: &Settings) -> Result<TicketStore, StartupError> {
+async fn ticket_store(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+) -> Result<TicketStore, StartupError> {
     let Some(mongo) = &settings.mongodb else {
         log::info!("MONGODB_URI is not set: tickets live in this process (single node only)");
         return Ok(TicketStore::Memory(MemoryTicketStore::new(
@@ -197,7 +203,13 @@ async fn ticket_store(settings: &Settings) -> Result<TicketStore, StartupError> 
             tokio::spawn(prepare_until_ready(db.clone(), context, readiness.clone()));
         }
     }
-    let store = MongoTicketStore::new(&db, settings.tickets, settings.store_timeout, readiness);
+    let store = MongoTicketStore::new(
+        &db,
+        settings.tickets,
+        settings.store_timeout,
+        readiness,
+        Arc::clone(metrics),
+    );
     Ok(TicketStore::Mongo(store))
 }
 

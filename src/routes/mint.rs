@@ -38,6 +38,7 @@ pub async fn mint_ticket(
         log::warn!("minting a ticket: {e}");
         ApiError::StoreUnavailable
     })?;
+    state.session.metrics.tickets_minted.inc();
     let token = ticket.to_string();
     log::debug!("minted ticket {} for user {}", redact(&token), user.sub);
     Ok(HttpResponse::Ok()

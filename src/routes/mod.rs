@@ -1,6 +1,7 @@
 //! HTTP routes: one module per endpoint, wired together in [`configure`].
 
 pub mod api;
+mod health;
 mod mint;
 mod upgrade;
 
@@ -53,6 +54,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, origins: &OriginPolicy, api: Opti
             .route(web::get().to(upgrade::upgrade))
             .default_service(web::to(method_not_allowed)),
     )
+    .route("/healthz", web::get().to(health::healthz))
+    .route("/readyz", web::get().to(health::readyz))
+    .route("/metrics", web::get().to(health::metrics))
     .default_service(web::to(not_found));
 }
 

@@ -28,12 +28,18 @@ pub async fn upgrade(
     if !state.origins.allows_request(&req) {
         return Err(ApiError::OriginNotAllowed);
     }
-    let raw_ticket = ticket_param(req.query_string())?;
+    let metrics = &state.session.metrics;
+    let rejected = |reason: &str| metrics.tickets_rejected.with_label_values(&[reason]).inc();
+    let raw_ticket = ticket_param(req.query_string()).inspect_err(|e| match e {
+        ApiError::MissingTicket => rejected("missing"),
+        _ => rejected("malformed"),
+    })?;
     // Check the handshake before redeeming, so a request that cannot upgrade does not burn
     // a single-use ticket.
     actix_http::ws::handshake(req.head()).map_err(|e| ApiError::NotWebSocket(e.to_string()))?;
     let ticket = PresentedTicket::parse(&raw_ticket).map_err(|_| {
         log::debug!("malformed ticket {}", redact(&raw_ticket));
+        rejected("malformed");
         ApiError::InvalidTicket
     })?;
     // The connection slot is taken inside the redemption, after the ticket checks out and
@@ -46,6 +52,7 @@ pub async fn upgrade(
         .map_err(|e| match e {
             RedeemError::Rejected(why) => {
                 log::debug!("ticket {} refused: {why}", redact(&raw_ticket));
+                rejected(why.label());
                 ApiError::InvalidTicket
             }
             RedeemError::Unavailable(e) => {
@@ -65,6 +72,7 @@ pub async fn upgrade(
         .map_err(|e| ApiError::NotWebSocket(e.to_string()))?;
     let (response, ws_session, stream) =
         actix_ws::handle(&req, body).map_err(|e| ApiError::NotWebSocket(e.to_string()))?;
+    metrics.tickets_consumed.inc();
     log::info!("{} upgraded for user {}", open.id, open.user_id());
     actix_web::rt::spawn(session::run(
         state.session.clone(),

@@ -23,6 +23,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout
 
 use crate::hub::{ConnectionId, Hub, Membership, OpenConnection};
 use crate::jwt::JwtVerifier;
+use crate::metrics::Metrics;
 pub use close::CloseReason;
 use expiry::{Expiry, ExpiryEvent};
 use frame_guard::FrameLimit;
@@ -34,6 +35,7 @@ pub struct SessionContext {
     pub jwt: Arc<JwtVerifier>,
     pub hub: Arc<Hub>,
     pub timing: SessionTiming,
+    pub metrics: Arc<Metrics>,
     /// Largest message after authentication (MAX_MESSAGE_BYTES).
     pub max_message_bytes: usize,
 }
@@ -111,9 +113,17 @@ pub async fn run(
     };
     let closing = match connection.authenticate(&ctx).await {
         Ok(authenticated) => authenticated.serve(&ctx).await,
-        Err(closing) => closing,
+        Err(closing) => {
+            if let Some(code @ (4400 | 4401 | 4408)) = closing.reason.code() {
+                ctx.metrics
+                    .auth_failures
+                    .with_label_values(&[&code.to_string()])
+                    .inc();
+            }
+            closing
+        }
     };
-    closing.finish(ctx.timing.client_timeout, started).await;
+    closing.finish(&ctx, started).await;
 }
 
 impl<S> Connection<S> {
@@ -146,6 +156,7 @@ impl Connection<Unauthenticated> {
             Ok(Err(reason)) => return Err(self.closing(reason)),
             Ok(Ok(text)) => text,
         };
+        ctx.metrics.messages_in.inc();
         let verified = match rules::check_first_message(&text, &ctx.jwt, self.open.user_id()) {
             Ok(verified) => verified,
             Err(reason) => return Err(self.closing(reason)),
@@ -155,10 +166,7 @@ impl Connection<Unauthenticated> {
             expires_at: verified.expires_at,
         }
         .encode();
-        if send(&mut self.session, welcome, ctx.timing.client_timeout)
-            .await
-            .is_err()
-        {
+        if send(ctx, &mut self.session, welcome).await.is_err() {
             return Err(self.closing(CloseReason::ConnectionLost));
         }
         let membership = ctx.hub.join(&self.open, verified.jti.as_deref());
@@ -268,7 +276,7 @@ impl Connection<Authenticated> {
                         ExpiryEvent::Expired => break CloseReason::TokenExpired,
                         ExpiryEvent::Notice { expires_at } => {
                             let notice = ServerMessage::TokenExpiring { expires_at }.encode();
-                            if send(&mut self.session, notice, timing.client_timeout).await.is_err() {
+                            if send(ctx, &mut self.session, notice).await.is_err() {
                                 break CloseReason::ConnectionLost;
                             }
                             expiry_timer.as_mut().reset(self.state.expiry.next_deadline());
@@ -277,9 +285,12 @@ impl Connection<Authenticated> {
                 }
                 kick = self.open.kicked() => break CloseReason::Kicked(kick),
                 delivery = self.state.membership.next() => match delivery {
-                    Ok(frame) => {
-                        if send(&mut self.session, frame, timing.client_timeout).await.is_err() {
+                    Ok(delivery) => {
+                        if send(ctx, &mut self.session, delivery.frame).await.is_err() {
                             break CloseReason::ConnectionLost;
+                        }
+                        if let Some(published_at) = delivery.published_at {
+                            ctx.metrics.broadcast_fanout_seconds.observe(published_at.elapsed().as_secs_f64());
                         }
                     }
                     Err(lagged) => break CloseReason::SlowConsumer { missed: lagged.missed },
@@ -317,8 +328,14 @@ impl Connection<Authenticated> {
 
     async fn handle(&mut self, message: AggregatedMessage, ctx: &SessionContext) -> Next {
         let timing = &ctx.timing;
+        if matches!(
+            message,
+            AggregatedMessage::Text(_) | AggregatedMessage::Binary(_)
+        ) {
+            ctx.metrics.messages_in.inc();
+        }
         let sent = match rules::reply_to(&message) {
-            Reply::Text(text) => send(&mut self.session, text, timing.client_timeout).await,
+            Reply::Text(text) => send(ctx, &mut self.session, text).await,
             Reply::Refresh(token) => {
                 match rules::check_jwt(&token, &ctx.jwt, &self.state.user_id) {
                     Err(reason) => return Next::Close(reason),
@@ -334,7 +351,7 @@ impl Connection<Authenticated> {
                             user_id: &verified.sub,
                             expires_at: verified.expires_at,
                         };
-                        send(&mut self.session, welcome.encode(), timing.client_timeout).await
+                        send(ctx, &mut self.session, welcome.encode()).await
                     }
                 }
             }
@@ -357,35 +374,40 @@ impl Connection<Authenticated> {
 impl Closing {
     /// Sends the close frame (if the socket can still take one) and ends the connection; the
     /// connection stops counting as open only after that.
-    async fn finish(self, write_deadline: Duration, started: Instant) {
+    async fn finish(self, ctx: &SessionContext, started: Instant) {
         let Closing {
             open,
             session,
             reason,
         } = self;
         if let Some(frame) = reason.frame() {
-            let _ = timeout(write_deadline, session.close(Some(frame))).await;
+            let _ = timeout(ctx.timing.client_timeout, session.close(Some(frame))).await;
         }
+        let code = reason
+            .code()
+            .map_or_else(|| "none".to_owned(), |c| c.to_string());
+        ctx.metrics.closes.with_label_values(&[&code]).inc();
         log::info!(
-            "{} closed: code {} after {:.1}s",
+            "{} closed: code {code} after {:.1}s",
             open.id,
-            reason
-                .code()
-                .map_or_else(|| "none".to_owned(), |c| c.to_string()),
             started.elapsed().as_secs_f64()
         );
     }
 }
 
-/// Writes one text frame, giving up when the client does not take it within `deadline`: a
-/// client that stopped reading must not pin its task forever.
+/// Writes one text frame, giving up when the client does not take it within CLIENT_TIMEOUT_SECS:
+/// a client that stopped reading must not pin its task forever.
 async fn send(
+    ctx: &SessionContext,
     session: &mut Session,
     text: impl Into<ByteString>,
-    deadline: Duration,
 ) -> Result<(), Closed> {
-    match timeout(deadline, session.text(text)).await {
-        Ok(result) => result,
+    match timeout(ctx.timing.client_timeout, session.text(text)).await {
+        Ok(Ok(())) => {
+            ctx.metrics.messages_out.inc();
+            Ok(())
+        }
+        Ok(Err(closed)) => Err(closed),
         Err(_) => Err(Closed),
     }
 }

@@ -32,6 +32,18 @@ pub enum TicketRejection {
     AlreadyUsed,
 }
 
+impl TicketRejection {
+    /// The `reason` label of the rejected-tickets metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            TicketRejection::Unknown => "unknown",
+            TicketRejection::SecretMismatch => "secret_mismatch",
+            TicketRejection::Expired => "expired",
+            TicketRejection::AlreadyUsed => "already_used",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RedeemError<E = std::convert::Infallible> {
     #[error("ticket refused: {0}")]
@@ -84,6 +96,14 @@ impl TicketStore {
         match self {
             TicketStore::Memory(store) => store.redeem(ticket, admit),
             TicketStore::Mongo(store) => store.redeem(ticket, admit).await,
+        }
+    }
+
+    /// Whether the store answers now (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreUnavailable> {
+        match self {
+            TicketStore::Memory(_) => Ok(()),
+            TicketStore::Mongo(store) => store.ping().await,
         }
     }
 

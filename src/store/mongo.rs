@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{RedeemError, Redeemed, StoreUnavailable, TicketRejection, is_expired};
 use crate::config::{MongoSettings, TicketPolicy};
+use crate::metrics::Metrics;
 use crate::ticket::{NewTicket, PresentedTicket};
 
 pub const TICKETS_COLLECTION: &str = "ws_tickets";
@@ -69,10 +70,12 @@ impl StoreReadiness {
 }
 
 pub struct MongoTicketStore {
+    db: Database,
     tickets: Collection<TicketDocument>,
     policy: TicketPolicy,
     timeout: Duration,
     readiness: StoreReadiness,
+    metrics: Arc<Metrics>,
 }
 
 impl MongoTicketStore {
@@ -81,13 +84,23 @@ impl MongoTicketStore {
         policy: TicketPolicy,
         timeout: Duration,
         readiness: StoreReadiness,
+        metrics: Arc<Metrics>,
     ) -> Self {
         MongoTicketStore {
+            db: db.clone(),
             tickets: db.collection(TICKETS_COLLECTION),
             policy,
             timeout,
             readiness,
+            metrics,
         }
+    }
+
+    /// Ready (migrations applied) and answering a `ping` within the store timeout.
+    pub(super) async fn ping(&self) -> Result<(), StoreUnavailable> {
+        self.bounded("ping", self.db.run_command(doc! { "ping": 1 }))
+            .await
+            .map(|_| ())
     }
 
     pub fn policy(&self) -> TicketPolicy {
@@ -106,7 +119,8 @@ impl MongoTicketStore {
             created_at: DateTime::now(),
             secret_hash: binary(&ticket.secret_hash()),
         };
-        self.bounded(self.tickets.insert_one(&document)).await?;
+        self.bounded("insert", self.tickets.insert_one(&document))
+            .await?;
         Ok(())
     }
 
@@ -121,7 +135,7 @@ impl MongoTicketStore {
     ) -> Result<(Redeemed, T), RedeemError<E>> {
         let filter = doc! { "_id": presented.id, "token_type": TOKEN_TYPE };
         let stored = self
-            .bounded(self.tickets.find_one(filter))
+            .bounded("find", self.tickets.find_one(filter))
             .await?
             .ok_or(RedeemError::Rejected(TicketRejection::Unknown))?;
         if !presented.matches(&stored.secret_hash.bytes) {
@@ -135,7 +149,9 @@ impl MongoTicketStore {
         if self.policy.single_use {
             let consume =
                 doc! { "_id": presented.id, "secret_hash": binary(presented.secret_hash()) };
-            let deleted = self.bounded(self.tickets.delete_one(consume)).await?;
+            let deleted = self
+                .bounded("consume", self.tickets.delete_one(consume))
+                .await?;
             if deleted.deleted_count != 1 {
                 return Err(RedeemError::Rejected(TicketRejection::AlreadyUsed));
             }
@@ -151,15 +167,22 @@ impl MongoTicketStore {
     pub(super) async fn delete_user(&self, user_id: &str) -> Result<u64, StoreUnavailable> {
         let filter = doc! { "user_id": user_id, "token_type": TOKEN_TYPE };
         Ok(self
-            .bounded(self.tickets.delete_many(filter))
+            .bounded("delete_user", self.tickets.delete_many(filter))
             .await?
             .deleted_count)
     }
 
+    /// Runs one operation within the store timeout, timed in the metrics by `name`.
     async fn bounded<T>(
         &self,
+        name: &'static str,
         operation: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
     ) -> Result<T, StoreUnavailable> {
+        let _timer = self
+            .metrics
+            .store_operation_seconds
+            .with_label_values(&[name])
+            .start_timer();
         if !self.readiness.is_ready() {
             return Err(StoreUnavailable(
                 "MongoDB is not ready yet (migrations pending)".into(),

@@ -12,6 +12,7 @@ mod limits;
 mod live;
 mod migrations;
 mod mint;
+mod ops;
 mod origin;
 mod outage;
 mod server_api;

@@ -20,6 +20,16 @@ async fn app_on(uri: &str, store_timeout_ms: &str) -> TestApp {
     spawn_app_with(vars).await
 }
 
+async fn readiness(app: &TestApp) -> u16 {
+    app.http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 async fn mint_until_ok(app: &TestApp, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
@@ -83,9 +93,15 @@ async fn an_outage_answers_503_keeps_open_connections_and_recovers() {
     live.send_json(&json!({"type": "ping"})).await;
     assert_eq!(live.next_json().await, json!({"type": "pong"}));
 
+    assert_eq!(
+        readiness(&app).await,
+        503,
+        "not ready while MongoDB is down"
+    );
     tokio::task::block_in_place(|| mongod.restart());
     let back = Instant::now();
     mint_until_ok(&app, Duration::from_secs(30)).await;
+    assert_eq!(readiness(&app).await, 200);
     eprintln!(
         "outage: minting recovered {:?} after mongod was primary again",
         back.elapsed()
@@ -110,8 +126,10 @@ async fn starting_while_mongodb_is_down_serves_503_until_it_comes_up() {
         (503, "store_unavailable")
     );
 
+    assert_eq!(readiness(&app).await, 503);
     let _mongod = tokio::task::block_in_place(|| TestMongod::start_on(port));
     mint_until_ok(&app, Duration::from_secs(60)).await;
+    assert_eq!(readiness(&app).await, 200);
     let indexes: Vec<String> = app
         .db
         .as_ref()

@@ -35,6 +35,7 @@ async fn make_store(kind: Store, ttl_secs: u64, single_use: bool) -> TicketStore
                 policy,
                 Duration::from_secs(5),
                 ready,
+                Arc::new(ticketgate::metrics::Metrics::new()),
             ))
         }
     }

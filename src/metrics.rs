@@ -1,0 +1,130 @@
+//! Prometheus metrics, one registry per gateway, rendered at `GET /metrics` in the text format.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::hub::ConnectionCounts;
+
+pub struct Metrics {
+    registry: Registry,
+    /// Open connections by `state` (authenticated, unauthenticated); set when scraped.
+    connections: IntGaugeVec,
+    pub tickets_minted: IntCounter,
+    pub tickets_consumed: IntCounter,
+    /// Refused tickets by `reason`: missing, malformed, unknown, secret_mismatch, expired, already_used.
+    pub tickets_rejected: IntCounterVec,
+    /// Failed authentications by close `code`: 4400, 4401, 4408.
+    pub auth_failures: IntCounterVec,
+    /// Closed connections by close `code` ("none" when the socket was simply gone).
+    pub closes: IntCounterVec,
+    /// Data messages received from clients.
+    pub messages_in: IntCounter,
+    /// Text messages sent to clients.
+    pub messages_out: IntCounter,
+    /// From a broadcast's publication to its write to one connection.
+    pub broadcast_fanout_seconds: Histogram,
+    /// MongoDB ticket-store operations by `operation`.
+    pub store_operation_seconds: HistogramVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry =
+            Registry::new_custom(Some("ticketgate".into()), None).expect("a valid prefix");
+        let counter = |name: &str, help: &str| {
+            let counter = IntCounter::new(name, help).expect("a valid metric");
+            registry
+                .register(Box::new(counter.clone()))
+                .expect("registered once");
+            counter
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let counter =
+                IntCounterVec::new(Opts::new(name, help), &[label]).expect("a valid metric");
+            registry
+                .register(Box::new(counter.clone()))
+                .expect("registered once");
+            counter
+        };
+        let connections = IntGaugeVec::new(
+            Opts::new("connections", "Open WebSocket connections"),
+            &["state"],
+        )
+        .expect("a valid metric");
+        registry
+            .register(Box::new(connections.clone()))
+            .expect("registered once");
+        let broadcast_fanout_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "broadcast_fanout_seconds",
+                "From publication to the write to one connection",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("a valid metric");
+        registry
+            .register(Box::new(broadcast_fanout_seconds.clone()))
+            .expect("registered once");
+        let store_operation_seconds = HistogramVec::new(
+            HistogramOpts::new("store_operation_seconds", "MongoDB ticket-store operations")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["operation"],
+        )
+        .expect("a valid metric");
+        registry
+            .register(Box::new(store_operation_seconds.clone()))
+            .expect("registered once");
+        // CPU, memory and file descriptors of this process, from /proc.
+        let _ = registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+        Metrics {
+            connections,
+            tickets_minted: counter("tickets_minted_total", "Tickets issued"),
+            tickets_consumed: counter("tickets_consumed_total", "Tickets that opened a connection"),
+            tickets_rejected: counter_vec(
+                "tickets_rejected_total",
+                "Tickets refused at the upgrade",
+                "reason",
+            ),
+            auth_failures: counter_vec(
+                "auth_failures_total",
+                "Connections closed before authenticating",
+                "code",
+            ),
+            closes: counter_vec("connections_closed_total", "Connections closed", "code"),
+            messages_in: counter("messages_in_total", "Data messages received from clients"),
+            messages_out: counter("messages_out_total", "Text messages sent to clients"),
+            broadcast_fanout_seconds,
+            store_operation_seconds,
+            registry,
+        }
+    }
+
+    /// The text exposition format, with the connection gauges as of now.
+    pub fn render(&self, counts: ConnectionCounts) -> String {
+        self.connections
+            .with_label_values(&["authenticated"])
+            .set(counts.authenticated as i64);
+        self.connections
+            .with_label_values(&["unauthenticated"])
+            .set(counts.unauthenticated as i64);
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to memory");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,41 @@
+//! Operations endpoints: liveness, readiness and Prometheus metrics.
+
+use actix_web::http::header::ContentType;
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+use super::AppState;
+
+/// The process is alive and serving HTTP.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Ready for new connections: the ticket store answers and the gateway is not draining.
+/// Load balancers take a 503 here as "send new clients elsewhere".
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let not_ready = |message: String| {
+        HttpResponse::ServiceUnavailable().json(json!({"error": "not_ready", "message": message}))
+    };
+    if state.shutdown.is_draining() {
+        return not_ready("draining".into());
+    }
+    match state.tickets.ping().await {
+        Ok(()) => {
+            HttpResponse::Ok().json(json!({"status": "ready", "store": state.tickets.kind()}))
+        }
+        Err(e) => not_ready(e.to_string()),
+    }
+}
+
+/// Prometheus text exposition format.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let body = state.session.metrics.render(state.session.hub.counts());
+    HttpResponse::Ok()
+        .content_type(ContentType(
+            "text/plain; version=0.0.4; charset=utf-8"
+                .parse()
+                .expect("a valid media type"),
+        ))
+        .body(body)
+}
