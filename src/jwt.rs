@@ -169,6 +169,8 @@ pub enum JwtRejection {
     WrongIssuer,
     #[error("the token's audience is not accepted")]
     WrongAudience,
+    #[error("the token has been revoked")]
+    Revoked,
 }
 
 struct ConfiguredKey {

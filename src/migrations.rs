@@ -19,11 +19,18 @@ pub struct Migration {
     pub source: &'static str,
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_ws_tickets.json",
-    source: include_str!("../migrations/0001_ws_tickets.json"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_ws_tickets.json",
+        source: include_str!("../migrations/0001_ws_tickets.json"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_revocations.json",
+        source: include_str!("../migrations/0002_revocations.json"),
+    },
+];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -18,7 +18,8 @@ use crate::routes::{self, AppState};
 use crate::session::{SessionContext, SessionTiming};
 use crate::shutdown::Shutdown;
 use crate::store::{
-    self, MemoryTicketStore, MongoTicketStore, StoreReadiness, StoreUnavailable, TicketStore,
+    self, MemoryTicketStore, MongoBounds, MongoTicketStore, RevocationStore, StoreReadiness,
+    StoreUnavailable, TicketStore,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +47,7 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let metrics = Arc::new(Metrics::new());
-        let tickets = ticket_store(&settings, &metrics).await?;
+        let (tickets, revocations) = stores(&settings, &metrics).await?;
         let hub = Hub::new(settings.connection_limits);
         let state = web::Data::new(AppState {
             tickets,
@@ -69,6 +70,7 @@ impl Application {
                 },
                 max_message_bytes: settings.max_message_bytes,
                 metrics,
+                revocations: Arc::new(revocations),
             }),
             origins: settings.allowed_origins.clone(),
             ticket_ttl: settings.tickets.ttl,
@@ -170,15 +172,15 @@ impl Application {
     }
 }
 
-async fn ticket_store(
+/// Where tickets and revocations live.
+async fn stores(
     settings: &Settings,
     metrics: &Arc<Metrics>,
-) -> Result<TicketStore, StartupError> {
+) -> Result<(TicketStore, RevocationStore), StartupError> {
     let Some(mongo) = &settings.mongodb else {
         log::info!("MONGODB_URI is not set: tickets live in this process (single node only)");
-        return Ok(TicketStore::Memory(MemoryTicketStore::new(
-            settings.tickets,
-        )));
+        let tickets = TicketStore::Memory(MemoryTicketStore::new(settings.tickets));
+        return Ok((tickets, RevocationStore::memory()));
     };
     // Only a malformed URI fails here; an unreachable server is found out below.
     let db = store::connect(mongo, settings.store_timeout).await?;
@@ -203,14 +205,13 @@ async fn ticket_store(
             tokio::spawn(prepare_until_ready(db.clone(), context, readiness.clone()));
         }
     }
-    let store = MongoTicketStore::new(
-        &db,
-        settings.tickets,
-        settings.store_timeout,
+    let bounds = MongoBounds {
+        timeout: settings.store_timeout,
         readiness,
-        Arc::clone(metrics),
-    );
-    Ok(TicketStore::Mongo(store))
+        metrics: Arc::clone(metrics),
+    };
+    let tickets = TicketStore::Mongo(MongoTicketStore::new(&db, settings.tickets, bounds.clone()));
+    Ok((tickets, RevocationStore::mongo(&db, bounds)))
 }
 
 /// Retries the migrations with exponential backoff (0.5 s doubling to 30 s) until they apply,

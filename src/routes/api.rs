@@ -31,6 +31,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
                 "/users/{user_id}/disconnect",
                 web::post().to(disconnect_user),
             )
+            .route("/revocations", web::post().to(revoke))
             .route("/connections", web::get().to(connections)),
     );
 }
@@ -145,6 +146,44 @@ async fn disconnect_user(
         disconnected,
         tickets_deleted,
     }))
+}
+
+#[derive(Deserialize)]
+struct RevocationBody {
+    jti: String,
+    /// Unix seconds: when the token expires anyway; the revocation is kept until then.
+    expires_at: u64,
+}
+
+#[derive(Serialize)]
+struct Revoked {
+    jti: String,
+    disconnected: usize,
+}
+
+async fn revoke(
+    _: ApiCaller,
+    state: web::Data<AppState>,
+    body: web::Json<RevocationBody>,
+) -> Result<HttpResponse, ApiError> {
+    let RevocationBody { jti, expires_at } = body.into_inner();
+    if jti.is_empty() || jti.len() > 512 {
+        return Err(ApiError::BadRequest(
+            "jti must have 1 to 512 characters".into(),
+        ));
+    }
+    state
+        .session
+        .revocations
+        .revoke(&jti, expires_at)
+        .await
+        .map_err(|e| {
+            log::warn!("recording a revocation: {e}");
+            ApiError::StoreUnavailable
+        })?;
+    let disconnected = state.session.hub.kick_jti(&jti, Kick::Revoked);
+    log::info!("revoked a token until {expires_at}: {disconnected} connections closed");
+    Ok(HttpResponse::Created().json(Revoked { jti, disconnected }))
 }
 
 #[derive(Deserialize)]

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::AppState;
 use crate::error::ApiError;
+use crate::jwt::JwtRejection;
 use crate::ticket::redact;
 
 #[derive(Serialize)]
@@ -30,6 +31,20 @@ pub async fn mint_ticket(
         .jwt
         .verify(jwt)
         .map_err(ApiError::InvalidToken)?;
+    if let Some(jti) = &user.jti {
+        let revoked = state
+            .session
+            .revocations
+            .is_revoked(jti)
+            .await
+            .map_err(|e| {
+                log::warn!("checking a revocation: {e}");
+                ApiError::StoreUnavailable
+            })?;
+        if revoked {
+            return Err(ApiError::InvalidToken(JwtRejection::Revoked));
+        }
+    }
     state
         .rate_limits
         .check_ticket(&user.sub)

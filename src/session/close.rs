@@ -24,6 +24,8 @@ pub enum CloseReason {
     Kicked(Kick),
     /// 1013: the connection fell too far behind the broadcasts; reconnecting is the remedy.
     SlowConsumer { missed: u64 },
+    /// 1013: the revocation store could not be asked; try again.
+    StoreUnavailable,
     /// 1009: a message over MAX_MESSAGE_BYTES.
     MessageTooBig,
     /// 1002: the client broke the WebSocket protocol.
@@ -44,7 +46,9 @@ impl CloseReason {
                 4401
             }
             CloseReason::AuthTimeout | CloseReason::HeartbeatTimeout => 4408,
-            CloseReason::SlowConsumer { .. } | CloseReason::Kicked(Kick::SlowConsumer) => 1013,
+            CloseReason::SlowConsumer { .. }
+            | CloseReason::Kicked(Kick::SlowConsumer)
+            | CloseReason::StoreUnavailable => 1013,
             CloseReason::Kicked(Kick::Disconnected | Kick::Revoked) => 4403,
             CloseReason::Kicked(Kick::Draining) => 1001,
             CloseReason::MessageTooBig => 1009,
@@ -75,6 +79,7 @@ impl CloseReason {
                 "slow consumer: too many messages waiting".into()
             }
             CloseReason::MessageTooBig => "message too big".into(),
+            CloseReason::StoreUnavailable => "try again later".into(),
             CloseReason::ProtocolError => "protocol error".into(),
             CloseReason::InvalidUtf8 => "text message is not UTF-8".into(),
             CloseReason::ClientClosed(frame) => frame

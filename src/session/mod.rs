@@ -22,8 +22,9 @@ use bytestring::ByteString;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 
 use crate::hub::{ConnectionId, Hub, Membership, OpenConnection};
-use crate::jwt::JwtVerifier;
+use crate::jwt::{JwtRejection, JwtVerifier};
 use crate::metrics::Metrics;
+use crate::store::RevocationStore;
 pub use close::CloseReason;
 use expiry::{Expiry, ExpiryEvent};
 use frame_guard::FrameLimit;
@@ -36,8 +37,25 @@ pub struct SessionContext {
     pub hub: Arc<Hub>,
     pub timing: SessionTiming,
     pub metrics: Arc<Metrics>,
+    pub revocations: Arc<RevocationStore>,
     /// Largest message after authentication (MAX_MESSAGE_BYTES).
     pub max_message_bytes: usize,
+}
+
+impl SessionContext {
+    /// Refuses a JWT whose `jti` was revoked (4401), and fails closed when the revocation
+    /// store cannot answer (1013, try again).
+    async fn not_revoked(&self, jti: Option<&str>) -> Result<(), CloseReason> {
+        let Some(jti) = jti else { return Ok(()) };
+        match self.revocations.is_revoked(jti).await {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(CloseReason::JwtRejected(JwtRejection::Revoked)),
+            Err(e) => {
+                log::warn!("checking a revocation: {e}");
+                Err(CloseReason::StoreUnavailable)
+            }
+        }
+    }
 }
 
 /// Largest message before authentication: a JWT fits with room to spare, and a client that has
@@ -161,6 +179,12 @@ impl Connection<Unauthenticated> {
             Ok(verified) => verified,
             Err(reason) => return Err(self.closing(reason)),
         };
+        // Join (registering the jti) before checking revocation: a revocation that lands in
+        // between is then either seen here or kicks the registered connection.
+        let membership = ctx.hub.join(&self.open, verified.jti.as_deref());
+        if let Err(reason) = ctx.not_revoked(verified.jti.as_deref()).await {
+            return Err(self.closing(reason));
+        }
         let welcome = ServerMessage::Authenticated {
             user_id: &verified.sub,
             expires_at: verified.expires_at,
@@ -169,7 +193,6 @@ impl Connection<Unauthenticated> {
         if send(ctx, &mut self.session, welcome).await.is_err() {
             return Err(self.closing(CloseReason::ConnectionLost));
         }
-        let membership = ctx.hub.join(&self.open, verified.jti.as_deref());
         log::info!("{} authenticated as user {}", self.id(), verified.sub);
         self.state.frame_limit.set(ctx.max_message_bytes);
         let stream = self
@@ -342,6 +365,9 @@ impl Connection<Authenticated> {
                     Ok(verified) => {
                         self.state.expiry = timing.expiry_of(verified.expires_at);
                         self.state.membership.set_jti(verified.jti.as_deref());
+                        if let Err(reason) = ctx.not_revoked(verified.jti.as_deref()).await {
+                            return Next::Close(reason);
+                        }
                         log::info!(
                             "{} refreshed, now valid until {}",
                             self.id(),

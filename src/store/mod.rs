@@ -3,13 +3,17 @@
 
 mod memory;
 mod mongo;
+mod revocations;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use memory::MemoryTicketStore;
 pub use mongo::{MongoTicketStore, StoreReadiness, TICKETS_COLLECTION, connect};
+pub use revocations::{REVOCATIONS_COLLECTION, RevocationStore};
 
 use crate::config::TicketPolicy;
+use crate::metrics::Metrics;
 use crate::ticket::{NewTicket, PresentedTicket};
 
 /// The store could not answer in time or at all. The gateway answers 503 and tries again on
@@ -17,6 +21,42 @@ use crate::ticket::{NewTicket, PresentedTicket};
 #[derive(Debug, thiserror::Error)]
 #[error("ticket store unavailable: {0}")]
 pub struct StoreUnavailable(pub String);
+
+/// What every MongoDB operation runs under: the store must be ready (migrations applied), the
+/// answer must come within `timeout`, and its latency is measured.
+#[derive(Clone)]
+pub struct MongoBounds {
+    pub timeout: Duration,
+    pub readiness: StoreReadiness,
+    pub metrics: Arc<Metrics>,
+}
+
+impl MongoBounds {
+    pub async fn run<T>(
+        &self,
+        name: &'static str,
+        operation: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
+    ) -> Result<T, StoreUnavailable> {
+        if !self.readiness.is_ready() {
+            return Err(StoreUnavailable(
+                "MongoDB is not ready yet (migrations pending)".into(),
+            ));
+        }
+        let _timer = self
+            .metrics
+            .store_operation_seconds
+            .with_label_values(&[name])
+            .start_timer();
+        match tokio::time::timeout(self.timeout, operation.into_future()).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(StoreUnavailable(e.to_string())),
+            Err(_) => Err(StoreUnavailable(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+}
 
 /// Why a well-formed ticket was refused. All of these answer the client with the same
 /// `invalid_ticket`; the distinction is for logs.

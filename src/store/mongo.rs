@@ -10,9 +10,8 @@ use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection, Database};
 use serde::{Deserialize, Serialize};
 
-use super::{RedeemError, Redeemed, StoreUnavailable, TicketRejection, is_expired};
+use super::{MongoBounds, RedeemError, Redeemed, StoreUnavailable, TicketRejection, is_expired};
 use crate::config::{MongoSettings, TicketPolicy};
-use crate::metrics::Metrics;
 use crate::ticket::{NewTicket, PresentedTicket};
 
 pub const TICKETS_COLLECTION: &str = "ws_tickets";
@@ -73,32 +72,23 @@ pub struct MongoTicketStore {
     db: Database,
     tickets: Collection<TicketDocument>,
     policy: TicketPolicy,
-    timeout: Duration,
-    readiness: StoreReadiness,
-    metrics: Arc<Metrics>,
+    bounds: MongoBounds,
 }
 
 impl MongoTicketStore {
-    pub fn new(
-        db: &Database,
-        policy: TicketPolicy,
-        timeout: Duration,
-        readiness: StoreReadiness,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(db: &Database, policy: TicketPolicy, bounds: MongoBounds) -> Self {
         MongoTicketStore {
             db: db.clone(),
             tickets: db.collection(TICKETS_COLLECTION),
             policy,
-            timeout,
-            readiness,
-            metrics,
+            bounds,
         }
     }
 
     /// Ready (migrations applied) and answering a `ping` within the store timeout.
     pub(super) async fn ping(&self) -> Result<(), StoreUnavailable> {
-        self.bounded("ping", self.db.run_command(doc! { "ping": 1 }))
+        self.bounds
+            .run("ping", self.db.run_command(doc! { "ping": 1 }))
             .await
             .map(|_| ())
     }
@@ -119,7 +109,8 @@ impl MongoTicketStore {
             created_at: DateTime::now(),
             secret_hash: binary(&ticket.secret_hash()),
         };
-        self.bounded("insert", self.tickets.insert_one(&document))
+        self.bounds
+            .run("insert", self.tickets.insert_one(&document))
             .await?;
         Ok(())
     }
@@ -135,7 +126,8 @@ impl MongoTicketStore {
     ) -> Result<(Redeemed, T), RedeemError<E>> {
         let filter = doc! { "_id": presented.id, "token_type": TOKEN_TYPE };
         let stored = self
-            .bounded("find", self.tickets.find_one(filter))
+            .bounds
+            .run("find", self.tickets.find_one(filter))
             .await?
             .ok_or(RedeemError::Rejected(TicketRejection::Unknown))?;
         if !presented.matches(&stored.secret_hash.bytes) {
@@ -150,7 +142,8 @@ impl MongoTicketStore {
             let consume =
                 doc! { "_id": presented.id, "secret_hash": binary(presented.secret_hash()) };
             let deleted = self
-                .bounded("consume", self.tickets.delete_one(consume))
+                .bounds
+                .run("consume", self.tickets.delete_one(consume))
                 .await?;
             if deleted.deleted_count != 1 {
                 return Err(RedeemError::Rejected(TicketRejection::AlreadyUsed));
@@ -167,35 +160,10 @@ impl MongoTicketStore {
     pub(super) async fn delete_user(&self, user_id: &str) -> Result<u64, StoreUnavailable> {
         let filter = doc! { "user_id": user_id, "token_type": TOKEN_TYPE };
         Ok(self
-            .bounded("delete_user", self.tickets.delete_many(filter))
+            .bounds
+            .run("delete_user", self.tickets.delete_many(filter))
             .await?
             .deleted_count)
-    }
-
-    /// Runs one operation within the store timeout, timed in the metrics by `name`.
-    async fn bounded<T>(
-        &self,
-        name: &'static str,
-        operation: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
-    ) -> Result<T, StoreUnavailable> {
-        let _timer = self
-            .metrics
-            .store_operation_seconds
-            .with_label_values(&[name])
-            .start_timer();
-        if !self.readiness.is_ready() {
-            return Err(StoreUnavailable(
-                "MongoDB is not ready yet (migrations pending)".into(),
-            ));
-        }
-        match tokio::time::timeout(self.timeout, operation.into_future()).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(StoreUnavailable(e.to_string())),
-            Err(_) => Err(StoreUnavailable(format!(
-                "no answer within {:?}",
-                self.timeout
-            ))),
-        }
     }
 }
 

@@ -84,6 +84,22 @@ async fn migrations_create_indexes_record_themselves_and_are_idempotent() {
     assert_eq!(records[0].get_str("name").unwrap(), "0001_ws_tickets.json");
     assert_eq!(records[0].get_str("checksum").unwrap().len(), 64);
 
+    let revocations_ttl = db
+        .collection::<Document>("revocations")
+        .list_indexes()
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.options.as_ref().and_then(|o| o.name.as_deref()) == Some("expires_at_ttl"))
+        .expect("the revocations TTL index exists");
+    assert_eq!(
+        revocations_ttl.options.unwrap().expire_after,
+        Some(Duration::ZERO)
+    );
+
     let again = migrations::apply(&db, &ctx(900)).await.unwrap();
     assert!(
         again.applied.is_empty() && again.ttl_updated.is_empty(),

@@ -203,3 +203,89 @@ async fn bad_bodies_get_json_errors() {
         );
     }
 }
+
+fn jwt_with_jti(sub: &str, jti: &str) -> String {
+    jwt_with(&ticketgate::jwt::Claims {
+        sub: sub.into(),
+        exp: now() + 600,
+        nbf: None,
+        iat: None,
+        jti: Some(jti.into()),
+    })
+}
+
+#[tokio::test]
+async fn a_revoked_jti_can_no_longer_mint_authenticate_or_refresh_and_its_connections_close() {
+    for store in [Store::Mongo, Store::Memory] {
+        let app = spawn_app(store, &[("API_KEY", API_KEY)]).await;
+        let doomed = jwt_with_jti("alice", "jti-doomed");
+        let fine = jwt_with_jti("alice", "jti-fine");
+        // A live connection authenticated with the token about to be revoked.
+        let mut live = app.connect(&app.ticket("alice").await).await;
+        live.send_json(&json!({"type": "jwt", "token": doomed}))
+            .await;
+        assert_eq!(live.next_json().await["type"], "authenticated");
+        let mut other = app.connect(&app.ticket("alice").await).await;
+        other
+            .send_json(&json!({"type": "jwt", "token": fine}))
+            .await;
+        assert_eq!(other.next_json().await["type"], "authenticated");
+        let pending = app.ticket("alice").await;
+
+        let (status, body) = post(
+            &app,
+            "/api/revocations",
+            json!({"jti": "jti-doomed", "expires_at": now() + 600}),
+        )
+        .await;
+        assert_eq!(
+            (status, body["disconnected"].as_u64()),
+            (201, Some(1)),
+            "{store:?}"
+        );
+        assert_eq!(live.expect_close(4403).await, "token revoked");
+
+        let (status, body) = app.mint(Some(&format!("Bearer {doomed}"))).await;
+        assert_eq!(
+            (status, body["error"].as_str().unwrap()),
+            (401, "invalid_token")
+        );
+        assert!(body["message"].as_str().unwrap().contains("revoked"));
+        let mut late = app.connect(&pending).await;
+        late.send_json(&json!({"type": "jwt", "token": doomed}))
+            .await;
+        assert!(late.expect_close(4401).await.contains("revoked"));
+        other
+            .send_json(&json!({"type": "jwt", "token": doomed}))
+            .await;
+        other.expect_close(4401).await;
+        // Tokens with other jtis are untouched.
+        assert_eq!(app.mint(Some(&format!("Bearer {fine}"))).await.0, 200);
+        if let Some(db) = &app.db {
+            let stored = db
+                .collection::<mongodb::bson::Document>("revocations")
+                .find_one(mongodb::bson::doc! {"_id": "jti-doomed"})
+                .await
+                .unwrap()
+                .expect("the revocation is stored");
+            assert!(stored.get_datetime("expires_at").is_ok(), "{stored}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn revocation_bodies_are_checked() {
+    let app = api_app(&[]).await;
+    for body in [
+        json!({"expires_at": 1}),
+        json!({"jti": "a", "expires_at": "soon"}),
+        json!({"jti": "", "expires_at": 1}),
+    ] {
+        let (status, reply) = post(&app, "/api/revocations", body.clone()).await;
+        assert_eq!(
+            (status, reply["error"].as_str().unwrap()),
+            (400, "bad_request"),
+            "{body}"
+        );
+    }
+}

@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use ticketgate::config::{MongoSettings, TicketPolicy};
 use ticketgate::store::{
-    self, MemoryTicketStore, MongoTicketStore, RedeemError, StoreReadiness, TicketRejection,
-    TicketStore,
+    self, MemoryTicketStore, MongoBounds, MongoTicketStore, RedeemError, StoreReadiness,
+    TicketRejection, TicketStore,
 };
 use ticketgate::ticket::{NewTicket, PresentedTicket};
 
@@ -30,13 +30,12 @@ async fn make_store(kind: Store, ttl_secs: u64, single_use: bool) -> TicketStore
                 .await
                 .unwrap();
             let ready = StoreReadiness::ready();
-            TicketStore::Mongo(MongoTicketStore::new(
-                &db,
-                policy,
-                Duration::from_secs(5),
-                ready,
-                Arc::new(ticketgate::metrics::Metrics::new()),
-            ))
+            let bounds = MongoBounds {
+                timeout: Duration::from_secs(5),
+                readiness: ready,
+                metrics: Arc::new(ticketgate::metrics::Metrics::new()),
+            };
+            TicketStore::Mongo(MongoTicketStore::new(&db, policy, bounds))
         }
     }
 }
