@@ -28,6 +28,13 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// The OpenAPI document of the HTTP side (docs/openapi.json, embedded).
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(include_str!("../../docs/openapi.json"))
+}
+
 /// Prometheus text exposition format.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let body = state.session.metrics.render(state.session.hub.counts());

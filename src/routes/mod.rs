@@ -57,6 +57,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, origins: &OriginPolicy, api: Opti
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
     .route("/metrics", web::get().to(health::metrics))
+    .route("/openapi.json", web::get().to(health::openapi))
     .default_service(web::to(not_found));
 }
 

@@ -119,3 +119,60 @@ async fn a_refresh_with_another_user_or_a_bad_token_closes_with_4401() {
     }
     app.assert_no_connections_left().await;
 }
+
+/// One log line per connection event, each with the connection id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_connection_event_is_one_log_line_with_the_connection_id() {
+    let gateway = GatewayProcess::start(&[("JWT_SECRET", SECRET)]);
+    let http = reqwest::Client::new();
+    let mut client = try_connect_url(&gateway.ws_url(&gateway.ticket(&http, "alice").await), None)
+        .await
+        .unwrap();
+    client
+        .send_json(&json!({"type": "jwt", "token": jwt("alice")}))
+        .await;
+    assert_eq!(client.next_json().await["type"], "authenticated");
+    client
+        .send_json(&json!({"type": "jwt", "token": jwt("alice")}))
+        .await;
+    assert_eq!(client.next_json().await["type"], "authenticated");
+    client
+        .send(tokio_tungstenite::tungstenite::Message::Close(Some(
+            tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: 1000.into(),
+                reason: "done".into(),
+            },
+        )))
+        .await;
+    client.ending().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let log = gateway.log();
+    let id = log
+        .lines()
+        .find_map(|l| {
+            l.split("] ")
+                .nth(1)?
+                .strip_suffix(" upgraded for user alice")
+        })
+        .unwrap_or_else(|| panic!("no 'upgraded' line:\n{log}"))
+        .to_owned();
+    let events: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split("] ").nth(1))
+        .filter(|l| l.starts_with(&format!("{id} ")))
+        .collect();
+    assert_eq!(events.len(), 4, "{events:#?}");
+    assert_eq!(events[0], format!("{id} upgraded for user alice"));
+    assert_eq!(events[1], format!("{id} authenticated as user alice"));
+    assert!(
+        events[2].starts_with(&format!("{id} refreshed, now valid until ")),
+        "{}",
+        events[2]
+    );
+    assert!(
+        events[3].starts_with(&format!("{id} closed: code 1000 after ")),
+        "{}",
+        events[3]
+    );
+}

@@ -12,6 +12,7 @@ mod limits;
 mod live;
 mod migrations;
 mod mint;
+mod openapi;
 mod ops;
 mod origin;
 mod outage;
