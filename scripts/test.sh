@@ -13,6 +13,23 @@ if [ -z "${MONGODB_URI:-}" ]; then
   echo "test.sh: using $MONGOD_BIN" >&2
 fi
 
+# The browser test drives Debian's Chromium (browser downloads do not work here); the client
+# tests need Node and the client's two npm dependencies.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "test.sh: installing chromium" >&2
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
+  else
+    echo "test.sh: the browser test needs Chromium: sudo apt-get install chromium" >&2
+    exit 1
+  fi
+fi
+if ! command -v node >/dev/null 2>&1; then
+  echo "test.sh: the client tests need Node.js 20 or later (apt-get install nodejs)" >&2
+  exit 1
+fi
+(cd client && npm ci --no-audit --no-fund --loglevel=error)
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 # Many tests wait on protocol timers (auth deadline, heartbeat), so more threads than cores

@@ -106,7 +106,8 @@ fn announce_dev_mode(secret: &[u8], port: u16) {
     println!(
         "\n=== ticketgate dev mode ===\n\
          Dev JWT for user \"demo-user\" (valid 24h, this process only):\n\n{jwt}\n\n\
-         Try it:\n  curl -H \"Authorization: Bearer {jwt}\" http://127.0.0.1:{port}/token/ws\n\
+         Open the demo, already signed in:\n  http://127.0.0.1:{port}/#jwt={jwt}\n\n\
+         Or by hand:\n  curl -H \"Authorization: Bearer {jwt}\" http://127.0.0.1:{port}/token/ws\n\
          then open ws://127.0.0.1:{port}/demo?token=<token> and send {{\"type\":\"jwt\",\"token\":\"<the JWT>\"}}\n"
     );
 }

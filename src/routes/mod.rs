@@ -3,6 +3,7 @@
 pub mod api;
 mod health;
 mod mint;
+mod static_files;
 mod upgrade;
 
 use std::sync::Arc;
@@ -54,6 +55,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, origins: &OriginPolicy, api: Opti
             .route(web::get().to(upgrade::upgrade))
             .default_service(web::to(method_not_allowed)),
     )
+    .route("/", web::get().to(static_files::demo_page))
+    .route("/ticketgate.js", web::get().to(static_files::client_module))
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
     .route("/metrics", web::get().to(health::metrics))

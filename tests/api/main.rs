@@ -3,6 +3,7 @@
 
 mod adversarial;
 mod cli;
+mod client_js;
 mod cors;
 mod drain;
 mod helpers;

@@ -1,0 +1,86 @@
+// The demo page in a real browser: headless Chromium (Debian's package) driven by
+// playwright-core, against a real gateway and MongoDB.
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+import { Gateway, mintJwt } from "../test/gateway.mjs";
+
+const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
+const ARTIFACTS = process.env.ARTIFACTS_DIR || "artifacts";
+if (!existsSync(CHROMIUM)) {
+  throw new Error(`no Chromium at ${CHROMIUM}: install Debian's chromium package (scripts/test.sh does)`);
+}
+
+const cleanups = [];
+after(async () => {
+  for (const cleanup of cleanups.reverse()) await cleanup();
+});
+
+async function browser() {
+  const launched = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    // Playwright gives each launch a fresh temporary --user-data-dir.
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--no-first-run",
+    ],
+  });
+  cleanups.push(() => launched.close());
+  return launched;
+}
+
+const stateIs = (state) => `#state[data-state="${state}"]`;
+
+test("the demo page authenticates, shows a broadcast, reconnects after a restart and shows failures", async () => {
+  const gw = await Gateway.start();
+  cleanups.push(() => gw.stop());
+  const chrome = await browser();
+  const page = await chrome.newPage();
+  const consoleErrors = [];
+  page.on("pageerror", (error) => consoleErrors.push(String(error)));
+
+  // Signed in through the URL fragment, as the dev-mode link does.
+  await page.goto(`${gw.baseUrl}/#jwt=${mintJwt("alice")}`);
+  await page.waitForSelector(stateIs("authenticated"), { timeout: 15000 });
+  assert.match(await page.textContent("#user"), /as alice/);
+
+  const { body } = await gw.api("POST", "/api/broadcast", { data: { from: "the server API" } });
+  await page.waitForSelector(`#broadcasts li:has-text("#${body.seq}")`);
+  assert.match(await page.textContent("#broadcasts"), /the server API/);
+
+  await page.click("#echo");
+  await page.waitForSelector('#messages li:has-text("echo \\"hello\\"")');
+
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const screenshot = join(ARTIFACTS, "demo-authenticated.png");
+  await page.screenshot({ path: screenshot, fullPage: true });
+
+  // A gateway restart is not 4401/4403: the page reconnects with a fresh ticket by itself.
+  await gw.restart();
+  await page.waitForFunction(() => document.getElementById("close").textContent !== "none", null, { timeout: 15000 });
+  await page.waitForSelector(stateIs("authenticated"), { timeout: 20000 });
+  const again = await gw.api("POST", "/api/broadcast", { data: "after the restart" });
+  await page.waitForSelector(`#broadcasts li:has-text("#${again.body.seq}")`);
+
+  // A server-side disconnect (4403) ends it for good, with the code shown.
+  await gw.api("POST", "/api/users/alice/disconnect");
+  await page.waitForSelector(stateIs("closed"));
+  assert.match(await page.textContent("#close"), /^4403 disconnected by the server/);
+
+  // An invalid JWT: the failure state and the gateway's error code.
+  const refused = await chrome.newPage();
+  await refused.goto(`${gw.baseUrl}/#jwt=not-a-jwt`);
+  await refused.waitForSelector(stateIs("closed"), { timeout: 15000 });
+  assert.equal(await refused.textContent("#close"), "401 invalid_token");
+
+  assert.deepEqual(consoleErrors, []);
+  console.log(`screenshot: ${screenshot}`);
+});

@@ -1,0 +1,159 @@
+// The JavaScript client against real gateway processes: Node's test runner, the `ws` package
+// as the socket.
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import WebSocket from "ws";
+
+import { TicketgateClient, TicketError, FATAL_CLOSE_CODES } from "../ticketgate.js";
+import { Gateway, mintJwt, nextEvent, sleep } from "./gateway.mjs";
+
+const gateways = [];
+after(async () => Promise.all(gateways.map((g) => g.stop())));
+
+async function gateway(env) {
+  const started = await Gateway.start(env);
+  gateways.push(started);
+  return started;
+}
+
+/** A client whose fetches are recorded, so tests can see each ticket request. */
+function clientFor(gw, options = {}) {
+  const tickets = [];
+  const recordingFetch = async (url, init) => {
+    const response = await fetch(url, init);
+    const copy = response.clone();
+    copy.json().then((body) => body.token && tickets.push(body.token)).catch(() => {});
+    return response;
+  };
+  const client = new TicketgateClient({
+    baseUrl: gw.baseUrl,
+    WebSocket,
+    fetch: recordingFetch,
+    getJwt: () => mintJwt("alice"),
+    backoff: { initialMs: 100, maxMs: 1000, factor: 2, jitter: 0.5 },
+    ...options,
+  });
+  client.tickets = tickets;
+  return client;
+}
+
+test("connects, authenticates and receives broadcasts and user messages", async () => {
+  const gw = await gateway();
+  const client = clientFor(gw);
+  const states = [];
+  client.addEventListener("state", (e) => states.push(e.detail.state));
+  const session = await client.connect();
+  assert.equal(session.userId, "alice");
+  assert.ok(session.expiresAt > Date.now() / 1000);
+  assert.deepEqual(states, ["connecting", "authenticating", "authenticated"]);
+
+  const broadcast = nextEvent(client, "broadcast");
+  const { body } = await gw.api("POST", "/api/broadcast", { data: { hello: "all" } });
+  assert.deepEqual(await broadcast, { seq: body.seq, data: { hello: "all" } });
+  const message = nextEvent(client, "message");
+  await gw.api("POST", "/api/users/alice/messages", { data: "just you" });
+  assert.deepEqual(await message, { data: "just you" });
+  const echo = nextEvent(client, "echo");
+  client.echo([1, 2]);
+  assert.deepEqual((await echo).data, [1, 2]);
+  client.close();
+  assert.equal(client.state, "closed");
+});
+
+test("refreshes the JWT in-band when token_expiring arrives", async () => {
+  const gw = await gateway({ TOKEN_REFRESH_NOTICE_SECS: "2" });
+  let calls = 0;
+  const client = clientFor(gw, { getJwt: () => mintJwt("alice", ++calls === 1 ? 3 : 600) });
+  const first = await client.connect();
+  const refreshed = await nextEvent(client, "authenticated", (d) => d.refreshed);
+  assert.ok(refreshed.expiresAt > first.expiresAt + 500);
+  await sleep(2500); // past the first token's exp
+  const pong = nextEvent(client, "pong");
+  client.ping();
+  await pong;
+  assert.equal(client.state, "authenticated");
+  client.close();
+});
+
+test("reconnects with a fresh ticket after the gateway restarts", async () => {
+  const gw = await gateway();
+  const client = clientFor(gw);
+  await client.connect();
+  const reconnecting = nextEvent(client, "reconnecting");
+  await gw.restart();
+  await reconnecting;
+  await nextEvent(client, "authenticated", () => true, 15000);
+  assert.equal(client.state, "authenticated");
+  assert.equal(client.tickets.length, 2);
+  assert.notEqual(client.tickets[0], client.tickets[1], "never reuses a consumed ticket");
+  client.close();
+});
+
+test("an app-level ping notices a gateway that stopped answering", async () => {
+  const gw = await gateway();
+  const client = clientFor(gw, { pingIntervalMs: 200, pongTimeoutMs: 400 });
+  await client.connect();
+  const closed = nextEvent(client, "close");
+  gw.pause();
+  try {
+    assert.deepEqual(await closed, { code: 4000, reason: "no pong" });
+    assert.equal(client.state, "reconnecting");
+  } finally {
+    gw.resume();
+  }
+  await nextEvent(client, "authenticated", () => true, 15000);
+  assert.ok(client.tickets.length >= 2);
+  client.close();
+});
+
+test("stops on 4403 instead of reconnecting", async () => {
+  const gw = await gateway();
+  const client = clientFor(gw);
+  await client.connect();
+  const closed = nextEvent(client, "close");
+  await gw.api("POST", "/api/users/alice/disconnect");
+  assert.equal((await closed).code, 4403);
+  await sleep(800);
+  assert.equal(client.state, "closed");
+  assert.equal(client.tickets.length, 1, "no new ticket was fetched");
+});
+
+test("stops on 4401 when a refresh is refused", async () => {
+  // A notice window longer than the token's life: token_expiring comes at once.
+  const gw = await gateway({ TOKEN_REFRESH_NOTICE_SECS: "3600" });
+  let calls = 0;
+  const client = clientFor(gw, { getJwt: () => (++calls === 1 ? mintJwt("alice") : mintJwt("mallory")) });
+  const closed = nextEvent(client, "close");
+  await client.connect();
+  assert.equal((await closed).code, 4401);
+  await sleep(800);
+  assert.equal(client.state, "closed");
+  assert.deepEqual([...FATAL_CLOSE_CODES], [4400, 4401, 4403]);
+});
+
+test("an invalid JWT rejects connect() without retrying", async () => {
+  const gw = await gateway();
+  const client = clientFor(gw, { getJwt: () => "not-a-jwt" });
+  await assert.rejects(client.connect(), (error) => {
+    assert.ok(error instanceof TicketError);
+    assert.equal(error.status, 401);
+    assert.equal(error.code, "invalid_token");
+    return true;
+  });
+  assert.equal(client.state, "closed");
+});
+
+test("backs off exponentially, with jitter, while the gateway is down", async () => {
+  const gw = await gateway();
+  const client = clientFor(gw, { backoff: { initialMs: 100, maxMs: 800, factor: 2, jitter: 0.5 } });
+  await client.connect();
+  const delays = [];
+  client.addEventListener("reconnecting", (e) => delays.push(e.detail.delayMs));
+  await gw.stop();
+  while (delays.length < 5) await sleep(100);
+  client.close();
+  const bases = [100, 200, 400, 800, 800];
+  delays.slice(0, 5).forEach((delay, i) => {
+    assert.ok(delay >= bases[i] * 0.5 - 1 && delay <= bases[i] + 1, `attempt ${i + 1}: ${delay} ms not in [${bases[i] / 2}, ${bases[i]}]`);
+  });
+});

@@ -1,0 +1,261 @@
+// ticketgate browser (and Node) client: an ES module, no build step.
+//
+//   import { TicketgateClient } from "/ticketgate.js";
+//   const client = new TicketgateClient({ getJwt: () => auth.currentJwt() });
+//   client.addEventListener("broadcast", (e) => console.log(e.detail.data));
+//   await client.connect();
+//
+// It fetches a ticket from /token/ws with the JWT, opens /demo?token=…, sends the JWT as the
+// first message and resolves once `authenticated` arrives. It refreshes the JWT in-band on
+// `token_expiring`, pings to notice dead connections, and reconnects with exponential backoff
+// and jitter, always with a fresh ticket, except after 4400, 4401 and 4403, which need the
+// application's attention rather than a retry.
+
+/** Close codes after which reconnecting cannot help. */
+export const FATAL_CLOSE_CODES = Object.freeze([4400, 4401, 4403]);
+
+/** @typedef {"idle"|"connecting"|"authenticating"|"authenticated"|"reconnecting"|"closed"} State */
+
+const DEFAULTS = {
+  baseUrl: undefined,
+  tokenPath: "/token/ws",
+  socketPath: "/demo",
+  pingIntervalMs: 20000,
+  pongTimeoutMs: 10000,
+  backoff: { initialMs: 500, maxMs: 30000, factor: 2, jitter: 0.5 },
+  WebSocket: undefined,
+  fetch: undefined,
+};
+
+/** A refusal while fetching the ticket: `status` and the gateway's JSON `error` code. */
+export class TicketError extends Error {
+  constructor(status, code, message) {
+    super(message || `ticket refused: ${status} ${code}`);
+    this.name = "TicketError";
+    this.status = status;
+    this.code = code;
+  }
+}
+
+export class TicketgateClient extends EventTarget {
+  /**
+   * @param {object} options
+   * @param {() => (string|Promise<string>)} options.getJwt the user's current JWT
+   * @param {string} [options.baseUrl] the gateway's http(s) origin; default: the page's
+   * @param {number} [options.pingIntervalMs] app-level ping period (default 20 s)
+   * @param {number} [options.pongTimeoutMs] how long to wait for any answer to a ping (10 s)
+   * @param {{initialMs?: number, maxMs?: number, factor?: number, jitter?: number}} [options.backoff]
+   * @param {typeof WebSocket} [options.WebSocket] a WebSocket implementation (Node: the `ws` package)
+   * @param {typeof fetch} [options.fetch] a fetch implementation
+   */
+  constructor(options) {
+    super();
+    if (!options || typeof options.getJwt !== "function") {
+      throw new TypeError("TicketgateClient needs a getJwt() callback");
+    }
+    this.options = { ...DEFAULTS, ...options, backoff: { ...DEFAULTS.backoff, ...(options.backoff || {}) } };
+    this.baseUrl = this.options.baseUrl || globalThis.location?.origin;
+    if (!this.baseUrl) throw new TypeError("baseUrl is required outside a browser page");
+    this.WebSocketImpl = this.options.WebSocket || globalThis.WebSocket;
+    this.fetchImpl = this.options.fetch || globalThis.fetch.bind(globalThis);
+    /** @type {State} */
+    this.state = "idle";
+    this.socket = null;
+    this.attempt = 0;
+    this.userId = null;
+    this.expiresAt = null;
+    this.timers = { ping: null, pong: null, retry: null };
+    this.stopped = false;
+    this.waiters = [];
+  }
+
+  /** Connects (once authenticated, resolves with `{userId, expiresAt}`), and keeps connecting. */
+  connect() {
+    this.stopped = false;
+    const authenticated = new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+    if (this.state === "idle" || this.state === "closed") this.#open();
+    return authenticated;
+  }
+
+  /** Closes for good: no reconnect. */
+  close(code = 1000, reason = "client closed") {
+    this.stopped = true;
+    this.#clearTimers();
+    if (this.socket && this.socket.readyState <= 1) this.socket.close(code, reason);
+    this.#setState("closed");
+  }
+
+  /** Sends `{"type":"echo","data":…}`; the answer arrives as an `echo` event. */
+  echo(data) {
+    this.#send({ type: "echo", data });
+  }
+
+  /** Sends an app-level `{"type":"ping"}`; the answer arrives as a `pong` event. */
+  ping() {
+    this.#send({ type: "ping" });
+  }
+
+  async #open() {
+    this.#clearTimers();
+    this.#setState(this.attempt === 0 ? "connecting" : "reconnecting");
+    let jwt, ticket;
+    try {
+      jwt = await this.options.getJwt();
+      ticket = await this.#fetchTicket(jwt);
+    } catch (error) {
+      this.#emit("error", { error });
+      // A refused JWT will not get better by retrying; an outage might.
+      if (error instanceof TicketError && (error.status === 401 || error.status === 403)) {
+        this.#fail(error);
+        return;
+      }
+      this.#scheduleRetry();
+      return;
+    }
+    if (this.stopped) return;
+    const url = new URL(this.options.socketPath, this.baseUrl);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    url.searchParams.set("token", ticket);
+    const socket = new this.WebSocketImpl(url.toString());
+    this.socket = socket;
+    socket.onopen = () => {
+      this.#setState("authenticating");
+      socket.send(JSON.stringify({ type: "jwt", token: jwt }));
+    };
+    socket.onmessage = (event) => this.#onMessage(event.data);
+    socket.onclose = (event) => this.#onClose(socket, event.code, event.reason);
+    socket.onerror = () => {}; // the close event follows and carries what matters
+  }
+
+  async #fetchTicket(jwt) {
+    const response = await this.fetchImpl(new URL(this.options.tokenPath, this.baseUrl).toString(), {
+      headers: { Authorization: `Bearer ${jwt}` },
+    });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok || typeof body.token !== "string") {
+      throw new TicketError(response.status, body.error || "unknown", body.message);
+    }
+    return body.token;
+  }
+
+  #onMessage(raw) {
+    let message;
+    try {
+      message = JSON.parse(typeof raw === "string" ? raw : raw.toString());
+    } catch {
+      return;
+    }
+    // Any message proves the connection alive.
+    clearTimeout(this.timers.pong);
+    this.timers.pong = null;
+    switch (message.type) {
+      case "authenticated": {
+        const first = this.state !== "authenticated";
+        this.userId = message.user_id;
+        this.expiresAt = message.expires_at;
+        if (first) {
+          this.attempt = 0;
+          this.#setState("authenticated");
+          this.#startPinging();
+          for (const waiter of this.waiters.splice(0)) waiter.resolve({ userId: this.userId, expiresAt: this.expiresAt });
+        }
+        this.#emit("authenticated", { userId: this.userId, expiresAt: this.expiresAt, refreshed: !first });
+        break;
+      }
+      case "token_expiring":
+        this.#emit("token_expiring", { expiresAt: message.expires_at });
+        this.#refresh();
+        break;
+      case "broadcast":
+        this.#emit("broadcast", { seq: message.seq, data: message.data });
+        break;
+      case "message":
+        this.#emit("message", { data: message.data });
+        break;
+      default:
+        this.#emit(message.type, message);
+    }
+  }
+
+  async #refresh() {
+    try {
+      const jwt = await this.options.getJwt();
+      this.#send({ type: "jwt", token: jwt });
+    } catch (error) {
+      this.#emit("error", { error });
+    }
+  }
+
+  #onClose(socket, code, reason) {
+    if (socket !== this.socket) return;
+    this.socket = null;
+    this.#clearTimers();
+    this.#emit("close", { code, reason });
+    if (this.stopped) {
+      this.#setState("closed");
+      return;
+    }
+    if (FATAL_CLOSE_CODES.includes(code)) {
+      this.#fail(Object.assign(new Error(`closed with ${code}: ${reason}`), { code, reason }));
+      return;
+    }
+    this.#scheduleRetry();
+  }
+
+  #fail(error) {
+    this.stopped = true;
+    this.#setState("closed");
+    for (const waiter of this.waiters.splice(0)) waiter.reject(error);
+  }
+
+  #scheduleRetry() {
+    if (this.stopped) return;
+    const { initialMs, maxMs, factor, jitter } = this.options.backoff;
+    const base = Math.min(maxMs, initialMs * factor ** this.attempt);
+    // Full jitter on a share of the delay spreads reconnecting clients apart.
+    const delay = base * (1 - jitter) + Math.random() * base * jitter;
+    this.attempt += 1;
+    this.#setState("reconnecting");
+    this.#emit("reconnecting", { attempt: this.attempt, delayMs: Math.round(delay) });
+    this.timers.retry = setTimeout(() => this.#open(), delay);
+  }
+
+  #startPinging() {
+    clearInterval(this.timers.ping);
+    this.timers.ping = setInterval(() => {
+      if (this.state !== "authenticated") return;
+      this.#send({ type: "ping" });
+      if (!this.timers.pong) {
+        // No answer at all in time: the connection is dead even if the socket does not know.
+        // Do not wait for a closing handshake a dead peer will never send.
+        this.timers.pong = setTimeout(() => {
+          const dead = this.socket;
+          if (!dead) return;
+          this.#onClose(dead, 4000, "no pong");
+          dead.close(4000, "no pong");
+        }, this.options.pongTimeoutMs);
+      }
+    }, this.options.pingIntervalMs);
+  }
+
+  #send(message) {
+    if (this.socket && this.socket.readyState === 1) this.socket.send(JSON.stringify(message));
+  }
+
+  #clearTimers() {
+    clearInterval(this.timers.ping);
+    clearTimeout(this.timers.pong);
+    clearTimeout(this.timers.retry);
+    this.timers = { ping: null, pong: null, retry: null };
+  }
+
+  #setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this.#emit("state", { state });
+  }
+
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}

@@ -1,0 +1,103 @@
+//! The JavaScript client (client/) and the demo page, tested with Node's test runner against
+//! real gateway processes, and in headless Chromium. The suites start their own gateways from
+//! this build's binary, on the test MongoDB.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::helpers::*;
+
+fn client_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("client")
+}
+
+/// `npm ci` when the client's dependencies (ws, playwright-core) are missing.
+fn ensure_node_modules() {
+    let node = Command::new("node").arg("--version").output();
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "Node.js 20 or later is needed for the client tests (apt-get install nodejs, or nodejs.org)"
+    );
+    if client_dir().join("node_modules/ws").exists()
+        && client_dir().join("node_modules/playwright-core").exists()
+    {
+        return;
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(client_dir())
+        .status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "npm ci in client/ failed"
+    );
+}
+
+fn run_node_suite(suite: &str) {
+    ensure_node_modules();
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/artifacts");
+    let output = Command::new("node")
+        .args(["--test", "--test-reporter=spec", suite])
+        .current_dir(client_dir())
+        .env("TICKETGATE_BIN", BIN)
+        .env("MONGODB_URI", mongo_uri())
+        .env("ARTIFACTS_DIR", &artifacts)
+        .output()
+        .expect("running node");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "node --test {suite} failed:\n{report}"
+    );
+    eprintln!("{report}");
+}
+
+#[test]
+fn the_javascript_client_passes_its_suite_against_real_gateways() {
+    run_node_suite("test/");
+}
+
+#[test]
+fn the_demo_page_works_in_headless_chromium() {
+    let chromium = std::env::var("CHROMIUM_BIN").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "the browser test needs Chromium at {chromium}: apt-get install chromium (scripts/test.sh installs it)"
+    );
+    run_node_suite("e2e/");
+    let screenshot =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/artifacts/demo-authenticated.png");
+    assert!(screenshot.exists(), "the screenshot artefact was written");
+}
+
+#[tokio::test]
+async fn the_gateway_serves_the_client_and_the_demo_page() {
+    let app = spawn_app(Store::Mongo, &[]).await;
+    let module = app
+        .http
+        .get(app.url("/ticketgate.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        module.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(
+        module.text().await.unwrap(),
+        include_str!("../../client/ticketgate.js")
+    );
+    let page = app.http.get(app.url("/")).send().await.unwrap();
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"import { TicketgateClient } from "/ticketgate.js""#));
+}
