@@ -1,9 +1,12 @@
-# Build stage: compile the release binary.
+# Build stage: compile the release binary. The binary embeds migrations/, client/ and
+# docs/openapi.json, so they are part of the build context (tests/api/compose.rs checks).
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
+COPY client/index.html client/ticketgate.js ./client/
+COPY docs/openapi.json ./docs/
 RUN cargo build --release --locked --bin ticketgate
 
 # Runtime stage: a small image with only the binary, running as a non-root user.
@@ -15,4 +18,5 @@ COPY --from=build /src/target/release/ticketgate /usr/local/bin/ticketgate
 USER ticketgate
 ENV BIND_ADDR=0.0.0.0:8080
 EXPOSE 8080
+HEALTHCHECK --interval=5s --timeout=3s --retries=10 CMD curl -fsS http://127.0.0.1:8080/readyz || exit 1
 ENTRYPOINT ["/usr/local/bin/ticketgate"]

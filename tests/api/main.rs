@@ -4,6 +4,7 @@
 mod adversarial;
 mod cli;
 mod client_js;
+mod compose;
 mod cors;
 mod drain;
 mod helpers;

@@ -1,0 +1,150 @@
+//! docker-compose.yml and Dockerfile, checked with a real YAML parser (no Docker engine runs on
+//! our build machines): the variables, ports, healthchecks and build commands must match the
+//! gateway they run.
+
+use std::collections::BTreeSet;
+
+use ticketgate::config::VARIABLES;
+use yaml_rust2::{Yaml, YamlLoader};
+
+const COMPOSE: &str = include_str!("../../docker-compose.yml");
+const DOCKERFILE: &str = include_str!("../../Dockerfile");
+
+fn compose() -> Yaml {
+    YamlLoader::load_from_str(COMPOSE)
+        .expect("docker-compose.yml parses")
+        .remove(0)
+}
+
+fn text(yaml: &Yaml) -> String {
+    match yaml {
+        Yaml::String(s) => s.clone(),
+        Yaml::Integer(i) => i.to_string(),
+        other => panic!("not text: {other:?}"),
+    }
+}
+
+#[test]
+fn every_variable_compose_sets_is_one_the_gateway_reads() {
+    let doc = compose();
+    let environment = doc["services"]["gateway"]["environment"]
+        .as_hash()
+        .expect("gateway environment");
+    let set: BTreeSet<String> = environment.keys().map(text).collect();
+    for var in &set {
+        assert!(
+            VARIABLES.contains(&var.as_str()),
+            "compose sets {var}, which the gateway does not read"
+        );
+    }
+    let uri = text(&doc["services"]["gateway"]["environment"]["MONGODB_URI"]);
+    assert!(
+        uri.contains("mongo:27017") && uri.contains("replicaSet=rs0"),
+        "{uri}"
+    );
+    let env_file = &doc["services"]["gateway"]["env_file"][0];
+    assert_eq!(text(&env_file["path"]), ".env");
+}
+
+#[test]
+fn mongo_is_a_replica_set_initialised_by_its_healthcheck() {
+    let doc = compose();
+    let mongo = &doc["services"]["mongo"];
+    let command: Vec<String> = mongo["command"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(text)
+        .collect();
+    assert!(
+        command.windows(2).any(|w| w == ["--replSet", "rs0"]),
+        "{command:?}"
+    );
+    let check = text(&mongo["healthcheck"]["test"]);
+    assert!(
+        check.contains("rs.initiate") && check.contains("mongo:27017"),
+        "{check}"
+    );
+    let condition = text(&doc["services"]["gateway"]["depends_on"]["mongo"]["condition"]);
+    assert_eq!(condition, "service_healthy");
+}
+
+#[test]
+fn ports_and_healthchecks_match_the_gateways_configuration() {
+    let doc = compose();
+    let gateway = &doc["services"]["gateway"];
+    let bind = text(&gateway["environment"]["BIND_ADDR"]);
+    let port = bind.rsplit(':').next().unwrap().to_owned();
+    assert!(
+        bind.starts_with("0.0.0.0:"),
+        "inside a container the gateway must listen on all interfaces: {bind}"
+    );
+    let ports: Vec<String> = gateway["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(text)
+        .collect();
+    assert_eq!(
+        ports,
+        [format!("{port}:{port}")],
+        "the demo is at http://localhost:{port}"
+    );
+    let check: Vec<String> = gateway["healthcheck"]["test"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(text)
+        .collect();
+    assert_eq!(
+        check.last().unwrap(),
+        &format!("http://127.0.0.1:{port}/readyz")
+    );
+    assert!(DOCKERFILE.contains(&format!("EXPOSE {port}")));
+    assert!(DOCKERFILE.contains(&format!("ENV BIND_ADDR=0.0.0.0:{port}")));
+    assert!(DOCKERFILE.contains(&format!("http://127.0.0.1:{port}/readyz")));
+}
+
+#[test]
+fn the_dockerfile_builds_and_runs_this_crates_binary() {
+    let manifest = include_str!("../../Cargo.toml");
+    assert!(manifest.contains("name = \"ticketgate\""));
+    assert!(DOCKERFILE.contains("cargo build --release --locked --bin ticketgate"));
+    assert!(
+        DOCKERFILE
+            .contains("COPY --from=build /src/target/release/ticketgate /usr/local/bin/ticketgate")
+    );
+    assert!(DOCKERFILE.contains(r#"ENTRYPOINT ["/usr/local/bin/ticketgate"]"#));
+    assert!(
+        DOCKERFILE.contains("USER ticketgate"),
+        "the runtime runs as a non-root user"
+    );
+    // Every file the binary embeds must be in the build context.
+    let sources = [
+        "src/migrations.rs",
+        "src/routes/static_files.rs",
+        "src/routes/health.rs",
+    ];
+    for source in sources {
+        let code =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(source))
+                .unwrap();
+        for embedded in code
+            .split("include_str!(\"")
+            .skip(1)
+            .map(|rest| rest.split('"').next().unwrap())
+        {
+            let path = embedded.trim_start_matches("../").trim_start_matches("../");
+            let copied = path.split('/').next().unwrap();
+            let in_context = DOCKERFILE.lines().any(|l| {
+                l.starts_with("COPY ")
+                    && !l.contains("--from")
+                    && (l.contains(path) || l.contains(&format!(" {copied} ./{copied}")))
+            });
+            assert!(
+                in_context,
+                "{source} embeds {path}, which the Dockerfile does not copy"
+            );
+        }
+    }
+}
