@@ -109,6 +109,8 @@ pub const VARIABLES: &[&str] = &[
 
 pub const DEFAULT_BIND_ADDR: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATABASE: &str = "ticketgate";
+/// The demo broadcaster's interval in dev mode when BROADCAST_INTERVAL_SECS is not set.
+pub const DEV_BROADCAST_INTERVAL_SECS: u64 = 5;
 pub const DEFAULT_TICKET_TTL_SECS: u64 = 900;
 /// MongoDB stores `expireAfterSeconds` as a 32-bit integer.
 const MAX_TICKET_TTL_SECS: u64 = i32::MAX as u64;
@@ -141,7 +143,14 @@ impl Settings {
         if ttl.as_secs() > MAX_TICKET_TTL_SECS {
             return Err(env.invalid("TICKET_TTL_SECS", "at most 2147483647 seconds"));
         }
-        let broadcast_secs = env.number("BROADCAST_INTERVAL_SECS", 0, 0)?;
+        let jwt = env.jwt_settings()?;
+        // Dev mode shows traffic at once; a real deployment broadcasts only what it is told to.
+        let broadcast_default = if jwt.dev_mode {
+            DEV_BROADCAST_INTERVAL_SECS
+        } else {
+            0
+        };
+        let broadcast_secs = env.number("BROADCAST_INTERVAL_SECS", broadcast_default, 0)?;
         Ok(Settings {
             bind_addr: env.parsed("BIND_ADDR", DEFAULT_BIND_ADDR)?,
             mongodb: match env.get("MONGODB_URI") {
@@ -151,7 +160,7 @@ impl Settings {
                     database: env.database_name()?,
                 }),
             },
-            jwt: env.jwt_settings()?,
+            jwt,
             tickets: TicketPolicy {
                 ttl,
                 single_use: env.boolean("TICKET_SINGLE_USE", true)?,
@@ -347,7 +356,18 @@ mod tests {
         assert_eq!(s.auth_timeout, Duration::from_secs(10));
         assert_eq!(s.heartbeat_interval, Duration::from_secs(15));
         assert_eq!(s.client_timeout, Duration::from_secs(45));
-        assert!(s.broadcast_interval.is_none());
+        assert_eq!(
+            s.broadcast_interval,
+            Some(Duration::from_secs(5)),
+            "dev mode shows broadcasts"
+        );
+        let configured =
+            Settings::from_vars(&vars(&[("JWT_SECRET", "0123456789abcdef0123456789abcdef")]))
+                .unwrap();
+        assert!(
+            configured.broadcast_interval.is_none(),
+            "off unless asked for"
+        );
         assert!(matches!(s.allowed_origins, OriginPolicy::SameOrigin));
         assert_eq!(s.ticket_rate_per_min.get(), 30);
         assert_eq!(s.upgrade_rate_per_min.get(), 120);

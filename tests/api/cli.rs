@@ -164,4 +164,13 @@ async fn dev_mode_prints_a_jwt_that_walks_the_whole_flow() {
     let welcome = client.next_json().await;
     assert_eq!(welcome["type"], "authenticated");
     assert_eq!(welcome["user_id"], "demo-user");
+    // Dev mode broadcasts on its own, so the demo shows traffic at once.
+    let broadcast = client.next_json().await;
+    assert_eq!(broadcast["type"], "broadcast");
+    assert!(broadcast["data"]["counter"].is_u64(), "{broadcast}");
+    let link = gateway.stdout();
+    assert!(
+        link.contains(&format!("http://127.0.0.1:{}/#jwt={jwt}", gateway.port)),
+        "{link}"
+    );
 }
