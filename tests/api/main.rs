@@ -12,6 +12,7 @@ mod hostile;
 mod jwt_keys;
 mod limits;
 mod live;
+mod load;
 mod migrations;
 mod mint;
 mod openapi;

@@ -1,0 +1,116 @@
+//! One simulated browser: JWT, ticket, upgrade from a chosen source address, authentication.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{WebSocketStream, client_async};
+
+use ticketgate::jwt::JwtSigner;
+
+pub type Socket = WebSocketStream<TcpStream>;
+
+/// What every simulated client shares.
+pub struct Clients {
+    pub base_url: String,
+    pub gateway: SocketAddr,
+    pub signer: JwtSigner,
+    pub http: reqwest::Client,
+    pub source_addresses: u8,
+    pub user_prefix: String,
+}
+
+impl Clients {
+    pub fn new(
+        base_url: &str,
+        secret: &str,
+        source_addresses: u8,
+        user_prefix: &str,
+    ) -> Result<Self, String> {
+        let url = reqwest::Url::parse(base_url).map_err(|e| format!("--url: {e}"))?;
+        let host: IpAddr = url
+            .host_str()
+            .unwrap_or("127.0.0.1")
+            .parse()
+            .map_err(|_| "--url must name an IP address")?;
+        if !host.is_loopback() {
+            return Err("load is only ever sent to loopback addresses".into());
+        }
+        Ok(Clients {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            gateway: SocketAddr::new(host, url.port_or_known_default().unwrap_or(80)),
+            signer: JwtSigner::hs256(secret.as_bytes()),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(512)
+                .build()
+                .map_err(|e| e.to_string())?,
+            source_addresses: source_addresses.max(1),
+            user_prefix: user_prefix.to_owned(),
+        })
+    }
+
+    /// Ticket request to `authenticated`: the socket and how long it took.
+    pub async fn authenticate(&self, index: usize) -> Result<(Socket, Duration), String> {
+        let started = Instant::now();
+        let user = format!("{}-{index}", self.user_prefix);
+        let jwt = self.signer.mint(&user, 3600);
+        let response = self
+            .http
+            .get(format!("{}/token/ws", self.base_url))
+            .bearer_auth(&jwt)
+            .send()
+            .await
+            .map_err(|e| format!("ticket request: {e}"))?;
+        let status = response.status();
+        let body: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| format!("ticket body: {e}"))?;
+        let ticket = body["token"]
+            .as_str()
+            .ok_or_else(|| format!("ticket refused: {status} {body}"))?;
+
+        let source = Ipv4Addr::new(
+            127,
+            0,
+            0,
+            2 + (index % usize::from(self.source_addresses)) as u8,
+        );
+        let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+        socket
+            .bind(SocketAddr::new(source.into(), 0))
+            .map_err(|e| format!("bind {source}: {e}"))?;
+        let stream = socket
+            .connect(self.gateway)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let ws_url = format!(
+            "{}/demo?token={ticket}",
+            self.base_url.replacen("http", "ws", 1)
+        );
+        let (mut ws, _) = client_async(ws_url, stream)
+            .await
+            .map_err(|e| format!("upgrade: {e}"))?;
+        ws.send(Message::text(
+            serde_json::json!({"type": "jwt", "token": jwt}).to_string(),
+        ))
+        .await
+        .map_err(|e| format!("send jwt: {e}"))?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) if text.contains(r#""type":"authenticated""#) => {
+                    return Ok((ws, started.elapsed()));
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return Err(format!("closed before authenticating: {frame:?}"));
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(e))) => return Err(format!("while authenticating: {e}")),
+                Ok(None) => return Err("the connection ended before authenticating".into()),
+                Err(_) => return Err("no authenticated message within 30 s".into()),
+            }
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! `ticketgate-load`: a load generator that behaves like real clients. It mints JWTs with the
+//! gateway's secret, fetches tickets, upgrades, authenticates, then runs one scenario and prints
+//! a summary line and a JSON line.
+//!
+//!   ticketgate-load connect --connections 20000 --concurrency 200 --gateway-pid $(pidof ticketgate)
+//!   ticketgate-load fanout  --connections 10000 --messages 100 --rate 50 --size 100 --api-key …
+//!   ticketgate-load idle    --connections 19000 --hold-secs 30 --gateway-pid …
+//!
+//! Sockets are spread over the loopback source addresses 127.0.0.2… (see `--source-addresses`)
+//! so that one process is not limited by one address's ephemeral ports; one process holds at
+//! most ~19,900 sockets here (20,000 open files), so larger runs use several processes.
+
+mod client;
+mod measure;
+mod scenarios;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ticketgate-load",
+    version,
+    about = "Load generator for ticketgate"
+)]
+struct Cli {
+    #[command(flatten)]
+    target: Target,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+/// Where the gateway is and how to pass as its clients.
+#[derive(Args, Clone)]
+pub struct Target {
+    /// The gateway's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
+    pub url: String,
+    /// The gateway's JWT_SECRET, to mint user JWTs.
+    #[arg(long, env = "JWT_SECRET", global = true, hide_env_values = true)]
+    pub secret: Option<String>,
+    /// The gateway's process id: its CPU time and memory are read from /proc.
+    #[arg(long, global = true)]
+    pub gateway_pid: Option<u32>,
+    /// How many loopback source addresses to spread sockets over (127.0.0.2 onwards).
+    #[arg(long, default_value_t = 4, global = true)]
+    pub source_addresses: u8,
+    /// Users are named `load-<i>`; this prefix tells several generator processes apart.
+    #[arg(long, default_value = "load", global = true)]
+    pub user_prefix: String,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// N full two-phase authentications, C in flight: authentications/s, latency, CPU per auth.
+    Connect {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        concurrency: usize,
+    },
+    /// Hold N connections; publish M broadcasts at R/s through the server API: deliveries/s,
+    /// publish-to-receipt latency, losses, CPU per delivery.
+    Fanout {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 100)]
+        messages: usize,
+        /// Broadcasts per second.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// Bytes of padding in each broadcast's data.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        #[arg(long, env = "API_KEY", hide_env_values = true)]
+        api_key: String,
+    },
+    /// Hold N authenticated idle connections for T seconds: RSS per connection, idle CPU.
+    Idle {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        hold_secs: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(secret) = cli.target.secret.clone() else {
+        eprintln!("ticketgate-load: give the gateway's JWT_SECRET (--secret or the environment)");
+        return ExitCode::FAILURE;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let target = cli.target;
+    let outcome = runtime.block_on(async move {
+        match cli.scenario {
+            Scenario::Connect {
+                connections,
+                concurrency,
+            } => scenarios::connect(&target, &secret, connections, concurrency).await,
+            Scenario::Fanout {
+                connections,
+                concurrency,
+                messages,
+                rate,
+                size,
+                api_key,
+            } => {
+                let plan = scenarios::FanoutPlan {
+                    connections,
+                    concurrency,
+                    messages,
+                    rate,
+                    size,
+                    api_key,
+                };
+                scenarios::fanout(&target, &secret, plan).await
+            }
+            Scenario::Idle {
+                connections,
+                concurrency,
+                hold_secs,
+            } => scenarios::idle(&target, &secret, connections, concurrency, hold_secs).await,
+        }
+    });
+    match outcome {
+        Ok(report) => {
+            println!("{}", report.summary);
+            println!("{}", report.json);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ticketgate-load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

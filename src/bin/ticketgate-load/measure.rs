@@ -1,0 +1,77 @@
+//! Measurements: latency percentiles, and CPU time and memory of a process from /proc.
+
+use std::time::Duration;
+
+/// Percentiles over durations, in milliseconds.
+pub fn percentiles_ms(samples: &mut [Duration]) -> (f64, f64, f64) {
+    if samples.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    samples.sort_unstable();
+    let at =
+        |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1000.0;
+    (at(0.50), at(0.99), at(1.0))
+}
+
+/// User plus system CPU time of a process (or of this one), from /proc/<pid>/stat.
+pub fn cpu_time(pid: Option<u32>) -> Option<Duration> {
+    let path = pid.map_or_else(
+        || "/proc/self/stat".to_owned(),
+        |p| format!("/proc/{p}/stat"),
+    );
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_secs_f64(ticks as f64 / USER_HZ))
+}
+
+/// Resident memory of a process, KiB, from /proc/<pid>/status.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// /proc reports CPU time in USER_HZ ticks, which Linux fixes at 100 for user space whatever
+/// the kernel's own tick rate.
+const USER_HZ: f64 = 100.0;
+
+/// A CPU-time stopwatch for the gateway and for this generator.
+pub struct CpuWatch {
+    gateway_pid: Option<u32>,
+    gateway: Option<Duration>,
+    own: Option<Duration>,
+}
+
+impl CpuWatch {
+    pub fn start(gateway_pid: Option<u32>) -> Self {
+        CpuWatch {
+            gateway_pid,
+            gateway: gateway_pid.and_then(|p| cpu_time(Some(p))),
+            own: cpu_time(None),
+        }
+    }
+
+    /// CPU seconds used since `start`: (gateway, generator).
+    pub fn elapsed(&self) -> (Option<f64>, Option<f64>) {
+        let gateway = match (
+            self.gateway,
+            self.gateway_pid.and_then(|p| cpu_time(Some(p))),
+        ) {
+            (Some(before), Some(now)) => Some((now - before).as_secs_f64()),
+            _ => None,
+        };
+        let own = match (self.own, cpu_time(None)) {
+            (Some(before), Some(now)) => Some((now - before).as_secs_f64()),
+            _ => None,
+        };
+        (gateway, own)
+    }
+}

@@ -1,0 +1,293 @@
+//! The three scenarios. Each returns a one-line summary and a JSON document.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{StreamExt, stream};
+use serde_json::json;
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::Target;
+use crate::client::{Clients, Socket};
+use crate::measure::{CpuWatch, percentiles_ms, rss_kib};
+
+pub struct Report {
+    pub summary: String,
+    pub json: serde_json::Value,
+}
+
+fn clients(target: &Target, secret: &str) -> Result<Clients, String> {
+    Clients::new(
+        &target.url,
+        secret,
+        target.source_addresses,
+        &target.user_prefix,
+    )
+}
+
+/// Opens `count` authenticated connections, `concurrency` at a time: the sockets and each one's
+/// ticket-to-authenticated time, plus the failures' messages.
+async fn open_many(
+    clients: &Clients,
+    count: usize,
+    concurrency: usize,
+) -> (Vec<Socket>, Vec<Duration>, Vec<String>) {
+    let outcomes: Vec<Result<(Socket, Duration), String>> = stream::iter(0..count)
+        .map(|i| clients.authenticate(i))
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let (mut sockets, mut latencies, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+    for outcome in outcomes {
+        match outcome {
+            Ok((socket, latency)) => {
+                sockets.push(socket);
+                latencies.push(latency);
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    (sockets, latencies, failures)
+}
+
+fn per(value: Option<f64>, count: usize, scale: f64) -> Option<f64> {
+    value
+        .filter(|_| count > 0)
+        .map(|v| v * scale / count as f64)
+}
+
+pub async fn connect(
+    target: &Target,
+    secret: &str,
+    connections: usize,
+    concurrency: usize,
+) -> Result<Report, String> {
+    let clients = clients(target, secret)?;
+    let cpu = CpuWatch::start(target.gateway_pid);
+    let started = Instant::now();
+    // Each socket is closed as soon as it authenticated: this measures authentication, not holding.
+    let outcomes: Vec<Result<Duration, String>> = stream::iter(0..connections)
+        .map(|i| {
+            let clients = &clients;
+            async move {
+                clients
+                    .authenticate(i)
+                    .await
+                    .map(|(_socket, latency)| latency)
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let wall = started.elapsed().as_secs_f64();
+    let (gateway_cpu, own_cpu) = cpu.elapsed();
+    let mut latencies: Vec<Duration> = outcomes
+        .iter()
+        .filter_map(|o| o.as_ref().ok().copied())
+        .collect();
+    let failures: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    let authenticated = latencies.len();
+    let (p50, p99, max) = percentiles_ms(&mut latencies);
+    let rate = authenticated as f64 / wall;
+    let cpu_per_auth_us = per(gateway_cpu, authenticated, 1e6);
+    Ok(Report {
+        summary: format!(
+            "connect: {authenticated}/{connections} authenticated in {wall:.2}s = {rate:.0}/s; p50 {p50:.1} ms, p99 {p99:.1} ms; \
+             gateway CPU per auth {} µs; generator CPU {}",
+            cpu_per_auth_us.map_or("?".into(), |v| format!("{v:.0}")),
+            own_cpu.map_or("?".into(), |v| format!("{v:.2}s")),
+        ),
+        json: json!({
+            "scenario": "connect", "connections": connections, "concurrency": concurrency,
+            "authenticated": authenticated, "failures": failures.len(), "first_failure": failures.first(),
+            "seconds": wall, "authentications_per_second": rate,
+            "latency_ms": {"p50": p50, "p99": p99, "max": max},
+            "gateway_cpu_seconds": gateway_cpu, "gateway_cpu_us_per_auth": cpu_per_auth_us,
+            "generator_cpu_seconds": own_cpu,
+        }),
+    })
+}
+
+pub struct FanoutPlan {
+    pub connections: usize,
+    pub concurrency: usize,
+    pub messages: usize,
+    pub rate: f64,
+    pub size: usize,
+    pub api_key: String,
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
+}
+
+pub async fn fanout(target: &Target, secret: &str, plan: FanoutPlan) -> Result<Report, String> {
+    let clients = clients(target, secret)?;
+    let (sockets, _, failures) = open_many(&clients, plan.connections, plan.concurrency).await;
+    if !failures.is_empty() {
+        return Err(format!(
+            "{} connections failed, first: {}",
+            failures.len(),
+            failures[0]
+        ));
+    }
+    let held = sockets.len();
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(held * plan.messages)));
+    let received = Arc::new(AtomicU64::new(0));
+    let last_receipt = Arc::new(AtomicU64::new(0));
+    let dropped = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut socket| {
+            let (latencies, received, last_receipt, dropped) = (
+                Arc::clone(&latencies),
+                Arc::clone(&received),
+                Arc::clone(&last_receipt),
+                Arc::clone(&dropped),
+            );
+            let expected = plan.messages;
+            tokio::spawn(async move {
+                let mut mine = Vec::with_capacity(expected);
+                while mine.len() < expected {
+                    match tokio::time::timeout(Duration::from_secs(30), socket.next()).await {
+                        Ok(Some(Ok(Message::Text(text)))) => {
+                            let Ok(message) = serde_json::from_str::<serde_json::Value>(&text)
+                            else {
+                                continue;
+                            };
+                            if message["type"] != "broadcast" {
+                                continue;
+                            }
+                            let now = unix_micros();
+                            let sent = message["data"]["t"].as_u64().unwrap_or(now);
+                            mine.push(Duration::from_micros(now.saturating_sub(sent)));
+                            received.fetch_add(1, Ordering::Relaxed);
+                            last_receipt.fetch_max(now, Ordering::Relaxed);
+                        }
+                        Ok(Some(Ok(_))) => continue,
+                        _ => {
+                            dropped.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+                latencies.lock().await.extend(mine);
+                socket
+            })
+        })
+        .collect();
+
+    let cpu = CpuWatch::start(target.gateway_pid);
+    let first_publish = unix_micros();
+    let padding = "x".repeat(plan.size);
+    let interval = Duration::from_secs_f64(1.0 / plan.rate.max(0.001));
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for i in 0..plan.messages {
+        ticks.tick().await;
+        let data = json!({"t": unix_micros(), "i": i, "pad": padding});
+        let response = clients
+            .http
+            .post(format!("{}/api/broadcast", clients.base_url))
+            .bearer_auth(&plan.api_key)
+            .json(&json!({"data": data}))
+            .send()
+            .await
+            .map_err(|e| format!("publishing: {e}"))?;
+        if response.status() != 202 {
+            return Err(format!("publishing: {}", response.status()));
+        }
+    }
+    let mut sockets = Vec::with_capacity(held);
+    for reader in readers {
+        sockets.push(reader.await.map_err(|e| e.to_string())?);
+    }
+    let (gateway_cpu, own_cpu) = cpu.elapsed();
+    drop(sockets);
+
+    let deliveries = received.load(Ordering::Relaxed);
+    let expected = (held * plan.messages) as u64;
+    let dropped = dropped.load(Ordering::Relaxed);
+    let span = (last_receipt
+        .load(Ordering::Relaxed)
+        .saturating_sub(first_publish)) as f64
+        / 1e6;
+    let rate = if span > 0.0 {
+        deliveries as f64 / span
+    } else {
+        0.0
+    };
+    let mut latencies = std::mem::take(&mut *latencies.lock().await);
+    let (p50, p99, max) = percentiles_ms(&mut latencies);
+    let cpu_per_delivery_us = per(gateway_cpu, deliveries as usize, 1e6);
+    Ok(Report {
+        summary: format!(
+            "fanout: {held} connections x {} broadcasts of {} B: {deliveries}/{expected} delivered ({} lost, {dropped} connections dropped) \
+             at {rate:.0}/s; latency p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms; gateway CPU per delivery {} µs; generator CPU {}",
+            plan.messages,
+            plan.size,
+            expected - deliveries,
+            cpu_per_delivery_us.map_or("?".into(), |v| format!("{v:.2}")),
+            own_cpu.map_or("?".into(), |v| format!("{v:.2}s")),
+        ),
+        json: json!({
+            "scenario": "fanout", "connections": held, "messages": plan.messages, "rate": plan.rate, "size": plan.size,
+            "deliveries": deliveries, "expected": expected, "lost": expected - deliveries, "dropped_connections": dropped,
+            "deliveries_per_second": rate, "latency_ms": {"p50": p50, "p99": p99, "max": max},
+            "gateway_cpu_seconds": gateway_cpu, "gateway_cpu_us_per_delivery": cpu_per_delivery_us,
+            "generator_cpu_seconds": own_cpu,
+        }),
+    })
+}
+
+pub async fn idle(
+    target: &Target,
+    secret: &str,
+    connections: usize,
+    concurrency: usize,
+    hold_secs: u64,
+) -> Result<Report, String> {
+    let pid = target
+        .gateway_pid
+        .ok_or("idle needs --gateway-pid to read the gateway's memory")?;
+    let clients = clients(target, secret)?;
+    let rss_before = rss_kib(pid).ok_or("cannot read the gateway's memory")?;
+    let (sockets, _, failures) = open_many(&clients, connections, concurrency).await;
+    let held = sockets.len();
+    // Keep reading, so the client library answers the gateway's pings as a browser would.
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut socket| {
+            tokio::spawn(async move { while let Some(Ok(_)) = socket.next().await {} })
+        })
+        .collect();
+    let cpu = CpuWatch::start(Some(pid));
+    tokio::time::sleep(Duration::from_secs(hold_secs)).await;
+    let rss_held = rss_kib(pid).ok_or("cannot read the gateway's memory")?;
+    let (gateway_cpu, own_cpu) = cpu.elapsed();
+    readers.iter().for_each(|r| r.abort());
+    let per_connection_kib = if held > 0 {
+        rss_held.saturating_sub(rss_before) as f64 / held as f64
+    } else {
+        0.0
+    };
+    let idle_cpu_percent = gateway_cpu.map(|c| c * 100.0 / hold_secs.max(1) as f64);
+    Ok(Report {
+        summary: format!(
+            "idle: {held}/{connections} connections held {hold_secs}s; gateway RSS {rss_before} -> {rss_held} KiB = {per_connection_kib:.2} KiB per connection; \
+             gateway CPU while idle {}%",
+            idle_cpu_percent.map_or("?".into(), |v| format!("{v:.1}")),
+        ),
+        json: json!({
+            "scenario": "idle", "connections": connections, "held": held, "failures": failures.len(),
+            "hold_seconds": hold_secs, "gateway_rss_kib_before": rss_before, "gateway_rss_kib_held": rss_held,
+            "gateway_kib_per_connection": per_connection_kib, "gateway_idle_cpu_percent": idle_cpu_percent,
+            "generator_cpu_seconds": own_cpu,
+        }),
+    })
+}

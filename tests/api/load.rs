@@ -1,0 +1,89 @@
+//! The load generator still works: a small run of each scenario against a real gateway process
+//! and MongoDB. This asserts behaviour (everything authenticated, nothing lost), never speed;
+//! the figures live in docs/BENCHMARKS.md.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const LOAD: &str = env!("CARGO_BIN_EXE_ticketgate-load");
+const API_KEY: &str = "load-smoke-api-key-0123";
+
+fn run(gateway: &GatewayProcess, args: &[&str]) -> Value {
+    let output = Command::new(LOAD)
+        .args([
+            "--url",
+            &gateway.url(""),
+            "--secret",
+            SECRET,
+            "--gateway-pid",
+            &gateway.pid().to_string(),
+        ])
+        .args(args)
+        .output()
+        .expect("running ticketgate-load");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "ticketgate-load {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("{}", stdout.lines().next().unwrap_or_default());
+    serde_json::from_str(stdout.lines().last().unwrap()).expect("the last line is JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_few_hundred_clients_through_each_scenario() {
+    let (uri, db) = (mongo_uri(), unique_db_name());
+    let gateway = GatewayProcess::start(&[
+        ("JWT_SECRET", SECRET),
+        ("API_KEY", API_KEY),
+        ("MONGODB_URI", &uri),
+        ("MONGODB_DATABASE", &db),
+        ("TICKET_RATE_PER_MIN", "100000"),
+        ("UPGRADE_RATE_PER_MIN", "100000"),
+        ("RUST_LOG", "warn,ticketgate::startup=info"),
+    ]);
+    let report = tokio::task::spawn_blocking(move || {
+        let connect = run(
+            &gateway,
+            &["connect", "--connections", "300", "--concurrency", "30"],
+        );
+        assert_eq!(connect["authenticated"], 300, "{connect}");
+        assert_eq!(connect["failures"], 0);
+        assert!(
+            connect["gateway_cpu_seconds"].as_f64().is_some(),
+            "CPU is read from /proc"
+        );
+
+        let fanout = run(
+            &gateway,
+            &[
+                "fanout",
+                "--connections",
+                "200",
+                "--messages",
+                "20",
+                "--rate",
+                "100",
+                "--size",
+                "100",
+                "--api-key",
+                API_KEY,
+            ],
+        );
+        assert_eq!(fanout["deliveries"], 4000, "{fanout}");
+        assert_eq!(fanout["lost"], 0);
+        assert_eq!(fanout["dropped_connections"], 0);
+
+        let idle = run(
+            &gateway,
+            &["idle", "--connections", "200", "--hold-secs", "1"],
+        );
+        assert_eq!(idle["held"], 200, "{idle}");
+        assert!(idle["gateway_kib_per_connection"].as_f64().is_some());
+    });
+    report.await.unwrap();
+}
