@@ -433,6 +433,17 @@ mod tests {
     }
 
     #[test]
+    fn protocol_md_documents_every_variable() {
+        let protocol = include_str!("../docs/PROTOCOL.md");
+        for var in VARIABLES {
+            assert!(
+                protocol.contains(&format!("`{var}`")),
+                "docs/PROTOCOL.md does not document {var}"
+            );
+        }
+    }
+
+    #[test]
     fn client_timeout_must_exceed_heartbeat() {
         let err = Settings::from_vars(&vars(&[
             ("HEARTBEAT_INTERVAL_SECS", "30"),
