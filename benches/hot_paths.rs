@@ -1,0 +1,81 @@
+//! Micro-benchmarks of the gateway's hot pieces: ticket format, JWT validation, client-message
+//! parsing, broadcast encoding, and the frame-header scan. `cargo bench --bench hot_paths`.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use serde_json::value::RawValue;
+use ticketgate::hub::{ConnectionLimits, Hub};
+use ticketgate::jwt::{JwtSettings, JwtSigner, JwtVerifier};
+use ticketgate::session::frame_guard::FrameScanner;
+use ticketgate::session::protocol::{ClientMessage, ServerMessage};
+use ticketgate::ticket::{NewTicket, PresentedTicket};
+
+const SECRET: &[u8] = b"bench-secret-0123456789abcdef0123456789";
+
+fn tickets(c: &mut Criterion) {
+    c.bench_function("ticket: generate and format", |b| {
+        b.iter(|| black_box(NewTicket::generate()).to_string())
+    });
+    let ticket = NewTicket::generate();
+    let text = ticket.to_string();
+    let hash = ticket.secret_hash();
+    c.bench_function("ticket: parse (and hash the secret)", |b| {
+        b.iter(|| PresentedTicket::parse(black_box(&text)).unwrap())
+    });
+    let presented = PresentedTicket::parse(&text).unwrap();
+    c.bench_function("ticket: constant-time compare", |b| {
+        b.iter(|| presented.matches(black_box(&hash)))
+    });
+}
+
+fn jwt(c: &mut Criterion) {
+    let verifier = JwtVerifier::new(&JwtSettings::hs256(SECRET));
+    let token = JwtSigner::hs256(SECRET).mint("user-123", 3600);
+    c.bench_function("jwt: verify HS256", |b| {
+        b.iter(|| verifier.verify(black_box(&token)).unwrap())
+    });
+}
+
+fn messages(c: &mut Criterion) {
+    c.bench_function("message: parse ping", |b| {
+        b.iter(|| ClientMessage::parse(black_box(r#"{"type":"ping"}"#)).unwrap())
+    });
+    let echo = format!(
+        r#"{{"type":"echo","data":{{"text":"{}","n":[1,2,3]}}}}"#,
+        "x".repeat(100)
+    );
+    c.bench_function("message: parse and answer an echo (~130 B)", |b| {
+        b.iter(|| match ClientMessage::parse(black_box(&echo)).unwrap() {
+            ClientMessage::Echo { data } => ServerMessage::Echo { data }.encode(),
+            _ => unreachable!(),
+        })
+    });
+}
+
+fn broadcast(c: &mut Criterion) {
+    let hub = Hub::new(ConnectionLimits::UNLIMITED);
+    let data = RawValue::from_string(format!(r#"{{"pad":"{}"}}"#, "x".repeat(100))).unwrap();
+    c.bench_function("broadcast: encode once and publish (100 B)", |b| {
+        b.iter(|| hub.publish(black_box(&data)))
+    });
+}
+
+fn frames(c: &mut Criterion) {
+    // 100 masked text frames of 100 bytes each, as a client would send them.
+    let mut bytes = Vec::new();
+    for _ in 0..100 {
+        bytes.extend_from_slice(&[0x81, 0x80 | 100, 1, 2, 3, 4]);
+        bytes.extend(std::iter::repeat_n(b'x', 100));
+    }
+    c.bench_function("frame guard: scan 100 frames (10.6 KB)", |b| {
+        b.iter(|| {
+            FrameScanner::default()
+                .scan(black_box(&bytes), 64 * 1024)
+                .unwrap()
+        })
+    });
+}
+
+criterion_group!(benches, tickets, jwt, messages, broadcast, frames);
+criterion_main!(benches);
