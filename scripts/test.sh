@@ -32,6 +32,9 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
+# The criterion benchmarks, once each in test mode, so they keep working (their harness takes
+# no --test-threads). Then every test suite, last, so its summary closes the run.
+cargo test --benches --quiet
 # Many tests wait on protocol timers (auth deadline, heartbeat), so more threads than cores
 # shortens the run without loading the CPUs.
-cargo test --all-targets -- --test-threads 8
+cargo test --lib --bins --tests -- --test-threads 8

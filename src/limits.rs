@@ -55,10 +55,6 @@ impl RateLimits {
         self.upgrades_per_ip.retain_recent();
         self.upgrades_per_ip.shrink_to_fit();
     }
-
-    pub fn tracked_keys(&self) -> usize {
-        self.tickets_per_user.len() + self.upgrades_per_ip.len()
-    }
 }
 
 #[cfg(test)]

@@ -41,10 +41,6 @@ impl MemoryTicketStore {
         }
     }
 
-    pub fn policy(&self) -> TicketPolicy {
-        self.policy
-    }
-
     pub(super) fn insert(&self, ticket: &NewTicket, user_id: &str) {
         let mut tickets = self.lock();
         if tickets.by_id.len() >= tickets.sweep_at {

@@ -155,13 +155,6 @@ impl TicketStore {
         }
     }
 
-    pub fn policy(&self) -> TicketPolicy {
-        match self {
-            TicketStore::Memory(store) => store.policy(),
-            TicketStore::Mongo(store) => store.policy(),
-        }
-    }
-
     pub fn kind(&self) -> &'static str {
         match self {
             TicketStore::Memory(_) => "in-process",

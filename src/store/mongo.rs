@@ -93,10 +93,6 @@ impl MongoTicketStore {
             .map(|_| ())
     }
 
-    pub fn policy(&self) -> TicketPolicy {
-        self.policy
-    }
-
     pub(super) async fn insert(
         &self,
         ticket: &NewTicket,
