@@ -34,7 +34,7 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 # The criterion benchmarks, once each in test mode, so they keep working (their harness takes
 # no --test-threads). Then every test suite, last, so its summary closes the run.
-cargo test --benches --quiet
+cargo test --bench hot_paths --quiet
 # Many tests wait on protocol timers (auth deadline, heartbeat), so more threads than cores
 # shortens the run without loading the CPUs.
 cargo test --lib --bins --tests -- --test-threads 8
