@@ -55,6 +55,8 @@ export class Gateway {
       MONGODB_URI,
       MONGODB_DATABASE: database,
       RUST_LOG: "info",
+      // A generous store bound on a loaded test machine (the Rust outage tests set short ones).
+      STORE_TIMEOUT_MS: "10000",
       ...env,
     };
     this.log = "";

@@ -269,6 +269,9 @@ pub fn base_vars(store: Store) -> HashMap<String, String> {
         ("BIND_ADDR".to_string(), "127.0.0.1:0".to_string()),
         ("JWT_SECRET".to_string(), SECRET.to_string()),
         ("JWT_LEEWAY_SECS".to_string(), "0".to_string()),
+        // The test machine runs many gateways on one mongod and two cores: store calls get a
+        // generous bound here, and the outage tests set their own short one.
+        ("STORE_TIMEOUT_MS".to_string(), "10000".to_string()),
     ]);
     if store == Store::Mongo {
         vars.insert("MONGODB_URI".into(), mongo_uri());
@@ -559,6 +562,8 @@ impl GatewayProcess {
             .env("PATH", std::env::var("PATH").unwrap())
             .env("BIND_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "info")
+            // As in base_vars: a generous store bound on a loaded test machine.
+            .env("STORE_TIMEOUT_MS", "10000")
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
