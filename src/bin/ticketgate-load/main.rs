@@ -62,22 +62,7 @@ enum Scenario {
     },
     /// Hold N connections; publish M broadcasts at R/s through the server API: deliveries/s,
     /// publish-to-receipt latency, losses, CPU per delivery.
-    Fanout {
-        #[arg(long, default_value_t = 1000)]
-        connections: usize,
-        #[arg(long, default_value_t = 100)]
-        concurrency: usize,
-        #[arg(long, default_value_t = 100)]
-        messages: usize,
-        /// Broadcasts per second.
-        #[arg(long, default_value_t = 50.0)]
-        rate: f64,
-        /// Bytes of padding in each broadcast's data.
-        #[arg(long, default_value_t = 100)]
-        size: usize,
-        #[arg(long, env = "API_KEY", hide_env_values = true)]
-        api_key: String,
-    },
+    Fanout(scenarios::FanoutPlan),
     /// Hold N authenticated idle connections for T seconds: RSS per connection, idle CPU.
     Idle {
         #[arg(long, default_value_t = 1000)]
@@ -106,24 +91,7 @@ fn main() -> ExitCode {
                 connections,
                 concurrency,
             } => scenarios::connect(&target, &secret, connections, concurrency).await,
-            Scenario::Fanout {
-                connections,
-                concurrency,
-                messages,
-                rate,
-                size,
-                api_key,
-            } => {
-                let plan = scenarios::FanoutPlan {
-                    connections,
-                    concurrency,
-                    messages,
-                    rate,
-                    size,
-                    api_key,
-                };
-                scenarios::fanout(&target, &secret, plan).await
-            }
+            Scenario::Fanout(plan) => scenarios::fanout(&target, &secret, plan).await,
             Scenario::Idle {
                 connections,
                 concurrency,

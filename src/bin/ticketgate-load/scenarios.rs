@@ -110,12 +110,22 @@ pub async fn connect(
     })
 }
 
+/// The fanout scenario's parameters, straight from its command line.
+#[derive(clap::Args)]
 pub struct FanoutPlan {
+    #[arg(long, default_value_t = 1000)]
     pub connections: usize,
+    #[arg(long, default_value_t = 100)]
     pub concurrency: usize,
+    #[arg(long, default_value_t = 100)]
     pub messages: usize,
+    /// Broadcasts per second.
+    #[arg(long, default_value_t = 50.0)]
     pub rate: f64,
+    /// Bytes of padding in each broadcast's data.
+    #[arg(long, default_value_t = 100)]
     pub size: usize,
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: String,
 }
 
