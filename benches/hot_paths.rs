@@ -5,6 +5,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::value::RawValue;
+use ticketgate::bus::{Command, NodeId, Sequencer};
 use ticketgate::hub::{ConnectionLimits, Hub};
 use ticketgate::jwt::{JwtSettings, JwtSigner, JwtVerifier};
 use ticketgate::session::frame_guard::FrameScanner;
@@ -55,9 +56,13 @@ fn messages(c: &mut Criterion) {
 
 fn broadcast(c: &mut Criterion) {
     let hub = Hub::new(ConnectionLimits::UNLIMITED);
+    let mut sequencer = Sequencer::new(NodeId::from("bench-node"));
     let data = RawValue::from_string(format!(r#"{{"pad":"{}"}}"#, "x".repeat(100))).unwrap();
-    c.bench_function("broadcast: encode once and publish (100 B)", |b| {
-        b.iter(|| hub.publish(black_box(&data)))
+    c.bench_function("broadcast: number, encode once and deliver (100 B)", |b| {
+        b.iter(|| {
+            let stamped = sequencer.stamp(Command::Broadcast(black_box(data.clone())));
+            stamped.event.deliver(&hub)
+        })
     });
 }
 

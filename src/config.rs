@@ -44,7 +44,22 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Time allowed to send a request's head (slowloris defence).
     pub http_request_timeout: Duration,
+    pub node: NodeSettings,
 }
+
+/// How this node names itself to the others (`GET /api/nodes`).
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// `None`: the host name. A random suffix is added at every start.
+    pub name: Option<String>,
+    /// `None`: the address it listens on.
+    pub address: Option<String>,
+    pub heartbeat: Duration,
+}
+
+/// The node registry's TTL index removes entries 60 s after their last heartbeat, so beats
+/// must come well within that.
+const MAX_NODE_HEARTBEAT_SECS: u64 = 20;
 
 #[derive(Debug)]
 pub struct MongoSettings {
@@ -104,6 +119,9 @@ pub const VARIABLES: &[&str] = &[
     "SHUTDOWN_GRACE_SECS",
     "API_KEY",
     "API_MAX_BODY_BYTES",
+    "NODE_NAME",
+    "NODE_ADDRESS",
+    "NODE_HEARTBEAT_SECS",
     "RUST_LOG",
 ];
 
@@ -151,7 +169,22 @@ impl Settings {
             0
         };
         let broadcast_secs = env.number("BROADCAST_INTERVAL_SECS", broadcast_default, 0)?;
+        let heartbeat = env.number("NODE_HEARTBEAT_SECS", 5, 1)?;
+        if heartbeat > MAX_NODE_HEARTBEAT_SECS {
+            return Err(env.invalid("NODE_HEARTBEAT_SECS", "at most 20 seconds"));
+        }
+        let node_name = env.get("NODE_NAME").map(str::to_owned);
+        if let Some(name) = &node_name
+            && !is_node_name(name)
+        {
+            return Err(env.invalid("NODE_NAME", "use 1 to 64 letters, digits, '.', '_' or '-'"));
+        }
         Ok(Settings {
+            node: NodeSettings {
+                name: node_name,
+                address: env.get("NODE_ADDRESS").map(str::to_owned),
+                heartbeat: Duration::from_secs(heartbeat),
+            },
             bind_addr: env.parsed("BIND_ADDR", DEFAULT_BIND_ADDR)?,
             mongodb: match env.get("MONGODB_URI") {
                 None => None,
@@ -204,6 +237,13 @@ impl Settings {
             },
         })
     }
+}
+
+pub fn is_node_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// OS randomness. A machine without it cannot run a secure gateway, so failing loudly is right.

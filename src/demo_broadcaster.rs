@@ -1,5 +1,7 @@
 //! The demo broadcaster: with BROADCAST_INTERVAL_SECS > 0, publishes `{"counter": n}` to every
-//! authenticated connection at that interval, so a new deployment shows traffic at once.
+//! authenticated connection at that interval, so a new deployment shows traffic at once. It
+//! goes through the bus like any broadcast, so in a cluster every node's counter reaches
+//! every connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,15 +9,17 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use tokio::time::{MissedTickBehavior, interval_at};
 
-use crate::hub::Hub;
+use crate::bus::{Bus, Command};
 
-pub async fn run(hub: Arc<Hub>, every: Duration) {
+pub async fn run(bus: Arc<Bus>, every: Duration) {
     let mut ticks = interval_at(tokio::time::Instant::now() + every, every);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     for counter in 1u64.. {
         ticks.tick().await;
         let data =
             RawValue::from_string(format!(r#"{{"counter":{counter}}}"#)).expect("valid JSON");
-        hub.publish(&data);
+        if let Err(e) = bus.send(Command::Broadcast(data)).await {
+            log::debug!("demo broadcast {counter}: {e}");
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! The hub: every open connection, what stage it is in, and the one seam every broadcast goes
-//! through ([`Hub::publish`]). A later cluster bus publishes through the same seam.
+//! The hub: every open connection on this node, what stage it is in, and local delivery to
+//! them. What to deliver is decided by the bus (`crate::bus`), which numbers broadcasts and,
+//! in a cluster, carries events between nodes; the hub only delivers frames already encoded.
 //!
 //! Broadcasts are serialized once and shared (a `ByteString` clone is a reference-count bump).
 //! They travel on a bounded `tokio::sync::broadcast` ring: publishing never waits for any
@@ -14,7 +15,6 @@ use std::sync::{Arc, Mutex};
 
 use bytestring::ByteString;
 use serde::Serialize;
-use serde_json::value::RawValue;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
@@ -113,67 +113,39 @@ struct Connections {
 }
 
 pub struct Hub {
-    /// Held with the sender so `seq` order is delivery order even with concurrent publishers.
-    publisher: Mutex<Publisher>,
+    broadcasts: broadcast::Sender<Delivery>,
     connections: Mutex<Connections>,
     next_connection: AtomicU64,
     limits: ConnectionLimits,
 }
 
-struct Publisher {
-    last_seq: u64,
-    sender: broadcast::Sender<Delivery>,
-}
-
-#[derive(Serialize)]
-struct Envelope<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seq: Option<u64>,
-    data: &'a RawValue,
-}
-
-fn encode(kind: &'static str, seq: Option<u64>, data: &RawValue) -> Frame {
-    let json = serde_json::to_string(&Envelope { kind, seq, data })
-        .expect("serializing a RawValue cannot fail");
-    ByteString::from(json)
-}
-
 impl Hub {
     pub fn new(limits: ConnectionLimits) -> Arc<Self> {
-        let (sender, _) = broadcast::channel(BROADCAST_BUFFER);
+        let (broadcasts, _) = broadcast::channel(BROADCAST_BUFFER);
         Arc::new(Hub {
-            publisher: Mutex::new(Publisher {
-                last_seq: 0,
-                sender,
-            }),
+            broadcasts,
             connections: Mutex::new(Connections::default()),
             next_connection: AtomicU64::new(1),
             limits,
         })
     }
 
-    /// Sends `{"type":"broadcast","seq":n,"data":…}` to every authenticated connection and
-    /// returns `n`. `seq` starts at 1 and increases by one per broadcast.
-    pub fn publish(&self, data: &RawValue) -> u64 {
-        let mut publisher = lock(&self.publisher);
-        publisher.last_seq += 1;
-        let seq = publisher.last_seq;
-        // An error only means nobody is listening right now, which is fine for a broadcast.
+    /// Queues an encoded broadcast for every authenticated connection; returns how many there
+    /// are. Callers deliver one broadcast at a time, so every connection sees the same order.
+    pub fn broadcast(&self, frame: Frame) -> usize {
         let delivery = Delivery {
-            frame: encode("broadcast", Some(seq), data),
+            frame,
             published_at: Some(Instant::now()),
         };
-        let _ = publisher.sender.send(delivery);
-        seq
+        // An error only means nobody is listening right now, which is fine for a broadcast.
+        self.broadcasts.send(delivery).unwrap_or(0)
     }
 
-    /// Sends `{"type":"message","data":…}` to each authenticated connection of `user_id`;
-    /// returns how many got it. A connection whose mailbox is full is closed as a slow consumer.
-    pub fn send_to_user(&self, user_id: &str, data: &RawValue) -> usize {
+    /// Queues an encoded message for each authenticated connection of `user_id`; returns how
+    /// many got it. A connection whose mailbox is full is closed as a slow consumer.
+    pub fn send_to_user(&self, user_id: &str, frame: Frame) -> usize {
         let delivery = Delivery {
-            frame: encode("message", None, data),
+            frame,
             published_at: None,
         };
         let connections = lock(&self.connections);
@@ -251,7 +223,7 @@ impl Hub {
     pub fn join(self: &Arc<Self>, connection: &OpenConnection, jti: Option<&str>) -> Membership {
         // Subscribe before registering: a connection counted as authenticated receives every
         // broadcast published from then on.
-        let receiver = lock(&self.publisher).sender.subscribe();
+        let receiver = self.broadcasts.subscribe();
         let (mailbox, messages) = mpsc::channel(MAILBOX_BUFFER);
         let mut connections = lock(&self.connections);
         if let Some(entry) = connections.entries.get_mut(&connection.id) {
@@ -419,7 +391,7 @@ fn kick_each<'a>(entries: impl Iterator<Item = &'a Entry>, kick: Kick) -> usize 
     kicked
 }
 
-/// Table and publisher updates are single operations, so a panic elsewhere cannot leave them
+/// Table updates are single operations, so a panic elsewhere cannot leave them
 /// half-done; a poisoned lock is still consistent.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -431,8 +403,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    fn raw(json: &str) -> Box<RawValue> {
-        RawValue::from_string(json.to_owned()).unwrap()
+    fn frame(text: &str) -> Frame {
+        Frame::from(text.to_owned())
     }
 
     #[tokio::test]
@@ -449,16 +421,10 @@ mod tests {
         );
         let mut member = hub.join(&conn, None);
         assert_eq!(hub.authenticated_count(), 1);
-        assert_eq!(hub.publish(&raw(r#"{"a":1}"#)), 1);
-        assert_eq!(hub.publish(&raw("2")), 2);
-        assert_eq!(
-            &*member.next().await.unwrap().frame,
-            r#"{"type":"broadcast","seq":1,"data":{"a":1}}"#
-        );
-        assert_eq!(
-            &*member.next().await.unwrap().frame,
-            r#"{"type":"broadcast","seq":2,"data":2}"#
-        );
+        assert_eq!(hub.broadcast(frame("one")), 1);
+        assert_eq!(hub.broadcast(frame("two")), 1);
+        assert_eq!(&*member.next().await.unwrap().frame, "one");
+        assert_eq!(&*member.next().await.unwrap().frame, "two");
         drop(member);
         assert_eq!(
             hub.counts(),
@@ -478,7 +444,7 @@ mod tests {
         let conn = hub.try_open("slow").unwrap();
         let mut member = hub.join(&conn, None);
         for _ in 0..BROADCAST_BUFFER + 5 {
-            hub.publish(&raw("0"));
+            hub.broadcast(frame("0"));
         }
         assert_eq!(member.next().await, Err(Lagged { missed: 5 }));
     }
@@ -494,21 +460,15 @@ mod tests {
         let _waiting = hub.try_open("alice").unwrap();
         let (mut m1, mut m2, mut mb) =
             (hub.join(&a1, None), hub.join(&a2, None), hub.join(&b, None));
-        assert_eq!(hub.send_to_user("alice", &raw(r#""hi""#)), 2);
-        assert_eq!(
-            &*m1.next().await.unwrap().frame,
-            r#"{"type":"message","data":"hi"}"#
-        );
-        assert_eq!(
-            &*m2.next().await.unwrap().frame,
-            r#"{"type":"message","data":"hi"}"#
-        );
+        assert_eq!(hub.send_to_user("alice", frame("hi")), 2);
+        assert_eq!(&*m1.next().await.unwrap().frame, "hi");
+        assert_eq!(&*m2.next().await.unwrap().frame, "hi");
         assert!(
             tokio::time::timeout(std::time::Duration::from_millis(20), mb.next())
                 .await
                 .is_err()
         );
-        assert_eq!(hub.send_to_user("nobody", &raw("1")), 0);
+        assert_eq!(hub.send_to_user("nobody", frame("1")), 0);
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 //! Phase 2: `GET /demo?token=<ticket>` upgrades; the first message must carry the JWT again.
 //! See docs/PROTOCOL.md for the wire contract.
 
+pub mod bus;
 pub mod client_ip;
 pub mod config;
 pub mod demo_broadcaster;

@@ -27,6 +27,18 @@ pub struct Metrics {
     pub broadcast_fanout_seconds: Histogram,
     /// MongoDB ticket-store operations by `operation`.
     pub store_operation_seconds: HistogramVec,
+    /// Events this node wrote to the cluster bus.
+    pub cluster_events_published: IntCounter,
+    /// Cluster events delivered to this node's connections, by `kind`.
+    pub cluster_events_delivered: IntCounterVec,
+    /// Cluster events not delivered, by `reason`: malformed, repeat.
+    pub cluster_events_skipped: IntCounterVec,
+    /// From a cluster event's write (by any node) to its delivery here.
+    pub cluster_event_lag_seconds: Histogram,
+    /// Times the change stream broke and was reopened.
+    pub cluster_stream_restarts: IntCounter,
+    /// Times the change stream could not resume because its token had left the oplog.
+    pub cluster_stream_history_lost: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -80,6 +92,17 @@ impl Metrics {
         registry
             .register(Box::new(store_operation_seconds.clone()))
             .expect("registered once");
+        let cluster_event_lag_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "cluster_event_lag_seconds",
+                "From a cluster event's write to its delivery on this node",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("a valid metric");
+        registry
+            .register(Box::new(cluster_event_lag_seconds.clone()))
+            .expect("registered once");
         // CPU, memory and file descriptors of this process, from /proc.
         let _ = registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -103,6 +126,29 @@ impl Metrics {
             messages_out: counter("messages_out_total", "Text messages sent to clients"),
             broadcast_fanout_seconds,
             store_operation_seconds,
+            cluster_events_published: counter(
+                "cluster_events_published_total",
+                "Events this node wrote to the cluster bus",
+            ),
+            cluster_events_delivered: counter_vec(
+                "cluster_events_delivered_total",
+                "Cluster events delivered to this node's connections",
+                "kind",
+            ),
+            cluster_events_skipped: counter_vec(
+                "cluster_events_skipped_total",
+                "Cluster events not delivered",
+                "reason",
+            ),
+            cluster_event_lag_seconds,
+            cluster_stream_restarts: counter(
+                "cluster_stream_restarts_total",
+                "Times the cluster change stream was reopened",
+            ),
+            cluster_stream_history_lost: counter(
+                "cluster_stream_history_lost_total",
+                "Times the cluster change stream could not resume from its token",
+            ),
             registry,
         }
     }

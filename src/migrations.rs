@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_revocations.json",
         source: include_str!("../migrations/0002_revocations.json"),
     },
+    Migration {
+        version: 3,
+        name: "0003_cluster.json",
+        source: include_str!("../migrations/0003_cluster.json"),
+    },
 ];
 
 #[derive(Debug, Deserialize)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 
+use crate::bus::{self, Bus, NodeId, NodeInfo, NodeRegistry};
 use crate::config::Settings;
 use crate::hub::Hub;
 use crate::jwt::JwtVerifier;
@@ -42,13 +43,56 @@ pub struct Application {
     broadcast_interval: Option<Duration>,
     state: web::Data<AppState>,
     shutdown_grace: Duration,
+    bus: Arc<Bus>,
+    node_heartbeat: Duration,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let metrics = Arc::new(Metrics::new());
-        let (tickets, revocations) = stores(&settings, &metrics).await?;
+        let (tickets, revocations, mongo) = stores(&settings, &metrics).await?;
         let hub = Hub::new(settings.connection_limits);
+
+        let bind_error = |source| StartupError::Bind {
+            addr: settings.bind_addr.to_string(),
+            source,
+        };
+        let listener = TcpListener::bind(settings.bind_addr).map_err(bind_error)?;
+        let port = listener.local_addr().map_err(bind_error)?.port();
+
+        let node = NodeInfo {
+            id: NodeId::generate(settings.node.name.as_deref().unwrap_or(&host_name())),
+            address: settings
+                .node
+                .address
+                .clone()
+                .unwrap_or_else(|| format!("{}:{port}", settings.bind_addr.ip())),
+            started_at: bson::DateTime::now(),
+        };
+        let registry = mongo
+            .as_ref()
+            .map(|m| NodeRegistry::new(&m.db, m.bounds.clone(), settings.node.heartbeat));
+        let bus = Bus::new(Arc::clone(&hub), node, registry);
+        match mongo {
+            None => {
+                log::info!("cluster bus: in process only (the in-process store is single-node)");
+                bus.deliver_locally();
+            }
+            Some(mongo) => match mongo.prepare(&bus, &metrics).await {
+                Ok(()) => {}
+                Err(NotReady::Migration(e @ MigrationError::Invalid { .. })) => {
+                    return Err(e.into());
+                }
+                Err(e) => {
+                    log::warn!(
+                        "MongoDB is not ready yet ({e}); serving 503 and retrying in the background"
+                    );
+                    tokio::spawn(mongo.prepare_until_ready(Arc::clone(&bus), Arc::clone(&metrics)));
+                }
+            },
+        }
+        log::info!("node id {}", bus.node().id);
+
         let state = web::Data::new(AppState {
             tickets,
             rate_limits: RateLimits::new(
@@ -74,14 +118,8 @@ impl Application {
             }),
             origins: settings.allowed_origins.clone(),
             ticket_ttl: settings.tickets.ttl,
+            bus: Arc::clone(&bus),
         });
-
-        let bind_error = |source| StartupError::Bind {
-            addr: settings.bind_addr.to_string(),
-            source,
-        };
-        let listener = TcpListener::bind(settings.bind_addr).map_err(bind_error)?;
-        let port = listener.local_addr().map_err(bind_error)?.port();
         let app_state = state.clone();
         let api_body_limit = state
             .api_key
@@ -109,7 +147,9 @@ impl Application {
             hub,
             broadcast_interval: settings.broadcast_interval,
             shutdown_grace: settings.shutdown_grace,
+            node_heartbeat: settings.node.heartbeat,
             state,
+            bus,
         })
     }
 
@@ -126,6 +166,10 @@ impl Application {
         Arc::clone(&self.hub)
     }
 
+    pub fn bus(&self) -> Arc<Bus> {
+        Arc::clone(&self.bus)
+    }
+
     /// Stops the server (used by tests and, later, by graceful drain).
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
@@ -135,7 +179,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let demo_broadcasts = async {
             match self.broadcast_interval {
-                Some(every) => crate::demo_broadcaster::run(Arc::clone(&self.hub), every).await,
+                Some(every) => crate::demo_broadcaster::run(Arc::clone(&self.bus), every).await,
                 None => std::future::pending().await,
             }
         };
@@ -147,15 +191,17 @@ impl Application {
                 state.rate_limits.forget_idle();
             }
         };
-        let (server, shutdown, grace) = (
+        let heartbeat = self.bus.heartbeat(self.node_heartbeat);
+        let (server, shutdown, grace, bus) = (
             self.server.handle(),
             self.state.shutdown.clone(),
             self.shutdown_grace,
+            Arc::clone(&self.bus),
         );
         let drain_on_signal = async move {
             let name = crate::shutdown::signal().await;
             log::info!("{name}: draining (grace {grace:?})");
-            let drained = shutdown.drain(grace).await;
+            let (drained, ()) = tokio::join!(shutdown.drain(grace), bus.leave());
             log::info!(
                 "drained: {} connections closed, {} left open",
                 drained.closed,
@@ -167,76 +213,101 @@ impl Application {
             result = self.server => result,
             () = drain_on_signal => Ok(()),
             () = demo_broadcasts => unreachable!("the demo broadcaster never ends"),
+            () = heartbeat => unreachable!("the heartbeat never ends"),
             () = forget_idle_rate_limits => unreachable!("housekeeping never ends"),
         }
     }
 }
 
-/// Where tickets and revocations live.
+/// MongoDB as the gateway uses it: the database, and the bounds every operation runs under.
+struct Mongo {
+    db: mongodb::Database,
+    bounds: MongoBounds,
+    context: MigrationContext,
+}
+
+/// Where tickets and revocations live, and the MongoDB behind them if any.
 async fn stores(
     settings: &Settings,
     metrics: &Arc<Metrics>,
-) -> Result<(TicketStore, RevocationStore), StartupError> {
+) -> Result<(TicketStore, RevocationStore, Option<Mongo>), StartupError> {
     let Some(mongo) = &settings.mongodb else {
         log::info!("MONGODB_URI is not set: tickets live in this process (single node only)");
         let tickets = TicketStore::Memory(MemoryTicketStore::new(settings.tickets));
-        return Ok((tickets, RevocationStore::memory()));
+        return Ok((tickets, RevocationStore::memory(), None));
     };
-    // Only a malformed URI fails here; an unreachable server is found out below.
+    // Only a malformed URI fails here; an unreachable server is found out by `prepare`.
     let db = store::connect(mongo, settings.store_timeout).await?;
-    let context = MigrationContext {
-        ticket_ttl: settings.tickets.ttl,
-    };
-    let readiness = StoreReadiness::default();
-    match migrations::apply(&db, &context).await {
-        Ok(report) => {
-            log::info!(
-                "tickets live in MongoDB database {:?} (migrations applied now: {:?})",
-                mongo.database,
-                report.applied
-            );
-            readiness.set_ready();
-        }
-        Err(e @ MigrationError::Invalid { .. }) => return Err(e.into()),
-        Err(e) => {
-            log::warn!(
-                "MongoDB is not reachable yet ({e}); serving 503 and retrying in the background"
-            );
-            tokio::spawn(prepare_until_ready(db.clone(), context, readiness.clone()));
-        }
-    }
     let bounds = MongoBounds {
         timeout: settings.store_timeout,
-        readiness,
+        readiness: StoreReadiness::default(),
         metrics: Arc::clone(metrics),
     };
     let tickets = TicketStore::Mongo(MongoTicketStore::new(&db, settings.tickets, bounds.clone()));
-    Ok((tickets, RevocationStore::mongo(&db, bounds)))
+    let revocations = RevocationStore::mongo(&db, bounds.clone());
+    let context = MigrationContext {
+        ticket_ttl: settings.tickets.ttl,
+    };
+    Ok((
+        tickets,
+        revocations,
+        Some(Mongo {
+            db,
+            bounds,
+            context,
+        }),
+    ))
 }
 
-/// Retries the migrations with exponential backoff (0.5 s doubling to 30 s) until they apply,
-/// then opens the store for business.
-async fn prepare_until_ready(
-    db: mongodb::Database,
-    context: MigrationContext,
-    readiness: StoreReadiness,
-) {
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        tokio::time::sleep(backoff).await;
-        match migrations::apply(&db, &context).await {
-            Ok(report) => {
-                log::info!(
-                    "MongoDB is ready (migrations applied now: {:?})",
-                    report.applied
-                );
-                readiness.set_ready();
-                return;
-            }
-            Err(e) => {
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                log::warn!("MongoDB still not ready ({e}); retrying in {backoff:?}");
+/// Why MongoDB is not ready for business yet.
+#[derive(Debug, thiserror::Error)]
+enum NotReady {
+    #[error(transparent)]
+    Migration(#[from] MigrationError),
+    #[error("starting the cluster bus: {0}")]
+    Bus(#[from] StoreUnavailable),
+}
+
+impl Mongo {
+    /// Applies the migrations, opens the stores for business, then settles the bus.
+    async fn prepare(&self, bus: &Arc<Bus>, metrics: &Arc<Metrics>) -> Result<(), NotReady> {
+        if !self.bounds.readiness.is_ready() {
+            let report = migrations::apply(&self.db, &self.context).await?;
+            log::info!(
+                "tickets live in MongoDB database {:?} (migrations applied now: {:?})",
+                self.db.name(),
+                report.applied
+            );
+            self.bounds.readiness.set_ready();
+        }
+        bus::start_on_mongodb(bus, &self.db, &self.bounds, metrics).await?;
+        Ok(())
+    }
+
+    /// Retries [`prepare`](Self::prepare) with exponential backoff (0.5 s doubling to 30 s)
+    /// until it succeeds.
+    async fn prepare_until_ready(self, bus: Arc<Bus>, metrics: Arc<Metrics>) {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            tokio::time::sleep(backoff).await;
+            match self.prepare(&bus, &metrics).await {
+                Ok(()) => {
+                    log::info!("MongoDB is ready");
+                    return;
+                }
+                Err(e) => {
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    log::warn!("MongoDB still not ready ({e}); retrying in {backoff:?}");
+                }
             }
         }
     }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| crate::config::is_node_name(name))
+        .unwrap_or_else(|| "ticketgate".into())
 }

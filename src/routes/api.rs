@@ -1,5 +1,6 @@
 //! The server API for the application's backend, under `/api`: broadcasts, messages to one
-//! user, disconnects, connection counts. Authenticated with `Authorization: Bearer <API_KEY>`;
+//! user, disconnects and revocations (all through the bus, so on every node), connection
+//! counts and the live nodes. Authenticated with `Authorization: Bearer <API_KEY>`;
 //! without API_KEY configured these routes do not exist (404).
 
 use std::future::{Ready, ready};
@@ -13,8 +14,9 @@ use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
 
 use super::AppState;
+use crate::bus::{BusMode, ClusterCounts, Command, NodeView, Reach, Receipt};
 use crate::error::ApiError;
-use crate::hub::{ConnectionCounts, Kick};
+use crate::store::StoreUnavailable;
 
 pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     let json = web::JsonConfig::default()
@@ -32,7 +34,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
                 web::post().to(disconnect_user),
             )
             .route("/revocations", web::post().to(revoke))
-            .route("/connections", web::get().to(connections)),
+            .route("/connections", web::get().to(connections))
+            .route("/nodes", web::get().to(nodes)),
     );
 }
 
@@ -89,23 +92,58 @@ struct DataBody {
     data: Box<RawValue>,
 }
 
+/// How far a command went: `node` answers carry counts of this node's connections it
+/// reached; `cluster` answers come once the event is written, and every node delivers it.
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Scope {
+    Node,
+    Cluster,
+}
+
+/// The scope of a receipt, and its count when the scope is one node.
+fn scope_of(receipt: &Receipt) -> (Scope, Option<usize>) {
+    match receipt.reach {
+        Reach::Node(reached) => (Scope::Node, Some(reached)),
+        Reach::Cluster => (Scope::Cluster, None),
+    }
+}
+
+fn bus_unavailable(e: StoreUnavailable) -> ApiError {
+    log::warn!("cluster bus: {e}");
+    ApiError::StoreUnavailable
+}
+
 #[derive(Serialize)]
 struct Published {
     seq: u64,
+    node: String,
+    scope: Scope,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivered: Option<usize>,
 }
 
 async fn broadcast(
     _: ApiCaller,
     state: web::Data<AppState>,
     body: web::Json<DataBody>,
-) -> HttpResponse {
-    let seq = state.session.hub.publish(&body.data);
-    HttpResponse::Accepted().json(Published { seq })
+) -> Result<HttpResponse, ApiError> {
+    let command = Command::Broadcast(body.into_inner().data);
+    let receipt = state.bus.send(command).await.map_err(bus_unavailable)?;
+    let (scope, delivered) = scope_of(&receipt);
+    Ok(HttpResponse::Accepted().json(Published {
+        seq: receipt.seq.unwrap_or_default(),
+        node: state.bus.node().id.to_string(),
+        scope,
+        delivered,
+    }))
 }
 
 #[derive(Serialize)]
 struct Delivered {
-    delivered: usize,
+    scope: Scope,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivered: Option<usize>,
 }
 
 async fn message_user(
@@ -113,14 +151,21 @@ async fn message_user(
     state: web::Data<AppState>,
     user_id: web::Path<String>,
     body: web::Json<DataBody>,
-) -> HttpResponse {
-    let delivered = state.session.hub.send_to_user(&user_id, &body.data);
-    HttpResponse::Accepted().json(Delivered { delivered })
+) -> Result<HttpResponse, ApiError> {
+    let command = Command::Message {
+        user_id: user_id.into_inner(),
+        data: body.into_inner().data,
+    };
+    let receipt = state.bus.send(command).await.map_err(bus_unavailable)?;
+    let (scope, delivered) = scope_of(&receipt);
+    Ok(HttpResponse::Accepted().json(Delivered { scope, delivered }))
 }
 
 #[derive(Serialize)]
 struct Disconnected {
-    disconnected: usize,
+    scope: Scope,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disconnected: Option<usize>,
     tickets_deleted: u64,
 }
 
@@ -129,7 +174,11 @@ async fn disconnect_user(
     state: web::Data<AppState>,
     user_id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let disconnected = state.session.hub.kick_user(&user_id, Kick::Disconnected);
+    let user_id = user_id.into_inner();
+    let command = Command::Disconnect {
+        user_id: user_id.clone(),
+    };
+    let receipt = state.bus.send(command).await.map_err(bus_unavailable)?;
     // Without its unused tickets the user cannot come straight back with one fetched earlier.
     let tickets_deleted = state
         .tickets
@@ -139,10 +188,13 @@ async fn disconnect_user(
             log::warn!("deleting the tickets of a disconnected user: {e}");
             ApiError::StoreUnavailable
         })?;
+    let (scope, disconnected) = scope_of(&receipt);
     log::info!(
-        "disconnected user {user_id}: {disconnected} connections, {tickets_deleted} tickets"
+        "disconnected user {user_id}: {} connections, {tickets_deleted} tickets",
+        disconnected.map_or("every node's".to_owned(), |n| n.to_string())
     );
     Ok(HttpResponse::Accepted().json(Disconnected {
+        scope,
         disconnected,
         tickets_deleted,
     }))
@@ -158,7 +210,9 @@ struct RevocationBody {
 #[derive(Serialize)]
 struct Revoked {
     jti: String,
-    disconnected: usize,
+    scope: Scope,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disconnected: Option<usize>,
 }
 
 async fn revoke(
@@ -172,6 +226,7 @@ async fn revoke(
             "jti must have 1 to 512 characters".into(),
         ));
     }
+    // Recorded first: a node that authenticates a connection after this checks the store.
     state
         .session
         .revocations
@@ -181,9 +236,15 @@ async fn revoke(
             log::warn!("recording a revocation: {e}");
             ApiError::StoreUnavailable
         })?;
-    let disconnected = state.session.hub.kick_jti(&jti, Kick::Revoked);
-    log::info!("revoked a token until {expires_at}: {disconnected} connections closed");
-    Ok(HttpResponse::Created().json(Revoked { jti, disconnected }))
+    let command = Command::Revoke { jti: jti.clone() };
+    let receipt = state.bus.send(command).await.map_err(bus_unavailable)?;
+    let (scope, disconnected) = scope_of(&receipt);
+    log::info!("revoked a token until {expires_at}");
+    Ok(HttpResponse::Created().json(Revoked {
+        jti,
+        scope,
+        disconnected,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -194,19 +255,38 @@ struct ConnectionsQuery {
 #[derive(Serialize)]
 struct ConnectionsBody {
     #[serde(flatten)]
-    counts: ConnectionCounts,
+    counts: ClusterCounts,
+    /// This node's connections of the user.
     #[serde(skip_serializing_if = "Option::is_none")]
     user_connections: Option<usize>,
 }
 
+/// Counts summed over the live nodes (this node's as of now, the others' as of their last
+/// heartbeat).
 async fn connections(
     _: ApiCaller,
     state: web::Data<AppState>,
     query: web::Query<ConnectionsQuery>,
-) -> HttpResponse {
-    let hub = &state.session.hub;
-    HttpResponse::Ok().json(ConnectionsBody {
-        counts: hub.counts(),
+) -> Result<HttpResponse, ApiError> {
+    let nodes = state.bus.nodes().await.map_err(bus_unavailable)?;
+    let hub = state.bus.hub();
+    Ok(HttpResponse::Ok().json(ConnectionsBody {
+        counts: ClusterCounts::sum(&nodes),
         user_connections: query.user_id.as_deref().map(|user| hub.open_count_of(user)),
-    })
+    }))
+}
+
+#[derive(Serialize)]
+struct NodesBody {
+    bus: BusMode,
+    nodes: Vec<NodeView>,
+}
+
+/// The live nodes, this one first.
+async fn nodes(_: ApiCaller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let nodes = state.bus.nodes().await.map_err(bus_unavailable)?;
+    Ok(HttpResponse::Ok().json(NodesBody {
+        bus: state.bus.mode(),
+        nodes,
+    }))
 }

@@ -16,6 +16,7 @@ use actix_web::{HttpResponse, ResponseError, web};
 
 use secrecy::SecretString;
 
+use crate::bus::Bus;
 use crate::client_ip::TrustedProxies;
 use crate::error::ApiError;
 use crate::limits::RateLimits;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub session: Arc<SessionContext>,
     pub origins: OriginPolicy,
     pub ticket_ttl: Duration,
+    /// Where broadcasts, messages, disconnects and revocations go (this node or all).
+    pub bus: Arc<Bus>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig, origins: &OriginPolicy, api: Option<usize>) {

@@ -11,6 +11,7 @@ use actix_web::dev::ServerHandle;
 use futures_util::{SinkExt, StreamExt};
 use mongodb::bson::doc;
 use serde_json::Value;
+use ticketgate::bus::{self, Bus};
 use ticketgate::config::Settings;
 use ticketgate::hub::Hub;
 use ticketgate::jwt::{Claims, JwtSigner};
@@ -248,6 +249,9 @@ pub enum Store {
 pub struct TestApp {
     pub port: u16,
     pub hub: Arc<Hub>,
+    pub bus: Arc<Bus>,
+    /// This node's id, as broadcasts carry it.
+    pub node: String,
     pub http: reqwest::Client,
     /// The database this app's tickets live in (Mongo store only).
     pub db: Option<mongodb::Database>,
@@ -305,6 +309,8 @@ pub async fn spawn_app_with(vars: HashMap<String, String>) -> TestApp {
     let test_app = TestApp {
         port: app.port(),
         hub: app.hub(),
+        bus: app.bus(),
+        node: app.bus().node().id.to_string(),
         http: reqwest::Client::new(),
         db,
         shutdown: app.shutdown(),
@@ -330,6 +336,13 @@ pub fn now() -> u64 {
 }
 
 impl TestApp {
+    /// Broadcasts `data` (JSON text) through the bus; returns its seq.
+    pub async fn publish(&self, data: &str) -> u64 {
+        let data = serde_json::value::RawValue::from_string(data.to_owned()).unwrap();
+        let receipt = self.bus.send(bus::Command::Broadcast(data)).await.unwrap();
+        receipt.seq.unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }

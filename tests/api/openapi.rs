@@ -82,6 +82,7 @@ const SERVED: &[(&str, &str)] = &[
     ("post", "/api/users/{user_id}/disconnect"),
     ("post", "/api/revocations"),
     ("get", "/api/connections"),
+    ("get", "/api/nodes"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),

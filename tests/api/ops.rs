@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use prometheus_parse::{Sample, Scrape, Value as Metric};
-use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -90,7 +89,7 @@ async fn metrics_count_what_happened() {
     alice.next_json().await;
     alice.send_json(&json!({"type": "echo", "data": 1})).await;
     alice.next_json().await;
-    app.hub.publish(&RawValue::from_string("7".into()).unwrap());
+    app.publish("7").await;
     assert_eq!(alice.next_json().await["type"], "broadcast");
     wait_until("bob's connection to close", || app.hub.open_count() == 1).await;
 

@@ -58,7 +58,7 @@ async fn an_unauthenticated_connection_receives_nothing() {
     waiting
         .send(Message::Ping(b"anyone?".to_vec().into()))
         .await;
-    app.hub.publish(&raw(r#""not for you""#));
+    app.publish(r#""not for you""#).await;
     waiting.expect_silence(Duration::from_millis(2500)).await;
     assert_eq!(app.hub.authenticated_count(), 0);
     assert_eq!(app.hub.open_count(), 1);
@@ -205,17 +205,17 @@ async fn broadcasts_reach_every_authenticated_connection_in_seq_order() {
     let mut alice = app.authenticated("alice").await;
     let mut bob = app.authenticated("bob").await;
     wait_until("both to join", || app.hub.authenticated_count() == 2).await;
-    let first = app.hub.publish(&raw(r#"{"n":1}"#));
-    let second = app.hub.publish(&raw(r#""two""#));
+    let first = app.publish(r#"{"n":1}"#).await;
+    let second = app.publish(r#""two""#).await;
     assert_eq!(second, first + 1);
     for client in [&mut alice, &mut bob] {
         assert_eq!(
             client.next_json().await,
-            json!({"type": "broadcast", "seq": first, "data": {"n": 1}})
+            json!({"type": "broadcast", "seq": first, "node": app.node, "data": {"n": 1}})
         );
         assert_eq!(
             client.next_json().await,
-            json!({"type": "broadcast", "seq": second, "data": "two"})
+            json!({"type": "broadcast", "seq": second, "node": app.node, "data": "two"})
         );
     }
 }
@@ -371,7 +371,7 @@ async fn a_slow_client_never_holds_up_the_others() {
             while published - received.load(Ordering::Relaxed) > 256 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            app.hub.publish(&payload);
+            app.publish(payload.get()).await;
         }
     };
     tokio::join!(reader, publisher);

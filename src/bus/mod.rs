@@ -1,0 +1,248 @@
+//! The bus: the one seam every broadcast, user message, disconnect and revocation goes
+//! through. On one node it delivers in process. When MongoDB is a replica set it carries them
+//! between nodes: each node writes events to `cluster_events` ([`writer`]) and delivers
+//! everyone's, its own included, from a change stream ([`stream`]), so every node delivers
+//! every event exactly once and in the order it was written.
+
+mod events;
+mod nodes;
+mod stream;
+mod writer;
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bson::doc;
+use mongodb::Database;
+use tokio::sync::{mpsc, oneshot};
+
+pub use events::{Command, Event, EventDocument, Sequencer};
+pub use nodes::{ClusterCounts, NODES_COLLECTION, NodeInfo, NodeRegistry, NodeView};
+
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::store::{MongoBounds, StoreUnavailable};
+
+pub const EVENTS_COLLECTION: &str = "cluster_events";
+
+/// A node's identity: its name plus a random suffix drawn at every start, so a restarted node
+/// is a new publisher whose `seq` starts again at 1.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeId(Arc<str>);
+
+impl NodeId {
+    pub fn generate(name: &str) -> Self {
+        let suffix: [u8; 4] = crate::config::random_bytes();
+        let hex: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+        NodeId(Arc::from(format!("{name}-{hex}")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for NodeId {
+    fn from(id: &str) -> Self {
+        NodeId(Arc::from(id))
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How far an event went by the time the bus answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Delivered in process to this many of this node's connections.
+    Node(usize),
+    /// Written to the cluster; every node delivers it from its change stream.
+    Cluster,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// Broadcasts only: their number in this node's series.
+    pub seq: Option<u64>,
+    pub reach: Reach,
+}
+
+/// Which way events travel; reported by `GET /api/nodes` and in the log at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BusMode {
+    /// MongoDB's topology is not known yet (it has not answered since the start).
+    Starting,
+    /// This node only: the in-process store or a standalone MongoDB.
+    Local,
+    /// Every node on the replica set, through change streams.
+    ChangeStream,
+}
+
+enum Route {
+    Local(Mutex<Sequencer>),
+    Cluster(mpsc::Sender<writer::Outgoing>),
+}
+
+pub struct Bus {
+    hub: Arc<Hub>,
+    node: NodeInfo,
+    /// Unset until MongoDB's topology is known; commands meanwhile answer "unavailable".
+    route: OnceLock<Route>,
+    registry: Option<NodeRegistry>,
+}
+
+impl Bus {
+    /// A bus for a node whose route is decided later: by [`Bus::deliver_locally`] or
+    /// [`start_on_mongodb`].
+    pub fn new(hub: Arc<Hub>, node: NodeInfo, registry: Option<NodeRegistry>) -> Arc<Self> {
+        Arc::new(Bus {
+            hub,
+            node,
+            route: OnceLock::new(),
+            registry,
+        })
+    }
+
+    /// Settles the bus on in-process delivery (single node).
+    pub fn deliver_locally(&self) {
+        let _ = self.route.set(Route::Local(Mutex::new(Sequencer::new(
+            self.node.id.clone(),
+        ))));
+    }
+
+    pub fn node(&self) -> &NodeInfo {
+        &self.node
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    pub fn mode(&self) -> BusMode {
+        match self.route.get() {
+            None => BusMode::Starting,
+            Some(Route::Local(_)) => BusMode::Local,
+            Some(Route::Cluster(_)) => BusMode::ChangeStream,
+        }
+    }
+
+    /// Carries out `command` on every node the bus reaches.
+    pub async fn send(&self, command: Command) -> Result<Receipt, StoreUnavailable> {
+        match self.route.get() {
+            None => Err(StoreUnavailable(
+                "the cluster bus is waiting for MongoDB".into(),
+            )),
+            Some(Route::Local(sequencer)) => {
+                // Held while delivering, so seq order is delivery order.
+                let mut sequencer = sequencer.lock().unwrap_or_else(|p| p.into_inner());
+                let stamped = sequencer.stamp(command);
+                let reached = stamped.event.deliver(&self.hub);
+                Ok(Receipt {
+                    seq: stamped.seq,
+                    reach: Reach::Node(reached),
+                })
+            }
+            Some(Route::Cluster(queue)) => {
+                let (reply, written) = oneshot::channel();
+                let gone = || StoreUnavailable("the cluster bus writer stopped".into());
+                queue
+                    .send(writer::Outgoing { command, reply })
+                    .await
+                    .map_err(|_| gone())?;
+                let seq = written.await.map_err(|_| gone())??;
+                Ok(Receipt {
+                    seq,
+                    reach: Reach::Cluster,
+                })
+            }
+        }
+    }
+
+    /// The live nodes, this one first with its current counts.
+    pub async fn nodes(&self) -> Result<Vec<NodeView>, StoreUnavailable> {
+        let me = self.node.view(self.hub.counts());
+        match &self.registry {
+            None => Ok(vec![me]),
+            Some(registry) => registry.live(me).await,
+        }
+    }
+
+    /// Registers this node and refreshes its entry every `every` until the process ends.
+    pub async fn heartbeat(&self, every: Duration) {
+        let Some(registry) = &self.registry else {
+            return std::future::pending().await;
+        };
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            ticks.tick().await;
+            if let Err(e) = registry.beat(&self.node, self.hub.counts()).await {
+                log::debug!("node heartbeat: {e}");
+            }
+        }
+    }
+
+    /// Removes this node from the registry (graceful shutdown).
+    pub async fn leave(&self) {
+        if let Some(registry) = &self.registry
+            && let Err(e) = registry.remove(&self.node.id).await
+        {
+            log::warn!("removing this node from the registry: {e}");
+        }
+    }
+}
+
+/// Settles the bus once MongoDB answers: a replica set (or sharded cluster) gets the change
+/// stream; a standalone server, which has no change streams, gets in-process delivery. Either
+/// way the log says which. Spawns nothing unless it succeeds, so a caller may retry it.
+pub async fn start_on_mongodb(
+    bus: &Arc<Bus>,
+    db: &Database,
+    bounds: &MongoBounds,
+    metrics: &Arc<Metrics>,
+) -> Result<BusMode, StoreUnavailable> {
+    if bus.route.get().is_some() {
+        return Ok(bus.mode());
+    }
+    let hello = bounds
+        .run("hello", db.run_command(doc! { "hello": 1 }))
+        .await?;
+    let replicated = hello.contains_key("setName") || hello.get_str("msg") == Ok("isdbgrid");
+    if !replicated {
+        log::warn!(
+            "MongoDB is a standalone server, which has no change streams: broadcasts, messages, \
+             disconnects and revocations reach this node's connections only. Run MongoDB as a \
+             replica set to use several nodes."
+        );
+        bus.deliver_locally();
+        return Ok(BusMode::Local);
+    }
+    let events = db.collection(EVENTS_COLLECTION);
+    // Open the stream before accepting commands, so this node sees its own first event.
+    let opened = stream::open(&events, None, bounds.timeout).await?;
+    let follower = stream::Follower::new(
+        events.clone(),
+        Arc::clone(&bus.hub),
+        Arc::clone(metrics),
+        bounds.timeout,
+    );
+    tokio::spawn(follower.run(opened));
+    let (queue, outgoing) = mpsc::channel(writer::QUEUE);
+    let writer = writer::Writer {
+        events: db.collection(EVENTS_COLLECTION),
+        sequencer: Sequencer::new(bus.node.id.clone()),
+        node: bus.node.id.clone(),
+        bounds: bounds.clone(),
+        metrics: Arc::clone(metrics),
+    };
+    tokio::spawn(writer.run(outgoing));
+    let _ = bus.route.set(Route::Cluster(queue));
+    log::info!(
+        "cluster bus: MongoDB replica set, change stream on {EVENTS_COLLECTION} (node {})",
+        bus.node.id
+    );
+    Ok(BusMode::ChangeStream)
+}

@@ -1,0 +1,177 @@
+//! Node identity and liveness: each node keeps a document in `cluster_nodes` fresh with a
+//! heartbeat; a TTL index removes the documents of nodes that died without leaving.
+
+use std::time::Duration;
+
+use bson::{DateTime, doc};
+use futures_util::TryStreamExt;
+use mongodb::options::ReplaceOptions;
+use mongodb::{Collection, Database};
+use serde::{Deserialize, Serialize};
+
+use super::NodeId;
+use crate::hub::ConnectionCounts;
+use crate::store::{MongoBounds, StoreUnavailable};
+
+pub const NODES_COLLECTION: &str = "cluster_nodes";
+
+/// What a node says about itself.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    /// Where operators reach it (NODE_ADDRESS, or the address it listens on).
+    pub address: String,
+    pub started_at: DateTime,
+}
+
+impl NodeInfo {
+    pub fn view(&self, connections: ConnectionCounts) -> NodeView {
+        NodeView {
+            id: self.id.to_string(),
+            address: self.address.clone(),
+            started_at: rfc3339(self.started_at),
+            heartbeat_at: rfc3339(DateTime::now()),
+            connections,
+        }
+    }
+}
+
+/// A node as `GET /api/nodes` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    pub id: String,
+    pub address: String,
+    pub started_at: String,
+    pub heartbeat_at: String,
+    pub connections: ConnectionCounts,
+}
+
+/// Connection counts summed over the live nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ClusterCounts {
+    #[serde(flatten)]
+    pub connections: ConnectionCounts,
+    pub nodes: usize,
+}
+
+impl ClusterCounts {
+    pub fn sum(nodes: &[NodeView]) -> Self {
+        let mut connections = ConnectionCounts {
+            total: 0,
+            authenticated: 0,
+            unauthenticated: 0,
+        };
+        for node in nodes {
+            connections.total += node.connections.total;
+            connections.authenticated += node.connections.authenticated;
+            connections.unauthenticated += node.connections.unauthenticated;
+        }
+        ClusterCounts {
+            connections,
+            nodes: nodes.len(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct NodeDocument {
+    #[serde(rename = "_id")]
+    id: String,
+    address: String,
+    started_at: DateTime,
+    /// The TTL index is on this field.
+    heartbeat_at: DateTime,
+    connections: StoredCounts,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredCounts {
+    total: i64,
+    authenticated: i64,
+    unauthenticated: i64,
+}
+
+pub struct NodeRegistry {
+    nodes: Collection<NodeDocument>,
+    bounds: MongoBounds,
+    /// A node whose last heartbeat is older than this is not listed, whatever the TTL
+    /// monitor (which runs once a minute) has or has not removed yet.
+    liveness: Duration,
+}
+
+impl NodeRegistry {
+    /// `heartbeat`: how often nodes beat; three missed beats and a node is gone.
+    pub fn new(db: &Database, bounds: MongoBounds, heartbeat: Duration) -> Self {
+        NodeRegistry {
+            nodes: db.collection(NODES_COLLECTION),
+            bounds,
+            liveness: heartbeat * 3,
+        }
+    }
+
+    pub async fn beat(
+        &self,
+        node: &NodeInfo,
+        counts: ConnectionCounts,
+    ) -> Result<(), StoreUnavailable> {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let document = NodeDocument {
+            id: node.id.to_string(),
+            address: node.address.clone(),
+            started_at: node.started_at,
+            heartbeat_at: DateTime::now(),
+            connections: StoredCounts {
+                total: count(counts.total),
+                authenticated: count(counts.authenticated),
+                unauthenticated: count(counts.unauthenticated),
+            },
+        };
+        let upsert = self
+            .nodes
+            .replace_one(doc! { "_id": &document.id }, &document)
+            .with_options(ReplaceOptions::builder().upsert(true).build());
+        self.bounds.run("node_heartbeat", upsert).await.map(|_| ())
+    }
+
+    /// The live nodes: `me` first, with its current counts rather than its last heartbeat's,
+    /// then the others, oldest first.
+    pub async fn live(&self, me: NodeView) -> Result<Vec<NodeView>, StoreUnavailable> {
+        let since = DateTime::from_millis(
+            DateTime::now().timestamp_millis() - self.liveness.as_millis() as i64,
+        );
+        let found = self
+            .nodes
+            .find(doc! { "heartbeat_at": { "$gte": since }, "_id": { "$ne": &me.id } })
+            .sort(doc! { "started_at": 1 });
+        let others: Vec<NodeDocument> = self
+            .bounds
+            .run("list_nodes", async { found.await?.try_collect().await })
+            .await?;
+        let mut nodes = vec![me];
+        nodes.extend(others.into_iter().map(|n| {
+            let count = |v: i64| usize::try_from(v).unwrap_or(0);
+            NodeView {
+                id: n.id,
+                address: n.address,
+                started_at: rfc3339(n.started_at),
+                heartbeat_at: rfc3339(n.heartbeat_at),
+                connections: ConnectionCounts {
+                    total: count(n.connections.total),
+                    authenticated: count(n.connections.authenticated),
+                    unauthenticated: count(n.connections.unauthenticated),
+                },
+            }
+        }));
+        Ok(nodes)
+    }
+
+    pub async fn remove(&self, id: &NodeId) -> Result<(), StoreUnavailable> {
+        let delete = self.nodes.delete_one(doc! { "_id": id.as_str() });
+        self.bounds.run("node_leave", delete).await.map(|_| ())
+    }
+}
+
+fn rfc3339(at: DateTime) -> String {
+    at.try_to_rfc3339_string()
+        .unwrap_or_else(|_| at.timestamp_millis().to_string())
+}
