@@ -31,13 +31,15 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------------------
 
 /// A mongod started for tests: temporary dbpath, free port, single-node replica set, TTL monitor
-/// every second. A shell watchdog stops it and deletes its files when this test process ends,
+/// every second, and test commands (fail points) enabled. A shell watchdog stops it and deletes its files when this test process ends,
 /// however it ends.
 pub struct TestMongod {
     pub uri: String,
     pub port: u16,
     bin: PathBuf,
     dbpath: PathBuf,
+    /// false: a standalone server, which has no change streams.
+    replica_set: bool,
     /// The watchdog shell around mongod, while it runs.
     watchdog: Option<std::process::Child>,
 }
@@ -107,8 +109,9 @@ fn mongod_binary() -> PathBuf {
 /// deleted; on SIGTERM (a test's `stop`), mongod is killed like a crash and its files are kept
 /// for a restart.
 const WATCHDOG: &str = r#"
-    "$MONGOD" --dbpath "$DBPATH" --port "$PORT" --bind_ip 127.0.0.1 --replSet rs0 \
-        --setParameter ttlMonitorSleepSecs=1 --wiredTigerCacheSizeGB 0.25 --nounixsocket \
+    "$MONGOD" --dbpath "$DBPATH" --port "$PORT" --bind_ip 127.0.0.1 $REPLSET \
+        --setParameter ttlMonitorSleepSecs=1 --setParameter enableTestCommands=1 \
+        --wiredTigerCacheSizeGB 0.25 --nounixsocket \
         --quiet --logpath "$DBPATH/mongod.log" --logappend &
     m=$!
     trap 'kill -KILL "$m" 2>/dev/null; wait "$m" 2>/dev/null; exit 0' TERM
@@ -126,6 +129,15 @@ impl TestMongod {
     /// Like [`start`](Self::start) on a given port (say, one a gateway was told to use before
     /// any MongoDB listened there).
     pub fn start_on(port: u16) -> TestMongod {
+        Self::start_with(port, true)
+    }
+
+    /// A standalone mongod (no replica set, so no change streams) on a free port.
+    pub fn start_standalone() -> TestMongod {
+        Self::start_with(free_port(), false)
+    }
+
+    fn start_with(port: u16, replica_set: bool) -> TestMongod {
         let dbpath = tempfile::Builder::new()
             .prefix("tg-mongod-")
             .tempdir()
@@ -136,6 +148,7 @@ impl TestMongod {
             port,
             bin: mongod_binary(),
             dbpath,
+            replica_set,
             watchdog: None,
         };
         mongod.restart();
@@ -162,6 +175,14 @@ impl TestMongod {
             .env("MONGOD", &self.bin)
             .env("DBPATH", &self.dbpath)
             .env("PORT", self.port.to_string())
+            .env(
+                "REPLSET",
+                if self.replica_set {
+                    "--replSet rs0"
+                } else {
+                    ""
+                },
+            )
             .env("OWNER", std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -170,13 +191,13 @@ impl TestMongod {
             .expect("spawning mongod");
         self.watchdog = Some(watchdog);
         // The driver needs a runtime of its own, and this may be called inside one.
-        let (uri, port) = (self.uri.clone(), self.port);
+        let (uri, port, replica_set) = (self.uri.clone(), self.port, self.replica_set);
         let outcome = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
-            runtime.block_on(initiate_replica_set(&uri, port))
+            runtime.block_on(initiate(&uri, port, replica_set))
         })
         .join()
         .unwrap();
@@ -199,13 +220,14 @@ impl Drop for TestMongod {
     }
 }
 
-async fn initiate_replica_set(uri: &str, port: u16) -> Result<(), String> {
+/// Waits for mongod to answer and, for a replica set, initiates it and waits until primary.
+async fn initiate(uri: &str, port: u16, replica_set: bool) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let client = mongodb::Client::with_uri_str(uri)
         .await
         .map_err(|e| e.to_string())?;
     let admin = client.database("admin");
-    let mut initiated = false;
+    let mut initiated = !replica_set;
     loop {
         if !initiated {
             let config = doc! { "_id": "rs0", "members": [{ "_id": 0, "host": format!("127.0.0.1:{port}") }] };
@@ -217,7 +239,7 @@ async fn initiate_replica_set(uri: &str, port: u16) -> Result<(), String> {
         }
         if initiated
             && let Ok(hello) = admin.run_command(doc! { "hello": 1 }).await
-            && hello.get_bool("isWritablePrimary").unwrap_or(false)
+            && (hello.get_bool("isWritablePrimary").unwrap_or(false) || !replica_set)
         {
             return Ok(());
         }

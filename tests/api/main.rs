@@ -4,6 +4,7 @@
 mod adversarial;
 mod cli;
 mod client_js;
+mod cluster;
 mod compose;
 mod cors;
 mod drain;
