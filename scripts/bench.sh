@@ -1,63 +1,130 @@
 #!/usr/bin/env bash
-# Reproduces the figures in docs/BENCHMARKS.md: a release build, a throwaway mongod, a fresh
-# gateway for each scenario, and the load generator. Everything stays on loopback.
+# Reproduces the figures in docs/BENCHMARKS.md: a release build, a throwaway mongod (a
+# single-node replica set, as MongoDB runs in production), fresh gateways for each scenario,
+# and the load generator. Everything stays on loopback.
 #
 #   N_CONNECT=20000 N_FANOUT=10000 N_IDLE=19000 scripts/bench.sh
+#   SCENARIOS="cluster" scripts/bench.sh        # only some: connect fanout idle cluster
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+SCENARIOS=${SCENARIOS:-"connect fanout idle cluster"}
 N_CONNECT=${N_CONNECT:-20000}
 N_FANOUT=${N_FANOUT:-10000}
 FANOUT_MESSAGES=${FANOUT_MESSAGES:-100}
 FANOUT_RATE=${FANOUT_RATE:-20}
 N_IDLE=${N_IDLE:-19000}
+# Cross-node: connections on nodes 1 and 2, broadcasts published through node 3.
+N_CROSS=${N_CROSS:-200}
+CROSS_MESSAGES=${CROSS_MESSAGES:-500}
+CROSS_RATE=${CROSS_RATE:-50}
+# Bus throughput: few connections, as many broadcasts as the bus takes.
+BUS_MESSAGES=${BUS_MESSAGES:-60000}
+BUS_RATE=${BUS_RATE:-20000}
 SECRET=bench-secret-0123456789abcdef0123456789
 API_KEY=bench-api-key-0123456789
 
 cargo build --release --bins --quiet
 mongod_bin=$(bash scripts/install-mongod.sh)
+venv="${TICKETGATE_CACHE:-$HOME/.cache/ticketgate}/mongod-venv"
+# replSetInitiate needs a client; pymongo in mongod's venv is the smallest one.
+"$venv/bin/pip" install --quiet --disable-pip-version-check pymongo==4.10.1
 work=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 mongo_port=$(free_port)
+mongo_uri="mongodb://127.0.0.1:$mongo_port/?directConnection=true"
 mkdir -p "$work/db"
 "$mongod_bin" --dbpath "$work/db" --port "$mongo_port" --bind_ip 127.0.0.1 --nounixsocket --quiet \
-  --wiredTigerCacheSizeGB 0.5 --logpath "$work/mongod.log" &
+  --replSet rs0 --wiredTigerCacheSizeGB 0.5 --logpath "$work/mongod.log" &
 mongod_pid=$!
-gateway_pid=
+gateway_pids=()
 cleanup() {
-  [ -n "$gateway_pid" ] && kill "$gateway_pid" 2>/dev/null || true
+  stop_gateways
   kill "$mongod_pid" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$work"
 }
+stop_gateways() {
+  for pid in "${gateway_pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  gateway_pids=()
+  gateway_urls=()
+}
 trap cleanup EXIT
+"$venv/bin/python" - "$mongo_port" <<'PY'
+import sys, time, pymongo
+port = int(sys.argv[1])
+client = pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true", serverSelectionTimeoutMS=30000)
+client.admin.command("replSetInitiate", {"_id": "rs0", "members": [{"_id": 0, "host": f"127.0.0.1:{port}"}]})
+for _ in range(300):
+    if client.admin.command("hello").get("isWritablePrimary"):
+        sys.exit(0)
+    time.sleep(0.1)
+sys.exit("mongod did not become primary")
+PY
 
-# start_gateway <store: mongo|memory>: a fresh gateway; sets gateway_pid and gateway_url.
-start_gateway() {
-  [ -n "$gateway_pid" ] && { kill "$gateway_pid"; wait "$gateway_pid" 2>/dev/null || true; }
-  local port store_env=()
-  port=$(free_port)
+# start_gateways <store: mongo|memory> <count>: fresh gateways sharing one database; sets
+# gateway_pids and gateway_urls.
+start_gateways() {
+  stop_gateways
+  local store_env=() database="bench_$RANDOM" port i
   if [ "$1" = mongo ]; then
-    store_env=(MONGODB_URI="mongodb://127.0.0.1:$mongo_port/?directConnection=true" MONGODB_DATABASE="bench_$RANDOM")
+    store_env=(MONGODB_URI="$mongo_uri" MONGODB_DATABASE="$database")
   fi
-  env -i PATH="$PATH" BIND_ADDR="127.0.0.1:$port" JWT_SECRET="$SECRET" API_KEY="$API_KEY" \
-    TICKET_RATE_PER_MIN=100000000 UPGRADE_RATE_PER_MIN=100000000 MAX_CONNECTIONS_PER_USER=100000 \
-    RUST_LOG="${GATEWAY_LOG:-info}" "${store_env[@]}" target/release/ticketgate 2>"$work/gateway.log" &
-  gateway_pid=$!
-  gateway_url="http://127.0.0.1:$port"
-  for _ in $(seq 100); do curl -fsS "$gateway_url/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
-  echo "the gateway did not become ready:" >&2; cat "$work/gateway.log" >&2; exit 1
+  for i in $(seq "$2"); do
+    port=$(free_port)
+    env -i PATH="$PATH" BIND_ADDR="127.0.0.1:$port" JWT_SECRET="$SECRET" API_KEY="$API_KEY" \
+      TICKET_RATE_PER_MIN=100000000 UPGRADE_RATE_PER_MIN=100000000 MAX_CONNECTIONS_PER_USER=100000 \
+      NODE_NAME="bench$i" RUST_LOG="${GATEWAY_LOG:-info}" "${store_env[@]}" target/release/ticketgate \
+      2>"$work/gateway$i.log" &
+    gateway_pids+=($!)
+    gateway_urls+=("http://127.0.0.1:$port")
+    for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+    curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || {
+      echo "gateway $i did not become ready:" >&2; cat "$work/gateway$i.log" >&2; exit 1; }
+  done
 }
 
-load() { target/release/ticketgate-load --url "$gateway_url" --secret "$SECRET" --gateway-pid "$gateway_pid" "$@"; }
+# load <node numbers to connect to, comma-separated> <scenario args…>: CPU and memory are
+# read from exactly those nodes.
+load() {
+  local nodes=$1 args=() n
+  shift
+  for n in ${nodes//,/ }; do
+    args+=(--url "${gateway_urls[$((n - 1))]}" --gateway-pid "${gateway_pids[$((n - 1))]}")
+  done
+  target/release/ticketgate-load "${args[@]}" --secret "$SECRET" "$@"
+}
 
-echo "# $(date -u +%F) on $(nproc) cores; $(uname -r)"
-start_gateway mongo
-echo "## connect, MongoDB store"; load connect --connections "$N_CONNECT" --concurrency 200
-start_gateway memory
-echo "## connect, in-process store"; load connect --connections "$N_CONNECT" --concurrency 200
-start_gateway mongo
-echo "## fanout"; load fanout --connections "$N_FANOUT" --concurrency 200 --messages "$FANOUT_MESSAGES" \
-  --rate "$FANOUT_RATE" --size 100 --api-key "$API_KEY"
-start_gateway mongo
-echo "## idle"; load idle --connections "$N_IDLE" --concurrency 200 --hold-secs 20
+wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+
+echo "# $(date -u +%F) on $(nproc) cores; $(uname -r); mongod 6.0.5 single-node replica set"
+if wants connect; then
+  start_gateways mongo 1
+  echo "## connect, MongoDB store"; load 1 connect --connections "$N_CONNECT" --concurrency 200
+  start_gateways memory 1
+  echo "## connect, in-process store"; load 1 connect --connections "$N_CONNECT" --concurrency 200
+fi
+if wants fanout; then
+  start_gateways mongo 1
+  echo "## fanout (one node; broadcasts travel through the change stream)"
+  load 1 fanout --connections "$N_FANOUT" --concurrency 200 --messages "$FANOUT_MESSAGES" \
+    --rate "$FANOUT_RATE" --size 100 --api-key "$API_KEY"
+  start_gateways memory 1
+  echo "## fanout, in-process store (no MongoDB in the path)"
+  load 1 fanout --connections "$N_FANOUT" --concurrency 200 --messages "$FANOUT_MESSAGES" \
+    --rate "$FANOUT_RATE" --size 100 --api-key "$API_KEY"
+fi
+if wants idle; then
+  start_gateways mongo 1
+  echo "## idle"; load 1 idle --connections "$N_IDLE" --concurrency 200 --hold-secs 20
+fi
+if wants cluster; then
+  start_gateways mongo 3
+  echo "## cluster: cross-node latency (connections on nodes 1 and 2, published through node 3)"
+  load 1,2 fanout --connections "$N_CROSS" --concurrency 200 --messages "$CROSS_MESSAGES" \
+    --rate "$CROSS_RATE" --size 100 --api-key "$API_KEY" --publish-url "${gateway_urls[2]}"
+  start_gateways mongo 3
+  echo "## cluster: bus throughput (10 connections each on nodes 1 and 2, 32 publishers on node 3)"
+  load 1,2 fanout --connections 20 --concurrency 20 --messages "$BUS_MESSAGES" --rate "$BUS_RATE" \
+    --size 100 --api-key "$API_KEY" --publish-url "${gateway_urls[2]}" --publishers 32
+fi

@@ -148,3 +148,74 @@ fn the_dockerfile_builds_and_runs_this_crates_binary() {
         }
     }
 }
+
+const NGINX: &str = include_str!("../../deploy/nginx-cluster.conf");
+
+#[test]
+fn the_cluster_profile_puts_two_nodes_on_the_replica_set_behind_nginx() {
+    let doc = compose();
+    let services = &doc["services"];
+    let profile = |name: &str| -> Vec<String> {
+        services[name]["profiles"]
+            .as_vec()
+            .unwrap_or_else(|| panic!("{name} has no profiles"))
+            .iter()
+            .map(text)
+            .collect()
+    };
+    for node in ["node1", "node2"] {
+        assert_eq!(profile(node), ["cluster"]);
+        let environment = &services[node]["environment"];
+        for var in environment.as_hash().unwrap().keys().map(text) {
+            assert!(VARIABLES.contains(&var.as_str()), "{node} sets {var}");
+        }
+        assert_eq!(
+            text(&environment["MONGODB_URI"]),
+            text(&services["gateway"]["environment"]["MONGODB_URI"]),
+            "{node} shares the gateway's replica set"
+        );
+        assert_eq!(text(&environment["NODE_NAME"]), node);
+        assert_eq!(text(&environment["BIND_ADDR"]), "0.0.0.0:8080");
+        assert!(ticketgate::config::is_node_name(node));
+        // The nodes believe nginx's X-Forwarded-For: the setting must parse.
+        ticketgate::client_ip::TrustedProxies::parse(&text(&environment["TRUSTED_PROXIES"]))
+            .unwrap();
+        assert!(
+            NGINX.contains(&format!("server {node}:8080")),
+            "nginx proxies to {node}"
+        );
+        assert_eq!(
+            text(&services[node]["depends_on"]["mongo"]["condition"]),
+            "service_healthy"
+        );
+    }
+    assert_eq!(profile("nginx"), ["cluster"]);
+    let volumes: Vec<String> = services["nginx"]["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(text)
+        .collect();
+    assert_eq!(
+        volumes,
+        ["./deploy/nginx-cluster.conf:/etc/nginx/nginx.conf:ro"]
+    );
+    let ports: Vec<String> = services["nginx"]["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(text)
+        .collect();
+    assert_eq!(ports, ["8090:8090"]);
+    assert!(NGINX.contains("listen 8090;"));
+    // WebSocket upgrades pass through, with the Host the same-origin check needs.
+    for directive in [
+        "proxy_http_version 1.1;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_set_header Connection $connection_upgrade;",
+        "proxy_set_header Host $http_host;",
+        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+    ] {
+        assert!(NGINX.contains(directive), "nginx lacks {directive}");
+    }
+}

@@ -12,10 +12,34 @@ use ticketgate::jwt::JwtSigner;
 
 pub type Socket = WebSocketStream<TcpStream>;
 
+/// One gateway node as clients reach it.
+pub struct Gateway {
+    pub base_url: String,
+    pub addr: SocketAddr,
+}
+
+impl Gateway {
+    pub fn parse(base_url: &str) -> Result<Self, String> {
+        let url = reqwest::Url::parse(base_url).map_err(|e| format!("{base_url}: {e}"))?;
+        let host: IpAddr = url
+            .host_str()
+            .unwrap_or("127.0.0.1")
+            .parse()
+            .map_err(|_| format!("{base_url}: name an IP address"))?;
+        if !host.is_loopback() {
+            return Err("load is only ever sent to loopback addresses".into());
+        }
+        Ok(Gateway {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            addr: SocketAddr::new(host, url.port_or_known_default().unwrap_or(80)),
+        })
+    }
+}
+
 /// What every simulated client shares.
 pub struct Clients {
-    pub base_url: String,
-    pub gateway: SocketAddr,
+    /// Client `i` uses gateway `i % len`.
+    pub gateways: Vec<Gateway>,
     pub signer: JwtSigner,
     pub http: reqwest::Client,
     pub source_addresses: u8,
@@ -24,23 +48,20 @@ pub struct Clients {
 
 impl Clients {
     pub fn new(
-        base_url: &str,
+        base_urls: &[String],
         secret: &str,
         source_addresses: u8,
         user_prefix: &str,
     ) -> Result<Self, String> {
-        let url = reqwest::Url::parse(base_url).map_err(|e| format!("--url: {e}"))?;
-        let host: IpAddr = url
-            .host_str()
-            .unwrap_or("127.0.0.1")
-            .parse()
-            .map_err(|_| "--url must name an IP address")?;
-        if !host.is_loopback() {
-            return Err("load is only ever sent to loopback addresses".into());
+        let gateways = base_urls
+            .iter()
+            .map(|url| Gateway::parse(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        if gateways.is_empty() {
+            return Err("give at least one --url".into());
         }
         Ok(Clients {
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            gateway: SocketAddr::new(host, url.port_or_known_default().unwrap_or(80)),
+            gateways,
             signer: JwtSigner::hs256(secret.as_bytes()),
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(512)
@@ -54,11 +75,12 @@ impl Clients {
     /// Ticket request to `authenticated`: the socket and how long it took.
     pub async fn authenticate(&self, index: usize) -> Result<(Socket, Duration), String> {
         let started = Instant::now();
+        let gateway = &self.gateways[index % self.gateways.len()];
         let user = format!("{}-{index}", self.user_prefix);
         let jwt = self.signer.mint(&user, 3600);
         let response = self
             .http
-            .get(format!("{}/token/ws", self.base_url))
+            .get(format!("{}/token/ws", gateway.base_url))
             .bearer_auth(&jwt)
             .send()
             .await
@@ -83,12 +105,12 @@ impl Clients {
             .bind(SocketAddr::new(source.into(), 0))
             .map_err(|e| format!("bind {source}: {e}"))?;
         let stream = socket
-            .connect(self.gateway)
+            .connect(gateway.addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let ws_url = format!(
             "{}/demo?token={ticket}",
-            self.base_url.replacen("http", "ws", 1)
+            gateway.base_url.replacen("http", "ws", 1)
         );
         let (mut ws, _) = client_async(ws_url, stream)
             .await

@@ -5,6 +5,8 @@
 //!   ticketgate-load connect --connections 20000 --concurrency 200 --gateway-pid $(pidof ticketgate)
 //!   ticketgate-load fanout  --connections 10000 --messages 100 --rate 50 --size 100 --api-key …
 //!   ticketgate-load idle    --connections 19000 --hold-secs 30 --gateway-pid …
+//!   ticketgate-load --url http://127.0.0.1:8081 --url http://127.0.0.1:8082 \
+//!       fanout --publish-url http://127.0.0.1:8083 …     (cross-node: receive on 2 nodes, publish on a 3rd)
 //!
 //! Sockets are spread over the loopback source addresses 127.0.0.2… (see `--source-addresses`)
 //! so that one process is not limited by one address's ephemeral ports; one process holds at
@@ -34,15 +36,17 @@ struct Cli {
 /// Where the gateway is and how to pass as its clients.
 #[derive(Args, Clone)]
 pub struct Target {
-    /// The gateway's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
-    pub url: String,
+    /// A gateway's base URL; repeat it for several nodes, and connections are spread over
+    /// them in turn.
+    #[arg(long = "url", default_value = "http://127.0.0.1:8080", global = true)]
+    pub urls: Vec<String>,
     /// The gateway's JWT_SECRET, to mint user JWTs.
     #[arg(long, env = "JWT_SECRET", global = true, hide_env_values = true)]
     pub secret: Option<String>,
-    /// The gateway's process id: its CPU time and memory are read from /proc.
-    #[arg(long, global = true)]
-    pub gateway_pid: Option<u32>,
+    /// The gateway's process id: its CPU time and memory are read from /proc. Repeat it for
+    /// several nodes; their figures are summed.
+    #[arg(long = "gateway-pid", global = true)]
+    pub gateway_pids: Vec<u32>,
     /// How many loopback source addresses to spread sockets over (127.0.0.2 onwards).
     #[arg(long, default_value_t = 4, global = true)]
     pub source_addresses: u8,

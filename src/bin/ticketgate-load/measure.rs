@@ -43,28 +43,41 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// the kernel's own tick rate.
 const USER_HZ: f64 = 100.0;
 
-/// A CPU-time stopwatch for the gateway and for this generator.
+/// Summed CPU time of several processes; `None` when there are none or one cannot be read.
+fn total_cpu_time(pids: &[u32]) -> Option<Duration> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| cpu_time(Some(*p))).sum()
+}
+
+/// Summed resident memory of several processes, KiB.
+pub fn total_rss_kib(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| rss_kib(*p)).sum()
+}
+
+/// A CPU-time stopwatch for the gateway processes (summed) and for this generator.
 pub struct CpuWatch {
-    gateway_pid: Option<u32>,
+    gateway_pids: Vec<u32>,
     gateway: Option<Duration>,
     own: Option<Duration>,
 }
 
 impl CpuWatch {
-    pub fn start(gateway_pid: Option<u32>) -> Self {
+    pub fn start(gateway_pids: &[u32]) -> Self {
         CpuWatch {
-            gateway_pid,
-            gateway: gateway_pid.and_then(|p| cpu_time(Some(p))),
+            gateway_pids: gateway_pids.to_vec(),
+            gateway: total_cpu_time(gateway_pids),
             own: cpu_time(None),
         }
     }
 
-    /// CPU seconds used since `start`: (gateway, generator).
+    /// CPU seconds used since `start`: (gateways, generator).
     pub fn elapsed(&self) -> (Option<f64>, Option<f64>) {
-        let gateway = match (
-            self.gateway,
-            self.gateway_pid.and_then(|p| cpu_time(Some(p))),
-        ) {
+        let gateway = match (self.gateway, total_cpu_time(&self.gateway_pids)) {
             (Some(before), Some(now)) => Some((now - before).as_secs_f64()),
             _ => None,
         };

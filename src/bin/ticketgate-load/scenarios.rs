@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::Target;
 use crate::client::{Clients, Socket};
-use crate::measure::{CpuWatch, percentiles_ms, rss_kib};
+use crate::measure::{CpuWatch, percentiles_ms, total_rss_kib};
 
 pub struct Report {
     pub summary: String,
@@ -20,7 +20,7 @@ pub struct Report {
 
 fn clients(target: &Target, secret: &str) -> Result<Clients, String> {
     Clients::new(
-        &target.url,
+        &target.urls,
         secret,
         target.source_addresses,
         &target.user_prefix,
@@ -65,7 +65,7 @@ pub async fn connect(
     concurrency: usize,
 ) -> Result<Report, String> {
     let clients = clients(target, secret)?;
-    let cpu = CpuWatch::start(target.gateway_pid);
+    let cpu = CpuWatch::start(&target.gateway_pids);
     let started = Instant::now();
     // Each socket is closed as soon as it authenticated: this measures authentication, not holding.
     let outcomes: Vec<Result<Duration, String>> = stream::iter(0..connections)
@@ -127,6 +127,49 @@ pub struct FanoutPlan {
     pub size: usize,
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: String,
+    /// Where broadcasts are published (default: the first --url). A node that holds none of
+    /// the connections makes every delivery cross nodes.
+    #[arg(long)]
+    pub publish_url: Option<String>,
+    /// Publishing requests in flight at once, sharing --rate between them.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+}
+
+/// Publishes `plan.messages` broadcasts at `plan.rate` per second in all, from
+/// `plan.publishers` tasks, each stamped with its publication time.
+async fn publish_all(clients: &Clients, plan: &FanoutPlan) -> Result<(), String> {
+    let url = match &plan.publish_url {
+        Some(url) => format!("{}/api/broadcast", url.trim_end_matches('/')),
+        None => format!("{}/api/broadcast", clients.gateways[0].base_url),
+    };
+    let publishers = plan.publishers.clamp(1, plan.messages.max(1));
+    let padding = "x".repeat(plan.size);
+    let interval = Duration::from_secs_f64(publishers as f64 / plan.rate.max(0.001));
+    let tasks = (0..publishers).map(|p| {
+        let (url, padding) = (&url, &padding);
+        async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for i in (p..plan.messages).step_by(publishers) {
+                ticks.tick().await;
+                let data = json!({"t": unix_micros(), "i": i, "pad": padding});
+                let response = clients
+                    .http
+                    .post(url)
+                    .bearer_auth(&plan.api_key)
+                    .json(&json!({"data": data}))
+                    .send()
+                    .await
+                    .map_err(|e| format!("publishing: {e}"))?;
+                if response.status() != 202 {
+                    return Err(format!("publishing: {}", response.status()));
+                }
+            }
+            Ok(())
+        }
+    });
+    futures_util::future::try_join_all(tasks).await.map(|_| ())
 }
 
 fn unix_micros() -> u64 {
@@ -192,27 +235,10 @@ pub async fn fanout(target: &Target, secret: &str, plan: FanoutPlan) -> Result<R
         })
         .collect();
 
-    let cpu = CpuWatch::start(target.gateway_pid);
+    let cpu = CpuWatch::start(&target.gateway_pids);
     let first_publish = unix_micros();
-    let padding = "x".repeat(plan.size);
-    let interval = Duration::from_secs_f64(1.0 / plan.rate.max(0.001));
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    for i in 0..plan.messages {
-        ticks.tick().await;
-        let data = json!({"t": unix_micros(), "i": i, "pad": padding});
-        let response = clients
-            .http
-            .post(format!("{}/api/broadcast", clients.base_url))
-            .bearer_auth(&plan.api_key)
-            .json(&json!({"data": data}))
-            .send()
-            .await
-            .map_err(|e| format!("publishing: {e}"))?;
-        if response.status() != 202 {
-            return Err(format!("publishing: {}", response.status()));
-        }
-    }
+    publish_all(&clients, &plan).await?;
+    let published_in = (unix_micros() - first_publish) as f64 / 1e6;
     let mut sockets = Vec::with_capacity(held);
     for reader in readers {
         sockets.push(reader.await.map_err(|e| e.to_string())?);
@@ -237,16 +263,19 @@ pub async fn fanout(target: &Target, secret: &str, plan: FanoutPlan) -> Result<R
     let cpu_per_delivery_us = per(gateway_cpu, deliveries as usize, 1e6);
     Ok(Report {
         summary: format!(
-            "fanout: {held} connections x {} broadcasts of {} B: {deliveries}/{expected} delivered ({} lost, {dropped} connections dropped) \
+            "fanout: {held} connections x {} broadcasts of {} B (published at {:.0}/s): {deliveries}/{expected} delivered ({} lost, {dropped} connections dropped) \
              at {rate:.0}/s; latency p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms; gateway CPU per delivery {} µs; generator CPU {}",
             plan.messages,
             plan.size,
+            plan.messages as f64 / published_in.max(1e-6),
             expected - deliveries,
             cpu_per_delivery_us.map_or("?".into(), |v| format!("{v:.2}")),
             own_cpu.map_or("?".into(), |v| format!("{v:.2}s")),
         ),
         json: json!({
             "scenario": "fanout", "connections": held, "messages": plan.messages, "rate": plan.rate, "size": plan.size,
+            "gateways": clients.gateways.len(), "publish_url": plan.publish_url, "publishers": plan.publishers,
+            "published_per_second": plan.messages as f64 / published_in.max(1e-6),
             "deliveries": deliveries, "expected": expected, "lost": expected - deliveries, "dropped_connections": dropped,
             "deliveries_per_second": rate, "latency_ms": {"p50": p50, "p99": p99, "max": max},
             "gateway_cpu_seconds": gateway_cpu, "gateway_cpu_us_per_delivery": cpu_per_delivery_us,
@@ -262,11 +291,12 @@ pub async fn idle(
     concurrency: usize,
     hold_secs: u64,
 ) -> Result<Report, String> {
-    let pid = target
-        .gateway_pid
-        .ok_or("idle needs --gateway-pid to read the gateway's memory")?;
+    let pids = &target.gateway_pids;
+    if pids.is_empty() {
+        return Err("idle needs --gateway-pid to read the gateway's memory".into());
+    }
     let clients = clients(target, secret)?;
-    let rss_before = rss_kib(pid).ok_or("cannot read the gateway's memory")?;
+    let rss_before = total_rss_kib(pids).ok_or("cannot read the gateway's memory")?;
     let (sockets, _, failures) = open_many(&clients, connections, concurrency).await;
     let held = sockets.len();
     // Keep reading, so the client library answers the gateway's pings as a browser would.
@@ -276,9 +306,9 @@ pub async fn idle(
             tokio::spawn(async move { while let Some(Ok(_)) = socket.next().await {} })
         })
         .collect();
-    let cpu = CpuWatch::start(Some(pid));
+    let cpu = CpuWatch::start(pids);
     tokio::time::sleep(Duration::from_secs(hold_secs)).await;
-    let rss_held = rss_kib(pid).ok_or("cannot read the gateway's memory")?;
+    let rss_held = total_rss_kib(pids).ok_or("cannot read the gateway's memory")?;
     let (gateway_cpu, own_cpu) = cpu.elapsed();
     readers.iter().for_each(|r| r.abort());
     let per_connection_kib = if held > 0 {
