@@ -31,7 +31,8 @@ export interface ClientEvents {
   state: CustomEvent<{ state: State }>;
   authenticated: CustomEvent<{ userId: string; expiresAt: number; refreshed: boolean }>;
   token_expiring: CustomEvent<{ expiresAt: number }>;
-  broadcast: CustomEvent<{ seq: number; data: unknown }>;
+  /** `seq` counts the broadcasts of the publishing `node` (one series per node id). */
+  broadcast: CustomEvent<{ seq: number; node: string; data: unknown }>;
   message: CustomEvent<{ data: unknown }>;
   close: CustomEvent<{ code: number; reason: string }>;
   reconnecting: CustomEvent<{ attempt: number; delayMs: number }>;

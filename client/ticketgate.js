@@ -167,7 +167,7 @@ export class TicketgateClient extends EventTarget {
         this.#refresh();
         break;
       case "broadcast":
-        this.#emit("broadcast", { seq: message.seq, data: message.data });
+        this.#emit("broadcast", { seq: message.seq, node: message.node, data: message.data });
         break;
       case "message":
         this.#emit("message", { data: message.data });

@@ -32,7 +32,7 @@ venv="${TICKETGATE_CACHE:-$HOME/.cache/ticketgate}/mongod-venv"
 work=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 mongo_port=$(free_port)
-mongo_uri="mongodb://127.0.0.1:$mongo_port/?directConnection=true"
+mongo_uri="mongodb://127.0.0.1:$mongo_port/?directConnection=true${MONGO_URI_OPTIONS:-}"
 mkdir -p "$work/db"
 "$mongod_bin" --dbpath "$work/db" --port "$mongo_port" --bind_ip 127.0.0.1 --nounixsocket --quiet \
   --replSet rs0 --wiredTigerCacheSizeGB 0.5 --logpath "$work/mongod.log" &

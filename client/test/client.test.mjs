@@ -49,7 +49,7 @@ test("connects, authenticates and receives broadcasts and user messages", async 
 
   const broadcast = nextEvent(client, "broadcast");
   const { body } = await gw.api("POST", "/api/broadcast", { data: { hello: "all" } });
-  assert.deepEqual(await broadcast, { seq: body.seq, data: { hello: "all" } });
+  assert.deepEqual(await broadcast, { seq: body.seq, node: body.node, data: { hello: "all" } });
   const message = nextEvent(client, "message");
   await gw.api("POST", "/api/users/alice/messages", { data: "just you" });
   assert.deepEqual(await message, { data: "just you" });

@@ -111,11 +111,57 @@ impl MongoTicketStore {
         Ok(())
     }
 
-    /// Find, compare the hash in constant time, admit, then delete on `{_id, secret_hash}`. The
-    /// delete is the atomic step: of racing redeemers exactly one sees `deleted_count == 1`.
-    /// Checking the secret before deleting means someone who guessed an ObjectId cannot burn the
-    /// ticket.
+    /// Single use: one round trip, `findOneAndDelete` on `{_id, secret_hash}`. Only the holder
+    /// of the secret can consume the ticket (someone who guessed an ObjectId cannot burn it),
+    /// and of racing redeemers exactly one gets the document. The secret's hash is matched by
+    /// the server rather than compared here in constant time; timing cannot leak anything
+    /// useful, since nobody can choose a SHA-256 prefix. When `admit` refuses (a connection
+    /// limit), the document is put back as it was, so the client keeps its ticket.
     pub(super) async fn redeem<T, E>(
+        &self,
+        presented: &PresentedTicket,
+        admit: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Result<(Redeemed, T), RedeemError<E>> {
+        if !self.policy.single_use {
+            return self.redeem_reusable(presented, admit).await;
+        }
+        let consume = doc! {
+            "_id": presented.id,
+            "token_type": TOKEN_TYPE,
+            "secret_hash": binary(presented.secret_hash()),
+        };
+        let Some(stored) = self
+            .bounds
+            .run("consume", self.tickets.find_one_and_delete(consume))
+            .await?
+        else {
+            return Err(RedeemError::Rejected(self.why_not_found(presented).await));
+        };
+        if self.is_expired(&stored) {
+            return Err(RedeemError::Rejected(TicketRejection::Expired));
+        }
+        match admit(&stored.user_id) {
+            Ok(admitted) => Ok((
+                Redeemed {
+                    user_id: stored.user_id,
+                },
+                admitted,
+            )),
+            Err(refusal) => {
+                if let Err(e) = self
+                    .bounds
+                    .run("restore", self.tickets.insert_one(&stored))
+                    .await
+                {
+                    log::warn!("putting back a ticket refused by a limit: {e}");
+                }
+                Err(RedeemError::NotAdmitted(refusal))
+            }
+        }
+    }
+
+    /// Reusable tickets: find, compare the hash in constant time, admit; nothing is deleted.
+    async fn redeem_reusable<T, E>(
         &self,
         presented: &PresentedTicket,
         admit: impl FnOnce(&str) -> Result<T, E>,
@@ -129,28 +175,31 @@ impl MongoTicketStore {
         if !presented.matches(&stored.secret_hash.bytes) {
             return Err(RedeemError::Rejected(TicketRejection::SecretMismatch));
         }
-        let age_ms = DateTime::now().timestamp_millis() - stored.created_at.timestamp_millis();
-        if is_expired(Duration::from_millis(age_ms.max(0) as u64), &self.policy) {
+        if self.is_expired(&stored) {
             return Err(RedeemError::Rejected(TicketRejection::Expired));
         }
         let admitted = admit(&stored.user_id).map_err(RedeemError::NotAdmitted)?;
-        if self.policy.single_use {
-            let consume =
-                doc! { "_id": presented.id, "secret_hash": binary(presented.secret_hash()) };
-            let deleted = self
-                .bounds
-                .run("consume", self.tickets.delete_one(consume))
-                .await?;
-            if deleted.deleted_count != 1 {
-                return Err(RedeemError::Rejected(TicketRejection::AlreadyUsed));
-            }
-        }
         Ok((
             Redeemed {
                 user_id: stored.user_id,
             },
             admitted,
         ))
+    }
+
+    /// For the log and the metric only (the client hears `invalid_ticket` either way): is the
+    /// ticket's id known with another secret, or not at all (never, expired, or used)?
+    async fn why_not_found(&self, presented: &PresentedTicket) -> TicketRejection {
+        let filter = doc! { "_id": presented.id, "token_type": TOKEN_TYPE };
+        match self.bounds.run("find", self.tickets.find_one(filter)).await {
+            Ok(Some(_)) => TicketRejection::SecretMismatch,
+            _ => TicketRejection::Unknown,
+        }
+    }
+
+    fn is_expired(&self, stored: &TicketDocument) -> bool {
+        let age_ms = DateTime::now().timestamp_millis() - stored.created_at.timestamp_millis();
+        is_expired(Duration::from_millis(age_ms.max(0) as u64), &self.policy)
     }
 
     pub(super) async fn delete_user(&self, user_id: &str) -> Result<u64, StoreUnavailable> {

@@ -75,6 +75,19 @@ enum Scenario {
         concurrency: usize,
         #[arg(long, default_value_t = 10)]
         hold_secs: u64,
+        /// Generator processes to spread the sockets over; 0: as many as needed for at most
+        /// 19,000 sockets each (a process may open 20,000 files here).
+        #[arg(long, default_value_t = 0)]
+        processes: usize,
+    },
+    /// One process of a spread `idle` run: opens its share, says `ready <held> <failed>` on
+    /// stdout, and holds the sockets until its stdin closes.
+    #[command(hide = true)]
+    IdleWorker {
+        #[arg(long)]
+        connections: usize,
+        #[arg(long)]
+        concurrency: usize,
     },
 }
 
@@ -100,7 +113,28 @@ fn main() -> ExitCode {
                 connections,
                 concurrency,
                 hold_secs,
-            } => scenarios::idle(&target, &secret, connections, concurrency, hold_secs).await,
+                processes,
+            } => {
+                let processes = match processes {
+                    0 => connections.div_ceil(scenarios::SOCKETS_PER_PROCESS).max(1),
+                    n => n,
+                };
+                if processes == 1 {
+                    scenarios::idle(&target, &secret, connections, concurrency, hold_secs).await
+                } else {
+                    let plan = scenarios::SpreadIdle {
+                        connections,
+                        concurrency,
+                        hold_secs,
+                        processes,
+                    };
+                    scenarios::idle_spread(&target, &secret, plan).await
+                }
+            }
+            Scenario::IdleWorker {
+                connections,
+                concurrency,
+            } => scenarios::idle_worker(&target, &secret, connections, concurrency).await,
         }
     });
     match outcome {

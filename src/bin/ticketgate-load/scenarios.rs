@@ -331,3 +331,149 @@ pub async fn idle(
         }),
     })
 }
+
+/// Sockets one generator process holds at most (20,000 open files per process here).
+pub const SOCKETS_PER_PROCESS: usize = 19_000;
+
+/// An `idle` run spread over several generator processes.
+pub struct SpreadIdle {
+    pub connections: usize,
+    pub concurrency: usize,
+    pub hold_secs: u64,
+    pub processes: usize,
+}
+
+/// Starts `plan.processes` copies of this program as idle workers, each with its share of the
+/// sockets and its own user names, waits until all hold their sockets, then measures the
+/// gateways like [`idle`] does.
+pub async fn idle_spread(
+    target: &Target,
+    secret: &str,
+    plan: SpreadIdle,
+) -> Result<Report, String> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let pids = &target.gateway_pids;
+    if pids.is_empty() {
+        return Err("idle needs --gateway-pid to read the gateway's memory".into());
+    }
+    let rss_before = total_rss_kib(pids).ok_or("cannot read the gateway's memory")?;
+    let program = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut workers = Vec::with_capacity(plan.processes);
+    for p in 0..plan.processes {
+        let share =
+            plan.connections / plan.processes + usize::from(p < plan.connections % plan.processes);
+        if share > SOCKETS_PER_PROCESS {
+            return Err(format!(
+                "{share} sockets for one process: use --processes {} or more",
+                plan.connections.div_ceil(SOCKETS_PER_PROCESS)
+            ));
+        }
+        let mut command = tokio::process::Command::new(&program);
+        for url in &target.urls {
+            command.arg("--url").arg(url);
+        }
+        command
+            .arg("--source-addresses")
+            .arg(target.source_addresses.to_string())
+            .arg("--user-prefix")
+            .arg(format!("{}-p{p}", target.user_prefix))
+            .arg("idle-worker")
+            .arg("--connections")
+            .arg(share.to_string())
+            .arg("--concurrency")
+            .arg(plan.concurrency.div_ceil(plan.processes).to_string())
+            // The secret goes through the environment, not the command line (ps shows that).
+            .env("JWT_SECRET", secret)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        workers.push(
+            command
+                .spawn()
+                .map_err(|e| format!("starting worker {p}: {e}"))?,
+        );
+    }
+    let (mut held, mut failures, mut worker_pids) = (0usize, 0usize, Vec::new());
+    for (p, worker) in workers.iter_mut().enumerate() {
+        let stdout = worker.stdout.take().ok_or("worker stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines
+            .next_line()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("worker {p} ended before it was ready"))?;
+        let mut fields = line.split_whitespace();
+        let (Some("ready"), Some(h), Some(f)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return Err(format!("worker {p}: {line}"));
+        };
+        held += h.parse::<usize>().map_err(|e| e.to_string())?;
+        failures += f.parse::<usize>().map_err(|e| e.to_string())?;
+        worker_pids.extend(worker.id());
+    }
+    let cpu = CpuWatch::start(pids);
+    let workers_cpu = CpuWatch::start(&worker_pids);
+    tokio::time::sleep(Duration::from_secs(plan.hold_secs)).await;
+    let rss_held = total_rss_kib(pids).ok_or("cannot read the gateway's memory")?;
+    let (gateway_cpu, _) = cpu.elapsed();
+    let (own_cpu, _) = workers_cpu.elapsed();
+    for worker in &mut workers {
+        drop(worker.stdin.take());
+    }
+    for worker in &mut workers {
+        let _ = worker.wait().await;
+    }
+    let per_connection_kib = rss_held.saturating_sub(rss_before) as f64 / held.max(1) as f64;
+    let idle_cpu_percent = gateway_cpu.map(|c| c * 100.0 / plan.hold_secs.max(1) as f64);
+    Ok(Report {
+        summary: format!(
+            "idle: {held}/{} connections over {} gateway process(es) from {} generator processes, held {}s; \
+             gateway RSS {rss_before} -> {rss_held} KiB = {per_connection_kib:.2} KiB per connection; gateway CPU while idle {}%",
+            plan.connections,
+            pids.len(),
+            plan.processes,
+            plan.hold_secs,
+            idle_cpu_percent.map_or("?".into(), |v| format!("{v:.1}")),
+        ),
+        json: json!({
+            "scenario": "idle", "connections": plan.connections, "held": held, "failures": failures,
+            "gateway_processes": pids.len(), "generator_processes": plan.processes,
+            "hold_seconds": plan.hold_secs, "gateway_rss_kib_before": rss_before, "gateway_rss_kib_held": rss_held,
+            "gateway_kib_per_connection": per_connection_kib, "gateway_idle_cpu_percent": idle_cpu_percent,
+            "generator_cpu_seconds": own_cpu,
+        }),
+    })
+}
+
+/// The worker side of [`idle_spread`].
+pub async fn idle_worker(
+    target: &Target,
+    secret: &str,
+    connections: usize,
+    concurrency: usize,
+) -> Result<Report, String> {
+    use tokio::io::AsyncReadExt;
+    let clients = clients(target, secret)?;
+    let (sockets, _, failures) = open_many(&clients, connections, concurrency).await;
+    if let Some(first) = failures.first() {
+        eprintln!(
+            "ticketgate-load worker: {} failed, first: {first}",
+            failures.len()
+        );
+    }
+    println!("ready {} {}", sockets.len(), failures.len());
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut socket| {
+            tokio::spawn(async move { while let Some(Ok(_)) = socket.next().await {} })
+        })
+        .collect();
+    // Hold until the coordinating process closes our stdin (or exits).
+    let mut sink = Vec::new();
+    let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+    readers.iter().for_each(|r| r.abort());
+    Ok(Report {
+        summary: "worker done".into(),
+        json: json!({"scenario": "idle-worker"}),
+    })
+}
