@@ -4,16 +4,18 @@
 # and the load generator. Everything stays on loopback.
 #
 #   N_CONNECT=20000 N_FANOUT=10000 N_IDLE=19000 scripts/bench.sh
-#   SCENARIOS="cluster" scripts/bench.sh        # only some: connect fanout idle cluster
+#   SCENARIOS="cluster" scripts/bench.sh        # only some: connect fanout idle cluster idle-cluster
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SCENARIOS=${SCENARIOS:-"connect fanout idle cluster"}
+SCENARIOS=${SCENARIOS:-"connect fanout idle cluster idle-cluster"}
 N_CONNECT=${N_CONNECT:-20000}
 N_FANOUT=${N_FANOUT:-10000}
 FANOUT_MESSAGES=${FANOUT_MESSAGES:-100}
 FANOUT_RATE=${FANOUT_RATE:-20}
 N_IDLE=${N_IDLE:-19000}
+# Idle connections over three gateway processes (and as many generator processes as needed).
+N_IDLE_CLUSTER=${N_IDLE_CLUSTER:-50000}
 # Cross-node: connections on nodes 1 and 2, broadcasts published through node 3.
 N_CROSS=${N_CROSS:-200}
 CROSS_MESSAGES=${CROSS_MESSAGES:-500}
@@ -127,4 +129,9 @@ if wants cluster; then
   echo "## cluster: bus throughput (10 connections each on nodes 1 and 2, 32 publishers on node 3)"
   load 1,2 fanout --connections 20 --concurrency 20 --messages "$BUS_MESSAGES" --rate "$BUS_RATE" \
     --size 100 --api-key "$API_KEY" --publish-url "${gateway_urls[2]}" --publishers 32
+fi
+if wants idle-cluster; then
+  start_gateways mongo 3
+  echo "## idle over three nodes"
+  load 1,2,3 idle --connections "$N_IDLE_CLUSTER" --concurrency 300 --hold-secs 20
 fi

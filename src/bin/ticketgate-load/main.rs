@@ -16,6 +16,7 @@ mod client;
 mod measure;
 mod scenarios;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -139,8 +140,11 @@ fn main() -> ExitCode {
     });
     match outcome {
         Ok(report) => {
-            println!("{}", report.summary);
-            println!("{}", report.json);
+            // A worker's reader may be gone by now (its coordinator stopped listening after
+            // `ready`): a closed stdout is not an error worth a panic.
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", report.summary);
+            let _ = writeln!(out, "{}", report.json);
             ExitCode::SUCCESS
         }
         Err(e) => {
