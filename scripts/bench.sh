@@ -5,6 +5,8 @@
 #
 #   N_CONNECT=20000 N_FANOUT=10000 N_IDLE=19000 scripts/bench.sh
 #   SCENARIOS="cluster" scripts/bench.sh        # only some: connect fanout idle cluster idle-cluster
+#   PERF_DIR=/tmp/profiles scripts/bench.sh     # also record a CPU profile of the gateways per
+#                                               # run (perf record -e cpu-clock -g; perf report -i …)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -94,7 +96,16 @@ load() {
   for n in ${nodes//,/ }; do
     args+=(--url "${gateway_urls[$((n - 1))]}" --gateway-pid "${gateway_pids[$((n - 1))]}")
   done
+  local perf_pid=
+  if [ -n "${PERF_DIR:-}" ]; then
+    mkdir -p "$PERF_DIR"
+    local pids="${gateway_pids[*]}"
+    perf record -q -e cpu-clock -F 999 -g -p "${pids// /,}" \
+      -o "$PERF_DIR/$1-$(date +%s%N).data" 2>/dev/null &
+    perf_pid=$!
+  fi
   target/release/ticketgate-load "${args[@]}" --secret "$SECRET" "$@"
+  if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
 }
 
 wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }

@@ -91,7 +91,9 @@ pub struct ConnectionCounts {
 enum Stage {
     Unauthenticated,
     Authenticated {
-        mailbox: mpsc::Sender<Delivery>,
+        /// Frames only (no publication time): every connection keeps this channel's first
+        /// block of slots allocated, so its element is kept small.
+        mailbox: mpsc::Sender<Frame>,
         jti: Option<Arc<str>>,
     },
     /// Out of the pipelines, closing.
@@ -144,15 +146,11 @@ impl Hub {
     /// Queues an encoded message for each authenticated connection of `user_id`; returns how
     /// many got it. A connection whose mailbox is full is closed as a slow consumer.
     pub fn send_to_user(&self, user_id: &str, frame: Frame) -> usize {
-        let delivery = Delivery {
-            frame,
-            published_at: None,
-        };
         let connections = lock(&self.connections);
         let mut delivered = 0;
         for entry in connections.of_user(user_id) {
             if let Stage::Authenticated { mailbox, .. } = &entry.stage {
-                match mailbox.try_send(delivery.clone()) {
+                match mailbox.try_send(frame.clone()) {
                     Ok(()) => delivered += 1,
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         entry.kick.send_replace(Some(Kick::SlowConsumer));
@@ -326,7 +324,7 @@ pub struct Membership {
     hub: Arc<Hub>,
     id: ConnectionId,
     receiver: broadcast::Receiver<Delivery>,
-    messages: mpsc::Receiver<Delivery>,
+    messages: mpsc::Receiver<Frame>,
 }
 
 /// The connection fell so far behind that broadcasts were dropped for it.
@@ -340,7 +338,7 @@ impl Membership {
     pub async fn next(&mut self) -> Result<Delivery, Lagged> {
         tokio::select! {
             message = self.messages.recv() => match message {
-                Some(delivery) => Ok(delivery),
+                Some(frame) => Ok(Delivery { frame, published_at: None }),
                 // The sender lives in the hub's entry for as long as this membership.
                 None => std::future::pending().await,
             },

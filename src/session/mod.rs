@@ -129,7 +129,9 @@ pub async fn run(
             stream: stream.max_frame_size(PRE_AUTH_MAX_MESSAGE_BYTES),
         },
     };
-    let closing = match connection.authenticate(&ctx).await {
+    // Boxed: the authentication phase's state (a MongoDB query among it) then lives on the
+    // heap only while it runs, instead of sizing the task every connection keeps for life.
+    let closing = match Box::pin(connection.authenticate(&ctx)).await {
         Ok(authenticated) => authenticated.serve(&ctx).await,
         Err(closing) => {
             if let Some(code @ (4400 | 4401 | 4408)) = closing.reason.code() {
@@ -141,7 +143,7 @@ pub async fn run(
             closing
         }
     };
-    closing.finish(&ctx, started).await;
+    Box::pin(closing.finish(&ctx, started)).await;
 }
 
 impl<S> Connection<S> {
@@ -282,7 +284,9 @@ impl Connection<Authenticated> {
                     let next = match incoming {
                         None => Next::Close(CloseReason::ConnectionLost),
                         Some(Err(error)) => Next::Close(protocol_failure(&error)),
-                        Some(Ok(message)) => self.handle(message, ctx).await,
+                        // Boxed: client messages are rare next to the connection's lifetime,
+                        // and handling one (a refresh queries MongoDB) needs the most state.
+                        Some(Ok(message)) => Box::pin(self.handle(message, ctx)).await,
                     };
                     if let Next::Close(reason) = next {
                         break reason;
@@ -365,7 +369,10 @@ impl Connection<Authenticated> {
                     Ok(verified) => {
                         self.state.expiry = timing.expiry_of(verified.expires_at);
                         self.state.membership.set_jti(verified.jti.as_deref());
-                        if let Err(reason) = ctx.not_revoked(verified.jti.as_deref()).await {
+                        // Boxed for the same reason as the authentication phase: refreshes are
+                        // rare, and the MongoDB query's state would size every connection.
+                        let revocation = Box::pin(ctx.not_revoked(verified.jti.as_deref()));
+                        if let Err(reason) = revocation.await {
                             return Next::Close(reason);
                         }
                         log::info!(
