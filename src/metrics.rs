@@ -72,17 +72,20 @@ impl Metrics {
         registry
             .register(Box::new(connections.clone()))
             .expect("registered once");
-        let broadcast_fanout_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "broadcast_fanout_seconds",
-                "From publication to the write to one connection",
+        let latency = |name: &str, help: &str| {
+            let histogram = Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
             )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )
-        .expect("a valid metric");
-        registry
-            .register(Box::new(broadcast_fanout_seconds.clone()))
-            .expect("registered once");
+            .expect("a valid metric");
+            registry
+                .register(Box::new(histogram.clone()))
+                .expect("registered once");
+            histogram
+        };
+        let broadcast_fanout_seconds = latency(
+            "broadcast_fanout_seconds",
+            "From publication to the write to one connection",
+        );
         let store_operation_seconds = HistogramVec::new(
             HistogramOpts::new("store_operation_seconds", "MongoDB ticket-store operations")
                 .buckets(LATENCY_BUCKETS.to_vec()),
@@ -92,17 +95,10 @@ impl Metrics {
         registry
             .register(Box::new(store_operation_seconds.clone()))
             .expect("registered once");
-        let cluster_event_lag_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "cluster_event_lag_seconds",
-                "From a cluster event's write to its delivery on this node",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )
-        .expect("a valid metric");
-        registry
-            .register(Box::new(cluster_event_lag_seconds.clone()))
-            .expect("registered once");
+        let cluster_event_lag_seconds = latency(
+            "cluster_event_lag_seconds",
+            "From a cluster event's write to its delivery on this node",
+        );
         // CPU, memory and file descriptors of this process, from /proc.
         let _ = registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

@@ -24,6 +24,15 @@ fn text(yaml: &Yaml) -> String {
     }
 }
 
+/// A YAML list of scalars as text.
+fn texts(yaml: &Yaml) -> Vec<String> {
+    yaml.as_vec()
+        .unwrap_or_else(|| panic!("not a list: {yaml:?}"))
+        .iter()
+        .map(text)
+        .collect()
+}
+
 #[test]
 fn every_variable_compose_sets_is_one_the_gateway_reads() {
     let doc = compose();
@@ -155,14 +164,7 @@ const NGINX: &str = include_str!("../../deploy/nginx-cluster.conf");
 fn the_cluster_profile_puts_two_nodes_on_the_replica_set_behind_nginx() {
     let doc = compose();
     let services = &doc["services"];
-    let profile = |name: &str| -> Vec<String> {
-        services[name]["profiles"]
-            .as_vec()
-            .unwrap_or_else(|| panic!("{name} has no profiles"))
-            .iter()
-            .map(text)
-            .collect()
-    };
+    let profile = |name: &str| texts(&services[name]["profiles"]);
     for node in ["node1", "node2"] {
         assert_eq!(profile(node), ["cluster"]);
         let environment = &services[node]["environment"];
@@ -190,23 +192,11 @@ fn the_cluster_profile_puts_two_nodes_on_the_replica_set_behind_nginx() {
         );
     }
     assert_eq!(profile("nginx"), ["cluster"]);
-    let volumes: Vec<String> = services["nginx"]["volumes"]
-        .as_vec()
-        .unwrap()
-        .iter()
-        .map(text)
-        .collect();
     assert_eq!(
-        volumes,
+        texts(&services["nginx"]["volumes"]),
         ["./deploy/nginx-cluster.conf:/etc/nginx/nginx.conf:ro"]
     );
-    let ports: Vec<String> = services["nginx"]["ports"]
-        .as_vec()
-        .unwrap()
-        .iter()
-        .map(text)
-        .collect();
-    assert_eq!(ports, ["8090:8090"]);
+    assert_eq!(texts(&services["nginx"]["ports"]), ["8090:8090"]);
     assert!(NGINX.contains("listen 8090;"));
     // WebSocket upgrades pass through, with the Host the same-origin check needs.
     for directive in [
