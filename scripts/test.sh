@@ -13,6 +13,10 @@ if [ -z "${MONGODB_URI:-}" ]; then
   echo "test.sh: using $MONGOD_BIN" >&2
 fi
 
+# The cluster test runs the compose profile's nginx config for real: unpack Debian's nginx
+# into the cache now (the test finds it through the same script).
+echo "test.sh: using nginx $(bash scripts/install-nginx.sh)" >&2
+
 # The browser test drives Debian's Chromium (browser downloads do not work here); the client
 # tests need Node and the client's two npm dependencies.
 if ! command -v chromium >/dev/null 2>&1; then

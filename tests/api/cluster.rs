@@ -21,20 +21,27 @@ struct Cluster {
 impl Cluster {
     /// `count` nodes on `uri` (one fresh database), with a 1 s node heartbeat.
     fn start(uri: &str, count: usize) -> Cluster {
+        Self::start_with(uri, count, &[])
+    }
+
+    fn start_with(uri: &str, count: usize, extra: &[(&str, &str)]) -> Cluster {
         let database = unique_db_name();
         let nodes = (1..=count)
             .map(|i| {
-                GatewayProcess::start(&[
+                let name = format!("node{i}");
+                let mut vars = vec![
                     ("JWT_SECRET", SECRET),
                     ("MONGODB_URI", uri),
                     ("MONGODB_DATABASE", &database),
                     ("API_KEY", API_KEY),
-                    ("NODE_NAME", &format!("node{i}")),
+                    ("NODE_NAME", &name),
                     ("NODE_HEARTBEAT_SECS", "1"),
                     // Every client here comes from 127.0.0.1.
                     ("UPGRADE_RATE_PER_MIN", "100000"),
                     ("TICKET_RATE_PER_MIN", "100000"),
-                ])
+                ];
+                vars.extend_from_slice(extra);
+                GatewayProcess::start(&vars)
             })
             .collect();
         Cluster {
@@ -481,4 +488,158 @@ async fn a_standalone_mongodb_or_no_mongodb_delivers_on_this_node_and_says_so() 
         GatewayProcess::start(&[("JWT_SECRET", SECRET), ("API_KEY", API_KEY)])
     });
     assert!(single.log().contains("cluster bus: in process only"));
+}
+
+/// nginx, run from deploy/nginx-cluster.conf with the compose host names and port swapped for
+/// local ones; stopped when dropped.
+struct Nginx {
+    port: u16,
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start_in_front_of(nodes: &[&GatewayProcess]) -> Nginx {
+        let output = std::process::Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/install-nginx.sh"
+            ))
+            .output()
+            .expect("running scripts/install-nginx.sh");
+        assert!(
+            output.status.success(),
+            "the cluster proxy test needs nginx (scripts/install-nginx.sh unpacks Debian's \
+             package; it needs apt-get and dpkg):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let bin = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut config = include_str!("../../deploy/nginx-cluster.conf").to_owned();
+        let mut swap = |from: &str, to: &str| {
+            assert!(
+                config.contains(from),
+                "deploy/nginx-cluster.conf lacks {from:?}"
+            );
+            config = config.replace(from, to);
+        };
+        for (i, node) in nodes.iter().enumerate() {
+            swap(
+                &format!("server node{}:8080", i + 1),
+                &format!("server 127.0.0.1:{}", node.port),
+            );
+        }
+        swap("listen 8090;", &format!("listen 127.0.0.1:{port};"));
+        let d = dir.path().display();
+        swap(
+            "http {",
+            &format!(
+                "http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  \
+                 proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
+                 uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;"
+            ),
+        );
+        let config = format!("daemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n{config}");
+        std::fs::write(dir.path().join("nginx.conf"), config).unwrap();
+        let child = std::process::Command::new(&bin)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting nginx");
+        let nginx = Nginx { port, child, dir };
+        let deadline = Instant::now() + PATIENCE;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen: {}",
+                std::fs::read_to_string(nginx.dir.path().join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        nginx
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_profiles_nginx_config_serves_the_whole_flow_over_both_nodes() {
+    let cluster = tokio::task::block_in_place(|| {
+        Cluster::start_with(&mongo_uri(), 2, &[("TRUSTED_PROXIES", "127.0.0.1")])
+    });
+    let nginx = tokio::task::block_in_place(|| {
+        Nginx::start_in_front_of(&[cluster.node(1), cluster.node(2)])
+    });
+    let http = &cluster.http;
+
+    // Browsers send an Origin; the same-origin check passes only if nginx forwards the Host
+    // with its port.
+    let origin = format!("http://127.0.0.1:{}", nginx.port);
+    // Tickets first, then upgrades: nginx takes turns per request, and a mint followed by its
+    // upgrade would always put the upgrade on the same node.
+    let mut tickets = Vec::new();
+    for i in 0..4 {
+        let user = format!("user{i}");
+        let response = http
+            .get(nginx.url("/token/ws"))
+            .bearer_auth(jwt(&user))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let ticket: Value = response.json().await.unwrap();
+        tickets.push((user, ticket));
+    }
+    let mut clients = Vec::new();
+    for (user, ticket) in tickets {
+        let url = format!(
+            "ws://127.0.0.1:{}/demo?token={}",
+            nginx.port,
+            ticket["token"].as_str().unwrap()
+        );
+        let mut client = try_connect_url(&url, Some(&origin))
+            .await
+            .unwrap_or_else(|e| panic!("upgrade through nginx: {e:?}"));
+        client
+            .send_json(&json!({"type": "jwt", "token": jwt(&user)}))
+            .await;
+        assert_eq!(client.next_json().await["type"], "authenticated");
+        clients.push(client);
+    }
+    // nginx spread them over both nodes.
+    for i in 1..=2 {
+        let connections =
+            cluster.get(i, "/api/nodes").await["nodes"][0]["connections"]["authenticated"]
+                .as_u64()
+                .unwrap();
+        assert!(connections >= 1, "node {i} got no connection through nginx");
+    }
+    // A broadcast through nginx reaches every connection, on both nodes.
+    let response = http
+        .post(nginx.url("/api/broadcast"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"data": "through nginx"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    for client in &mut clients {
+        assert_eq!(client.next_json().await["data"], "through nginx");
+    }
 }
