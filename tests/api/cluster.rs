@@ -16,6 +16,8 @@ const API_KEY: &str = "cluster-api-key-0123456789";
 struct Cluster {
     nodes: Vec<GatewayProcess>,
     http: reqwest::Client,
+    uri: String,
+    database: String,
 }
 
 impl Cluster {
@@ -47,6 +49,8 @@ impl Cluster {
         Cluster {
             nodes,
             http: reqwest::Client::new(),
+            uri: uri.to_owned(),
+            database,
         }
     }
 
@@ -468,6 +472,35 @@ async fn a_stream_whose_history_is_gone_logs_counts_and_goes_on_from_now() {
         (&message["data"], &message["seq"]),
         (&json!("after"), &receipt["seq"])
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_cluster_event_is_skipped_counted_and_stalls_nothing() {
+    let cluster = tokio::task::block_in_place(|| Cluster::start(&mongo_uri(), 2));
+    let mut client = cluster.client(1, "alice").await;
+    let events = mongodb::Client::with_uri_str(&cluster.uri)
+        .await
+        .unwrap()
+        .database(&cluster.database)
+        .collection::<mongodb::bson::Document>("cluster_events");
+    // Written by something that is not a gateway: no numbers, an unknown kind, no frame.
+    events
+        .insert_many([
+            doc! { "kind": "broadcast" },
+            doc! { "node": "intruder", "n": 1, "kind": "shutdown", "created_at": mongodb::bson::DateTime::now() },
+        ])
+        .await
+        .unwrap();
+    let receipt = cluster.broadcast(2, json!("still flowing")).await;
+    let message = client.next_json().await;
+    assert_eq!(
+        (&message["data"], &message["seq"]),
+        (&json!("still flowing"), &receipt["seq"])
+    );
+    let skipped = r#"ticketgate_cluster_events_skipped_total{reason="malformed"}"#;
+    for i in 1..=2 {
+        assert_eq!(cluster.metric(i, skipped).await, 2.0, "node {i}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
