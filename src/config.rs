@@ -57,6 +57,10 @@ pub struct NodeSettings {
     pub heartbeat: Duration,
 }
 
+/// Largest server-API body: a broadcast crosses nodes as one MongoDB document, limited to
+/// 16 MiB, and its encoded frame is a little larger than its data.
+const MAX_API_BODY_BYTES: u64 = 8 * 1024 * 1024;
+
 /// The node registry's TTL index removes entries 60 s after their last heartbeat, so beats
 /// must come well within that.
 const MAX_NODE_HEARTBEAT_SECS: u64 = 20;
@@ -226,7 +230,13 @@ impl Settings {
                 }
                 key => key.map(|k| SecretString::from(k.to_owned())),
             },
-            api_max_body_bytes: env.number("API_MAX_BODY_BYTES", 256 * 1024, 64)? as usize,
+            api_max_body_bytes: match env.number("API_MAX_BODY_BYTES", 256 * 1024, 64)? {
+                // A broadcast travels as one MongoDB document (16 MiB at most) between nodes.
+                bytes if bytes > MAX_API_BODY_BYTES => {
+                    return Err(env.invalid("API_MAX_BODY_BYTES", "at most 8388608 (8 MiB)"));
+                }
+                bytes => bytes as usize,
+            },
             shutdown_grace: env.secs("SHUTDOWN_GRACE_SECS", 10, 0)?,
             http_request_timeout: env.secs("HTTP_REQUEST_TIMEOUT_SECS", 5, 1)?,
             trusted_proxies: match env.get("TRUSTED_PROXIES") {
@@ -495,6 +505,29 @@ mod tests {
             err.contains("CLIENT_TIMEOUT_SECS") && err.contains("HEARTBEAT_INTERVAL_SECS"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn node_and_body_settings_are_bounded() {
+        for (var, value) in [
+            ("API_MAX_BODY_BYTES", "8388609"),
+            ("NODE_HEARTBEAT_SECS", "21"),
+            ("NODE_HEARTBEAT_SECS", "0"),
+            ("NODE_NAME", "has space"),
+            ("NODE_NAME", &"x".repeat(65)),
+        ] {
+            let err = Settings::from_vars(&vars(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(var), "{var}={value}: {err}");
+        }
+        let fine = Settings::from_vars(&vars(&[
+            ("API_MAX_BODY_BYTES", "8388608"),
+            ("NODE_HEARTBEAT_SECS", "20"),
+            ("NODE_NAME", "gw-1.eu_west"),
+        ]))
+        .unwrap();
+        assert_eq!(fine.node.name.as_deref(), Some("gw-1.eu_west"));
     }
 
     #[test]
