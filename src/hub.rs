@@ -9,13 +9,13 @@
 //! go through each of that user's connections' bounded mailbox, with the same rule. Server-side
 //! closes (disconnect, revocation, drain) reach a connection through its [`Kick`] channel.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytestring::ByteString;
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::time::Instant;
 
 /// Broadcasts a connection may fall behind before it is closed as a slow consumer.
@@ -91,9 +91,7 @@ pub struct ConnectionCounts {
 enum Stage {
     Unauthenticated,
     Authenticated {
-        /// Frames only (no publication time): every connection keeps this channel's first
-        /// block of slots allocated, so its element is kept small.
-        mailbox: mpsc::Sender<Frame>,
+        mailbox: Arc<Mailbox>,
         jti: Option<Arc<str>>,
     },
     /// Out of the pipelines, closing.
@@ -150,12 +148,10 @@ impl Hub {
         let mut delivered = 0;
         for entry in connections.of_user(user_id) {
             if let Stage::Authenticated { mailbox, .. } = &entry.stage {
-                match mailbox.try_send(frame.clone()) {
-                    Ok(()) => delivered += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        entry.kick.send_replace(Some(Kick::SlowConsumer));
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                if mailbox.push(frame.clone()) {
+                    delivered += 1;
+                } else {
+                    entry.kick.send_replace(Some(Kick::SlowConsumer));
                 }
             }
         }
@@ -222,11 +218,11 @@ impl Hub {
         // Subscribe before registering: a connection counted as authenticated receives every
         // broadcast published from then on.
         let receiver = self.broadcasts.subscribe();
-        let (mailbox, messages) = mpsc::channel(MAILBOX_BUFFER);
+        let mailbox = Arc::new(Mailbox::default());
         let mut connections = lock(&self.connections);
         if let Some(entry) = connections.entries.get_mut(&connection.id) {
             entry.stage = Stage::Authenticated {
-                mailbox,
+                mailbox: Arc::clone(&mailbox),
                 jti: jti.map(Arc::from),
             };
             connections.authenticated += 1;
@@ -235,7 +231,7 @@ impl Hub {
             hub: Arc::clone(self),
             id: connection.id,
             receiver,
-            messages,
+            mailbox,
         }
     }
 
@@ -324,7 +320,41 @@ pub struct Membership {
     hub: Arc<Hub>,
     id: ConnectionId,
     receiver: broadcast::Receiver<Delivery>,
-    messages: mpsc::Receiver<Frame>,
+    mailbox: Arc<Mailbox>,
+}
+
+/// A connection's user messages, at most [`MAILBOX_BUFFER`] waiting. Most connections never
+/// get one, and an empty queue allocates nothing: about a hundred bytes per connection where
+/// a channel would keep its first block of slots (over a kilobyte) for life.
+#[derive(Default)]
+struct Mailbox {
+    queue: Mutex<VecDeque<Frame>>,
+    /// `notify_one` keeps a permit when nobody waits, so a push between a look at the empty
+    /// queue and the wait is not missed.
+    filled: Notify,
+}
+
+impl Mailbox {
+    /// Queues `frame`; false when the mailbox is full.
+    fn push(&self, frame: Frame) -> bool {
+        let mut queue = lock(&self.queue);
+        if queue.len() >= MAILBOX_BUFFER {
+            return false;
+        }
+        queue.push_back(frame);
+        drop(queue);
+        self.filled.notify_one();
+        true
+    }
+
+    async fn pop(&self) -> Frame {
+        loop {
+            if let Some(frame) = lock(&self.queue).pop_front() {
+                return frame;
+            }
+            self.filled.notified().await;
+        }
+    }
 }
 
 /// The connection fell so far behind that broadcasts were dropped for it.
@@ -337,11 +367,7 @@ impl Membership {
     /// The next delivery for this connection: a user message or a broadcast, whichever is ready.
     pub async fn next(&mut self) -> Result<Delivery, Lagged> {
         tokio::select! {
-            message = self.messages.recv() => match message {
-                Some(frame) => Ok(Delivery { frame, published_at: None }),
-                // The sender lives in the hub's entry for as long as this membership.
-                None => std::future::pending().await,
-            },
+            frame = self.mailbox.pop() => Ok(Delivery { frame, published_at: None }),
             broadcast = self.receiver.recv() => match broadcast {
                 Ok(delivery) => Ok(delivery),
                 Err(broadcast::error::RecvError::Lagged(missed)) => Err(Lagged { missed }),
@@ -467,6 +493,44 @@ mod tests {
                 .is_err()
         );
         assert_eq!(hub.send_to_user("nobody", frame("1")), 0);
+    }
+
+    #[tokio::test]
+    async fn user_messages_keep_their_order_and_an_overflowing_mailbox_kicks() {
+        let hub = Hub::new(ConnectionLimits::UNLIMITED);
+        let mut conn = hub.try_open("alice").unwrap();
+        let mut member = hub.join(&conn, None);
+        for i in 0..MAILBOX_BUFFER {
+            assert_eq!(hub.send_to_user("alice", frame(&i.to_string())), 1);
+        }
+        // A broadcast in between leaves the messages' own order alone.
+        hub.broadcast(frame("all"));
+        assert_eq!(hub.send_to_user("alice", frame("one too many")), 0);
+        assert_eq!(conn.kicked().await, Kick::SlowConsumer);
+        let mut messages = Vec::new();
+        while messages.len() < MAILBOX_BUFFER {
+            let delivery = member.next().await.unwrap();
+            if delivery.published_at.is_none() {
+                messages.push(delivery.frame.to_string());
+            }
+        }
+        let expected: Vec<String> = (0..MAILBOX_BUFFER).map(|i| i.to_string()).collect();
+        assert_eq!(messages, expected);
+    }
+
+    #[tokio::test]
+    async fn a_message_sent_while_the_member_waits_wakes_it() {
+        let hub = Hub::new(ConnectionLimits::UNLIMITED);
+        let conn = hub.try_open("alice").unwrap();
+        let mut member = hub.join(&conn, None);
+        let waiting = tokio::spawn(async move { member.next().await.unwrap().frame });
+        tokio::task::yield_now().await;
+        hub.send_to_user("alice", frame("wake up"));
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiting member woke")
+            .unwrap();
+        assert_eq!(&*got, "wake up");
     }
 
     #[tokio::test]
