@@ -372,6 +372,31 @@ async fn killing_one_node_does_not_disturb_the_others() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_leaves_the_registry_at_once() {
+    // Beats 20 s apart: a node that merely died would stay listed for up to a minute.
+    let mut cluster = tokio::task::block_in_place(|| {
+        Cluster::start_with(&mongo_uri(), 2, &[("NODE_HEARTBEAT_SECS", "20")])
+    });
+    let leaving = cluster.node_id(2).await;
+    let listed = |nodes: &Value| -> Vec<String> {
+        nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(listed(&cluster.get(1, "/api/nodes").await).contains(&leaving));
+    cluster.node(2).signal("TERM");
+    let status = tokio::task::block_in_place(|| cluster.nodes[1].wait_exit(PATIENCE));
+    assert!(status.success());
+    let remaining = listed(&cluster.get(1, "/api/nodes").await);
+    assert_eq!(remaining.len(), 1, "{remaining:?}");
+    assert!(!remaining.contains(&leaving));
+    cluster.nodes.remove(1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_mongod_restart_the_streams_resume_and_no_broadcast_is_lost() {
     let mut mongod = tokio::task::block_in_place(TestMongod::start);
     let cluster = tokio::task::block_in_place(|| Cluster::start(&mongod.uri, 3));
