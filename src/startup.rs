@@ -61,7 +61,7 @@ impl Application {
         let port = listener.local_addr().map_err(bind_error)?.port();
 
         let node = NodeInfo {
-            id: NodeId::generate(settings.node.name.as_deref().unwrap_or(&host_name())),
+            id: NodeId::generate(&settings.node.name.clone().unwrap_or_else(host_name)),
             address: settings
                 .node
                 .address

@@ -118,10 +118,6 @@ impl Bus {
         &self.node
     }
 
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
-    }
-
     pub fn mode(&self) -> BusMode {
         match self.route.get() {
             None => BusMode::Starting,

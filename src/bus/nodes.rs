@@ -81,14 +81,8 @@ struct NodeDocument {
     started_at: DateTime,
     /// The TTL index is on this field.
     heartbeat_at: DateTime,
-    connections: StoredCounts,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredCounts {
-    total: i64,
-    authenticated: i64,
-    unauthenticated: i64,
+    /// Stored as 64-bit integers (BSON has no unsigned ones).
+    connections: ConnectionCounts,
 }
 
 pub struct NodeRegistry {
@@ -114,17 +108,12 @@ impl NodeRegistry {
         node: &NodeInfo,
         counts: ConnectionCounts,
     ) -> Result<(), StoreUnavailable> {
-        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         let document = NodeDocument {
             id: node.id.to_string(),
             address: node.address.clone(),
             started_at: node.started_at,
             heartbeat_at: DateTime::now(),
-            connections: StoredCounts {
-                total: count(counts.total),
-                authenticated: count(counts.authenticated),
-                unauthenticated: count(counts.unauthenticated),
-            },
+            connections: counts,
         };
         let upsert = self
             .nodes
@@ -148,19 +137,12 @@ impl NodeRegistry {
             .run("list_nodes", async { found.await?.try_collect().await })
             .await?;
         let mut nodes = vec![me];
-        nodes.extend(others.into_iter().map(|n| {
-            let count = |v: i64| usize::try_from(v).unwrap_or(0);
-            NodeView {
-                id: n.id,
-                address: n.address,
-                started_at: rfc3339(n.started_at),
-                heartbeat_at: rfc3339(n.heartbeat_at),
-                connections: ConnectionCounts {
-                    total: count(n.connections.total),
-                    authenticated: count(n.connections.authenticated),
-                    unauthenticated: count(n.connections.unauthenticated),
-                },
-            }
+        nodes.extend(others.into_iter().map(|n| NodeView {
+            id: n.id,
+            address: n.address,
+            started_at: rfc3339(n.started_at),
+            heartbeat_at: rfc3339(n.heartbeat_at),
+            connections: n.connections,
         }));
         Ok(nodes)
     }

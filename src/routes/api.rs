@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
 
 use super::AppState;
-use crate::bus::{BusMode, ClusterCounts, Command, NodeView, Reach, Receipt};
+use crate::bus::{BusMode, ClusterCounts, Command, NodeView, Reach};
 use crate::error::ApiError;
 use crate::store::StoreUnavailable;
 
@@ -101,12 +101,27 @@ enum Scope {
     Cluster,
 }
 
-/// The scope of a receipt, and its count when the scope is one node.
-fn scope_of(receipt: &Receipt) -> (Scope, Option<usize>) {
-    match receipt.reach {
+/// What the bus did with a command, as the answers report it.
+struct Sent {
+    /// Broadcasts only.
+    seq: Option<u64>,
+    scope: Scope,
+    /// Connections reached, when the scope is one node.
+    reached: Option<usize>,
+}
+
+/// Sends `command` through the bus; a bus that cannot take it is a 503.
+async fn send(state: &AppState, command: Command) -> Result<Sent, ApiError> {
+    let receipt = state.bus.send(command).await.map_err(bus_unavailable)?;
+    let (scope, reached) = match receipt.reach {
         Reach::Node(reached) => (Scope::Node, Some(reached)),
         Reach::Cluster => (Scope::Cluster, None),
-    }
+    };
+    Ok(Sent {
+        seq: receipt.seq,
+        scope,
+        reached,
+    })
 }
 
 fn bus_unavailable(e: StoreUnavailable) -> ApiError {
@@ -128,14 +143,12 @@ async fn broadcast(
     state: web::Data<AppState>,
     body: web::Json<DataBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let command = Command::Broadcast(body.into_inner().data);
-    let receipt = state.bus.send(command).await.map_err(bus_unavailable)?;
-    let (scope, delivered) = scope_of(&receipt);
+    let sent = send(&state, Command::Broadcast(body.into_inner().data)).await?;
     Ok(HttpResponse::Accepted().json(Published {
-        seq: receipt.seq.unwrap_or_default(),
+        seq: sent.seq.unwrap_or_default(),
         node: state.bus.node().id.to_string(),
-        scope,
-        delivered,
+        scope: sent.scope,
+        delivered: sent.reached,
     }))
 }
 
@@ -156,9 +169,11 @@ async fn message_user(
         user_id: user_id.into_inner(),
         data: body.into_inner().data,
     };
-    let receipt = state.bus.send(command).await.map_err(bus_unavailable)?;
-    let (scope, delivered) = scope_of(&receipt);
-    Ok(HttpResponse::Accepted().json(Delivered { scope, delivered }))
+    let sent = send(&state, command).await?;
+    Ok(HttpResponse::Accepted().json(Delivered {
+        scope: sent.scope,
+        delivered: sent.reached,
+    }))
 }
 
 #[derive(Serialize)]
@@ -178,7 +193,7 @@ async fn disconnect_user(
     let command = Command::Disconnect {
         user_id: user_id.clone(),
     };
-    let receipt = state.bus.send(command).await.map_err(bus_unavailable)?;
+    let sent = send(&state, command).await?;
     // Without its unused tickets the user cannot come straight back with one fetched earlier.
     let tickets_deleted = state
         .tickets
@@ -188,14 +203,14 @@ async fn disconnect_user(
             log::warn!("deleting the tickets of a disconnected user: {e}");
             ApiError::StoreUnavailable
         })?;
-    let (scope, disconnected) = scope_of(&receipt);
     log::info!(
         "disconnected user {user_id}: {} connections, {tickets_deleted} tickets",
-        disconnected.map_or("every node's".to_owned(), |n| n.to_string())
+        sent.reached
+            .map_or("every node's".to_owned(), |n| n.to_string())
     );
     Ok(HttpResponse::Accepted().json(Disconnected {
-        scope,
-        disconnected,
+        scope: sent.scope,
+        disconnected: sent.reached,
         tickets_deleted,
     }))
 }
@@ -236,14 +251,12 @@ async fn revoke(
             log::warn!("recording a revocation: {e}");
             ApiError::StoreUnavailable
         })?;
-    let command = Command::Revoke { jti: jti.clone() };
-    let receipt = state.bus.send(command).await.map_err(bus_unavailable)?;
-    let (scope, disconnected) = scope_of(&receipt);
+    let sent = send(&state, Command::Revoke { jti: jti.clone() }).await?;
     log::info!("revoked a token until {expires_at}");
     Ok(HttpResponse::Created().json(Revoked {
         jti,
-        scope,
-        disconnected,
+        scope: sent.scope,
+        disconnected: sent.reached,
     }))
 }
 
@@ -269,7 +282,7 @@ async fn connections(
     query: web::Query<ConnectionsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let nodes = state.bus.nodes().await.map_err(bus_unavailable)?;
-    let hub = state.bus.hub();
+    let hub = &state.session.hub;
     Ok(HttpResponse::Ok().json(ConnectionsBody {
         counts: ClusterCounts::sum(&nodes),
         user_connections: query.user_id.as_deref().map(|user| hub.open_count_of(user)),

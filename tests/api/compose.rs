@@ -59,12 +59,7 @@ fn every_variable_compose_sets_is_one_the_gateway_reads() {
 fn mongo_is_a_replica_set_initialised_by_its_healthcheck() {
     let doc = compose();
     let mongo = &doc["services"]["mongo"];
-    let command: Vec<String> = mongo["command"]
-        .as_vec()
-        .unwrap()
-        .iter()
-        .map(text)
-        .collect();
+    let command = texts(&mongo["command"]);
     assert!(
         command.windows(2).any(|w| w == ["--replSet", "rs0"]),
         "{command:?}"
@@ -88,23 +83,12 @@ fn ports_and_healthchecks_match_the_gateways_configuration() {
         bind.starts_with("0.0.0.0:"),
         "inside a container the gateway must listen on all interfaces: {bind}"
     );
-    let ports: Vec<String> = gateway["ports"]
-        .as_vec()
-        .unwrap()
-        .iter()
-        .map(text)
-        .collect();
     assert_eq!(
-        ports,
+        texts(&gateway["ports"]),
         [format!("{port}:{port}")],
         "the demo is at http://localhost:{port}"
     );
-    let check: Vec<String> = gateway["healthcheck"]["test"]
-        .as_vec()
-        .unwrap()
-        .iter()
-        .map(text)
-        .collect();
+    let check = texts(&gateway["healthcheck"]["test"]);
     assert_eq!(
         check.last().unwrap(),
         &format!("http://127.0.0.1:{port}/readyz")

@@ -1,9 +1,7 @@
 //! Operations endpoints: health, readiness, and Prometheus metrics read back with a real
 //! Prometheus text parser.
 
-use std::collections::HashMap;
-
-use prometheus_parse::{Sample, Scrape, Value as Metric};
+use prometheus_parse::Sample;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -14,35 +12,7 @@ async fn get_json(app: &TestApp, path: &str) -> (u16, Value) {
 }
 
 async fn scrape(app: &TestApp) -> Vec<Sample> {
-    let response = app.http.get(app.url("/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let content_type = response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        content_type.starts_with("text/plain; version=0.0.4"),
-        "{content_type}"
-    );
-    let text = response.text().await.unwrap();
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    Scrape::parse(lines)
-        .expect("valid Prometheus text format")
-        .samples
-}
-
-/// The value of `name` with these labels (a counter or gauge), or a histogram's count.
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    let wanted: HashMap<&str, &str> = labels.iter().copied().collect();
-    let sample = samples
-        .iter()
-        .find(|s| s.metric == name && wanted.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
-        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"));
-    match &sample.value {
-        Metric::Counter(v) | Metric::Gauge(v) | Metric::Untyped(v) => *v,
-        Metric::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
-        other => panic!("{name}: unexpected {other:?}"),
-    }
+    scrape_metrics(&app.http, &app.url("/metrics")).await
 }
 
 #[tokio::test]
@@ -94,7 +64,7 @@ async fn metrics_count_what_happened() {
     wait_until("bob's connection to close", || app.hub.open_count() == 1).await;
 
     let samples = scrape(&app).await;
-    let metric = |name: &str, labels: &[(&str, &str)]| value(&samples, name, labels);
+    let metric = |name: &str, labels: &[(&str, &str)]| metric_value(&samples, name, labels);
     assert_eq!(metric("ticketgate_tickets_minted_total", &[]), 2.0);
     assert_eq!(metric("ticketgate_tickets_consumed_total", &[]), 2.0);
     assert!(

@@ -233,16 +233,6 @@ async fn bad_bodies_get_json_errors() {
     }
 }
 
-fn jwt_with_jti(sub: &str, jti: &str) -> String {
-    jwt_with(&ticketgate::jwt::Claims {
-        sub: sub.into(),
-        exp: now() + 600,
-        nbf: None,
-        iat: None,
-        jti: Some(jti.into()),
-    })
-}
-
 #[tokio::test]
 async fn a_revoked_jti_can_no_longer_mint_authenticate_or_refresh_and_its_connections_close() {
     for store in [Store::Mongo, Store::Memory] {
