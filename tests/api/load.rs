@@ -84,6 +84,25 @@ async fn a_few_hundred_clients_through_each_scenario() {
         );
         assert_eq!(idle["held"], 200, "{idle}");
         assert!(idle["gateway_kib_per_connection"].as_f64().is_some());
+
+        // Spread over two generator processes, as runs past ~19,900 sockets are.
+        let spread = run(
+            &gateway,
+            &[
+                "idle",
+                "--connections",
+                "101",
+                "--hold-secs",
+                "1",
+                "--processes",
+                "2",
+            ],
+        );
+        assert_eq!(spread["generator_processes"], 2, "{spread}");
+        assert_eq!(
+            (spread["held"].as_u64(), spread["failures"].as_u64()),
+            (Some(101), Some(0))
+        );
     });
     report.await.unwrap();
 }

@@ -7,7 +7,7 @@ use mongodb::bson::Document;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use ticketgate::bus::Command;
+use ticketgate::bus::{BusMode, Command};
 
 use crate::helpers::*;
 
@@ -135,9 +135,20 @@ async fn starting_while_mongodb_is_down_serves_503_until_it_comes_up() {
     );
 
     assert_eq!(readiness(&app).await, 503);
+    // Until MongoDB has said what it is, the bus cannot choose a route: publishing is refused.
+    assert_eq!(app.bus.mode(), BusMode::Starting);
+    let data = RawValue::from_string("1".into()).unwrap();
+    assert!(app.bus.send(Command::Broadcast(data)).await.is_err());
     let _mongod = tokio::task::block_in_place(|| TestMongod::start_on(port));
     mint_until_ok(&app, Duration::from_secs(60)).await;
     assert_eq!(readiness(&app).await, 200);
+    wait_until("the bus to take the replica set's change stream", || {
+        app.bus.mode() == BusMode::ChangeStream
+    })
+    .await;
+    let mut client = app.authenticated("alice").await;
+    let seq = app.publish(r#""up""#).await;
+    assert_eq!(client.next_json().await["seq"], seq);
     let indexes: Vec<String> = app
         .db
         .as_ref()
