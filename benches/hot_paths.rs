@@ -8,7 +8,6 @@ use serde_json::value::RawValue;
 use ticketgate::bus::{Command, NodeId, Sequencer};
 use ticketgate::hub::{ConnectionLimits, Hub};
 use ticketgate::jwt::{JwtSettings, JwtSigner, JwtVerifier};
-use ticketgate::session::frame_guard::FrameScanner;
 use ticketgate::session::protocol::{ClientMessage, ServerMessage};
 use ticketgate::ticket::{NewTicket, PresentedTicket};
 
@@ -73,12 +72,21 @@ fn frames(c: &mut Criterion) {
         bytes.extend_from_slice(&[0x81, 0x80 | 100, 1, 2, 3, 4]);
         bytes.extend(std::iter::repeat_n(b'x', 100));
     }
-    c.bench_function("frame guard: scan 100 frames (10.6 KB)", |b| {
+    c.bench_function("frames: decode 100 client frames (10.6 KB)", |b| {
         b.iter(|| {
-            FrameScanner::default()
-                .scan(black_box(&bytes), 64 * 1024)
-                .unwrap()
+            let mut buffer = bytes::BytesMut::from(black_box(&bytes[..]));
+            let mut codec = actix_http::ws::Codec::new();
+            let mut frames = 0;
+            while let Some(_frame) = actix_codec::Decoder::decode(&mut codec, &mut buffer).unwrap()
+            {
+                frames += 1;
+            }
+            frames
         })
+    });
+    let text = "x".repeat(100);
+    c.bench_function("frames: encode one 100 B server text frame", |b| {
+        b.iter(|| ticketgate::wire::text_frame(black_box(&text)))
     });
 }
 

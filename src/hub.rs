@@ -2,7 +2,8 @@
 //! them. What to deliver is decided by the bus (`crate::bus`), which numbers broadcasts and,
 //! in a cluster, carries events between nodes; the hub only delivers frames already encoded.
 //!
-//! Broadcasts are serialized once and shared (a `ByteString` clone is a reference-count bump).
+//! Broadcasts are serialized and framed once, and the frame's bytes shared by every connection
+//! (a `Bytes` clone is a reference-count bump).
 //! They travel on a bounded `tokio::sync::broadcast` ring: publishing never waits for any
 //! connection, and a connection that falls more than [`BROADCAST_BUFFER`] messages behind learns
 //! it lagged and is closed, so one slow client never holds up the others. Messages for one user
@@ -13,6 +14,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, watch};
@@ -33,8 +35,11 @@ impl std::fmt::Display for ConnectionId {
     }
 }
 
-/// An encoded message, ready to be written to any number of sockets.
-pub type Frame = ByteString;
+/// A message as JSON text, before framing.
+pub type Message = ByteString;
+
+/// A WebSocket text frame, encoded once, ready to be written to any number of sockets.
+pub type Frame = Bytes;
 
 /// A frame on its way to one connection. Cloning it is two reference-count bumps' worth of work.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,11 +135,11 @@ impl Hub {
         })
     }
 
-    /// Queues an encoded broadcast for every authenticated connection; returns how many there
-    /// are. Callers deliver one broadcast at a time, so every connection sees the same order.
-    pub fn broadcast(&self, frame: Frame) -> usize {
+    /// Queues a broadcast for every authenticated connection; returns how many there are.
+    /// Callers deliver one broadcast at a time, so every connection sees the same order.
+    pub fn broadcast(&self, message: &Message) -> usize {
         let delivery = Delivery {
-            frame,
+            frame: crate::wire::text_frame(message),
             published_at: Some(Instant::now()),
         };
         // An error only means nobody is listening right now, which is fine for a broadcast.
@@ -143,8 +148,9 @@ impl Hub {
 
     /// Queues an encoded message for each authenticated connection of `user_id`; returns how
     /// many got it. A connection whose mailbox is full is closed as a slow consumer.
-    pub fn send_to_user(&self, user_id: &str, frame: Frame) -> usize {
+    pub fn send_to_user(&self, user_id: &str, message: &Message) -> usize {
         let connections = lock(&self.connections);
+        let frame = crate::wire::text_frame(message);
         let mut delivered = 0;
         for entry in connections.of_user(user_id) {
             if let Stage::Authenticated { mailbox, .. } = &entry.stage {
@@ -349,11 +355,15 @@ impl Mailbox {
 
     async fn pop(&self) -> Frame {
         loop {
-            if let Some(frame) = lock(&self.queue).pop_front() {
+            if let Some(frame) = self.try_pop() {
                 return frame;
             }
             self.filled.notified().await;
         }
+    }
+
+    fn try_pop(&self) -> Option<Frame> {
+        lock(&self.queue).pop_front()
     }
 }
 
@@ -375,6 +385,28 @@ impl Membership {
                 Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
             },
         }
+    }
+
+    /// `first` and whatever else is already waiting, up to `max` deliveries, without waiting.
+    pub fn with_waiting(&mut self, first: Delivery, max: usize) -> Result<Vec<Delivery>, Lagged> {
+        let mut batch = vec![first];
+        while batch.len() < max {
+            if let Some(frame) = self.mailbox.try_pop() {
+                batch.push(Delivery {
+                    frame,
+                    published_at: None,
+                });
+                continue;
+            }
+            match self.receiver.try_recv() {
+                Ok(delivery) => batch.push(delivery),
+                Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                    return Err(Lagged { missed });
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
     }
 
     /// After an in-band refresh: revocation now concerns the new JWT's `jti`.
@@ -427,8 +459,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    fn frame(text: &str) -> Frame {
-        Frame::from(text.to_owned())
+    fn frame(text: &str) -> Message {
+        Message::from(text.to_owned())
+    }
+
+    /// The text a client reads from a short server frame (a two-byte header, RFC 6455 §5.2).
+    fn text(frame: &Frame) -> &str {
+        assert!(frame.len() < 127, "a short frame");
+        std::str::from_utf8(&frame[2..]).unwrap()
     }
 
     #[tokio::test]
@@ -445,10 +483,10 @@ mod tests {
         );
         let mut member = hub.join(&conn, None);
         assert_eq!(hub.authenticated_count(), 1);
-        assert_eq!(hub.broadcast(frame("one")), 1);
-        assert_eq!(hub.broadcast(frame("two")), 1);
-        assert_eq!(&*member.next().await.unwrap().frame, "one");
-        assert_eq!(&*member.next().await.unwrap().frame, "two");
+        assert_eq!(hub.broadcast(&frame("one")), 1);
+        assert_eq!(hub.broadcast(&frame("two")), 1);
+        assert_eq!(text(&member.next().await.unwrap().frame), "one");
+        assert_eq!(text(&member.next().await.unwrap().frame), "two");
         drop(member);
         assert_eq!(
             hub.counts(),
@@ -463,12 +501,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn what_is_waiting_comes_in_one_batch_in_order() {
+        let hub = Hub::new(ConnectionLimits::UNLIMITED);
+        let conn = hub.try_open("alice").unwrap();
+        let mut member = hub.join(&conn, None);
+        for i in 0..5 {
+            hub.broadcast(&frame(&i.to_string()));
+        }
+        let first = member.next().await.unwrap();
+        let batch = member.with_waiting(first, 3).unwrap();
+        let texts: Vec<&str> = batch.iter().map(|d| text(&d.frame)).collect();
+        assert_eq!(texts, ["0", "1", "2"]);
+        let first = member.next().await.unwrap();
+        let batch = member.with_waiting(first, 64).unwrap();
+        assert_eq!(batch.len(), 2, "only what was waiting");
+    }
+
+    #[tokio::test]
     async fn a_lagging_member_is_told_how_much_it_missed() {
         let hub = Hub::new(ConnectionLimits::UNLIMITED);
         let conn = hub.try_open("slow").unwrap();
         let mut member = hub.join(&conn, None);
         for _ in 0..BROADCAST_BUFFER + 5 {
-            hub.broadcast(frame("0"));
+            hub.broadcast(&frame("0"));
         }
         assert_eq!(member.next().await, Err(Lagged { missed: 5 }));
     }
@@ -484,15 +539,15 @@ mod tests {
         let _waiting = hub.try_open("alice").unwrap();
         let (mut m1, mut m2, mut mb) =
             (hub.join(&a1, None), hub.join(&a2, None), hub.join(&b, None));
-        assert_eq!(hub.send_to_user("alice", frame("hi")), 2);
-        assert_eq!(&*m1.next().await.unwrap().frame, "hi");
-        assert_eq!(&*m2.next().await.unwrap().frame, "hi");
+        assert_eq!(hub.send_to_user("alice", &frame("hi")), 2);
+        assert_eq!(text(&m1.next().await.unwrap().frame), "hi");
+        assert_eq!(text(&m2.next().await.unwrap().frame), "hi");
         assert!(
             tokio::time::timeout(std::time::Duration::from_millis(20), mb.next())
                 .await
                 .is_err()
         );
-        assert_eq!(hub.send_to_user("nobody", frame("1")), 0);
+        assert_eq!(hub.send_to_user("nobody", &frame("1")), 0);
     }
 
     #[tokio::test]
@@ -501,17 +556,17 @@ mod tests {
         let mut conn = hub.try_open("alice").unwrap();
         let mut member = hub.join(&conn, None);
         for i in 0..MAILBOX_BUFFER {
-            assert_eq!(hub.send_to_user("alice", frame(&i.to_string())), 1);
+            assert_eq!(hub.send_to_user("alice", &frame(&i.to_string())), 1);
         }
         // A broadcast in between leaves the messages' own order alone.
-        hub.broadcast(frame("all"));
-        assert_eq!(hub.send_to_user("alice", frame("one too many")), 0);
+        hub.broadcast(&frame("all"));
+        assert_eq!(hub.send_to_user("alice", &frame("one too many")), 0);
         assert_eq!(conn.kicked().await, Kick::SlowConsumer);
         let mut messages = Vec::new();
         while messages.len() < MAILBOX_BUFFER {
             let delivery = member.next().await.unwrap();
             if delivery.published_at.is_none() {
-                messages.push(delivery.frame.to_string());
+                messages.push(text(&delivery.frame).to_owned());
             }
         }
         let expected: Vec<String> = (0..MAILBOX_BUFFER).map(|i| i.to_string()).collect();
@@ -525,12 +580,12 @@ mod tests {
         let mut member = hub.join(&conn, None);
         let waiting = tokio::spawn(async move { member.next().await.unwrap().frame });
         tokio::task::yield_now().await;
-        hub.send_to_user("alice", frame("wake up"));
+        hub.send_to_user("alice", &frame("wake up"));
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
             .await
             .expect("the waiting member woke")
             .unwrap();
-        assert_eq!(&*got, "wake up");
+        assert_eq!(text(&got), "wake up");
     }
 
     #[tokio::test]

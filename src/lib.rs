@@ -21,3 +21,4 @@ pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod ticket;
+pub mod wire;

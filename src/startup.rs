@@ -5,8 +5,10 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::{Server, ServerHandle};
-use actix_web::{App, HttpServer, web};
+use actix_http::HttpService;
+use actix_service::{IntoServiceFactory, ServiceFactoryExt, map_config};
+use actix_web::dev::{AppConfig, Server, ServerHandle};
+use actix_web::{App, web};
 
 use crate::bus::{self, Bus, NodeId, NodeInfo, NodeRegistry};
 use crate::config::Settings;
@@ -22,6 +24,7 @@ use crate::store::{
     self, MemoryTicketStore, MongoBounds, MongoTicketStore, RevocationStore, StoreReadiness,
     StoreUnavailable, TicketStore,
 };
+use crate::wire;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -125,21 +128,47 @@ impl Application {
             .api_key
             .is_some()
             .then_some(settings.api_max_body_bytes);
-        let server = HttpServer::new(move || {
+        let app = move || {
             App::new()
                 .app_data(app_state.clone())
                 .configure(|cfg| routes::configure(cfg, &app_state.origins, api_body_limit))
-        })
-        // Signals are handled by run_until_stopped, which drains before stopping.
-        .disable_signals()
-        .shutdown_timeout(settings.shutdown_grace.as_secs())
-        // A client must send its request head within this time (slowloris), and gets a
-        // second to take the response of a refused request before the socket is closed.
-        .client_request_timeout(settings.http_request_timeout)
-        .client_disconnect_timeout(Duration::from_secs(1))
-        .listen(listener)
-        .map_err(bind_error)?
-        .run();
+        };
+        let request_timeout = settings.http_request_timeout;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        // actix-web's `HttpServer` has no place for an upgrade hook, so the same HTTP service
+        // is put together here: actix-http's, with the application behind it.
+        let builder = actix_server::Server::build();
+        // Tells idle keep-alive connections to close when a graceful stop begins, as
+        // `HttpServer` does.
+        let stopping = builder.graceful_shutdown_signal();
+        let server = builder
+            // Signals are handled by run_until_stopped, which drains before stopping.
+            .disable_signals()
+            .shutdown_timeout(settings.shutdown_grace.as_secs())
+            .listen("ticketgate", listener, move || {
+                let app = app.clone();
+                let stopping = stopping.clone();
+                HttpService::build()
+                    .graceful_shutdown_signal(move || {
+                        let stopping = stopping.clone();
+                        async move { stopping.notified().await }
+                    })
+                    // A client must send its request head within this time (slowloris), and
+                    // gets a second to take the response of a refused request before the
+                    // socket is closed.
+                    .client_request_timeout(request_timeout)
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    .local_addr(local_addr)
+                    // WebSocket upgrades go through the same application, then take the socket.
+                    .upgrade(wire::upgrade::service(app().into_factory()))
+                    .finish(map_config(
+                        app().into_factory().map_err(|error| error.error_response()),
+                        |_| AppConfig::default(),
+                    ))
+                    .tcp()
+            })
+            .map_err(bind_error)?
+            .run();
         log::info!("listening on {}:{port}", settings.bind_addr.ip());
         Ok(Application {
             port,

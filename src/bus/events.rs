@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::NodeId;
-use crate::hub::{Frame, Hub, Kick};
+use crate::hub::{Hub, Kick, Message};
 
 /// What the server API (or the demo broadcaster) asks the bus to do.
 #[derive(Debug)]
@@ -49,8 +49,8 @@ impl Event {
     /// Delivers the event to this node's connections; returns how many it reached.
     pub fn deliver(self, hub: &Hub) -> usize {
         match self {
-            Event::Broadcast { frame } => hub.broadcast(Frame::from(frame)),
-            Event::Message { user_id, frame } => hub.send_to_user(&user_id, Frame::from(frame)),
+            Event::Broadcast { frame } => hub.broadcast(&Message::from(frame)),
+            Event::Message { user_id, frame } => hub.send_to_user(&user_id, &Message::from(frame)),
             Event::Disconnect { user_id } => hub.kick_user(&user_id, Kick::Disconnected),
             Event::Revoke { jti } => hub.kick_jti(&jti, Kick::Revoked),
         }

@@ -1,19 +1,20 @@
 //! `GET /demo?token=<ticket>`: checks the ticket, then upgrades to a WebSocket.
 
-use actix_http::BoxedPayloadStream;
-use actix_web::{FromRequest, HttpRequest, HttpResponse, dev, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::AppState;
 use crate::error::ApiError;
 use crate::hub::ConnectionRefused;
-use crate::session::frame_guard::{FrameGuard, FrameLimit};
-use crate::session::{self, PRE_AUTH_MAX_MESSAGE_BYTES};
+use crate::session;
 use crate::store::RedeemError;
 use crate::ticket::{PresentedTicket, redact};
+use crate::wire::upgrade::Handoff;
+use crate::wire::{FrameReader, FrameWriter};
 
+/// Answers 101 with a [`Handoff`] that starts the session on the socket; the upgrade hook
+/// (`crate::wire::upgrade`) writes the 101 and hands the socket over.
 pub async fn upgrade(
     req: HttpRequest,
-    body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     if let Some(client) = state.trusted_proxies.client_ip(&req) {
@@ -63,24 +64,18 @@ pub async fn upgrade(
             RedeemError::NotAdmitted(ConnectionRefused::Capacity) => ApiError::AtCapacity,
         })?;
 
-    // Every frame header is checked against the limit before actix buffers the frame.
-    let frame_limit = FrameLimit::new(PRE_AUTH_MAX_MESSAGE_BYTES);
-    let guarded: BoxedPayloadStream =
-        Box::pin(FrameGuard::new(body.into_inner(), frame_limit.clone()));
-    let body = web::Payload::from_request(&req, &mut dev::Payload::from(guarded))
-        .await
-        .map_err(|e| ApiError::NotWebSocket(e.to_string()))?;
-    let (response, ws_session, stream) =
-        actix_ws::handle(&req, body).map_err(|e| ApiError::NotWebSocket(e.to_string()))?;
     metrics.tickets_consumed.inc();
     log::info!("{} upgraded for user {}", open.id, open.user_id());
-    actix_web::rt::spawn(session::run(
-        state.session.clone(),
-        open,
-        ws_session,
-        stream,
-        frame_limit,
-    ));
+    let mut response = HttpResponse::from(actix_http::ws::handshake_response(req.head()).finish())
+        .map_into_boxed_body();
+    let ctx = state.session.clone();
+    response
+        .extensions_mut()
+        .insert(Handoff::new(move |socket, early| {
+            let (read, write) = socket.into_split();
+            let (reader, writer) = (FrameReader::new(read, early), FrameWriter::new(write));
+            actix_web::rt::spawn(session::run(ctx, open, reader, writer));
+        }));
     Ok(response)
 }
 

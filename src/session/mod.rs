@@ -7,17 +7,13 @@
 
 pub mod close;
 pub mod expiry;
-pub mod frame_guard;
 pub mod protocol;
 pub mod rules;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_ws::{
-    AggregatedMessage, AggregatedMessageStream, Closed, Item, Message, MessageStream,
-    ProtocolError, Session,
-};
+use bytes::Bytes;
 use bytestring::ByteString;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 
@@ -25,9 +21,9 @@ use crate::hub::{ConnectionId, Hub, Membership, OpenConnection};
 use crate::jwt::{JwtRejection, JwtVerifier};
 use crate::metrics::Metrics;
 use crate::store::RevocationStore;
+use crate::wire::{self, FrameReader, FrameWriter, Incoming, MAX_BATCH};
 pub use close::CloseReason;
 use expiry::{Expiry, ExpiryEvent};
-use frame_guard::FrameLimit;
 use protocol::ServerMessage;
 use rules::Reply;
 
@@ -83,24 +79,20 @@ impl SessionTiming {
 
 pub struct Connection<State> {
     open: OpenConnection,
-    session: Session,
+    reader: FrameReader,
+    writer: FrameWriter,
     state: State,
 }
 
 /// Upgraded with a valid ticket (whose user the connection slot records); waiting for the JWT.
-/// Sends nothing. Reads raw frames capped at [`PRE_AUTH_MAX_MESSAGE_BYTES`].
-pub struct Unauthenticated {
-    stream: MessageStream,
-    /// Raised to MAX_MESSAGE_BYTES once authenticated.
-    frame_limit: FrameLimit,
-}
+/// Sends nothing. Reads messages of at most [`PRE_AUTH_MAX_MESSAGE_BYTES`].
+pub struct Unauthenticated;
 
 /// The JWT checked out: in the broadcast pipeline, with a heartbeat. Reads messages of up to
-/// MAX_MESSAGE_BYTES, continuations aggregated.
+/// MAX_MESSAGE_BYTES.
 pub struct Authenticated {
     user_id: String,
     membership: Membership,
-    stream: AggregatedMessageStream,
     /// When the current JWT runs out; a refresh starts it over.
     expiry: Expiry,
 }
@@ -108,7 +100,8 @@ pub struct Authenticated {
 /// The end of a connection: why, and the means to say so.
 pub struct Closing {
     open: OpenConnection,
-    session: Session,
+    reader: FrameReader,
+    writer: FrameWriter,
     reason: CloseReason,
 }
 
@@ -116,18 +109,15 @@ pub struct Closing {
 pub async fn run(
     ctx: Arc<SessionContext>,
     open: OpenConnection,
-    session: Session,
-    stream: MessageStream,
-    frame_limit: FrameLimit,
+    reader: FrameReader,
+    writer: FrameWriter,
 ) {
     let started = Instant::now();
     let connection = Connection {
         open,
-        session,
-        state: Unauthenticated {
-            frame_limit,
-            stream: stream.max_frame_size(PRE_AUTH_MAX_MESSAGE_BYTES),
-        },
+        reader,
+        writer,
+        state: Unauthenticated,
     };
     // Boxed: the authentication phase's state (a MongoDB query among it) then lives on the
     // heap only while it runs, instead of sizing the task every connection keeps for life.
@@ -150,7 +140,8 @@ impl<S> Connection<S> {
     fn closing(self, reason: CloseReason) -> Closing {
         Closing {
             open: self.open,
-            session: self.session,
+            reader: self.reader,
+            writer: self.writer,
             reason,
         }
     }
@@ -166,7 +157,7 @@ impl Connection<Unauthenticated> {
         mut self,
         ctx: &SessionContext,
     ) -> Result<Connection<Authenticated>, Closing> {
-        let first = first_text_message(&mut self.state.stream);
+        let first = first_text_message(&mut self.reader);
         let outcome = tokio::select! {
             outcome = timeout(ctx.timing.auth_timeout, first) => outcome,
             kick = self.open.kicked() => return Err(self.closing(CloseReason::Kicked(kick))),
@@ -192,25 +183,21 @@ impl Connection<Unauthenticated> {
             expires_at: verified.expires_at,
         }
         .encode();
-        if send(ctx, &mut self.session, welcome).await.is_err() {
+        if send(ctx, &mut self.writer, &[wire::text_frame(&welcome)])
+            .await
+            .is_err()
+        {
             return Err(self.closing(CloseReason::ConnectionLost));
         }
         log::info!("{} authenticated as user {}", self.id(), verified.sub);
-        self.state.frame_limit.set(ctx.max_message_bytes);
-        let stream = self
-            .state
-            .stream
-            .max_frame_size(ctx.max_message_bytes)
-            .aggregate_continuations()
-            .max_continuation_size(ctx.max_message_bytes);
         Ok(Connection {
             open: self.open,
-            session: self.session,
+            reader: self.reader,
+            writer: self.writer,
             state: Authenticated {
                 expiry: ctx.timing.expiry_of(verified.expires_at),
                 user_id: verified.sub,
                 membership,
-                stream,
             },
         })
     }
@@ -220,41 +207,17 @@ impl Connection<Unauthenticated> {
 /// [`PRE_AUTH_MAX_MESSAGE_BYTES`]. Control frames before authentication are ignored: the server
 /// sends nothing at all until the JWT checks out (not even a Pong), and the deadline around this
 /// call does not move.
-async fn first_text_message(stream: &mut MessageStream) -> Result<ByteString, CloseReason> {
-    const NOT_TEXT: CloseReason =
-        CloseReason::MalformedAuth("the first message must be a text frame");
-    let mut fragments: Option<Vec<u8>> = None;
+async fn first_text_message(reader: &mut FrameReader) -> Result<ByteString, CloseReason> {
     loop {
-        let message = match stream.recv().await {
-            None => return Err(CloseReason::ConnectionLost),
-            Some(Err(error)) => return Err(protocol_failure(&error)),
-            Some(Ok(message)) => message,
-        };
-        let last_fragment = match message {
-            Message::Ping(_) | Message::Pong(_) | Message::Nop => continue,
-            Message::Close(frame) => return Err(CloseReason::ClientClosed(frame)),
-            Message::Text(text) if fragments.is_none() => return Ok(text),
-            Message::Continuation(Item::FirstText(bytes)) if fragments.is_none() => {
-                fragments = Some(bytes.to_vec());
-                continue;
+        match reader.next_message(PRE_AUTH_MAX_MESSAGE_BYTES).await? {
+            Incoming::Ping(_) | Incoming::Pong(_) => continue,
+            Incoming::Close(frame) => return Err(CloseReason::ClientClosed(frame)),
+            Incoming::Text(text) => return Ok(text),
+            Incoming::Binary(_) => {
+                return Err(CloseReason::MalformedAuth(
+                    "the first message must be a text frame",
+                ));
             }
-            Message::Continuation(Item::Continue(bytes)) => (bytes, false),
-            Message::Continuation(Item::Last(bytes)) => (bytes, true),
-            _ => return Err(NOT_TEXT),
-        };
-        let (bytes, last) = last_fragment;
-        let Some(buffer) = fragments.as_mut() else {
-            return Err(CloseReason::ProtocolError);
-        };
-        if buffer.len() + bytes.len() > PRE_AUTH_MAX_MESSAGE_BYTES {
-            return Err(CloseReason::MessageTooBig);
-        }
-        buffer.extend_from_slice(&bytes);
-        if last {
-            let buffer = fragments.take().unwrap_or_default();
-            return String::from_utf8(buffer)
-                .map(ByteString::from)
-                .map_err(|_| CloseReason::InvalidUtf8);
         }
     }
 }
@@ -279,14 +242,13 @@ impl Connection<Authenticated> {
         let mut last_seen = Instant::now();
         let reason = loop {
             tokio::select! {
-                incoming = self.state.stream.recv() => {
+                incoming = self.reader.next_message(ctx.max_message_bytes) => {
                     last_seen = Instant::now();
                     let next = match incoming {
-                        None => Next::Close(CloseReason::ConnectionLost),
-                        Some(Err(error)) => Next::Close(protocol_failure(&error)),
+                        Err(error) => Next::Close(error.into()),
                         // Boxed: client messages are rare next to the connection's lifetime,
                         // and handling one (a refresh queries MongoDB) needs the most state.
-                        Some(Ok(message)) => Box::pin(self.handle(message, ctx)).await,
+                        Ok(message) => Box::pin(self.handle(message, ctx)).await,
                     };
                     if let Next::Close(reason) = next {
                         break reason;
@@ -303,7 +265,7 @@ impl Connection<Authenticated> {
                         ExpiryEvent::Expired => break CloseReason::TokenExpired,
                         ExpiryEvent::Notice { expires_at } => {
                             let notice = ServerMessage::TokenExpiring { expires_at }.encode();
-                            if send(ctx, &mut self.session, notice).await.is_err() {
+                            if send(ctx, &mut self.writer, &[wire::text_frame(&notice)]).await.is_err() {
                                 break CloseReason::ConnectionLost;
                             }
                             expiry_timer.as_mut().reset(self.state.expiry.next_deadline());
@@ -311,23 +273,27 @@ impl Connection<Authenticated> {
                     }
                 }
                 kick = self.open.kicked() => break CloseReason::Kicked(kick),
-                delivery = self.state.membership.next() => match delivery {
-                    Ok(delivery) => {
-                        if send(ctx, &mut self.session, delivery.frame).await.is_err() {
-                            break CloseReason::ConnectionLost;
-                        }
-                        if let Some(published_at) = delivery.published_at {
-                            ctx.metrics.broadcast_fanout_seconds.observe(published_at.elapsed().as_secs_f64());
-                        }
+                delivery = self.state.membership.next() => {
+                    // Whatever else is already waiting goes out in the same write: under load,
+                    // one system call then carries several messages.
+                    let waiting = |first| self.state.membership.with_waiting(first, MAX_BATCH);
+                    let batch = match delivery.and_then(waiting) {
+                        Ok(batch) => batch,
+                        Err(lagged) => break CloseReason::SlowConsumer { missed: lagged.missed },
+                    };
+                    let frames: Vec<Bytes> = batch.iter().map(|d| d.frame.clone()).collect();
+                    if send(ctx, &mut self.writer, &frames).await.is_err() {
+                        break CloseReason::ConnectionLost;
                     }
-                    Err(lagged) => break CloseReason::SlowConsumer { missed: lagged.missed },
+                    for published_at in batch.iter().filter_map(|d| d.published_at) {
+                        ctx.metrics.broadcast_fanout_seconds.observe(published_at.elapsed().as_secs_f64());
+                    }
                 },
                 _ = heartbeat.tick() => {
                     if last_seen.elapsed() >= timing.client_timeout {
                         break CloseReason::HeartbeatTimeout;
                     }
-                    let ping = timeout(timing.client_timeout, self.session.ping(b""));
-                    if !matches!(ping.await, Ok(Ok(()))) {
+                    if write(ctx, &mut self.writer, &[wire::ping_frame()]).await.is_err() {
                         break CloseReason::ConnectionLost;
                     }
                 }
@@ -341,28 +307,26 @@ impl Connection<Authenticated> {
         // Leaving the broadcast pipeline happens here, by dropping the membership.
         let Connection {
             open,
-            session,
+            reader,
+            writer,
             state,
-            ..
         } = self;
         drop(state);
         Closing {
             open,
-            session,
+            reader,
+            writer,
             reason,
         }
     }
 
-    async fn handle(&mut self, message: AggregatedMessage, ctx: &SessionContext) -> Next {
+    async fn handle(&mut self, message: Incoming, ctx: &SessionContext) -> Next {
         let timing = &ctx.timing;
-        if matches!(
-            message,
-            AggregatedMessage::Text(_) | AggregatedMessage::Binary(_)
-        ) {
+        if matches!(message, Incoming::Text(_) | Incoming::Binary(_)) {
             ctx.metrics.messages_in.inc();
         }
         let sent = match rules::reply_to(&message) {
-            Reply::Text(text) => send(ctx, &mut self.session, text).await,
+            Reply::Text(text) => send(ctx, &mut self.writer, &[wire::text_frame(&text)]).await,
             Reply::Refresh(token) => {
                 match rules::check_jwt(&token, &ctx.jwt, &self.state.user_id) {
                     Err(reason) => return Next::Close(reason),
@@ -384,15 +348,13 @@ impl Connection<Authenticated> {
                             user_id: &verified.sub,
                             expires_at: verified.expires_at,
                         };
-                        send(ctx, &mut self.session, welcome.encode()).await
+                        let welcome = wire::text_frame(&welcome.encode());
+                        send(ctx, &mut self.writer, &[welcome]).await
                     }
                 }
             }
             Reply::Pong(payload) => {
-                match timeout(timing.client_timeout, self.session.pong(payload)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(Closed),
-                }
+                write(ctx, &mut self.writer, &[wire::pong_frame(payload)]).await
             }
             Reply::Nothing => Ok(()),
             Reply::Close(reason) => return Next::Close(reason),
@@ -410,11 +372,15 @@ impl Closing {
     async fn finish(self, ctx: &SessionContext, started: Instant) {
         let Closing {
             open,
-            session,
+            reader,
+            mut writer,
             reason,
         } = self;
+        let mut linger = false;
         if let Some(frame) = reason.frame() {
-            let _ = timeout(ctx.timing.client_timeout, session.close(Some(frame))).await;
+            let close = write(ctx, &mut writer, &[wire::close_frame(Some(frame))]).await;
+            // RFC 6455 §7.1.1: the server ends the TCP connection first.
+            linger = close.is_ok() && writer.shutdown().await.is_ok();
         }
         let code = reason
             .code()
@@ -425,45 +391,41 @@ impl Closing {
             open.id,
             started.elapsed().as_secs_f64()
         );
+        drop(open);
+        if linger {
+            // Read on until the client closes its side, so bytes it still sends do not turn
+            // the close into a reset that could cost it the close frame.
+            let _ = timeout(CLOSE_LINGER, reader.discard_until_eof()).await;
+        }
     }
 }
 
-/// Writes one text frame, giving up when the client does not take it within CLIENT_TIMEOUT_SECS:
-/// a client that stopped reading must not pin its task forever.
+/// How long a closed connection waits for the client to end its side.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// The socket did not take a write within CLIENT_TIMEOUT_SECS, or failed.
+struct Lost;
+
+/// Writes frames, giving up when the client does not take them within CLIENT_TIMEOUT_SECS: a
+/// client that stopped reading must not pin its task forever.
+async fn write(
+    ctx: &SessionContext,
+    writer: &mut FrameWriter,
+    frames: &[Bytes],
+) -> Result<(), Lost> {
+    match timeout(ctx.timing.client_timeout, writer.send(frames)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(Lost),
+    }
+}
+
+/// Writes messages (text frames), counted in `messages_out`.
 async fn send(
     ctx: &SessionContext,
-    session: &mut Session,
-    text: impl Into<ByteString>,
-) -> Result<(), Closed> {
-    match timeout(ctx.timing.client_timeout, session.text(text)).await {
-        Ok(Ok(())) => {
-            ctx.metrics.messages_out.inc();
-            Ok(())
-        }
-        Ok(Err(closed)) => Err(closed),
-        Err(_) => Err(Closed),
-    }
-}
-
-/// Maps a read error to its close. actix reports several protocol violations (reserved bits,
-/// invalid UTF-8, over-long continuations) as `Io` errors of kind `InvalidData`, told apart only
-/// by their text (its own TODO plans dedicated variants); any other I/O error is a lost socket.
-fn protocol_failure(error: &ProtocolError) -> CloseReason {
-    match error {
-        ProtocolError::Overflow => CloseReason::MessageTooBig,
-        ProtocolError::Io(e) if frame_guard::is_frame_overflow(e) => CloseReason::MessageTooBig,
-        // actix-ws's aggregator reports an over-long fragmented message as an `Other` error.
-        ProtocolError::Io(e) if e.to_string().contains("maximum continuation size") => {
-            CloseReason::MessageTooBig
-        }
-        ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-            if e.to_string().to_ascii_lowercase().contains("utf-8") {
-                CloseReason::InvalidUtf8
-            } else {
-                CloseReason::ProtocolError
-            }
-        }
-        ProtocolError::Io(_) => CloseReason::ConnectionLost,
-        _ => CloseReason::ProtocolError,
-    }
+    writer: &mut FrameWriter,
+    frames: &[Bytes],
+) -> Result<(), Lost> {
+    write(ctx, writer, frames).await?;
+    ctx.metrics.messages_out.inc_by(frames.len() as u64);
+    Ok(())
 }

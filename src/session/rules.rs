@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use actix_ws::AggregatedMessage;
+use crate::wire::Incoming;
 
 use super::close::CloseReason;
 use super::protocol::{ClientMessage, ErrorCode, ParseError, ServerMessage};
@@ -47,20 +47,20 @@ pub enum Reply<'a> {
     Close(CloseReason),
 }
 
-pub fn reply_to(message: &AggregatedMessage) -> Reply<'_> {
+pub fn reply_to(message: &Incoming) -> Reply<'_> {
     let error = |code| Reply::Text(ServerMessage::Error { error: code }.encode());
     match message {
-        AggregatedMessage::Text(text) => match ClientMessage::parse(text) {
+        Incoming::Text(text) => match ClientMessage::parse(text) {
             Ok(ClientMessage::Ping) => Reply::Text(ServerMessage::Pong.encode()),
             Ok(ClientMessage::Echo { data }) => Reply::Text(ServerMessage::Echo { data }.encode()),
             Ok(ClientMessage::Jwt { token }) => Reply::Refresh(token),
             Err(ParseError::UnknownType) => error(ErrorCode::UnknownType),
             Err(ParseError::NotJson | ParseError::BadFields) => error(ErrorCode::BadMessage),
         },
-        AggregatedMessage::Binary(_) => error(ErrorCode::BadMessage),
-        AggregatedMessage::Ping(payload) => Reply::Pong(payload),
-        AggregatedMessage::Pong(_) => Reply::Nothing,
-        AggregatedMessage::Close(frame) => Reply::Close(CloseReason::ClientClosed(frame.clone())),
+        Incoming::Binary(_) => error(ErrorCode::BadMessage),
+        Incoming::Ping(payload) => Reply::Pong(payload),
+        Incoming::Pong(_) => Reply::Nothing,
+        Incoming::Close(frame) => Reply::Close(CloseReason::ClientClosed(frame.clone())),
     }
 }
 
@@ -105,8 +105,8 @@ mod tests {
         ]
     }
 
-    fn message(input: &Input) -> AggregatedMessage {
-        let text = |json: serde_json::Value| AggregatedMessage::Text(json.to_string().into());
+    fn message(input: &Input) -> Incoming {
+        let text = |json: serde_json::Value| Incoming::Text(json.to_string().into());
         match input {
             Input::JwtFor(user) => text(
                 serde_json::json!({"type": "jwt", "token": JwtSigner::hs256(SECRET).mint(user, 600)}),
@@ -117,10 +117,10 @@ mod tests {
             Input::Echo(data) => text(serde_json::json!({"type": "echo", "data": data})),
             Input::Ping => text(serde_json::json!({"type": "ping"})),
             Input::OtherType(kind) => text(serde_json::json!({"type": kind})),
-            Input::Text(raw) => AggregatedMessage::Text(raw.clone().into()),
-            Input::Binary(bytes) => AggregatedMessage::Binary(Bytes::from(bytes.clone())),
-            Input::ControlPing(bytes) => AggregatedMessage::Ping(Bytes::from(bytes.clone())),
-            Input::Close => AggregatedMessage::Close(None),
+            Input::Text(raw) => Incoming::Text(raw.clone().into()),
+            Input::Binary(bytes) => Incoming::Binary(Bytes::from(bytes.clone())),
+            Input::ControlPing(bytes) => Incoming::Ping(Bytes::from(bytes.clone())),
+            Input::Close => Incoming::Close(None),
         }
     }
 
@@ -138,21 +138,19 @@ mod tests {
         match phase {
             Phase::Closed(_) => (phase, vec![]),
             Phase::Unauthenticated => match &message {
-                AggregatedMessage::Ping(_) | AggregatedMessage::Pong(_) => (phase, vec![]),
-                AggregatedMessage::Close(_) => (Phase::Closed(Some(1000)), vec![]),
-                AggregatedMessage::Binary(_) => (Phase::Closed(Some(4400)), vec![]),
-                AggregatedMessage::Text(text) => {
-                    match check_first_message(text, jwt, TICKET_USER) {
-                        Ok(v) => {
-                            let welcome = ServerMessage::Authenticated {
-                                user_id: &v.sub,
-                                expires_at: v.expires_at,
-                            };
-                            (Phase::Authenticated, vec![welcome.encode()])
-                        }
-                        Err(reason) => (Phase::Closed(reason.code()), vec![]),
+                Incoming::Ping(_) | Incoming::Pong(_) => (phase, vec![]),
+                Incoming::Close(_) => (Phase::Closed(Some(1000)), vec![]),
+                Incoming::Binary(_) => (Phase::Closed(Some(4400)), vec![]),
+                Incoming::Text(text) => match check_first_message(text, jwt, TICKET_USER) {
+                    Ok(v) => {
+                        let welcome = ServerMessage::Authenticated {
+                            user_id: &v.sub,
+                            expires_at: v.expires_at,
+                        };
+                        (Phase::Authenticated, vec![welcome.encode()])
                     }
-                }
+                    Err(reason) => (Phase::Closed(reason.code()), vec![]),
+                },
             },
             Phase::Authenticated => match reply_to(&message) {
                 Reply::Text(text) => (phase, vec![text]),

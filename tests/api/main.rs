@@ -24,3 +24,4 @@ mod server_api;
 mod session;
 mod store_conformance;
 mod upgrade;
+mod wire;

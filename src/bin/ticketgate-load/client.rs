@@ -101,6 +101,10 @@ impl Clients {
             2 + (index % usize::from(self.source_addresses)) as u8,
         );
         let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+        // Closed connections leave their ports in TIME_WAIT on this side; without SO_REUSEADDR
+        // a bind to port 0 must search past all of them, which costs the generator more CPU
+        // with every run and ends in "address in use".
+        socket.set_reuseaddr(true).map_err(|e| e.to_string())?;
         socket
             .bind(SocketAddr::new(source.into(), 0))
             .map_err(|e| format!("bind {source}: {e}"))?;

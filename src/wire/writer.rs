@@ -1,0 +1,88 @@
+//! Writing frames to the upgraded socket. Frames arrive already encoded (a broadcast is
+//! encoded once and its bytes shared by every connection), and all frames waiting for a
+//! connection go out in one vectored write: under load, one system call carries several
+//! messages.
+
+use std::io::{ErrorKind, IoSlice};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+
+/// Frames handed to the kernel in one call, at most (well under any system's `IOV_MAX`).
+pub const MAX_BATCH: usize = 64;
+
+pub struct FrameWriter {
+    socket: OwnedWriteHalf,
+}
+
+impl FrameWriter {
+    pub fn new(socket: OwnedWriteHalf) -> Self {
+        FrameWriter { socket }
+    }
+
+    /// Writes `frames` (at most [`MAX_BATCH`]) in order. Not cancel-safe: the caller bounds it
+    /// with a timeout and treats a timeout as a lost connection.
+    pub async fn send(&mut self, frames: &[Bytes]) -> std::io::Result<()> {
+        debug_assert!(frames.len() <= MAX_BATCH);
+        let total: usize = frames.iter().map(Bytes::len).sum();
+        // The usual case: the kernel takes everything at once, with no waiting.
+        let written = match self.try_send(frames) {
+            Ok(written) => written,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if written == total {
+            return Ok(());
+        }
+        // The socket's buffer is full (a slow reader): wait for room for the rest.
+        let rest = remainder(frames, written);
+        self.socket.write_all(&rest).await
+    }
+
+    fn try_send(&self, frames: &[Bytes]) -> std::io::Result<usize> {
+        let mut slices = [IoSlice::new(&[]); MAX_BATCH];
+        let count = frames.len().min(MAX_BATCH);
+        for (slice, frame) in slices.iter_mut().zip(frames) {
+            *slice = IoSlice::new(frame);
+        }
+        self.socket.try_write_vectored(&slices[..count])
+    }
+
+    /// Sends FIN after the close frame, so the client reads the close before the socket ends.
+    pub async fn shutdown(&mut self) -> std::io::Result<()> {
+        self.socket.shutdown().await
+    }
+}
+
+/// What is left of `frames` after the first `written` bytes, as one buffer.
+fn remainder(frames: &[Bytes], mut written: usize) -> BytesMut {
+    let mut rest = BytesMut::new();
+    for frame in frames {
+        if written >= frame.len() {
+            written -= frame.len();
+            continue;
+        }
+        rest.extend_from_slice(&frame[written..]);
+        written = 0;
+    }
+    rest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_remainder_starts_where_the_kernel_stopped() {
+        let frames = [
+            Bytes::from_static(b"abc"),
+            Bytes::from_static(b"de"),
+            Bytes::from_static(b"fgh"),
+        ];
+        assert_eq!(&remainder(&frames, 0)[..], b"abcdefgh");
+        assert_eq!(&remainder(&frames, 4)[..], b"efgh");
+        assert_eq!(&remainder(&frames, 5)[..], b"fgh");
+        assert_eq!(&remainder(&frames, 8)[..], b"");
+    }
+}
