@@ -101,9 +101,11 @@ async fn two_thousand_sockets_that_never_authenticate_leave_nothing_behind() {
     let fds = settles_to("open fds", baseline_fds + 4, || gateway.open_fds()).await;
     // Freed memory goes back to the allocator, which returns it to the system within seconds
     // (jemalloc, see main.rs); a little stays mapped, what must not is memory that grows with
-    // the sockets and stays.
+    // the sockets and stays. What stays is high-water capacity (tokio's I/O registration slab,
+    // the hub's tables): about a quarter of the growth since connections got small, so a third
+    // is allowed; a leaked connection state would keep all of it.
     let growth = peak_rss.saturating_sub(baseline_rss) as usize;
-    let rss = settles_to("RSS (KiB)", baseline_rss as usize + growth / 4, || {
+    let rss = settles_to("RSS (KiB)", baseline_rss as usize + growth / 3, || {
         gateway.rss_kib() as usize
     })
     .await;
