@@ -21,8 +21,8 @@ use crate::routes::{self, AppState};
 use crate::session::{SessionContext, SessionTiming};
 use crate::shutdown::Shutdown;
 use crate::store::{
-    self, MemoryTicketStore, MongoBounds, MongoTicketStore, RevocationStore, StoreReadiness,
-    StoreUnavailable, TicketStore,
+    self, MemoryTicketStore, MongoBounds, MongoTicketStore, PerThreadDatabase, RevocationStore,
+    StoreReadiness, StoreUnavailable, TicketStore,
 };
 use crate::wire;
 
@@ -266,13 +266,16 @@ async fn stores(
         return Ok((tickets, RevocationStore::memory(), None));
     };
     // Only a malformed URI fails here; an unreachable server is found out by `prepare`.
-    let db = store::connect(mongo, settings.store_timeout).await?;
+    let (db, options) = store::connect_with_options(mongo, settings.store_timeout).await?;
     let bounds = MongoBounds {
         timeout: settings.store_timeout,
         readiness: StoreReadiness::default(),
         metrics: Arc::clone(metrics),
     };
-    let tickets = TicketStore::Mongo(MongoTicketStore::new(&db, settings.tickets, bounds.clone()));
+    let tickets = TicketStore::Mongo(
+        MongoTicketStore::new(&db, settings.tickets, bounds.clone())
+            .with_per_thread_clients(PerThreadDatabase::new(options, db.clone())),
+    );
     let revocations = RevocationStore::mongo(&db, bounds.clone());
     let context = MigrationContext {
         ticket_ttl: settings.tickets.ttl,

@@ -3,13 +3,17 @@
 
 mod memory;
 mod mongo;
+mod per_thread;
 mod revocations;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use memory::MemoryTicketStore;
-pub use mongo::{MongoTicketStore, StoreReadiness, TICKETS_COLLECTION, connect};
+pub use mongo::{
+    MongoTicketStore, StoreReadiness, TICKETS_COLLECTION, connect, connect_with_options,
+};
+pub use per_thread::PerThreadDatabase;
 pub use revocations::{REVOCATIONS_COLLECTION, RevocationStore};
 
 use crate::config::TicketPolicy;

@@ -10,6 +10,7 @@ use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection, Database};
 use serde::{Deserialize, Serialize};
 
+use super::per_thread::PerThreadDatabase;
 use super::{MongoBounds, RedeemError, Redeemed, StoreUnavailable, TicketRejection, is_expired};
 use crate::config::{MongoSettings, TicketPolicy};
 use crate::ticket::{NewTicket, PresentedTicket};
@@ -36,6 +37,14 @@ pub async fn connect(
     settings: &MongoSettings,
     timeout: Duration,
 ) -> Result<Database, StoreUnavailable> {
+    Ok(connect_with_options(settings, timeout).await?.0)
+}
+
+/// [`connect`], and the options it used, for making more clients like it.
+pub async fn connect_with_options(
+    settings: &MongoSettings,
+    timeout: Duration,
+) -> Result<(Database, ClientOptions), StoreUnavailable> {
     use secrecy::ExposeSecret;
     let mut options = ClientOptions::parse(settings.uri.expose_secret())
         .await
@@ -43,8 +52,9 @@ pub async fn connect(
     options.app_name = Some("ticketgate".into());
     options.server_selection_timeout = Some(timeout);
     options.connect_timeout = Some(timeout);
-    let client = Client::with_options(options).map_err(|e| StoreUnavailable(e.to_string()))?;
-    Ok(client.database(&settings.database))
+    let client =
+        Client::with_options(options.clone()).map_err(|e| StoreUnavailable(e.to_string()))?;
+    Ok((client.database(&settings.database), options))
 }
 
 /// Whether the database is ready for tickets (migrations applied). Until it is, every
@@ -71,6 +81,8 @@ impl StoreReadiness {
 pub struct MongoTicketStore {
     db: Database,
     tickets: Collection<TicketDocument>,
+    /// When set, each thread's own client serves the ticket operations.
+    per_thread: Option<PerThreadDatabase>,
     policy: TicketPolicy,
     bounds: MongoBounds,
 }
@@ -80,8 +92,22 @@ impl MongoTicketStore {
         MongoTicketStore {
             db: db.clone(),
             tickets: db.collection(TICKETS_COLLECTION),
+            per_thread: None,
             policy,
             bounds,
+        }
+    }
+
+    /// Ticket operations go through a client of the calling thread's own (see `per_thread`).
+    pub fn with_per_thread_clients(mut self, per_thread: PerThreadDatabase) -> Self {
+        self.per_thread = Some(per_thread);
+        self
+    }
+
+    fn tickets(&self) -> Collection<TicketDocument> {
+        match &self.per_thread {
+            Some(per_thread) => per_thread.get().collection(TICKETS_COLLECTION),
+            None => self.tickets.clone(),
         }
     }
 
@@ -106,7 +132,7 @@ impl MongoTicketStore {
             secret_hash: binary(&ticket.secret_hash()),
         };
         self.bounds
-            .run("insert", self.tickets.insert_one(&document))
+            .run("insert", self.tickets().insert_one(&document))
             .await?;
         Ok(())
     }
@@ -132,7 +158,7 @@ impl MongoTicketStore {
         };
         let Some(stored) = self
             .bounds
-            .run("consume", self.tickets.find_one_and_delete(consume))
+            .run("consume", self.tickets().find_one_and_delete(consume))
             .await?
         else {
             return Err(RedeemError::Rejected(self.why_not_found(presented).await));
@@ -150,7 +176,7 @@ impl MongoTicketStore {
             Err(refusal) => {
                 if let Err(e) = self
                     .bounds
-                    .run("restore", self.tickets.insert_one(&stored))
+                    .run("restore", self.tickets().insert_one(&stored))
                     .await
                 {
                     log::warn!("putting back a ticket refused by a limit: {e}");
@@ -169,7 +195,7 @@ impl MongoTicketStore {
         let filter = doc! { "_id": presented.id, "token_type": TOKEN_TYPE };
         let stored = self
             .bounds
-            .run("find", self.tickets.find_one(filter))
+            .run("find", self.tickets().find_one(filter))
             .await?
             .ok_or(RedeemError::Rejected(TicketRejection::Unknown))?;
         if !presented.matches(&stored.secret_hash.bytes) {
@@ -191,7 +217,11 @@ impl MongoTicketStore {
     /// ticket's id known with another secret, or not at all (never, expired, or used)?
     async fn why_not_found(&self, presented: &PresentedTicket) -> TicketRejection {
         let filter = doc! { "_id": presented.id, "token_type": TOKEN_TYPE };
-        match self.bounds.run("find", self.tickets.find_one(filter)).await {
+        match self
+            .bounds
+            .run("find", self.tickets().find_one(filter))
+            .await
+        {
             Ok(Some(_)) => TicketRejection::SecretMismatch,
             _ => TicketRejection::Unknown,
         }
@@ -206,7 +236,7 @@ impl MongoTicketStore {
         let filter = doc! { "user_id": user_id, "token_type": TOKEN_TYPE };
         Ok(self
             .bounds
-            .run("delete_user", self.tickets.delete_many(filter))
+            .run("delete_user", self.tickets().delete_many(filter))
             .await?
             .deleted_count)
     }

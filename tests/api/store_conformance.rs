@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use ticketgate::config::{MongoSettings, TicketPolicy};
 use ticketgate::store::{
-    self, MemoryTicketStore, MongoBounds, MongoTicketStore, RedeemError, StoreReadiness,
-    TicketRejection, TicketStore,
+    self, MemoryTicketStore, MongoBounds, MongoTicketStore, PerThreadDatabase, RedeemError,
+    StoreReadiness, TicketRejection, TicketStore,
 };
 use ticketgate::ticket::{NewTicket, PresentedTicket};
 
@@ -26,7 +26,7 @@ async fn make_store(kind: Store, ttl_secs: u64, single_use: bool) -> TicketStore
                 uri: mongo_uri().into(),
                 database: unique_db_name(),
             };
-            let db = store::connect(&settings, Duration::from_secs(5))
+            let (db, options) = store::connect_with_options(&settings, Duration::from_secs(5))
                 .await
                 .unwrap();
             let ready = StoreReadiness::ready();
@@ -35,7 +35,11 @@ async fn make_store(kind: Store, ttl_secs: u64, single_use: bool) -> TicketStore
                 readiness: ready,
                 metrics: Arc::new(ticketgate::metrics::Metrics::new()),
             };
-            TicketStore::Mongo(MongoTicketStore::new(&db, policy, bounds))
+            // As the gateway runs it: each thread with a client of its own.
+            let per_thread = PerThreadDatabase::new(options, db.clone());
+            TicketStore::Mongo(
+                MongoTicketStore::new(&db, policy, bounds).with_per_thread_clients(per_thread),
+            )
         }
     }
 }

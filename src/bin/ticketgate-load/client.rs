@@ -101,10 +101,7 @@ impl Clients {
             2 + (index % usize::from(self.source_addresses)) as u8,
         );
         let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-        // Closed connections leave their ports in TIME_WAIT on this side; without SO_REUSEADDR
-        // a bind to port 0 must search past all of them, which costs the generator more CPU
-        // with every run and ends in "address in use".
-        socket.set_reuseaddr(true).map_err(|e| e.to_string())?;
+        bind_address_only(&socket)?;
         socket
             .bind(SocketAddr::new(source.into(), 0))
             .map_err(|e| format!("bind {source}: {e}"))?;
@@ -138,5 +135,32 @@ impl Clients {
                 Err(_) => return Err("no authenticated message within 30 s".into()),
             }
         }
+    }
+}
+
+/// Closed connections leave their ports in TIME_WAIT on this side. A `bind` to port 0 then
+/// has to search past every one of them (more generator CPU with every run, and in the end
+/// "address in use"); with `IP_BIND_ADDRESS_NO_PORT` the port is chosen at `connect`, unique
+/// per destination, where the kernel may reuse TIME_WAIT ports on loopback (`tcp_tw_reuse`).
+fn bind_address_only(socket: &TcpSocket) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, and an option value of the size given.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "IP_BIND_ADDRESS_NO_PORT: {}",
+            std::io::Error::last_os_error()
+        ))
     }
 }
