@@ -4,13 +4,13 @@
 # and the load generator. Everything stays on loopback.
 #
 #   N_CONNECT=20000 N_FANOUT=10000 N_IDLE=19000 scripts/bench.sh
-#   SCENARIOS="cluster" scripts/bench.sh        # only some: connect fanout idle cluster idle-cluster
+#   SCENARIOS="cluster" scripts/bench.sh        # only some: connect fanout idle cluster idle-cluster floor
 #   PERF_DIR=/tmp/profiles scripts/bench.sh     # also record a CPU profile of the gateways per
 #                                               # run (perf record -e cpu-clock -g; perf report -i …)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SCENARIOS=${SCENARIOS:-"connect fanout idle cluster idle-cluster"}
+SCENARIOS=${SCENARIOS:-"connect fanout idle cluster idle-cluster floor"}
 N_CONNECT=${N_CONNECT:-20000}
 N_FANOUT=${N_FANOUT:-10000}
 FANOUT_MESSAGES=${FANOUT_MESSAGES:-100}
@@ -145,4 +145,8 @@ if wants idle-cluster; then
   start_gateways mongo 3
   echo "## idle over three nodes"
   load 1,2,3 idle --connections "$N_IDLE_CLUSTER" --concurrency 300 --hold-secs 20
+fi
+if wants floor; then
+  # No gateway: what one write of a broadcast frame (about 170 B) costs the kernel here.
+  echo "## loopback floor"; python3 scripts/loopback-floor.py "$N_FANOUT" 20 170
 fi
