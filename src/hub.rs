@@ -49,6 +49,12 @@ pub struct Delivery {
     pub published_at: Option<Instant>,
 }
 
+impl AsRef<[u8]> for Delivery {
+    fn as_ref(&self) -> &[u8] {
+        &self.frame
+    }
+}
+
 /// Limits on concurrent WebSocket connections, checked when one is opened.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {

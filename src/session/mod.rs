@@ -13,7 +13,6 @@ pub mod rules;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use bytestring::ByteString;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 
@@ -281,8 +280,7 @@ impl Connection<Authenticated> {
                         Ok(batch) => batch,
                         Err(lagged) => break CloseReason::SlowConsumer { missed: lagged.missed },
                     };
-                    let frames: Vec<Bytes> = batch.iter().map(|d| d.frame.clone()).collect();
-                    if send(ctx, &mut self.writer, &frames).await.is_err() {
+                    if send(ctx, &mut self.writer, &batch).await.is_err() {
                         break CloseReason::ConnectionLost;
                     }
                     for published_at in batch.iter().filter_map(|d| d.published_at) {
@@ -408,10 +406,10 @@ struct Lost;
 
 /// Writes frames, giving up when the client does not take them within CLIENT_TIMEOUT_SECS: a
 /// client that stopped reading must not pin its task forever.
-async fn write(
+async fn write<F: AsRef<[u8]>>(
     ctx: &SessionContext,
     writer: &mut FrameWriter,
-    frames: &[Bytes],
+    frames: &[F],
 ) -> Result<(), Lost> {
     match timeout(ctx.timing.client_timeout, writer.send(frames)).await {
         Ok(Ok(())) => Ok(()),
@@ -420,10 +418,10 @@ async fn write(
 }
 
 /// Writes messages (text frames), counted in `messages_out`.
-async fn send(
+async fn send<F: AsRef<[u8]>>(
     ctx: &SessionContext,
     writer: &mut FrameWriter,
-    frames: &[Bytes],
+    frames: &[F],
 ) -> Result<(), Lost> {
     write(ctx, writer, frames).await?;
     ctx.metrics.messages_out.inc_by(frames.len() as u64);

@@ -5,7 +5,7 @@
 
 use std::io::{ErrorKind, IoSlice};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
@@ -23,9 +23,9 @@ impl FrameWriter {
 
     /// Writes `frames` (at most [`MAX_BATCH`]) in order. Not cancel-safe: the caller bounds it
     /// with a timeout and treats a timeout as a lost connection.
-    pub async fn send(&mut self, frames: &[Bytes]) -> std::io::Result<()> {
+    pub async fn send<F: AsRef<[u8]>>(&mut self, frames: &[F]) -> std::io::Result<()> {
         debug_assert!(frames.len() <= MAX_BATCH);
-        let total: usize = frames.iter().map(Bytes::len).sum();
+        let total: usize = frames.iter().map(|frame| frame.as_ref().len()).sum();
         // The usual case: the kernel takes everything at once, with no waiting.
         let written = match self.try_send(frames) {
             Ok(written) => written,
@@ -40,11 +40,11 @@ impl FrameWriter {
         self.socket.write_all(&rest).await
     }
 
-    fn try_send(&self, frames: &[Bytes]) -> std::io::Result<usize> {
+    fn try_send<F: AsRef<[u8]>>(&self, frames: &[F]) -> std::io::Result<usize> {
         let mut slices = [IoSlice::new(&[]); MAX_BATCH];
         let count = frames.len().min(MAX_BATCH);
         for (slice, frame) in slices.iter_mut().zip(frames) {
-            *slice = IoSlice::new(frame);
+            *slice = IoSlice::new(frame.as_ref());
         }
         self.socket.try_write_vectored(&slices[..count])
     }
@@ -56,9 +56,9 @@ impl FrameWriter {
 }
 
 /// What is left of `frames` after the first `written` bytes, as one buffer.
-fn remainder(frames: &[Bytes], mut written: usize) -> BytesMut {
+fn remainder<F: AsRef<[u8]>>(frames: &[F], mut written: usize) -> BytesMut {
     let mut rest = BytesMut::new();
-    for frame in frames {
+    for frame in frames.iter().map(AsRef::as_ref) {
         if written >= frame.len() {
             written -= frame.len();
             continue;
@@ -72,6 +72,7 @@ fn remainder(frames: &[Bytes], mut written: usize) -> BytesMut {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn the_remainder_starts_where_the_kernel_stopped() {
