@@ -1,6 +1,5 @@
 //! The gateway's frame decoding (src/wire/reader.rs): the header check in front of
-//! actix-http's codec never panics, and never buffers past the limit, on any bytes at any
-//! limit, however they are split.
+//! actix-http's codec never panics on any bytes at any limit, however they are split.
 #![no_main]
 
 use actix_http::ws::Codec;
