@@ -25,6 +25,10 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
 /// Long enough for any wait a test expects to succeed, short enough to fail fast.
 pub const PATIENCE: Duration = Duration::from_secs(10);
+/// For a gateway process to start: it applies the migrations first, and with eight tests at a
+/// time on two cores (some holding thousands of sockets) MongoDB can take longer than
+/// [`PATIENCE`] to create a fresh database's collections and indexes.
+pub const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // MongoDB
@@ -609,7 +613,7 @@ impl GatewayProcess {
         let mut child = command.spawn().unwrap();
         let stdout = collect_lines(child.stdout.take().unwrap());
         let stderr = collect_lines(child.stderr.take().unwrap());
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + STARTUP_PATIENCE;
         let port = loop {
             let listening = stderr.lock().unwrap().iter().find_map(|line| {
                 let addr = line.split("listening on ").nth(1)?;
