@@ -156,10 +156,12 @@ impl Hub {
     /// many got it. A connection whose mailbox is full is closed as a slow consumer.
     pub fn send_to_user(&self, user_id: &str, message: &Message) -> usize {
         let connections = lock(&self.connections);
-        let frame = crate::wire::text_frame(message);
+        // Framed only once a connection of the user is found: in a cluster most nodes have none.
+        let mut frame = None;
         let mut delivered = 0;
         for entry in connections.of_user(user_id) {
             if let Stage::Authenticated { mailbox, .. } = &entry.stage {
+                let frame = frame.get_or_insert_with(|| crate::wire::text_frame(message));
                 if mailbox.push(frame.clone()) {
                     delivered += 1;
                 } else {

@@ -31,19 +31,20 @@ pub enum ReadError {
     Protocol(String),
 }
 
-impl From<ProtocolError> for ReadError {
-    fn from(error: ProtocolError) -> Self {
-        match error {
-            ProtocolError::Overflow => ReadError::TooBig { limit: 0 },
-            other => ReadError::Protocol(other.to_string()),
-        }
-    }
-}
-
 /// A fragmented message being put together.
 struct Fragments {
     text: bool,
     bytes: BytesMut,
+}
+
+impl Fragments {
+    fn into_message(self) -> Result<Incoming, ReadError> {
+        if self.text {
+            text_message(self.bytes.freeze())
+        } else {
+            Ok(Incoming::Binary(self.bytes.freeze()))
+        }
+    }
 }
 
 pub struct FrameReader {
@@ -83,11 +84,12 @@ impl FrameReader {
                 Frame::Continuation(Item::Continue(payload)) => (false, None, payload),
                 Frame::Continuation(Item::Last(payload)) => (true, None, payload),
             };
-            let fragments = match (text, self.fragments.as_mut()) {
-                (Some(text), _) => self.fragments.insert(Fragments {
+            // Taken out and put back with no await in between, so cancelling loses nothing.
+            let mut fragments = match (text, self.fragments.take()) {
+                (Some(text), _) => Fragments {
                     text,
                     bytes: BytesMut::new(),
-                }),
+                },
                 (None, Some(fragments)) => fragments,
                 // The codec refuses a continuation that was not started.
                 (None, None) => return Err(ReadError::Protocol("stray continuation".into())),
@@ -97,16 +99,9 @@ impl FrameReader {
             }
             fragments.bytes.extend_from_slice(&payload);
             if last {
-                let Fragments { text, bytes } = self.fragments.take().unwrap_or(Fragments {
-                    text: false,
-                    bytes: BytesMut::new(),
-                });
-                return if text {
-                    text_message(bytes.freeze())
-                } else {
-                    Ok(Incoming::Binary(bytes.freeze()))
-                };
+                return fragments.into_message();
             }
+            self.fragments = Some(fragments);
         }
     }
 
@@ -165,7 +160,7 @@ pub fn decode_frame(
     }
     codec.decode(buffer).map_err(|e| match e {
         ProtocolError::Overflow => ReadError::TooBig { limit },
-        other => ReadError::from(other),
+        other => ReadError::Protocol(other.to_string()),
     })
 }
 
