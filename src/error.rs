@@ -39,14 +39,16 @@ pub enum ApiError {
     MissingApiKey,
     #[error("the API key is not valid")]
     InvalidApiKey,
-    #[error("the request body is not acceptable: {0}")]
+    #[error("the request is not acceptable: {0}")]
     BadRequest(String),
+    #[error("the request is not acceptable: send one {0} header, not several")]
+    DuplicateHeader(&'static str),
     #[error("the request body is over the limit (API_MAX_BODY_BYTES)")]
     BodyTooLarge,
     #[error("no such endpoint")]
     NotFound,
-    #[error("method not allowed on this endpoint")]
-    MethodNotAllowed,
+    #[error("method not allowed on this endpoint; it allows {allow}")]
+    MethodNotAllowed { allow: &'static str },
 }
 
 #[derive(Serialize)]
@@ -73,10 +75,10 @@ impl ApiError {
             ApiError::AtCapacity => "at_capacity",
             ApiError::MissingApiKey => "missing_api_key",
             ApiError::InvalidApiKey => "invalid_api_key",
-            ApiError::BadRequest(_) => "bad_request",
+            ApiError::BadRequest(_) | ApiError::DuplicateHeader(_) => "bad_request",
             ApiError::BodyTooLarge => "body_too_large",
             ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
         }
     }
 }
@@ -95,10 +97,10 @@ impl ResponseError for ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ApiError::MissingApiKey | ApiError::InvalidApiKey => StatusCode::UNAUTHORIZED,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::DuplicateHeader(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -119,6 +121,9 @@ impl ResponseError for ApiError {
             }
             ApiError::AtCapacity => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
+            }
+            ApiError::MethodNotAllowed { allow } => {
+                response.insert_header((header::ALLOW, *allow));
             }
             ApiError::RateLimited(retry) => {
                 response.insert_header((header::RETRY_AFTER, retry.secs()));

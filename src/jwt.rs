@@ -15,6 +15,8 @@ use jsonwebtoken::{
 use secrecy::{ExposeSecret, SecretBox};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::MAX_UNIX_SECS;
+
 /// The claims ticketgate relies on; other claims are ignored (`iss` and `aud` are checked by
 /// the validation when configured).
 #[derive(Debug, Serialize, Deserialize)]
@@ -171,6 +173,10 @@ pub enum JwtRejection {
     WrongAudience,
     #[error("the token has been revoked")]
     Revoked,
+    #[error("the token's exp, nbf or iat is past the year 9999")]
+    TimeOutOfRange,
+    #[error("the token's crit header names an extension this gateway does not understand")]
+    UnknownCriticalExtension,
 }
 
 struct ConfiguredKey {
@@ -215,16 +221,28 @@ impl JwtVerifier {
 
     pub fn verify(&self, token: &str) -> Result<VerifiedJwt, JwtRejection> {
         let header = decode_header(token).map_err(|e| rejection(e.kind()))?;
+        // RFC 7515 §4.1.11: a recipient that does not understand every extension `crit` lists
+        // must reject the token. This gateway understands none (and an empty list is invalid).
+        if header.crit.is_some() {
+            return Err(JwtRejection::UnknownCriticalExtension);
+        }
         let key = self.select(&header)?;
-        let data =
-            decode::<Claims>(token, &key.key, &key.validation).map_err(|e| rejection(e.kind()))?;
-        if data.claims.sub.is_empty() {
+        let claims = decode::<Claims>(token, &key.key, &key.validation)
+            .map_err(|e| rejection(e.kind()))?
+            .claims;
+        if claims.sub.is_empty() {
             return Err(JwtRejection::EmptySubject);
         }
+        // A signed `exp` of u64::MAX once reached the session's timers; every time the
+        // gateway keeps is bounded here, once.
+        let times = [Some(claims.exp), claims.nbf, claims.iat];
+        if times.into_iter().flatten().any(|t| t > MAX_UNIX_SECS) {
+            return Err(JwtRejection::TimeOutOfRange);
+        }
         Ok(VerifiedJwt {
-            sub: data.claims.sub,
-            expires_at: data.claims.exp,
-            jti: data.claims.jti,
+            sub: claims.sub,
+            expires_at: claims.exp,
+            jti: claims.jti,
         })
     }
 
@@ -307,7 +325,7 @@ impl JwtSigner {
         let now = jsonwebtoken::get_current_timestamp();
         let claims = Claims {
             sub: sub.to_owned(),
-            exp: now + ttl_secs,
+            exp: now.saturating_add(ttl_secs),
             nbf: None,
             iat: Some(now),
             jti: None,
@@ -400,6 +418,43 @@ mod tests {
             URL_SAFE_NO_PAD.encode(format!(r#"{{"exp":{}}}"#, now() + 60))
         );
         assert!(v.verify(&no_sub).is_err());
+    }
+
+    #[test]
+    fn refuses_times_past_the_horizon_and_unknown_critical_extensions() {
+        let signer = JwtSigner::hs256(SECRET);
+        let v = verifier();
+        let claims = |exp: u64, iat: Option<u64>| Claims {
+            sub: "a".into(),
+            exp,
+            nbf: None,
+            iat,
+            jti: None,
+        };
+        for (exp, iat) in [
+            (u64::MAX, None),
+            (MAX_UNIX_SECS + 1, None),
+            (now() + 60, Some(u64::MAX)),
+        ] {
+            assert_eq!(
+                v.verify(&signer.sign(&claims(exp, iat))).unwrap_err(),
+                JwtRejection::TimeOutOfRange,
+                "exp {exp}, iat {iat:?}"
+            );
+        }
+        assert!(v.verify(&signer.sign(&claims(MAX_UNIX_SECS, None))).is_ok());
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["exp-ext".into()]);
+        let critical = encode(
+            &header,
+            &claims(now() + 60, None),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert_eq!(
+            v.verify(&critical).unwrap_err(),
+            JwtRejection::UnknownCriticalExtension
+        );
     }
 
     #[test]

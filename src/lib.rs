@@ -6,6 +6,7 @@
 
 pub mod bus;
 pub mod client_ip;
+pub mod clock;
 pub mod config;
 pub mod demo_broadcaster;
 pub mod error;

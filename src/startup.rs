@@ -130,6 +130,9 @@ impl Application {
             .then_some(settings.api_max_body_bytes);
         let app = move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(
+                    routes::refuse_ambiguous_headers,
+                ))
                 .app_data(app_state.clone())
                 .configure(|cfg| routes::configure(cfg, &app_state.origins, api_body_limit))
         };

@@ -8,13 +8,16 @@ use std::future::{Ready, ready};
 use actix_web::error::JsonPayloadError;
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use futures_util::future::LocalBoxFuture;
 use secrecy::ExposeSecret;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
 
-use super::AppState;
+use super::{AppState, post_only, readable};
 use crate::bus::{BusMode, ClusterCounts, Command, NodeView, Reach};
+use crate::clock::MAX_UNIX_SECS;
 use crate::error::ApiError;
 use crate::store::StoreUnavailable;
 
@@ -24,18 +27,19 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
         // `curl -d` sends a form content type; the body is what matters.
         .content_type_required(false)
         .error_handler(|error, _| ApiError::from(error).into());
+    let query = web::QueryConfig::default().error_handler(|error, _| {
+        ApiError::BadRequest(format!("the query string: {error}")).into()
+    });
     cfg.service(
         web::scope("/api")
             .app_data(json)
-            .route("/broadcast", web::post().to(broadcast))
-            .route("/users/{user_id}/messages", web::post().to(message_user))
-            .route(
-                "/users/{user_id}/disconnect",
-                web::post().to(disconnect_user),
-            )
-            .route("/revocations", web::post().to(revoke))
-            .route("/connections", web::get().to(connections))
-            .route("/nodes", web::get().to(nodes)),
+            .app_data(query)
+            .service(post_only("/broadcast", broadcast))
+            .service(post_only("/users/{user_id}/messages", message_user))
+            .service(post_only("/users/{user_id}/disconnect", disconnect_user))
+            .service(post_only("/revocations", revoke))
+            .service(readable("/connections", connections))
+            .service(readable("/nodes", nodes)),
     );
 }
 
@@ -59,7 +63,11 @@ fn check_api_key(req: &HttpRequest) -> Result<ApiCaller, ApiError> {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::MissingApiKey)?
+        // Bytes that are not visible ASCII cannot be the key: a wrong key, not a missing one.
+        .to_str()
+        .map_err(|_| ApiError::InvalidApiKey)?;
+    let presented = Some(presented)
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, key)| key.trim())
@@ -82,8 +90,31 @@ impl From<JsonPayloadError> for ApiError {
             JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
                 ApiError::BodyTooLarge
             }
-            other => ApiError::BadRequest(other.to_string()),
+            other => ApiError::BadRequest(format!("the body: {other}")),
         }
+    }
+}
+
+/// A request body that is a JSON object, read as `T`. serde reads a struct from a JSON array
+/// too (`["j1", 5]` as `{"jti": "j1", "expires_at": 5}`); the API takes objects only.
+pub struct ObjectBody<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for ObjectBody<T> {
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        // Any JSON first (limits and errors as configured above), then the object check.
+        let json = web::Json::<Box<RawValue>>::from_request(req, payload);
+        Box::pin(async move {
+            let raw = json.await?.into_inner();
+            if !raw.get().starts_with('{') {
+                return Err(ApiError::BadRequest("the body must be a JSON object".into()).into());
+            }
+            serde_json::from_str(raw.get())
+                .map(ObjectBody)
+                .map_err(|e| ApiError::BadRequest(format!("the body: {e}")).into())
+        })
     }
 }
 
@@ -141,9 +172,9 @@ struct Published {
 async fn broadcast(
     _: ApiCaller,
     state: web::Data<AppState>,
-    body: web::Json<DataBody>,
+    body: ObjectBody<DataBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let sent = send(&state, Command::Broadcast(body.into_inner().data)).await?;
+    let sent = send(&state, Command::Broadcast(body.0.data)).await?;
     Ok(HttpResponse::Accepted().json(Published {
         seq: sent.seq.unwrap_or_default(),
         node: state.bus.node().id.to_string(),
@@ -163,11 +194,11 @@ async fn message_user(
     _: ApiCaller,
     state: web::Data<AppState>,
     user_id: web::Path<String>,
-    body: web::Json<DataBody>,
+    body: ObjectBody<DataBody>,
 ) -> Result<HttpResponse, ApiError> {
     let command = Command::Message {
         user_id: user_id.into_inner(),
-        data: body.into_inner().data,
+        data: body.0.data,
     };
     let sent = send(&state, command).await?;
     Ok(HttpResponse::Accepted().json(Delivered {
@@ -215,6 +246,9 @@ async fn disconnect_user(
     }))
 }
 
+/// The longest `jti` a revocation takes.
+const MAX_JTI_CHARS: usize = 512;
+
 #[derive(Deserialize)]
 struct RevocationBody {
     jti: String,
@@ -233,13 +267,19 @@ struct Revoked {
 async fn revoke(
     _: ApiCaller,
     state: web::Data<AppState>,
-    body: web::Json<RevocationBody>,
+    body: ObjectBody<RevocationBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let RevocationBody { jti, expires_at } = body.into_inner();
-    if jti.is_empty() || jti.len() > 512 {
-        return Err(ApiError::BadRequest(
-            "jti must have 1 to 512 characters".into(),
-        ));
+    let ObjectBody(RevocationBody { jti, expires_at }) = body;
+    // Characters, as JSON Schema's maxLength counts them (docs/openapi.json).
+    if jti.is_empty() || jti.chars().count() > MAX_JTI_CHARS {
+        return Err(ApiError::BadRequest(format!(
+            "jti must have 1 to {MAX_JTI_CHARS} characters"
+        )));
+    }
+    if expires_at > MAX_UNIX_SECS {
+        return Err(ApiError::BadRequest(format!(
+            "expires_at must be unix seconds no later than {MAX_UNIX_SECS} (the year 9999)"
+        )));
     }
     // Recorded first: a node that authenticates a connection after this checks the store.
     state

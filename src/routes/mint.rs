@@ -25,7 +25,7 @@ pub async fn mint_ticket(
     if !state.origins.allows_request(&req) {
         return Err(ApiError::OriginNotAllowed);
     }
-    let jwt = bearer_token(&req).ok_or(ApiError::MissingToken)?;
+    let jwt = bearer_token(&req)?;
     let user = state
         .session
         .jwt
@@ -66,9 +66,19 @@ pub async fn mint_ticket(
 }
 
 /// The token of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 7235).
-fn bearer_token(req: &HttpRequest) -> Option<&str> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
+/// A header whose bytes are not visible ASCII presented something, just not a JWT.
+fn bearer_token(req: &HttpRequest) -> Result<&str, ApiError> {
+    let value = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or(ApiError::MissingToken)?
+        .to_str()
+        .map_err(|_| ApiError::InvalidToken(JwtRejection::Malformed))?;
+    let (scheme, token) = value.split_once(' ').ok_or(ApiError::MissingToken)?;
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    if scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() {
+        Ok(token)
+    } else {
+        Err(ApiError::MissingToken)
+    }
 }

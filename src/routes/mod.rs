@@ -9,9 +9,10 @@ mod upgrade;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::ServiceResponse;
-use actix_web::http::StatusCode;
-use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{StatusCode, header};
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Next};
 use actix_web::{HttpResponse, ResponseError, web};
 
 use secrecy::SecretString;
@@ -51,20 +52,67 @@ pub fn configure(cfg: &mut web::ServiceConfig, origins: &OriginPolicy, api: Opti
             // actix-cors answers refused preflights with plain text; every rejection is JSON.
             .wrap(ErrorHandlers::new().handler(StatusCode::BAD_REQUEST, cors_rejection_as_json))
             .route(web::get().to(mint::mint_ticket))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(web::to(|| method_not_allowed("GET"))),
     )
     .service(
+        // No HEAD: a HEAD cannot upgrade (RFC 6455 asks for GET), and minting above has an
+        // effect whose result a HEAD answer could not carry.
         web::resource("/demo")
             .route(web::get().to(upgrade::upgrade))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(web::to(|| method_not_allowed("GET"))),
     )
-    .route("/", web::get().to(static_files::demo_page))
-    .route("/ticketgate.js", web::get().to(static_files::client_module))
-    .route("/healthz", web::get().to(health::healthz))
-    .route("/readyz", web::get().to(health::readyz))
-    .route("/metrics", web::get().to(health::metrics))
-    .route("/openapi.json", web::get().to(health::openapi))
+    .service(readable("/", static_files::demo_page))
+    .service(readable("/ticketgate.js", static_files::client_module))
+    .service(readable("/healthz", health::healthz))
+    .service(readable("/readyz", health::readyz))
+    .service(readable("/metrics", health::metrics))
+    .service(readable("/openapi.json", health::openapi))
     .default_service(web::to(not_found));
+}
+
+/// A read-only resource: GET, HEAD (the same answer without its body, as RFC 9110 asks), and
+/// 405 with `Allow` for any other method.
+pub(crate) fn readable<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+        .default_service(web::to(|| method_not_allowed("GET, HEAD")))
+}
+
+/// A resource that only takes POST; 405 with `Allow` for any other method.
+pub(crate) fn post_only<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::post().to(handler))
+        .default_service(web::to(|| method_not_allowed("POST")))
+}
+
+/// Refuses a request with two `Authorization` or two `Origin` headers: whichever copy the
+/// gateway read, a proxy in front of it may have read the other, and the two would disagree
+/// about who is asking.
+pub async fn refuse_ambiguous_headers(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    for (name, label) in [
+        (header::AUTHORIZATION, "Authorization"),
+        (header::ORIGIN, "Origin"),
+    ] {
+        if req.headers().get_all(name).nth(1).is_some() {
+            let response = ApiError::DuplicateHeader(label).error_response();
+            return Ok(req.into_response(response).map_into_right_body());
+        }
+    }
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 fn cors_rejection_as_json<B>(
@@ -79,6 +127,6 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
+async fn method_not_allowed(allow: &'static str) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed { allow })
 }

@@ -1,5 +1,6 @@
 //! `GET /demo?token=<ticket>`: checks the ticket, then upgrades to a WebSocket.
 
+use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::AppState;
@@ -38,6 +39,7 @@ pub async fn upgrade(
     // Check the handshake before redeeming, so a request that cannot upgrade does not burn
     // a single-use ticket.
     actix_http::ws::handshake(req.head()).map_err(|e| ApiError::NotWebSocket(e.to_string()))?;
+    let subprotocol = chosen_subprotocol(&req)?;
     let ticket = PresentedTicket::parse(&raw_ticket).map_err(|_| {
         log::debug!("malformed ticket {}", redact(&raw_ticket));
         rejected("malformed");
@@ -66,8 +68,11 @@ pub async fn upgrade(
 
     metrics.tickets_consumed.inc();
     log::info!("{} upgraded for user {}", open.id, open.user_id());
-    let mut response = HttpResponse::from(actix_http::ws::handshake_response(req.head()).finish())
-        .map_into_boxed_body();
+    let mut handshake = actix_http::ws::handshake_response(req.head());
+    if let Some(protocol) = subprotocol {
+        handshake.insert_header((header::SEC_WEBSOCKET_PROTOCOL, protocol));
+    }
+    let mut response = HttpResponse::from(handshake.finish()).map_into_boxed_body();
     let ctx = state.session.clone();
     response
         .extensions_mut()
@@ -77,6 +82,32 @@ pub async fn upgrade(
             actix_web::rt::spawn(session::run(ctx, open, reader, writer));
         }));
     Ok(response)
+}
+
+/// The one WebSocket subprotocol the gateway speaks (docs/PROTOCOL.md).
+pub const SUBPROTOCOL: &str = "ticketgate.v1";
+
+/// The subprotocol to name in the 101: ours when the client offers it, none when it offers
+/// none. A client that offers only others would fail the handshake itself (browsers do when
+/// the answer names none of theirs), so it is refused here, before the ticket is spent.
+fn chosen_subprotocol(req: &HttpRequest) -> Result<Option<&'static str>, ApiError> {
+    let mut offered = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .flat_map(|value| value.to_str().unwrap_or("").split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .peekable();
+    if offered.peek().is_none() {
+        return Ok(None);
+    }
+    if offered.any(|p| p == SUBPROTOCOL) {
+        Ok(Some(SUBPROTOCOL))
+    } else {
+        Err(ApiError::NotWebSocket(format!(
+            "none of the offered subprotocols is spoken here; offer {SUBPROTOCOL} or none"
+        )))
+    }
 }
 
 /// The single `token` query parameter. Several `token` parameters are refused as ambiguous.

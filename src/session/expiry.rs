@@ -1,9 +1,11 @@
 //! When an authenticated connection's JWT runs out: one `token_expiring` notice shortly before,
 //! and the end at `exp` (plus the verifier's leeway) unless the client refreshed in-band.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::clock::{saturating_deadline, until_unix};
 
 /// Where a connection's authentication stands on the clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,12 +33,14 @@ impl Expiry {
     /// For a JWT whose `exp` is `expires_at` (unix seconds): the notice `notice` before it, the end
     /// `grace` after it.
     pub fn new(expires_at: u64, notice: Duration, grace: Duration) -> Self {
+        // `expires_at` is bounded by the verifier (clock::MAX_UNIX_SECS); the arithmetic
+        // saturates anyway, so no timestamp can make it panic.
         let now = Instant::now();
-        let exp = now + until_unix(expires_at);
+        let exp = saturating_deadline(now, until_unix(expires_at));
         Expiry::Valid {
             expires_at,
             notice_at: exp.checked_sub(notice).unwrap_or(now).max(now),
-            ends_at: exp + grace,
+            ends_at: saturating_deadline(exp, grace),
         }
     }
 
@@ -66,24 +70,11 @@ impl Expiry {
     }
 }
 
-/// Time from now until a unix timestamp; zero if it is past.
-fn until_unix(timestamp: u64) -> Duration {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Duration::from_secs(timestamp).saturating_sub(now)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn unix_now() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    }
+    use crate::clock::unix_now;
+    use proptest::prelude::*;
 
     #[test]
     fn notice_then_end() {
@@ -121,6 +112,21 @@ mod tests {
     fn expiry_exp(expiry: &Expiry) -> u64 {
         match expiry {
             Expiry::Valid { expires_at, .. } | Expiry::Noticed { expires_at, .. } => *expires_at,
+        }
+    }
+
+    proptest! {
+        /// Found by hand: `exp` = u64::MAX used to panic here ("overflow when adding duration
+        /// to instant"). Any timestamp and any configured durations now give a deadline.
+        #[test]
+        fn any_timestamp_gives_deadlines_without_panicking(
+            expires_at in any::<u64>(),
+            notice in any::<u64>(),
+            grace in any::<u64>(),
+        ) {
+            let expiry = Expiry::new(expires_at, Duration::from_secs(notice), Duration::from_secs(grace));
+            let (_, noticed) = expiry.fire();
+            prop_assert!(noticed.next_deadline() >= expiry.next_deadline());
         }
     }
 }

@@ -84,7 +84,8 @@ pub struct Connection<State> {
 }
 
 /// Upgraded with a valid ticket (whose user the connection slot records); waiting for the JWT.
-/// Sends nothing. Reads messages of at most [`PRE_AUTH_MAX_MESSAGE_BYTES`].
+/// Sends nothing but the Pong a Ping asks for. Reads messages of at most
+/// [`PRE_AUTH_MAX_MESSAGE_BYTES`].
 pub struct Unauthenticated;
 
 /// The JWT checked out: in the broadcast pipeline, with a heartbeat. Reads messages of up to
@@ -156,7 +157,7 @@ impl Connection<Unauthenticated> {
         mut self,
         ctx: &SessionContext,
     ) -> Result<Connection<Authenticated>, Closing> {
-        let first = first_text_message(&mut self.reader);
+        let first = first_text_message(ctx, &mut self.reader, &mut self.writer);
         let outcome = tokio::select! {
             outcome = timeout(ctx.timing.auth_timeout, first) => outcome,
             kick = self.open.kicked() => return Err(self.closing(CloseReason::Kicked(kick))),
@@ -203,13 +204,25 @@ impl Connection<Unauthenticated> {
 }
 
 /// The first message, which must be text (possibly fragmented) of at most
-/// [`PRE_AUTH_MAX_MESSAGE_BYTES`]. Control frames before authentication are ignored: the server
-/// sends nothing at all until the JWT checks out (not even a Pong), and the deadline around this
-/// call does not move.
-async fn first_text_message(reader: &mut FrameReader) -> Result<ByteString, CloseReason> {
+/// [`PRE_AUTH_MAX_MESSAGE_BYTES`]. A Ping is answered with its Pong, as RFC 6455 §5.5.2 requires;
+/// that is the only frame the server sends before the JWT checks out (no message, no Ping of its
+/// own), and the deadline around this call does not move for it.
+async fn first_text_message(
+    ctx: &SessionContext,
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+) -> Result<ByteString, CloseReason> {
     loop {
         match reader.next_message(PRE_AUTH_MAX_MESSAGE_BYTES).await? {
-            Incoming::Ping(_) | Incoming::Pong(_) => continue,
+            Incoming::Ping(payload) => {
+                if write(ctx, writer, &[wire::pong_frame(&payload)])
+                    .await
+                    .is_err()
+                {
+                    return Err(CloseReason::ConnectionLost);
+                }
+            }
+            Incoming::Pong(_) => continue,
             Incoming::Close(frame) => return Err(CloseReason::ClientClosed(frame)),
             Incoming::Text(text) => return Ok(text),
             Incoming::Binary(_) => {

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bson::{DateTime, doc};
 use mongodb::options::ReplaceOptions;
@@ -12,6 +11,7 @@ use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
 use super::{MongoBounds, StoreUnavailable};
+use crate::clock::{MAX_UNIX_SECS, unix_now};
 
 pub const REVOCATIONS_COLLECTION: &str = "revocations";
 
@@ -30,13 +30,6 @@ enum Backend {
         revocations: Collection<RevocationDocument>,
         bounds: MongoBounds,
     },
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
 
 impl RevocationStore {
@@ -68,8 +61,9 @@ impl RevocationStore {
             } => {
                 let document = RevocationDocument {
                     jti: jti.to_owned(),
+                    // The API refuses later times; the bound keeps the milliseconds in range.
                     expires_at: DateTime::from_millis(
-                        (expires_at.min(i64::MAX as u64 / 1000) * 1000) as i64,
+                        (expires_at.min(MAX_UNIX_SECS) * 1000) as i64,
                     ),
                 };
                 let replace = revocations

@@ -35,9 +35,28 @@ pub enum ReadError {
 struct Fragments {
     text: bool,
     bytes: BytesMut,
+    /// How much of a text message's bytes is known to be UTF-8 so far: each fragment is
+    /// checked as it arrives, so a bad one fails the connection at once (RFC 6455 §8.1),
+    /// not after the last fragment.
+    valid_utf8: usize,
 }
 
 impl Fragments {
+    fn append(&mut self, payload: &[u8]) -> Result<(), ReadError> {
+        self.bytes.extend_from_slice(payload);
+        if !self.text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.bytes[self.valid_utf8..]) {
+            Ok(_) => self.valid_utf8 = self.bytes.len(),
+            // `error_len` is None when the bytes only stop inside a character that the next
+            // fragment may complete.
+            Err(e) if e.error_len().is_none() => self.valid_utf8 += e.valid_up_to(),
+            Err(_) => return Err(ReadError::InvalidUtf8),
+        }
+        Ok(())
+    }
+
     fn into_message(self) -> Result<Incoming, ReadError> {
         if self.text {
             text_message(self.bytes.freeze())
@@ -89,6 +108,7 @@ impl FrameReader {
                 (Some(text), _) => Fragments {
                     text,
                     bytes: BytesMut::new(),
+                    valid_utf8: 0,
                 },
                 (None, Some(fragments)) => fragments,
                 // The codec refuses a continuation that was not started.
@@ -97,7 +117,7 @@ impl FrameReader {
             if fragments.bytes.len() + payload.len() > limit {
                 return Err(ReadError::TooBig { limit });
             }
-            fragments.bytes.extend_from_slice(&payload);
+            fragments.append(&payload)?;
             if last {
                 return fragments.into_message();
             }
@@ -153,15 +173,52 @@ pub fn decode_frame(
     buffer: &mut BytesMut,
     limit: usize,
 ) -> Result<Option<Frame>, ReadError> {
-    if let Some((_, declared)) = declared_lengths(buffer)
-        && declared > limit as u64
-    {
-        return Err(ReadError::TooBig { limit });
+    if let Some((header_len, declared)) = declared_lengths(buffer) {
+        if declared > limit as u64 {
+            return Err(ReadError::TooBig { limit });
+        }
+        check_control_frame(buffer, header_len, declared)?;
     }
     codec.decode(buffer).map_err(|e| match e {
         ProtocolError::Overflow => ReadError::TooBig { limit },
         other => ReadError::Protocol(other.to_string()),
     })
+}
+
+const OPCODE_CLOSE: u8 = 0x8;
+const FIN: u8 = 0x80;
+
+/// What actix-http's codec would get wrong about a control frame, checked before it sees one:
+/// it logs a fragmented control frame at ERROR level (any client could fill the error log),
+/// and it calls a close reason that is not UTF-8 a protocol error, where RFC 6455 §8.1 asks
+/// for 1007.
+fn check_control_frame(buffer: &[u8], header_len: usize, declared: u64) -> Result<(), ReadError> {
+    let first = buffer[0];
+    let opcode = first & 0x0f;
+    if opcode & 0x08 == 0 {
+        return Ok(());
+    }
+    if first & FIN == 0 {
+        return Err(ReadError::Protocol("fragmented control frame".into()));
+    }
+    // Longer control frames, and unmasked ones, are the codec's to refuse.
+    let masked = buffer[1] & 0x80 != 0;
+    if opcode != OPCODE_CLOSE || !masked || !(3..=125).contains(&declared) {
+        return Ok(());
+    }
+    let Some(frame) = buffer.get(..header_len + declared as usize) else {
+        return Ok(()); // not all here yet
+    };
+    let mask = &frame[header_len - 4..header_len];
+    let reason: Vec<u8> = frame[header_len + 2..]
+        .iter()
+        .enumerate()
+        .map(|(i, byte)| byte ^ mask[(i + 2) % 4])
+        .collect();
+    match std::str::from_utf8(&reason) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(ReadError::InvalidUtf8),
+    }
 }
 
 fn text_message(payload: Bytes) -> Result<Incoming, ReadError> {
@@ -207,6 +264,67 @@ mod tests {
         }
         out.extend_from_slice(&[1, 2, 3, 4]);
         out
+    }
+
+    /// A masked client frame carrying `payload`.
+    fn frame(first: u8, payload: &[u8]) -> BytesMut {
+        let mut out = BytesMut::from(&header(payload.len())[..]);
+        out[0] = first;
+        let mask = [1, 2, 3, 4];
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    fn decode(mut buffer: BytesMut) -> Result<Option<Frame>, ReadError> {
+        decode_frame(&mut Codec::new(), &mut buffer, 1 << 20)
+    }
+
+    #[test]
+    fn a_close_reason_that_is_not_utf8_is_1007_material() {
+        let mut bad = vec![0x03, 0xe8];
+        bad.extend_from_slice(&[0xce, 0xba, 0xff]);
+        assert!(matches!(
+            decode(frame(0x88, &bad)),
+            Err(ReadError::InvalidUtf8)
+        ));
+        let good = [0x03, 0xe8, b'o', b'k'];
+        assert!(matches!(
+            decode(frame(0x88, &good)),
+            Ok(Some(Frame::Close(Some(_))))
+        ));
+        // Half a frame: nothing to say yet.
+        let half = frame(0x88, &bad);
+        assert!(matches!(decode(BytesMut::from(&half[..8])), Ok(None)));
+    }
+
+    #[test]
+    fn a_fragmented_control_frame_is_refused_before_the_codec_sees_it() {
+        assert!(matches!(
+            decode(frame(0x09, b"x")),
+            Err(ReadError::Protocol(_))
+        ));
+        assert!(matches!(
+            decode(frame(0x89, b"x")),
+            Ok(Some(Frame::Ping(_)))
+        ));
+    }
+
+    #[test]
+    fn text_fragments_are_checked_as_they_arrive() {
+        let mut fragments = Fragments {
+            text: true,
+            bytes: BytesMut::new(),
+            valid_utf8: 0,
+        };
+        // "κ" split across two fragments is fine...
+        fragments.append(&[b'a', 0xce]).unwrap();
+        fragments.append(&[0xba]).unwrap();
+        assert_eq!(fragments.valid_utf8, 3);
+        // ...a byte that can never be UTF-8 fails on the fragment that carries it.
+        assert!(matches!(
+            fragments.append(&[0xff]),
+            Err(ReadError::InvalidUtf8)
+        ));
     }
 
     #[test]

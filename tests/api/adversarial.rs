@@ -15,7 +15,7 @@ use crate::helpers::*;
 // ---------------------------------------------------------------------------------------------
 
 /// The status line's code (None when the server just closed), and the body.
-async fn raw_http(port: u16, request: &[u8]) -> (Option<u16>, String) {
+pub(crate) async fn raw_http(port: u16, request: &[u8]) -> (Option<u16>, String) {
     let mut socket = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     // The server may close before reading it all; that is an answer too.
     let _ = socket.write_all(request).await;
@@ -49,6 +49,23 @@ async fn raw_http(port: u16, request: &[u8]) -> (Option<u16>, String) {
     (status, body)
 }
 
+/// The response head of `request`, header names in lower case.
+pub(crate) async fn raw_head(port: u16, request: &[u8]) -> String {
+    let mut socket = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    socket.write_all(request).await.unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(PATIENCE, socket.read(&mut buffer))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed before the head");
+        received.extend_from_slice(&buffer[..n]);
+    }
+    String::from_utf8_lossy(&received).to_ascii_lowercase()
+}
+
 fn response_complete(received: &[u8]) -> bool {
     let text = String::from_utf8_lossy(received);
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
@@ -68,19 +85,25 @@ fn response_complete(received: &[u8]) -> bool {
     }
 }
 
-fn get(path: &str) -> Vec<u8> {
+pub(crate) fn get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").into_bytes()
 }
 
-fn upgrade_request(path: &str, extra_headers: &str) -> Vec<u8> {
+pub(crate) fn upgrade_request(path: &str, extra_headers: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra_headers}\r\n").into_bytes()
 }
 
-const WS_HEADERS: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+pub(crate) const WS_HEADERS: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
 
 /// An HTTP request that must get `status` with a JSON `error` of `code`, or, with `code` empty,
 /// any answer of that status.
-async fn expect_http(app: &TestApp, what: &str, request: Vec<u8>, status: u16, code: &str) {
+pub(crate) async fn expect_http(
+    app: &TestApp,
+    what: &str,
+    request: Vec<u8>,
+    status: u16,
+    code: &str,
+) {
     let (got, body) = raw_http(app.port, &request).await;
     assert_eq!(got, Some(status), "{what}: {body}");
     if !code.is_empty() {
@@ -104,18 +127,18 @@ async fn expect_refused(app: &TestApp, what: &str, request: Vec<u8>) {
 // Raw WebSocket frames
 // ---------------------------------------------------------------------------------------------
 
-struct RawFrame {
-    fin: bool,
-    rsv: u8,
-    opcode: u8,
-    masked: bool,
-    payload: Vec<u8>,
+pub(crate) struct RawFrame {
+    pub fin: bool,
+    pub rsv: u8,
+    pub opcode: u8,
+    pub masked: bool,
+    pub payload: Vec<u8>,
     /// Claim this length instead of the payload's (for truncated and huge frames).
     claimed_len: Option<u64>,
 }
 
 impl RawFrame {
-    fn new(opcode: u8, payload: &[u8]) -> Self {
+    pub fn new(opcode: u8, payload: &[u8]) -> Self {
         RawFrame {
             fin: true,
             rsv: 0,
@@ -126,7 +149,7 @@ impl RawFrame {
         }
     }
 
-    fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![(u8::from(self.fin) << 7) | (self.rsv << 4) | self.opcode];
         let len = self.claimed_len.unwrap_or(self.payload.len() as u64);
         let mask_bit = if self.masked { 0x80 } else { 0 };
@@ -150,14 +173,14 @@ impl RawFrame {
     }
 }
 
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CONTINUATION: u8 = 0x0;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
+pub(crate) const TEXT: u8 = 0x1;
+pub(crate) const BINARY: u8 = 0x2;
+pub(crate) const CONTINUATION: u8 = 0x0;
+pub(crate) const CLOSE: u8 = 0x8;
+pub(crate) const PING: u8 = 0x9;
 
 /// A raw socket upgraded with a fresh ticket; authenticated too when `authenticate`.
-async fn raw_ws(app: &TestApp, authenticate: bool) -> TcpStream {
+pub(crate) async fn raw_ws(app: &TestApp, authenticate: bool) -> TcpStream {
     let ticket = app.ticket("raw").await;
     let mut socket = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
     socket
@@ -194,7 +217,7 @@ async fn raw_ws(app: &TestApp, authenticate: bool) -> TcpStream {
 }
 
 /// One server frame (servers never mask): opcode and payload; None at end of stream.
-async fn read_frame(socket: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+pub(crate) async fn read_frame(socket: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
     let read = async {
         let mut head = [0u8; 2];
         socket.read_exact(&mut head).await.ok()?;
@@ -218,7 +241,7 @@ async fn read_frame(socket: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
 }
 
 /// How the server ended the connection: its close code, or None for a plain disconnect.
-async fn close_code(socket: &mut TcpStream) -> Option<u16> {
+pub(crate) async fn close_code(socket: &mut TcpStream) -> Option<u16> {
     while let Some((opcode, payload)) = read_frame(socket).await {
         if opcode == CLOSE {
             return payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
@@ -228,7 +251,7 @@ async fn close_code(socket: &mut TcpStream) -> Option<u16> {
 }
 
 /// Sends `frames` and expects the connection to end with `expected` (None: a disconnect).
-async fn expect_ws_end(
+pub(crate) async fn expect_ws_end(
     app: &TestApp,
     what: &str,
     authenticated: bool,
@@ -291,20 +314,28 @@ async fn forty_kinds_of_bad_input_then_a_healthy_gateway() {
         kinds += 1;
     }
 
-    // Wrong methods on every route: 405 with a JSON body.
-    for (method, path) in [
-        ("POST", "/token/ws"),
-        ("PUT", "/token/ws"),
-        ("DELETE", "/token/ws"),
-        ("PATCH", "/demo"),
-        ("POST", "/demo"),
-        ("HEAD", "/demo"),
+    // Wrong methods on every route: 405 with a JSON body and the methods it allows.
+    for (method, path, allow) in [
+        ("POST", "/token/ws", "GET"),
+        ("PUT", "/token/ws", "GET"),
+        ("DELETE", "/token/ws", "GET"),
+        ("PATCH", "/demo", "GET"),
+        ("POST", "/demo", "GET"),
+        ("HEAD", "/demo", "GET"),
+        ("POST", "/healthz", "GET, HEAD"),
+        ("DELETE", "/", "GET, HEAD"),
+        ("PUT", "/metrics", "GET, HEAD"),
     ] {
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
         let (status, body) = raw_http(app.port, request.as_bytes()).await;
         assert_eq!(status, Some(405), "{method} {path}: {body}");
+        let head = raw_head(app.port, request.as_bytes()).await;
+        assert!(
+            head.contains(&format!("allow: {}\r\n", allow.to_ascii_lowercase())),
+            "{method} {path}: {head}"
+        );
         if method != "HEAD" {
             assert!(
                 body.contains("method_not_allowed"),
@@ -481,6 +512,41 @@ async fn forty_kinds_of_bad_input_then_a_healthy_gateway() {
             "invalid UTF-8 after auth",
             true,
             vec![RawFrame::new(TEXT, &[0xed, 0xa0, 0x80])],
+            Some(1007),
+        ),
+        (
+            "close frame whose reason is not UTF-8",
+            true,
+            vec![RawFrame::new(CLOSE, &[0x03, 0xe8, 0xce, 0xba, 0xff])],
+            Some(1007),
+        ),
+        (
+            // Fail fast: the message is never finished, so only a check of each fragment as it
+            // arrives can answer (a check at the end would wait for the heartbeat timeout).
+            "a first fragment that is not UTF-8, the message left open",
+            true,
+            vec![{
+                let mut open = RawFrame::new(TEXT, &[b'{', 0xff]);
+                open.fin = false;
+                open
+            }],
+            Some(1007),
+        ),
+        (
+            "a later fragment that is not UTF-8, the message left open",
+            false,
+            vec![
+                {
+                    let mut first = RawFrame::new(TEXT, &[b'{', 0xce]);
+                    first.fin = false;
+                    first
+                },
+                {
+                    let mut second = RawFrame::new(CONTINUATION, &[0xba, 0xc0, 0x80]);
+                    second.fin = false;
+                    second
+                },
+            ],
             Some(1007),
         ),
         (

@@ -2,6 +2,7 @@
 //! One test binary (modules below) so it compiles and starts mongod once.
 
 mod adversarial;
+mod bad_input;
 mod cli;
 mod client_js;
 mod cluster;
@@ -20,6 +21,7 @@ mod openapi;
 mod ops;
 mod origin;
 mod outage;
+mod rfc6455;
 mod server_api;
 mod session;
 mod store_conformance;

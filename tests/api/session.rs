@@ -41,7 +41,8 @@ async fn the_whole_flow_authenticates_with_user_and_expiry() {
     }
 }
 
-/// Before the JWT: no broadcasts, no pings, no pongs, nothing at all.
+/// Before the JWT: no broadcasts, no pings, no messages; only the Pong a client's Ping asks
+/// for (RFC 6455 §5.5.2).
 #[tokio::test]
 async fn an_unauthenticated_connection_receives_nothing() {
     let app = spawn_app(
@@ -58,6 +59,10 @@ async fn an_unauthenticated_connection_receives_nothing() {
     waiting
         .send(Message::Ping(b"anyone?".to_vec().into()))
         .await;
+    assert_eq!(
+        waiting.next_frame().await,
+        Some(Message::Pong(b"anyone?".to_vec().into()))
+    );
     app.publish(r#""not for you""#).await;
     waiting.expect_silence(Duration::from_millis(2500)).await;
     assert_eq!(app.hub.authenticated_count(), 0);
@@ -155,9 +160,26 @@ async fn a_bad_or_foreign_jwt_closes_with_4401() {
 async fn silence_past_the_auth_deadline_closes_with_4408() {
     let app = spawn_app(Store::Memory, &[("AUTH_TIMEOUT_SECS", "1")]).await;
     let mut client = app.connect(&app.ticket("alice").await).await;
-    // Pings do not buy time.
-    client.send(Message::Ping(Vec::new().into())).await;
-    let reason = client.expect_close(4408).await;
+    // Pings are answered, but do not buy time: one every 200 ms for longer than the deadline.
+    let started = std::time::Instant::now();
+    let reason = loop {
+        client
+            .send(Message::Ping(b"still here".to_vec().into()))
+            .await;
+        match tokio::time::timeout(Duration::from_millis(200), client.stream.next()).await {
+            Ok(Some(Ok(Message::Pong(payload)))) => assert_eq!(&payload[..], b"still here"),
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                assert_eq!(u16::from(frame.code), 4408);
+                break frame.reason.to_string();
+            }
+            Ok(other) => panic!("expected a pong or the close, got {other:?}"),
+            Err(_) => {}
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "pings kept the connection open"
+        );
+    };
     assert!(reason.contains("authentication"), "{reason}");
     app.assert_no_connections_left().await;
 }
