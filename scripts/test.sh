@@ -34,6 +34,36 @@ if ! command -v node >/dev/null 2>&1; then
 fi
 (cd client && npm ci --no-audit --no-fund --loglevel=error)
 
+# Every process the tests start carries this marker (tests that clear a child's environment
+# pass it on), so whatever is left at the end can be found and named.
+TICKETGATE_TEST_RUN="$$-$(date +%s%N)"
+export TICKETGATE_TEST_RUN
+
+# Processes other than this script that carry the marker.
+leftovers() {
+  local p
+  for p in /proc/[0-9]*; do
+    [ "${p#/proc/}" = "$$" ] && continue
+    if { tr '\0' '\n' < "$p/environ"; } 2>/dev/null | grep -qx "TICKETGATE_TEST_RUN=$TICKETGATE_TEST_RUN"; then
+      echo "  pid ${p#/proc/}: $({ tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null | cut -c1-120)"
+    fi
+  done
+}
+
+# Tests end every process they start; after the suites, nothing that carries the marker may
+# still run (a few seconds' grace for processes still exiting).
+check_nothing_left() {
+  local left
+  for _ in $(seq 50); do
+    left=$(leftovers)
+    [ -z "$left" ] && return 0
+    sleep 0.1
+  done
+  echo "test.sh: the tests left processes running:" >&2
+  echo "$left" >&2
+  return 1
+}
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 # The criterion benchmarks, once each in test mode, so they keep working (their harness takes
@@ -41,4 +71,7 @@ cargo clippy --all-targets --quiet -- -D warnings
 cargo test --bench hot_paths --quiet
 # Many tests wait on protocol timers (auth deadline, heartbeat), so more threads than cores
 # shortens the run without loading the CPUs.
-cargo test --lib --bins --tests -- --test-threads 8
+status=0
+cargo test --lib --bins --tests -- --test-threads 8 || status=$?
+check_nothing_left || status=1
+exit "$status"

@@ -32,7 +32,9 @@ pub enum StartupError {
     Store(#[from] StoreUnavailable),
     #[error(transparent)]
     Migration(#[from] MigrationError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error(
+        "cannot listen on {addr}: {source} (is another process on that port? set BIND_ADDR, e.g. BIND_ADDR=127.0.0.1:8081)"
+    )]
     Bind {
         addr: String,
         source: std::io::Error,

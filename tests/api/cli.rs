@@ -16,6 +16,7 @@ fn ticketgate(dir: &std::path::Path) -> Command {
     command
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap())
+        .envs(test_run_marker())
         .current_dir(dir);
     command
 }

@@ -2,6 +2,7 @@
 //! real gateway processes, and in headless Chromium. The suites start their own gateways from
 //! this build's binary, on the test MongoDB.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -49,11 +50,36 @@ fn run_node_suite(suite: &str) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    // Straight to stderr, past the test harness's capture, so the run's output shows the
+    // suite's counts whether it passed or not.
+    let _ = writeln!(
+        std::io::stderr(),
+        "node --test {suite}: {}",
+        summary(&report)
+    );
     assert!(
         output.status.success(),
         "node --test {suite} failed:\n{report}"
     );
     eprintln!("{report}");
+}
+
+/// "12 tests: 12 pass, 0 fail" from the reporter's closing counts.
+fn summary(report: &str) -> String {
+    let count = |word: &str| {
+        report
+            .lines()
+            .filter_map(|line| line.trim_start_matches(['ℹ', '#', ' ']).strip_prefix(word))
+            .filter_map(|rest| rest.trim().parse::<u32>().ok())
+            .next_back()
+            .map_or_else(|| "?".to_owned(), |n| n.to_string())
+    };
+    format!(
+        "{} tests: {} pass, {} fail",
+        count("tests "),
+        count("pass "),
+        count("fail ")
+    )
 }
 
 #[test]

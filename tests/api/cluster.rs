@@ -584,7 +584,10 @@ impl Nginx {
         );
         let config = format!("daemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n{config}");
         std::fs::write(dir.path().join("nginx.conf"), config).unwrap();
+        // A process group of its own, so the drop ends the workers with the master.
+        use std::os::unix::process::CommandExt;
         let child = std::process::Command::new(&bin)
+            .process_group(0)
             .arg("-p")
             .arg(dir.path())
             .arg("-e")
@@ -614,8 +617,13 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    /// Kills the whole group: killing only the master (as this once did) left a worker
+    /// running, still listening, after every test run.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .status();
         let _ = self.child.wait();
     }
 }

@@ -181,6 +181,11 @@ fn the_cluster_profile_puts_two_nodes_on_the_replica_set_behind_nginx() {
         ["./deploy/nginx-cluster.conf:/etc/nginx/nginx.conf:ro"]
     );
     assert_eq!(texts(&services["nginx"]["ports"]), ["8090:8090"]);
+    // Like every other service, nginx reports its health: through itself, to a node.
+    assert_eq!(
+        texts(&services["nginx"]["healthcheck"]["test"]),
+        ["CMD", "wget", "-qO-", "http://127.0.0.1:8090/readyz"]
+    );
     assert!(NGINX.contains("listen 8090;"));
     // WebSocket upgrades pass through, with the Host the same-origin check needs.
     for directive in [

@@ -574,6 +574,13 @@ impl WsClient {
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ticketgate");
 
+/// The variable by which scripts/test.sh finds every process the tests started and left
+/// behind; a child started with a cleared environment must still carry it.
+pub fn test_run_marker() -> Option<(String, String)> {
+    const NAME: &str = "TICKETGATE_TEST_RUN";
+    std::env::var(NAME).ok().map(|v| (NAME.to_owned(), v))
+}
+
 pub struct GatewayProcess {
     pub port: u16,
     child: std::process::Child,
@@ -599,6 +606,7 @@ impl GatewayProcess {
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap())
+            .envs(test_run_marker())
             .env("BIND_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "info")
             // As in base_vars: a generous store bound on a loaded test machine.
