@@ -4,6 +4,9 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Workspace members: cargo reads their manifests even when building the gateway alone.
+COPY load ./load
+COPY tests ./tests
 COPY migrations ./migrations
 COPY client/index.html client/ticketgate.js ./client/
 COPY docs/openapi.json ./docs/

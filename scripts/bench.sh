@@ -28,7 +28,7 @@ BUS_RATE=${BUS_RATE:-20000}
 SECRET=bench-secret-0123456789abcdef0123456789
 API_KEY=bench-api-key-0123456789
 
-cargo build --release --bins --quiet
+cargo build --release --workspace --bins --quiet
 mongod_bin=$(bash scripts/install-mongod.sh)
 venv="${TICKETGATE_CACHE:-$HOME/.cache/ticketgate}/mongod-venv"
 # replSetInitiate needs a client; pymongo in mongod's venv is the smallest one.

@@ -65,13 +65,13 @@ check_nothing_left() {
 }
 
 cargo fmt --all -- --check
-cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The criterion benchmarks, once each in test mode, so they keep working (their harness takes
 # no --test-threads). Then every test suite, last, so its summary closes the run.
 cargo test --bench hot_paths --quiet
 # Many tests wait on protocol timers (auth deadline, heartbeat), so more threads than cores
 # shortens the run without loading the CPUs.
 status=0
-cargo test --lib --bins --tests -- --test-threads 8 || status=$?
+cargo test --workspace --lib --bins --tests -- --test-threads 8 || status=$?
 check_nothing_left || status=1
 exit "$status"

@@ -9,7 +9,7 @@ use std::process::Command;
 use crate::helpers::*;
 
 fn client_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("client")
+    repo_root().join("client")
 }
 
 /// `npm ci` when the client's dependencies (ws, playwright-core) are missing.
@@ -36,7 +36,7 @@ fn ensure_node_modules() {
 
 fn run_node_suite(suite: &str) {
     ensure_node_modules();
-    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/artifacts");
+    let artifacts = repo_root().join("target/artifacts");
     let output = Command::new("node")
         .args(["--test", "--test-reporter=spec", suite])
         .current_dir(client_dir())
@@ -95,8 +95,7 @@ fn the_demo_page_works_in_headless_chromium() {
         "the browser test needs Chromium at {chromium}: apt-get install chromium (scripts/test.sh installs it)"
     );
     run_node_suite("e2e/");
-    let screenshot =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/artifacts/demo-authenticated.png");
+    let screenshot = repo_root().join("target/artifacts/demo-authenticated.png");
     assert!(screenshot.exists(), "the screenshot artefact was written");
 }
 

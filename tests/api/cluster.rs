@@ -543,10 +543,7 @@ struct Nginx {
 impl Nginx {
     fn start_in_front_of(nodes: &[&GatewayProcess]) -> Nginx {
         let output = std::process::Command::new("bash")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/scripts/install-nginx.sh"
-            ))
+            .arg(repo_root().join("scripts/install-nginx.sh"))
             .output()
             .expect("running scripts/install-nginx.sh");
         assert!(

@@ -5,6 +5,8 @@
 use std::collections::BTreeSet;
 
 use ticketgate::config::VARIABLES;
+
+use crate::helpers::repo_root;
 use yaml_rust2::{Yaml, YamlLoader};
 
 const COMPOSE: &str = include_str!("../../docker-compose.yml");
@@ -103,6 +105,21 @@ fn the_dockerfile_builds_and_runs_this_crates_binary() {
     let manifest = include_str!("../../Cargo.toml");
     assert!(manifest.contains("name = \"ticketgate\""));
     assert!(DOCKERFILE.contains("cargo build --release --locked --bin ticketgate"));
+    // Every workspace member's manifest must be in the build context, or cargo refuses to start.
+    for member in manifest
+        .split("members = [")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .expect("Cargo.toml declares its workspace members")
+        .split(',')
+        .map(|m| m.trim().trim_matches('"'))
+        .filter(|m| !m.is_empty() && *m != ".")
+    {
+        assert!(
+            DOCKERFILE.contains(&format!("COPY {member} ./{member}")),
+            "the Dockerfile does not copy the workspace member {member}"
+        );
+    }
     assert!(
         DOCKERFILE
             .contains("COPY --from=build /src/target/release/ticketgate /usr/local/bin/ticketgate")
@@ -119,9 +136,7 @@ fn the_dockerfile_builds_and_runs_this_crates_binary() {
         "src/routes/health.rs",
     ];
     for source in sources {
-        let code =
-            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(source))
-                .unwrap();
+        let code = std::fs::read_to_string(repo_root().join(source)).unwrap();
         for embedded in code
             .split("include_str!(\"")
             .skip(1)

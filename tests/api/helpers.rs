@@ -86,7 +86,7 @@ fn mongod_binary() -> PathBuf {
     if let Ok(bin) = std::env::var("MONGOD_BIN") {
         return bin.into();
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-mongod.sh");
+    let script = repo_root().join("scripts/install-mongod.sh");
     let output = Command::new("bash")
         .arg(&script)
         .output()
@@ -572,7 +572,18 @@ impl WsClient {
 // memory, log output, exit code)
 // ---------------------------------------------------------------------------------------------
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_ticketgate");
+/// The gateway: src/main.rs, built by this package (tests/Cargo.toml) from the same source.
+pub const BIN: &str = env!("CARGO_BIN_EXE_ticketgate-under-test");
+
+/// The load generator: load/src/main.rs, built the same way.
+pub const LOAD_BIN: &str = env!("CARGO_BIN_EXE_ticketgate-load-under-test");
+
+/// The repository's root (this package lives in tests/).
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+}
 
 /// The variable by which scripts/test.sh finds every process the tests started and left
 /// behind; a child started with a cleared environment must still carry it.

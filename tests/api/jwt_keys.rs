@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    repo_root()
+        .to_path_buf()
         .join("tests/fixtures/keys")
         .join(name)
 }

@@ -8,11 +8,10 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-const LOAD: &str = env!("CARGO_BIN_EXE_ticketgate-load");
 const API_KEY: &str = "load-smoke-api-key-0123";
 
 fn run(gateway: &GatewayProcess, args: &[&str]) -> Value {
-    let output = Command::new(LOAD)
+    let output = Command::new(LOAD_BIN)
         .args([
             "--url",
             &gateway.url(""),
