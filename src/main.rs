@@ -25,6 +25,13 @@ enum Command {
     Serve,
     /// Apply pending MongoDB migrations (migrations/) and exit. Needs MONGODB_URI.
     Migrate,
+    /// Print the effective configuration (secrets redacted) and where each value came from:
+    /// the environment, the CONFIG_FILE, or the default.
+    Config {
+        /// Only validate the configuration: exit 0 when it is valid, 1 with the reason when not.
+        #[arg(long)]
+        check: bool,
+    },
     /// Print an HS256 JWT signed with JWT_SECRET, for development and tests.
     MintJwt {
         /// The user id, written as the `sub` claim.
@@ -54,23 +61,31 @@ pub static MALLOC_CONF: MallocConf =
     MallocConf(c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
 
 fn main() -> ExitCode {
-    // The variable list comes from the code that reads them, so --help cannot drift.
-    let variables = format!(
-        "Configuration: environment variables, also read from .env in the working directory \
-         (see .env.example and docs/PROTOCOL.md):\n  {}",
-        ticketgate::config::VARIABLES.join(", ")
-    );
-    let matches = Cli::command().after_long_help(variables).get_matches();
+    // The settings' part of the help comes from the table the parser reads, so it cannot drift.
+    let matches = Cli::command()
+        .after_long_help(ticketgate::config::docs::help_text())
+        .get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Config { check } => print_config(check),
+        command => run(command),
+    }
+}
+
+/// The commands that need valid settings (and the log).
+fn run(command: Command) -> ExitCode {
     let settings = match Settings::from_process_env() {
         Ok(settings) => settings,
         Err(e) => return fail(&format!("configuration: {e}")),
     };
-    match cli.command.unwrap_or(Command::Serve) {
+    env_logger::Builder::new()
+        .parse_filters(&settings.log_filter)
+        .init();
+    match command {
+        Command::Config { check } => print_config(check),
         Command::Serve => actix_web::rt::System::new().block_on(serve(settings)),
         Command::Migrate => actix_web::rt::System::new().block_on(migrate(settings)),
         Command::MintJwt { sub, ttl_secs } => mint_jwt(&settings, &sub, ttl_secs),
@@ -113,10 +128,10 @@ fn announce_dev_mode(secret: &[u8], port: u16) {
 }
 
 async fn migrate(settings: Settings) -> ExitCode {
-    let Some(mongo) = &settings.mongodb else {
+    let Some(mongo) = &settings.database.mongodb else {
         return fail("MONGODB_URI is not set: the in-process store has nothing to migrate");
     };
-    let db = match store::connect(mongo, settings.store_timeout).await {
+    let db = match store::connect(mongo, settings.database.timeout).await {
         Ok(db) => db,
         Err(e) => return fail(&e.to_string()),
     };
@@ -150,6 +165,27 @@ fn mint_jwt(settings: &Settings, sub: &str, ttl_secs: u64) -> ExitCode {
         "{}",
         JwtSigner::hs256(secret.expose_secret()).mint(sub, ttl_secs)
     );
+    ExitCode::SUCCESS
+}
+
+/// `ticketgate config [--check]`.
+fn print_config(check: bool) -> ExitCode {
+    let effective = match ticketgate::config::effective_from_process_env() {
+        Ok(effective) => effective,
+        Err(e) => return fail(&format!("configuration: {e}")),
+    };
+    if check {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    let width = effective
+        .iter()
+        .map(|(s, _, _)| s.name.len())
+        .max()
+        .unwrap_or(0);
+    for (setting, value, origin) in effective {
+        println!("{:width$}  {value}  ({origin})", setting.name);
+    }
     ExitCode::SUCCESS
 }
 

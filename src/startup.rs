@@ -56,13 +56,13 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let metrics = Arc::new(Metrics::new());
         let (tickets, revocations, mongo) = stores(&settings, &metrics).await?;
-        let hub = Hub::new(settings.connection_limits);
+        let hub = Hub::new(settings.limits.connections);
 
         let bind_error = |source| StartupError::Bind {
-            addr: settings.bind_addr.to_string(),
+            addr: settings.server.bind_addr.to_string(),
             source,
         };
-        let listener = TcpListener::bind(settings.bind_addr).map_err(bind_error)?;
+        let listener = TcpListener::bind(settings.server.bind_addr).map_err(bind_error)?;
         let port = listener.local_addr().map_err(bind_error)?.port();
 
         let node = NodeInfo {
@@ -71,7 +71,7 @@ impl Application {
                 .node
                 .address
                 .clone()
-                .unwrap_or_else(|| format!("{}:{port}", settings.bind_addr.ip())),
+                .unwrap_or_else(|| format!("{}:{port}", settings.server.bind_addr.ip())),
             started_at: bson::DateTime::now(),
         };
         let registry = mongo
@@ -101,27 +101,27 @@ impl Application {
         let state = web::Data::new(AppState {
             tickets,
             rate_limits: RateLimits::new(
-                settings.ticket_rate_per_min,
-                settings.upgrade_rate_per_min,
+                settings.limits.ticket_rate_per_min,
+                settings.limits.upgrade_rate_per_min,
             ),
-            trusted_proxies: settings.trusted_proxies.clone(),
-            api_key: settings.api_key.clone(),
+            trusted_proxies: settings.server.trusted_proxies.clone(),
+            api_key: settings.api.key.clone(),
             shutdown: Shutdown::new(Arc::clone(&hub)),
             session: Arc::new(SessionContext {
                 jwt: Arc::new(JwtVerifier::new(&settings.jwt)),
                 hub: Arc::clone(&hub),
                 timing: SessionTiming {
-                    auth_timeout: settings.auth_timeout,
-                    heartbeat_interval: settings.heartbeat_interval,
-                    client_timeout: settings.client_timeout,
-                    token_refresh_notice: settings.token_refresh_notice,
+                    auth_timeout: settings.session.auth_timeout,
+                    heartbeat_interval: settings.session.heartbeat_interval,
+                    client_timeout: settings.session.client_timeout,
+                    token_refresh_notice: settings.session.token_refresh_notice,
                     expiry_grace: Duration::from_secs(settings.jwt.leeway_secs),
                 },
-                max_message_bytes: settings.max_message_bytes,
+                max_message_bytes: settings.session.max_message_bytes,
                 metrics,
                 revocations: Arc::new(revocations),
             }),
-            origins: settings.allowed_origins.clone(),
+            origins: settings.server.allowed_origins.clone(),
             ticket_ttl: settings.tickets.ttl,
             bus: Arc::clone(&bus),
         });
@@ -129,7 +129,7 @@ impl Application {
         let api_body_limit = state
             .api_key
             .is_some()
-            .then_some(settings.api_max_body_bytes);
+            .then_some(settings.api.max_body_bytes);
         let app = move || {
             App::new()
                 .wrap(actix_web::middleware::from_fn(
@@ -138,7 +138,7 @@ impl Application {
                 .app_data(app_state.clone())
                 .configure(|cfg| routes::configure(cfg, &app_state.origins, api_body_limit))
         };
-        let request_timeout = settings.http_request_timeout;
+        let request_timeout = settings.server.http_request_timeout;
         let local_addr = listener.local_addr().map_err(bind_error)?;
         // actix-web's `HttpServer` has no place for an upgrade hook, so the same HTTP service
         // is put together here: actix-http's, with the application behind it.
@@ -149,7 +149,7 @@ impl Application {
         let server = builder
             // Signals are handled by run_until_stopped, which drains before stopping.
             .disable_signals()
-            .shutdown_timeout(settings.shutdown_grace.as_secs())
+            .shutdown_timeout(settings.server.shutdown_grace.as_secs())
             .listen("ticketgate", listener, move || {
                 let app = app.clone();
                 let stopping = stopping.clone();
@@ -174,13 +174,13 @@ impl Application {
             })
             .map_err(bind_error)?
             .run();
-        log::info!("listening on {}:{port}", settings.bind_addr.ip());
+        log::info!("listening on {}:{port}", settings.server.bind_addr.ip());
         Ok(Application {
             port,
             server,
             hub,
-            broadcast_interval: settings.broadcast_interval,
-            shutdown_grace: settings.shutdown_grace,
+            broadcast_interval: settings.server.broadcast_interval,
+            shutdown_grace: settings.server.shutdown_grace,
             node_heartbeat: settings.node.heartbeat,
             state,
             bus,
@@ -265,15 +265,15 @@ async fn stores(
     settings: &Settings,
     metrics: &Arc<Metrics>,
 ) -> Result<(TicketStore, RevocationStore, Option<Mongo>), StartupError> {
-    let Some(mongo) = &settings.mongodb else {
+    let Some(mongo) = &settings.database.mongodb else {
         log::info!("MONGODB_URI is not set: tickets live in this process (single node only)");
         let tickets = TicketStore::Memory(MemoryTicketStore::new(settings.tickets));
         return Ok((tickets, RevocationStore::memory(), None));
     };
     // Only a malformed URI fails here; an unreachable server is found out by `prepare`.
-    let (db, options) = store::connect_with_options(mongo, settings.store_timeout).await?;
+    let (db, options) = store::connect_with_options(mongo, settings.database.timeout).await?;
     let bounds = MongoBounds {
-        timeout: settings.store_timeout,
+        timeout: settings.database.timeout,
         readiness: StoreReadiness::default(),
         metrics: Arc::clone(metrics),
     };

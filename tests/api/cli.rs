@@ -175,3 +175,103 @@ async fn dev_mode_prints_a_jwt_that_walks_the_whole_flow() {
         "{link}"
     );
 }
+
+/// `ticketgate config` shows every setting's effective value and where it came from, secrets
+/// redacted; `--check` validates without serving, and names what is wrong.
+#[test]
+fn config_prints_the_effective_values_and_their_origins() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ticketgate.toml");
+    std::fs::write(
+        &file,
+        "ticket_ttl_secs = 120\napi_key = \"file-api-key-0123456789\"\nauth_timeout_secs = 4\n",
+    )
+    .unwrap();
+    let output = ticketgate(dir.path())
+        .env("CONFIG_FILE", &file)
+        .env("AUTH_TIMEOUT_SECS", "6")
+        .env("JWT_SECRET", SECRET)
+        .arg("config")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{printed}");
+    let line = |name: &str| {
+        printed
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} line:\n{printed}"))
+            .to_owned()
+    };
+    let file_name = file.display().to_string();
+    assert!(
+        line("TICKET_TTL_SECS").contains("120") && line("TICKET_TTL_SECS").contains(&file_name)
+    );
+    assert!(
+        line("AUTH_TIMEOUT_SECS").contains(" 6 ")
+            && line("AUTH_TIMEOUT_SECS").contains("(environment)")
+    );
+    assert!(line("HEARTBEAT_INTERVAL_SECS").contains("(default)"));
+    assert!(line("API_KEY").contains("<redacted>"));
+    assert!(
+        !printed.contains("file-api-key") && !printed.contains(SECRET),
+        "{printed}"
+    );
+    for var in ticketgate::config::VARIABLES.iter() {
+        line(var);
+    }
+
+    let check = ticketgate(dir.path())
+        .env("CONFIG_FILE", &file)
+        .args(["config", "--check"])
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    std::fs::write(&file, "ticket_ttl_secs = 120\nheartbeat_secs = 5\n").unwrap();
+    let check = ticketgate(dir.path())
+        .env("CONFIG_FILE", &file)
+        .args(["config", "--check"])
+        .output()
+        .unwrap();
+    assert!(!check.status.success(), "an unknown key fails the check");
+    let stderr = String::from_utf8(check.stderr).unwrap();
+    assert!(stderr.contains("heartbeat_secs"), "{stderr}");
+}
+
+/// The gateway reads the configuration file at start, under the environment, and refuses to
+/// start on an invalid value in it, naming the key and the file.
+#[tokio::test]
+async fn the_gateway_serves_with_its_configuration_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    std::fs::write(
+        &file,
+        "ticket_ttl_secs = 61\njwt_secret = \"integration-test-secret-0123456789abcdef\"\n",
+    )
+    .unwrap();
+    let path = file.display().to_string();
+    let gateway = GatewayProcess::start(&[("CONFIG_FILE", &path)]);
+    let http = reqwest::Client::new();
+    let minted: serde_json::Value = http
+        .get(gateway.url("/token/ws"))
+        .bearer_auth(jwt("alice"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(minted["expires_in"], 61, "{minted}");
+
+    std::fs::write(&file, "ticket_ttl_secs = \"soon\"\n").unwrap();
+    let output = ticketgate(dir.path())
+        .env("CONFIG_FILE", &file)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("ticket_ttl_secs") && stderr.contains(&path),
+        "{stderr}"
+    );
+}

@@ -320,7 +320,7 @@ pub async fn spawn_app(store: Store, overrides: &[(&str, &str)]) -> TestApp {
 
 pub async fn spawn_app_with(vars: HashMap<String, String>) -> TestApp {
     let settings = Settings::from_vars(&vars).expect("test settings are valid");
-    let db = match (&settings.mongodb, vars.get("MONGODB_URI")) {
+    let db = match (&settings.database.mongodb, vars.get("MONGODB_URI")) {
         (Some(m), Some(uri)) => Some(
             mongodb::Client::with_uri_str(uri)
                 .await
