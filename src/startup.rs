@@ -5,10 +5,12 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_http::HttpService;
-use actix_service::{IntoServiceFactory, ServiceFactoryExt, map_config};
+use actix_http::error::DispatchError;
+use actix_http::{HttpService, Protocol};
+use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
 use actix_web::dev::{AppConfig, Server, ServerHandle};
 use actix_web::{App, web};
+use tokio::net::TcpStream;
 
 use crate::bus::{self, Bus, NodeId, NodeInfo, NodeRegistry};
 use crate::config::Settings;
@@ -25,6 +27,7 @@ use crate::store::{
     StoreReadiness, StoreUnavailable, TicketStore,
 };
 use crate::wire;
+use crate::wire::refusals::JsonRefusals;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -153,7 +156,7 @@ impl Application {
             .listen("ticketgate", listener, move || {
                 let app = app.clone();
                 let stopping = stopping.clone();
-                HttpService::build()
+                let http = HttpService::build()
                     .graceful_shutdown_signal(move || {
                         let stopping = stopping.clone();
                         async move { stopping.notified().await }
@@ -169,8 +172,14 @@ impl Application {
                     .finish(map_config(
                         app().into_factory().map_err(|error| error.error_response()),
                         |_| AppConfig::default(),
-                    ))
-                    .tcp()
+                    ));
+                // Each socket is wrapped so the refusals actix-http's parser writes by itself
+                // (400, 408, 431) carry a JSON error like every other (wire::refusals).
+                fn_service(|socket: TcpStream| async move {
+                    let peer = socket.peer_addr().ok();
+                    Ok::<_, DispatchError>((JsonRefusals::new(socket), Protocol::Http1, peer))
+                })
+                .and_then(http)
             })
             .map_err(bind_error)?
             .run();

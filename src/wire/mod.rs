@@ -7,6 +7,7 @@
 //! buffer only what a message needs, and writes send frames encoded once per broadcast.
 
 pub mod reader;
+pub mod refusals;
 pub mod upgrade;
 pub mod writer;
 

@@ -18,8 +18,10 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::refusals::JsonRefusals;
+
 /// What actix-http hands to the upgrade service.
-pub type Upgraded = (Request, Framed<TcpStream, h1::Codec>);
+pub type Upgraded = (Request, Framed<JsonRefusals, h1::Codec>);
 
 /// How long a refused upgrade's client gets to take the response.
 const RESPONSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,11 +79,12 @@ where
     let (head, body) = response.into_parts();
     let mut head: Response<()> = head.into();
     let FramedParts {
-        io: mut socket,
+        io,
         mut codec,
         read_buf,
         ..
     } = framed.into_parts();
+    let mut socket = io.into_inner();
     let mut out = BytesMut::new();
     match handoff {
         Some(Handoff(start)) if head.status() == StatusCode::SWITCHING_PROTOCOLS => {

@@ -317,3 +317,41 @@ async fn the_ticketgate_subprotocol_is_accepted_when_offered() {
     assert_eq!(client.next_json().await["type"], "authenticated");
     client.send(Message::Close(None)).await;
 }
+
+/// The refusals actix-http's parser writes by itself once had empty bodies; every rejection is
+/// JSON, these three included.
+#[tokio::test]
+async fn the_parsers_own_refusals_are_json() {
+    let app = spawn_app(Store::Memory, &[("HTTP_REQUEST_TIMEOUT_SECS", "1")]).await;
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200 * 1024)
+    );
+    let cases: [(&str, Vec<u8>, u16, &str); 3] = [
+        (
+            "a 200 KiB header",
+            huge.into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        ("not HTTP", b"GARBAGE\r\n\r\n".to_vec(), 400, "bad_request"),
+        (
+            "half a request head, then silence",
+            b"GET / HTTP/1.1\r\nHo".to_vec(),
+            408,
+            "request_timeout",
+        ),
+    ];
+    for (what, request, status, code) in cases {
+        let (got, body) = raw_http(app.port, &request).await;
+        assert_eq!(got, Some(status), "{what}: {body}");
+        let json: Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("{what}: not JSON: {body:?}"));
+        assert_eq!(json["error"], code, "{what}");
+        assert!(json["message"].is_string(), "{what}");
+    }
+    // The same server still serves, and an upgrade (whose socket is unwrapped) still works.
+    let mut client = app.authenticated("after-refusals").await;
+    client.send_json(&json!({"type": "ping"})).await;
+    assert_eq!(client.next_json().await["type"], "pong");
+}
