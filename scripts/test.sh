@@ -16,6 +16,8 @@ fi
 # The cluster test runs the compose profile's nginx config for real: unpack Debian's nginx
 # into the cache now (the test finds it through the same script).
 echo "test.sh: using nginx $(bash scripts/install-nginx.sh)" >&2
+# The OpenAPI test runs Schemathesis (PyPI) against the document and a live gateway.
+echo "test.sh: using schemathesis $(bash scripts/install-schemathesis.sh)" >&2
 
 # The browser test drives Debian's Chromium (browser downloads do not work here); the client
 # tests need Node and the client's two npm dependencies.

@@ -208,6 +208,17 @@ async fn revocation_times_and_jti_lengths_are_bounded_as_documented() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+    // JSON Schema's integer: 2014.0 is one (Schemathesis found it refused), 2014.5 is not.
+    let response = revoke(json!({"jti": "k", "expires_at": (now() + 60) as f64}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    for bad in [json!(2014.5), json!(-1), json!(1e300)] {
+        let response = revoke(json!({"jti": "k", "expires_at": bad}))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+    }
 }
 
 #[tokio::test]

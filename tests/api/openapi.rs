@@ -2,6 +2,8 @@
 //! documented status, and every route the server has is documented.
 
 use std::collections::BTreeSet;
+use std::io::Write;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -119,4 +121,69 @@ fn every_route_is_documented_and_nothing_else() {
             "{path} is not routed"
         );
     }
+}
+
+/// Schemathesis, a property-based tester, against docs/openapi.json and a real gateway on
+/// MongoDB: every phase (coverage, fuzzing, and the stateful phase that follows the document's
+/// links), every check. It must find nothing. `/demo` is left out: an HTTP client cannot speak
+/// WebSocket after the 101 (it would reuse the upgraded connection for its next request);
+/// upgrade.rs and adversarial.rs test that route with real WebSocket clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_nothing_against_the_document() {
+    let install = std::process::Command::new("bash")
+        .arg(repo_root().join("scripts/install-schemathesis.sh"))
+        .output()
+        .expect("running scripts/install-schemathesis.sh");
+    assert!(
+        install.status.success(),
+        "this test needs Schemathesis (scripts/install-schemathesis.sh installs it from PyPI \
+         into a venv; it needs python3 with venv and pip):\n{}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let st = String::from_utf8(install.stdout).unwrap().trim().to_owned();
+    // One credential for both schemes: the API key is a valid user JWT, so the tester's one
+    // Authorization header passes /token/ws and /api alike.
+    let credential = jwt("alice");
+    let (uri, db) = (mongo_uri(), unique_db_name());
+    let gateway = GatewayProcess::start(&[
+        ("JWT_SECRET", SECRET),
+        ("API_KEY", &credential),
+        ("MONGODB_URI", &uri),
+        ("MONGODB_DATABASE", &db),
+        ("TICKET_RATE_PER_MIN", "1000000"),
+        ("UPGRADE_RATE_PER_MIN", "1000000"),
+        ("RUST_LOG", "warn,ticketgate::startup=info"),
+    ]);
+    // Schemathesis keeps its example database in the working directory.
+    let workdir = tempfile::tempdir().unwrap();
+    let mut command = tokio::process::Command::new(&st);
+    command
+        .current_dir(workdir.path())
+        .args([
+            "run",
+            &repo_root().join("docs/openapi.json").display().to_string(),
+        ])
+        .args(["--url", &gateway.url("")])
+        .args(["--checks", "all", "--max-examples", "30", "--workers", "2"])
+        .args(["--exclude-path", "/demo", "--no-color"])
+        .args(["-H", &format!("Authorization: Bearer {credential}")])
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(300), command.output())
+        .await
+        .expect("Schemathesis finished within 5 minutes")
+        .expect("running st");
+    let report = String::from_utf8_lossy(&output.stdout);
+    let summary = report
+        .lines()
+        .rev()
+        .find(|l| l.contains("passed") || l.contains("failure") || l.contains("issues"))
+        .unwrap_or_default();
+    let _ = writeln!(std::io::stderr(), "schemathesis: {summary}");
+    assert!(
+        output.status.success(),
+        "Schemathesis found problems:\n{report}\n{}\ngateway log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        gateway.log()
+    );
+    assert!(report.contains("No issues found"), "{report}");
 }
