@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use ticketgate::bus::{Command, NodeId, Sequencer};
 use ticketgate::hub::{ConnectionLimits, Hub};
 use ticketgate::jwt::{JwtSettings, JwtSigner, JwtVerifier};
-use ticketgate::session::protocol::{ClientMessage, ServerMessage};
+use ticketgate::protocol::{ClientMessage, ServerMessage};
 use ticketgate::ticket::{NewTicket, PresentedTicket};
 
 const SECRET: &[u8] = b"bench-secret-0123456789abcdef0123456789";

@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, watch};
 use tokio::time::Instant;
+
+use crate::protocol::EncodedMessage;
 
 /// Broadcasts a connection may fall behind before it is closed as a slow consumer.
 pub const BROADCAST_BUFFER: usize = 1024;
@@ -34,9 +35,6 @@ impl std::fmt::Display for ConnectionId {
         write!(f, "c{}", self.0)
     }
 }
-
-/// A message as JSON text, before framing.
-pub type Message = ByteString;
 
 /// A WebSocket text frame, encoded once, ready to be written to any number of sockets.
 pub type Frame = Bytes;
@@ -143,7 +141,7 @@ impl Hub {
 
     /// Queues a broadcast for every authenticated connection; returns how many there are.
     /// Callers deliver one broadcast at a time, so every connection sees the same order.
-    pub fn broadcast(&self, message: &Message) -> usize {
+    pub fn broadcast(&self, message: &EncodedMessage) -> usize {
         let delivery = Delivery {
             frame: crate::wire::text_frame(message),
             published_at: Some(Instant::now()),
@@ -154,7 +152,7 @@ impl Hub {
 
     /// Queues an encoded message for each authenticated connection of `user_id`; returns how
     /// many got it. A connection whose mailbox is full is closed as a slow consumer.
-    pub fn send_to_user(&self, user_id: &str, message: &Message) -> usize {
+    pub fn send_to_user(&self, user_id: &str, message: &EncodedMessage) -> usize {
         let connections = lock(&self.connections);
         // Framed only once a connection of the user is found: in a cluster most nodes have none.
         let mut frame = None;
@@ -467,8 +465,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    fn frame(text: &str) -> Message {
-        Message::from(text.to_owned())
+    fn frame(text: &str) -> EncodedMessage {
+        EncodedMessage::from(text.to_owned())
     }
 
     /// The text a client reads from a short server frame (a two-byte header, RFC 6455 §5.2).

@@ -16,6 +16,7 @@ pub mod limits;
 pub mod metrics;
 pub mod migrations;
 pub mod origin;
+pub mod protocol;
 pub mod routes;
 pub mod session;
 pub mod shutdown;

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
-use ticketgate::session::protocol::{ClientMessage, ServerMessage};
+use ticketgate::protocol::{ClientMessage, ServerMessage};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };

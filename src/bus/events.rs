@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::NodeId;
-use crate::hub::{Hub, Kick, Message};
+use crate::hub::{Hub, Kick};
+use crate::protocol::{EncodedMessage, ServerMessage};
 
 /// What the server API (or the demo broadcaster) asks the bus to do.
 #[derive(Debug)]
@@ -25,15 +26,27 @@ pub enum Command {
     },
 }
 
-/// A command stamped by its node: client frames are encoded once, here, and every node
-/// delivers the same bytes. Field names are the stored form (docs/PROTOCOL.md).
+/// A command stamped by its node: messages for clients are encoded once, here, and every node
+/// delivers the same text. Field names are the stored form (docs/PROTOCOL.md); the encoded
+/// message is stored as `frame`, its name from before it was clear that it is not one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
-    Broadcast { frame: String },
-    Message { user_id: String, frame: String },
-    Disconnect { user_id: String },
-    Revoke { jti: String },
+    Broadcast {
+        #[serde(rename = "frame")]
+        message: String,
+    },
+    Message {
+        user_id: String,
+        #[serde(rename = "frame")]
+        message: String,
+    },
+    Disconnect {
+        user_id: String,
+    },
+    Revoke {
+        jti: String,
+    },
 }
 
 impl Event {
@@ -49,8 +62,10 @@ impl Event {
     /// Delivers the event to this node's connections; returns how many it reached.
     pub fn deliver(self, hub: &Hub) -> usize {
         match self {
-            Event::Broadcast { frame } => hub.broadcast(&Message::from(frame)),
-            Event::Message { user_id, frame } => hub.send_to_user(&user_id, &Message::from(frame)),
+            Event::Broadcast { message } => hub.broadcast(&EncodedMessage::from(message)),
+            Event::Message { user_id, message } => {
+                hub.send_to_user(&user_id, &EncodedMessage::from(message))
+            }
             Event::Disconnect { user_id } => hub.kick_user(&user_id, Kick::Disconnected),
             Event::Revoke { jti } => hub.kick_jti(&jti, Kick::Revoked),
         }
@@ -67,7 +82,7 @@ pub struct Sequencer {
     last_event: u64,
 }
 
-/// A command with its numbers and encoded frame.
+/// A command with its numbers and encoded message.
 #[derive(Debug)]
 pub struct Stamped {
     pub n: u64,
@@ -93,21 +108,16 @@ impl Sequencer {
                 self.last_seq += 1;
                 seq = Some(self.last_seq);
                 Event::Broadcast {
-                    frame: encode(&Envelope {
-                        kind: "broadcast",
-                        seq,
-                        node: Some(self.node.as_str()),
+                    message: ServerMessage::Broadcast {
+                        seq: self.last_seq,
+                        node: self.node.as_str(),
                         data: &data,
-                    }),
+                    }
+                    .encode(),
                 }
             }
             Command::Message { user_id, data } => Event::Message {
-                frame: encode(&Envelope {
-                    kind: "message",
-                    seq: None,
-                    node: None,
-                    data: &data,
-                }),
+                message: ServerMessage::Message { data: &data }.encode(),
                 user_id,
             },
             Command::Disconnect { user_id } => Event::Disconnect { user_id },
@@ -119,21 +129,6 @@ impl Sequencer {
             event,
         }
     }
-}
-
-#[derive(Serialize)]
-struct Envelope<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seq: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    node: Option<&'a str>,
-    data: &'a RawValue,
-}
-
-fn encode(envelope: &Envelope<'_>) -> String {
-    serde_json::to_string(envelope).expect("serializing a RawValue cannot fail")
 }
 
 /// One document of `cluster_events`.
@@ -186,14 +181,14 @@ mod tests {
         assert_eq!(
             first.event,
             Event::Broadcast {
-                frame: r#"{"type":"broadcast","seq":1,"node":"gw-1","data":{"a":1}}"#.into()
+                message: r#"{"type":"broadcast","seq":1,"node":"gw-1","data":{"a":1}}"#.into()
             }
         );
         assert_eq!(
             message.event,
             Event::Message {
                 user_id: "alice".into(),
-                frame: r#"{"type":"message","data":"hi"}"#.into()
+                message: r#"{"type":"message","data":"hi"}"#.into()
             }
         );
     }

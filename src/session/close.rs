@@ -1,6 +1,6 @@
 //! Why a connection ends, mapped in this one place to WebSocket close codes (docs/PROTOCOL.md).
 
-use actix_http::ws::{CloseCode, CloseReason as Frame};
+use actix_http::ws::{CloseCode, CloseReason as ClosePayload};
 
 use crate::hub::Kick;
 use crate::jwt::JwtRejection;
@@ -34,7 +34,7 @@ pub enum CloseReason {
     /// 1007: a text message that is not UTF-8.
     InvalidUtf8,
     /// The client sent a close frame: answered with the same code, as RFC 6455 asks.
-    ClientClosed(Option<Frame>),
+    ClientClosed(Option<ClosePayload>),
     /// The socket is gone (reset, or writes no longer complete): no close frame can be sent.
     ConnectionLost,
 }
@@ -92,10 +92,10 @@ impl CloseReason {
     }
 
     /// The close frame to send; `None` when none can be sent.
-    pub fn frame(&self) -> Option<Frame> {
+    pub fn payload(&self) -> Option<ClosePayload> {
         let code = self.code()?;
         let description = self.description();
-        Some(Frame {
+        Some(ClosePayload {
             code: CloseCode::from(code),
             description: (!description.is_empty()).then_some(description),
         })
@@ -130,7 +130,7 @@ mod tests {
         assert_eq!(CloseReason::SlowConsumer { missed: 3 }.code(), Some(1013));
         assert_eq!(CloseReason::MessageTooBig.code(), Some(1009));
         assert_eq!(CloseReason::ClientClosed(None).code(), Some(1000));
-        assert_eq!(CloseReason::ConnectionLost.frame(), None);
+        assert_eq!(CloseReason::ConnectionLost.payload(), None);
     }
 
     #[test]

@@ -7,7 +7,6 @@
 
 pub mod close;
 pub mod expiry;
-pub mod protocol;
 pub mod rules;
 
 use std::sync::Arc;
@@ -19,11 +18,11 @@ use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout
 use crate::hub::{ConnectionId, Hub, Membership, OpenConnection};
 use crate::jwt::{JwtRejection, JwtVerifier};
 use crate::metrics::Metrics;
+use crate::protocol::ServerMessage;
 use crate::store::RevocationStore;
 use crate::wire::{self, FrameReader, FrameWriter, Incoming, MAX_BATCH};
 pub use close::CloseReason;
 use expiry::{Expiry, ExpiryEvent};
-use protocol::ServerMessage;
 use rules::Reply;
 
 /// Shared by all connections of a gateway.
@@ -388,8 +387,8 @@ impl Closing {
             reason,
         } = self;
         let mut linger = false;
-        if let Some(frame) = reason.frame() {
-            let close = write(ctx, &mut writer, &[wire::close_frame(Some(frame))]).await;
+        if let Some(payload) = reason.payload() {
+            let close = write(ctx, &mut writer, &[wire::close_frame(Some(payload))]).await;
             // RFC 6455 §7.1.1: the server ends the TCP connection first.
             linger = close.is_ok() && writer.shutdown().await.is_ok();
         }

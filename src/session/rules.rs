@@ -7,8 +7,8 @@ use std::borrow::Cow;
 use crate::wire::Incoming;
 
 use super::close::CloseReason;
-use super::protocol::{ClientMessage, ErrorCode, ParseError, ServerMessage};
 use crate::jwt::{JwtVerifier, VerifiedJwt};
+use crate::protocol::{ClientMessage, ErrorCode, ParseError, ServerMessage};
 
 /// Unauthenticated → Authenticated, or the close code that ends it.
 pub fn check_first_message(

@@ -1,4 +1,6 @@
-//! The JSON messages of the WebSocket protocol (docs/PROTOCOL.md), parsed without copying.
+//! The JSON messages of the WebSocket protocol (docs/PROTOCOL.md), in one place: what clients
+//! send, parsed without copying, and every message the server sends, broadcasts and user
+//! messages included (encoded once by the bus, for every connection on every node).
 
 use std::borrow::Cow;
 
@@ -63,15 +65,34 @@ impl<'a> ClientMessage<'a> {
     }
 }
 
-/// A message from the server. Broadcasts are encoded by the hub, once for all connections.
+/// A message from the server.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage<'a> {
-    Authenticated { user_id: &'a str, expires_at: u64 },
-    TokenExpiring { expires_at: u64 },
+    /// To every authenticated connection: `seq` numbers the publishing node's broadcasts.
+    Broadcast {
+        seq: u64,
+        node: &'a str,
+        data: &'a RawValue,
+    },
+    /// To each authenticated connection of one user.
+    Message {
+        data: &'a RawValue,
+    },
+    Authenticated {
+        user_id: &'a str,
+        expires_at: u64,
+    },
+    TokenExpiring {
+        expires_at: u64,
+    },
     Pong,
-    Echo { data: &'a RawValue },
-    Error { error: ErrorCode },
+    Echo {
+        data: &'a RawValue,
+    },
+    Error {
+        error: ErrorCode,
+    },
 }
 
 /// `{"type":"error","error":…}` codes: answers to a bad message that keep the connection open.
@@ -88,6 +109,9 @@ impl ServerMessage<'_> {
         serde_json::to_string(self).expect("server messages always serialize")
     }
 }
+
+/// A server message encoded as JSON text, before it is framed for the wire.
+pub type EncodedMessage = bytestring::ByteString;
 
 #[cfg(test)]
 mod tests {
@@ -176,6 +200,20 @@ mod tests {
             r#"{"type":"authenticated","user_id":"u","expires_at":5}"#
         );
         assert_eq!(ServerMessage::Pong.encode(), r#"{"type":"pong"}"#);
+        let data = RawValue::from_string(r#"{"a":1}"#.into()).unwrap();
+        assert_eq!(
+            ServerMessage::Broadcast {
+                seq: 7,
+                node: "gw-1",
+                data: &data
+            }
+            .encode(),
+            r#"{"type":"broadcast","seq":7,"node":"gw-1","data":{"a":1}}"#
+        );
+        assert_eq!(
+            ServerMessage::Message { data: &data }.encode(),
+            r#"{"type":"message","data":{"a":1}}"#
+        );
         let data = RawValue::from_string("[1,2]".into()).unwrap();
         assert_eq!(
             ServerMessage::Echo { data: &data }.encode(),
