@@ -25,8 +25,9 @@ pub enum ApiError {
     NotWebSocket(String),
     #[error("CORS preflight refused: this origin, method or header is not allowed")]
     CorsRejected,
-    #[error("the ticket store is unavailable; try again shortly")]
-    StoreUnavailable,
+    /// MongoDB did not answer (the code keeps its first name, `store_unavailable`).
+    #[error("the database is unavailable; try again shortly")]
+    DatabaseUnavailable,
     #[error("this gateway is shutting down; connect again (to another node)")]
     Draining,
     #[error("too many requests; retry after {} s", .0.secs())]
@@ -68,7 +69,7 @@ impl ApiError {
             ApiError::OriginNotAllowed => "origin_not_allowed",
             ApiError::NotWebSocket(_) => "not_websocket",
             ApiError::CorsRejected => "cors_rejected",
-            ApiError::StoreUnavailable => "store_unavailable",
+            ApiError::DatabaseUnavailable => "store_unavailable",
             ApiError::Draining => "draining",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::TooManyConnections => "too_many_connections",
@@ -90,7 +91,7 @@ impl ResponseError for ApiError {
             ApiError::MissingTicket | ApiError::InvalidTicket => StatusCode::UNAUTHORIZED,
             ApiError::OriginNotAllowed => StatusCode::FORBIDDEN,
             ApiError::NotWebSocket(_) | ApiError::CorsRejected => StatusCode::BAD_REQUEST,
-            ApiError::StoreUnavailable | ApiError::AtCapacity | ApiError::Draining => {
+            ApiError::DatabaseUnavailable | ApiError::AtCapacity | ApiError::Draining => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::RateLimited(_) | ApiError::TooManyConnections => {
@@ -116,7 +117,7 @@ impl ResponseError for ApiError {
                 response
                     .insert_header((header::WWW_AUTHENTICATE, r#"Bearer error="invalid_token""#));
             }
-            ApiError::StoreUnavailable | ApiError::Draining => {
+            ApiError::DatabaseUnavailable | ApiError::Draining => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             ApiError::AtCapacity => {

@@ -8,6 +8,7 @@ pub mod bus;
 pub mod client_ip;
 pub mod clock;
 pub mod config;
+pub mod db;
 pub mod demo_broadcaster;
 pub mod error;
 pub mod hub;

@@ -8,7 +8,6 @@ use ticketgate::config::Settings;
 use ticketgate::jwt::JwtSigner;
 use ticketgate::migrations::{self, MigrationContext};
 use ticketgate::startup::Application;
-use ticketgate::store;
 
 /// A WebSocket gateway with two-phase authentication: a short-lived ticket from
 /// `GET /token/ws` opens `/demo?token=<ticket>`, and the first message must carry the JWT.
@@ -131,7 +130,7 @@ async fn migrate(settings: Settings) -> ExitCode {
     let Some(mongo) = &settings.database.mongodb else {
         return fail("MONGODB_URI is not set: the in-process store has nothing to migrate");
     };
-    let db = match store::connect(mongo, settings.database.timeout).await {
+    let db = match ticketgate::db::connect(mongo, settings.database.timeout).await {
         Ok(db) => db,
         Err(e) => return fail(&e.to_string()),
     };

@@ -14,25 +14,26 @@ use tokio::net::TcpStream;
 
 use crate::bus::{self, Bus, NodeId, NodeInfo, NodeRegistry};
 use crate::config::Settings;
+use crate::db::{self, Bounds, PerThreadDatabase, Prepared, Readiness, Unavailable};
 use crate::hub::Hub;
 use crate::jwt::JwtVerifier;
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
-use crate::migrations::{self, MigrationContext, MigrationError};
+use crate::migrations::{MigrationContext, MigrationError};
 use crate::routes::{self, AppState};
 use crate::session::{SessionContext, SessionTiming};
 use crate::shutdown::Shutdown;
 use crate::store::{
-    self, MemoryTicketStore, MongoBounds, MongoTicketStore, PerThreadDatabase, RevocationStore,
-    StoreReadiness, StoreUnavailable, TicketStore,
+    MemoryRevocations, MemoryTicketStore, MongoRevocations, MongoTicketStore, RevocationStore,
+    TicketStore,
 };
 use crate::wire;
 use crate::wire::refusals::JsonRefusals;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("MongoDB: {0}")]
-    Store(#[from] StoreUnavailable),
+    #[error(transparent)]
+    Database(#[from] Unavailable),
     #[error(transparent)]
     Migration(#[from] MigrationError),
     #[error(
@@ -86,7 +87,7 @@ impl Application {
                 log::info!("cluster bus: in process only (the in-process store is single-node)");
                 bus.deliver_locally();
             }
-            Some(mongo) => match mongo.prepare(&bus, &metrics).await {
+            Some(mongo) => match prepare(&mongo, &bus, &metrics).await {
                 Ok(()) => {}
                 Err(NotReady::Migration(e @ MigrationError::Invalid { .. })) => {
                     return Err(e.into());
@@ -95,7 +96,10 @@ impl Application {
                     log::warn!(
                         "MongoDB is not ready yet ({e}); serving 503 and retrying in the background"
                     );
-                    tokio::spawn(mongo.prepare_until_ready(Arc::clone(&bus), Arc::clone(&metrics)));
+                    let (bus, metrics) = (Arc::clone(&bus), Arc::clone(&metrics));
+                    tokio::spawn(async move {
+                        db::retry_until_ready(|| prepare(&mongo, &bus, &metrics)).await;
+                    });
                 }
             },
         }
@@ -262,45 +266,39 @@ impl Application {
     }
 }
 
-/// MongoDB as the gateway uses it: the database, and the bounds every operation runs under.
-struct Mongo {
-    db: mongodb::Database,
-    bounds: MongoBounds,
-    context: MigrationContext,
-}
-
 /// Where tickets and revocations live, and the MongoDB behind them if any.
 async fn stores(
     settings: &Settings,
     metrics: &Arc<Metrics>,
-) -> Result<(TicketStore, RevocationStore, Option<Mongo>), StartupError> {
+) -> Result<(TicketStore, RevocationStore, Option<Prepared>), StartupError> {
     let Some(mongo) = &settings.database.mongodb else {
         log::info!("MONGODB_URI is not set: tickets live in this process (single node only)");
         let tickets = TicketStore::Memory(MemoryTicketStore::new(settings.tickets));
-        return Ok((tickets, RevocationStore::memory(), None));
+        let revocations = RevocationStore::Memory(MemoryRevocations::new());
+        return Ok((tickets, revocations, None));
     };
     // Only a malformed URI fails here; an unreachable server is found out by `prepare`.
-    let (db, options) = store::connect_with_options(mongo, settings.database.timeout).await?;
-    let bounds = MongoBounds {
+    let (db, options) = db::connect_with_options(mongo, settings.database.timeout).await?;
+    let bounds = Bounds {
         timeout: settings.database.timeout,
-        readiness: StoreReadiness::default(),
+        readiness: Readiness::default(),
         metrics: Arc::clone(metrics),
     };
     let tickets = TicketStore::Mongo(
         MongoTicketStore::new(&db, settings.tickets, bounds.clone())
             .with_per_thread_clients(PerThreadDatabase::new(options, db.clone())),
     );
-    let revocations = RevocationStore::mongo(&db, bounds.clone());
-    let context = MigrationContext {
+    let revocations = RevocationStore::Mongo(MongoRevocations::new(&db, bounds.clone()));
+    let migrations = MigrationContext {
         ticket_ttl: settings.tickets.ttl,
     };
     Ok((
         tickets,
         revocations,
-        Some(Mongo {
+        Some(Prepared {
             db,
             bounds,
-            context,
+            migrations,
         }),
     ))
 }
@@ -311,43 +309,14 @@ enum NotReady {
     #[error(transparent)]
     Migration(#[from] MigrationError),
     #[error("starting the cluster bus: {0}")]
-    Bus(#[from] StoreUnavailable),
+    Bus(#[from] Unavailable),
 }
 
-impl Mongo {
-    /// Applies the migrations, opens the stores for business, then settles the bus.
-    async fn prepare(&self, bus: &Arc<Bus>, metrics: &Arc<Metrics>) -> Result<(), NotReady> {
-        if !self.bounds.readiness.is_ready() {
-            let report = migrations::apply(&self.db, &self.context).await?;
-            log::info!(
-                "tickets live in MongoDB database {:?} (migrations applied now: {:?})",
-                self.db.name(),
-                report.applied
-            );
-            self.bounds.readiness.set_ready();
-        }
-        bus::start_on_mongodb(bus, &self.db, &self.bounds, metrics).await?;
-        Ok(())
-    }
-
-    /// Retries [`prepare`](Self::prepare) with exponential backoff (0.5 s doubling to 30 s)
-    /// until it succeeds.
-    async fn prepare_until_ready(self, bus: Arc<Bus>, metrics: Arc<Metrics>) {
-        let mut backoff = Duration::from_millis(500);
-        loop {
-            tokio::time::sleep(backoff).await;
-            match self.prepare(&bus, &metrics).await {
-                Ok(()) => {
-                    log::info!("MongoDB is ready");
-                    return;
-                }
-                Err(e) => {
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    log::warn!("MongoDB still not ready ({e}); retrying in {backoff:?}");
-                }
-            }
-        }
-    }
+/// Applies the migrations, then settles the bus on the change stream.
+async fn prepare(mongo: &Prepared, bus: &Arc<Bus>, metrics: &Arc<Metrics>) -> Result<(), NotReady> {
+    mongo.migrate().await?;
+    bus::start_on_mongodb(bus, &mongo.db, &mongo.bounds, metrics).await?;
+    Ok(())
 }
 
 fn host_name() -> String {

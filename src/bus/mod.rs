@@ -19,9 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 pub use events::{Command, Event, EventDocument, Sequencer};
 pub use nodes::{ClusterCounts, NODES_COLLECTION, NodeInfo, NodeRegistry, NodeView};
 
+use crate::db::{Bounds, Unavailable};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::store::{MongoBounds, StoreUnavailable};
 
 pub const EVENTS_COLLECTION: &str = "cluster_events";
 
@@ -127,11 +127,9 @@ impl Bus {
     }
 
     /// Carries out `command` on every node the bus reaches.
-    pub async fn send(&self, command: Command) -> Result<Receipt, StoreUnavailable> {
+    pub async fn send(&self, command: Command) -> Result<Receipt, Unavailable> {
         match self.route.get() {
-            None => Err(StoreUnavailable(
-                "the cluster bus is waiting for MongoDB".into(),
-            )),
+            None => Err(Unavailable("the cluster bus is waiting for MongoDB".into())),
             Some(Route::Local(sequencer)) => {
                 // Held while delivering, so seq order is delivery order.
                 let mut sequencer = sequencer.lock().unwrap_or_else(|p| p.into_inner());
@@ -144,7 +142,7 @@ impl Bus {
             }
             Some(Route::Cluster(queue)) => {
                 let (reply, written) = oneshot::channel();
-                let gone = || StoreUnavailable("the cluster bus writer stopped".into());
+                let gone = || Unavailable("the cluster bus writer stopped".into());
                 queue
                     .send(writer::Outgoing { command, reply })
                     .await
@@ -159,7 +157,7 @@ impl Bus {
     }
 
     /// The live nodes, this one first with its current counts.
-    pub async fn nodes(&self) -> Result<Vec<NodeView>, StoreUnavailable> {
+    pub async fn nodes(&self) -> Result<Vec<NodeView>, Unavailable> {
         let me = self.node.view(self.hub.counts());
         match &self.registry {
             None => Ok(vec![me]),
@@ -197,9 +195,9 @@ impl Bus {
 pub async fn start_on_mongodb(
     bus: &Arc<Bus>,
     db: &Database,
-    bounds: &MongoBounds,
+    bounds: &Bounds,
     metrics: &Arc<Metrics>,
-) -> Result<BusMode, StoreUnavailable> {
+) -> Result<BusMode, Unavailable> {
     if bus.route.get().is_some() {
         return Ok(bus.mode());
     }

@@ -10,8 +10,8 @@ use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
 use super::NodeId;
+use crate::db::{Bounds, Unavailable};
 use crate::hub::ConnectionCounts;
-use crate::store::{MongoBounds, StoreUnavailable};
 
 pub const NODES_COLLECTION: &str = "cluster_nodes";
 
@@ -87,7 +87,7 @@ struct NodeDocument {
 
 pub struct NodeRegistry {
     nodes: Collection<NodeDocument>,
-    bounds: MongoBounds,
+    bounds: Bounds,
     /// A node whose last heartbeat is older than this is not listed, whatever the TTL
     /// monitor (which runs once a minute) has or has not removed yet.
     liveness: Duration,
@@ -95,7 +95,7 @@ pub struct NodeRegistry {
 
 impl NodeRegistry {
     /// `heartbeat`: how often nodes beat; three missed beats and a node is gone.
-    pub fn new(db: &Database, bounds: MongoBounds, heartbeat: Duration) -> Self {
+    pub fn new(db: &Database, bounds: Bounds, heartbeat: Duration) -> Self {
         NodeRegistry {
             nodes: db.collection(NODES_COLLECTION),
             bounds,
@@ -103,11 +103,7 @@ impl NodeRegistry {
         }
     }
 
-    pub async fn beat(
-        &self,
-        node: &NodeInfo,
-        counts: ConnectionCounts,
-    ) -> Result<(), StoreUnavailable> {
+    pub async fn beat(&self, node: &NodeInfo, counts: ConnectionCounts) -> Result<(), Unavailable> {
         let document = NodeDocument {
             id: node.id.to_string(),
             address: node.address.clone(),
@@ -124,7 +120,7 @@ impl NodeRegistry {
 
     /// The live nodes: `me` first, with its current counts rather than its last heartbeat's,
     /// then the others, oldest first.
-    pub async fn live(&self, me: NodeView) -> Result<Vec<NodeView>, StoreUnavailable> {
+    pub async fn live(&self, me: NodeView) -> Result<Vec<NodeView>, Unavailable> {
         let since = DateTime::from_millis(
             DateTime::now().timestamp_millis() - self.liveness.as_millis() as i64,
         );
@@ -147,7 +143,7 @@ impl NodeRegistry {
         Ok(nodes)
     }
 
-    pub async fn remove(&self, id: &NodeId) -> Result<(), StoreUnavailable> {
+    pub async fn remove(&self, id: &NodeId) -> Result<(), Unavailable> {
         let delete = self.nodes.delete_one(doc! { "_id": id.as_str() });
         self.bounds.run("node_leave", delete).await.map(|_| ())
     }

@@ -15,9 +15,9 @@ use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
 use mongodb::error::{Error, ErrorKind};
 
 use super::EventDocument;
+use crate::db::Unavailable;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::store::StoreUnavailable;
 
 type Stream = ChangeStream<ChangeStreamEvent<Document>>;
 
@@ -58,12 +58,10 @@ pub enum OpenError {
     Unavailable(String),
 }
 
-impl From<OpenError> for StoreUnavailable {
+impl From<OpenError> for Unavailable {
     fn from(e: OpenError) -> Self {
         match e {
-            OpenError::HistoryLost(reason) | OpenError::Unavailable(reason) => {
-                StoreUnavailable(reason)
-            }
+            OpenError::HistoryLost(reason) | OpenError::Unavailable(reason) => Unavailable(reason),
         }
     }
 }

@@ -9,8 +9,8 @@ use mongodb::Collection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Command, EventDocument, NodeId, Sequencer};
+use crate::db::{Bounds, Unavailable};
 use crate::metrics::Metrics;
-use crate::store::{MongoBounds, StoreUnavailable};
 
 /// Commands that may wait for the writer; senders wait when it is full (backpressure).
 pub const QUEUE: usize = 4096;
@@ -20,14 +20,14 @@ const MAX_BATCH: usize = 512;
 pub struct Outgoing {
     pub command: Command,
     /// The broadcast's seq (or `None` for other events) once written.
-    pub reply: oneshot::Sender<Result<Option<u64>, StoreUnavailable>>,
+    pub reply: oneshot::Sender<Result<Option<u64>, Unavailable>>,
 }
 
 pub struct Writer {
     pub events: Collection<EventDocument>,
     pub sequencer: Sequencer,
     pub node: NodeId,
-    pub bounds: MongoBounds,
+    pub bounds: Bounds,
     pub metrics: Arc<Metrics>,
 }
 
@@ -58,7 +58,7 @@ impl Writer {
             for (reply, seq) in replies {
                 let _ = reply.send(match &written {
                     Ok(_) => Ok(seq),
-                    Err(e) => Err(StoreUnavailable(e.0.clone())),
+                    Err(e) => Err(Unavailable(e.0.clone())),
                 });
             }
         }

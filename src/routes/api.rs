@@ -18,8 +18,8 @@ use subtle::ConstantTimeEq;
 use super::{AppState, post_only, readable};
 use crate::bus::{BusMode, ClusterCounts, Command, NodeView, Reach};
 use crate::clock::MAX_UNIX_SECS;
+use crate::db::Unavailable;
 use crate::error::ApiError;
-use crate::store::StoreUnavailable;
 
 pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     let json = web::JsonConfig::default()
@@ -155,9 +155,9 @@ async fn send(state: &AppState, command: Command) -> Result<Sent, ApiError> {
     })
 }
 
-fn bus_unavailable(e: StoreUnavailable) -> ApiError {
+fn bus_unavailable(e: Unavailable) -> ApiError {
     log::warn!("cluster bus: {e}");
-    ApiError::StoreUnavailable
+    ApiError::DatabaseUnavailable
 }
 
 #[derive(Serialize)]
@@ -232,7 +232,7 @@ async fn disconnect_user(
         .await
         .map_err(|e| {
             log::warn!("deleting the tickets of a disconnected user: {e}");
-            ApiError::StoreUnavailable
+            ApiError::DatabaseUnavailable
         })?;
     log::info!(
         "disconnected user {user_id}: {} connections, {tickets_deleted} tickets",
@@ -305,7 +305,7 @@ async fn revoke(
         .await
         .map_err(|e| {
             log::warn!("recording a revocation: {e}");
-            ApiError::StoreUnavailable
+            ApiError::DatabaseUnavailable
         })?;
     let sent = send(&state, Command::Revoke { jti: jti.clone() }).await?;
     log::info!("revoked a token until {expires_at}");

@@ -39,7 +39,7 @@ pub async fn mint_ticket(
             .await
             .map_err(|e| {
                 log::warn!("checking a revocation: {e}");
-                ApiError::StoreUnavailable
+                ApiError::DatabaseUnavailable
             })?;
         if revoked {
             return Err(ApiError::InvalidToken(JwtRejection::Revoked));
@@ -51,7 +51,7 @@ pub async fn mint_ticket(
         .map_err(ApiError::RateLimited)?;
     let ticket = state.tickets.issue(&user.sub).await.map_err(|e| {
         log::warn!("minting a ticket: {e}");
-        ApiError::StoreUnavailable
+        ApiError::DatabaseUnavailable
     })?;
     state.session.metrics.tickets_minted.inc();
     let token = ticket.to_string();

@@ -60,7 +60,7 @@ pub async fn upgrade(
             }
             RedeemError::Unavailable(e) => {
                 log::warn!("redeeming a ticket: {e}");
-                ApiError::StoreUnavailable
+                ApiError::DatabaseUnavailable
             }
             RedeemError::NotAdmitted(ConnectionRefused::UserLimit) => ApiError::TooManyConnections,
             RedeemError::NotAdmitted(ConnectionRefused::Capacity) => ApiError::AtCapacity,

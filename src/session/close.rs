@@ -26,7 +26,7 @@ pub enum CloseReason {
     /// 1013: the connection fell too far behind the broadcasts; reconnecting is the remedy.
     SlowConsumer { missed: u64 },
     /// 1013: the revocation store could not be asked; try again.
-    StoreUnavailable,
+    DatabaseUnavailable,
     /// 1009: a message over MAX_MESSAGE_BYTES.
     MessageTooBig,
     /// 1002: the client broke the WebSocket protocol.
@@ -49,7 +49,7 @@ impl CloseReason {
             CloseReason::AuthTimeout | CloseReason::HeartbeatTimeout => 4408,
             CloseReason::SlowConsumer { .. }
             | CloseReason::Kicked(Kick::SlowConsumer)
-            | CloseReason::StoreUnavailable => 1013,
+            | CloseReason::DatabaseUnavailable => 1013,
             CloseReason::Kicked(Kick::Disconnected | Kick::Revoked) => 4403,
             CloseReason::Kicked(Kick::Draining) => 1001,
             CloseReason::MessageTooBig => 1009,
@@ -80,7 +80,7 @@ impl CloseReason {
                 "slow consumer: too many messages waiting".into()
             }
             CloseReason::MessageTooBig => "message too big".into(),
-            CloseReason::StoreUnavailable => "try again later".into(),
+            CloseReason::DatabaseUnavailable => "try again later".into(),
             CloseReason::ProtocolError => "protocol error".into(),
             CloseReason::InvalidUtf8 => "text message is not UTF-8".into(),
             CloseReason::ClientClosed(frame) => frame

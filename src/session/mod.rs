@@ -46,7 +46,7 @@ impl SessionContext {
             Ok(true) => Err(CloseReason::JwtRejected(JwtRejection::Revoked)),
             Err(e) => {
                 log::warn!("checking a revocation: {e}");
-                Err(CloseReason::StoreUnavailable)
+                Err(CloseReason::DatabaseUnavailable)
             }
         }
     }

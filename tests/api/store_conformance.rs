@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use ticketgate::config::{MongoSettings, TicketPolicy};
+use ticketgate::db::{self, Bounds, PerThreadDatabase, Readiness};
 use ticketgate::store::{
-    self, MemoryTicketStore, MongoBounds, MongoTicketStore, PerThreadDatabase, RedeemError,
-    StoreReadiness, TicketRejection, TicketStore,
+    MemoryTicketStore, MongoTicketStore, RedeemError, Redeemed, TicketRejection, TicketStore,
 };
 use ticketgate::ticket::{NewTicket, PresentedTicket};
 
@@ -26,11 +26,11 @@ async fn make_store(kind: Store, ttl_secs: u64, single_use: bool) -> TicketStore
                 uri: mongo_uri().into(),
                 database: unique_db_name(),
             };
-            let (db, options) = store::connect_with_options(&settings, Duration::from_secs(5))
+            let (db, options) = db::connect_with_options(&settings, Duration::from_secs(5))
                 .await
                 .unwrap();
-            let ready = StoreReadiness::ready();
-            let bounds = MongoBounds {
+            let ready = Readiness::ready();
+            let bounds = Bounds {
                 timeout: Duration::from_secs(5),
                 readiness: ready,
                 metrics: Arc::new(ticketgate::metrics::Metrics::new()),
@@ -48,7 +48,7 @@ fn presented(ticket: &NewTicket) -> PresentedTicket {
     PresentedTicket::parse(&ticket.to_string()).unwrap()
 }
 
-fn rejection(result: Result<store::Redeemed, RedeemError>) -> TicketRejection {
+fn rejection(result: Result<Redeemed, RedeemError>) -> TicketRejection {
     match result {
         Err(RedeemError::Rejected(why)) => why,
         other => panic!("expected a rejection, got {other:?}"),

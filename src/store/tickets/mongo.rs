@@ -1,18 +1,15 @@
 //! The MongoDB ticket store: collection `ws_tickets`, one document per ticket.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bson::oid::ObjectId;
 use bson::{Binary, DateTime, doc, spec::BinarySubtype};
-use mongodb::options::ClientOptions;
-use mongodb::{Client, Collection, Database};
+use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
-use super::per_thread::PerThreadDatabase;
-use super::{MongoBounds, RedeemError, Redeemed, StoreUnavailable, TicketRejection, is_expired};
-use crate::config::{MongoSettings, TicketPolicy};
+use super::{RedeemError, Redeemed, TicketRejection, is_expired};
+use crate::config::TicketPolicy;
+use crate::db::{Bounds, PerThreadDatabase, Unavailable};
 use crate::ticket::{NewTicket, PresentedTicket};
 
 pub const TICKETS_COLLECTION: &str = "ws_tickets";
@@ -31,64 +28,17 @@ struct TicketDocument {
     secret_hash: Binary,
 }
 
-/// Opens a client whose every wait is bounded by `timeout`, so an unreachable server turns
-/// into an error rather than a hang.
-pub async fn connect(
-    settings: &MongoSettings,
-    timeout: Duration,
-) -> Result<Database, StoreUnavailable> {
-    Ok(connect_with_options(settings, timeout).await?.0)
-}
-
-/// [`connect`], and the options it used, for making more clients like it.
-pub async fn connect_with_options(
-    settings: &MongoSettings,
-    timeout: Duration,
-) -> Result<(Database, ClientOptions), StoreUnavailable> {
-    use secrecy::ExposeSecret;
-    let mut options = ClientOptions::parse(settings.uri.expose_secret())
-        .await
-        .map_err(|e| StoreUnavailable(format!("MONGODB_URI: {e}")))?;
-    options.app_name = Some("ticketgate".into());
-    options.server_selection_timeout = Some(timeout);
-    options.connect_timeout = Some(timeout);
-    let client =
-        Client::with_options(options.clone()).map_err(|e| StoreUnavailable(e.to_string()))?;
-    Ok((client.database(&settings.database), options))
-}
-
-/// Whether the database is ready for tickets (migrations applied). Until it is, every
-/// operation answers "unavailable" at once instead of touching half-prepared collections.
-#[derive(Debug, Clone, Default)]
-pub struct StoreReadiness(Arc<AtomicBool>);
-
-impl StoreReadiness {
-    pub fn ready() -> Self {
-        let readiness = Self::default();
-        readiness.set_ready();
-        readiness
-    }
-
-    pub fn set_ready(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-}
-
 pub struct MongoTicketStore {
     db: Database,
     tickets: Collection<TicketDocument>,
     /// When set, each thread's own client serves the ticket operations.
     per_thread: Option<PerThreadDatabase>,
     policy: TicketPolicy,
-    bounds: MongoBounds,
+    bounds: Bounds,
 }
 
 impl MongoTicketStore {
-    pub fn new(db: &Database, policy: TicketPolicy, bounds: MongoBounds) -> Self {
+    pub fn new(db: &Database, policy: TicketPolicy, bounds: Bounds) -> Self {
         MongoTicketStore {
             db: db.clone(),
             tickets: db.collection(TICKETS_COLLECTION),
@@ -112,7 +62,7 @@ impl MongoTicketStore {
     }
 
     /// Ready (migrations applied) and answering a `ping` within the store timeout.
-    pub(super) async fn ping(&self) -> Result<(), StoreUnavailable> {
+    pub(super) async fn ping(&self) -> Result<(), Unavailable> {
         self.bounds
             .run("ping", self.db.run_command(doc! { "ping": 1 }))
             .await
@@ -123,7 +73,7 @@ impl MongoTicketStore {
         &self,
         ticket: &NewTicket,
         user_id: &str,
-    ) -> Result<(), StoreUnavailable> {
+    ) -> Result<(), Unavailable> {
         let document = TicketDocument {
             id: ticket.id,
             token_type: TOKEN_TYPE.into(),
@@ -232,7 +182,7 @@ impl MongoTicketStore {
         is_expired(Duration::from_millis(age_ms.max(0) as u64), &self.policy)
     }
 
-    pub(super) async fn delete_user(&self, user_id: &str) -> Result<u64, StoreUnavailable> {
+    pub(super) async fn delete_user(&self, user_id: &str) -> Result<u64, Unavailable> {
         let filter = doc! { "user_id": user_id, "token_type": TOKEN_TYPE };
         Ok(self
             .bounds

@@ -1,0 +1,104 @@
+//! MongoDB as every part of the gateway uses it: connecting with bounded waits, the bounds each
+//! operation runs under (readiness, `STORE_TIMEOUT_MS`, a latency metric), the one
+//! "unavailable" error, a client per worker thread, and getting the database ready at start
+//! (migrations, retried until they apply). The ticket store, the revocations, the cluster bus
+//! and the node registry all stand on this.
+
+mod per_thread;
+mod prepare;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Database};
+
+pub use per_thread::PerThreadDatabase;
+pub use prepare::{Prepared, retry_until_ready};
+
+use crate::config::MongoSettings;
+use crate::metrics::Metrics;
+
+/// MongoDB could not answer in time or at all. Every user of the database (tickets,
+/// revocations, the cluster bus, the node registry) reports this one error; the gateway
+/// answers 503 and tries again on the next request, and nothing is cached as "down".
+#[derive(Debug, thiserror::Error)]
+#[error("MongoDB unavailable: {0}")]
+pub struct Unavailable(pub String);
+
+/// What every MongoDB operation runs under: the store must be ready (migrations applied), the
+/// answer must come within `timeout`, and its latency is measured.
+#[derive(Clone)]
+pub struct Bounds {
+    pub timeout: Duration,
+    pub readiness: Readiness,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Bounds {
+    pub async fn run<T>(
+        &self,
+        name: &'static str,
+        operation: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
+    ) -> Result<T, Unavailable> {
+        if !self.readiness.is_ready() {
+            return Err(Unavailable(
+                "MongoDB is not ready yet (migrations pending)".into(),
+            ));
+        }
+        let _timer = self
+            .metrics
+            .store_operation_seconds
+            .with_label_values(&[name])
+            .start_timer();
+        match tokio::time::timeout(self.timeout, operation.into_future()).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(Unavailable(e.to_string())),
+            Err(_) => Err(Unavailable(format!("no answer within {:?}", self.timeout))),
+        }
+    }
+}
+
+/// Opens a client whose every wait is bounded by `timeout`, so an unreachable server turns
+/// into an error rather than a hang.
+pub async fn connect(settings: &MongoSettings, timeout: Duration) -> Result<Database, Unavailable> {
+    Ok(connect_with_options(settings, timeout).await?.0)
+}
+
+/// [`connect`], and the options it used, for making more clients like it.
+pub async fn connect_with_options(
+    settings: &MongoSettings,
+    timeout: Duration,
+) -> Result<(Database, ClientOptions), Unavailable> {
+    use secrecy::ExposeSecret;
+    let mut options = ClientOptions::parse(settings.uri.expose_secret())
+        .await
+        .map_err(|e| Unavailable(format!("MONGODB_URI: {e}")))?;
+    options.app_name = Some("ticketgate".into());
+    options.server_selection_timeout = Some(timeout);
+    options.connect_timeout = Some(timeout);
+    let client = Client::with_options(options.clone()).map_err(|e| Unavailable(e.to_string()))?;
+    Ok((client.database(&settings.database), options))
+}
+
+/// Whether the database is ready for tickets (migrations applied). Until it is, every
+/// operation answers "unavailable" at once instead of touching half-prepared collections.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn ready() -> Self {
+        let readiness = Self::default();
+        readiness.set_ready();
+        readiness
+    }
+
+    pub fn set_ready(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
