@@ -4,6 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use secrecy::SecretBox;
 use serde_json::value::RawValue;
 use ticketgate::bus::{Command, NodeId, Sequencer};
 use ticketgate::hub::{ConnectionLimits, Hub};
@@ -30,7 +31,14 @@ fn tickets(c: &mut Criterion) {
 }
 
 fn jwt(c: &mut Criterion) {
-    let verifier = JwtVerifier::new(&JwtSettings::hs256(SECRET));
+    let verifier = JwtVerifier::new(&JwtSettings {
+        hs256_secret: Some(SecretBox::new(Box::new(SECRET.to_vec()))),
+        public_keys: Vec::new(),
+        dev_mode: false,
+        leeway_secs: 0,
+        issuer: None,
+        audience: None,
+    });
     let token = JwtSigner::hs256(SECRET).mint("user-123", 3600);
     c.bench_function("jwt: verify HS256", |b| {
         b.iter(|| verifier.verify(black_box(&token)).unwrap())

@@ -67,6 +67,9 @@ check_nothing_left() {
 }
 
 cargo fmt --all -- --check
+# The gateway alone (its production build, without the tests' `testing` feature), then the
+# whole workspace.
+cargo clippy --all-targets --quiet -- -D warnings
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The criterion benchmarks, once each in test mode, so they keep working (their harness takes
 # no --test-threads). Then every test suite, last, so its summary closes the run.

@@ -49,7 +49,8 @@ pub struct JwtSettings {
 }
 
 impl JwtSettings {
-    /// HS256 with one secret and no other checks: for tests and tools.
+    /// HS256 with one secret and no other checks: for tests.
+    #[cfg(any(test, feature = "testing"))]
     pub fn hs256(secret: &[u8]) -> Self {
         JwtSettings {
             hs256_secret: Some(SecretBox::new(Box::new(secret.to_vec()))),

@@ -1,16 +1,13 @@
 //! Building the gateway from [`Settings`] and running it: split so tests can start the real
-//! application on port 0 and reach its hub.
+//! application on port 0 and reach its hub. `build` binds, opens the stores, starts the bus,
+//! builds the shared state, and hands the application to the server (`wire::server`).
 
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_http::error::DispatchError;
-use actix_http::{HttpService, Protocol};
-use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
-use actix_web::dev::{AppConfig, Server, ServerHandle};
+use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, web};
-use tokio::net::TcpStream;
 
 use crate::bus::{self, Bus, NodeId, NodeInfo, NodeRegistry};
 use crate::config::Settings;
@@ -28,7 +25,7 @@ use crate::store::{
     TicketStore,
 };
 use crate::wire;
-use crate::wire::refusals::JsonRefusals;
+use crate::wire::server::HttpTiming;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -48,7 +45,6 @@ pub enum StartupError {
 pub struct Application {
     port: u16,
     server: Server,
-    hub: Arc<Hub>,
     broadcast_interval: Option<Duration>,
     state: web::Data<AppState>,
     shutdown_grace: Duration,
@@ -58,83 +54,21 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let metrics = Arc::new(Metrics::new());
-        let (tickets, revocations, mongo) = stores(&settings, &metrics).await?;
-        let hub = Hub::new(settings.limits.connections);
-
         let bind_error = |source| StartupError::Bind {
             addr: settings.server.bind_addr.to_string(),
             source,
         };
         let listener = TcpListener::bind(settings.server.bind_addr).map_err(bind_error)?;
         let port = listener.local_addr().map_err(bind_error)?.port();
-
-        let node = NodeInfo {
-            id: NodeId::generate(&settings.node.name.clone().unwrap_or_else(host_name)),
-            address: settings
-                .node
-                .address
-                .clone()
-                .unwrap_or_else(|| format!("{}:{port}", settings.server.bind_addr.ip())),
-            started_at: bson::DateTime::now(),
-        };
-        let registry = mongo
-            .as_ref()
-            .map(|m| NodeRegistry::new(&m.db, m.bounds.clone(), settings.node.heartbeat));
-        let bus = Bus::new(Arc::clone(&hub), node, registry);
-        match mongo {
-            None => {
-                log::info!("cluster bus: in process only (the in-process store is single-node)");
-                bus.deliver_locally();
-            }
-            Some(mongo) => match prepare(&mongo, &bus, &metrics).await {
-                Ok(()) => {}
-                Err(NotReady::Migration(e @ MigrationError::Invalid { .. })) => {
-                    return Err(e.into());
-                }
-                Err(e) => {
-                    log::warn!(
-                        "MongoDB is not ready yet ({e}); serving 503 and retrying in the background"
-                    );
-                    let (bus, metrics) = (Arc::clone(&bus), Arc::clone(&metrics));
-                    tokio::spawn(async move {
-                        db::retry_until_ready(|| prepare(&mongo, &bus, &metrics)).await;
-                    });
-                }
-            },
-        }
-        log::info!("node id {}", bus.node().id);
-
-        let state = web::Data::new(AppState {
-            tickets,
-            rate_limits: RateLimits::new(
-                settings.limits.ticket_rate_per_min,
-                settings.limits.upgrade_rate_per_min,
-            ),
-            trusted_proxies: settings.server.trusted_proxies.clone(),
-            api_key: settings.api.key.clone(),
-            shutdown: Shutdown::new(Arc::clone(&hub)),
-            session: Arc::new(SessionContext {
-                jwt: Arc::new(JwtVerifier::new(&settings.jwt)),
-                hub: Arc::clone(&hub),
-                timing: SessionTiming {
-                    auth_timeout: settings.session.auth_timeout,
-                    heartbeat_interval: settings.session.heartbeat_interval,
-                    client_timeout: settings.session.client_timeout,
-                    token_refresh_notice: settings.session.token_refresh_notice,
-                    expiry_grace: Duration::from_secs(settings.jwt.leeway_secs),
-                },
-                max_message_bytes: settings.session.max_message_bytes,
-                metrics,
-                revocations: Arc::new(revocations),
-            }),
-            origins: settings.server.allowed_origins.clone(),
-            ticket_ttl: settings.tickets.ttl,
-            bus: Arc::clone(&bus),
-        });
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(settings.limits.connections);
+        let (tickets, revocations, mongo) = stores(&settings, &metrics).await?;
+        let bus = start_bus(&settings, &hub, mongo, port, &metrics).await?;
+        let state = app_state(&settings, tickets, revocations, &hub, &bus, metrics);
         let app_state = state.clone();
-        let api_body_limit = state
-            .api_key
+        let api_body_limit = settings
+            .api
+            .key
             .is_some()
             .then_some(settings.api.max_body_bytes);
         let app = move || {
@@ -145,53 +79,15 @@ impl Application {
                 .app_data(app_state.clone())
                 .configure(|cfg| routes::configure(cfg, &app_state.origins, api_body_limit))
         };
-        let request_timeout = settings.server.http_request_timeout;
-        let local_addr = listener.local_addr().map_err(bind_error)?;
-        // actix-web's `HttpServer` has no place for an upgrade hook, so the same HTTP service
-        // is put together here: actix-http's, with the application behind it.
-        let builder = actix_server::Server::build();
-        // Tells idle keep-alive connections to close when a graceful stop begins, as
-        // `HttpServer` does.
-        let stopping = builder.graceful_shutdown_signal();
-        let server = builder
-            // Signals are handled by run_until_stopped, which drains before stopping.
-            .disable_signals()
-            .shutdown_timeout(settings.server.shutdown_grace.as_secs())
-            .listen("ticketgate", listener, move || {
-                let app = app.clone();
-                let stopping = stopping.clone();
-                let http = HttpService::build()
-                    .graceful_shutdown_signal(move || {
-                        let stopping = stopping.clone();
-                        async move { stopping.notified().await }
-                    })
-                    // A client must send its request head within this time (slowloris), and
-                    // gets a second to take the response of a refused request before the
-                    // socket is closed.
-                    .client_request_timeout(request_timeout)
-                    .client_disconnect_timeout(Duration::from_secs(1))
-                    .local_addr(local_addr)
-                    // WebSocket upgrades go through the same application, then take the socket.
-                    .upgrade(wire::upgrade::service(app().into_factory()))
-                    .finish(map_config(
-                        app().into_factory().map_err(|error| error.error_response()),
-                        |_| AppConfig::default(),
-                    ));
-                // Each socket is wrapped so the refusals actix-http's parser writes by itself
-                // (400, 408, 431) carry a JSON error like every other (wire::refusals).
-                fn_service(|socket: TcpStream| async move {
-                    let peer = socket.peer_addr().ok();
-                    Ok::<_, DispatchError>((JsonRefusals::new(socket), Protocol::Http1, peer))
-                })
-                .and_then(http)
-            })
-            .map_err(bind_error)?
-            .run();
+        let timing = HttpTiming {
+            request_timeout: settings.server.http_request_timeout,
+            shutdown_grace: settings.server.shutdown_grace,
+        };
+        let server = wire::server::serve(listener, app, timing).map_err(bind_error)?;
         log::info!("listening on {}:{port}", settings.server.bind_addr.ip());
         Ok(Application {
             port,
             server,
-            hub,
             broadcast_interval: settings.server.broadcast_interval,
             shutdown_grace: settings.server.shutdown_grace,
             node_heartbeat: settings.node.heartbeat,
@@ -209,10 +105,12 @@ impl Application {
         self.state.shutdown.clone()
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn hub(&self) -> Arc<Hub> {
-        Arc::clone(&self.hub)
+        Arc::clone(&self.state.session.hub)
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn bus(&self) -> Arc<Bus> {
         Arc::clone(&self.bus)
     }
@@ -264,6 +162,91 @@ impl Application {
             () = forget_idle_rate_limits => unreachable!("housekeeping never ends"),
         }
     }
+}
+
+/// The bus: in process only, or on MongoDB's change stream once the database is ready (in the
+/// background, serving 503 meanwhile, when it is not reachable yet).
+async fn start_bus(
+    settings: &Settings,
+    hub: &Arc<Hub>,
+    mongo: Option<Prepared>,
+    port: u16,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<Bus>, StartupError> {
+    let node = NodeInfo {
+        id: NodeId::generate(&settings.node.name.clone().unwrap_or_else(host_name)),
+        address: settings
+            .node
+            .address
+            .clone()
+            .unwrap_or_else(|| format!("{}:{port}", settings.server.bind_addr.ip())),
+        started_at: bson::DateTime::now(),
+    };
+    let registry = mongo
+        .as_ref()
+        .map(|m| NodeRegistry::new(&m.db, m.bounds.clone(), settings.node.heartbeat));
+    let bus = Bus::new(Arc::clone(hub), node, registry);
+    match mongo {
+        None => {
+            log::info!("cluster bus: in process only (the in-process store is single-node)");
+            bus.deliver_locally();
+        }
+        Some(mongo) => match prepare(&mongo, &bus, metrics).await {
+            Ok(()) => {}
+            Err(NotReady::Migration(e @ MigrationError::Invalid { .. })) => {
+                return Err(e.into());
+            }
+            Err(e) => {
+                log::warn!(
+                    "MongoDB is not ready yet ({e}); serving 503 and retrying in the background"
+                );
+                let (bus, metrics) = (Arc::clone(&bus), Arc::clone(metrics));
+                tokio::spawn(async move {
+                    db::retry_until_ready(|| prepare(&mongo, &bus, &metrics)).await;
+                });
+            }
+        },
+    }
+    log::info!("node id {}", bus.node().id);
+    Ok(bus)
+}
+
+/// What every request handler and connection shares.
+fn app_state(
+    settings: &Settings,
+    tickets: TicketStore,
+    revocations: RevocationStore,
+    hub: &Arc<Hub>,
+    bus: &Arc<Bus>,
+    metrics: Arc<Metrics>,
+) -> web::Data<AppState> {
+    web::Data::new(AppState {
+        tickets,
+        rate_limits: RateLimits::new(
+            settings.limits.ticket_rate_per_min,
+            settings.limits.upgrade_rate_per_min,
+        ),
+        trusted_proxies: settings.server.trusted_proxies.clone(),
+        api_key: settings.api.key.clone(),
+        shutdown: Shutdown::new(Arc::clone(hub)),
+        session: Arc::new(SessionContext {
+            jwt: Arc::new(JwtVerifier::new(&settings.jwt)),
+            hub: Arc::clone(hub),
+            timing: SessionTiming {
+                auth_timeout: settings.session.auth_timeout,
+                heartbeat_interval: settings.session.heartbeat_interval,
+                client_timeout: settings.session.client_timeout,
+                token_refresh_notice: settings.session.token_refresh_notice,
+                expiry_grace: Duration::from_secs(settings.jwt.leeway_secs),
+            },
+            max_message_bytes: settings.session.max_message_bytes,
+            metrics,
+            revocations: Arc::new(revocations),
+        }),
+        origins: settings.server.allowed_origins.clone(),
+        ticket_ttl: settings.tickets.ttl,
+        bus: Arc::clone(bus),
+    })
 }
 
 /// Where tickets and revocations live, and the MongoDB behind them if any.

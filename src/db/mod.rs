@@ -88,6 +88,8 @@ pub async fn connect_with_options(
 pub struct Readiness(Arc<AtomicBool>);
 
 impl Readiness {
+    /// Ready from the start: for tests that apply the migrations themselves.
+    #[cfg(any(test, feature = "testing"))]
     pub fn ready() -> Self {
         let readiness = Self::default();
         readiness.set_ready();

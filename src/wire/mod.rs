@@ -8,6 +8,7 @@
 
 pub mod reader;
 pub mod refusals;
+pub mod server;
 pub mod upgrade;
 pub mod writer;
 
