@@ -7,8 +7,8 @@ use ticketgate::clock::MAX_UNIX_SECS;
 use ticketgate::jwt::Claims;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::adversarial::{WS_HEADERS, raw_head, raw_http, upgrade_request};
-use crate::helpers::*;
+use crate::support::raw::{WS_HEADERS, raw_head, raw_http, upgrade_request};
+use crate::support::*;
 
 const API_KEY: &str = "test-api-key-0123456789";
 

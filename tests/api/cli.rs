@@ -7,7 +7,7 @@ use mongodb::bson::{Document, doc};
 use serde_json::json;
 use ticketgate::jwt::{JwtSettings, JwtVerifier};
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// The binary with a clean environment (no inherited MONGODB_URI, JWT_SECRET…) in an empty
 /// directory, so no `.env` is picked up unless a test writes one.

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::helpers::*;
+use crate::support::*;
 
 fn client_dir() -> PathBuf {
     repo_root().join("client")

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use mongodb::bson::doc;
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use crate::support::*;
 
 const API_KEY: &str = "cluster-api-key-0123456789";
 

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use ticketgate::config::VARIABLES;
 
-use crate::helpers::repo_root;
+use crate::support::repo_root;
 use yaml_rust2::{Yaml, YamlLoader};
 
 const COMPOSE: &str = include_str!("../../docker-compose.yml");

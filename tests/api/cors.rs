@@ -2,7 +2,7 @@
 
 use reqwest::Method;
 
-use crate::helpers::*;
+use crate::support::*;
 
 async fn preflight(app: &TestApp, origin: &str) -> reqwest::Response {
     app.http

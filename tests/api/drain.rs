@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn while_draining_connections_hear_1001_and_new_work_gets_503() {

@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// Waits until `measure` is at most `limit`; returns the last value seen.
 async fn settles_to(what: &str, limit: usize, measure: impl Fn() -> usize) -> usize {

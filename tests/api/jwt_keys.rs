@@ -7,7 +7,7 @@ use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use crate::support::*;
 
 fn fixture(name: &str) -> PathBuf {
     repo_root()

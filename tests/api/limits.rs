@@ -7,7 +7,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use crate::helpers::*;
+use crate::support::*;
 
 fn fragment(opcode: Data, payload: &str, last: bool) -> Message {
     Message::Frame(Frame::message(

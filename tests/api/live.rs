@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 use ticketgate::jwt::Claims;
 
-use crate::helpers::*;
+use crate::support::*;
 
 fn jwt_expiring_in(sub: &str, secs: u64) -> (String, u64) {
     let exp = now() + secs;

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::helpers::*;
+use crate::support::*;
 
 const API_KEY: &str = "load-smoke-api-key-0123";
 

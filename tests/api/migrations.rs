@@ -6,7 +6,7 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use ticketgate::migrations::{self, MIGRATIONS, MigrationContext};
 
-use crate::helpers::*;
+use crate::support::*;
 
 async fn fresh_db() -> mongodb::Database {
     mongodb::Client::with_uri_str(mongo_uri())

@@ -6,7 +6,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
 use ticketgate::jwt::{Claims, JwtSigner};
 
-use crate::helpers::*;
+use crate::support::*;
 
 fn claims(sub: &str, exp: u64) -> Claims {
     Claims {

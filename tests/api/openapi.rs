@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use crate::support::*;
 
 const API_KEY: &str = "openapi-test-key-0123456789";
 

@@ -4,7 +4,7 @@
 use prometheus_parse::Sample;
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use crate::support::*;
 
 async fn get_json(app: &TestApp, path: &str) -> (u16, Value) {
     let response = app.http.get(app.url(path)).send().await.unwrap();

@@ -1,6 +1,6 @@
 //! Which browser origins may open the WebSocket, under each ALLOWED_ORIGINS policy.
 
-use crate::helpers::*;
+use crate::support::*;
 
 async fn outcome(app: &TestApp, origin: Option<&str>) -> Result<(), (u16, String)> {
     let ticket = app.ticket("alice").await;

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 
 use ticketgate::bus::{BusMode, Command};
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// Well above STORE_TIMEOUT_MS below: the point is "bounded", not a speed.
 const ANSWER_BOUND: Duration = Duration::from_secs(5);

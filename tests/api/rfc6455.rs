@@ -6,8 +6,8 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::adversarial::{PING, RawFrame, WS_HEADERS, close_code, upgrade_request};
-use crate::helpers::*;
+use crate::support::raw::{PING, RawFrame, WS_HEADERS, close_code, upgrade_request};
+use crate::support::*;
 
 /// A fragmented Ping once made actix-http's codec log at ERROR level: any client could fill
 /// the error log. Client protocol faults are logged at debug and counted by close code.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use crate::support::*;
 
 const API_KEY: &str = "test-api-key-0123456789";
 

@@ -11,7 +11,7 @@ use ticketgate::jwt::{Claims, JwtSigner};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
-use crate::helpers::*;
+use crate::support::*;
 
 fn raw(json: &str) -> Box<RawValue> {
     RawValue::from_string(json.to_owned()).unwrap()

@@ -12,7 +12,7 @@ use ticketgate::store::{
 };
 use ticketgate::ticket::{NewTicket, PresentedTicket};
 
-use crate::helpers::{Store, mongo_uri, unique_db_name};
+use crate::support::{Store, mongo_uri, unique_db_name};
 
 async fn make_store(kind: Store, ttl_secs: u64, single_use: bool) -> TicketStore {
     let policy = TicketPolicy {
@@ -161,11 +161,11 @@ macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(crate::helpers::Store::Memory).await })*
+            async fn $case() { super::$case(crate::support::Store::Memory).await })*
         }
         mod mongo {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(crate::helpers::Store::Mongo).await })*
+            async fn $case() { super::$case(crate::support::Store::Mongo).await })*
         }
     };
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use ticketgate::ticket::NewTicket;
 
-use crate::helpers::*;
+use crate::support::*;
 
 async fn assert_refused(app: &TestApp, ticket: &str, status: u16, code: &str) {
     match app.try_connect(ticket, None).await {

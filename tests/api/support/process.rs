@@ -1,0 +1,182 @@
+//! The gateway as a separate process, for what only a process shows: its file descriptors,
+//! memory, log output and exit code.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::*;
+
+/// The gateway: src/main.rs, built by this package (tests/Cargo.toml) from the same source.
+pub const BIN: &str = env!("CARGO_BIN_EXE_ticketgate-under-test");
+
+/// The load generator: load/src/main.rs, built the same way.
+pub const LOAD_BIN: &str = env!("CARGO_BIN_EXE_ticketgate-load-under-test");
+
+pub struct GatewayProcess {
+    pub port: u16,
+    child: std::process::Child,
+    stdout: Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: Arc<std::sync::Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// Starts `ticketgate` with exactly these variables (plus PATH), in an empty directory, on a
+    /// free port, and waits for its "listening on" log line.
+    pub fn start(vars: &[(&str, &str)]) -> GatewayProcess {
+        Self::start_with_dotenv(vars, None)
+    }
+
+    /// Like [`start`](Self::start), with a `.env` file of these contents in its directory.
+    pub fn start_with_dotenv(vars: &[(&str, &str)], dotenv: Option<&str>) -> GatewayProcess {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(contents) = dotenv {
+            std::fs::write(dir.path().join(".env"), contents).unwrap();
+        }
+        let mut command = Command::new(BIN);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .envs(test_run_marker())
+            .env("BIND_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            // As in base_vars: a generous store bound on a loaded test machine.
+            .env("STORE_TIMEOUT_MS", "10000")
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().unwrap();
+        let stdout = collect_lines(child.stdout.take().unwrap());
+        let stderr = collect_lines(child.stderr.take().unwrap());
+        let deadline = Instant::now() + STARTUP_PATIENCE;
+        let port = loop {
+            let listening = stderr.lock().unwrap().iter().find_map(|line| {
+                let addr = line.split("listening on ").nth(1)?;
+                addr.rsplit(':').next()?.trim().parse::<u16>().ok()
+            });
+            if let Some(port) = listening {
+                break port;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "ticketgate exited with {status}:\n{}",
+                    stderr.lock().unwrap().join("\n")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ticketgate did not start:\n{}",
+                stderr.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        GatewayProcess {
+            port,
+            child,
+            stdout,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn ws_url(&self, ticket: &str) -> String {
+        format!("ws://127.0.0.1:{}/demo?token={ticket}", self.port)
+    }
+
+    /// Everything it wrote to stderr (the log) so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().join("\n")
+    }
+
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    /// Resident memory, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ticketgate did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A ticket for `sub`, minted with the test secret (the process must use JWT_SECRET=SECRET).
+    pub async fn ticket(&self, http: &reqwest::Client, sub: &str) -> String {
+        let response = http
+            .get(self.url("/token/ws"))
+            .bearer_auth(jwt(sub))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json::<Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect_lines(pipe: impl std::io::Read + Send + 'static) -> Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}

@@ -1,0 +1,110 @@
+//! A WebSocket client that reads the way the tests need.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::*;
+
+pub struct WsClient {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ending {
+    Closed {
+        code: u16,
+        reason: String,
+    },
+    /// No close frame: the socket was cut.
+    Dropped,
+}
+
+impl WsClient {
+    pub async fn send_json(&mut self, value: &Value) {
+        self.stream
+            .send(Message::text(value.to_string()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream.send(Message::text(text)).await.unwrap();
+    }
+
+    pub async fn send(&mut self, message: Message) {
+        self.stream.send(message).await.unwrap();
+    }
+
+    /// The next frame of any kind, within `PATIENCE`.
+    pub async fn next_frame(&mut self) -> Option<Message> {
+        match tokio::time::timeout(PATIENCE, self.stream.next()).await {
+            Err(_) => panic!("no frame within {PATIENCE:?}"),
+            Ok(None) => None,
+            Ok(Some(Ok(message))) => Some(message),
+            Ok(Some(Err(_))) => None,
+        }
+    }
+
+    /// The next text message as JSON, skipping control frames.
+    pub async fn next_json(&mut self) -> Value {
+        loop {
+            match self.next_frame().await {
+                Some(Message::Text(text)) => return serde_json::from_str(&text).unwrap(),
+                Some(Message::Ping(_) | Message::Pong(_)) => continue,
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the connection ends, skipping anything else.
+    pub async fn ending(&mut self) -> Ending {
+        self.ending_within(PATIENCE).await
+    }
+
+    /// Like [`ending`](Self::ending), waiting up to `patience` for each frame.
+    pub async fn ending_within(&mut self, patience: Duration) -> Ending {
+        loop {
+            let frame = match tokio::time::timeout(patience, self.stream.next()).await {
+                Err(_) => panic!("the connection did not end within {patience:?}"),
+                Ok(Some(Ok(message))) => Some(message),
+                Ok(_) => None,
+            };
+            match frame {
+                Some(Message::Close(frame)) => {
+                    let CloseFrame { code, reason } = frame.unwrap_or(CloseFrame {
+                        code: 1005.into(),
+                        reason: "".into(),
+                    });
+                    return Ending::Closed {
+                        code: code.into(),
+                        reason: reason.to_string(),
+                    };
+                }
+                Some(_) => continue,
+                None => return Ending::Dropped,
+            }
+        }
+    }
+
+    /// Asserts the connection ends with `code`; returns the reason text.
+    pub async fn expect_close(&mut self, code: u16) -> String {
+        match self.ending().await {
+            Ending::Closed { code: got, reason } if got == code => reason,
+            other => panic!("expected close code {code}, got {other:?}"),
+        }
+    }
+
+    /// Asserts that not a single frame (not even a Ping) arrives for `duration`.
+    pub async fn expect_silence(&mut self, duration: Duration) {
+        if let Ok(frame) = tokio::time::timeout(duration, self.stream.next()).await {
+            panic!("expected silence, got {frame:?}");
+        }
+    }
+}
