@@ -1,5 +1,7 @@
 export type State = "idle" | "connecting" | "authenticating" | "authenticated" | "reconnecting" | "closed";
 
+/** The WebSocket subprotocol the client offers and the gateway confirms. */
+export declare const SUBPROTOCOL: "ticketgate.v1";
 export declare const FATAL_CLOSE_CODES: readonly number[];
 
 export interface Backoff {

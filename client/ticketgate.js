@@ -11,6 +11,9 @@
 // and jitter, always with a fresh ticket, except after 4400, 4401 and 4403, which need the
 // application's attention rather than a retry.
 
+/** The WebSocket subprotocol this client speaks (docs/PROTOCOL.md). */
+export const SUBPROTOCOL = "ticketgate.v1";
+
 /** Close codes after which reconnecting cannot help. */
 export const FATAL_CLOSE_CODES = Object.freeze([4400, 4401, 4403]);
 
@@ -116,7 +119,8 @@ export class TicketgateClient extends EventTarget {
     const url = new URL(this.options.socketPath, this.baseUrl);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     url.searchParams.set("token", ticket);
-    const socket = new this.WebSocketImpl(url.toString());
+    // Offering the subprotocol has the gateway confirm, in its 101, that it speaks this one.
+    const socket = new this.WebSocketImpl(url.toString(), [SUBPROTOCOL]);
     this.socket = socket;
     socket.onopen = () => {
       this.#setState("authenticating");

@@ -46,6 +46,8 @@ test("connects, authenticates and receives broadcasts and user messages", async 
   assert.equal(session.userId, "alice");
   assert.ok(session.expiresAt > Date.now() / 1000);
   assert.deepEqual(states, ["connecting", "authenticating", "authenticated"]);
+  // The client offered ticketgate.v1 and the gateway confirmed it in the 101.
+  assert.equal(client.socket.protocol, "ticketgate.v1");
 
   const broadcast = nextEvent(client, "broadcast");
   const { body } = await gw.api("POST", "/api/broadcast", { data: { hello: "all" } });

@@ -8,30 +8,17 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::raw::{self, RawFrame, TEXT, WS_HEADERS};
 use crate::support::*;
 
-/// A masked client text frame (RFC 6455 §5.3).
+/// A masked client text frame.
 fn client_text_frame(text: &str) -> Vec<u8> {
-    let payload = text.as_bytes();
-    let mut frame = vec![0x81];
-    if payload.len() < 126 {
-        frame.push(0x80 | payload.len() as u8);
-    } else {
-        frame.push(0x80 | 126);
-        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    }
-    let mask = [0x12, 0x34, 0x56, 0x78];
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
+    RawFrame::new(TEXT, text.as_bytes()).encode()
 }
 
-fn upgrade_request(port: u16, ticket: &str) -> String {
-    format!(
-        "GET /demo?token={ticket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: Upgrade\r\n\
-         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    )
+/// The upgrade request for `ticket`, as raw bytes.
+fn upgrade(ticket: &str) -> Vec<u8> {
+    raw::upgrade_request(&format!("/demo?token={ticket}"), WS_HEADERS)
 }
 
 /// Reads server frames off a raw socket, after the 101 response head.
@@ -97,7 +84,7 @@ async fn a_jwt_sent_together_with_the_upgrade_request_is_read() {
     let ticket = app.ticket("alice").await;
     // One write: the request head and the first frame arrive together, so the frame is in
     // actix-http's read buffer when the socket is handed over.
-    let mut bytes = upgrade_request(app.port, &ticket).into_bytes();
+    let mut bytes = upgrade(&ticket);
     bytes.extend(client_text_frame(
         &json!({"type": "jwt", "token": jwt("alice")}).to_string(),
     ));
@@ -141,7 +128,7 @@ async fn after_its_close_frame_the_server_ends_the_tcp_connection() {
     let app = spawn_app(Store::Memory, &[]).await;
     let ticket = app.ticket("alice").await;
     let mut socket = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
-    let mut bytes = upgrade_request(app.port, &ticket).into_bytes();
+    let mut bytes = upgrade(&ticket);
     bytes.extend(client_text_frame("not json"));
     socket.write_all(&bytes).await.unwrap();
     let mut client = RawClient {
