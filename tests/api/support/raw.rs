@@ -172,10 +172,9 @@ pub const CONTINUATION: u8 = 0x0;
 pub const CLOSE: u8 = 0x8;
 pub const PING: u8 = 0x9;
 
-/// A raw socket upgraded with a fresh ticket; authenticated too when `authenticate`.
-pub async fn raw_ws(app: &TestApp, authenticate: bool) -> TcpStream {
-    let ticket = app.ticket("raw").await;
-    let mut socket = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+/// A raw socket to the gateway on `port`, upgraded with `ticket` (the 101 read and checked).
+pub async fn raw_upgrade(port: u16, ticket: &str) -> TcpStream {
+    let mut socket = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     socket
         .write_all(&upgrade_request(
             &format!("/demo?token={ticket}"),
@@ -194,6 +193,13 @@ pub async fn raw_ws(app: &TestApp, authenticate: bool) -> TcpStream {
         "{}",
         String::from_utf8_lossy(&head)
     );
+    socket
+}
+
+/// A raw socket upgraded with a fresh ticket; authenticated too when `authenticate`.
+pub async fn raw_ws(app: &TestApp, authenticate: bool) -> TcpStream {
+    let ticket = app.ticket("raw").await;
+    let mut socket = raw_upgrade(app.port, &ticket).await;
     if authenticate {
         let jwt_message = serde_json::json!({"type": "jwt", "token": jwt("raw")}).to_string();
         socket
