@@ -458,6 +458,34 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any signed exp, nbf and iat: the verifier answers without panicking, and what it
+        /// accepts lies within the horizon every timer of the gateway can hold.
+        #[test]
+        fn any_signed_times_verify_or_are_refused(
+            exp in proptest::prop_oneof![
+                proptest::prelude::any::<u64>(),
+                // Around the horizon and today, where acceptance turns into refusal.
+                MAX_UNIX_SECS - 10..MAX_UNIX_SECS + 10,
+                1_700_000_000u64..2_000_000_000,
+            ],
+            nbf in proptest::prelude::any::<Option<u64>>(),
+            iat in proptest::prelude::any::<Option<u64>>(),
+        ) {
+            let token = JwtSigner::hs256(SECRET).sign(&Claims {
+                sub: "a".into(),
+                exp,
+                nbf,
+                iat,
+                jti: None,
+            });
+            if let Ok(verified) = verifier().verify(&token) {
+                proptest::prop_assert!(verified.expires_at <= MAX_UNIX_SECS);
+                proptest::prop_assert!(verified.expires_at >= now());
+            }
+        }
+    }
+
     #[test]
     fn jwks_keys_need_distinct_kids_and_known_algorithms() {
         assert!(keys_from_jwks(r#"{"keys":[]}"#).is_err());
