@@ -537,6 +537,29 @@ mod tests {
         );
     }
 
+    /// README's table of the essential settings restates some defaults: they must be the
+    /// table's.
+    #[test]
+    fn readme_states_the_tables_defaults() {
+        let readme = include_str!("../../README.md");
+        let mut checked = 0;
+        for row in readme.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let (name, default) = (cells[1].trim_matches('`'), cells[2]);
+            let Some(setting) = table::SETTINGS.iter().find(|s| s.name == name) else {
+                continue;
+            };
+            if let (Some(value), Some(stated)) = (
+                setting.default,
+                default.strip_prefix('`').and_then(|d| d.strip_suffix('`')),
+            ) {
+                assert_eq!(stated, value, "README states {name}'s default as {stated}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 5, "only {checked} defaults found in README");
+    }
+
     #[test]
     fn env_example_parses_to_the_defaults() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example");
