@@ -98,5 +98,49 @@ fn frames(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, tickets, jwt, messages, broadcast, frames);
+/// permessage-deflate: what compressing one broadcast costs (once per broadcast, shared by
+/// every compressing connection), and what inflating a client message costs.
+fn compression(c: &mut Criterion) {
+    let message = format!(
+        r#"{{"type":"broadcast","seq":1,"node":"gw-1","data":{{"items":[{}]}}}}"#,
+        (0..40)
+            .map(|i| format!(r#"{{"id":{i},"name":"item {i}","price":{}.5}}"#, i * 3))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let frame = ticketgate::wire::deflate::compressed_text_frame(message.as_bytes());
+    let payload = frame[ticketgate::wire::frame_header_len(&frame)..].to_vec();
+    c.bench_function(
+        &format!(
+            "deflate: compress a {} B broadcast once (to {} B)",
+            message.len(),
+            payload.len()
+        ),
+        |b| {
+            b.iter(|| {
+                ticketgate::wire::deflate::compressed_text_frame(black_box(message.as_bytes()))
+            })
+        },
+    );
+    let negotiated = ticketgate::wire::deflate::Negotiated {
+        client_no_context_takeover: true,
+    };
+    c.bench_function("deflate: inflate the same message", |b| {
+        b.iter(|| {
+            ticketgate::wire::deflate::Inflater::new(negotiated)
+                .inflate(black_box(&payload), 1 << 20)
+                .unwrap()
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    tickets,
+    jwt,
+    messages,
+    broadcast,
+    frames,
+    compression
+);
 criterion_main!(benches);

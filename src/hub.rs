@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,9 @@ pub struct Delivery {
     pub frame: Frame,
     /// For broadcasts: when it was published, for the fan-out latency metric.
     pub published_at: Option<Instant>,
+    /// For broadcasts: the frame compressed (permessage-deflate), made by the first connection
+    /// that needs it and shared with the others.
+    pub compressed: Option<Arc<OnceLock<Frame>>>,
 }
 
 impl AsRef<[u8]> for Delivery {
@@ -145,6 +148,7 @@ impl Hub {
         let delivery = Delivery {
             frame: crate::wire::text_frame(message),
             published_at: Some(Instant::now()),
+            compressed: Some(Arc::new(OnceLock::new())),
         };
         // An error only means nobody is listening right now, which is fine for a broadcast.
         self.broadcasts.send(delivery).unwrap_or(0)
@@ -383,7 +387,7 @@ impl Membership {
     /// The next delivery for this connection: a user message or a broadcast, whichever is ready.
     pub async fn next(&mut self) -> Result<Delivery, Lagged> {
         tokio::select! {
-            frame = self.mailbox.pop() => Ok(Delivery { frame, published_at: None }),
+            frame = self.mailbox.pop() => Ok(Delivery { frame, published_at: None, compressed: None }),
             broadcast = self.receiver.recv() => match broadcast {
                 Ok(delivery) => Ok(delivery),
                 Err(broadcast::error::RecvError::Lagged(missed)) => Err(Lagged { missed }),
@@ -401,6 +405,7 @@ impl Membership {
                 batch.push(Delivery {
                     frame,
                     published_at: None,
+                    compressed: None,
                 });
                 continue;
             }

@@ -245,6 +245,7 @@ fn app_state(
         }),
         origins: settings.server.allowed_origins.clone(),
         ticket_ttl: settings.tickets.ttl,
+        compression_threshold: settings.session.compression_threshold,
         bus: Arc::clone(bus),
     })
 }

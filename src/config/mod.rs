@@ -84,6 +84,8 @@ pub struct SessionSettings {
     pub token_refresh_notice: Duration,
     /// Largest WebSocket message accepted from a client, after aggregating continuations.
     pub max_message_bytes: usize,
+    /// permessage-deflate on: messages from this many bytes up go compressed.
+    pub compression_threshold: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -167,6 +169,10 @@ impl Settings {
             client_timeout: env.secs("CLIENT_TIMEOUT_SECS")?,
             token_refresh_notice: env.secs("TOKEN_REFRESH_NOTICE_SECS")?,
             max_message_bytes: env.number("MAX_MESSAGE_BYTES")? as usize,
+            compression_threshold: match env.boolean("WS_COMPRESSION")? {
+                true => Some(env.number("WS_COMPRESSION_THRESHOLD_BYTES")? as usize),
+                false => None,
+            },
         };
         if session.client_timeout <= session.heartbeat_interval {
             return Err(ConfigError::Inconsistent(format!(

@@ -185,6 +185,12 @@ pub static SETTINGS: &[Setting] = &[
     setting("MAX_MESSAGE_BYTES", Session, Count { min: 256, max: 64 << 20 },
         "largest client message after authentication, with continuation frames aggregated; larger closes with 1009. Before authentication the limit is 16 KiB")
         .default("65536"),
+    setting("WS_COMPRESSION", Session, Bool,
+        "permessage-deflate (RFC 7692), negotiated only with clients that offer it; the server never keeps a compression context, so idle connections hold no compression state")
+        .default("false"),
+    setting("WS_COMPRESSION_THRESHOLD_BYTES", Session, Count { min: 0, max: 64 << 20 },
+        "with `WS_COMPRESSION`, server messages under this size go uncompressed")
+        .default("1024"),
     setting("TICKET_RATE_PER_MIN", Limits, Count { min: 1, max: u32::MAX as u64 },
         "tickets one user may mint per minute (a burst of the whole allowance, refilled evenly); over: 429 `rate_limited`")
         .default("30"),

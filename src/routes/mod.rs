@@ -38,6 +38,8 @@ pub struct AppState {
     pub session: Arc<SessionContext>,
     pub origins: OriginPolicy,
     pub ticket_ttl: Duration,
+    /// permessage-deflate on (WS_COMPRESSION): messages from this many bytes up go compressed.
+    pub compression_threshold: Option<usize>,
     /// Where broadcasts, messages, disconnects and revocations go (this node or all).
     pub bus: Arc<Bus>,
 }

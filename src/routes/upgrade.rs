@@ -9,6 +9,7 @@ use crate::hub::ConnectionRefused;
 use crate::session;
 use crate::store::RedeemError;
 use crate::ticket::{PresentedTicket, redact};
+use crate::wire::deflate::{self, Inflater};
 use crate::wire::upgrade::Handoff;
 use crate::wire::{FrameReader, FrameWriter};
 
@@ -40,6 +41,13 @@ pub async fn upgrade(
     // a single-use ticket.
     actix_http::ws::handshake(req.head()).map_err(|e| ApiError::NotWebSocket(e.to_string()))?;
     let subprotocol = chosen_subprotocol(&req)?;
+    let compression = state.compression_threshold.and_then(|threshold| {
+        let offers = req
+            .headers()
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .filter_map(|value| value.to_str().ok());
+        deflate::negotiate(offers).map(|negotiated| (negotiated, threshold))
+    });
     let ticket = PresentedTicket::parse(&raw_ticket).map_err(|_| {
         log::debug!("malformed ticket {}", redact(&raw_ticket));
         rejected("malformed");
@@ -72,13 +80,20 @@ pub async fn upgrade(
     if let Some(protocol) = subprotocol {
         handshake.insert_header((header::SEC_WEBSOCKET_PROTOCOL, protocol));
     }
+    if let Some((negotiated, _)) = compression {
+        handshake.insert_header((header::SEC_WEBSOCKET_EXTENSIONS, negotiated.response()));
+    }
     let mut response = HttpResponse::from(handshake.finish()).map_into_boxed_body();
     let ctx = state.session.clone();
     response
         .extensions_mut()
         .insert(Handoff::new(move |socket, early| {
             let (read, write) = socket.into_split();
-            let (reader, writer) = (FrameReader::new(read, early), FrameWriter::new(write));
+            let (mut reader, mut writer) = (FrameReader::new(read, early), FrameWriter::new(write));
+            if let Some((negotiated, threshold)) = compression {
+                reader = reader.with_inflater(Inflater::new(negotiated));
+                writer = writer.compressing(threshold);
+            }
             actix_web::rt::spawn(session::run(ctx, open, reader, writer));
         }));
     Ok(response)

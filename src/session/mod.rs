@@ -182,10 +182,8 @@ impl Connection<Unauthenticated> {
             expires_at: verified.expires_at,
         }
         .encode();
-        if send(ctx, &mut self.writer, &[wire::text_frame(&welcome)])
-            .await
-            .is_err()
-        {
+        let welcome = self.writer.text_frame(&welcome);
+        if send(ctx, &mut self.writer, &[welcome]).await.is_err() {
             return Err(self.closing(CloseReason::ConnectionLost));
         }
         log::info!("{} authenticated as user {}", self.id(), verified.sub);
@@ -276,7 +274,8 @@ impl Connection<Authenticated> {
                         ExpiryEvent::Expired => break CloseReason::TokenExpired,
                         ExpiryEvent::Notice { expires_at } => {
                             let notice = ServerMessage::TokenExpiring { expires_at }.encode();
-                            if send(ctx, &mut self.writer, &[wire::text_frame(&notice)]).await.is_err() {
+                            let notice = self.writer.text_frame(&notice);
+                            if send(ctx, &mut self.writer, &[notice]).await.is_err() {
                                 break CloseReason::ConnectionLost;
                             }
                             expiry_timer.as_mut().reset(self.state.expiry.next_deadline());
@@ -292,7 +291,16 @@ impl Connection<Authenticated> {
                         Ok(batch) => batch,
                         Err(lagged) => break CloseReason::SlowConsumer { missed: lagged.missed },
                     };
-                    if send(ctx, &mut self.writer, &batch).await.is_err() {
+                    let sent = if self.writer.compresses() {
+                        let frames: Vec<_> = batch
+                            .iter()
+                            .map(|d| self.writer.adapt(&d.frame, d.compressed.as_deref()))
+                            .collect();
+                        send(ctx, &mut self.writer, &frames).await
+                    } else {
+                        send(ctx, &mut self.writer, &batch).await
+                    };
+                    if sent.is_err() {
                         break CloseReason::ConnectionLost;
                     }
                     for published_at in batch.iter().filter_map(|d| d.published_at) {
@@ -336,7 +344,10 @@ impl Connection<Authenticated> {
             ctx.metrics.messages_in.inc();
         }
         let sent = match rules::reply_to(&message) {
-            Reply::Text(text) => send(ctx, &mut self.writer, &[wire::text_frame(&text)]).await,
+            Reply::Text(text) => {
+                let frame = self.writer.text_frame(&text);
+                send(ctx, &mut self.writer, &[frame]).await
+            }
             Reply::Refresh(token) => {
                 match rules::check_jwt(&token, &ctx.jwt, &self.state.user_id) {
                     Err(reason) => return Next::Close(reason),
@@ -358,7 +369,7 @@ impl Connection<Authenticated> {
                             user_id: &verified.sub,
                             expires_at: verified.expires_at,
                         };
-                        let welcome = wire::text_frame(&welcome.encode());
+                        let welcome = self.writer.text_frame(&welcome.encode());
                         send(ctx, &mut self.writer, &[welcome]).await
                     }
                 }

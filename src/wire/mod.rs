@@ -6,6 +6,7 @@
 //! upgrade hook ([`upgrade`]) and speaks WebSocket with actix-http's own frame codec: reads
 //! buffer only what a message needs, and writes send frames encoded once per broadcast.
 
+pub mod deflate;
 pub mod reader;
 pub mod refusals;
 pub mod server;
@@ -35,6 +36,15 @@ pub fn text_frame(text: &str) -> Bytes {
     let mut frame = BytesMut::with_capacity(text.len() + 10);
     Parser::write_message(&mut frame, text, OpCode::Text, true, false);
     frame.freeze()
+}
+
+/// The length of a server frame's header (servers never mask).
+pub fn frame_header_len(frame: &[u8]) -> usize {
+    match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    }
 }
 
 /// An empty server ping.

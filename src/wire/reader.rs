@@ -12,6 +12,7 @@ use bytestring::ByteString;
 use tokio::net::tcp::OwnedReadHalf;
 
 use super::Incoming;
+use super::deflate::Inflater;
 
 /// Bytes asked of the kernel per read. Client messages are small; a larger one takes a few reads.
 const READ_CHUNK: usize = 2048;
@@ -34,6 +35,8 @@ pub enum ReadError {
 /// A fragmented message being put together.
 struct Fragments {
     text: bool,
+    /// Its first frame had RSV1 (permessage-deflate): inflated once whole, and checked then.
+    compressed: bool,
     bytes: BytesMut,
     /// How much of a text message's bytes is known to be UTF-8 so far: each fragment is
     /// checked as it arrives, so a bad one fails the connection at once (RFC 6455 §8.1),
@@ -44,7 +47,7 @@ struct Fragments {
 impl Fragments {
     fn append(&mut self, payload: &[u8]) -> Result<(), ReadError> {
         self.bytes.extend_from_slice(payload);
-        if !self.text {
+        if !self.text || self.compressed {
             return Ok(());
         }
         match std::str::from_utf8(&self.bytes[self.valid_utf8..]) {
@@ -57,12 +60,8 @@ impl Fragments {
         Ok(())
     }
 
-    fn into_message(self) -> Result<Incoming, ReadError> {
-        if self.text {
-            text_message(self.bytes.freeze())
-        } else {
-            Ok(Incoming::Binary(self.bytes.freeze()))
-        }
+    fn into_message(self) -> Result<(bool, Bytes), ReadError> {
+        Ok((self.text, self.bytes.freeze()))
     }
 }
 
@@ -71,6 +70,10 @@ pub struct FrameReader {
     buffer: BytesMut,
     codec: Codec,
     fragments: Option<Fragments>,
+    /// Set when permessage-deflate was negotiated.
+    inflater: Option<Inflater>,
+    /// The frame being decoded had RSV1, cleared before the codec (which refuses it).
+    rsv1: bool,
 }
 
 impl FrameReader {
@@ -84,6 +87,33 @@ impl FrameReader {
             // one is applied to the header in `next_frame`.
             codec: Codec::new().max_size(usize::MAX),
             fragments: None,
+            inflater: None,
+            rsv1: false,
+        }
+    }
+
+    /// Reads messages compressed with permessage-deflate, as negotiated at the upgrade.
+    pub fn with_inflater(mut self, inflater: Inflater) -> Self {
+        self.inflater = Some(inflater);
+        self
+    }
+
+    /// A whole data message: inflated when compressed, then checked for UTF-8 when text.
+    fn finish(
+        &mut self,
+        text: bool,
+        compressed: bool,
+        payload: Bytes,
+        limit: usize,
+    ) -> Result<Incoming, ReadError> {
+        let payload = match (compressed, &mut self.inflater) {
+            (true, Some(inflater)) => inflater.inflate(&payload, limit)?,
+            _ => payload,
+        };
+        if text {
+            text_message(payload)
+        } else {
+            Ok(Incoming::Binary(payload))
         }
     }
 
@@ -92,12 +122,13 @@ impl FrameReader {
     pub async fn next_message(&mut self, limit: usize) -> Result<Incoming, ReadError> {
         loop {
             let frame = self.next_frame(limit).await?;
+            let compressed = std::mem::take(&mut self.rsv1);
             let (last, text, payload) = match frame {
                 Frame::Ping(payload) => return Ok(Incoming::Ping(payload)),
                 Frame::Pong(payload) => return Ok(Incoming::Pong(payload)),
                 Frame::Close(reason) => return Ok(Incoming::Close(reason)),
-                Frame::Text(payload) => return text_message(payload),
-                Frame::Binary(payload) => return Ok(Incoming::Binary(payload)),
+                Frame::Text(payload) => return self.finish(true, compressed, payload, limit),
+                Frame::Binary(payload) => return self.finish(false, compressed, payload, limit),
                 Frame::Continuation(Item::FirstText(payload)) => (false, Some(true), payload),
                 Frame::Continuation(Item::FirstBinary(payload)) => (false, Some(false), payload),
                 Frame::Continuation(Item::Continue(payload)) => (false, None, payload),
@@ -107,6 +138,7 @@ impl FrameReader {
             let mut fragments = match (text, self.fragments.take()) {
                 (Some(text), _) => Fragments {
                     text,
+                    compressed,
                     bytes: BytesMut::new(),
                     valid_utf8: 0,
                 },
@@ -119,7 +151,9 @@ impl FrameReader {
             }
             fragments.append(&payload)?;
             if last {
-                return fragments.into_message();
+                let compressed = fragments.compressed;
+                let (text, bytes) = fragments.into_message()?;
+                return self.finish(text, compressed, bytes, limit);
             }
             self.fragments = Some(fragments);
         }
@@ -127,6 +161,7 @@ impl FrameReader {
 
     async fn next_frame(&mut self, limit: usize) -> Result<Frame, ReadError> {
         loop {
+            self.take_rsv1()?;
             if let Some(frame) = decode_frame(&mut self.codec, &mut self.buffer, limit)? {
                 if self.buffer.is_empty() {
                     // Give the allocation back (the frame's payload keeps its part alive
@@ -148,6 +183,27 @@ impl FrameReader {
 }
 
 impl FrameReader {
+    /// With permessage-deflate, RSV1 marks the first frame of a compressed message. actix-http's
+    /// codec refuses any RSV bit, so it is cleared here, once per frame, and remembered.
+    /// Without the extension the bit stays, and the codec refuses the frame (1002).
+    fn take_rsv1(&mut self) -> Result<(), ReadError> {
+        let Some(&first) = self.buffer.first() else {
+            return Ok(());
+        };
+        if first & RSV1 == 0 || self.inflater.is_none() {
+            return Ok(());
+        }
+        let opcode = first & 0x0f;
+        if !(opcode == 0x1 || opcode == 0x2) {
+            return Err(ReadError::Protocol(
+                "RSV1 on a frame that cannot carry it".into(),
+            ));
+        }
+        self.buffer[0] = first & !RSV1;
+        self.rsv1 = true;
+        Ok(())
+    }
+
     /// Reads and drops whatever the client still sends, until it closes its side.
     pub async fn discard_until_eof(self) {
         loop {
@@ -186,6 +242,7 @@ pub fn decode_frame(
 }
 
 const OPCODE_CLOSE: u8 = 0x8;
+const RSV1: u8 = 0x40;
 const FIN: u8 = 0x80;
 
 /// What actix-http's codec would get wrong about a control frame, checked before it sees one:
@@ -313,6 +370,7 @@ mod tests {
     fn text_fragments_are_checked_as_they_arrive() {
         let mut fragments = Fragments {
             text: true,
+            compressed: false,
             bytes: BytesMut::new(),
             valid_utf8: 0,
         };

@@ -5,7 +5,7 @@
 
 use std::io::{ErrorKind, IoSlice};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
@@ -14,11 +14,53 @@ pub const MAX_BATCH: usize = 64;
 
 pub struct FrameWriter {
     socket: OwnedWriteHalf,
+    /// permessage-deflate was negotiated: text messages from this many bytes up go compressed.
+    compress_from: Option<usize>,
 }
 
 impl FrameWriter {
     pub fn new(socket: OwnedWriteHalf) -> Self {
-        FrameWriter { socket }
+        FrameWriter {
+            socket,
+            compress_from: None,
+        }
+    }
+
+    /// Compresses text messages of at least `threshold` bytes (permessage-deflate negotiated).
+    pub fn compressing(mut self, threshold: usize) -> Self {
+        self.compress_from = Some(threshold);
+        self
+    }
+
+    pub fn compresses(&self) -> bool {
+        self.compress_from.is_some()
+    }
+
+    /// A text message framed for this connection: compressed when negotiated and large enough.
+    pub fn text_frame(&self, text: &str) -> Bytes {
+        match self.compress_from {
+            Some(threshold) if text.len() >= threshold => {
+                super::deflate::compressed_text_frame(text.as_bytes())
+            }
+            _ => super::text_frame(text),
+        }
+    }
+
+    /// A server text frame, encoded for everyone, as this connection sends it. `shared` keeps
+    /// the compressed form once made, for every other compressing connection.
+    pub fn adapt(&self, frame: &Bytes, shared: Option<&std::sync::OnceLock<Bytes>>) -> Bytes {
+        let Some(threshold) = self.compress_from else {
+            return frame.clone();
+        };
+        let payload = &frame[super::frame_header_len(frame)..];
+        if payload.len() < threshold {
+            return frame.clone();
+        }
+        let compress = || super::deflate::compressed_text_frame(payload);
+        match shared {
+            Some(cell) => cell.get_or_init(compress).clone(),
+            None => compress(),
+        }
     }
 
     /// Writes `frames` (at most [`MAX_BATCH`]) in order. Not cancel-safe: the caller bounds it
@@ -72,7 +114,6 @@ fn remainder<F: AsRef<[u8]>>(frames: &[F], mut written: usize) -> BytesMut {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     #[test]
     fn the_remainder_starts_where_the_kernel_stopped() {

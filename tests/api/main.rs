@@ -8,6 +8,7 @@ mod client_js;
 mod cluster;
 mod compose;
 mod cors;
+mod deflate;
 mod drain;
 mod hostile;
 mod jwt_keys;
