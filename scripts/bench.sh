@@ -4,7 +4,8 @@
 # and the load generator. Everything stays on loopback.
 #
 #   N_CONNECT=20000 N_FANOUT=10000 N_IDLE=19000 scripts/bench.sh
-#   SCENARIOS="cluster" scripts/bench.sh        # only some: connect fanout idle cluster idle-cluster floor
+#   SCENARIOS="cluster" scripts/bench.sh        # only some: connect fanout idle cluster idle-cluster
+#                                               # compression floor
 #   PERF_DIR=/tmp/profiles scripts/bench.sh     # also record a CPU profile of the gateways per
 #                                               # run (perf record -e cpu-clock -g; perf report -i …)
 set -euo pipefail
@@ -22,6 +23,9 @@ N_IDLE_CLUSTER=${N_IDLE_CLUSTER:-50000}
 N_CROSS=${N_CROSS:-200}
 CROSS_MESSAGES=${CROSS_MESSAGES:-500}
 CROSS_RATE=${CROSS_RATE:-50}
+# WS_COMPRESSION off and on: fan-out of 1.6 KB messages of words, and idle memory.
+N_COMPRESS=${N_COMPRESS:-10000}
+COMPRESS_SIZE=${COMPRESS_SIZE:-1600}
 # Bus throughput: few connections, as many broadcasts as the bus takes.
 BUS_MESSAGES=${BUS_MESSAGES:-60000}
 BUS_RATE=${BUS_RATE:-20000}
@@ -71,6 +75,8 @@ PY
 start_gateways() {
   stop_gateways
   local store_env=() database="bench_$RANDOM" port i
+  # GATEWAY_ENV: extra settings for this start, e.g. "WS_COMPRESSION=true".
+  read -r -a extra_env <<<"${GATEWAY_ENV:-}"
   if [ "$1" = mongo ]; then
     store_env=(MONGODB_URI="$mongo_uri" MONGODB_DATABASE="$database")
   fi
@@ -78,7 +84,8 @@ start_gateways() {
     port=$(free_port)
     env -i PATH="$PATH" BIND_ADDR="127.0.0.1:$port" JWT_SECRET="$SECRET" API_KEY="$API_KEY" \
       TICKET_RATE_PER_MIN=100000000 UPGRADE_RATE_PER_MIN=100000000 MAX_CONNECTIONS_PER_USER=100000 \
-      NODE_NAME="bench$i" RUST_LOG="${GATEWAY_LOG:-info}" "${store_env[@]}" target/release/ticketgate \
+      NODE_NAME="bench$i" RUST_LOG="${GATEWAY_LOG:-info}" "${store_env[@]}" "${extra_env[@]}" \
+      target/release/ticketgate \
       2>"$work/gateway$i.log" &
     gateway_pids+=($!)
     gateway_urls+=("http://127.0.0.1:$port")
@@ -145,6 +152,20 @@ if wants idle-cluster; then
   start_gateways mongo 3
   echo "## idle over three nodes"
   load 1,2,3 idle --connections "$N_IDLE_CLUSTER" --concurrency 300 --hold-secs 20
+fi
+if wants compression; then
+  for mode in off on; do
+    flags=()
+    if [ "$mode" = on ]; then flags=(--compression); fi
+    GATEWAY_ENV="WS_COMPRESSION=$([ "$mode" = on ] && echo true || echo false)" start_gateways mongo 1
+    echo "## fanout of ${COMPRESS_SIZE} B messages of words, compression $mode"
+    load 1 fanout "${flags[@]}" --connections "$N_COMPRESS" --concurrency 200 \
+      --messages "$FANOUT_MESSAGES" --rate "$FANOUT_RATE" --size "$COMPRESS_SIZE" --word-padding \
+      --api-key "$API_KEY"
+    GATEWAY_ENV="WS_COMPRESSION=$([ "$mode" = on ] && echo true || echo false)" start_gateways mongo 1
+    echo "## idle, compression $mode"
+    load 1 idle "${flags[@]}" --connections "$N_IDLE" --concurrency 200 --hold-secs 20
+  done
 fi
 if wants floor; then
   # No gateway: what one write of a broadcast frame (about 170 B) costs the kernel here.

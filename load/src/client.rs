@@ -10,7 +10,59 @@ use tokio_tungstenite::{WebSocketStream, client_async};
 
 use ticketgate::jwt::JwtSigner;
 
-pub type Socket = WebSocketStream<TcpStream>;
+use crate::deflate_socket::{DeflateSocket, Incoming};
+
+/// One client's connection: tokio-tungstenite's, or ours where permessage-deflate is wanted.
+pub enum Socket {
+    Plain(Box<WebSocketStream<TcpStream>>),
+    Deflate(Box<DeflateSocket>),
+}
+
+impl Socket {
+    async fn send_text(&mut self, text: String) -> Result<(), String> {
+        match self {
+            Socket::Plain(ws) => ws
+                .send(Message::text(text))
+                .await
+                .map_err(|e| e.to_string()),
+            Socket::Deflate(ws) => ws.send_text(&text).await,
+        }
+    }
+
+    /// The next text message (`Ok(None)` when the server closed); pings are answered.
+    pub async fn next_text(&mut self) -> Result<Option<String>, String> {
+        match self {
+            Socket::Plain(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(text))) => return Ok(Some(text.to_string())),
+                    Some(Ok(Message::Close(frame))) => {
+                        return Err(format!("closed: {frame:?}"));
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Ok(None),
+                }
+            },
+            Socket::Deflate(ws) => match ws.next().await? {
+                Incoming::Text(text) => Ok(Some(text)),
+                Incoming::Close(code) => Err(format!("closed: {code:?}")),
+            },
+        }
+    }
+
+    /// Compressed text received so far: bytes on the wire, bytes inflated.
+    pub fn compressed_bytes(&self) -> Option<(u64, u64)> {
+        match self {
+            Socket::Plain(_) => None,
+            Socket::Deflate(ws) => Some((ws.wire_bytes, ws.inflated_bytes)),
+        }
+    }
+
+    /// Reads until the connection ends, answering pings: what an idle client does.
+    pub async fn drain(mut self) {
+        while let Ok(Some(_)) = self.next_text().await {}
+    }
+}
 
 /// One gateway node as clients reach it.
 pub struct Gateway {
@@ -44,6 +96,8 @@ pub struct Clients {
     pub http: reqwest::Client,
     pub source_addresses: u8,
     pub user_prefix: String,
+    /// Negotiate permessage-deflate (the gateway needs WS_COMPRESSION=true).
+    pub compression: bool,
 }
 
 impl Clients {
@@ -52,6 +106,7 @@ impl Clients {
         secret: &str,
         source_addresses: u8,
         user_prefix: &str,
+        compression: bool,
     ) -> Result<Self, String> {
         let gateways = base_urls
             .iter()
@@ -69,6 +124,7 @@ impl Clients {
                 .map_err(|e| e.to_string())?,
             source_addresses: source_addresses.max(1),
             user_prefix: user_prefix.to_owned(),
+            compression,
         })
     }
 
@@ -109,29 +165,29 @@ impl Clients {
             .connect(gateway.addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let ws_url = format!(
-            "{}/demo?token={ticket}",
-            gateway.base_url.replacen("http", "ws", 1)
-        );
-        let (mut ws, _) = client_async(ws_url, stream)
+        let path = format!("/demo?token={ticket}");
+        let mut ws = if self.compression {
+            Socket::Deflate(Box::new(
+                DeflateSocket::upgrade(stream, &gateway.addr.to_string(), &path).await?,
+            ))
+        } else {
+            let ws_url = format!("{}{path}", gateway.base_url.replacen("http", "ws", 1));
+            let (ws, _) = client_async(ws_url, stream)
+                .await
+                .map_err(|e| format!("upgrade: {e}"))?;
+            Socket::Plain(Box::new(ws))
+        };
+        ws.send_text(serde_json::json!({"type": "jwt", "token": jwt}).to_string())
             .await
-            .map_err(|e| format!("upgrade: {e}"))?;
-        ws.send(Message::text(
-            serde_json::json!({"type": "jwt", "token": jwt}).to_string(),
-        ))
-        .await
-        .map_err(|e| format!("send jwt: {e}"))?;
+            .map_err(|e| format!("send jwt: {e}"))?;
         loop {
-            match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-                Ok(Some(Ok(Message::Text(text)))) if text.contains(r#""type":"authenticated""#) => {
+            match tokio::time::timeout(Duration::from_secs(30), ws.next_text()).await {
+                Ok(Ok(Some(text))) if text.contains(r#""type":"authenticated""#) => {
                     return Ok((ws, started.elapsed()));
                 }
-                Ok(Some(Ok(Message::Close(frame)))) => {
-                    return Err(format!("closed before authenticating: {frame:?}"));
-                }
-                Ok(Some(Ok(_))) => continue,
-                Ok(Some(Err(e))) => return Err(format!("while authenticating: {e}")),
-                Ok(None) => return Err("the connection ended before authenticating".into()),
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => return Err("the connection ended before authenticating".into()),
+                Ok(Err(e)) => return Err(format!("while authenticating: {e}")),
                 Err(_) => return Err("no authenticated message within 30 s".into()),
             }
         }

@@ -13,6 +13,7 @@
 //! most ~19,900 sockets here (20,000 open files), so larger runs use several processes.
 
 mod client;
+mod deflate_socket;
 mod measure;
 mod scenarios;
 
@@ -54,6 +55,9 @@ pub struct Target {
     /// Users are named `load-<i>`; this prefix tells several generator processes apart.
     #[arg(long, default_value = "load", global = true)]
     pub user_prefix: String,
+    /// Negotiate permessage-deflate on every connection (the gateway needs WS_COMPRESSION=true).
+    #[arg(long, global = true)]
+    pub compression: bool,
 }
 
 #[derive(Subcommand)]

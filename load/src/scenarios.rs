@@ -7,7 +7,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::{StreamExt, stream};
 use serde_json::json;
 use tokio::sync::Mutex;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::Target;
 use crate::client::{Clients, Socket};
@@ -24,6 +23,7 @@ fn clients(target: &Target, secret: &str) -> Result<Clients, String> {
         secret,
         target.source_addresses,
         &target.user_prefix,
+        target.compression,
     )
 }
 
@@ -125,6 +125,10 @@ pub struct FanoutPlan {
     /// Bytes of padding in each broadcast's data.
     #[arg(long, default_value_t = 100)]
     pub size: usize,
+    /// Padding of words drawn at random from a small vocabulary, which compresses about as
+    /// well as real JSON does (default: `x` repeated, which compresses to almost nothing).
+    #[arg(long)]
+    pub word_padding: bool,
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: String,
     /// Where broadcasts are published (default: the first --url). A node that holds none of
@@ -144,7 +148,11 @@ async fn publish_all(clients: &Clients, plan: &FanoutPlan) -> Result<(), String>
         None => format!("{}/api/broadcast", clients.gateways[0].base_url),
     };
     let publishers = plan.publishers.clamp(1, plan.messages.max(1));
-    let padding = "x".repeat(plan.size);
+    let padding = if plan.word_padding {
+        word_padding(plan.size)
+    } else {
+        "x".repeat(plan.size)
+    };
     let interval = Duration::from_secs_f64(publishers as f64 / plan.rate.max(0.001));
     let tasks = (0..publishers).map(|p| {
         let (url, padding) = (&url, &padding);
@@ -170,6 +178,31 @@ async fn publish_all(clients: &Clients, plan: &FanoutPlan) -> Result<(), String>
         }
     });
     futures_util::future::try_join_all(tasks).await.map(|_| ())
+}
+
+/// `size` bytes of words, chosen by a fixed xorshift sequence so every run sends the same.
+fn word_padding(size: usize) -> String {
+    const WORDS: [&str; 32] = [
+        "user", "channel", "message", "online", "status", "price", "order", "cursor", "room",
+        "update", "created", "deleted", "title", "body", "author", "true", "false", "null",
+        "count", "value", "north", "south", "east", "west", "alpha", "bravo", "delta", "gamma",
+        "item", "list", "token", "score",
+    ];
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut padding = String::with_capacity(size + 16);
+    while padding.len() < size {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        padding.push_str(WORDS[(state % 32) as usize]);
+        padding.push(if state & 0x300 == 0 { '-' } else { ' ' });
+        if state & 0x3000 == 0 {
+            padding.push_str(&(state % 10_000).to_string());
+            padding.push(' ');
+        }
+    }
+    padding.truncate(size);
+    padding
 }
 
 fn unix_micros() -> u64 {
@@ -207,8 +240,8 @@ pub async fn fanout(target: &Target, secret: &str, plan: FanoutPlan) -> Result<R
             tokio::spawn(async move {
                 let mut mine = Vec::with_capacity(expected);
                 while mine.len() < expected {
-                    match tokio::time::timeout(Duration::from_secs(30), socket.next()).await {
-                        Ok(Some(Ok(Message::Text(text)))) => {
+                    match tokio::time::timeout(Duration::from_secs(30), socket.next_text()).await {
+                        Ok(Ok(Some(text))) => {
                             let Ok(message) = serde_json::from_str::<serde_json::Value>(&text)
                             else {
                                 continue;
@@ -222,7 +255,6 @@ pub async fn fanout(target: &Target, secret: &str, plan: FanoutPlan) -> Result<R
                             received.fetch_add(1, Ordering::Relaxed);
                             last_receipt.fetch_max(now, Ordering::Relaxed);
                         }
-                        Ok(Some(Ok(_))) => continue,
                         _ => {
                             dropped.fetch_add(1, Ordering::Relaxed);
                             break;
@@ -244,6 +276,10 @@ pub async fn fanout(target: &Target, secret: &str, plan: FanoutPlan) -> Result<R
         sockets.push(reader.await.map_err(|e| e.to_string())?);
     }
     let (gateway_cpu, own_cpu) = cpu.elapsed();
+    let (wire_bytes, inflated_bytes) = sockets
+        .iter()
+        .filter_map(Socket::compressed_bytes)
+        .fold((0, 0), |(w, i), (dw, di)| (w + dw, i + di));
     drop(sockets);
 
     let deliveries = received.load(Ordering::Relaxed);
@@ -264,13 +300,18 @@ pub async fn fanout(target: &Target, secret: &str, plan: FanoutPlan) -> Result<R
     Ok(Report {
         summary: format!(
             "fanout: {held} connections x {} broadcasts of {} B (published at {:.0}/s): {deliveries}/{expected} delivered ({} lost, {dropped} connections dropped) \
-             at {rate:.0}/s; latency p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms; gateway CPU per delivery {} µs; generator CPU {}",
+             at {rate:.0}/s; latency p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms; gateway CPU per delivery {} µs; generator CPU {}{}",
             plan.messages,
             plan.size,
             plan.messages as f64 / published_in.max(1e-6),
             expected - deliveries,
             cpu_per_delivery_us.map_or("?".into(), |v| format!("{v:.2}")),
             own_cpu.map_or("?".into(), |v| format!("{v:.2}s")),
+            if inflated_bytes > 0 {
+                format!("; compressed messages {inflated_bytes} B -> {wire_bytes} B on the wire")
+            } else {
+                String::new()
+            },
         ),
         json: json!({
             "scenario": "fanout", "connections": held, "messages": plan.messages, "rate": plan.rate, "size": plan.size,
@@ -280,6 +321,7 @@ pub async fn fanout(target: &Target, secret: &str, plan: FanoutPlan) -> Result<R
             "deliveries_per_second": rate, "latency_ms": {"p50": p50, "p99": p99, "max": max},
             "gateway_cpu_seconds": gateway_cpu, "gateway_cpu_us_per_delivery": cpu_per_delivery_us,
             "generator_cpu_seconds": own_cpu,
+            "compressed": {"wire_bytes": wire_bytes, "inflated_bytes": inflated_bytes},
         }),
     })
 }
@@ -302,9 +344,7 @@ pub async fn idle(
     // Keep reading, so the client library answers the gateway's pings as a browser would.
     let readers: Vec<_> = sockets
         .into_iter()
-        .map(|mut socket| {
-            tokio::spawn(async move { while let Some(Ok(_)) = socket.next().await {} })
-        })
+        .map(|socket| tokio::spawn(socket.drain()))
         .collect();
     let cpu = CpuWatch::start(pids);
     tokio::time::sleep(Duration::from_secs(hold_secs)).await;
@@ -375,6 +415,7 @@ pub async fn idle_spread(
         command
             .arg("--source-addresses")
             .arg(target.source_addresses.to_string())
+            .args(target.compression.then_some("--compression"))
             .arg("--user-prefix")
             .arg(format!("{}-p{p}", target.user_prefix))
             .arg("idle-worker")
@@ -464,9 +505,7 @@ pub async fn idle_worker(
     println!("ready {} {}", sockets.len(), failures.len());
     let readers: Vec<_> = sockets
         .into_iter()
-        .map(|mut socket| {
-            tokio::spawn(async move { while let Some(Ok(_)) = socket.next().await {} })
-        })
+        .map(|socket| tokio::spawn(socket.drain()))
         .collect();
     // Hold until the coordinating process closes our stdin (or exits).
     let mut sink = Vec::new();

@@ -105,3 +105,50 @@ async fn a_few_hundred_clients_through_each_scenario() {
     });
     report.await.unwrap();
 }
+
+/// The generator's own permessage-deflate client against a gateway with WS_COMPRESSION: every
+/// broadcast arrives, compressed, so the compression figures in docs/BENCHMARKS.md are real.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generator_negotiates_compression() {
+    let gateway = GatewayProcess::start(&[
+        ("JWT_SECRET", SECRET),
+        ("API_KEY", API_KEY),
+        ("WS_COMPRESSION", "true"),
+        ("TICKET_RATE_PER_MIN", "100000"),
+        ("UPGRADE_RATE_PER_MIN", "100000"),
+        ("RUST_LOG", "warn,ticketgate::startup=info"),
+    ]);
+    let fanout = tokio::task::spawn_blocking(move || {
+        run(
+            &gateway,
+            &[
+                "fanout",
+                "--compression",
+                "--connections",
+                "50",
+                "--messages",
+                "10",
+                "--rate",
+                "100",
+                "--size",
+                "1600",
+                "--word-padding",
+                "--api-key",
+                API_KEY,
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(fanout["deliveries"], 500, "{fanout}");
+    assert_eq!(fanout["lost"], 0);
+    let (wire, inflated) = (
+        fanout["compressed"]["wire_bytes"].as_u64().unwrap(),
+        fanout["compressed"]["inflated_bytes"].as_u64().unwrap(),
+    );
+    assert!(
+        inflated >= 500 * 1600,
+        "every broadcast came compressed: {fanout}"
+    );
+    assert!(wire * 2 < inflated, "words compress at least 2:1: {fanout}");
+}
