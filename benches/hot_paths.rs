@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use ticketgate::bus::{Command, NodeId, Sequencer};
 use ticketgate::hub::{ConnectionLimits, Hub};
 use ticketgate::jwt::{JwtSettings, JwtSigner, JwtVerifier};
-use ticketgate::protocol::{ClientMessage, ServerMessage};
+use ticketgate::protocol::{ClientMessage, Request, ServerMessage};
 use ticketgate::ticket::{NewTicket, PresentedTicket};
 
 const SECRET: &[u8] = b"bench-secret-0123456789abcdef0123456789";
@@ -55,7 +55,10 @@ fn messages(c: &mut Criterion) {
     );
     c.bench_function("message: parse and answer an echo (~130 B)", |b| {
         b.iter(|| match ClientMessage::parse(black_box(&echo)).unwrap() {
-            ClientMessage::Echo { data } => ServerMessage::Echo { data }.encode(),
+            Request {
+                message: ClientMessage::Echo { data },
+                id,
+            } => ServerMessage::Echo { data, id }.encode(),
             _ => unreachable!(),
         })
     });

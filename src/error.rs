@@ -48,6 +48,12 @@ pub enum ApiError {
     BodyTooLarge,
     #[error("no such endpoint")]
     NotFound,
+    #[error("a channel name is 1 to 255 bytes of ASCII letters, digits and _ - . : @ / =")]
+    InvalidChannel,
+    #[error("the channel's namespace is not declared in the [channels] table")]
+    UnknownNamespace,
+    #[error("the channel's namespace has no presence")]
+    PresenceDisabled,
     #[error("method not allowed on this endpoint; it allows {allow}")]
     MethodNotAllowed { allow: &'static str },
 }
@@ -79,6 +85,9 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::DuplicateHeader(_) => "bad_request",
             ApiError::BodyTooLarge => "body_too_large",
             ApiError::NotFound => "not_found",
+            ApiError::InvalidChannel => "invalid_channel",
+            ApiError::UnknownNamespace => "unknown_namespace",
+            ApiError::PresenceDisabled => "presence_disabled",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
         }
     }
@@ -98,7 +107,11 @@ impl ResponseError for ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ApiError::MissingApiKey | ApiError::InvalidApiKey => StatusCode::UNAUTHORIZED,
-            ApiError::BadRequest(_) | ApiError::DuplicateHeader(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_)
+            | ApiError::DuplicateHeader(_)
+            | ApiError::InvalidChannel
+            | ApiError::UnknownNamespace => StatusCode::BAD_REQUEST,
+            ApiError::PresenceDisabled => StatusCode::NOT_FOUND,
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,

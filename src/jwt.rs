@@ -19,7 +19,7 @@ use crate::clock::MAX_UNIX_SECS;
 
 /// The claims ticketgate relies on; other claims are ignored (`iss` and `aud` are checked by
 /// the validation when configured).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
     pub exp: u64,
@@ -29,6 +29,13 @@ pub struct Claims {
     pub iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// Connection JWTs: the channels the connection may subscribe to, exact names and
+    /// prefixes ending in `*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
+    /// Subscription tokens: the one channel this token lets its `sub` subscribe to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
 }
 
 /// Everything that decides which JWTs are accepted.
@@ -145,6 +152,17 @@ pub struct VerifiedJwt {
     pub expires_at: u64,
     /// The JWT's `jti`, by which it can be revoked.
     pub jti: Option<String>,
+    /// Connection JWTs: the `channels` claim (empty without one).
+    pub channels: Vec<String>,
+}
+
+/// A subscription token that passed every check.
+#[derive(Debug, Clone)]
+pub struct VerifiedSubscription {
+    pub sub: String,
+    pub channel: String,
+    pub expires_at: u64,
+    pub jti: Option<String>,
 }
 
 /// Why a JWT was refused. The text goes back to the client; it never contains the token.
@@ -178,6 +196,10 @@ pub enum JwtRejection {
     TimeOutOfRange,
     #[error("the token's crit header names an extension this gateway does not understand")]
     UnknownCriticalExtension,
+    #[error("a subscription token (with a channel claim) cannot authenticate a connection")]
+    SubscriptionToken,
+    #[error("the token has no channel claim, so it is no subscription token")]
+    NotASubscriptionToken,
 }
 
 struct ConfiguredKey {
@@ -220,7 +242,33 @@ impl JwtVerifier {
         }
     }
 
+    /// A connection JWT: at `/token/ws`, authentication and refresh.
     pub fn verify(&self, token: &str) -> Result<VerifiedJwt, JwtRejection> {
+        let claims = self.verify_claims(token)?;
+        if claims.channel.is_some() {
+            return Err(JwtRejection::SubscriptionToken);
+        }
+        Ok(VerifiedJwt {
+            sub: claims.sub,
+            expires_at: claims.exp,
+            jti: claims.jti,
+            channels: claims.channels.unwrap_or_default(),
+        })
+    }
+
+    /// A subscription token: the same keys and rules as connection JWTs, plus a `channel`.
+    pub fn verify_subscription(&self, token: &str) -> Result<VerifiedSubscription, JwtRejection> {
+        let claims = self.verify_claims(token)?;
+        let channel = claims.channel.ok_or(JwtRejection::NotASubscriptionToken)?;
+        Ok(VerifiedSubscription {
+            sub: claims.sub,
+            channel,
+            expires_at: claims.exp,
+            jti: claims.jti,
+        })
+    }
+
+    fn verify_claims(&self, token: &str) -> Result<Claims, JwtRejection> {
         let header = decode_header(token).map_err(|e| rejection(e.kind()))?;
         // RFC 7515 §4.1.11: a recipient that does not understand every extension `crit` lists
         // must reject the token. This gateway understands none (and an empty list is invalid).
@@ -240,11 +288,7 @@ impl JwtVerifier {
         if times.into_iter().flatten().any(|t| t > MAX_UNIX_SECS) {
             return Err(JwtRejection::TimeOutOfRange);
         }
-        Ok(VerifiedJwt {
-            sub: claims.sub,
-            expires_at: claims.exp,
-            jti: claims.jti,
-        })
+        Ok(claims)
     }
 
     /// A token with a kid gets the key with that kid (when keys have kids at all); otherwise
@@ -330,6 +374,7 @@ impl JwtSigner {
             nbf: None,
             iat: Some(now),
             jti: None,
+            ..Claims::default()
         };
         self.sign(&claims)
     }
@@ -373,6 +418,7 @@ mod tests {
             nbf,
             iat: None,
             jti: None,
+            ..Claims::default()
         };
         let v = verifier();
         assert_eq!(v.verify("garbage").unwrap_err(), JwtRejection::Malformed);
@@ -431,6 +477,7 @@ mod tests {
             nbf: None,
             iat,
             jti: None,
+            ..Claims::default()
         };
         for (exp, iat) in [
             (u64::MAX, None),
@@ -478,6 +525,7 @@ mod tests {
                 nbf,
                 iat,
                 jti: None,
+                ..Claims::default()
             });
             if let Ok(verified) = verifier().verify(&token) {
                 proptest::prop_assert!(verified.expires_at <= MAX_UNIX_SECS);

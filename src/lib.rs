@@ -5,6 +5,7 @@
 //! See docs/PROTOCOL.md for the wire contract.
 
 pub mod bus;
+pub mod channels;
 pub mod client_ip;
 pub mod clock;
 pub mod config;

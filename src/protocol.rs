@@ -8,12 +8,35 @@ use serde::{Deserialize, Serialize};
 use serde_json::error::Category;
 use serde_json::value::RawValue;
 
-/// A message from the client.
+/// A message from the client, with the `id` its replies carry.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// A string or a number, echoed as written in every reply to this message.
+    pub id: Option<&'a RawValue>,
+    pub message: ClientMessage<'a>,
+}
+
 #[derive(Debug)]
 pub enum ClientMessage<'a> {
-    Jwt { token: Cow<'a, str> },
+    Jwt {
+        token: Cow<'a, str>,
+    },
     Ping,
-    Echo { data: &'a RawValue },
+    Echo {
+        data: &'a RawValue,
+    },
+    /// The channel as written: checking it is the session's part (`invalid_channel`).
+    Subscribe {
+        channel: Cow<'a, str>,
+        /// A subscription JWT, for a channel the connection's own JWT does not grant.
+        token: Option<Cow<'a, str>>,
+    },
+    Unsubscribe {
+        channel: Cow<'a, str>,
+    },
+    Presence {
+        channel: Cow<'a, str>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +49,14 @@ pub enum ParseError {
     UnknownType,
 }
 
+/// A message that could not be taken, with its `id` when one could be read, so the error
+/// reply can still be matched.
+#[derive(Debug, Clone, Copy)]
+pub struct Refused<'a> {
+    pub error: ParseError,
+    pub id: Option<&'a RawValue>,
+}
+
 /// Every field any message may carry; which ones matter depends on `type`. Unknown fields are
 /// ignored so clients can add their own.
 #[derive(Deserialize)]
@@ -36,33 +67,81 @@ struct Envelope<'a> {
     token: Option<Cow<'a, str>>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+}
+
+/// Only the `id`, read again from a message whose other fields were wrong.
+#[derive(Deserialize)]
+struct IdOnly<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
 }
 
 const NULL: &str = "null";
 
 impl<'a> ClientMessage<'a> {
-    pub fn parse(text: &'a str) -> Result<Self, ParseError> {
-        let envelope: Envelope<'a> =
-            serde_json::from_str(text).map_err(|e| match e.classify() {
+    pub fn parse(text: &'a str) -> Result<Request<'a>, Refused<'a>> {
+        let envelope: Envelope<'a> = serde_json::from_str(text).map_err(|e| Refused {
+            error: match e.classify() {
                 Category::Data => ParseError::BadFields,
                 _ => ParseError::NotJson,
-            })?;
-        match envelope.kind.as_deref() {
-            Some("jwt") => match envelope.token {
-                Some(token) => Ok(ClientMessage::Jwt { token }),
-                None => Err(ParseError::BadFields),
             },
-            Some("ping") => Ok(ClientMessage::Ping),
-            Some("echo") => Ok(ClientMessage::Echo {
+            id: serde_json::from_str::<IdOnly<'a>>(text)
+                .ok()
+                .and_then(|only| only.id)
+                .filter(|id| is_valid_id(id)),
+        })?;
+        let id = envelope.id.filter(|id| id.get() != NULL);
+        let refuse = |error| Refused {
+            error,
+            id: id.filter(|id| is_valid_id(id)),
+        };
+        if id.is_some_and(|id| !is_valid_id(id)) {
+            return Err(refuse(ParseError::BadFields));
+        }
+        let channel = || {
+            envelope
+                .channel
+                .clone()
+                .ok_or(refuse(ParseError::BadFields))
+        };
+        let message = match envelope.kind.as_deref() {
+            Some("jwt") => ClientMessage::Jwt {
+                token: envelope
+                    .token
+                    .clone()
+                    .ok_or(refuse(ParseError::BadFields))?,
+            },
+            Some("ping") => ClientMessage::Ping,
+            Some("echo") => ClientMessage::Echo {
                 // `"data": null` and a missing `data` both echo null.
                 data: envelope
                     .data
                     .unwrap_or_else(|| serde_json::from_str(NULL).expect("null is JSON")),
-            }),
-            Some(_) => Err(ParseError::UnknownType),
-            None => Err(ParseError::BadFields),
-        }
+            },
+            Some("subscribe") => ClientMessage::Subscribe {
+                channel: channel()?,
+                token: envelope.token.clone(),
+            },
+            Some("unsubscribe") => ClientMessage::Unsubscribe {
+                channel: channel()?,
+            },
+            Some("presence") => ClientMessage::Presence {
+                channel: channel()?,
+            },
+            Some(_) => return Err(refuse(ParseError::UnknownType)),
+            None => return Err(refuse(ParseError::BadFields)),
+        };
+        Ok(Request { id, message })
     }
+}
+
+/// An `id` is a string or a number (`null` counts as none).
+fn is_valid_id(id: &RawValue) -> bool {
+    matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'))
 }
 
 /// A message from the server.
@@ -79,34 +158,158 @@ pub enum ServerMessage<'a> {
     Message {
         data: &'a RawValue,
     },
+    /// To each subscriber of a channel.
+    Publication {
+        channel: &'a str,
+        data: &'a RawValue,
+    },
     Authenticated {
         user_id: &'a str,
         expires_at: u64,
+        /// When it answers an in-band refresh that carried one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
     },
     TokenExpiring {
         expires_at: u64,
     },
-    Pong,
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+    },
     Echo {
         data: &'a RawValue,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+    },
+    Subscribed {
+        channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        /// A fresh subscription token replaced the one the subscription held.
+        #[serde(skip_serializing_if = "is_false")]
+        refreshed: bool,
+        /// Made by the server API, not asked for by the client.
+        #[serde(skip_serializing_if = "is_false")]
+        server: bool,
+    },
+    Unsubscribed {
+        channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        /// Why the server ended it; absent when the client asked.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<UnsubscribeReason>,
+    },
+    SubscriptionExpiring {
+        channel: &'a str,
+        expires_at: u64,
+    },
+    Presence {
+        channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        clients: &'a [PresenceClient],
+    },
+    Join {
+        channel: &'a str,
+        user_id: &'a str,
+        connection_id: &'a str,
+    },
+    Leave {
+        channel: &'a str,
+        user_id: &'a str,
+        connection_id: &'a str,
     },
     Error {
         error: ErrorCode,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        message: &'static str,
     },
 }
 
-/// `{"type":"error","error":…}` codes: answers to a bad message that keep the connection open.
-#[derive(Debug, Clone, Copy, Serialize)]
+fn is_false(value: &bool) -> bool {
+    !value
+}
+
+impl<'a> ServerMessage<'a> {
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("server messages always serialize")
+    }
+
+    /// The error reply to a request, with its text from [`ErrorCode::message`].
+    pub fn error(error: ErrorCode, channel: Option<&'a str>, id: Option<&'a RawValue>) -> Self {
+        ServerMessage::Error {
+            error,
+            channel,
+            id,
+            message: error.message(),
+        }
+    }
+}
+
+/// One subscriber as presence lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PresenceClient {
+    pub user_id: String,
+    /// Unique in the cluster: `c<number>@<node>`.
+    pub connection_id: String,
+    pub node: String,
+}
+
+/// Why the server ended a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnsubscribeReason {
+    /// A refreshed JWT no longer grants the channel.
+    PermissionLost,
+    /// The subscription token's `exp` passed.
+    TokenExpired,
+    /// The subscription token's `jti` was revoked.
+    Revoked,
+    /// `DELETE /api/users/{user_id}/subscriptions/{channel}`.
+    Server,
+}
+
+/// `{"type":"error","error":…}` codes: answers to a request that keep the connection open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// Not JSON, not a text frame, or fields of the wrong type.
     BadMessage,
     UnknownType,
+    InvalidChannel,
+    UnknownNamespace,
+    PermissionDenied,
+    TooManySubscriptions,
+    NotSubscribed,
+    PresenceDisabled,
 }
 
-impl ServerMessage<'_> {
-    pub fn encode(&self) -> String {
-        serde_json::to_string(self).expect("server messages always serialize")
+impl ErrorCode {
+    /// The human-readable text every error reply carries.
+    pub fn message(self) -> &'static str {
+        match self {
+            ErrorCode::BadMessage => {
+                "not a JSON object, not a text frame, or a field of the wrong type"
+            }
+            ErrorCode::UnknownType => "unknown message type",
+            ErrorCode::InvalidChannel => {
+                "a channel name is 1 to 255 bytes of ASCII letters, digits and _ - . : @ / ="
+            }
+            ErrorCode::UnknownNamespace => "the channel's namespace is not declared",
+            ErrorCode::PermissionDenied => {
+                "neither the JWT's channels claim, a subscription token nor a public namespace allows this channel"
+            }
+            ErrorCode::TooManySubscriptions => {
+                "the connection holds MAX_SUBSCRIPTIONS_PER_CONNECTION subscriptions"
+            }
+            ErrorCode::NotSubscribed => "the connection is not subscribed to this channel",
+            ErrorCode::PresenceDisabled => "the channel's namespace has no presence",
+        }
     }
 }
 
@@ -117,27 +320,73 @@ pub type EncodedMessage = bytestring::ByteString;
 mod tests {
     use super::*;
 
+    fn parse(text: &str) -> ClientMessage<'_> {
+        ClientMessage::parse(text).unwrap().message
+    }
+
+    fn refused(text: &str) -> ParseError {
+        ClientMessage::parse(text).unwrap_err().error
+    }
+
     #[test]
     fn parses_each_message_type() {
         assert!(matches!(
-            ClientMessage::parse(r#"{"type":"jwt","token":"a.b.c"}"#),
-            Ok(ClientMessage::Jwt { token }) if token == "a.b.c"
+            parse(r#"{"type":"jwt","token":"a.b.c"}"#),
+            ClientMessage::Jwt { token } if token == "a.b.c"
         ));
         assert!(matches!(
-            ClientMessage::parse(r#"{"type":"ping","extra":1}"#),
-            Ok(ClientMessage::Ping)
+            parse(r#"{"type":"ping","extra":1}"#),
+            ClientMessage::Ping
         ));
-        let ClientMessage::Echo { data } =
-            ClientMessage::parse(r#"{"type":"echo","data":{"x":[1, 2]}}"#).unwrap()
-        else {
+        let ClientMessage::Echo { data } = parse(r#"{"type":"echo","data":{"x":[1, 2]}}"#) else {
             panic!()
         };
         assert_eq!(data.get(), r#"{"x":[1, 2]}"#);
-        let ClientMessage::Echo { data } = ClientMessage::parse(r#"{"type":"echo"}"#).unwrap()
-        else {
+        let ClientMessage::Echo { data } = parse(r#"{"type":"echo"}"#) else {
             panic!()
         };
         assert_eq!(data.get(), "null");
+        assert!(matches!(
+            parse(r#"{"type":"subscribe","channel":"chat:a","token":"t"}"#),
+            ClientMessage::Subscribe { channel, token: Some(token) } if channel == "chat:a" && token == "t"
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"unsubscribe","channel":"a\/b"}"#),
+            ClientMessage::Unsubscribe { channel } if channel == "a/b"
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"presence","channel":"x"}"#),
+            ClientMessage::Presence { channel } if channel == "x"
+        ));
+    }
+
+    #[test]
+    fn ids_are_strings_or_numbers_and_come_back_as_written() {
+        let id = |text| ClientMessage::parse(text).unwrap().id.map(|id| id.get());
+        assert_eq!(id(r#"{"type":"ping","id":1}"#), Some("1"));
+        assert_eq!(id(r#"{"type":"ping","id":"a-1"}"#), Some(r#""a-1""#));
+        assert_eq!(id(r#"{"type":"ping","id":-2.5e3}"#), Some("-2.5e3"));
+        assert_eq!(id(r#"{"type":"ping","id":null}"#), None);
+        assert_eq!(id(r#"{"type":"ping"}"#), None);
+        for bad in [
+            r#"{"type":"ping","id":true}"#,
+            r#"{"type":"ping","id":[1]}"#,
+            r#"{"type":"ping","id":{}}"#,
+        ] {
+            assert_eq!(refused(bad), ParseError::BadFields, "{bad}");
+        }
+        // A message refused for another field still has its id read, for the error reply.
+        let refusal =
+            ClientMessage::parse(r#"{"type":"subscribe","channel":5,"id":7}"#).unwrap_err();
+        assert_eq!(
+            (refusal.error, refusal.id.map(|id| id.get())),
+            (ParseError::BadFields, Some("7"))
+        );
+        let refusal = ClientMessage::parse(r#"{"type":"nope","id":"q"}"#).unwrap_err();
+        assert_eq!(
+            (refusal.error, refusal.id.map(|id| id.get())),
+            (ParseError::UnknownType, Some(r#""q""#))
+        );
     }
 
     /// Found by fuzzing (fuzz/fuzz_targets/client_message.rs): a number beyond f64's range is
@@ -146,47 +395,34 @@ mod tests {
     fn echoes_numbers_beyond_f64_exactly() {
         let text =
             r#"{"type":"echo","data":{"x":[111111111.110111115e11111111111177,true,71.5e10]}}"#;
-        let ClientMessage::Echo { data } = ClientMessage::parse(text).unwrap() else {
+        let ClientMessage::Echo { data } = parse(text) else {
             panic!()
         };
         assert_eq!(
             data.get(),
             r#"{"x":[111111111.110111115e11111111111177,true,71.5e10]}"#
         );
-        let reply = ServerMessage::Echo { data }.encode();
+        let reply = ServerMessage::Echo { data, id: None }.encode();
         assert_eq!(reply, format!(r#"{{"type":"echo","data":{}}}"#, data.get()));
     }
 
     #[test]
     fn classifies_bad_messages() {
+        assert_eq!(refused("hello"), ParseError::NotJson);
+        assert_eq!(refused(r#"{"type":"jwt""#), ParseError::NotJson);
+        assert_eq!(refused("[1]"), ParseError::BadFields);
+        assert_eq!(refused(r#"{"type":"jwt"}"#), ParseError::BadFields);
         assert_eq!(
-            ClientMessage::parse("hello").unwrap_err(),
-            ParseError::NotJson
-        );
-        assert_eq!(
-            ClientMessage::parse(r#"{"type":"jwt""#).unwrap_err(),
-            ParseError::NotJson
-        );
-        assert_eq!(
-            ClientMessage::parse("[1]").unwrap_err(),
+            refused(r#"{"type":"jwt","token":5}"#),
             ParseError::BadFields
         );
+        assert_eq!(refused(r#"{"token":"x"}"#), ParseError::BadFields);
+        assert_eq!(refused(r#"{"type":"subscribe"}"#), ParseError::BadFields);
         assert_eq!(
-            ClientMessage::parse(r#"{"type":"jwt"}"#).unwrap_err(),
+            refused(r#"{"type":"subscribe","channel":["a"]}"#),
             ParseError::BadFields
         );
-        assert_eq!(
-            ClientMessage::parse(r#"{"type":"jwt","token":5}"#).unwrap_err(),
-            ParseError::BadFields
-        );
-        assert_eq!(
-            ClientMessage::parse(r#"{"token":"x"}"#).unwrap_err(),
-            ParseError::BadFields
-        );
-        assert_eq!(
-            ClientMessage::parse(r#"{"type":"subscribe"}"#).unwrap_err(),
-            ParseError::UnknownType
-        );
+        assert_eq!(refused(r#"{"type":"publish"}"#), ParseError::UnknownType);
     }
 
     #[test]
@@ -194,12 +430,21 @@ mod tests {
         assert_eq!(
             ServerMessage::Authenticated {
                 user_id: "u",
-                expires_at: 5
+                expires_at: 5,
+                id: None,
             }
             .encode(),
             r#"{"type":"authenticated","user_id":"u","expires_at":5}"#
         );
-        assert_eq!(ServerMessage::Pong.encode(), r#"{"type":"pong"}"#);
+        assert_eq!(
+            ServerMessage::Pong { id: None }.encode(),
+            r#"{"type":"pong"}"#
+        );
+        let id = RawValue::from_string(r#""r1""#.into()).unwrap();
+        assert_eq!(
+            ServerMessage::Pong { id: Some(&id) }.encode(),
+            r#"{"type":"pong","id":"r1"}"#
+        );
         let data = RawValue::from_string(r#"{"a":1}"#.into()).unwrap();
         assert_eq!(
             ServerMessage::Broadcast {
@@ -214,17 +459,40 @@ mod tests {
             ServerMessage::Message { data: &data }.encode(),
             r#"{"type":"message","data":{"a":1}}"#
         );
-        let data = RawValue::from_string("[1,2]".into()).unwrap();
         assert_eq!(
-            ServerMessage::Echo { data: &data }.encode(),
-            r#"{"type":"echo","data":[1,2]}"#
-        );
-        assert_eq!(
-            ServerMessage::Error {
-                error: ErrorCode::UnknownType
+            ServerMessage::Publication {
+                channel: "chat:a",
+                data: &data
             }
             .encode(),
-            r#"{"type":"error","error":"unknown_type"}"#
+            r#"{"type":"publication","channel":"chat:a","data":{"a":1}}"#
+        );
+        assert_eq!(
+            ServerMessage::Subscribed {
+                channel: "c",
+                id: Some(&id),
+                refreshed: true,
+                server: false
+            }
+            .encode(),
+            r#"{"type":"subscribed","channel":"c","id":"r1","refreshed":true}"#
+        );
+        assert_eq!(
+            ServerMessage::Unsubscribed {
+                channel: "c",
+                id: None,
+                reason: Some(UnsubscribeReason::PermissionLost)
+            }
+            .encode(),
+            r#"{"type":"unsubscribed","channel":"c","reason":"permission_lost"}"#
+        );
+        assert_eq!(
+            ServerMessage::error(ErrorCode::UnknownType, None, None).encode(),
+            r#"{"type":"error","error":"unknown_type","message":"unknown message type"}"#
+        );
+        assert_eq!(
+            ServerMessage::error(ErrorCode::NotSubscribed, Some("c"), Some(&id)).encode(),
+            r#"{"type":"error","error":"not_subscribed","channel":"c","id":"r1","message":"the connection is not subscribed to this channel"}"#
         );
     }
 }

@@ -240,6 +240,8 @@ fn app_state(
                 expiry_grace: Duration::from_secs(settings.jwt.leeway_secs),
             },
             max_message_bytes: settings.session.max_message_bytes,
+            channels: settings.channels.clone(),
+            bus: Arc::clone(bus),
             metrics,
             revocations: Arc::new(revocations),
         }),

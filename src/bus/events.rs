@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::NodeId;
-use crate::hub::{Hub, Kick};
-use crate::protocol::{EncodedMessage, ServerMessage};
+use crate::channels::ChannelName;
+use crate::hub::{Control, Hub, Kick};
+use crate::protocol::{EncodedMessage, PresenceClient, ServerMessage};
 
 /// What the server API (or the demo broadcaster) asks the bus to do.
 #[derive(Debug)]
@@ -23,6 +24,26 @@ pub enum Command {
     },
     Revoke {
         jti: String,
+    },
+    /// The same data to each channel's subscribers.
+    Publish {
+        channels: Vec<ChannelName>,
+        data: Box<RawValue>,
+    },
+    /// A subscriber came (`joined`) or went, in a namespace with `join_leave`.
+    JoinLeave {
+        channel: ChannelName,
+        client: PresenceClient,
+        joined: bool,
+    },
+    /// Server-side subscription of a user's connections.
+    Subscribe {
+        user_id: String,
+        channel: ChannelName,
+    },
+    Unsubscribe {
+        user_id: String,
+        channel: ChannelName,
     },
 }
 
@@ -47,6 +68,26 @@ pub enum Event {
     Revoke {
         jti: String,
     },
+    /// The data is encoded once, as JSON text; each node frames a publication only for the
+    /// channels it has subscribers in.
+    Publications {
+        channels: Vec<String>,
+        data: String,
+    },
+    /// A message for one channel's subscribers, encoded once (join and leave).
+    ChannelMessage {
+        channel: String,
+        #[serde(rename = "frame")]
+        message: String,
+    },
+    Subscribe {
+        user_id: String,
+        channel: String,
+    },
+    Unsubscribe {
+        user_id: String,
+        channel: String,
+    },
 }
 
 impl Event {
@@ -56,6 +97,10 @@ impl Event {
             Event::Message { .. } => "message",
             Event::Disconnect { .. } => "disconnect",
             Event::Revoke { .. } => "revoke",
+            Event::Publications { .. } => "publications",
+            Event::ChannelMessage { .. } => "channel_message",
+            Event::Subscribe { .. } => "subscribe",
+            Event::Unsubscribe { .. } => "unsubscribe",
         }
     }
 
@@ -67,7 +112,39 @@ impl Event {
                 hub.send_to_user(&user_id, &EncodedMessage::from(message))
             }
             Event::Disconnect { user_id } => hub.kick_user(&user_id, Kick::Disconnected),
-            Event::Revoke { jti } => hub.kick_jti(&jti, Kick::Revoked),
+            Event::Revoke { jti } => {
+                hub.kick_jti(&jti, Kick::Revoked) + hub.revoke_subscription_token(&jti)
+            }
+            Event::Publications { channels, data } => {
+                let Ok(data) = RawValue::from_string(data) else {
+                    log::warn!("a stored publication's data is not JSON; skipped");
+                    return 0;
+                };
+                channels
+                    .iter()
+                    .map(|channel| {
+                        hub.publish_with(channel, || {
+                            ServerMessage::Publication {
+                                channel,
+                                data: &data,
+                            }
+                            .encode()
+                            .into()
+                        })
+                    })
+                    .sum()
+            }
+            Event::ChannelMessage { channel, message } => {
+                hub.publish_with(&channel, || EncodedMessage::from(message))
+            }
+            Event::Subscribe { user_id, channel } => match ChannelName::parse(&channel) {
+                Ok(channel) => hub.control_user(&user_id, &Control::Subscribe(channel)),
+                Err(_) => 0,
+            },
+            Event::Unsubscribe { user_id, channel } => match ChannelName::parse(&channel) {
+                Ok(channel) => hub.control_user(&user_id, &Control::Unsubscribe(channel)),
+                Err(_) => 0,
+            },
         }
     }
 }
@@ -122,6 +199,43 @@ impl Sequencer {
             },
             Command::Disconnect { user_id } => Event::Disconnect { user_id },
             Command::Revoke { jti } => Event::Revoke { jti },
+            Command::Publish { channels, data } => Event::Publications {
+                channels: channels.iter().map(|c| c.as_str().to_owned()).collect(),
+                data: data.get().to_owned(),
+            },
+            Command::JoinLeave {
+                channel,
+                client,
+                joined,
+            } => {
+                let (channel, user_id, connection_id) =
+                    (channel.as_str(), &client.user_id, &client.connection_id);
+                let message = if joined {
+                    ServerMessage::Join {
+                        channel,
+                        user_id,
+                        connection_id,
+                    }
+                } else {
+                    ServerMessage::Leave {
+                        channel,
+                        user_id,
+                        connection_id,
+                    }
+                };
+                Event::ChannelMessage {
+                    channel: channel.to_owned(),
+                    message: message.encode(),
+                }
+            }
+            Command::Subscribe { user_id, channel } => Event::Subscribe {
+                user_id,
+                channel: channel.as_str().to_owned(),
+            },
+            Command::Unsubscribe { user_id, channel } => Event::Unsubscribe {
+                user_id,
+                channel: channel.as_str().to_owned(),
+            },
         };
         Stamped {
             n: self.last_event,

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use secrecy::{SecretBox, SecretString};
 
+use crate::channels::ChannelPolicy;
 use crate::client_ip::TrustedProxies;
 use crate::hub::ConnectionLimits;
 use crate::jwt::{self, JwtSettings};
@@ -34,6 +35,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub api: ApiSettings,
     pub node: NodeSettings,
+    /// Namespaces (from the file's `[channels]` table) and per-connection limits.
+    pub channels: ChannelPolicy,
     /// The env_logger filter (RUST_LOG).
     pub log_filter: String,
 }
@@ -249,6 +252,10 @@ impl Settings {
                 name: node_name,
                 address: env.get("NODE_ADDRESS").map(str::to_owned),
                 heartbeat: env.secs("NODE_HEARTBEAT_SECS")?,
+            },
+            channels: ChannelPolicy {
+                namespaces: values.channels.clone(),
+                max_subscriptions: env.number("MAX_SUBSCRIPTIONS_PER_CONNECTION")? as usize,
             },
             log_filter: env.text("RUST_LOG"),
         })
@@ -696,6 +703,45 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/ticketgate.toml"), "{err}");
+    }
+
+    #[test]
+    fn the_channels_table_declares_namespaces() {
+        let file = config_file(
+            "max_subscriptions_per_connection = 7\n[channels]\npublic = true\n\
+             [[channels.namespaces]]\nname = \"chat\"\npresence = true\njoin_leave = true\n",
+        );
+        let s = Settings::from_vars(&vars(&[("CONFIG_FILE", file.path())])).unwrap();
+        assert_eq!(s.channels.max_subscriptions, 7);
+        let chat = crate::channels::ChannelName::parse("chat:a").unwrap();
+        let options = s.channels.namespaces.options(&chat).unwrap();
+        assert!(options.presence && options.join_leave && !options.public);
+        let lobby = crate::channels::ChannelName::parse("lobby").unwrap();
+        assert!(s.channels.namespaces.options(&lobby).unwrap().public);
+
+        let defaults = Settings::from_vars(&vars(&[])).unwrap();
+        assert_eq!(defaults.channels.max_subscriptions, 128);
+        assert!(!defaults.channels.namespaces.options(&lobby).unwrap().public);
+        assert!(
+            defaults.channels.namespaces.options(&chat).is_err(),
+            "undeclared"
+        );
+
+        for (text, named) in [
+            ("[channels]\npublik = true\n", "publik"),
+            ("[[channels.namespaces]]\nname = \"a:b\"\n", "a:b"),
+            ("[[channels.namespaces]]\npresence = true\n", "name"),
+            ("channels = 5\n", "channels"),
+        ] {
+            let file = config_file(text);
+            let err = Settings::from_vars(&vars(&[("CONFIG_FILE", file.path())]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(named) && err.contains(file.path()),
+                "{text}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use figment::{Figment, Metadata, Profile, Provider};
 
 use super::ConfigError;
 use super::table::{SETTINGS, Setting};
+use crate::channels::{ChannelsTable, Namespaces};
 
 /// Where a setting's value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,9 +39,16 @@ pub struct Raw {
     pub origin: Origin,
 }
 
-/// The set value of every setting that has one, by name.
+/// The set value of every setting that has one, by name, and the file's structured tables.
 #[derive(Debug, Default)]
-pub struct Values(HashMap<&'static str, Raw>);
+pub struct Values {
+    settings: HashMap<&'static str, Raw>,
+    /// The `[channels]` table: namespaces and their options (file only).
+    pub channels: Namespaces,
+}
+
+/// Top-level tables of the file that are not settings.
+const TABLES: &[&str] = &["channels"];
 
 const ENVIRONMENT: &str = "environment";
 
@@ -83,8 +91,20 @@ impl Values {
             check_keys(path, data.get(&Profile::Default))?;
             figment = figment.merge(toml);
         }
-        let figment = figment.merge(Environment(vars));
         let mut values = Values::default();
+        if let Some(path) = &file
+            && figment.contains("channels")
+        {
+            let invalid = |reason: String| ConfigError::File {
+                path: path.clone(),
+                reason: format!("[channels]: {reason}"),
+            };
+            let table = figment
+                .extract_inner::<ChannelsTable>("channels")
+                .map_err(|e| invalid(e.to_string()))?;
+            values.channels = Namespaces::from_table(table).map_err(invalid)?;
+        }
+        let figment = figment.merge(Environment(vars));
         for setting in SETTINGS {
             let Ok(value) = figment.find_value(&setting.key()) else {
                 continue;
@@ -100,21 +120,21 @@ impl Values {
                 origin: origin.clone(),
             })?;
             if !text.is_empty() {
-                values.0.insert(setting.name, Raw { text, origin });
+                values.settings.insert(setting.name, Raw { text, origin });
             }
         }
         Ok(values)
     }
 
     pub fn get(&self, name: &str) -> Option<&Raw> {
-        self.0.get(name)
+        self.settings.get(name)
     }
 
     /// Every setting with its effective text (redacted for secrets) and origin.
     pub fn effective(&self) -> Vec<(&'static Setting, String, Origin)> {
         SETTINGS
             .iter()
-            .map(|setting| match self.0.get(setting.name) {
+            .map(|setting| match self.settings.get(setting.name) {
                 Some(raw) if setting.secret => {
                     (setting, "<redacted>".to_owned(), raw.origin.clone())
                 }
@@ -133,13 +153,14 @@ impl Values {
     }
 }
 
-/// Every top-level key of the file must name a setting (tables for structured settings come
-/// with the features that need them). `config_file` itself cannot be set from the file.
+/// Every top-level key of the file must name a setting or one of the [`TABLES`].
+/// `config_file` itself cannot be set from the file.
 fn check_keys(path: &std::path::Path, dict: Option<&Dict>) -> Result<(), ConfigError> {
     for key in dict.into_iter().flat_map(|d| d.keys()) {
-        let known = SETTINGS
-            .iter()
-            .any(|s| s.key() == *key && s.name != "CONFIG_FILE");
+        let known = TABLES.contains(&key.as_str())
+            || SETTINGS
+                .iter()
+                .any(|s| s.key() == *key && s.name != "CONFIG_FILE");
         if !known {
             return Err(ConfigError::File {
                 path: path.to_owned(),

@@ -46,6 +46,7 @@ pub enum Group {
     Jwt,
     Tickets,
     Session,
+    Channels,
     Limits,
     Api,
     Cluster,
@@ -60,6 +61,9 @@ impl Group {
             Group::Jwt => "User JWTs",
             Group::Tickets => "Tickets",
             Group::Session => "The WebSocket session",
+            Group::Channels => {
+                "Channels (namespaces are declared in the configuration file's `[channels]` table)"
+            }
             Group::Limits => "Limits",
             Group::Api => "The server API",
             Group::Cluster => "Several nodes",
@@ -197,6 +201,9 @@ pub static SETTINGS: &[Setting] = &[
     setting("UPGRADE_RATE_PER_MIN", Limits, Count { min: 1, max: u32::MAX as u64 },
         "upgrade attempts one client IP may make per minute, valid or not; over: 429 `rate_limited`")
         .default("120"),
+    setting("MAX_SUBSCRIPTIONS_PER_CONNECTION", Channels, Count { min: 1, max: 100_000 },
+        "channels one connection may subscribe to; over: error `too_many_subscriptions`")
+        .default("128"),
     setting("MAX_CONNECTIONS_PER_USER", Limits, Count { min: 1, max: 10_000_000 },
         "open WebSocket connections per user, authenticated or not; over: 429 `too_many_connections`")
         .default("20"),

@@ -30,17 +30,16 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     let query = web::QueryConfig::default().error_handler(|error, _| {
         ApiError::BadRequest(format!("the query string: {error}")).into()
     });
-    cfg.service(
-        web::scope("/api")
-            .app_data(json)
-            .app_data(query)
-            .service(post_only("/broadcast", broadcast))
-            .service(post_only("/users/{user_id}/messages", message_user))
-            .service(post_only("/users/{user_id}/disconnect", disconnect_user))
-            .service(post_only("/revocations", revoke))
-            .service(readable("/connections", connections))
-            .service(readable("/nodes", nodes)),
-    );
+    let scope = web::scope("/api")
+        .app_data(json)
+        .app_data(query)
+        .service(post_only("/broadcast", broadcast))
+        .service(post_only("/users/{user_id}/messages", message_user))
+        .service(post_only("/users/{user_id}/disconnect", disconnect_user))
+        .service(post_only("/revocations", revoke))
+        .service(readable("/connections", connections))
+        .service(readable("/nodes", nodes));
+    cfg.service(super::channel_api::configure(scope));
 }
 
 /// A request that presented the API key. Extracting it is the check.
@@ -127,22 +126,22 @@ struct DataBody {
 /// reached; `cluster` answers come once the event is written, and every node delivers it.
 #[derive(Serialize)]
 #[serde(rename_all = "snake_case")]
-enum Scope {
+pub(super) enum Scope {
     Node,
     Cluster,
 }
 
 /// What the bus did with a command, as the answers report it.
-struct Sent {
+pub(super) struct Sent {
     /// Broadcasts only.
-    seq: Option<u64>,
-    scope: Scope,
+    pub seq: Option<u64>,
+    pub scope: Scope,
     /// Connections reached, when the scope is one node.
-    reached: Option<usize>,
+    pub reached: Option<usize>,
 }
 
 /// Sends `command` through the bus; a bus that cannot take it is a 503.
-async fn send(state: &AppState, command: Command) -> Result<Sent, ApiError> {
+pub(super) async fn send(state: &AppState, command: Command) -> Result<Sent, ApiError> {
     let receipt = state.bus.send(command).await.map_err(bus_unavailable)?;
     let (scope, reached) = match receipt.reach {
         Reach::Node(reached) => (Scope::Node, Some(reached)),

@@ -1,6 +1,7 @@
 //! HTTP routes: one module per endpoint, wired together in [`configure`].
 
 pub mod api;
+pub mod channel_api;
 mod health;
 mod mint;
 mod static_files;
@@ -129,6 +130,6 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
 }
 
-async fn method_not_allowed(allow: &'static str) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn method_not_allowed(allow: &'static str) -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed { allow })
 }

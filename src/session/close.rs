@@ -20,11 +20,12 @@ pub enum CloseReason {
     AuthTimeout,
     /// 4408: no sign of life within CLIENT_TIMEOUT_SECS.
     HeartbeatTimeout,
-    /// The server closed it: 4403 for a disconnect or revocation, 1001 when draining, 1013 for a
-    /// full mailbox.
+    /// The server closed it: 4403 for a disconnect or revocation, 1001 when draining.
     Kicked(Kick),
     /// 1013: the connection fell too far behind the broadcasts; reconnecting is the remedy.
     SlowConsumer { missed: u64 },
+    /// 1013: its mailbox (user messages, publications) overflowed.
+    MailboxFull,
     /// 1013: the revocation store could not be asked; try again.
     DatabaseUnavailable,
     /// 1009: a message over MAX_MESSAGE_BYTES.
@@ -48,7 +49,7 @@ impl CloseReason {
             }
             CloseReason::AuthTimeout | CloseReason::HeartbeatTimeout => 4408,
             CloseReason::SlowConsumer { .. }
-            | CloseReason::Kicked(Kick::SlowConsumer)
+            | CloseReason::MailboxFull
             | CloseReason::DatabaseUnavailable => 1013,
             CloseReason::Kicked(Kick::Disconnected | Kick::Revoked) => 4403,
             CloseReason::Kicked(Kick::Draining) => 1001,
@@ -76,9 +77,7 @@ impl CloseReason {
             CloseReason::Kicked(Kick::Disconnected) => "disconnected by the server".into(),
             CloseReason::Kicked(Kick::Revoked) => "token revoked".into(),
             CloseReason::Kicked(Kick::Draining) => "going away".into(),
-            CloseReason::Kicked(Kick::SlowConsumer) => {
-                "slow consumer: too many messages waiting".into()
-            }
+            CloseReason::MailboxFull => "slow consumer: too many messages waiting".into(),
             CloseReason::MessageTooBig => "message too big".into(),
             CloseReason::DatabaseUnavailable => "try again later".into(),
             CloseReason::ProtocolError => "protocol error".into(),

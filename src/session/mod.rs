@@ -5,22 +5,28 @@
 //! broadcast or a ping before it has authenticated: the code to do so does not type-check.
 //! Every path ends in one [`Closing`], which sends at most one close frame.
 
+pub mod channels;
 pub mod close;
 pub mod expiry;
 pub mod rules;
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytestring::ByteString;
-use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
+use tokio::time::{Instant, MissedTickBehavior, Sleep, interval_at, sleep_until, timeout};
 
-use crate::hub::{ConnectionId, Hub, Membership, OpenConnection};
+use crate::bus::Bus;
+use crate::channels::ClaimGrants;
+use crate::hub::{ConnectionId, Fell, Hub, Inbound, Membership, OpenConnection};
 use crate::jwt::{JwtRejection, JwtVerifier};
 use crate::metrics::Metrics;
 use crate::protocol::ServerMessage;
 use crate::store::RevocationStore;
 use crate::wire::{self, FrameReader, FrameWriter, Incoming, MAX_BATCH};
+pub use channels::ChannelPolicy;
+use channels::TokenExpiries;
 pub use close::CloseReason;
 use expiry::{Expiry, ExpiryEvent};
 use rules::Reply;
@@ -34,6 +40,9 @@ pub struct SessionContext {
     pub revocations: Arc<RevocationStore>,
     /// Largest message after authentication (MAX_MESSAGE_BYTES).
     pub max_message_bytes: usize,
+    pub channels: ChannelPolicy,
+    /// Join and leave announcements go through it to every node.
+    pub bus: Arc<Bus>,
 }
 
 impl SessionContext {
@@ -91,9 +100,14 @@ pub struct Unauthenticated;
 /// MAX_MESSAGE_BYTES.
 pub struct Authenticated {
     user_id: String,
+    connection: ConnectionId,
     membership: Membership,
     /// When the current JWT runs out; a refresh starts it over.
     expiry: Expiry,
+    /// The current JWT's `channels` claim.
+    claims: ClaimGrants,
+    /// Subscriptions held by subscription tokens, and when each runs out.
+    tokens: TokenExpiries,
 }
 
 /// The end of a connection: why, and the means to say so.
@@ -180,6 +194,7 @@ impl Connection<Unauthenticated> {
         let welcome = ServerMessage::Authenticated {
             user_id: &verified.sub,
             expires_at: verified.expires_at,
+            id: None,
         }
         .encode();
         let welcome = self.writer.text_frame(&welcome);
@@ -187,14 +202,18 @@ impl Connection<Unauthenticated> {
             return Err(self.closing(CloseReason::ConnectionLost));
         }
         log::info!("{} authenticated as user {}", self.id(), verified.sub);
+        let connection = self.open.id;
         Ok(Connection {
             open: self.open,
             reader: self.reader,
             writer: self.writer,
             state: Authenticated {
                 expiry: ctx.timing.expiry_of(verified.expires_at),
+                connection,
                 user_id: verified.sub,
                 membership,
+                claims: ClaimGrants::from_claim(&verified.channels),
+                tokens: TokenExpiries::default(),
             },
         })
     }
@@ -243,6 +262,8 @@ impl Connection<Authenticated> {
         let timing = &ctx.timing;
         let expiry_timer = sleep_until(self.state.expiry.next_deadline());
         tokio::pin!(expiry_timer);
+        // Subscription tokens' notices and ends; allocated only while a token holds one.
+        let mut token_timer: Option<Pin<Box<Sleep>>> = None;
         let mut heartbeat = interval_at(
             Instant::now() + timing.heartbeat_interval,
             timing.heartbeat_interval,
@@ -266,6 +287,14 @@ impl Connection<Authenticated> {
                     if expiry_timer.deadline() != self.state.expiry.next_deadline() {
                         expiry_timer.as_mut().reset(self.state.expiry.next_deadline());
                     }
+                    sync_token_timer(&mut token_timer, &self.state.tokens);
+                }
+                () = wait_for(&mut token_timer) => {
+                    let notices = Box::pin(self.state.on_token_deadline(ctx)).await;
+                    if self.send_messages(ctx, &notices).await.is_err() {
+                        break CloseReason::ConnectionLost;
+                    }
+                    sync_token_timer(&mut token_timer, &self.state.tokens);
                 }
                 () = &mut expiry_timer => {
                     let (event, next) = self.state.expiry.fire();
@@ -283,13 +312,24 @@ impl Connection<Authenticated> {
                     }
                 }
                 kick = self.open.kicked() => break CloseReason::Kicked(kick),
-                delivery = self.state.membership.next() => {
+                inbound = self.state.membership.next() => {
+                    let delivery = match inbound {
+                        Ok(Inbound::Delivery(delivery)) => delivery,
+                        Ok(Inbound::Control(control)) => {
+                            let replies = Box::pin(self.state.on_control(ctx, control)).await;
+                            if self.send_messages(ctx, &replies).await.is_err() {
+                                break CloseReason::ConnectionLost;
+                            }
+                            sync_token_timer(&mut token_timer, &self.state.tokens);
+                            continue;
+                        }
+                        Err(fell) => break fell.into(),
+                    };
                     // Whatever else is already waiting goes out in the same write: under load,
                     // one system call then carries several messages.
-                    let waiting = |first| self.state.membership.with_waiting(first, MAX_BATCH);
-                    let batch = match delivery.and_then(waiting) {
+                    let batch = match self.state.membership.with_waiting(delivery, MAX_BATCH) {
                         Ok(batch) => batch,
-                        Err(lagged) => break CloseReason::SlowConsumer { missed: lagged.missed },
+                        Err(fell) => break fell.into(),
                     };
                     let sent = if self.writer.compresses() {
                         let frames: Vec<_> = batch
@@ -322,6 +362,7 @@ impl Connection<Authenticated> {
             self.id(),
             self.state.user_id
         );
+        self.state.leave_all(ctx);
         // Leaving the broadcast pipeline happens here, by dropping the membership.
         let Connection {
             open,
@@ -348,7 +389,11 @@ impl Connection<Authenticated> {
                 let frame = self.writer.text_frame(&text);
                 send(ctx, &mut self.writer, &[frame]).await
             }
-            Reply::Refresh(token) => {
+            Reply::Channel { request, id } => {
+                let replies = self.state.on_request(ctx, request, id).await;
+                self.send_messages(ctx, &replies).await
+            }
+            Reply::Refresh { token, id } => {
                 match rules::check_jwt(&token, &ctx.jwt, &self.state.user_id) {
                     Err(reason) => return Next::Close(reason),
                     Ok(verified) => {
@@ -368,9 +413,13 @@ impl Connection<Authenticated> {
                         let welcome = ServerMessage::Authenticated {
                             user_id: &verified.sub,
                             expires_at: verified.expires_at,
-                        };
-                        let welcome = self.writer.text_frame(&welcome.encode());
-                        send(ctx, &mut self.writer, &[welcome]).await
+                            id,
+                        }
+                        .encode();
+                        let claims = ClaimGrants::from_claim(&verified.channels);
+                        let mut replies = vec![welcome];
+                        replies.extend(self.state.on_refresh(ctx, claims).await);
+                        self.send_messages(ctx, &replies).await
                     }
                 }
             }
@@ -384,6 +433,52 @@ impl Connection<Authenticated> {
             Ok(()) => Next::Continue,
             Err(_) => Next::Close(CloseReason::ConnectionLost),
         }
+    }
+}
+
+impl Connection<Authenticated> {
+    /// Writes encoded messages, each its own text frame, in one write.
+    async fn send_messages(
+        &mut self,
+        ctx: &SessionContext,
+        messages: &[String],
+    ) -> Result<(), Lost> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let frames: Vec<_> = messages
+            .iter()
+            .map(|message| self.writer.text_frame(message))
+            .collect();
+        send(ctx, &mut self.writer, &frames).await
+    }
+}
+
+impl From<Fell> for CloseReason {
+    fn from(fell: Fell) -> Self {
+        match fell {
+            Fell::Behind { missed } => CloseReason::SlowConsumer { missed },
+            Fell::MailboxFull => CloseReason::MailboxFull,
+        }
+    }
+}
+
+/// Points the subscription-token timer at the earliest token deadline; drops it when no
+/// token holds a subscription.
+fn sync_token_timer(timer: &mut Option<Pin<Box<Sleep>>>, tokens: &TokenExpiries) {
+    match (tokens.next_deadline(), timer.as_mut()) {
+        (None, _) => *timer = None,
+        (Some(next), Some(sleep)) if sleep.deadline() == next => {}
+        (Some(next), Some(sleep)) => sleep.as_mut().reset(next),
+        (Some(next), None) => *timer = Some(Box::pin(sleep_until(next))),
+    }
+}
+
+/// Resolves when the timer fires; never without one.
+async fn wait_for(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

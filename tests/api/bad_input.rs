@@ -19,6 +19,7 @@ fn claims(exp: u64, iat: Option<u64>) -> Claims {
         nbf: None,
         iat,
         jti: None,
+        ..Claims::default()
     }
 }
 

@@ -15,6 +15,7 @@ fn jwt_expiring_in(sub: &str, secs: u64) -> (String, u64) {
         nbf: None,
         iat: None,
         jti: None,
+        ..Claims::default()
     });
     (token, exp)
 }
@@ -101,6 +102,7 @@ async fn a_refresh_with_another_user_or_a_bad_token_closes_with_4401() {
                 nbf: None,
                 iat: None,
                 jti: None,
+                ..Claims::default()
             }),
             exp,
         )

@@ -15,6 +15,7 @@ fn claims(sub: &str, exp: u64) -> Claims {
         nbf: None,
         iat: None,
         jti: None,
+        ..Claims::default()
     }
 }
 

@@ -21,15 +21,7 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = app.http.request(method, app.url(path)).bearer_auth(API_KEY);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    (
-        response.status().as_u16(),
-        response.json().await.unwrap_or(Value::Null),
-    )
+    app.call_api(API_KEY, method, path, body).await
 }
 
 async fn post(app: &TestApp, path: &str, body: Value) -> (u16, Value) {

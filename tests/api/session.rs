@@ -133,6 +133,7 @@ async fn a_bad_or_foreign_jwt_closes_with_4401() {
         nbf: None,
         iat: None,
         jti: None,
+        ..Claims::default()
     });
     let cases = [
         ("garbage", "x.y.z".to_string()),
@@ -198,26 +199,57 @@ async fn after_auth_ping_echo_and_errors_keep_the_connection_open() {
         client.next_json().await,
         json!({"type": "echo", "data": data})
     );
-    client.send_json(&json!({"type": "subscribe"})).await;
+    let error = |code: &str, id: Option<Value>| {
+        let mut error = json!({"type": "error", "error": code});
+        if let Some(id) = id {
+            error["id"] = id;
+        }
+        error
+    };
+    let without_message = |mut reply: Value| {
+        assert!(
+            reply["message"].is_string(),
+            "every error explains itself: {reply}"
+        );
+        reply.as_object_mut().unwrap().remove("message");
+        reply
+    };
+    client.send_json(&json!({"type": "publish", "id": 3})).await;
     assert_eq!(
-        client.next_json().await,
-        json!({"type": "error", "error": "unknown_type"})
+        without_message(client.next_json().await),
+        error("unknown_type", Some(json!(3)))
     );
     client.send_text("not json").await;
     assert_eq!(
-        client.next_json().await,
-        json!({"type": "error", "error": "bad_message"})
+        without_message(client.next_json().await),
+        error("bad_message", None)
     );
     client.send(Message::binary(vec![1, 2, 3])).await;
     assert_eq!(
-        client.next_json().await,
-        json!({"type": "error", "error": "bad_message"})
+        without_message(client.next_json().await),
+        error("bad_message", None)
     );
-    client.send_json(&json!({"type": "ping"})).await;
+    client
+        .send_json(&json!({"type": "echo", "data": 1, "id": ["not", "an", "id"]}))
+        .await;
+    assert_eq!(
+        without_message(client.next_json().await),
+        error("bad_message", None)
+    );
+    client
+        .send_json(&json!({"type": "ping", "id": "p-1"}))
+        .await;
     assert_eq!(
         client.next_json().await,
-        json!({"type": "pong"}),
-        "still open after the errors"
+        json!({"type": "pong", "id": "p-1"}),
+        "still open after the errors, and replies carry the request's id"
+    );
+    client
+        .send_json(&json!({"type": "echo", "data": [1], "id": 9}))
+        .await;
+    assert_eq!(
+        client.next_json().await,
+        json!({"type": "echo", "data": [1], "id": 9})
     );
 }
 

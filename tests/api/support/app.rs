@@ -153,6 +153,28 @@ impl TestApp {
         client
     }
 
+    /// A server API call with `api_key`: the status and the JSON body (null when none).
+    pub async fn call_api(
+        &self,
+        api_key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(api_key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
     /// Waits until no WebSocket connection is open or registered.
     pub async fn assert_no_connections_left(&self) {
         wait_until("all connections to leave", || {

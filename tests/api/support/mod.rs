@@ -78,6 +78,7 @@ pub fn jwt_with_jti(sub: &str, jti: &str) -> String {
         nbf: None,
         iat: None,
         jti: Some(jti.into()),
+        ..Claims::default()
     })
 }
 

@@ -6,25 +6,30 @@
 //! (a `Bytes` clone is a reference-count bump).
 //! They travel on a bounded `tokio::sync::broadcast` ring: publishing never waits for any
 //! connection, and a connection that falls more than [`BROADCAST_BUFFER`] messages behind learns
-//! it lagged and is closed, so one slow client never holds up the others. Messages for one user
-//! go through each of that user's connections' bounded mailbox, with the same rule. Server-side
-//! closes (disconnect, revocation, drain) reach a connection through its [`Kick`] channel.
+//! it lagged and is closed, so one slow client never holds up the others. Messages for one user,
+//! channel publications and the server's requests go through each connection's bounded
+//! [`mailbox`], with the same rule. Server-side closes (disconnect, revocation, drain) reach a
+//! connection through its [`Kick`] channel.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+mod channels;
+pub mod mailbox;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
+use crate::channels::{ChannelName, Grant};
 use crate::protocol::EncodedMessage;
+use channels::{ChannelTable, Subscriber};
+pub use mailbox::{Control, Inbound, MAILBOX_BUFFER, Mailbox};
 
 /// Broadcasts a connection may fall behind before it is closed as a slow consumer.
 pub const BROADCAST_BUFFER: usize = 1024;
-/// User messages a connection may have waiting before it is closed as a slow consumer.
-pub const MAILBOX_BUFFER: usize = 256;
 
 /// Identifies one WebSocket connection in logs and in the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,8 +93,6 @@ pub enum Kick {
     Revoked,
     /// The gateway is shutting down.
     Draining,
-    /// Its mailbox of user messages overflowed.
-    SlowConsumer,
 }
 
 /// Counts of open connections.
@@ -127,6 +130,10 @@ struct Connections {
 pub struct Hub {
     broadcasts: broadcast::Sender<Delivery>,
     connections: Mutex<Connections>,
+    channels: ChannelTable,
+    /// Subscription tokens' `jti`s → the connections holding subscriptions by them, and how
+    /// many each, so a revocation reaches exactly those.
+    token_jtis: Mutex<HashMap<Arc<str>, HashMap<ConnectionId, u32>>>,
     next_connection: AtomicU64,
     limits: ConnectionLimits,
 }
@@ -137,6 +144,8 @@ impl Hub {
         Arc::new(Hub {
             broadcasts,
             connections: Mutex::new(Connections::default()),
+            channels: ChannelTable::default(),
+            token_jtis: Mutex::default(),
             next_connection: AtomicU64::new(1),
             limits,
         })
@@ -159,19 +168,89 @@ impl Hub {
     pub fn send_to_user(&self, user_id: &str, message: &EncodedMessage) -> usize {
         let connections = lock(&self.connections);
         // Framed only once a connection of the user is found: in a cluster most nodes have none.
-        let mut frame = None;
+        let mut delivery = None;
         let mut delivered = 0;
         for entry in connections.of_user(user_id) {
             if let Stage::Authenticated { mailbox, .. } = &entry.stage {
-                let frame = frame.get_or_insert_with(|| crate::wire::text_frame(message));
-                if mailbox.push(frame.clone()) {
+                let delivery = delivery.get_or_insert_with(|| Delivery {
+                    frame: crate::wire::text_frame(message),
+                    published_at: None,
+                    compressed: None,
+                });
+                if mailbox.push(Inbound::Delivery(delivery.clone())) {
                     delivered += 1;
-                } else {
-                    entry.kick.send_replace(Some(Kick::SlowConsumer));
                 }
             }
         }
         delivered
+    }
+
+    /// Queues a message for every subscriber of `channel` on this node; returns how many got
+    /// it. Encoded and framed once, and only where someone subscribed.
+    pub fn publish_with(&self, channel: &str, encode: impl FnOnce() -> EncodedMessage) -> usize {
+        if !self.channels.has_subscribers(channel) {
+            return 0;
+        }
+        let delivery = Delivery {
+            frame: crate::wire::text_frame(&encode()),
+            published_at: Some(Instant::now()),
+            compressed: Some(Arc::new(OnceLock::new())),
+        };
+        self.channels.deliver(channel, &delivery)
+    }
+
+    /// Asks each authenticated connection of `user_id` to carry out `control`; returns how many.
+    pub fn control_user(&self, user_id: &str, control: &Control) -> usize {
+        let connections = lock(&self.connections);
+        connections
+            .of_user(user_id)
+            .filter(|entry| match &entry.stage {
+                Stage::Authenticated { mailbox, .. } => {
+                    mailbox.push(Inbound::Control(control.clone()))
+                }
+                _ => false,
+            })
+            .count()
+    }
+
+    /// Ends the subscriptions held by subscription tokens with this `jti`; returns how many
+    /// connections were asked to.
+    pub fn revoke_subscription_token(&self, jti: &str) -> usize {
+        let holders: Vec<ConnectionId> = lock(&self.token_jtis)
+            .get(jti)
+            .map(|holders| holders.keys().copied().collect())
+            .unwrap_or_default();
+        if holders.is_empty() {
+            return 0;
+        }
+        let control = Control::TokenRevoked(Arc::from(jti));
+        let connections = lock(&self.connections);
+        holders
+            .iter()
+            .filter_map(|id| connections.entries.get(id))
+            .filter(|entry| match &entry.stage {
+                Stage::Authenticated { mailbox, .. } => {
+                    mailbox.push(Inbound::Control(control.clone()))
+                }
+                _ => false,
+            })
+            .count()
+    }
+
+    /// `channel`'s subscribers on this node: connection and user.
+    pub fn subscribers(&self, channel: &str) -> Vec<(ConnectionId, Arc<str>)> {
+        self.channels.subscribers(channel)
+    }
+
+    /// The channels with a subscriber on this node, by prefix, with their subscriber counts.
+    pub fn channel_counts(&self, prefix: &str) -> Vec<(ChannelName, usize)> {
+        self.channels.counts(prefix)
+    }
+
+    /// No channel has a subscriber and no subscription token is indexed: what a node whose
+    /// connections all left must come back to.
+    pub fn channel_tables_are_empty(&self) -> bool {
+        self.channels.is_empty() && lock(&self.token_jtis).is_empty()
     }
 
     /// Closes every connection of `user_id`, authenticated or not; returns how many.
@@ -246,8 +325,10 @@ impl Hub {
         Membership {
             hub: Arc::clone(self),
             id: connection.id,
+            user: Arc::clone(&connection.user),
             receiver,
             mailbox,
+            subscriptions: HashMap::new(),
         }
     }
 
@@ -330,89 +411,61 @@ impl Drop for OpenConnection {
     }
 }
 
-/// An authenticated connection's place in the pipelines. Dropping it is the one and only way
-/// out, so every exit path (close, error, panic) leaves them.
+/// An authenticated connection's place in the pipelines: the broadcasts, its mailbox, and its
+/// channel subscriptions (the reverse of the hub's channel table). Dropping it is the one and
+/// only way out, so every exit path (close, error, panic) leaves them all.
 pub struct Membership {
     hub: Arc<Hub>,
     id: ConnectionId,
+    user: Arc<str>,
     receiver: broadcast::Receiver<Delivery>,
     mailbox: Arc<Mailbox>,
+    subscriptions: HashMap<ChannelName, Grant>,
 }
 
-/// A connection's user messages, at most [`MAILBOX_BUFFER`] waiting. Most connections never
-/// get one, and an empty queue allocates nothing: about a hundred bytes per connection where
-/// a channel would keep its first block of slots (over a kilobyte) for life.
-#[derive(Default)]
-struct Mailbox {
-    queue: Mutex<VecDeque<Frame>>,
-    /// `notify_one` keeps a permit when nobody waits, so a push between a look at the empty
-    /// queue and the wait is not missed.
-    filled: Notify,
-}
-
-impl Mailbox {
-    /// Queues `frame`; false when the mailbox is full.
-    fn push(&self, frame: Frame) -> bool {
-        let mut queue = lock(&self.queue);
-        if queue.len() >= MAILBOX_BUFFER {
-            return false;
-        }
-        queue.push_back(frame);
-        drop(queue);
-        self.filled.notify_one();
-        true
-    }
-
-    async fn pop(&self) -> Frame {
-        loop {
-            if let Some(frame) = self.try_pop() {
-                return frame;
-            }
-            self.filled.notified().await;
-        }
-    }
-
-    fn try_pop(&self) -> Option<Frame> {
-        lock(&self.queue).pop_front()
-    }
-}
-
-/// The connection fell so far behind that broadcasts were dropped for it.
+/// Why a connection can no longer be kept up to date.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lagged {
-    pub missed: u64,
+pub enum Fell {
+    /// This many broadcasts were dropped for it.
+    Behind { missed: u64 },
+    /// Its mailbox overflowed.
+    MailboxFull,
+}
+
+impl From<mailbox::Overflowed> for Fell {
+    fn from(_: mailbox::Overflowed) -> Self {
+        Fell::MailboxFull
+    }
 }
 
 impl Membership {
-    /// The next delivery for this connection: a user message or a broadcast, whichever is ready.
-    pub async fn next(&mut self) -> Result<Delivery, Lagged> {
+    /// The next thing for this connection: a delivery (user message, publication or
+    /// broadcast) or a control, whichever is ready.
+    pub async fn next(&mut self) -> Result<Inbound, Fell> {
         tokio::select! {
-            frame = self.mailbox.pop() => Ok(Delivery { frame, published_at: None, compressed: None }),
+            item = self.mailbox.pop() => Ok(item?),
             broadcast = self.receiver.recv() => match broadcast {
-                Ok(delivery) => Ok(delivery),
-                Err(broadcast::error::RecvError::Lagged(missed)) => Err(Lagged { missed }),
+                Ok(delivery) => Ok(Inbound::Delivery(delivery)),
+                Err(broadcast::error::RecvError::Lagged(missed)) => Err(Fell::Behind { missed }),
                 // The hub owns the sender and this membership keeps the hub alive.
                 Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
             },
         }
     }
 
-    /// `first` and whatever else is already waiting, up to `max` deliveries, without waiting.
-    pub fn with_waiting(&mut self, first: Delivery, max: usize) -> Result<Vec<Delivery>, Lagged> {
+    /// `first` and whatever other deliveries are already waiting, up to `max`, without
+    /// waiting (a control stays queued for the next turn).
+    pub fn with_waiting(&mut self, first: Delivery, max: usize) -> Result<Vec<Delivery>, Fell> {
         let mut batch = vec![first];
         while batch.len() < max {
-            if let Some(frame) = self.mailbox.try_pop() {
-                batch.push(Delivery {
-                    frame,
-                    published_at: None,
-                    compressed: None,
-                });
+            if let Some(delivery) = self.mailbox.try_pop_delivery()? {
+                batch.push(delivery);
                 continue;
             }
             match self.receiver.try_recv() {
                 Ok(delivery) => batch.push(delivery),
                 Err(broadcast::error::TryRecvError::Lagged(missed)) => {
-                    return Err(Lagged { missed });
+                    return Err(Fell::Behind { missed });
                 }
                 Err(_) => break,
             }
@@ -431,10 +484,83 @@ impl Membership {
             *current = jti.map(Arc::from);
         }
     }
+
+    /// Subscribes to `channel` with `grant`, or replaces the grant of a subscription held
+    /// already (no delivery is missed or doubled either way); returns the hub's copy of the
+    /// name and whether the subscription is new.
+    pub fn subscribe(&mut self, channel: &ChannelName, grant: Grant) -> (ChannelName, bool) {
+        if let Some((name, current)) = self.subscriptions.get_key_value(channel.as_str()) {
+            let name = name.clone();
+            let previous = current.clone();
+            self.index_token(&previous, -1);
+            self.index_token(&grant, 1);
+            self.subscriptions.insert(name.clone(), grant);
+            return (name, false);
+        }
+        let subscriber = Subscriber {
+            mailbox: Arc::clone(&self.mailbox),
+            user: Arc::clone(&self.user),
+        };
+        let name = self.hub.channels.add(channel, self.id, subscriber);
+        self.index_token(&grant, 1);
+        self.subscriptions.insert(name.clone(), grant);
+        (name, true)
+    }
+
+    /// Ends the subscription to `channel`; its grant, or `None` when there was none.
+    pub fn unsubscribe(&mut self, channel: &str) -> Option<Grant> {
+        let grant = self.subscriptions.remove(channel)?;
+        self.hub.channels.remove(channel, self.id);
+        self.index_token(&grant, -1);
+        Some(grant)
+    }
+
+    pub fn subscription(&self, channel: &str) -> Option<&Grant> {
+        self.subscriptions.get(channel)
+    }
+
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&ChannelName, &Grant)> {
+        self.subscriptions.iter()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    /// Counts this connection in or out of the revocation index for `grant`'s token `jti`.
+    fn index_token(&self, grant: &Grant, change: i32) {
+        let Grant::Token { jti: Some(jti), .. } = grant else {
+            return;
+        };
+        let mut index = lock(&self.hub.token_jtis);
+        if change > 0 {
+            *index
+                .entry(Arc::clone(jti))
+                .or_default()
+                .entry(self.id)
+                .or_default() += 1;
+            return;
+        }
+        if let Some(holders) = index.get_mut(&**jti) {
+            if let Some(count) = holders.get_mut(&self.id) {
+                *count -= 1;
+                if *count == 0 {
+                    holders.remove(&self.id);
+                }
+            }
+            if holders.is_empty() {
+                index.remove(&**jti);
+            }
+        }
+    }
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
+        let channels: Vec<ChannelName> = self.subscriptions.keys().cloned().collect();
+        for channel in channels {
+            self.unsubscribe(channel.as_str());
+        }
         let mut connections = lock(&self.hub.connections);
         let was_authenticated = match connections.entries.get_mut(&self.id) {
             Some(entry) => matches!(
@@ -474,6 +600,14 @@ mod tests {
         EncodedMessage::from(text.to_owned())
     }
 
+    /// The next delivery (the tests send no controls but where they say so).
+    async fn next_delivery(member: &mut Membership) -> Result<Delivery, Fell> {
+        match member.next().await? {
+            Inbound::Delivery(delivery) => Ok(delivery),
+            Inbound::Control(control) => panic!("a control: {control:?}"),
+        }
+    }
+
     /// The text a client reads from a short server frame (a two-byte header, RFC 6455 §5.2).
     fn text(frame: &Frame) -> &str {
         assert!(frame.len() < 127, "a short frame");
@@ -496,8 +630,14 @@ mod tests {
         assert_eq!(hub.authenticated_count(), 1);
         assert_eq!(hub.broadcast(&frame("one")), 1);
         assert_eq!(hub.broadcast(&frame("two")), 1);
-        assert_eq!(text(&member.next().await.unwrap().frame), "one");
-        assert_eq!(text(&member.next().await.unwrap().frame), "two");
+        assert_eq!(
+            text(&next_delivery(&mut member).await.unwrap().frame),
+            "one"
+        );
+        assert_eq!(
+            text(&next_delivery(&mut member).await.unwrap().frame),
+            "two"
+        );
         drop(member);
         assert_eq!(
             hub.counts(),
@@ -519,11 +659,11 @@ mod tests {
         for i in 0..5 {
             hub.broadcast(&frame(&i.to_string()));
         }
-        let first = member.next().await.unwrap();
+        let first = next_delivery(&mut member).await.unwrap();
         let batch = member.with_waiting(first, 3).unwrap();
         let texts: Vec<&str> = batch.iter().map(|d| text(&d.frame)).collect();
         assert_eq!(texts, ["0", "1", "2"]);
-        let first = member.next().await.unwrap();
+        let first = next_delivery(&mut member).await.unwrap();
         let batch = member.with_waiting(first, 64).unwrap();
         assert_eq!(batch.len(), 2, "only what was waiting");
     }
@@ -536,7 +676,10 @@ mod tests {
         for _ in 0..BROADCAST_BUFFER + 5 {
             hub.broadcast(&frame("0"));
         }
-        assert_eq!(member.next().await, Err(Lagged { missed: 5 }));
+        assert_eq!(
+            next_delivery(&mut member).await,
+            Err(Fell::Behind { missed: 5 })
+        );
     }
 
     #[tokio::test]
@@ -551,8 +694,8 @@ mod tests {
         let (mut m1, mut m2, mut mb) =
             (hub.join(&a1, None), hub.join(&a2, None), hub.join(&b, None));
         assert_eq!(hub.send_to_user("alice", &frame("hi")), 2);
-        assert_eq!(text(&m1.next().await.unwrap().frame), "hi");
-        assert_eq!(text(&m2.next().await.unwrap().frame), "hi");
+        assert_eq!(text(&next_delivery(&mut m1).await.unwrap().frame), "hi");
+        assert_eq!(text(&next_delivery(&mut m2).await.unwrap().frame), "hi");
         assert!(
             tokio::time::timeout(std::time::Duration::from_millis(20), mb.next())
                 .await
@@ -562,26 +705,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn user_messages_keep_their_order_and_an_overflowing_mailbox_kicks() {
+    async fn user_messages_keep_their_order_and_an_overflowing_mailbox_ends_the_member() {
         let hub = Hub::new(ConnectionLimits::UNLIMITED);
-        let mut conn = hub.try_open("alice").unwrap();
+        let conn = hub.try_open("alice").unwrap();
         let mut member = hub.join(&conn, None);
         for i in 0..MAILBOX_BUFFER {
             assert_eq!(hub.send_to_user("alice", &frame(&i.to_string())), 1);
         }
         // A broadcast in between leaves the messages' own order alone.
         hub.broadcast(&frame("all"));
-        assert_eq!(hub.send_to_user("alice", &frame("one too many")), 0);
-        assert_eq!(conn.kicked().await, Kick::SlowConsumer);
         let mut messages = Vec::new();
         while messages.len() < MAILBOX_BUFFER {
-            let delivery = member.next().await.unwrap();
+            let delivery = next_delivery(&mut member).await.unwrap();
             if delivery.published_at.is_none() {
                 messages.push(text(&delivery.frame).to_owned());
             }
         }
         let expected: Vec<String> = (0..MAILBOX_BUFFER).map(|i| i.to_string()).collect();
         assert_eq!(messages, expected);
+
+        for i in 0..MAILBOX_BUFFER {
+            assert_eq!(hub.send_to_user("alice", &frame(&i.to_string())), 1);
+        }
+        assert_eq!(hub.send_to_user("alice", &frame("one too many")), 0);
+        assert_eq!(member.next().await, Err(Fell::MailboxFull));
     }
 
     #[tokio::test]
@@ -589,7 +736,7 @@ mod tests {
         let hub = Hub::new(ConnectionLimits::UNLIMITED);
         let conn = hub.try_open("alice").unwrap();
         let mut member = hub.join(&conn, None);
-        let waiting = tokio::spawn(async move { member.next().await.unwrap().frame });
+        let waiting = tokio::spawn(async move { next_delivery(&mut member).await.unwrap().frame });
         tokio::task::yield_now().await;
         hub.send_to_user("alice", &frame("wake up"));
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)

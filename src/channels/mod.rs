@@ -1,0 +1,50 @@
+//! Channels: names and namespaces, who may subscribe, and what a subscription holds. The
+//! delivery tables live in the hub; the rules here are pure, so the session can apply them
+//! without MongoDB or the app (docs/PROTOCOL.md, "Channels").
+
+pub mod grants;
+pub mod name;
+pub mod namespaces;
+
+pub use grants::ClaimGrants;
+pub use name::{ChannelName, InvalidChannel, MAX_CHANNEL_BYTES};
+pub use namespaces::{ChannelsTable, NamespaceOptions, Namespaces, UnknownNamespace};
+
+/// What every connection's channel decisions share (from the configuration).
+#[derive(Debug, Clone, Default)]
+pub struct ChannelPolicy {
+    pub namespaces: Namespaces,
+    /// MAX_SUBSCRIPTIONS_PER_CONNECTION.
+    pub max_subscriptions: usize,
+}
+
+/// Why a connection holds a subscription; it decides what can end it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// The connection's JWT `channels` claim: a refresh that drops it ends the subscription.
+    Claim,
+    /// A subscription token: ends at its `exp` (plus the leeway), or when its `jti` is revoked.
+    Token {
+        jti: Option<std::sync::Arc<str>>,
+        expires_at: u64,
+    },
+    /// The namespace is public: nothing ends it but the client or the server.
+    Public,
+    /// Made by the server API: no grant is checked, and only the API or the client ends it.
+    Server,
+}
+
+/// The one place that says whether a subscribe is allowed without a token.
+pub fn grant_without_token(
+    options: NamespaceOptions,
+    claims: &ClaimGrants,
+    channel: &ChannelName,
+) -> Option<Grant> {
+    if options.public {
+        Some(Grant::Public)
+    } else if claims.allows(channel.as_str()) {
+        Some(Grant::Claim)
+    } else {
+        None
+    }
+}

@@ -1,0 +1,403 @@
+//! An authenticated connection's channel requests and the server's decisions about its
+//! subscriptions: subscribe, unsubscribe and presence; server-side subscriptions, revoked and
+//! expiring subscription tokens, and grants lost at a refresh (docs/PROTOCOL.md, "Channels").
+//! Every decision answers with messages; the session loop only writes them.
+
+use std::collections::HashMap;
+
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use super::expiry::{Expiry, ExpiryEvent};
+use super::{Authenticated, SessionContext};
+use crate::bus::Command;
+pub use crate::channels::ChannelPolicy;
+use crate::channels::{
+    ChannelName, ClaimGrants, Grant, NamespaceOptions, Namespaces, grant_without_token,
+};
+use crate::hub::{ConnectionId, Control};
+use crate::protocol::{ClientMessage, ErrorCode, PresenceClient, ServerMessage, UnsubscribeReason};
+
+/// The subscriptions held by subscription tokens, each with its own expiry.
+#[derive(Debug, Default)]
+pub struct TokenExpiries {
+    expiries: HashMap<ChannelName, Expiry>,
+}
+
+impl TokenExpiries {
+    /// The earliest deadline, if any subscription is held by a token.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.expiries.values().map(Expiry::next_deadline).min()
+    }
+
+    /// The deadlines that passed: each channel's event, its state moved on.
+    pub fn fire(&mut self, now: Instant) -> Vec<(ChannelName, ExpiryEvent)> {
+        let mut fired = Vec::new();
+        for (channel, expiry) in &mut self.expiries {
+            if expiry.next_deadline() <= now {
+                let (event, next) = expiry.fire();
+                *expiry = next;
+                fired.push((channel.clone(), event));
+            }
+        }
+        fired
+    }
+
+    fn set(&mut self, channel: ChannelName, expiry: Expiry) {
+        self.expiries.insert(channel, expiry);
+    }
+
+    fn remove(&mut self, channel: &str) {
+        self.expiries.remove(channel);
+    }
+}
+
+/// Encoded replies and notices to write, in order.
+pub type Messages = Vec<String>;
+
+impl Authenticated {
+    /// A `subscribe`, `unsubscribe` or `presence` from the client.
+    pub async fn on_request(
+        &mut self,
+        ctx: &SessionContext,
+        request: ClientMessage<'_>,
+        id: Option<&RawValue>,
+    ) -> Messages {
+        let error =
+            |code, channel: &str| vec![ServerMessage::error(code, Some(channel), id).encode()];
+        match request {
+            ClientMessage::Subscribe { channel, token } => {
+                let (name, options) = match checked(&ctx.channels.namespaces, &channel) {
+                    Ok(checked) => checked,
+                    Err(code) => return error(code, &channel),
+                };
+                self.subscribe(ctx, name, options, token.as_deref(), id)
+                    .await
+                    .unwrap_or_else(|code| error(code, &channel))
+            }
+            ClientMessage::Unsubscribe { channel } => {
+                let Ok(name) = ChannelName::parse(&channel) else {
+                    return error(ErrorCode::InvalidChannel, &channel);
+                };
+                if self.membership.unsubscribe(name.as_str()).is_none() {
+                    return error(ErrorCode::NotSubscribed, &channel);
+                }
+                self.tokens.remove(name.as_str());
+                self.announce(ctx, &name, false).await;
+                vec![
+                    ServerMessage::Unsubscribed {
+                        channel: name.as_str(),
+                        id,
+                        reason: None,
+                    }
+                    .encode(),
+                ]
+            }
+            ClientMessage::Presence { channel } => {
+                let (name, options) = match checked(&ctx.channels.namespaces, &channel) {
+                    Ok(checked) => checked,
+                    Err(code) => return error(code, &channel),
+                };
+                if !options.presence {
+                    return error(ErrorCode::PresenceDisabled, &channel);
+                }
+                if self.membership.subscription(name.as_str()).is_none() {
+                    return error(ErrorCode::NotSubscribed, &channel);
+                }
+                let clients = ctx.presence(&name).await;
+                vec![
+                    ServerMessage::Presence {
+                        channel: name.as_str(),
+                        id,
+                        clients: &clients,
+                    }
+                    .encode(),
+                ]
+            }
+            // The session routes only channel requests here.
+            ClientMessage::Jwt { .. } | ClientMessage::Ping | ClientMessage::Echo { .. } => {
+                vec![ServerMessage::error(ErrorCode::BadMessage, None, id).encode()]
+            }
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        ctx: &SessionContext,
+        name: ChannelName,
+        options: NamespaceOptions,
+        token: Option<&str>,
+        id: Option<&RawValue>,
+    ) -> Result<Messages, ErrorCode> {
+        let grant = match token {
+            Some(token) => self.token_grant(ctx, &name, token).await?,
+            None => grant_without_token(options, &self.claims, &name)
+                .ok_or(ErrorCode::PermissionDenied)?,
+        };
+        let held = self.membership.subscription(name.as_str()).cloned();
+        let refreshed = token.is_some() && held.is_some();
+        let grant = match held {
+            // Held already: idempotent, even at the limit; a fresh token replaces the grant
+            // unless the subscription has a lasting one (server-made or public).
+            Some(held @ (Grant::Server | Grant::Public)) => held,
+            Some(held) if token.is_none() => held,
+            Some(_) => grant,
+            None if self.membership.subscription_count() >= ctx.channels.max_subscriptions => {
+                return Err(ErrorCode::TooManySubscriptions);
+            }
+            None => grant,
+        };
+        self.hold(ctx, &name, grant, options).await;
+        Ok(vec![
+            ServerMessage::Subscribed {
+                channel: name.as_str(),
+                id,
+                refreshed,
+                server: false,
+            }
+            .encode(),
+        ])
+    }
+
+    /// A subscription token for this user and exactly this channel, not revoked.
+    async fn token_grant(
+        &self,
+        ctx: &SessionContext,
+        name: &ChannelName,
+        token: &str,
+    ) -> Result<Grant, ErrorCode> {
+        let verified = ctx
+            .jwt
+            .verify_subscription(token)
+            .map_err(|_| ErrorCode::PermissionDenied)?;
+        if verified.sub != self.user_id || verified.channel != name.as_str() {
+            return Err(ErrorCode::PermissionDenied);
+        }
+        // Boxed: a MongoDB query's state would otherwise size every connection's task.
+        Box::pin(ctx.not_revoked(verified.jti.as_deref()))
+            .await
+            .map_err(|_| ErrorCode::PermissionDenied)?;
+        Ok(Grant::Token {
+            jti: verified.jti.map(Into::into),
+            expires_at: verified.expires_at,
+        })
+    }
+
+    /// Holds `name` with `grant` (new or replacing), keeping the token timers and the
+    /// join announcement in step.
+    async fn hold(
+        &mut self,
+        ctx: &SessionContext,
+        name: &ChannelName,
+        grant: Grant,
+        options: NamespaceOptions,
+    ) {
+        match &grant {
+            Grant::Token { expires_at, .. } => self
+                .tokens
+                .set(name.clone(), ctx.timing.expiry_of(*expires_at)),
+            _ => self.tokens.remove(name.as_str()),
+        }
+        let (_, new) = self.membership.subscribe(name, grant);
+        if new && options.join_leave {
+            self.announce(ctx, name, true).await;
+        }
+    }
+
+    /// Ends a subscription the server decided to end.
+    async fn end(
+        &mut self,
+        ctx: &SessionContext,
+        name: &ChannelName,
+        reason: UnsubscribeReason,
+    ) -> Option<String> {
+        self.membership.unsubscribe(name.as_str())?;
+        self.tokens.remove(name.as_str());
+        self.announce(ctx, name, false).await;
+        Some(
+            ServerMessage::Unsubscribed {
+                channel: name.as_str(),
+                id: None,
+                reason: Some(reason),
+            }
+            .encode(),
+        )
+    }
+
+    /// A server request from the mailbox.
+    pub async fn on_control(&mut self, ctx: &SessionContext, control: Control) -> Messages {
+        match control {
+            Control::Subscribe(name) => {
+                let Ok(options) = ctx.channels.namespaces.options(&name) else {
+                    return Vec::new();
+                };
+                self.hold(ctx, &name, Grant::Server, options).await;
+                vec![
+                    ServerMessage::Subscribed {
+                        channel: name.as_str(),
+                        id: None,
+                        refreshed: false,
+                        server: true,
+                    }
+                    .encode(),
+                ]
+            }
+            Control::Unsubscribe(name) => self
+                .end(ctx, &name, UnsubscribeReason::Server)
+                .await
+                .into_iter()
+                .collect(),
+            Control::TokenRevoked(jti) => {
+                let revoked: Vec<ChannelName> = self
+                    .membership
+                    .subscriptions()
+                    .filter(|(_, grant)| matches!(grant, Grant::Token { jti: Some(j), .. } if *j == jti))
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                let mut messages = Vec::new();
+                for name in revoked {
+                    messages.extend(self.end(ctx, &name, UnsubscribeReason::Revoked).await);
+                }
+                messages
+            }
+        }
+    }
+
+    /// After an in-band refresh: the new JWT's claims replace the old, and subscriptions
+    /// only the old claims allowed end.
+    pub async fn on_refresh(&mut self, ctx: &SessionContext, claims: ClaimGrants) -> Messages {
+        self.claims = claims;
+        let lost: Vec<ChannelName> = self
+            .membership
+            .subscriptions()
+            .filter(|(name, grant)| **grant == Grant::Claim && !self.claims.allows(name.as_str()))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut messages = Vec::new();
+        for name in lost {
+            messages.extend(
+                self.end(ctx, &name, UnsubscribeReason::PermissionLost)
+                    .await,
+            );
+        }
+        messages
+    }
+
+    /// A subscription token's notice or end came due.
+    pub async fn on_token_deadline(&mut self, ctx: &SessionContext) -> Messages {
+        let mut messages = Vec::new();
+        for (name, event) in self.tokens.fire(Instant::now()) {
+            match event {
+                ExpiryEvent::Notice { expires_at } => messages.push(
+                    ServerMessage::SubscriptionExpiring {
+                        channel: name.as_str(),
+                        expires_at,
+                    }
+                    .encode(),
+                ),
+                ExpiryEvent::Expired => {
+                    messages.extend(self.end(ctx, &name, UnsubscribeReason::TokenExpired).await);
+                }
+            }
+        }
+        messages
+    }
+
+    /// The connection is closing: it leaves every channel now, and its leaves in
+    /// `join_leave` namespaces are announced by a task of their own, so a slow bus never
+    /// holds up the close.
+    pub fn leave_all(&mut self, ctx: &SessionContext) {
+        let held: Vec<ChannelName> = self
+            .membership
+            .subscriptions()
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut leaves = Vec::new();
+        for name in held {
+            self.membership.unsubscribe(name.as_str());
+            if ctx
+                .channels
+                .namespaces
+                .options(&name)
+                .is_ok_and(|o| o.join_leave)
+            {
+                leaves.push(Command::JoinLeave {
+                    channel: name,
+                    client: ctx.presence_client(self.connection, &self.user_id),
+                    joined: false,
+                });
+            }
+        }
+        if leaves.is_empty() {
+            return;
+        }
+        let bus = std::sync::Arc::clone(&ctx.bus);
+        tokio::spawn(async move {
+            for leave in leaves {
+                if let Err(e) = bus.send(leave).await {
+                    log::warn!("announcing a leave: {e}");
+                }
+            }
+        });
+    }
+
+    /// Tells the channel's subscribers, on every node, that this connection came or went
+    /// (namespaces with `join_leave` only).
+    async fn announce(&self, ctx: &SessionContext, name: &ChannelName, joined: bool) {
+        if !ctx
+            .channels
+            .namespaces
+            .options(name)
+            .is_ok_and(|options| options.join_leave)
+        {
+            return;
+        }
+        let command = Command::JoinLeave {
+            channel: name.clone(),
+            client: ctx.presence_client(self.connection, &self.user_id),
+            joined,
+        };
+        if let Err(e) = ctx.bus.send(command).await {
+            log::warn!(
+                "announcing a {}: {e}",
+                if joined { "join" } else { "leave" }
+            );
+        }
+    }
+}
+
+/// A valid name in a declared namespace, with the namespace's options.
+fn checked(
+    namespaces: &Namespaces,
+    channel: &str,
+) -> Result<(ChannelName, NamespaceOptions), ErrorCode> {
+    let name = ChannelName::parse(channel).map_err(|_| ErrorCode::InvalidChannel)?;
+    let options = namespaces
+        .options(&name)
+        .map_err(|_| ErrorCode::UnknownNamespace)?;
+    Ok((name, options))
+}
+
+impl SessionContext {
+    /// How this connection appears in presence and join/leave: its id is unique in the
+    /// cluster.
+    pub fn presence_client(&self, connection: ConnectionId, user_id: &str) -> PresenceClient {
+        PresenceClient {
+            user_id: user_id.to_owned(),
+            connection_id: format!("{connection}@{}", self.bus.node().id),
+            node: self.bus.node().id.to_string(),
+        }
+    }
+
+    /// Who is subscribed to `channel`, on every node the bus reaches.
+    pub async fn presence(&self, channel: &ChannelName) -> Vec<PresenceClient> {
+        let mut clients: Vec<PresenceClient> = self
+            .hub
+            .subscribers(channel.as_str())
+            .into_iter()
+            .map(|(connection, user)| self.presence_client(connection, &user))
+            .collect();
+        clients.sort();
+        clients
+    }
+}
