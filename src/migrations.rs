@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_cluster.json",
         source: include_str!("../migrations/0003_cluster.json"),
     },
+    Migration {
+        version: 4,
+        name: "0004_presence.json",
+        source: include_str!("../migrations/0004_presence.json"),
+    },
 ];
 
 #[derive(Debug, Deserialize)]

@@ -287,6 +287,8 @@ pub enum ErrorCode {
     TooManySubscriptions,
     NotSubscribed,
     PresenceDisabled,
+    /// MongoDB could not answer (a presence query); try again.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -309,6 +311,7 @@ impl ErrorCode {
             }
             ErrorCode::NotSubscribed => "the connection is not subscribed to this channel",
             ErrorCode::PresenceDisabled => "the channel's namespace has no presence",
+            ErrorCode::Unavailable => "the database is unavailable; try again shortly",
         }
     }
 }

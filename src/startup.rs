@@ -9,7 +9,7 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, web};
 
-use crate::bus::{self, Bus, NodeId, NodeInfo, NodeRegistry};
+use crate::bus::{self, Bus, NodeId, NodeInfo, NodeRegistry, Reaper};
 use crate::config::Settings;
 use crate::db::{self, Bounds, PerThreadDatabase, Prepared, Readiness, Unavailable};
 use crate::hub::Hub;
@@ -21,8 +21,8 @@ use crate::routes::{self, AppState};
 use crate::session::{SessionContext, SessionTiming};
 use crate::shutdown::Shutdown;
 use crate::store::{
-    MemoryRevocations, MemoryTicketStore, MongoRevocations, MongoTicketStore, RevocationStore,
-    TicketStore,
+    MemoryRevocations, MemoryTicketStore, MongoPresence, MongoRevocations, MongoTicketStore,
+    PresenceStore, RevocationStore, TicketStore,
 };
 use crate::wire;
 use crate::wire::server::HttpTiming;
@@ -62,9 +62,27 @@ impl Application {
         let port = listener.local_addr().map_err(bind_error)?.port();
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(settings.limits.connections);
-        let (tickets, revocations, mongo) = stores(&settings, &metrics).await?;
-        let bus = start_bus(&settings, &hub, mongo, port, &metrics).await?;
-        let state = app_state(&settings, tickets, revocations, &hub, &bus, metrics);
+        let Stores {
+            tickets,
+            revocations,
+            presence,
+            mongo,
+        } = stores(&settings, &metrics).await?;
+        let presence = Arc::new(presence);
+        let reaper = Reaper {
+            presence: Arc::clone(&presence),
+            namespaces: settings.channels.namespaces.clone(),
+        };
+        let bus = start_bus(&settings, &hub, mongo, reaper, port, &metrics).await?;
+        let state = app_state(
+            &settings,
+            tickets,
+            revocations,
+            presence,
+            &hub,
+            &bus,
+            metrics,
+        );
         let app_state = state.clone();
         let api_body_limit = settings
             .api
@@ -170,6 +188,7 @@ async fn start_bus(
     settings: &Settings,
     hub: &Arc<Hub>,
     mongo: Option<Prepared>,
+    reaper: Reaper,
     port: u16,
     metrics: &Arc<Metrics>,
 ) -> Result<Arc<Bus>, StartupError> {
@@ -185,7 +204,7 @@ async fn start_bus(
     let registry = mongo
         .as_ref()
         .map(|m| NodeRegistry::new(&m.db, m.bounds.clone(), settings.node.heartbeat));
-    let bus = Bus::new(Arc::clone(hub), node, registry);
+    let bus = Bus::new(Arc::clone(hub), node, registry, Some(reaper));
     match mongo {
         None => {
             log::info!("cluster bus: in process only (the in-process store is single-node)");
@@ -216,6 +235,7 @@ fn app_state(
     settings: &Settings,
     tickets: TicketStore,
     revocations: RevocationStore,
+    presence: Arc<PresenceStore>,
     hub: &Arc<Hub>,
     bus: &Arc<Bus>,
     metrics: Arc<Metrics>,
@@ -242,6 +262,7 @@ fn app_state(
             max_message_bytes: settings.session.max_message_bytes,
             channels: settings.channels.clone(),
             bus: Arc::clone(bus),
+            presence,
             metrics,
             revocations: Arc::new(revocations),
         }),
@@ -252,16 +273,23 @@ fn app_state(
     })
 }
 
-/// Where tickets and revocations live, and the MongoDB behind them if any.
-async fn stores(
-    settings: &Settings,
-    metrics: &Arc<Metrics>,
-) -> Result<(TicketStore, RevocationStore, Option<Prepared>), StartupError> {
+/// Where tickets, revocations and presence live, and the MongoDB behind them if any.
+struct Stores {
+    tickets: TicketStore,
+    revocations: RevocationStore,
+    presence: PresenceStore,
+    mongo: Option<Prepared>,
+}
+
+async fn stores(settings: &Settings, metrics: &Arc<Metrics>) -> Result<Stores, StartupError> {
     let Some(mongo) = &settings.database.mongodb else {
         log::info!("MONGODB_URI is not set: tickets live in this process (single node only)");
-        let tickets = TicketStore::Memory(MemoryTicketStore::new(settings.tickets));
-        let revocations = RevocationStore::Memory(MemoryRevocations::new());
-        return Ok((tickets, revocations, None));
+        return Ok(Stores {
+            tickets: TicketStore::Memory(MemoryTicketStore::new(settings.tickets)),
+            revocations: RevocationStore::Memory(MemoryRevocations::new()),
+            presence: PresenceStore::Local,
+            mongo: None,
+        });
     };
     // Only a malformed URI fails here; an unreachable server is found out by `prepare`.
     let (db, options) = db::connect_with_options(mongo, settings.database.timeout).await?;
@@ -275,18 +303,20 @@ async fn stores(
             .with_per_thread_clients(PerThreadDatabase::new(options, db.clone())),
     );
     let revocations = RevocationStore::Mongo(MongoRevocations::new(&db, bounds.clone()));
+    let presence = PresenceStore::Mongo(MongoPresence::new(&db, bounds.clone()));
     let migrations = MigrationContext {
         ticket_ttl: settings.tickets.ttl,
     };
-    Ok((
+    Ok(Stores {
         tickets,
         revocations,
-        Some(Prepared {
+        presence,
+        mongo: Some(Prepared {
             db,
             bounds,
             migrations,
         }),
-    ))
+    })
 }
 
 /// Why MongoDB is not ready for business yet.

@@ -6,6 +6,7 @@
 
 mod events;
 mod nodes;
+mod reaper;
 mod stream;
 mod writer;
 
@@ -17,7 +18,8 @@ use mongodb::Database;
 use tokio::sync::{mpsc, oneshot};
 
 pub use events::{Command, Event, EventDocument, Sequencer};
-pub use nodes::{ClusterCounts, NODES_COLLECTION, NodeInfo, NodeRegistry, NodeView};
+pub use nodes::{ChannelCount, ClusterCounts, NODES_COLLECTION, NodeInfo, NodeRegistry, NodeView};
+pub use reaper::Reaper;
 
 use crate::db::{Bounds, Unavailable};
 use crate::hub::Hub;
@@ -93,17 +95,25 @@ pub struct Bus {
     /// Unset until MongoDB's topology is known; commands meanwhile answer "unavailable".
     route: OnceLock<Route>,
     registry: Option<NodeRegistry>,
+    /// Clears dead nodes' presence at each heartbeat (presence in MongoDB only).
+    reaper: Option<Reaper>,
 }
 
 impl Bus {
     /// A bus for a node whose route is decided later: by [`Bus::deliver_locally`] or
     /// [`start_on_mongodb`].
-    pub fn new(hub: Arc<Hub>, node: NodeInfo, registry: Option<NodeRegistry>) -> Arc<Self> {
+    pub fn new(
+        hub: Arc<Hub>,
+        node: NodeInfo,
+        registry: Option<NodeRegistry>,
+        reaper: Option<Reaper>,
+    ) -> Arc<Self> {
         Arc::new(Bus {
             hub,
             node,
             route: OnceLock::new(),
             registry,
+            reaper,
         })
     }
 
@@ -165,6 +175,29 @@ impl Bus {
         }
     }
 
+    /// The channels with subscribers whose name starts with `prefix`, counted over the live
+    /// nodes (this one as of now, the others as of their last heartbeat), by name.
+    pub async fn channel_counts(&self, prefix: &str) -> Result<Vec<ChannelCount>, Unavailable> {
+        let mut totals: std::collections::BTreeMap<String, u64> = self
+            .hub
+            .channel_counts(prefix)
+            .into_iter()
+            .map(|(name, n)| (name.as_str().to_owned(), n as u64))
+            .collect();
+        if let Some(registry) = &self.registry {
+            for count in registry.others_channels(&self.node.id, prefix).await? {
+                *totals.entry(count.channel).or_default() += count.subscribers;
+            }
+        }
+        Ok(totals
+            .into_iter()
+            .map(|(channel, subscribers)| ChannelCount {
+                channel,
+                subscribers,
+            })
+            .collect())
+    }
+
     /// Registers this node and refreshes its entry every `every` until the process ends.
     pub async fn heartbeat(&self, every: Duration) {
         let Some(registry) = &self.registry else {
@@ -173,8 +206,28 @@ impl Bus {
         let mut ticks = tokio::time::interval(every);
         loop {
             ticks.tick().await;
-            if let Err(e) = registry.beat(&self.node, self.hub.counts()).await {
+            let channels = self
+                .hub
+                .channel_counts("")
+                .into_iter()
+                .map(|(name, subscribers)| ChannelCount {
+                    channel: name.as_str().to_owned(),
+                    subscribers: subscribers as u64,
+                })
+                .collect();
+            if let Err(e) = registry.beat(&self.node, self.hub.counts(), channels).await {
                 log::debug!("node heartbeat: {e}");
+                continue;
+            }
+            let Some(reaper) = &self.reaper else { continue };
+            // Two missed beats make a node dead here (three hide it from listings): with a
+            // sweep every beat, a dead node's presence is gone within three beats.
+            let swept = async {
+                let live = registry.beating_within(every * 2).await?;
+                reaper.sweep(self, &live).await
+            };
+            if let Err(e) = swept.await {
+                log::debug!("sweeping dead nodes' presence: {e}");
             }
         }
     }

@@ -83,6 +83,17 @@ struct NodeDocument {
     heartbeat_at: DateTime,
     /// Stored as 64-bit integers (BSON has no unsigned ones).
     connections: ConnectionCounts,
+    /// The channels with subscribers on the node, with their counts (an array: channel names
+    /// may hold `.`, which a BSON key may not).
+    #[serde(default)]
+    channels: Vec<ChannelCount>,
+}
+
+/// One channel's subscribers on one node, as its heartbeat reports them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelCount {
+    pub channel: String,
+    pub subscribers: u64,
 }
 
 pub struct NodeRegistry {
@@ -103,13 +114,19 @@ impl NodeRegistry {
         }
     }
 
-    pub async fn beat(&self, node: &NodeInfo, counts: ConnectionCounts) -> Result<(), Unavailable> {
+    pub async fn beat(
+        &self,
+        node: &NodeInfo,
+        counts: ConnectionCounts,
+        channels: Vec<ChannelCount>,
+    ) -> Result<(), Unavailable> {
         let document = NodeDocument {
             id: node.id.to_string(),
             address: node.address.clone(),
             started_at: node.started_at,
             heartbeat_at: DateTime::now(),
             connections: counts,
+            channels,
         };
         let upsert = self
             .nodes
@@ -141,6 +158,50 @@ impl NodeRegistry {
             connections: n.connections,
         }));
         Ok(nodes)
+    }
+
+    /// The other live nodes' channel counts, as of their last heartbeats, for channels whose
+    /// name starts with `prefix`.
+    pub async fn others_channels(
+        &self,
+        me: &NodeId,
+        prefix: &str,
+    ) -> Result<Vec<ChannelCount>, Unavailable> {
+        let since = DateTime::from_millis(
+            DateTime::now().timestamp_millis() - self.liveness.as_millis() as i64,
+        );
+        let found = self
+            .nodes
+            .find(doc! { "heartbeat_at": { "$gte": since }, "_id": { "$ne": me.as_str() } });
+        let others: Vec<NodeDocument> = self
+            .bounds
+            .run("list_node_channels", async {
+                found.await?.try_collect().await
+            })
+            .await?;
+        Ok(others
+            .into_iter()
+            .flat_map(|node| node.channels)
+            .filter(|count| count.channel.starts_with(prefix))
+            .collect())
+    }
+
+    /// The ids of the nodes whose last heartbeat is at most `within` old.
+    pub async fn beating_within(&self, within: Duration) -> Result<Vec<String>, Unavailable> {
+        let since =
+            DateTime::from_millis(DateTime::now().timestamp_millis() - within.as_millis() as i64);
+        let ids = self.nodes.clone_with_type::<bson::Document>();
+        let found = ids
+            .find(doc! { "heartbeat_at": { "$gte": since } })
+            .projection(doc! { "_id": 1 });
+        let ids: Vec<bson::Document> = self
+            .bounds
+            .run("beating_nodes", async { found.await?.try_collect().await })
+            .await?;
+        Ok(ids
+            .iter()
+            .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
+            .collect())
     }
 
     pub async fn remove(&self, id: &NodeId) -> Result<(), Unavailable> {

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use super::AppState;
 use super::api::{ApiCaller, ObjectBody, Scope, send};
-use crate::bus::Command;
+use crate::bus::{ChannelCount, Command};
 use crate::channels::{ChannelName, NamespaceOptions};
 use crate::error::ApiError;
 use crate::protocol::PresenceClient;
@@ -159,33 +159,21 @@ struct ListQuery {
 }
 
 #[derive(Serialize)]
-struct ChannelCount {
-    channel: String,
-    subscribers: usize,
-}
-
-#[derive(Serialize)]
 struct ChannelList {
     channels: Vec<ChannelCount>,
 }
 
-/// The channels with at least one subscriber, by name.
+/// The channels with at least one subscriber over the cluster, by name.
 async fn list(
     _: ApiCaller,
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut counts = state.session.hub.channel_counts(&query.prefix);
-    counts.sort();
-    Ok(HttpResponse::Ok().json(ChannelList {
-        channels: counts
-            .into_iter()
-            .map(|(name, subscribers)| ChannelCount {
-                channel: name.as_str().to_owned(),
-                subscribers,
-            })
-            .collect(),
-    }))
+    let channels = state.bus.channel_counts(&query.prefix).await.map_err(|e| {
+        log::warn!("counting channels: {e}");
+        ApiError::DatabaseUnavailable
+    })?;
+    Ok(HttpResponse::Ok().json(ChannelList { channels }))
 }
 
 #[derive(Serialize)]
@@ -203,7 +191,10 @@ async fn presence(
     if !options.presence {
         return Err(ApiError::PresenceDisabled);
     }
-    let clients = state.session.presence(&name).await;
+    let clients = state.session.presence(&name).await.map_err(|e| {
+        log::warn!("listing presence: {e}");
+        ApiError::DatabaseUnavailable
+    })?;
     Ok(HttpResponse::Ok().json(PresenceBody {
         channel: name.as_str(),
         clients,

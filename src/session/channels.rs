@@ -4,6 +4,7 @@
 //! Every decision answers with messages; the session loop only writes them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use tokio::time::Instant;
@@ -15,6 +16,7 @@ pub use crate::channels::ChannelPolicy;
 use crate::channels::{
     ChannelName, ClaimGrants, Grant, NamespaceOptions, Namespaces, grant_without_token,
 };
+use crate::db::Unavailable;
 use crate::hub::{ConnectionId, Control};
 use crate::protocol::{ClientMessage, ErrorCode, PresenceClient, ServerMessage, UnsubscribeReason};
 
@@ -79,11 +81,9 @@ impl Authenticated {
                 let Ok(name) = ChannelName::parse(&channel) else {
                     return error(ErrorCode::InvalidChannel, &channel);
                 };
-                if self.membership.unsubscribe(name.as_str()).is_none() {
+                if !self.leave(ctx, &name).await {
                     return error(ErrorCode::NotSubscribed, &channel);
                 }
-                self.tokens.remove(name.as_str());
-                self.announce(ctx, &name, false).await;
                 vec![
                     ServerMessage::Unsubscribed {
                         channel: name.as_str(),
@@ -104,7 +104,13 @@ impl Authenticated {
                 if self.membership.subscription(name.as_str()).is_none() {
                     return error(ErrorCode::NotSubscribed, &channel);
                 }
-                let clients = ctx.presence(&name).await;
+                let clients = match Box::pin(ctx.presence(&name)).await {
+                    Ok(clients) => clients,
+                    Err(e) => {
+                        log::warn!("listing presence: {e}");
+                        return error(ErrorCode::Unavailable, &channel);
+                    }
+                };
                 vec![
                     ServerMessage::Presence {
                         channel: name.as_str(),
@@ -199,9 +205,41 @@ impl Authenticated {
             _ => self.tokens.remove(name.as_str()),
         }
         let (_, new) = self.membership.subscribe(name, grant);
-        if new && options.join_leave {
+        if !new {
+            return;
+        }
+        if options.presence {
+            let client = ctx.presence_client(self.connection, &self.user_id);
+            // Boxed: a MongoDB write's state would otherwise size every connection's task.
+            if let Err(e) = Box::pin(ctx.presence.add(name, &client)).await {
+                log::warn!("recording presence: {e}");
+            }
+        }
+        if options.join_leave {
             self.announce(ctx, name, true).await;
         }
+    }
+
+    /// Leaves `name`: the hub's table, the token timer, presence and, where the namespace
+    /// has them, a leave announcement. False when the connection did not hold it.
+    async fn leave(&mut self, ctx: &SessionContext, name: &ChannelName) -> bool {
+        if self.membership.unsubscribe(name.as_str()).is_none() {
+            return false;
+        }
+        self.tokens.remove(name.as_str());
+        let options = ctx.channels.namespaces.options(name).unwrap_or_default();
+        if options.presence {
+            let connection_id = ctx
+                .presence_client(self.connection, &self.user_id)
+                .connection_id;
+            if let Err(e) = Box::pin(ctx.presence.remove(name, &connection_id)).await {
+                log::warn!("removing presence: {e}");
+            }
+        }
+        if options.join_leave {
+            self.announce(ctx, name, false).await;
+        }
+        true
     }
 
     /// Ends a subscription the server decided to end.
@@ -211,9 +249,9 @@ impl Authenticated {
         name: &ChannelName,
         reason: UnsubscribeReason,
     ) -> Option<String> {
-        self.membership.unsubscribe(name.as_str())?;
-        self.tokens.remove(name.as_str());
-        self.announce(ctx, name, false).await;
+        if !self.leave(ctx, name).await {
+            return None;
+        }
         Some(
             ServerMessage::Unsubscribed {
                 channel: name.as_str(),
@@ -303,39 +341,44 @@ impl Authenticated {
         messages
     }
 
-    /// The connection is closing: it leaves every channel now, and its leaves in
-    /// `join_leave` namespaces are announced by a task of their own, so a slow bus never
-    /// holds up the close.
+    /// The connection is closing: it leaves every channel's table now; its presence entries
+    /// and leave announcements are done by a task of their own, so a slow MongoDB never holds
+    /// up the close.
     pub fn leave_all(&mut self, ctx: &SessionContext) {
         let held: Vec<ChannelName> = self
             .membership
             .subscriptions()
             .map(|(name, _)| name.clone())
             .collect();
-        let mut leaves = Vec::new();
+        let client = ctx.presence_client(self.connection, &self.user_id);
+        let mut gone = Vec::new();
         for name in held {
             self.membership.unsubscribe(name.as_str());
-            if ctx
-                .channels
-                .namespaces
-                .options(&name)
-                .is_ok_and(|o| o.join_leave)
-            {
-                leaves.push(Command::JoinLeave {
-                    channel: name,
-                    client: ctx.presence_client(self.connection, &self.user_id),
-                    joined: false,
-                });
+            let options = ctx.channels.namespaces.options(&name).unwrap_or_default();
+            if options.presence || options.join_leave {
+                gone.push((name, options));
             }
         }
-        if leaves.is_empty() {
+        if gone.is_empty() {
             return;
         }
-        let bus = std::sync::Arc::clone(&ctx.bus);
+        let (bus, presence) = (Arc::clone(&ctx.bus), Arc::clone(&ctx.presence));
         tokio::spawn(async move {
-            for leave in leaves {
-                if let Err(e) = bus.send(leave).await {
-                    log::warn!("announcing a leave: {e}");
+            for (channel, options) in gone {
+                if options.presence
+                    && let Err(e) = presence.remove(&channel, &client.connection_id).await
+                {
+                    log::warn!("removing presence: {e}");
+                }
+                if options.join_leave {
+                    let leave = Command::JoinLeave {
+                        channel,
+                        client: client.clone(),
+                        joined: false,
+                    };
+                    if let Err(e) = bus.send(leave).await {
+                        log::warn!("announcing a leave: {e}");
+                    }
                 }
             }
         });
@@ -389,8 +432,15 @@ impl SessionContext {
         }
     }
 
-    /// Who is subscribed to `channel`, on every node the bus reaches.
-    pub async fn presence(&self, channel: &ChannelName) -> Vec<PresenceClient> {
+    /// Who is subscribed to `channel`, on every node: from MongoDB in a cluster, from this
+    /// node's hub on its own.
+    pub async fn presence(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Vec<PresenceClient>, Unavailable> {
+        if let Some(clients) = self.presence.list(channel).await? {
+            return Ok(clients);
+        }
         let mut clients: Vec<PresenceClient> = self
             .hub
             .subscribers(channel.as_str())
@@ -398,6 +448,6 @@ impl SessionContext {
             .map(|(connection, user)| self.presence_client(connection, &user))
             .collect();
         clients.sort();
-        clients
+        Ok(clients)
     }
 }

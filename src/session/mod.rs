@@ -23,7 +23,7 @@ use crate::hub::{ConnectionId, Fell, Hub, Inbound, Membership, OpenConnection};
 use crate::jwt::{JwtRejection, JwtVerifier};
 use crate::metrics::Metrics;
 use crate::protocol::ServerMessage;
-use crate::store::RevocationStore;
+use crate::store::{PresenceStore, RevocationStore};
 use crate::wire::{self, FrameReader, FrameWriter, Incoming, MAX_BATCH};
 pub use channels::ChannelPolicy;
 use channels::TokenExpiries;
@@ -43,6 +43,8 @@ pub struct SessionContext {
     pub channels: ChannelPolicy,
     /// Join and leave announcements go through it to every node.
     pub bus: Arc<Bus>,
+    /// Who is subscribed where, across nodes.
+    pub presence: Arc<PresenceStore>,
 }
 
 impl SessionContext {

@@ -698,7 +698,13 @@ async fn server_side_subscriptions_need_no_grant_and_survive_a_refresh() {
 
 #[tokio::test]
 async fn presence_and_join_leave_on_one_node() {
-    let app = channel_app(Store::Memory, &[]).await;
+    for store in [Store::Memory, Store::Mongo] {
+        presence_on_one_node(store).await;
+    }
+}
+
+async fn presence_on_one_node(store: Store) {
+    let app = channel_app(store, &[]).await;
     let channel = "chat:room-1";
     let mut alice = granted(&app, "alice", &[channel]).await;
     let mut bob = granted(&app, "bob", &[channel]).await;

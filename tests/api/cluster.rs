@@ -10,23 +10,23 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-const API_KEY: &str = "cluster-api-key-0123456789";
+pub const API_KEY: &str = "cluster-api-key-0123456789";
 
 /// Gateway processes sharing one database.
-struct Cluster {
-    nodes: Vec<GatewayProcess>,
-    http: reqwest::Client,
+pub struct Cluster {
+    pub nodes: Vec<GatewayProcess>,
+    pub http: reqwest::Client,
     uri: String,
     database: String,
 }
 
 impl Cluster {
     /// `count` nodes on `uri` (one fresh database), with a 1 s node heartbeat.
-    fn start(uri: &str, count: usize) -> Cluster {
+    pub fn start(uri: &str, count: usize) -> Cluster {
         Self::start_with(uri, count, &[])
     }
 
-    fn start_with(uri: &str, count: usize, extra: &[(&str, &str)]) -> Cluster {
+    pub fn start_with(uri: &str, count: usize, extra: &[(&str, &str)]) -> Cluster {
         let database = unique_db_name();
         let nodes = (1..=count)
             .map(|i| {
@@ -55,11 +55,11 @@ impl Cluster {
     }
 
     /// Node `i`, counting from 1 as the test names do.
-    fn node(&self, i: usize) -> &GatewayProcess {
+    pub fn node(&self, i: usize) -> &GatewayProcess {
         &self.nodes[i - 1]
     }
 
-    async fn api(
+    pub async fn api(
         &self,
         node: usize,
         method: reqwest::Method,
@@ -80,23 +80,23 @@ impl Cluster {
         )
     }
 
-    async fn post(&self, node: usize, path: &str, body: Value) -> (u16, Value) {
+    pub async fn post(&self, node: usize, path: &str, body: Value) -> (u16, Value) {
         self.api(node, reqwest::Method::POST, path, Some(body))
             .await
     }
 
-    async fn get(&self, node: usize, path: &str) -> Value {
+    pub async fn get(&self, node: usize, path: &str) -> Value {
         let (status, body) = self.api(node, reqwest::Method::GET, path, None).await;
         assert_eq!(status, 200, "{path}: {body}");
         body
     }
 
     /// An authenticated connection of `sub` on node `i`, with a JWT carrying `jti`.
-    async fn client(&self, i: usize, sub: &str) -> WsClient {
+    pub async fn client(&self, i: usize, sub: &str) -> WsClient {
         self.client_with(i, sub, &jwt(sub)).await
     }
 
-    async fn client_with(&self, i: usize, sub: &str, token: &str) -> WsClient {
+    pub async fn client_with(&self, i: usize, sub: &str, token: &str) -> WsClient {
         let node = self.node(i);
         let ticket = node.ticket(&self.http, sub).await;
         let mut client = try_connect_url(&node.ws_url(&ticket), None)
@@ -110,13 +110,13 @@ impl Cluster {
     }
 
     /// The id of node `i`, as its broadcasts carry it.
-    async fn node_id(&self, i: usize) -> String {
+    pub async fn node_id(&self, i: usize) -> String {
         let nodes = self.get(i, "/api/nodes").await;
         nodes["nodes"][0]["id"].as_str().unwrap().to_owned()
     }
 
     /// Publishes through node `i`, retrying 503 (MongoDB coming back) for up to a minute.
-    async fn broadcast(&self, i: usize, data: Value) -> Value {
+    pub async fn broadcast(&self, i: usize, data: Value) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let (status, body) = self
@@ -133,7 +133,7 @@ impl Cluster {
     }
 
     /// A metric's value on node `i`.
-    async fn metric(&self, i: usize, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub async fn metric(&self, i: usize, name: &str, labels: &[(&str, &str)]) -> f64 {
         let samples = scrape_metrics(&self.http, &self.node(i).url("/metrics")).await;
         metric_value(&samples, name, labels)
     }

@@ -3,6 +3,7 @@
 
 mod adversarial;
 mod bad_input;
+mod channel_cluster;
 mod channels;
 mod cli;
 mod client_js;

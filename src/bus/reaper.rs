@@ -1,0 +1,57 @@
+//! Presence stays true when a node dies: every node, at each heartbeat, looks for presence
+//! entries of nodes that stopped beating, removes them, and announces each removed entry's
+//! leave through the bus. Entries are removed one by one and only the node whose delete took
+//! one announces it, so several nodes sweeping at once announce each leave exactly once.
+
+use std::sync::Arc;
+
+use super::{Bus, Command};
+use crate::channels::{ChannelName, Namespaces};
+use crate::db::Unavailable;
+use crate::store::PresenceStore;
+
+pub struct Reaper {
+    pub presence: Arc<PresenceStore>,
+    pub namespaces: Namespaces,
+}
+
+impl Reaper {
+    /// Clears the presence of every node not in `live` (ids of the nodes that beat recently).
+    pub async fn sweep(&self, bus: &Bus, live: &[String]) -> Result<(), Unavailable> {
+        let PresenceStore::Mongo(store) = &*self.presence else {
+            return Ok(());
+        };
+        let me = bus.node().id.as_str();
+        for node in store.nodes().await? {
+            if node == me || live.contains(&node) {
+                continue;
+            }
+            let cleared = store.clear_node(&node).await?;
+            if cleared.is_empty() {
+                continue;
+            }
+            log::warn!(
+                "node {node} stopped beating: {} of its presence entries cleared here",
+                cleared.len()
+            );
+            for entry in cleared {
+                let Ok(channel) = ChannelName::parse(&entry.channel) else {
+                    continue;
+                };
+                let join_leave = self
+                    .namespaces
+                    .options(&channel)
+                    .is_ok_and(|options| options.join_leave);
+                if join_leave {
+                    let leave = Command::JoinLeave {
+                        channel,
+                        client: entry.client(),
+                        joined: false,
+                    };
+                    bus.send(leave).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
