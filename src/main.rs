@@ -178,12 +178,21 @@ fn print_config(check: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let width = effective
+        .settings
         .iter()
         .map(|(s, _, _)| s.name.len())
         .max()
         .unwrap_or(0);
-    for (setting, value, origin) in effective {
+    for (setting, value, origin) in effective.settings {
         println!("{:width$}  {value}  ({origin})", setting.name);
+    }
+    println!("channel namespaces ([channels] in CONFIG_FILE):");
+    for (name, options) in effective.namespaces.listed() {
+        let name = if name.is_empty() { "(default)" } else { name };
+        println!(
+            "  {name}  public={} presence={} join_leave={}",
+            options.public, options.presence, options.join_leave
+        );
     }
     ExitCode::SUCCESS
 }

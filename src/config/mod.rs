@@ -274,11 +274,21 @@ fn process_vars() -> Result<HashMap<String, String>, ConfigError> {
 
 /// The effective configuration, for `ticketgate config`: every setting with its value (secrets
 /// redacted) and where it came from, after checking that the whole of it is valid.
-pub fn effective_from_process_env()
--> Result<Vec<(&'static table::Setting, String, Origin)>, ConfigError> {
+pub fn effective_from_process_env() -> Result<Effective, ConfigError> {
     let values = Values::load(&process_vars()?)?;
-    Settings::from_values(&values)?;
-    Ok(values.effective())
+    let settings = Settings::from_values(&values)?;
+    Ok(Effective {
+        settings: values.effective(),
+        namespaces: settings.channels.namespaces,
+    })
+}
+
+/// What `ticketgate config` shows.
+pub struct Effective {
+    /// Every setting with its value (secrets redacted) and where it came from.
+    pub settings: Vec<(&'static table::Setting, String, Origin)>,
+    /// The channel namespaces from the file's `[channels]` table.
+    pub namespaces: crate::channels::Namespaces,
 }
 
 pub fn is_node_name(name: &str) -> bool {

@@ -184,7 +184,8 @@ fn config_prints_the_effective_values_and_their_origins() {
     let file = dir.path().join("ticketgate.toml");
     std::fs::write(
         &file,
-        "ticket_ttl_secs = 120\napi_key = \"file-api-key-0123456789\"\nauth_timeout_secs = 4\n",
+        "ticket_ttl_secs = 120\napi_key = \"file-api-key-0123456789\"\nauth_timeout_secs = 4\n\
+         [[channels.namespaces]]\nname = \"chat\"\npresence = true\n",
     )
     .unwrap();
     let output = ticketgate(dir.path())
@@ -220,6 +221,11 @@ fn config_prints_the_effective_values_and_their_origins() {
     for var in ticketgate::config::VARIABLES.iter() {
         line(var);
     }
+    assert!(
+        line("(default)").contains("public=false presence=false join_leave=false")
+            && line("chat").contains("public=false presence=true join_leave=false"),
+        "the namespaces are shown: {printed}"
+    );
 
     let check = ticketgate(dir.path())
         .env("CONFIG_FILE", &file)

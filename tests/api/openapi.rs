@@ -49,6 +49,7 @@ async fn every_documented_operation_answers_with_a_documented_status() {
             let url = app.url(
                 &path
                     .replace("{user_id}", "alice")
+                    .replace("{channel}", "lobby")
                     .replace("/demo", &format!("/demo?token={ticket}")),
             );
             let mut request = app
@@ -64,7 +65,10 @@ async fn every_documented_operation_answers_with_a_documented_status() {
                 _ => request,
             };
             if operation.get("requestBody").is_some() {
-                request = request.json(&json!({"data": 1, "jti": "x", "expires_at": now() + 60}));
+                request = request.json(&json!({
+                    "data": 1, "jti": "x", "expires_at": now() + 60,
+                    "channel": "lobby", "channels": ["lobby"],
+                }));
             }
             let status = request.send().await.unwrap().status().as_u16().to_string();
             assert!(
@@ -85,6 +89,12 @@ const SERVED: &[(&str, &str)] = &[
     ("post", "/api/revocations"),
     ("get", "/api/connections"),
     ("get", "/api/nodes"),
+    ("post", "/api/channels/{channel}/publish"),
+    ("post", "/api/publish"),
+    ("post", "/api/users/{user_id}/subscriptions"),
+    ("delete", "/api/users/{user_id}/subscriptions/{channel}"),
+    ("get", "/api/channels"),
+    ("get", "/api/channels/{channel}/presence"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -113,7 +123,8 @@ fn every_route_is_documented_and_nothing_else() {
         .collect();
     assert_eq!(documented, served);
     let routes = include_str!("../../src/routes/mod.rs").to_owned()
-        + include_str!("../../src/routes/api.rs");
+        + include_str!("../../src/routes/api.rs")
+        + include_str!("../../src/routes/channel_api.rs");
     for (_, path) in SERVED.iter().filter(|(_, p)| *p != "/") {
         let last = path.rsplit('/').next().unwrap();
         assert!(
@@ -145,7 +156,11 @@ async fn schemathesis_finds_nothing_against_the_document() {
     // Authorization header passes /token/ws and /api alike.
     let credential = jwt("alice");
     let (uri, db) = (mongo_uri(), unique_db_name());
+    // Presence in the default namespace, so presence queries reach their 200s.
+    let channels =
+        crate::channels::ConfigFile::new("[channels]\npresence = true\njoin_leave = true\n");
     let gateway = GatewayProcess::start(&[
+        ("CONFIG_FILE", channels.path()),
         ("JWT_SECRET", SECRET),
         ("API_KEY", &credential),
         ("MONGODB_URI", &uri),
@@ -160,6 +175,11 @@ async fn schemathesis_finds_nothing_against_the_document() {
     command
         .current_dir(workdir.path())
         .args([
+            "--config-file",
+            &repo_root()
+                .join("tests/schemathesis.toml")
+                .display()
+                .to_string(),
             "run",
             &repo_root().join("docs/openapi.json").display().to_string(),
         ])
