@@ -29,6 +29,58 @@ export declare class TicketError extends Error {
   code: string;
 }
 
+/** A refused channel request, with the gateway's error code (docs/PROTOCOL.md, "Channels"). */
+export declare class ChannelError extends Error {
+  code:
+    | "invalid_channel"
+    | "unknown_namespace"
+    | "permission_denied"
+    | "too_many_subscriptions"
+    | "not_subscribed"
+    | "presence_disabled"
+    | "bad_message"
+    | "unavailable"
+    | "not_connected"
+    | string;
+  channel?: string;
+}
+
+export interface PresenceClient {
+  user_id: string;
+  /** Unique in the cluster: `c<n>@<node id>`. */
+  connection_id: string;
+  node: string;
+}
+
+export interface SubscribeOptions {
+  /** Returns a subscription token (a JWT with a `channel` claim) for a channel the user's JWT does not grant. */
+  getToken?: (channel: string) => string | Promise<string>;
+}
+
+export type UnsubscribeReason = "permission_lost" | "token_expired" | "revoked" | "server";
+
+export interface SubscriptionEvents {
+  subscribed: CustomEvent<{ channel: string; refreshed?: boolean; server?: boolean }>;
+  publication: CustomEvent<{ channel: string; data: unknown }>;
+  /** The server ended the subscription; `reason` says why. */
+  unsubscribed: CustomEvent<{ channel: string; reason?: UnsubscribeReason }>;
+  error: CustomEvent<{ error: ChannelError | unknown }>;
+  join: CustomEvent<{ userId: string; connectionId: string }>;
+  leave: CustomEvent<{ userId: string; connectionId: string }>;
+  /** The subscription token runs out soon; with `getToken`, a fresh one is sent at once. */
+  expiring: CustomEvent<{ expiresAt: number }>;
+}
+
+export declare class Subscription extends EventTarget {
+  readonly channel: string;
+  readonly state: "subscribing" | "subscribed" | "unsubscribed";
+  /** Made by the server API; not made again by the client after a reconnect. */
+  readonly server: boolean;
+  presence(): Promise<{ clients: PresenceClient[] }>;
+  unsubscribe(): Promise<void>;
+  addEventListener<K extends keyof SubscriptionEvents>(type: K, listener: (event: SubscriptionEvents[K]) => void): void;
+}
+
 export interface ClientEvents {
   state: CustomEvent<{ state: State }>;
   authenticated: CustomEvent<{ userId: string; expiresAt: number; refreshed: boolean }>;
@@ -41,6 +93,8 @@ export interface ClientEvents {
   error: CustomEvent<{ error: unknown }>;
   pong: CustomEvent<{ type: "pong" }>;
   echo: CustomEvent<{ type: "echo"; data: unknown }>;
+  /** The server API subscribed this user to a channel. */
+  subscription: CustomEvent<{ subscription: Subscription }>;
 }
 
 export declare class TicketgateClient extends EventTarget {
@@ -52,5 +106,8 @@ export declare class TicketgateClient extends EventTarget {
   close(code?: number, reason?: string): void;
   echo(data: unknown): void;
   ping(): void;
+  /** Subscribes now (or once authenticated) and again after every reconnect. */
+  subscribe(channel: string, options?: SubscribeOptions): Subscription;
+  readonly subscriptions: ReadonlyMap<string, Subscription>;
   addEventListener<K extends keyof ClientEvents>(type: K, listener: (event: ClientEvents[K]) => void): void;
 }

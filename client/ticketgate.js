@@ -10,6 +10,16 @@
 // `token_expiring`, pings to notice dead connections, and reconnects with exponential backoff
 // and jitter, always with a fresh ticket, except after 4400, 4401 and 4403, which need the
 // application's attention rather than a retry.
+//
+// Channels:
+//
+//   const room = client.subscribe("chat:room-1", { getToken: () => api.subscriptionToken(...) });
+//   room.addEventListener("publication", (e) => console.log(e.detail.data));
+//   const { clients } = await room.presence();
+//   room.unsubscribe();
+//
+// A subscription is made again after every reconnect (with a fresh token from `getToken`,
+// when it has one) and refreshed in place on `subscription_expiring`.
 
 /** The WebSocket subprotocol this client speaks (docs/PROTOCOL.md). */
 export const SUBPROTOCOL = "ticketgate.v1";
@@ -37,6 +47,53 @@ export class TicketError extends Error {
     this.name = "TicketError";
     this.status = status;
     this.code = code;
+  }
+}
+
+/** A refused channel request: the gateway's error `code` (docs/PROTOCOL.md, "Channels"). */
+export class ChannelError extends Error {
+  constructor(code, message, channel) {
+    super(message || code);
+    this.name = "ChannelError";
+    this.code = code;
+    this.channel = channel;
+  }
+}
+
+/**
+ * One channel subscription, an EventTarget: `subscribed`, `publication`, `unsubscribed`,
+ * `error`, `join`, `leave`, `expiring`. Made by `client.subscribe()`, or by the server API.
+ */
+export class Subscription extends EventTarget {
+  constructor(client, channel, options = {}) {
+    super();
+    this.client = client;
+    this.channel = channel;
+    this.getToken = options.getToken;
+    /** @type {"subscribing"|"subscribed"|"unsubscribed"} */
+    this.state = "subscribing";
+    /** Made by the server API: the client does not subscribe it again after a reconnect. */
+    this.server = Boolean(options.server);
+  }
+
+  /** Who is subscribed, on every node (namespaces with presence only). */
+  presence() {
+    return this.client.request({ type: "presence", channel: this.channel }).then((reply) => ({ clients: reply.clients }));
+  }
+
+  /** Leaves the channel; no publication arrives afterwards, and no resubscribe follows. */
+  unsubscribe() {
+    this.client.subscriptions.delete(this.channel);
+    const wasLive = this.state !== "unsubscribed";
+    this.state = "unsubscribed";
+    if (wasLive && this.client.state === "authenticated") {
+      return this.client.request({ type: "unsubscribe", channel: this.channel }).catch(() => {});
+    }
+    return Promise.resolve();
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 }
 
@@ -70,6 +127,95 @@ export class TicketgateClient extends EventTarget {
     this.timers = { ping: null, pong: null, retry: null };
     this.stopped = false;
     this.waiters = [];
+    /** @type {Map<string, Subscription>} */
+    this.subscriptions = new Map();
+    this.nextId = 1;
+    /** Requests waiting for their reply, by id. */
+    this.pending = new Map();
+  }
+
+  /**
+   * Subscribes to `channel` (now if connected, else once authenticated) and after every
+   * reconnect. `getToken()`, when given, returns a subscription token for the channel.
+   * @returns {Subscription}
+   */
+  subscribe(channel, options = {}) {
+    let subscription = this.subscriptions.get(channel);
+    if (!subscription) {
+      subscription = new Subscription(this, channel, options);
+      this.subscriptions.set(channel, subscription);
+    }
+    if (this.state === "authenticated") this.#sendSubscribe(subscription, false);
+    return subscription;
+  }
+
+  /** Sends `message` with a fresh `id`; resolves with the reply, rejects with a ChannelError. */
+  request(message) {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      if (!this.socket || this.socket.readyState !== 1) {
+        reject(new ChannelError("not_connected", "the client is not connected", message.channel));
+        return;
+      }
+      this.pending.set(id, { resolve, reject });
+      this.#send({ ...message, id });
+    });
+  }
+
+  async #sendSubscribe(subscription, refresh) {
+    const message = { type: "subscribe", channel: subscription.channel };
+    try {
+      if (subscription.getToken) message.token = await subscription.getToken(subscription.channel);
+    } catch (error) {
+      subscription._emit("error", { error });
+      return;
+    }
+    if (this.subscriptions.get(subscription.channel) !== subscription) return;
+    try {
+      const reply = await this.request(message);
+      subscription.state = "subscribed";
+      subscription._emit("subscribed", { channel: subscription.channel, refreshed: Boolean(reply.refreshed) || refresh });
+    } catch (error) {
+      if (error.code === "not_connected") return; // done again after the reconnect
+      subscription.state = "unsubscribed";
+      this.subscriptions.delete(subscription.channel);
+      subscription._emit("error", { error });
+    }
+  }
+
+  #onChannelMessage(message) {
+    let subscription = this.subscriptions.get(message.channel);
+    switch (message.type) {
+      case "subscribed":
+        // Unasked: the server API subscribed this user.
+        if (!subscription) {
+          subscription = new Subscription(this, message.channel, { server: true });
+          this.subscriptions.set(message.channel, subscription);
+        }
+        subscription.state = "subscribed";
+        subscription.server = true;
+        this.#emit("subscription", { subscription });
+        subscription._emit("subscribed", { channel: message.channel, server: true });
+        break;
+      case "unsubscribed":
+        if (!subscription) return;
+        this.subscriptions.delete(message.channel);
+        subscription.state = "unsubscribed";
+        subscription._emit("unsubscribed", { channel: message.channel, reason: message.reason });
+        break;
+      case "subscription_expiring":
+        if (!subscription) return;
+        subscription._emit("expiring", { expiresAt: message.expires_at });
+        if (subscription.getToken) this.#sendSubscribe(subscription, true);
+        break;
+      case "publication":
+        subscription?._emit("publication", { channel: message.channel, data: message.data });
+        break;
+      case "join":
+      case "leave":
+        subscription?._emit(message.type, { userId: message.user_id, connectionId: message.connection_id });
+        break;
+    }
   }
 
   /** Connects (once authenticated, resolves with `{userId, expiresAt}`), and keeps connecting. */
@@ -152,6 +298,13 @@ export class TicketgateClient extends EventTarget {
     // Any message proves the connection alive.
     clearTimeout(this.timers.pong);
     this.timers.pong = null;
+    if (message.id !== undefined && this.pending.has(message.id)) {
+      const { resolve, reject } = this.pending.get(message.id);
+      this.pending.delete(message.id);
+      if (message.type === "error") reject(new ChannelError(message.error, message.message, message.channel));
+      else resolve(message);
+      return;
+    }
     switch (message.type) {
       case "authenticated": {
         const first = this.state !== "authenticated";
@@ -162,6 +315,12 @@ export class TicketgateClient extends EventTarget {
           this.#setState("authenticated");
           this.#startPinging();
           for (const waiter of this.waiters.splice(0)) waiter.resolve({ userId: this.userId, expiresAt: this.expiresAt });
+          // A new connection holds nothing yet: every subscription the app asked for is made
+          // again (server-made ones are the server's to make again).
+          for (const subscription of this.subscriptions.values()) {
+            if (subscription.server) this.subscriptions.delete(subscription.channel);
+            else this.#sendSubscribe(subscription, false);
+          }
         }
         this.#emit("authenticated", { userId: this.userId, expiresAt: this.expiresAt, refreshed: !first });
         break;
@@ -175,6 +334,14 @@ export class TicketgateClient extends EventTarget {
         break;
       case "message":
         this.#emit("message", { data: message.data });
+        break;
+      case "subscribed":
+      case "unsubscribed":
+      case "subscription_expiring":
+      case "publication":
+      case "join":
+      case "leave":
+        this.#onChannelMessage(message);
         break;
       default:
         this.#emit(message.type, message);
@@ -194,6 +361,9 @@ export class TicketgateClient extends EventTarget {
     if (socket !== this.socket) return;
     this.socket = null;
     this.#clearTimers();
+    for (const { reject } of this.pending.values()) reject(new ChannelError("not_connected", "the connection closed"));
+    this.pending.clear();
+    for (const subscription of this.subscriptions.values()) subscription.state = "subscribing";
     this.#emit("close", { code, reason });
     if (this.stopped) {
       this.#setState("closed");

@@ -116,11 +116,19 @@ fn announce_dev_mode(secret: &[u8], port: u16) {
         "DEV MODE: no JWT key is configured (JWT_SECRET), so a random secret was made for this \
          process. Any JWT it signs dies with it. Never run like this in production."
     );
-    let jwt = JwtSigner::hs256(secret).mint("demo-user", 24 * 3600);
+    // It grants the demo namespace, so the demo page's channel panel works at once.
+    let now = ticketgate::clock::unix_now();
+    let jwt = JwtSigner::hs256(secret).sign(&ticketgate::jwt::Claims {
+        sub: "demo-user".into(),
+        exp: now + 24 * 3600,
+        iat: Some(now),
+        channels: Some(vec![format!("{}:*", ticketgate::channels::DEMO_NAMESPACE)]),
+        ..Default::default()
+    });
     println!(
         "\n=== ticketgate dev mode ===\n\
          Dev JWT for user \"demo-user\" (valid 24h, this process only):\n\n{jwt}\n\n\
-         Open the demo, already signed in:\n  http://127.0.0.1:{port}/#jwt={jwt}\n\n\
+         Open the demo, already signed in (it may subscribe to demo:* channels):\n  http://127.0.0.1:{port}/#jwt={jwt}\n\n\
          Or by hand:\n  curl -H \"Authorization: Bearer {jwt}\" http://127.0.0.1:{port}/token/ws\n\
          then open ws://127.0.0.1:{port}/demo?token=<token> and send {{\"type\":\"jwt\",\"token\":\"<the JWT>\"}}\n"
     );

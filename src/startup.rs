@@ -10,6 +10,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, web};
 
 use crate::bus::{self, Bus, NodeId, NodeInfo, NodeRegistry, Reaper};
+use crate::channels::ChannelName;
 use crate::config::Settings;
 use crate::db::{self, Bounds, PerThreadDatabase, Prepared, Readiness, Unavailable};
 use crate::hub::Hub;
@@ -142,7 +143,17 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let demo_broadcasts = async {
             match self.broadcast_interval {
-                Some(every) => crate::demo_broadcaster::run(Arc::clone(&self.bus), every).await,
+                Some(every) => {
+                    let channel = self
+                        .state
+                        .session
+                        .channels
+                        .namespaces
+                        .is_declared(crate::channels::DEMO_NAMESPACE)
+                        .then(|| ChannelName::parse(crate::channels::DEMO_CHANNEL))
+                        .and_then(Result::ok);
+                    crate::demo_broadcaster::run(Arc::clone(&self.bus), every, channel).await
+                }
                 None => std::future::pending().await,
             }
         };

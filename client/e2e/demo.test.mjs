@@ -2,7 +2,8 @@
 // playwright-core, against a real gateway and MongoDB.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 
@@ -85,6 +86,53 @@ test("the demo page authenticates, shows a broadcast, reconnects after a restart
     /^the gateway refused a ticket \(HTTP 401 invalid_token\): the token is malformed/,
   );
 
+  assert.deepEqual(consoleErrors, []);
+  console.log(`screenshot: ${screenshot}`);
+});
+
+test("two pages in one channel: publications reach both, presence lists both, one unsubscribes", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "ticketgate-e2e-"));
+  const config = join(dir, "ticketgate.toml");
+  writeFileSync(config, '[[channels.namespaces]]\nname = "demo"\npresence = true\njoin_leave = true\n');
+  const gw = await Gateway.start({ CONFIG_FILE: config });
+  cleanups.push(() => gw.stop());
+  const chrome = await browser();
+  const pages = {};
+  const consoleErrors = [];
+  for (const user of ["alice", "bob"]) {
+    const page = await chrome.newPage();
+    page.on("pageerror", (error) => consoleErrors.push(String(error)));
+    await page.goto(`${gw.baseUrl}/#jwt=${mintJwt(user, 3600, { channels: ["demo:*"] })}`);
+    await page.waitForSelector(stateIs("authenticated"), { timeout: 15000 });
+    await page.click("#subscribe");
+    await page.waitForSelector('#channel-state:has-text("subscribed to demo:lobby")');
+    pages[user] = page;
+  }
+
+  const { status } = await gw.api("POST", "/api/channels/demo:lobby/publish", { data: { note: "to both pages" } });
+  assert.equal(status, 202);
+  for (const page of Object.values(pages)) {
+    await page.waitForSelector('#publications li:has-text("to both pages")');
+  }
+  // Presence follows joins live: alice's page lists both.
+  await pages.alice.waitForFunction(() => document.querySelectorAll("#presence-list li").length === 2);
+  const listed = await pages.alice.textContent("#presence-list");
+  assert.match(listed, /alice/);
+  assert.match(listed, /bob/);
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const screenshot = join(ARTIFACTS, "demo-channel.png");
+  await pages.alice.screenshot({ path: screenshot, fullPage: true });
+
+  // Bob leaves: alice's presence drops him, and the next publication reaches alice only.
+  await pages.bob.click("#unsubscribe");
+  await pages.alice.waitForFunction(() => {
+    const items = [...document.querySelectorAll("#presence-list li")];
+    return items.length === 1 && items[0].textContent.startsWith("alice");
+  });
+  await gw.api("POST", "/api/channels/demo:lobby/publish", { data: { note: "after bob left" } });
+  await pages.alice.waitForSelector('#publications li:has-text("after bob left")');
+  await pages.bob.waitForTimeout(300);
+  assert.doesNotMatch(await pages.bob.textContent("#publications"), /after bob left/);
   assert.deepEqual(consoleErrors, []);
   console.log(`screenshot: ${screenshot}`);
 });

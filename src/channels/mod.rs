@@ -10,6 +10,12 @@ pub use grants::ClaimGrants;
 pub use name::{ChannelName, InvalidChannel, MAX_CHANNEL_BYTES};
 pub use namespaces::{ChannelsTable, NamespaceOptions, Namespaces, UnknownNamespace};
 
+/// The namespace the demo uses: declared by dev mode (presence and join/leave on) when the
+/// configuration file does not declare it; the dev JWT grants it.
+pub const DEMO_NAMESPACE: &str = "demo";
+/// Where the demo broadcaster also publishes, when the demo namespace exists.
+pub const DEMO_CHANNEL: &str = "demo:lobby";
+
 /// What every connection's channel decisions share (from the configuration).
 #[derive(Debug, Clone, Default)]
 pub struct ChannelPolicy {

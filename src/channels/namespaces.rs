@@ -107,6 +107,16 @@ impl Namespaces {
         }
     }
 
+    /// Declares `name` with `options` unless the file declared it already.
+    pub fn declare_if_absent(&mut self, name: &str, options: NamespaceOptions) {
+        self.declared.entry(name.to_owned()).or_insert(options);
+    }
+
+    /// Whether the namespace `name` is declared.
+    pub fn is_declared(&self, name: &str) -> bool {
+        self.declared.contains_key(name)
+    }
+
     /// Every namespace, the default one first as `""`, then by name (for `ticketgate config`).
     pub fn listed(&self) -> Vec<(&str, NamespaceOptions)> {
         let mut named: Vec<_> = self

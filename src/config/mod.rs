@@ -185,6 +185,7 @@ impl Settings {
             )));
         }
         let jwt = env.jwt_settings()?;
+        let dev_mode = jwt.dev_mode;
         // Dev mode shows traffic at once; a real deployment broadcasts only what it is told to.
         let broadcast_secs = match env.get("BROADCAST_INTERVAL_SECS") {
             None if jwt.dev_mode => DEV_BROADCAST_INTERVAL_SECS,
@@ -254,7 +255,20 @@ impl Settings {
                 heartbeat: env.secs("NODE_HEARTBEAT_SECS")?,
             },
             channels: ChannelPolicy {
-                namespaces: values.channels.clone(),
+                namespaces: {
+                    let mut namespaces = values.channels.clone();
+                    if dev_mode {
+                        namespaces.declare_if_absent(
+                            crate::channels::DEMO_NAMESPACE,
+                            crate::channels::NamespaceOptions {
+                                public: false,
+                                presence: true,
+                                join_leave: true,
+                            },
+                        );
+                    }
+                    namespaces
+                },
                 max_subscriptions: env.number("MAX_SUBSCRIPTIONS_PER_CONNECTION")? as usize,
             },
             log_filter: env.text("RUST_LOG"),

@@ -147,7 +147,7 @@ pub static SETTINGS: &[Setting] = &[
         "on SIGTERM or SIGINT, how long to wait for connections to close before exiting")
         .default("10"),
     setting("BROADCAST_INTERVAL_SECS", Server, Secs { min: 0, max: DAY },
-        "demo broadcaster: `{\"counter\": n}` to every authenticated connection at this interval; 0 is off")
+        "demo broadcaster: `{\"counter\": n}` to every authenticated connection at this interval (and into the channel `demo:lobby` when the `demo` namespace exists); 0 is off")
         .described("0 (off); 5 in dev mode"),
     setting("MONGODB_URI", Database, Text,
         "set: tickets, revocations and the cluster bus live in MongoDB. Unset: an in-process store with the same semantics serves a single node (the embedded default); the start-up log says so")

@@ -165,10 +165,38 @@ async fn dev_mode_prints_a_jwt_that_walks_the_whole_flow() {
     let welcome = client.next_json().await;
     assert_eq!(welcome["type"], "authenticated");
     assert_eq!(welcome["user_id"], "demo-user");
-    // Dev mode broadcasts on its own, so the demo shows traffic at once.
-    let broadcast = client.next_json().await;
-    assert_eq!(broadcast["type"], "broadcast");
-    assert!(broadcast["data"]["counter"].is_u64(), "{broadcast}");
+    // The dev JWT grants the demo namespace, which dev mode declares with presence.
+    client
+        .send_json(&json!({"type": "subscribe", "channel": "demo:lobby", "id": 1}))
+        .await;
+    let mut subscribed = false;
+    let (mut broadcast, mut publication) = (None, None);
+    while !(subscribed && broadcast.is_some() && publication.is_some()) {
+        let message = client.next_json().await;
+        match message["type"].as_str() {
+            Some("subscribed") => subscribed = true,
+            Some("join") => assert_eq!(message["user_id"], "demo-user"),
+            // Dev mode broadcasts on its own, and publishes into demo:lobby, so the demo
+            // shows traffic at once.
+            Some("broadcast") => broadcast = Some(message),
+            Some("publication") if subscribed => publication = Some(message),
+            _ => {}
+        }
+    }
+    assert!(broadcast.unwrap()["data"]["counter"].is_u64());
+    let publication = publication.unwrap();
+    assert_eq!(publication["channel"], "demo:lobby");
+    assert!(publication["data"]["counter"].is_u64(), "{publication}");
+    client
+        .send_json(&json!({"type": "subscribe", "channel": "other:x"}))
+        .await;
+    let refused = loop {
+        let message = client.next_json().await;
+        if message["type"] == "error" {
+            break message;
+        }
+    };
+    assert_eq!(refused["error"], "unknown_namespace", "{refused}");
     let link = gateway.stdout();
     assert!(
         link.contains(&format!("http://127.0.0.1:{}/#jwt={jwt}", gateway.port)),

@@ -95,8 +95,13 @@ fn the_demo_page_works_in_headless_chromium() {
         "the browser test needs Chromium at {chromium}: apt-get install chromium (scripts/test.sh installs it)"
     );
     run_node_suite("e2e/");
-    let screenshot = repo_root().join("target/artifacts/demo-authenticated.png");
-    assert!(screenshot.exists(), "the screenshot artefact was written");
+    for name in ["demo-authenticated.png", "demo-channel.png"] {
+        let screenshot = repo_root().join("target/artifacts").join(name);
+        assert!(
+            screenshot.exists(),
+            "the screenshot artefact {name} was written"
+        );
+    }
 }
 
 #[tokio::test]
