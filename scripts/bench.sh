@@ -5,7 +5,8 @@
 #
 #   N_CONNECT=20000 N_FANOUT=10000 N_IDLE=19000 scripts/bench.sh
 #   SCENARIOS="cluster" scripts/bench.sh        # only some: connect fanout idle cluster idle-cluster
-#                                               # compression floor
+#                                               # compression channels channels-idle
+#                                               # channels-cluster floor
 #   PERF_DIR=/tmp/profiles scripts/bench.sh     # also record a CPU profile of the gateways per
 #                                               # run (perf record -e cpu-clock -g; perf report -i …)
 set -euo pipefail
@@ -26,6 +27,16 @@ CROSS_RATE=${CROSS_RATE:-50}
 # WS_COMPRESSION off and on: fan-out of 1.6 KB messages of words, and idle memory.
 N_COMPRESS=${N_COMPRESS:-10000}
 COMPRESS_SIZE=${COMPRESS_SIZE:-1600}
+# Channels: N_CHAN connections x CHAN_SUBSCRIBE subscriptions over CHAN_COUNT channels, then
+# publications to random channels at CHAN_RATE/s for CHAN_SECS.
+N_CHAN=${N_CHAN:-10000}
+CHAN_SUBSCRIBE=${CHAN_SUBSCRIBE:-10}
+CHAN_COUNT=${CHAN_COUNT:-1000}
+CHAN_RATE=${CHAN_RATE:-500}
+CHAN_SECS=${CHAN_SECS:-60}
+# Cross-node channels: subscribers on nodes 1 and 2, publications through node 3.
+N_CHAN_CROSS=${N_CHAN_CROSS:-200}
+CHAN_CROSS_RATE=${CHAN_CROSS_RATE:-1000}
 # Bus throughput: few connections, as many broadcasts as the bus takes.
 BUS_MESSAGES=${BUS_MESSAGES:-60000}
 BUS_RATE=${BUS_RATE:-20000}
@@ -42,6 +53,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 mongo_port=$(free_port)
 mongo_uri="mongodb://127.0.0.1:$mongo_port/?directConnection=true${MONGO_URI_OPTIONS:-}"
 mkdir -p "$work/db"
+# The load generator's channels (load:c<n>) need their namespace declared.
+printf '[[channels.namespaces]]\nname = "load"\n' >"$work/channels.toml"
 "$mongod_bin" --dbpath "$work/db" --port "$mongo_port" --bind_ip 127.0.0.1 --nounixsocket --quiet \
   --replSet rs0 --wiredTigerCacheSizeGB 0.5 --logpath "$work/mongod.log" &
 mongod_pid=$!
@@ -84,7 +97,8 @@ start_gateways() {
     port=$(free_port)
     env -i PATH="$PATH" BIND_ADDR="127.0.0.1:$port" JWT_SECRET="$SECRET" API_KEY="$API_KEY" \
       TICKET_RATE_PER_MIN=100000000 UPGRADE_RATE_PER_MIN=100000000 MAX_CONNECTIONS_PER_USER=100000 \
-      NODE_NAME="bench$i" RUST_LOG="${GATEWAY_LOG:-info}" "${store_env[@]}" "${extra_env[@]}" \
+      NODE_NAME="bench$i" RUST_LOG="${GATEWAY_LOG:-info}" CONFIG_FILE="$work/channels.toml" \
+      "${store_env[@]}" "${extra_env[@]}" \
       target/release/ticketgate \
       2>"$work/gateway$i.log" &
     gateway_pids+=($!)
@@ -166,6 +180,26 @@ if wants compression; then
     echo "## idle, compression $mode"
     load 1 idle "${flags[@]}" --connections "$N_IDLE" --concurrency 200 --hold-secs 20
   done
+fi
+if wants channels; then
+  start_gateways mongo 1
+  echo "## channels: ${N_CHAN} connections x ${CHAN_SUBSCRIBE} of ${CHAN_COUNT} channels, ${CHAN_RATE} publications/s for ${CHAN_SECS}s"
+  load 1 --subscribe "$CHAN_SUBSCRIBE" --channels "$CHAN_COUNT" channels --connections "$N_CHAN" \
+    --concurrency 200 --rate "$CHAN_RATE" --duration-secs "$CHAN_SECS" --broadcasts 20 \
+    --broadcast-rate 5 --size 100 --api-key "$API_KEY"
+fi
+if wants channels-idle; then
+  start_gateways mongo 1
+  echo "## idle, ${CHAN_SUBSCRIBE} subscriptions each"
+  load 1 --subscribe "$CHAN_SUBSCRIBE" --channels "$CHAN_COUNT" idle --connections "$N_IDLE" \
+    --concurrency 200 --hold-secs 20
+fi
+if wants channels-cluster; then
+  start_gateways mongo 3
+  echo "## channels across nodes: subscribers on nodes 1 and 2, ${CHAN_CROSS_RATE} publications/s through node 3"
+  load 1,2 --subscribe 10 --channels 100 channels --connections "$N_CHAN_CROSS" --concurrency 200 \
+    --rate "$CHAN_CROSS_RATE" --duration-secs 30 --broadcasts 0 --publishers 16 --size 100 \
+    --api-key "$API_KEY" --publish-url "${gateway_urls[2]}"
 fi
 if wants floor; then
   # No gateway: what one write of a broadcast frame (about 170 B) costs the kernel here.

@@ -18,7 +18,42 @@ pub enum Socket {
     Deflate(Box<DeflateSocket>),
 }
 
+impl Clients {
+    /// The channels the `k`-th held connection subscribes to: `subscribe` of them, spaced
+    /// `channels / subscribe` apart, so every channel gets the same number of subscribers.
+    pub fn channels_of(&self, k: usize) -> Vec<String> {
+        let step = (self.channels / self.subscribe.max(1)).max(1);
+        (0..self.subscribe)
+            .map(|j| format!("{CHANNEL_PREFIX}{}", (k + j * step) % self.channels))
+            .collect()
+    }
+}
+
 impl Socket {
+    /// Subscribes to `channels`, all requests first, then waits for every `subscribed`.
+    pub async fn subscribe(&mut self, channels: &[String]) -> Result<(), String> {
+        for channel in channels {
+            self.send_text(
+                serde_json::json!({"type": "subscribe", "channel": channel}).to_string(),
+            )
+            .await?;
+        }
+        let mut confirmed = 0;
+        while confirmed < channels.len() {
+            match tokio::time::timeout(Duration::from_secs(30), self.next_text()).await {
+                Ok(Ok(Some(text))) if text.contains(r#""type":"subscribed""#) => confirmed += 1,
+                Ok(Ok(Some(text))) if text.contains(r#""type":"error""#) => {
+                    return Err(format!("subscribe refused: {text}"));
+                }
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => return Err("the connection ended while subscribing".into()),
+                Ok(Err(e)) => return Err(format!("while subscribing: {e}")),
+                Err(_) => return Err("no subscribed within 30 s".into()),
+            }
+        }
+        Ok(())
+    }
+
     async fn send_text(&mut self, text: String) -> Result<(), String> {
         match self {
             Socket::Plain(ws) => ws
@@ -98,7 +133,13 @@ pub struct Clients {
     pub user_prefix: String,
     /// Negotiate permessage-deflate (the gateway needs WS_COMPRESSION=true).
     pub compression: bool,
+    /// Subscriptions per connection, and the channels they are spread over.
+    pub subscribe: usize,
+    pub channels: usize,
 }
+
+/// The prefix of every channel the generator uses; its JWTs grant `load:*`.
+pub const CHANNEL_PREFIX: &str = "load:c";
 
 impl Clients {
     pub fn new(
@@ -107,6 +148,7 @@ impl Clients {
         source_addresses: u8,
         user_prefix: &str,
         compression: bool,
+        (subscribe, channels): (usize, usize),
     ) -> Result<Self, String> {
         let gateways = base_urls
             .iter()
@@ -125,6 +167,8 @@ impl Clients {
             source_addresses: source_addresses.max(1),
             user_prefix: user_prefix.to_owned(),
             compression,
+            subscribe,
+            channels: channels.max(1),
         })
     }
 
@@ -133,7 +177,18 @@ impl Clients {
         let started = Instant::now();
         let gateway = &self.gateways[index % self.gateways.len()];
         let user = format!("{}-{index}", self.user_prefix);
-        let jwt = self.signer.mint(&user, 3600);
+        let jwt = if self.subscribe > 0 {
+            let now = ticketgate::clock::unix_now();
+            self.signer.sign(&ticketgate::jwt::Claims {
+                sub: user.clone(),
+                exp: now + 3600,
+                iat: Some(now),
+                channels: Some(vec!["load:*".into()]),
+                ..Default::default()
+            })
+        } else {
+            self.signer.mint(&user, 3600)
+        };
         let response = self
             .http
             .get(format!("{}/token/ws", gateway.base_url))

@@ -12,6 +12,7 @@
 //! so that one process is not limited by one address's ephemeral ports; one process holds at
 //! most ~19,900 sockets here (20,000 open files), so larger runs use several processes.
 
+mod channels;
 mod client;
 mod deflate_socket;
 mod measure;
@@ -58,6 +59,14 @@ pub struct Target {
     /// Negotiate permessage-deflate on every connection (the gateway needs WS_COMPRESSION=true).
     #[arg(long, global = true)]
     pub compression: bool,
+    /// Channels each connection subscribes to once authenticated, granted by its JWT's
+    /// `channels` claim (`load:*`); 0: none.
+    #[arg(long, default_value_t = 0, global = true)]
+    pub subscribe: usize,
+    /// The channels subscriptions are spread over, evenly: `load:c0` … (every channel gets
+    /// connections × subscribe / channels subscribers).
+    #[arg(long, default_value_t = 1000, global = true)]
+    pub channels: usize,
 }
 
 #[derive(Subcommand)]
@@ -72,6 +81,10 @@ enum Scenario {
     /// Hold N connections; publish M broadcasts at R/s through the server API: deliveries/s,
     /// publish-to-receipt latency, losses, CPU per delivery.
     Fanout(scenarios::FanoutPlan),
+    /// Hold N connections, each subscribed to --subscribe of --channels channels: the subscribe
+    /// rate; then broadcasts, then publications to random channels at R/s for T seconds:
+    /// CPU per delivery of each, latency, losses.
+    Channels(scenarios::ChannelsPlan),
     /// Hold N authenticated idle connections for T seconds: RSS per connection, idle CPU.
     Idle {
         #[arg(long, default_value_t = 1000)]
@@ -114,6 +127,7 @@ fn main() -> ExitCode {
                 concurrency,
             } => scenarios::connect(&target, &secret, connections, concurrency).await,
             Scenario::Fanout(plan) => scenarios::fanout(&target, &secret, plan).await,
+            Scenario::Channels(plan) => scenarios::channels(&target, &secret, plan).await,
             Scenario::Idle {
                 connections,
                 concurrency,

@@ -1,4 +1,4 @@
-//! The three scenarios. Each returns a one-line summary and a JSON document.
+//! The scenarios (channels in `channels.rs`). Each returns a one-line summary and a JSON document.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,19 +17,38 @@ pub struct Report {
     pub json: serde_json::Value,
 }
 
-fn clients(target: &Target, secret: &str) -> Result<Clients, String> {
+pub(crate) fn clients(target: &Target, secret: &str) -> Result<Clients, String> {
     Clients::new(
         &target.urls,
         secret,
         target.source_addresses,
         &target.user_prefix,
         target.compression,
+        (target.subscribe, target.channels),
     )
+}
+
+/// Subscribes every socket to its channels (`Clients::channels_of` its position), `concurrency`
+/// sockets at a time; the failures' messages.
+pub(crate) async fn subscribe_all(
+    clients: &Clients,
+    sockets: &mut [Socket],
+    concurrency: usize,
+) -> Vec<String> {
+    if clients.subscribe == 0 {
+        return Vec::new();
+    }
+    stream::iter(sockets.iter_mut().enumerate())
+        .map(|(k, socket)| async move { socket.subscribe(&clients.channels_of(k)).await })
+        .buffer_unordered(concurrency.max(1))
+        .filter_map(|outcome| async move { outcome.err() })
+        .collect()
+        .await
 }
 
 /// Opens `count` authenticated connections, `concurrency` at a time: the sockets and each one's
 /// ticket-to-authenticated time, plus the failures' messages.
-async fn open_many(
+pub(crate) async fn open_many(
     clients: &Clients,
     count: usize,
     concurrency: usize,
@@ -52,7 +71,7 @@ async fn open_many(
     (sockets, latencies, failures)
 }
 
-fn per(value: Option<f64>, count: usize, scale: f64) -> Option<f64> {
+pub(crate) fn per(value: Option<f64>, count: usize, scale: f64) -> Option<f64> {
     value
         .filter(|_| count > 0)
         .map(|v| v * scale / count as f64)
@@ -181,7 +200,7 @@ async fn publish_all(clients: &Clients, plan: &FanoutPlan) -> Result<(), String>
 }
 
 /// `size` bytes of words, chosen by a fixed xorshift sequence so every run sends the same.
-fn word_padding(size: usize) -> String {
+pub(crate) fn word_padding(size: usize) -> String {
     const WORDS: [&str; 32] = [
         "user", "channel", "message", "online", "status", "price", "order", "cursor", "room",
         "update", "created", "deleted", "title", "body", "author", "true", "false", "null",
@@ -205,7 +224,7 @@ fn word_padding(size: usize) -> String {
     padding
 }
 
-fn unix_micros() -> u64 {
+pub(crate) fn unix_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -339,7 +358,8 @@ pub async fn idle(
     }
     let clients = clients(target, secret)?;
     let rss_before = total_rss_kib(pids).ok_or("cannot read the gateway's memory")?;
-    let (sockets, _, failures) = open_many(&clients, connections, concurrency).await;
+    let (mut sockets, _, mut failures) = open_many(&clients, connections, concurrency).await;
+    failures.extend(subscribe_all(&clients, &mut sockets, concurrency).await);
     let held = sockets.len();
     // Keep reading, so the client library answers the gateway's pings as a browser would.
     let readers: Vec<_> = sockets
@@ -365,7 +385,7 @@ pub async fn idle(
         ),
         json: json!({
             "scenario": "idle", "connections": connections, "held": held, "failures": failures.len(),
-            "hold_seconds": hold_secs, "gateway_rss_kib_before": rss_before, "gateway_rss_kib_held": rss_held,
+            "subscriptions_per_connection": clients.subscribe, "hold_seconds": hold_secs, "gateway_rss_kib_before": rss_before, "gateway_rss_kib_held": rss_held,
             "gateway_kib_per_connection": per_connection_kib, "gateway_idle_cpu_percent": idle_cpu_percent,
             "generator_cpu_seconds": own_cpu,
         }),
@@ -416,6 +436,10 @@ pub async fn idle_spread(
             .arg("--source-addresses")
             .arg(target.source_addresses.to_string())
             .args(target.compression.then_some("--compression"))
+            .arg("--subscribe")
+            .arg(target.subscribe.to_string())
+            .arg("--channels")
+            .arg(target.channels.to_string())
             .arg("--user-prefix")
             .arg(format!("{}-p{p}", target.user_prefix))
             .arg("idle-worker")
@@ -495,7 +519,8 @@ pub async fn idle_worker(
 ) -> Result<Report, String> {
     use tokio::io::AsyncReadExt;
     let clients = clients(target, secret)?;
-    let (sockets, _, failures) = open_many(&clients, connections, concurrency).await;
+    let (mut sockets, _, mut failures) = open_many(&clients, connections, concurrency).await;
+    failures.extend(subscribe_all(&clients, &mut sockets, concurrency).await);
     if let Some(first) = failures.first() {
         eprintln!(
             "ticketgate-load worker: {} failed, first: {first}",
@@ -516,3 +541,5 @@ pub async fn idle_worker(
         json: json!({"scenario": "idle-worker"}),
     })
 }
+
+pub use crate::channels::{ChannelsPlan, channels};

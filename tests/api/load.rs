@@ -152,3 +152,74 @@ async fn the_generator_negotiates_compression() {
     );
     assert!(wire * 2 < inflated, "words compress at least 2:1: {fanout}");
 }
+
+/// The channels scenario: connections subscribed through their JWT's grant, broadcasts, then
+/// publications to random channels; every delivery arrives, and idle connections hold their
+/// subscriptions while memory is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_channels_scenario_delivers_everything() {
+    // The generator's channels are `load:c<n>`, granted by its JWTs' `load:*` claim.
+    let file = crate::channels::ConfigFile::new("[[channels.namespaces]]\nname = \"load\"\n");
+    let gateway = GatewayProcess::start(&[
+        ("JWT_SECRET", SECRET),
+        ("API_KEY", API_KEY),
+        ("CONFIG_FILE", file.path()),
+        ("TICKET_RATE_PER_MIN", "100000"),
+        ("UPGRADE_RATE_PER_MIN", "100000"),
+        ("RUST_LOG", "warn,ticketgate::startup=info"),
+    ]);
+    let (channels, idle) = tokio::task::spawn_blocking(move || {
+        let channels = run(
+            &gateway,
+            &[
+                "--subscribe",
+                "5",
+                "--channels",
+                "50",
+                "channels",
+                "--connections",
+                "100",
+                "--rate",
+                "40",
+                "--duration-secs",
+                "2",
+                "--broadcasts",
+                "3",
+                "--broadcast-rate",
+                "20",
+                "--api-key",
+                API_KEY,
+            ],
+        );
+        let idle = run(
+            &gateway,
+            &[
+                "--subscribe",
+                "10",
+                "--channels",
+                "50",
+                "idle",
+                "--connections",
+                "50",
+                "--hold-secs",
+                "1",
+            ],
+        );
+        (channels, idle)
+    })
+    .await
+    .unwrap();
+    assert_eq!(channels["subscribes"], 500, "{channels}");
+    assert_eq!(channels["broadcast_deliveries"], 300, "{channels}");
+    assert_eq!(channels["publications"], 80, "{channels}");
+    // 100 connections x 5 subscriptions over 50 channels: 10 subscribers a channel.
+    assert_eq!(channels["expected"], 800, "{channels}");
+    assert_eq!(channels["lost"], 0, "{channels}");
+    assert!(channels["gateway_cpu_us_per_delivery"].as_f64().is_some());
+    assert_eq!(
+        (idle["held"].as_u64(), idle["failures"].as_u64()),
+        (Some(50), Some(0)),
+        "{idle}"
+    );
+    assert_eq!(idle["subscriptions_per_connection"], 10);
+}
