@@ -6,7 +6,7 @@
 #   N_CONNECT=20000 N_FANOUT=10000 N_IDLE=19000 scripts/bench.sh
 #   SCENARIOS="cluster" scripts/bench.sh        # only some: connect fanout idle cluster idle-cluster
 #                                               # compression channels channels-idle
-#                                               # channels-cluster floor
+#                                               # channels-cluster presence floor
 #   PERF_DIR=/tmp/profiles scripts/bench.sh     # also record a CPU profile of the gateways per
 #                                               # run (perf record -e cpu-clock -g; perf report -i …)
 set -euo pipefail
@@ -55,6 +55,7 @@ mongo_uri="mongodb://127.0.0.1:$mongo_port/?directConnection=true${MONGO_URI_OPT
 mkdir -p "$work/db"
 # The load generator's channels (load:c<n>) need their namespace declared.
 printf '[[channels.namespaces]]\nname = "load"\n' >"$work/channels.toml"
+printf '[[channels.namespaces]]\nname = "load"\npresence = true\n' >"$work/presence.toml"
 "$mongod_bin" --dbpath "$work/db" --port "$mongo_port" --bind_ip 127.0.0.1 --nounixsocket --quiet \
   --replSet rs0 --wiredTigerCacheSizeGB 0.5 --logpath "$work/mongod.log" &
 mongod_pid=$!
@@ -200,6 +201,26 @@ if wants channels-cluster; then
   load 1,2 --subscribe 10 --channels 100 channels --connections "$N_CHAN_CROSS" --concurrency 200 \
     --rate "$CHAN_CROSS_RATE" --duration-secs 30 --broadcasts 0 --publishers 16 --size 100 \
     --api-key "$API_KEY" --publish-url "${gateway_urls[2]}"
+fi
+if wants presence; then
+  # One channel with N_PRESENCE subscribers in a presence namespace; presence is then asked for
+  # through the API while they are held.
+  N_PRESENCE=${N_PRESENCE:-10000}
+  GATEWAY_ENV="CONFIG_FILE=$work/presence.toml" start_gateways mongo 1
+  echo "## presence of one channel with ${N_PRESENCE} subscribers"
+  load 1 --subscribe 1 --channels 1 idle --connections "$N_PRESENCE" --concurrency 200 --hold-secs 30 &
+  load_pid=$!
+  url="${gateway_urls[0]}/api/channels/load:c0/presence"
+  for _ in $(seq 600); do
+    count=$(curl -fsS -H "Authorization: Bearer $API_KEY" "$url" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["clients"]))' 2>/dev/null || echo 0)
+    [ "$count" -ge "$N_PRESENCE" ] && break
+    sleep 0.5
+  done
+  for i in 1 2 3 4 5; do
+    curl -fsS -o /dev/null -H "Authorization: Bearer $API_KEY" \
+      -w "presence of ${count} subscribers: %{time_total} s, %{size_download} bytes\n" "$url"
+  done
+  wait "$load_pid"
 fi
 if wants floor; then
   # No gateway: what one write of a broadcast frame (about 170 B) costs the kernel here.

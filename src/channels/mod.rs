@@ -30,14 +30,30 @@ pub enum Grant {
     /// The connection's JWT `channels` claim: a refresh that drops it ends the subscription.
     Claim,
     /// A subscription token: ends at its `exp` (plus the leeway), or when its `jti` is revoked.
-    Token {
-        jti: Option<std::sync::Arc<str>>,
-        expires_at: u64,
-    },
+    /// Boxed: most subscriptions hold none, and every subscription's grant is kept.
+    Token(Box<TokenGrant>),
     /// The namespace is public: nothing ends it but the client or the server.
     Public,
     /// Made by the server API: no grant is checked, and only the API or the client ends it.
     Server,
+}
+
+/// What a subscription token grants, as long as it lasts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenGrant {
+    pub jti: Option<std::sync::Arc<str>>,
+    /// The token's `exp`, unix seconds.
+    pub expires_at: u64,
+}
+
+impl Grant {
+    /// The `jti` of the token holding the subscription, if a token with one holds it.
+    pub fn token_jti(&self) -> Option<&std::sync::Arc<str>> {
+        match self {
+            Grant::Token(token) => token.jti.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 /// The one place that says whether a subscribe is allowed without a token.

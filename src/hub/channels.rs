@@ -13,12 +13,9 @@ use crate::channels::ChannelName;
 
 const SHARDS: usize = 16;
 
-/// One subscribed connection, as the table needs it for delivery and presence.
-#[derive(Clone)]
-pub(super) struct Subscriber {
-    pub mailbox: Arc<Mailbox>,
-    pub user: Arc<str>,
-}
+/// One subscribed connection, as the table needs it for delivery and presence (its mailbox
+/// knows its user): one pointer per subscription.
+pub(super) type Subscriber = Arc<Mailbox>;
 
 type Shard = HashMap<ChannelName, HashMap<ConnectionId, Subscriber>>;
 
@@ -81,7 +78,7 @@ impl ChannelTable {
         };
         subscribers
             .values()
-            .filter(|s| s.mailbox.push(Inbound::Delivery(delivery.clone())))
+            .filter(|mailbox| mailbox.push(Inbound::Delivery(delivery.clone())))
             .count()
     }
 
@@ -96,7 +93,7 @@ impl ChannelTable {
         shard.get(channel).map_or_else(Vec::new, |subscribers| {
             subscribers
                 .iter()
-                .map(|(id, s)| (*id, Arc::clone(&s.user)))
+                .map(|(id, mailbox)| (*id, Arc::clone(&mailbox.user)))
                 .collect()
         })
     }

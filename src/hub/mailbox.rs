@@ -42,8 +42,10 @@ pub struct Overflowed;
 
 /// Most connections never get an item, and an empty queue allocates nothing: about a hundred
 /// bytes per connection where a channel would keep its first block of slots for life.
-#[derive(Default)]
 pub struct Mailbox {
+    /// Whose connection this is (presence lists it), kept here so a channel's table needs one
+    /// pointer per subscriber.
+    pub user: std::sync::Arc<str>,
     queue: Mutex<VecDeque<Inbound>>,
     /// `notify_one` keeps a permit when nobody waits, so a push between a look at the empty
     /// queue and the wait is not missed.
@@ -52,6 +54,15 @@ pub struct Mailbox {
 }
 
 impl Mailbox {
+    pub fn new(user: std::sync::Arc<str>) -> Self {
+        Mailbox {
+            user,
+            queue: Mutex::default(),
+            filled: Notify::new(),
+            overflowed: AtomicBool::new(false),
+        }
+    }
+
     /// Queues `item`; false (and the mailbox marked overflowed) when it is full.
     pub fn push(&self, item: Inbound) -> bool {
         let mut queue = lock(&self.queue);

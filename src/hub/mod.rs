@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::channels::{ChannelName, Grant};
 use crate::protocol::EncodedMessage;
-use channels::{ChannelTable, Subscriber};
+use channels::ChannelTable;
 pub use mailbox::{Control, Inbound, MAILBOX_BUFFER, Mailbox};
 
 /// Broadcasts a connection may fall behind before it is closed as a slow consumer.
@@ -313,7 +313,7 @@ impl Hub {
         // Subscribe before registering: a connection counted as authenticated receives every
         // broadcast published from then on.
         let receiver = self.broadcasts.subscribe();
-        let mailbox = Arc::new(Mailbox::default());
+        let mailbox = Arc::new(Mailbox::new(Arc::clone(&connection.user)));
         let mut connections = lock(&self.connections);
         if let Some(entry) = connections.entries.get_mut(&connection.id) {
             entry.stage = Stage::Authenticated {
@@ -325,7 +325,6 @@ impl Hub {
         Membership {
             hub: Arc::clone(self),
             id: connection.id,
-            user: Arc::clone(&connection.user),
             receiver,
             mailbox,
             subscriptions: HashMap::new(),
@@ -417,7 +416,6 @@ impl Drop for OpenConnection {
 pub struct Membership {
     hub: Arc<Hub>,
     id: ConnectionId,
-    user: Arc<str>,
     receiver: broadcast::Receiver<Delivery>,
     mailbox: Arc<Mailbox>,
     subscriptions: HashMap<ChannelName, Grant>,
@@ -497,11 +495,10 @@ impl Membership {
             self.subscriptions.insert(name.clone(), grant);
             return (name, false);
         }
-        let subscriber = Subscriber {
-            mailbox: Arc::clone(&self.mailbox),
-            user: Arc::clone(&self.user),
-        };
-        let name = self.hub.channels.add(channel, self.id, subscriber);
+        let name = self
+            .hub
+            .channels
+            .add(channel, self.id, Arc::clone(&self.mailbox));
         self.index_token(&grant, 1);
         self.subscriptions.insert(name.clone(), grant);
         (name, true)
@@ -529,7 +526,7 @@ impl Membership {
 
     /// Counts this connection in or out of the revocation index for `grant`'s token `jti`.
     fn index_token(&self, grant: &Grant, change: i32) {
-        let Grant::Token { jti: Some(jti), .. } = grant else {
+        let Some(jti) = grant.token_jti() else {
             return;
         };
         let mut index = lock(&self.hub.token_jtis);

@@ -14,7 +14,7 @@ use super::{Authenticated, SessionContext};
 use crate::bus::Command;
 pub use crate::channels::ChannelPolicy;
 use crate::channels::{
-    ChannelName, ClaimGrants, Grant, NamespaceOptions, Namespaces, grant_without_token,
+    ChannelName, ClaimGrants, Grant, NamespaceOptions, Namespaces, TokenGrant, grant_without_token,
 };
 use crate::db::Unavailable;
 use crate::hub::{ConnectionId, Control};
@@ -183,10 +183,10 @@ impl Authenticated {
         Box::pin(ctx.not_revoked(verified.jti.as_deref()))
             .await
             .map_err(|_| ErrorCode::PermissionDenied)?;
-        Ok(Grant::Token {
+        Ok(Grant::Token(Box::new(TokenGrant {
             jti: verified.jti.map(Into::into),
             expires_at: verified.expires_at,
-        })
+        })))
     }
 
     /// Holds `name` with `grant` (new or replacing), keeping the token timers and the
@@ -199,9 +199,9 @@ impl Authenticated {
         options: NamespaceOptions,
     ) {
         match &grant {
-            Grant::Token { expires_at, .. } => self
+            Grant::Token(token) => self
                 .tokens
-                .set(name.clone(), ctx.timing.expiry_of(*expires_at)),
+                .set(name.clone(), ctx.timing.expiry_of(token.expires_at)),
             _ => self.tokens.remove(name.as_str()),
         }
         let (_, new) = self.membership.subscribe(name, grant);
@@ -289,7 +289,7 @@ impl Authenticated {
                 let revoked: Vec<ChannelName> = self
                     .membership
                     .subscriptions()
-                    .filter(|(_, grant)| matches!(grant, Grant::Token { jti: Some(j), .. } if *j == jti))
+                    .filter(|(_, grant)| grant.token_jti() == Some(&jti))
                     .map(|(name, _)| name.clone())
                     .collect();
                 let mut messages = Vec::new();

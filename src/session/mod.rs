@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytestring::ByteString;
+use futures_util::FutureExt;
 use tokio::time::{Instant, MissedTickBehavior, Sleep, interval_at, sleep_until, timeout};
 
 use crate::bus::Bus;
@@ -280,7 +281,7 @@ impl Connection<Authenticated> {
                         Err(error) => Next::Close(error.into()),
                         // Boxed: client messages are rare next to the connection's lifetime,
                         // and handling one (a refresh queries MongoDB) needs the most state.
-                        Ok(message) => Box::pin(self.handle(message, ctx)).await,
+                        Ok(message) => Box::pin(self.handle_read(message, ctx)).await,
                     };
                     if let Next::Close(reason) = next {
                         break reason;
@@ -381,60 +382,105 @@ impl Connection<Authenticated> {
         }
     }
 
-    async fn handle(&mut self, message: Incoming, ctx: &SessionContext) -> Next {
+    /// Handles one client message; its replies go to `out`, written by the caller.
+    async fn handle(&mut self, message: Incoming, ctx: &SessionContext, out: &mut Outbox) -> Next {
         let timing = &ctx.timing;
         if matches!(message, Incoming::Text(_) | Incoming::Binary(_)) {
             ctx.metrics.messages_in.inc();
         }
-        let sent = match rules::reply_to(&message) {
-            Reply::Text(text) => {
-                let frame = self.writer.text_frame(&text);
-                send(ctx, &mut self.writer, &[frame]).await
-            }
+        match rules::reply_to(&message) {
+            Reply::Text(text) => out.message(&self.writer, &text),
             Reply::Channel { request, id } => {
-                let replies = self.state.on_request(ctx, request, id).await;
-                self.send_messages(ctx, &replies).await
-            }
-            Reply::Refresh { token, id } => {
-                match rules::check_jwt(&token, &ctx.jwt, &self.state.user_id) {
-                    Err(reason) => return Next::Close(reason),
-                    Ok(verified) => {
-                        self.state.expiry = timing.expiry_of(verified.expires_at);
-                        self.state.membership.set_jti(verified.jti.as_deref());
-                        // Boxed for the same reason as the authentication phase: refreshes are
-                        // rare, and the MongoDB query's state would size every connection.
-                        let revocation = Box::pin(ctx.not_revoked(verified.jti.as_deref()));
-                        if let Err(reason) = revocation.await {
-                            return Next::Close(reason);
-                        }
-                        log::info!(
-                            "{} refreshed, now valid until {}",
-                            self.id(),
-                            verified.expires_at
-                        );
-                        let welcome = ServerMessage::Authenticated {
-                            user_id: &verified.sub,
-                            expires_at: verified.expires_at,
-                            id,
-                        }
-                        .encode();
-                        let claims = ClaimGrants::from_claim(&verified.channels);
-                        let mut replies = vec![welcome];
-                        replies.extend(self.state.on_refresh(ctx, claims).await);
-                        self.send_messages(ctx, &replies).await
-                    }
+                for reply in self.state.on_request(ctx, request, id).await {
+                    out.message(&self.writer, &reply);
                 }
             }
-            Reply::Pong(payload) => {
-                write(ctx, &mut self.writer, &[wire::pong_frame(payload)]).await
+            Reply::Refresh { token, id } => {
+                let verified = match rules::check_jwt(&token, &ctx.jwt, &self.state.user_id) {
+                    Err(reason) => return Next::Close(reason),
+                    Ok(verified) => verified,
+                };
+                self.state.expiry = timing.expiry_of(verified.expires_at);
+                self.state.membership.set_jti(verified.jti.as_deref());
+                // Boxed for the same reason as the authentication phase: refreshes are rare,
+                // and the MongoDB query's state would size every connection.
+                let revocation = Box::pin(ctx.not_revoked(verified.jti.as_deref()));
+                if let Err(reason) = revocation.await {
+                    return Next::Close(reason);
+                }
+                log::info!(
+                    "{} refreshed, now valid until {}",
+                    self.id(),
+                    verified.expires_at
+                );
+                let welcome = ServerMessage::Authenticated {
+                    user_id: &verified.sub,
+                    expires_at: verified.expires_at,
+                    id,
+                };
+                out.message(&self.writer, &welcome.encode());
+                let claims = ClaimGrants::from_claim(&verified.channels);
+                for notice in self.state.on_refresh(ctx, claims).await {
+                    out.message(&self.writer, &notice);
+                }
             }
-            Reply::Nothing => Ok(()),
+            Reply::Pong(payload) => out.control(wire::pong_frame(payload)),
+            Reply::Nothing => {}
             Reply::Close(reason) => return Next::Close(reason),
-        };
-        match sent {
-            Ok(()) => Next::Continue,
-            Err(_) => Next::Close(CloseReason::ConnectionLost),
         }
+        Next::Continue
+    }
+
+    /// The client messages one read brought, handled together, their replies written at
+    /// once: a client that pipelines requests (a page subscribing to its channels) costs one
+    /// write, not one per request.
+    async fn handle_read(&mut self, first: Incoming, ctx: &SessionContext) -> Next {
+        let mut out = Outbox::default();
+        let mut next = self.handle(first, ctx, &mut out).await;
+        while matches!(next, Next::Continue) && out.frames.len() < MAX_BATCH {
+            // Only what is already buffered: never waits for the socket.
+            match self
+                .reader
+                .next_message(ctx.max_message_bytes)
+                .now_or_never()
+            {
+                Some(Ok(message)) => next = self.handle(message, ctx, &mut out).await,
+                Some(Err(error)) => next = Next::Close(error.into()),
+                None => break,
+            }
+        }
+        if out.write(ctx, &mut self.writer).await.is_err() {
+            return Next::Close(CloseReason::ConnectionLost);
+        }
+        next
+    }
+}
+
+/// Frames to write after handling client messages, in order.
+#[derive(Default)]
+struct Outbox {
+    frames: Vec<bytes::Bytes>,
+    /// How many of them are messages (text frames), for `messages_out`.
+    messages: u64,
+}
+
+impl Outbox {
+    fn message(&mut self, writer: &FrameWriter, text: &str) {
+        self.frames.push(writer.text_frame(text));
+        self.messages += 1;
+    }
+
+    fn control(&mut self, frame: bytes::Bytes) {
+        self.frames.push(frame);
+    }
+
+    async fn write(self, ctx: &SessionContext, writer: &mut FrameWriter) -> Result<(), Lost> {
+        if self.frames.is_empty() {
+            return Ok(());
+        }
+        write(ctx, writer, &self.frames).await?;
+        ctx.metrics.messages_out.inc_by(self.messages);
+        Ok(())
     }
 }
 

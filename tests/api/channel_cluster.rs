@@ -210,6 +210,31 @@ async fn presence_spans_the_nodes_and_a_killed_node_leaves_it() {
         .await;
     assert_eq!(through_api["clients"], reply["clients"]);
 
+    // Bob unsubscribes on node 2: alice, on node 1, hears his leave; he comes back.
+    clients[1]
+        .send_json(&json!({"type": "unsubscribe", "channel": channel}))
+        .await;
+    let leave = loop {
+        let message = clients[0].next_json().await;
+        if message["type"] == "leave" {
+            break message;
+        }
+    };
+    assert_eq!(leave["user_id"], "bob", "{leave}");
+    assert_eq!(leave["connection_id"], reply["clients"][1]["connection_id"]);
+    assert_eq!(
+        next_not_presence(&mut clients[1]).await["type"],
+        "unsubscribed"
+    );
+    subscribe(&mut clients[1], channel).await;
+    let rejoined = loop {
+        let message = clients[0].next_json().await;
+        if message["type"] == "join" {
+            break message;
+        }
+    };
+    assert_eq!(rejoined["user_id"], "bob");
+
     // SIGKILL node 3: carol leaves presence, with a leave, within three heartbeats (1 s).
     let carol = reply["clients"][2].clone();
     let killed = Instant::now();
