@@ -6,7 +6,7 @@
 #   N_CONNECT=20000 N_FANOUT=10000 N_IDLE=19000 scripts/bench.sh
 #   SCENARIOS="cluster" scripts/bench.sh        # only some: connect fanout idle cluster idle-cluster
 #                                               # compression channels channels-idle
-#                                               # channels-cluster presence floor
+#                                               # channels-cluster channels-bus presence floor
 #   PERF_DIR=/tmp/profiles scripts/bench.sh     # also record a CPU profile of the gateways per
 #                                               # run (perf record -e cpu-clock -g; perf report -i …)
 set -euo pipefail
@@ -200,6 +200,16 @@ if wants channels-cluster; then
   echo "## channels across nodes: subscribers on nodes 1 and 2, ${CHAN_CROSS_RATE} publications/s through node 3"
   load 1,2 --subscribe 10 --channels 100 channels --connections "$N_CHAN_CROSS" --concurrency 200 \
     --rate "$CHAN_CROSS_RATE" --duration-secs 30 --broadcasts 0 --publishers 16 --size 100 \
+    --api-key "$API_KEY" --publish-url "${gateway_urls[2]}"
+fi
+if wants channels-bus; then
+  # How many publications a second the bus carries: 20 connections on nodes 1 and 2 (10
+  # subscriptions each over 1,000 channels, so most publications reach nobody, and every node
+  # still decodes every event), 32 publishers on node 3.
+  start_gateways mongo 3
+  echo "## channels: bus throughput (publications through node 3, three change streams)"
+  load 1,2 --subscribe 10 --channels 1000 channels --connections 20 --concurrency 20 \
+    --rate "${BUS_CHAN_RATE:-20000}" --duration-secs 20 --broadcasts 0 --publishers 32 --size 100 \
     --api-key "$API_KEY" --publish-url "${gateway_urls[2]}"
 fi
 if wants presence; then

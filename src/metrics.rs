@@ -1,8 +1,8 @@
 //! Prometheus metrics, one registry per gateway, rendered at `GET /metrics` in the text format.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::hub::ConnectionCounts;
@@ -11,6 +11,12 @@ pub struct Metrics {
     registry: Registry,
     /// Open connections by `state` (authenticated, unauthenticated); set when scraped.
     connections: IntGaugeVec,
+    /// Channels with a subscriber on this node, and subscriptions on it; set when scraped.
+    channels: IntGauge,
+    subscriptions: IntGauge,
+    /// Channel requests refused, by error `code` (permission_denied, …).
+    pub channel_requests_refused: IntCounterVec,
+
     pub tickets_minted: IntCounter,
     pub tickets_consumed: IntCounter,
     /// Refused tickets by `reason`: missing, malformed, unknown, secret_mismatch, expired, already_used.
@@ -72,6 +78,13 @@ impl Metrics {
         registry
             .register(Box::new(connections.clone()))
             .expect("registered once");
+        let gauge = |name: &str, help: &str| {
+            let gauge = IntGauge::new(name, help).expect("a valid metric");
+            registry
+                .register(Box::new(gauge.clone()))
+                .expect("registered once");
+            gauge
+        };
         let latency = |name: &str, help: &str| {
             let histogram = Histogram::with_opts(
                 HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
@@ -105,6 +118,14 @@ impl Metrics {
         ));
         Metrics {
             connections,
+            channels: gauge("channels", "Channels with a subscriber on this node"),
+            subscriptions: gauge("subscriptions", "Channel subscriptions on this node"),
+            channel_requests_refused: counter_vec(
+                "channel_requests_refused_total",
+                "Subscribe, unsubscribe and presence requests refused",
+                "code",
+            ),
+
             tickets_minted: counter("tickets_minted_total", "Tickets issued"),
             tickets_consumed: counter("tickets_consumed_total", "Tickets that opened a connection"),
             tickets_rejected: counter_vec(
@@ -149,8 +170,10 @@ impl Metrics {
         }
     }
 
-    /// The text exposition format, with the connection gauges as of now.
-    pub fn render(&self, counts: ConnectionCounts) -> String {
+    /// The text exposition format, with the connection and channel gauges as of now.
+    pub fn render(&self, counts: ConnectionCounts, channels: ChannelStats) -> String {
+        self.channels.set(channels.channels as i64);
+        self.subscriptions.set(channels.subscriptions as i64);
         self.connections
             .with_label_values(&["authenticated"])
             .set(counts.authenticated as i64);
@@ -163,6 +186,13 @@ impl Metrics {
             .expect("encoding to memory");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
+}
+
+/// This node's channel table in two numbers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChannelStats {
+    pub channels: usize,
+    pub subscriptions: usize,
 }
 
 impl Default for Metrics {

@@ -292,6 +292,21 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code as it is sent (and as metrics label it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidChannel => "invalid_channel",
+            ErrorCode::UnknownNamespace => "unknown_namespace",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::PresenceDisabled => "presence_disabled",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+
     /// The human-readable text every error reply carries.
     pub fn message(self) -> &'static str {
         match self {
@@ -426,6 +441,23 @@ mod tests {
             ParseError::BadFields
         );
         assert_eq!(refused(r#"{"type":"publish"}"#), ParseError::UnknownType);
+    }
+
+    #[test]
+    fn error_codes_are_sent_as_their_names() {
+        for code in [
+            ErrorCode::BadMessage,
+            ErrorCode::UnknownType,
+            ErrorCode::InvalidChannel,
+            ErrorCode::UnknownNamespace,
+            ErrorCode::PermissionDenied,
+            ErrorCode::TooManySubscriptions,
+            ErrorCode::NotSubscribed,
+            ErrorCode::PresenceDisabled,
+            ErrorCode::Unavailable,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
     }
 
     #[test]

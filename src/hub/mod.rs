@@ -247,6 +247,15 @@ impl Hub {
         self.channels.counts(prefix)
     }
 
+    /// How many channels have a subscriber here, and how many subscriptions there are.
+    pub fn channel_stats(&self) -> crate::metrics::ChannelStats {
+        let counts = self.channels.counts("");
+        crate::metrics::ChannelStats {
+            channels: counts.len(),
+            subscriptions: counts.iter().map(|(_, n)| n).sum(),
+        }
+    }
+
     /// No channel has a subscriber and no subscription token is indexed: what a node whose
     /// connections all left must come back to.
     pub fn channel_tables_are_empty(&self) -> bool {

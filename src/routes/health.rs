@@ -37,7 +37,11 @@ pub async fn openapi() -> HttpResponse {
 
 /// Prometheus text exposition format.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let body = state.session.metrics.render(state.session.hub.counts());
+    let hub = &state.session.hub;
+    let body = state
+        .session
+        .metrics
+        .render(hub.counts(), hub.channel_stats());
     HttpResponse::Ok()
         .content_type(ContentType(
             "text/plain; version=0.0.4; charset=utf-8"

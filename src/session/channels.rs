@@ -65,8 +65,13 @@ impl Authenticated {
         request: ClientMessage<'_>,
         id: Option<&RawValue>,
     ) -> Messages {
-        let error =
-            |code, channel: &str| vec![ServerMessage::error(code, Some(channel), id).encode()];
+        let error = |code: ErrorCode, channel: &str| {
+            ctx.metrics
+                .channel_requests_refused
+                .with_label_values(&[code.as_str()])
+                .inc();
+            vec![ServerMessage::error(code, Some(channel), id).encode()]
+        };
         match request {
             ClientMessage::Subscribe { channel, token } => {
                 let (name, options) = match checked(&ctx.channels.namespaces, &channel) {

@@ -874,6 +874,35 @@ async fn publishing_to_many_channels_at_once() {
 }
 
 #[tokio::test]
+async fn metrics_count_channels_subscriptions_and_refusals() {
+    let app = channel_app(Store::Memory, &[]).await;
+    let mut client = granted(&app, "alice", &["tenant-42:*"]).await;
+    subscribe(&mut client, "tenant-42:a").await;
+    subscribe(&mut client, "tenant-42:b").await;
+    let mut other = granted(&app, "bob", &["tenant-42:*"]).await;
+    subscribe(&mut other, "tenant-42:a").await;
+    for _ in 0..2 {
+        let reply = ask(
+            &mut client,
+            json!({"type": "subscribe", "channel": "lobby"}),
+        )
+        .await;
+        assert_eq!(reply["error"], "permission_denied");
+    }
+    let samples = scrape_metrics(&app.http, &app.url("/metrics")).await;
+    let metric = |name: &str, labels: &[(&str, &str)]| metric_value(&samples, name, labels);
+    assert_eq!(metric("ticketgate_channels", &[]), 2.0);
+    assert_eq!(metric("ticketgate_subscriptions", &[]), 3.0);
+    assert_eq!(
+        metric(
+            "ticketgate_channel_requests_refused_total",
+            &[("code", "permission_denied")]
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
 async fn connections_that_close_leave_the_channel_tables_empty() {
     let app = channel_app(Store::Memory, &[]).await;
     let mut clients = Vec::new();
