@@ -902,6 +902,47 @@ async fn metrics_count_channels_subscriptions_and_refusals() {
     );
 }
 
+/// The MongoDB operations the gateway made so far for requests (the heartbeat's own, which
+/// run on a timer, left out).
+async fn store_operations(app: &TestApp) -> f64 {
+    const TIMED: &[&str] = &["node_heartbeat", "beating_nodes", "presence_nodes"];
+    let samples = scrape_metrics(&app.http, &app.url("/metrics")).await;
+    samples
+        .iter()
+        .filter(|s| s.metric == "ticketgate_store_operation_seconds")
+        .filter(|s| !TIMED.contains(&s.labels.get("operation").unwrap_or_default()))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// A subscribe granted by the JWT's claim costs no MongoDB operation (in a namespace without
+/// presence), nor does an unsubscribe: the rate is the gateway's own.
+#[tokio::test]
+async fn subscribing_with_a_claim_grant_touches_no_database() {
+    let app = channel_app(Store::Mongo, &[]).await;
+    let mut client = granted(&app, "alice", &["tenant-42:*"]).await;
+    let before = store_operations(&app).await;
+    for i in 0..50 {
+        subscribe(&mut client, &format!("tenant-42:c{i}")).await;
+    }
+    subscribe(&mut client, "news:today").await;
+    let reply = ask(
+        &mut client,
+        json!({"type": "unsubscribe", "channel": "tenant-42:c0"}),
+    )
+    .await;
+    assert_eq!(reply["type"], "unsubscribed");
+    assert_eq!(store_operations(&app).await, before);
+    // A presence namespace, by contrast, records the subscriber.
+    let mut chat = granted(&app, "bob", &["chat:*"]).await;
+    let before = store_operations(&app).await;
+    subscribe(&mut chat, "chat:room").await;
+    assert!(store_operations(&app).await > before);
+}
+
 #[tokio::test]
 async fn connections_that_close_leave_the_channel_tables_empty() {
     let app = channel_app(Store::Memory, &[]).await;
