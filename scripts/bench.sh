@@ -6,7 +6,8 @@
 #   N_CONNECT=20000 N_FANOUT=10000 N_IDLE=19000 scripts/bench.sh
 #   SCENARIOS="cluster" scripts/bench.sh        # only some: connect fanout idle cluster idle-cluster
 #                                               # compression channels channels-idle
-#                                               # channels-cluster channels-bus presence floor
+#                                               # channels-memory channels-cluster channels-bus
+#                                               # presence floor
 #   PERF_DIR=/tmp/profiles scripts/bench.sh     # also record a CPU profile of the gateways per
 #                                               # run (perf record -e cpu-clock -g; perf report -i …)
 set -euo pipefail
@@ -185,6 +186,15 @@ fi
 if wants channels; then
   start_gateways mongo 1
   echo "## channels: ${N_CHAN} connections x ${CHAN_SUBSCRIBE} of ${CHAN_COUNT} channels, ${CHAN_RATE} publications/s for ${CHAN_SECS}s"
+  load 1 --subscribe "$CHAN_SUBSCRIBE" --channels "$CHAN_COUNT" channels --connections "$N_CHAN" \
+    --concurrency 200 --rate "$CHAN_RATE" --duration-secs "$CHAN_SECS" --broadcasts 20 \
+    --broadcast-rate 5 --size 100 --api-key "$API_KEY"
+fi
+if wants channels-memory; then
+  # The same on the in-process store: no MongoDB in a publication's path, so what a
+  # publication costs before its first delivery is the API call and the encoding alone.
+  start_gateways memory 1
+  echo "## channels, in-process store: ${N_CHAN} connections x ${CHAN_SUBSCRIBE} of ${CHAN_COUNT} channels"
   load 1 --subscribe "$CHAN_SUBSCRIBE" --channels "$CHAN_COUNT" channels --connections "$N_CHAN" \
     --concurrency 200 --rate "$CHAN_RATE" --duration-secs "$CHAN_SECS" --broadcasts 20 \
     --broadcast-rate 5 --size 100 --api-key "$API_KEY"

@@ -182,11 +182,21 @@ async fn broadcast(
     }))
 }
 
+/// The 202 of a command that reaches connections: how far it went, and on one node how many
+/// connections it reached.
 #[derive(Serialize)]
 struct Delivered {
     scope: Scope,
     #[serde(skip_serializing_if = "Option::is_none")]
     delivered: Option<usize>,
+}
+
+/// 202 `{"scope", "delivered"?}` for a command the bus took.
+pub(super) fn accepted(sent: Sent) -> HttpResponse {
+    HttpResponse::Accepted().json(Delivered {
+        scope: sent.scope,
+        delivered: sent.reached,
+    })
 }
 
 async fn message_user(
@@ -199,11 +209,7 @@ async fn message_user(
         user_id: user_id.into_inner(),
         data: body.0.data,
     };
-    let sent = send(&state, command).await?;
-    Ok(HttpResponse::Accepted().json(Delivered {
-        scope: sent.scope,
-        delivered: sent.reached,
-    }))
+    Ok(accepted(send(&state, command).await?))
 }
 
 #[derive(Serialize)]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::AppState;
-use super::api::{ApiCaller, ObjectBody, Scope, send};
+use super::api::{ApiCaller, ObjectBody, accepted, send};
 use crate::bus::{ChannelCount, Command};
 use crate::channels::{ChannelName, NamespaceOptions};
 use crate::error::ApiError;
@@ -48,14 +48,6 @@ struct DataBody {
     data: Box<RawValue>,
 }
 
-#[derive(Serialize)]
-struct Accepted {
-    scope: Scope,
-    /// This node's subscribers reached, when the scope is one node.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    delivered: Option<usize>,
-}
-
 async fn publish_one(
     _: ApiCaller,
     state: web::Data<AppState>,
@@ -67,11 +59,7 @@ async fn publish_one(
         channels: vec![name],
         data: body.0.data,
     };
-    let sent = send(&state, command).await?;
-    Ok(HttpResponse::Accepted().json(Accepted {
-        scope: sent.scope,
-        delivered: sent.reached,
-    }))
+    Ok(accepted(send(&state, command).await?))
 }
 
 #[derive(Deserialize)]
@@ -104,11 +92,7 @@ async fn publish_many(
         channels: names,
         data,
     };
-    let sent = send(&state, command).await?;
-    Ok(HttpResponse::Accepted().json(Accepted {
-        scope: sent.scope,
-        delivered: sent.reached,
-    }))
+    Ok(accepted(send(&state, command).await?))
 }
 
 #[derive(Deserialize)]
@@ -127,11 +111,7 @@ async fn subscribe_user(
         user_id: user_id.into_inner(),
         channel: name,
     };
-    let sent = send(&state, command).await?;
-    Ok(HttpResponse::Accepted().json(Accepted {
-        scope: sent.scope,
-        delivered: sent.reached,
-    }))
+    Ok(accepted(send(&state, command).await?))
 }
 
 async fn unsubscribe_user(
@@ -145,11 +125,7 @@ async fn unsubscribe_user(
         user_id,
         channel: name,
     };
-    let sent = send(&state, command).await?;
-    Ok(HttpResponse::Accepted().json(Accepted {
-        scope: sent.scope,
-        delivered: sent.reached,
-    }))
+    Ok(accepted(send(&state, command).await?))
 }
 
 #[derive(Deserialize)]
