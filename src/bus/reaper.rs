@@ -2,6 +2,7 @@
 //! entries of nodes that stopped beating, removes them, and announces each removed entry's
 //! leave through the bus. Entries are removed one by one and only the node whose delete took
 //! one announces it, so several nodes sweeping at once announce each leave exactly once.
+//! Each node also retries here its own presence removals that MongoDB did not take.
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ impl Reaper {
         let PresenceStore::Mongo(store) = &*self.presence else {
             return Ok(());
         };
+        store.retry_removals().await?;
         let me = bus.node().id.as_str();
         for node in store.nodes().await? {
             if node == me || live.contains(&node) {

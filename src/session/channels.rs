@@ -158,7 +158,7 @@ impl Authenticated {
             }
             None => grant,
         };
-        self.hold(ctx, &name, grant, options).await;
+        self.hold(ctx, &name, grant, options).await?;
         Ok(vec![
             ServerMessage::Subscribed {
                 channel: name.as_str(),
@@ -195,14 +195,15 @@ impl Authenticated {
     }
 
     /// Holds `name` with `grant` (new or replacing), keeping the token timers and the
-    /// join announcement in step.
+    /// join announcement in step. A new subscription in a presence namespace that MongoDB
+    /// cannot record is undone (`unavailable`): presence never leaves a subscriber out.
     async fn hold(
         &mut self,
         ctx: &SessionContext,
         name: &ChannelName,
         grant: Grant,
         options: NamespaceOptions,
-    ) {
+    ) -> Result<(), ErrorCode> {
         match &grant {
             Grant::Token(token) => self
                 .tokens
@@ -211,18 +212,22 @@ impl Authenticated {
         }
         let (_, new) = self.membership.subscribe(name, grant);
         if !new {
-            return;
+            return Ok(());
         }
         if options.presence {
             let client = ctx.presence_client(self.connection, &self.user_id);
             // Boxed: a MongoDB write's state would otherwise size every connection's task.
             if let Err(e) = Box::pin(ctx.presence.add(name, &client)).await {
                 log::warn!("recording presence: {e}");
+                self.membership.unsubscribe(name.as_str());
+                self.tokens.remove(name.as_str());
+                return Err(ErrorCode::Unavailable);
             }
         }
         if options.join_leave {
             self.announce(ctx, name, true).await;
         }
+        Ok(())
     }
 
     /// Leaves `name`: the hub's table, the token timer, presence and, where the namespace
@@ -274,7 +279,10 @@ impl Authenticated {
                 let Ok(options) = ctx.channels.namespaces.options(&name) else {
                     return Vec::new();
                 };
-                self.hold(ctx, &name, Grant::Server, options).await;
+                if let Err(code) = self.hold(ctx, &name, Grant::Server, options).await {
+                    log::warn!("a server-side subscription failed: {}", code.as_str());
+                    return Vec::new();
+                }
                 vec![
                     ServerMessage::Subscribed {
                         channel: name.as_str(),

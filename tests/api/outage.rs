@@ -162,3 +162,100 @@ async fn starting_while_mongodb_is_down_serves_503_until_it_comes_up() {
         "migrations ran once it came up: {indexes:?}"
     );
 }
+
+/// Channels during an outage: a subscribe that needs MongoDB (presence) or a presence query is
+/// refused with `unavailable` in bounded time and leaves nothing half-done; a subscribe granted
+/// by the JWT in a namespace without presence needs no database and still works; once MongoDB
+/// is back, a subscriber that left during the outage is gone from presence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_during_an_outage_refuse_clearly_and_leave_presence_true() {
+    let mut mongod = tokio::task::block_in_place(TestMongod::start);
+    let file = crate::channels::ConfigFile::new(crate::channels::NAMESPACES);
+    let mut vars = base_vars(Store::Memory);
+    vars.insert("MONGODB_URI".into(), mongod.uri.clone());
+    vars.insert("MONGODB_DATABASE".into(), unique_db_name());
+    vars.insert("STORE_TIMEOUT_MS".into(), "1000".into());
+    vars.insert("NODE_HEARTBEAT_SECS".into(), "1".into());
+    vars.insert("CONFIG_FILE".into(), file.path().to_owned());
+    let app = spawn_app_with(vars).await;
+    let token = crate::channels::jwt_granting("alice", &["chat:*", "tenant-42:*"]);
+    let connect = |token: String| {
+        let app = &app;
+        async move {
+            let mut client = app.connect(&app.ticket("alice").await).await;
+            client
+                .send_json(&json!({"type": "jwt", "token": token}))
+                .await;
+            assert_eq!(client.next_json().await["type"], "authenticated");
+            client
+        }
+    };
+    let mut stays = connect(token.clone()).await;
+    let mut leaves = connect(token.clone()).await;
+    for client in [&mut stays, &mut leaves] {
+        client
+            .send_json(&json!({"type": "subscribe", "channel": "chat:room"}))
+            .await;
+        assert_eq!(client.next_json().await["type"], "subscribed");
+    }
+
+    tokio::task::block_in_place(|| mongod.stop());
+    let started = Instant::now();
+    stays
+        .send_json(&json!({"type": "subscribe", "channel": "chat:other", "id": 1}))
+        .await;
+    let refused = loop {
+        let message = stays.next_json().await;
+        if message["id"] == 1 {
+            break message;
+        }
+    };
+    assert_eq!(refused["error"], "unavailable", "{refused}");
+    assert!(started.elapsed() < ANSWER_BOUND, "the subscribe hung");
+    stays
+        .send_json(&json!({"type": "presence", "channel": "chat:other", "id": 2}))
+        .await;
+    let reply = stays.next_json().await;
+    assert_eq!(
+        reply["error"], "not_subscribed",
+        "the refused subscribe was undone: {reply}"
+    );
+    stays
+        .send_json(&json!({"type": "presence", "channel": "chat:room", "id": 3}))
+        .await;
+    let reply = stays.next_json().await;
+    assert_eq!(reply["error"], "unavailable", "{reply}");
+    stays
+        .send_json(&json!({"type": "subscribe", "channel": "tenant-42:x", "id": 4}))
+        .await;
+    assert_eq!(
+        stays.next_json().await,
+        json!({"type": "subscribed", "channel": "tenant-42:x", "id": 4}),
+        "a claim grant needs no database"
+    );
+    // This one leaves while MongoDB cannot record it.
+    drop(leaves);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    tokio::task::block_in_place(|| mongod.restart());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        stays
+            .send_json(&json!({"type": "presence", "channel": "chat:room", "id": 5}))
+            .await;
+        let reply = loop {
+            let message = stays.next_json().await;
+            if message["id"] == 5 {
+                break message;
+            }
+        };
+        if reply["clients"].as_array().is_some_and(|c| c.len() == 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "presence still lists the one that left: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

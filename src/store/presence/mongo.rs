@@ -13,6 +13,8 @@ use crate::db::{Bounds, Unavailable};
 use crate::protocol::PresenceClient;
 
 pub const PRESENCE_COLLECTION: &str = "presence";
+/// Failed removals kept for a retry.
+const MAX_PENDING_REMOVALS: usize = 100_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PresenceDocument {
@@ -43,6 +45,9 @@ fn key(channel: &str, connection_id: &str) -> String {
 pub struct MongoPresence {
     presence: Collection<PresenceDocument>,
     bounds: Bounds,
+    /// Removals MongoDB did not take (it was down): retried at each heartbeat, so a
+    /// subscriber that left never stays in presence.
+    pending_removals: std::sync::Mutex<Vec<String>>,
 }
 
 impl MongoPresence {
@@ -50,6 +55,7 @@ impl MongoPresence {
         MongoPresence {
             presence: db.collection(PRESENCE_COLLECTION),
             bounds,
+            pending_removals: std::sync::Mutex::default(),
         }
     }
 
@@ -78,10 +84,42 @@ impl MongoPresence {
         channel: &ChannelName,
         connection_id: &str,
     ) -> Result<(), Unavailable> {
-        let delete = self
-            .presence
-            .delete_one(doc! { "_id": key(channel.as_str(), connection_id) });
-        self.bounds.run("presence_remove", delete).await.map(drop)
+        let id = key(channel.as_str(), connection_id);
+        let delete = self.presence.delete_one(doc! { "_id": &id });
+        let removed = self.bounds.run("presence_remove", delete).await.map(drop);
+        if removed.is_err() {
+            let mut pending = self.pending();
+            // Bounded: past this, a long outage's leftovers stay until this node restarts
+            // (its entries are then a dead node's, and swept) instead of growing memory.
+            if pending.len() < MAX_PENDING_REMOVALS {
+                pending.push(id);
+            }
+        }
+        removed
+    }
+
+    /// Retries the removals that failed; what fails again waits for the next call.
+    pub async fn retry_removals(&self) -> Result<(), Unavailable> {
+        let ids = std::mem::take(&mut *self.pending());
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let delete = self.presence.delete_many(doc! { "_id": { "$in": &ids } });
+        let retried = self
+            .bounds
+            .run("presence_remove_retry", delete)
+            .await
+            .map(drop);
+        if retried.is_err() {
+            self.pending().extend(ids);
+        }
+        retried
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.pending_removals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub async fn list(&self, channel: &ChannelName) -> Result<Vec<PresenceClient>, Unavailable> {
