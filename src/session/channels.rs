@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::expiry::{Expiry, ExpiryEvent};
-use super::{Authenticated, SessionContext};
+use super::{Authenticated, CloseReason, SessionContext};
 use crate::bus::Command;
 pub use crate::channels::ChannelPolicy;
 use crate::channels::{
@@ -187,7 +187,11 @@ impl Authenticated {
         // Boxed: a MongoDB query's state would otherwise size every connection's task.
         Box::pin(ctx.not_revoked(verified.jti.as_deref()))
             .await
-            .map_err(|_| ErrorCode::PermissionDenied)?;
+            .map_err(|reason| match reason {
+                // The revocations could not be asked: try again, rather than "denied".
+                CloseReason::DatabaseUnavailable => ErrorCode::Unavailable,
+                _ => ErrorCode::PermissionDenied,
+            })?;
         Ok(Grant::Token(Box::new(TokenGrant {
             jti: verified.jti.map(Into::into),
             expires_at: verified.expires_at,

@@ -225,6 +225,17 @@ async fn channels_during_an_outage_refuse_clearly_and_leave_presence_true() {
         .await;
     let reply = stays.next_json().await;
     assert_eq!(reply["error"], "unavailable", "{reply}");
+    // A subscription token's jti cannot be checked against the revocations: try again.
+    let token = crate::channels::subscription_token("alice", "tenant-42:t", 600, Some("t-1"));
+    stays
+        .send_json(&json!({"type": "subscribe", "channel": "tenant-42:t", "token": token, "id": 6}))
+        .await;
+    let reply = stays.next_json().await;
+    assert_eq!(
+        (reply["id"].as_u64(), reply["error"].as_str()),
+        (Some(6), Some("unavailable")),
+        "{reply}"
+    );
     stays
         .send_json(&json!({"type": "subscribe", "channel": "tenant-42:x", "id": 4}))
         .await;
