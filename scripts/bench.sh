@@ -183,22 +183,18 @@ if wants compression; then
     load 1 idle "${flags[@]}" --connections "$N_IDLE" --concurrency 200 --hold-secs 20
   done
 fi
-if wants channels; then
-  start_gateways mongo 1
-  echo "## channels: ${N_CHAN} connections x ${CHAN_SUBSCRIBE} of ${CHAN_COUNT} channels, ${CHAN_RATE} publications/s for ${CHAN_SECS}s"
+# channels_run <store: mongo|memory>: the channels scenario on one fresh gateway.
+channels_run() {
+  start_gateways "$1" 1
+  echo "## channels, $1 store: ${N_CHAN} connections x ${CHAN_SUBSCRIBE} of ${CHAN_COUNT} channels, ${CHAN_RATE} publications/s for ${CHAN_SECS}s"
   load 1 --subscribe "$CHAN_SUBSCRIBE" --channels "$CHAN_COUNT" channels --connections "$N_CHAN" \
     --concurrency 200 --rate "$CHAN_RATE" --duration-secs "$CHAN_SECS" --broadcasts 20 \
     --broadcast-rate 5 --size 100 --api-key "$API_KEY"
-fi
-if wants channels-memory; then
-  # The same on the in-process store: no MongoDB in a publication's path, so what a
-  # publication costs before its first delivery is the API call and the encoding alone.
-  start_gateways memory 1
-  echo "## channels, in-process store: ${N_CHAN} connections x ${CHAN_SUBSCRIBE} of ${CHAN_COUNT} channels"
-  load 1 --subscribe "$CHAN_SUBSCRIBE" --channels "$CHAN_COUNT" channels --connections "$N_CHAN" \
-    --concurrency 200 --rate "$CHAN_RATE" --duration-secs "$CHAN_SECS" --broadcasts 20 \
-    --broadcast-rate 5 --size 100 --api-key "$API_KEY"
-fi
+}
+if wants channels; then channels_run mongo; fi
+# The same on the in-process store: no MongoDB in a publication's path, so what a publication
+# costs before its first delivery is the API call and the encoding alone.
+if wants channels-memory; then channels_run memory; fi
 if wants channels-idle; then
   start_gateways mongo 1
   echo "## idle, ${CHAN_SUBSCRIBE} subscriptions each"
