@@ -31,10 +31,6 @@ impl ChannelName {
     pub fn namespace(&self) -> Option<&str> {
         self.0.split_once(':').map(|(namespace, _)| namespace)
     }
-
-    pub fn shared(&self) -> &Arc<str> {
-        &self.0
-    }
 }
 
 impl std::fmt::Display for ChannelName {

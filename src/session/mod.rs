@@ -491,14 +491,11 @@ impl Connection<Authenticated> {
         ctx: &SessionContext,
         messages: &[String],
     ) -> Result<(), Lost> {
-        if messages.is_empty() {
-            return Ok(());
+        let mut out = Outbox::default();
+        for message in messages {
+            out.message(&self.writer, message);
         }
-        let frames: Vec<_> = messages
-            .iter()
-            .map(|message| self.writer.text_frame(message))
-            .collect();
-        send(ctx, &mut self.writer, &frames).await
+        out.write(ctx, &mut self.writer).await
     }
 }
 
