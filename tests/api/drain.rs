@@ -55,9 +55,10 @@ async fn sigterm_and_sigint_drain_then_exit_0_within_the_grace_period() {
         }
         let status = tokio::task::block_in_place(|| gateway.wait_exit(Duration::from_secs(5)));
         assert!(status.success(), "SIG{signal}: exit status {status}");
-        let log = gateway.log();
+        let log = gateway
+            .wait_for_log("4 connections closed, 0 left open")
+            .await;
         assert!(log.contains(&format!("SIG{signal}: draining")), "{log}");
-        assert!(log.contains("4 connections closed, 0 left open"), "{log}");
         eprintln!(
             "drain on SIG{signal}: 4 connections closed, exited 0 after {:?}",
             sent.elapsed()

@@ -147,9 +147,7 @@ async fn each_connection_event_is_one_log_line_with_the_connection_id() {
         )))
         .await;
     client.ending().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let log = gateway.log();
+    let log = gateway.wait_for_log(" closed: code 1000 after ").await;
     let id = log
         .lines()
         .find_map(|l| {

@@ -103,6 +103,23 @@ impl GatewayProcess {
         self.stderr.lock().unwrap().join("\n")
     }
 
+    /// Waits until the log holds `needle`, and returns the log. The log is read from a pipe by a
+    /// thread, so a line can reach the test after a metric or a message that followed it did.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn stdout(&self) -> String {
         self.stdout.lock().unwrap().join("\n")
     }
