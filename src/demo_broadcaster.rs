@@ -11,9 +11,9 @@ use serde_json::value::RawValue;
 use tokio::time::{MissedTickBehavior, interval_at};
 
 use crate::bus::{Bus, Command};
-use crate::channels::ChannelName;
+use crate::channels::{ChannelName, NamespaceOptions};
 
-pub async fn run(bus: Arc<Bus>, every: Duration, channel: Option<ChannelName>) {
+pub async fn run(bus: Arc<Bus>, every: Duration, channel: Option<(ChannelName, NamespaceOptions)>) {
     let mut ticks = interval_at(tokio::time::Instant::now() + every, every);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     for counter in 1u64.. {
@@ -21,10 +21,7 @@ pub async fn run(bus: Arc<Bus>, every: Duration, channel: Option<ChannelName>) {
         let data =
             RawValue::from_string(format!(r#"{{"counter":{counter}}}"#)).expect("valid JSON");
         if let Some(channel) = &channel {
-            let publish = Command::Publish {
-                channels: vec![channel.clone()],
-                data: data.clone(),
-            };
+            let publish = Command::publish([channel.clone()], data.clone());
             if let Err(e) = bus.send(publish).await {
                 log::debug!("demo publication {counter}: {e}");
             }

@@ -54,6 +54,13 @@ pub enum ApiError {
     UnknownNamespace,
     #[error("the channel's namespace has no presence")]
     PresenceDisabled,
+    #[error("the channel's namespace keeps no history (history_size)")]
+    HistoryDisabled,
+    #[error(
+        "the data is over {max} bytes, the most a publication into this namespace's history \
+         may hold (15 MiB / history_size)"
+    )]
+    PublicationTooLarge { max: usize },
     #[error("method not allowed on this endpoint; it allows {allow}")]
     MethodNotAllowed { allow: &'static str },
 }
@@ -88,6 +95,8 @@ impl ApiError {
             ApiError::InvalidChannel => "invalid_channel",
             ApiError::UnknownNamespace => "unknown_namespace",
             ApiError::PresenceDisabled => "presence_disabled",
+            ApiError::HistoryDisabled => "history_disabled",
+            ApiError::PublicationTooLarge { .. } => "publication_too_large",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
         }
     }
@@ -111,8 +120,10 @@ impl ResponseError for ApiError {
             | ApiError::DuplicateHeader(_)
             | ApiError::InvalidChannel
             | ApiError::UnknownNamespace => StatusCode::BAD_REQUEST,
-            ApiError::PresenceDisabled => StatusCode::NOT_FOUND,
-            ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PresenceDisabled | ApiError::HistoryDisabled => StatusCode::NOT_FOUND,
+            ApiError::BodyTooLarge | ApiError::PublicationTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }

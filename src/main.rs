@@ -197,8 +197,12 @@ fn print_config(check: bool) -> ExitCode {
     println!("channel namespaces ([channels] in CONFIG_FILE):");
     for (name, options) in effective.namespaces.listed() {
         let name = if name.is_empty() { "(default)" } else { name };
+        let (history_size, history_ttl_secs) = options
+            .history
+            .map_or((0, 0), |history| (history.size, history.ttl_secs));
         println!(
-            "  {name}  public={} presence={} join_leave={}",
+            "  {name}  public={} presence={} join_leave={} history_size={history_size} \
+             history_ttl_secs={history_ttl_secs}",
             options.public, options.presence, options.join_leave
         );
     }

@@ -16,6 +16,11 @@ pub struct Metrics {
     subscriptions: IntGauge,
     /// Channel requests refused, by error `code` (permission_denied, …).
     pub channel_requests_refused: IntCounterVec,
+    /// Subscribes that asked to recover, by `result`: recovered, failed.
+    pub recoveries: IntCounterVec,
+    /// Reads of a channel's history from the store made by subscribes (a node's window on a
+    /// channel is read once for all the subscribers recovering at once).
+    pub history_reads: IntCounter,
 
     pub tickets_minted: IntCounter,
     pub tickets_consumed: IntCounter,
@@ -124,6 +129,15 @@ impl Metrics {
                 "channel_requests_refused_total",
                 "Subscribe, unsubscribe and presence requests refused",
                 "code",
+            ),
+            recoveries: counter_vec(
+                "recoveries_total",
+                "Subscribes that asked to recover missed publications, by result",
+                "result",
+            ),
+            history_reads: counter(
+                "history_reads_total",
+                "History reads from the store made by subscribes",
             ),
 
             tickets_minted: counter("tickets_minted_total", "Tickets issued"),

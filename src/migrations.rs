@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_presence.json",
         source: include_str!("../migrations/0004_presence.json"),
     },
+    Migration {
+        version: 5,
+        name: "0005_history.json",
+        source: include_str!("../migrations/0005_history.json"),
+    },
 ];
 
 #[derive(Debug, Deserialize)]

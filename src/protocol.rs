@@ -30,6 +30,8 @@ pub enum ClientMessage<'a> {
         channel: Cow<'a, str>,
         /// A subscription JWT, for a channel the connection's own JWT does not grant.
         token: Option<Cow<'a, str>>,
+        /// Where the client's copy of a history channel ends: recover what came after.
+        since: Option<Since<'a>>,
     },
     Unsubscribe {
         channel: Cow<'a, str>,
@@ -37,6 +39,14 @@ pub enum ClientMessage<'a> {
     Presence {
         channel: Cow<'a, str>,
     },
+}
+
+/// The last publication a client has of a history channel.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Since<'a> {
+    pub offset: u64,
+    #[serde(borrow)]
+    pub epoch: Cow<'a, str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +81,8 @@ struct Envelope<'a> {
     channel: Option<Cow<'a, str>>,
     #[serde(borrow)]
     id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    since: Option<Since<'a>>,
 }
 
 /// Only the `id`, read again from a message whose other fields were wrong.
@@ -125,6 +137,7 @@ impl<'a> ClientMessage<'a> {
             Some("subscribe") => ClientMessage::Subscribe {
                 channel: channel()?,
                 token: envelope.token.clone(),
+                since: envelope.since.clone(),
             },
             Some("unsubscribe") => ClientMessage::Unsubscribe {
                 channel: channel()?,
@@ -158,9 +171,13 @@ pub enum ServerMessage<'a> {
     Message {
         data: &'a RawValue,
     },
-    /// To each subscriber of a channel.
+    /// To each subscriber of a channel; numbered in a history namespace.
     Publication {
         channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
         data: &'a RawValue,
     },
     Authenticated {
@@ -192,6 +209,9 @@ pub enum ServerMessage<'a> {
         /// Made by the server API, not asked for by the client.
         #[serde(skip_serializing_if = "is_false")]
         server: bool,
+        /// In a history namespace: where the channel's history stands.
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        stream: Option<StreamPosition<'a>>,
     },
     Unsubscribed {
         channel: &'a str,
@@ -229,6 +249,18 @@ pub enum ServerMessage<'a> {
         id: Option<&'a RawValue>,
         message: &'static str,
     },
+}
+
+/// A history channel's position, as a `subscribed` reply gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StreamPosition<'a> {
+    /// Whether every publication after the `since` asked for was recovered; absent without
+    /// `since`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// The channel's latest offset when the subscription began.
+    pub offset: u64,
+    pub epoch: &'a str,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -366,8 +398,20 @@ mod tests {
         assert_eq!(data.get(), "null");
         assert!(matches!(
             parse(r#"{"type":"subscribe","channel":"chat:a","token":"t"}"#),
-            ClientMessage::Subscribe { channel, token: Some(token) } if channel == "chat:a" && token == "t"
+            ClientMessage::Subscribe { channel, token: Some(token), since: None } if channel == "chat:a" && token == "t"
         ));
+        let ClientMessage::Subscribe { since, .. } =
+            parse(r#"{"type":"subscribe","channel":"c","since":{"offset":41,"epoch":"e1"}}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            since,
+            Some(Since {
+                offset: 41,
+                epoch: "e1".into()
+            })
+        );
         assert!(matches!(
             parse(r#"{"type":"unsubscribe","channel":"a\/b"}"#),
             ClientMessage::Unsubscribe { channel } if channel == "a/b"
@@ -441,6 +485,15 @@ mod tests {
             ParseError::BadFields
         );
         assert_eq!(refused(r#"{"type":"publish"}"#), ParseError::UnknownType);
+        for since in [
+            r#"{"offset":-1,"epoch":"e"}"#,
+            r#"{"offset":1}"#,
+            r#"{"offset":1.5,"epoch":"e"}"#,
+            "7",
+        ] {
+            let text = format!(r#"{{"type":"subscribe","channel":"c","since":{since}}}"#);
+            assert_eq!(refused(&text), ParseError::BadFields, "{since}");
+        }
     }
 
     #[test]
@@ -497,17 +550,45 @@ mod tests {
         assert_eq!(
             ServerMessage::Publication {
                 channel: "chat:a",
+                offset: None,
+                epoch: None,
                 data: &data
             }
             .encode(),
             r#"{"type":"publication","channel":"chat:a","data":{"a":1}}"#
         );
         assert_eq!(
+            ServerMessage::Publication {
+                channel: "feed:a",
+                offset: Some(42),
+                epoch: Some("e1"),
+                data: &data
+            }
+            .encode(),
+            r#"{"type":"publication","channel":"feed:a","offset":42,"epoch":"e1","data":{"a":1}}"#
+        );
+        assert_eq!(
+            ServerMessage::Subscribed {
+                channel: "feed:a",
+                id: None,
+                refreshed: false,
+                server: false,
+                stream: Some(StreamPosition {
+                    recovered: Some(true),
+                    offset: 42,
+                    epoch: "e1"
+                }),
+            }
+            .encode(),
+            r#"{"type":"subscribed","channel":"feed:a","recovered":true,"offset":42,"epoch":"e1"}"#
+        );
+        assert_eq!(
             ServerMessage::Subscribed {
                 channel: "c",
                 id: Some(&id),
                 refreshed: true,
-                server: false
+                server: false,
+                stream: None,
             }
             .encode(),
             r#"{"type":"subscribed","channel":"c","id":"r1","refreshed":true}"#

@@ -144,14 +144,13 @@ impl Application {
         let demo_broadcasts = async {
             match self.broadcast_interval {
                 Some(every) => {
-                    let channel = self
-                        .state
-                        .session
-                        .channels
-                        .namespaces
+                    let namespaces = &self.state.session.channels.namespaces;
+                    let channel = namespaces
                         .is_declared(crate::channels::DEMO_NAMESPACE)
                         .then(|| ChannelName::parse(crate::channels::DEMO_CHANNEL))
-                        .and_then(Result::ok);
+                        .and_then(Result::ok)
+                        .and_then(|name| Some((namespaces.options(&name).ok()?, name)))
+                        .map(|(options, name)| (name, options));
                     crate::demo_broadcaster::run(Arc::clone(&self.bus), every, channel).await
                 }
                 None => std::future::pending().await,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::NodeId;
-use crate::channels::ChannelName;
+use crate::channels::{ChannelName, HistoryOptions, NamespaceOptions};
 use crate::hub::{Control, Hub, Kick};
 use crate::protocol::{EncodedMessage, PresenceClient, ServerMessage};
 
@@ -25,9 +25,11 @@ pub enum Command {
     Revoke {
         jti: String,
     },
-    /// The same data to each channel's subscribers.
+    /// The same data to each channel's subscribers: `channels` without history, `streams`
+    /// in history namespaces (numbered and kept).
     Publish {
         channels: Vec<ChannelName>,
+        streams: Vec<(ChannelName, HistoryOptions)>,
         data: Box<RawValue>,
     },
     /// A subscriber came (`joined`) or went, in a namespace with `join_leave`.
@@ -69,9 +71,12 @@ pub enum Event {
         jti: String,
     },
     /// The data is encoded once, as JSON text; each node frames a publication only for the
-    /// channels it has subscribers in.
+    /// channels it has subscribers in (or, for a history channel, a window on it).
     Publications {
         channels: Vec<String>,
+        /// The history channels, each with the offset and epoch the publication got there.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        streams: Vec<StreamPublication>,
         data: String,
     },
     /// A message for one channel's subscribers, encoded once (join and leave).
@@ -90,7 +95,62 @@ pub enum Event {
     },
 }
 
+impl Command {
+    /// A publication of `data` to each channel, numbered and kept in those whose namespace
+    /// has history.
+    pub fn publish(
+        channels: impl IntoIterator<Item = (ChannelName, NamespaceOptions)>,
+        data: Box<RawValue>,
+    ) -> Command {
+        let (mut plain, mut streams) = (Vec::new(), Vec::new());
+        for (channel, options) in channels {
+            match options.history {
+                Some(history) => streams.push((channel, history)),
+                None => plain.push(channel),
+            }
+        }
+        Command::Publish {
+            channels: plain,
+            streams,
+            data,
+        }
+    }
+
+    /// The history options of each stream a publication goes to, in order (empty for other
+    /// commands).
+    pub fn history_options(&self) -> Vec<HistoryOptions> {
+        match self {
+            Command::Publish { streams, .. } => streams.iter().map(|(_, o)| *o).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
 impl Event {
+    /// The history channels a publication goes to (empty for other events).
+    pub fn streams(&self) -> &[StreamPublication] {
+        match self {
+            Event::Publications { streams, .. } => streams,
+            _ => &[],
+        }
+    }
+
+    /// Gives each history channel of a publication its offset and epoch: `append(channel,
+    /// options, data)` records the data there and answers where it went.
+    pub fn number_streams(
+        &mut self,
+        options: &[HistoryOptions],
+        mut append: impl FnMut(&str, HistoryOptions, &str) -> crate::store::StreamTop,
+    ) {
+        if let Event::Publications { streams, data, .. } = self {
+            for (stream, options) in streams.iter_mut().zip(options) {
+                let top = append(&stream.channel, *options, data);
+                stream.offset = top.offset;
+                stream.epoch = top.epoch;
+            }
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Event::Broadcast { .. } => "broadcast",
@@ -115,24 +175,46 @@ impl Event {
             Event::Revoke { jti } => {
                 hub.kick_jti(&jti, Kick::Revoked) + hub.revoke_subscription_token(&jti)
             }
-            Event::Publications { channels, data } => {
+            Event::Publications {
+                channels,
+                streams,
+                data,
+            } => {
                 let Ok(data) = RawValue::from_string(data) else {
                     log::warn!("a stored publication's data is not JSON; skipped");
                     return 0;
                 };
-                channels
+                let plain: usize = channels
                     .iter()
                     .map(|channel| {
                         hub.publish_with(channel, || {
                             ServerMessage::Publication {
                                 channel,
+                                offset: None,
+                                epoch: None,
                                 data: &data,
                             }
                             .encode()
                             .into()
                         })
                     })
-                    .sum()
+                    .sum();
+                let numbered: usize = streams
+                    .iter()
+                    .map(|stream| {
+                        hub.publish_stream(&stream.channel, stream.offset, &stream.epoch, || {
+                            ServerMessage::Publication {
+                                channel: &stream.channel,
+                                offset: Some(stream.offset),
+                                epoch: Some(&stream.epoch),
+                                data: &data,
+                            }
+                            .encode()
+                            .into()
+                        })
+                    })
+                    .sum();
+                plain + numbered
             }
             Event::ChannelMessage { channel, message } => {
                 hub.publish_with(&channel, || EncodedMessage::from(message))
@@ -147,6 +229,14 @@ impl Event {
             },
         }
     }
+}
+
+/// A publication's place in one history channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPublication {
+    pub channel: String,
+    pub offset: u64,
+    pub epoch: String,
 }
 
 /// Numbers a node's commands. `seq` counts broadcasts only, so a client can tell a gap in one
@@ -199,8 +289,21 @@ impl Sequencer {
             },
             Command::Disconnect { user_id } => Event::Disconnect { user_id },
             Command::Revoke { jti } => Event::Revoke { jti },
-            Command::Publish { channels, data } => Event::Publications {
+            // The streams' offsets are the history's to give: the writer fills them in.
+            Command::Publish {
+                channels,
+                streams,
+                data,
+            } => Event::Publications {
                 channels: channels.iter().map(|c| c.as_str().to_owned()).collect(),
+                streams: streams
+                    .iter()
+                    .map(|(channel, _)| StreamPublication {
+                        channel: channel.as_str().to_owned(),
+                        offset: 0,
+                        epoch: String::new(),
+                    })
+                    .collect(),
                 data: data.get().to_owned(),
             },
             Command::JoinLeave {

@@ -17,13 +17,15 @@ use bson::doc;
 use mongodb::Database;
 use tokio::sync::{mpsc, oneshot};
 
-pub use events::{Command, Event, EventDocument, Sequencer};
+pub use events::{Command, Event, EventDocument, Sequencer, StreamPublication};
 pub use nodes::{ChannelCount, ClusterCounts, NODES_COLLECTION, NodeInfo, NodeRegistry, NodeView};
 pub use reaper::Reaper;
 
+use crate::channels::{ChannelName, HistoryOptions};
 use crate::db::{Bounds, Unavailable};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::store::{HistoryPage, HistoryQuery, HistoryStore, MemoryHistory, MongoHistory};
 
 pub const EVENTS_COLLECTION: &str = "cluster_events";
 
@@ -65,11 +67,13 @@ pub enum Reach {
     Cluster,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
     /// Broadcasts only: their number in this node's series.
     pub seq: Option<u64>,
     pub reach: Reach,
+    /// Publications into history channels: the offset and epoch each got.
+    pub streams: Vec<StreamPublication>,
 }
 
 /// Which way events travel; reported by `GET /api/nodes` and in the log at start.
@@ -85,8 +89,17 @@ pub enum BusMode {
 }
 
 enum Route {
-    Local(Mutex<Sequencer>),
-    Cluster(mpsc::Sender<writer::Outgoing>),
+    /// One node: history in process, appended and delivered under one lock.
+    Local(Mutex<LocalRoute>),
+    Cluster {
+        queue: mpsc::Sender<writer::Outgoing>,
+        history: Arc<MongoHistory>,
+    },
+}
+
+struct LocalRoute {
+    sequencer: Sequencer,
+    history: Arc<MemoryHistory>,
 }
 
 pub struct Bus {
@@ -119,9 +132,10 @@ impl Bus {
 
     /// Settles the bus on in-process delivery (single node).
     pub fn deliver_locally(&self) {
-        let _ = self.route.set(Route::Local(Mutex::new(Sequencer::new(
-            self.node.id.clone(),
-        ))));
+        let _ = self.route.set(Route::Local(Mutex::new(LocalRoute {
+            sequencer: Sequencer::new(self.node.id.clone()),
+            history: Arc::default(),
+        })));
     }
 
     pub fn node(&self) -> &NodeInfo {
@@ -132,7 +146,7 @@ impl Bus {
         match self.route.get() {
             None => BusMode::Starting,
             Some(Route::Local(_)) => BusMode::Local,
-            Some(Route::Cluster(_)) => BusMode::ChangeStream,
+            Some(Route::Cluster { .. }) => BusMode::ChangeStream,
         }
     }
 
@@ -140,30 +154,61 @@ impl Bus {
     pub async fn send(&self, command: Command) -> Result<Receipt, Unavailable> {
         match self.route.get() {
             None => Err(Unavailable("the cluster bus is waiting for MongoDB".into())),
-            Some(Route::Local(sequencer)) => {
-                // Held while delivering, so seq order is delivery order.
-                let mut sequencer = sequencer.lock().unwrap_or_else(|p| p.into_inner());
-                let stamped = sequencer.stamp(command);
+            Some(Route::Local(route)) => {
+                // Held while delivering, so seq order and offset order are delivery order.
+                let mut route = route.lock().unwrap_or_else(|p| p.into_inner());
+                let options = command.history_options();
+                let mut stamped = route.sequencer.stamp(command);
+                let history = Arc::clone(&route.history);
+                stamped
+                    .event
+                    .number_streams(&options, |channel, options, data| {
+                        history.append(channel, options, data)
+                    });
+                let streams = stamped.event.streams().to_vec();
                 let reached = stamped.event.deliver(&self.hub);
                 Ok(Receipt {
                     seq: stamped.seq,
                     reach: Reach::Node(reached),
+                    streams,
                 })
             }
-            Some(Route::Cluster(queue)) => {
+            Some(Route::Cluster { queue, .. }) => {
                 let (reply, written) = oneshot::channel();
                 let gone = || Unavailable("the cluster bus writer stopped".into());
                 queue
                     .send(writer::Outgoing { command, reply })
                     .await
                     .map_err(|_| gone())?;
-                let seq = written.await.map_err(|_| gone())??;
+                let written = written.await.map_err(|_| gone())??;
                 Ok(Receipt {
-                    seq,
+                    seq: written.seq,
                     reach: Reach::Cluster,
+                    streams: written.streams,
                 })
             }
         }
+    }
+
+    /// Where history is read from: in process on one node, MongoDB in a cluster.
+    pub fn history(&self) -> Result<HistoryStore, Unavailable> {
+        match self.route.get() {
+            None => Err(Unavailable("the cluster bus is waiting for MongoDB".into())),
+            Some(Route::Local(route)) => Ok(HistoryStore::Memory(Arc::clone(
+                &route.lock().unwrap_or_else(|p| p.into_inner()).history,
+            ))),
+            Some(Route::Cluster { history, .. }) => Ok(HistoryStore::Mongo(Arc::clone(history))),
+        }
+    }
+
+    /// Reads `channel`'s history.
+    pub async fn read_history(
+        &self,
+        channel: &ChannelName,
+        options: HistoryOptions,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, Unavailable> {
+        self.history()?.read(channel, options, query).await
     }
 
     /// The live nodes, this one first with its current counts.
@@ -278,15 +323,17 @@ pub async fn start_on_mongodb(
     );
     tokio::spawn(follower.run(opened));
     let (queue, outgoing) = mpsc::channel(writer::QUEUE);
+    let history = Arc::new(MongoHistory::new(db, bounds.clone()));
     let writer = writer::Writer {
         events: db.collection(EVENTS_COLLECTION),
+        history: Arc::clone(&history),
         sequencer: Sequencer::new(bus.node.id.clone()),
         node: bus.node.id.clone(),
         bounds: bounds.clone(),
         metrics: Arc::clone(metrics),
     };
     tokio::spawn(writer.run(outgoing));
-    let _ = bus.route.set(Route::Cluster(queue));
+    let _ = bus.route.set(Route::Cluster { queue, history });
     log::info!(
         "cluster bus: MongoDB replica set, change stream on {EVENTS_COLLECTION} (node {})",
         bus.node.id

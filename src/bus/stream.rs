@@ -133,6 +133,8 @@ impl Follower {
              down are lost to this node; going on from now"
         );
         self.metrics.cluster_stream_history_lost.inc();
+        // Publications were missed here: the history windows no longer hold them.
+        self.hub.forget_windows();
         *token = None;
     }
 

@@ -8,11 +8,18 @@ pub mod namespaces;
 
 pub use grants::ClaimGrants;
 pub use name::{ChannelName, InvalidChannel, MAX_CHANNEL_BYTES};
-pub use namespaces::{ChannelsTable, NamespaceOptions, Namespaces, UnknownNamespace};
+pub use namespaces::{
+    ChannelsTable, HistoryOptions, NamespaceOptions, Namespaces, UnknownNamespace,
+};
 
 /// The namespace the demo uses: declared by dev mode (presence and join/leave on) when the
 /// configuration file does not declare it; the dev JWT grants it.
 pub const DEMO_NAMESPACE: &str = "demo";
+/// The demo namespace's history in dev mode: enough to show recovery after a reconnect.
+pub const DEMO_HISTORY: HistoryOptions = HistoryOptions {
+    size: 100,
+    ttl_secs: 600,
+};
 /// Where the demo broadcaster also publishes, when the demo namespace exists.
 pub const DEMO_CHANNEL: &str = "demo:lobby";
 

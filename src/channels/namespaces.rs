@@ -7,6 +7,8 @@
 //! name = "chat"
 //! presence = true
 //! join_leave = true
+//! history_size = 100        # keep at least the last 100 publications of each channel
+//! history_ttl_secs = 600    # for at least 10 minutes after the channel's last publication
 //! ```
 
 use std::collections::HashMap;
@@ -24,6 +26,57 @@ pub struct NamespaceOptions {
     pub presence: bool,
     /// Subscribers are told as others subscribe and go.
     pub join_leave: bool,
+    /// Publications are numbered and kept, so a subscriber can recover what it missed.
+    pub history: Option<HistoryOptions>,
+}
+
+/// How much of a channel's history is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HistoryOptions {
+    /// At least this many of the latest publications (`history_size`).
+    pub size: u32,
+    /// For at least this long after the channel's last publication (`history_ttl_secs`).
+    pub ttl_secs: u32,
+}
+
+/// The largest `history_size`.
+pub const MAX_HISTORY_SIZE: u32 = 10_000;
+/// The longest `history_ttl_secs`: 30 days.
+pub const MAX_HISTORY_TTL_SECS: u32 = 30 * 24 * 3600;
+/// What a channel's whole history may hold, in bytes of publication data: it is kept in one
+/// MongoDB document (16 MiB at most), with room for the rest of the document.
+pub const HISTORY_BYTES: usize = 15 << 20;
+
+impl HistoryOptions {
+    fn from_table(size: u32, ttl_secs: u32, namespace: &str) -> Result<Option<Self>, String> {
+        let name = if namespace.is_empty() {
+            "the default namespace".to_owned()
+        } else {
+            format!("namespace `{namespace}`")
+        };
+        match (size, ttl_secs) {
+            (0, 0) => Ok(None),
+            (0, _) => Err(format!(
+                "{name}: history_ttl_secs needs history_size (how many publications to keep)"
+            )),
+            (_, 0) => Err(format!(
+                "{name}: history_size needs history_ttl_secs (how long to keep them)"
+            )),
+            (size, _) if size > MAX_HISTORY_SIZE => Err(format!(
+                "{name}: history_size is at most {MAX_HISTORY_SIZE}"
+            )),
+            (_, ttl) if ttl > MAX_HISTORY_TTL_SECS => Err(format!(
+                "{name}: history_ttl_secs is at most {MAX_HISTORY_TTL_SECS} (30 days)"
+            )),
+            (size, ttl_secs) => Ok(Some(HistoryOptions { size, ttl_secs })),
+        }
+    }
+
+    /// The largest publication (its data, in bytes) a channel with this history takes: the
+    /// whole history has to fit [`HISTORY_BYTES`].
+    pub fn max_publication_bytes(&self) -> usize {
+        HISTORY_BYTES / self.size as usize
+    }
 }
 
 /// The `[channels]` table as written in the file: the default namespace's options and the
@@ -39,6 +92,10 @@ pub struct ChannelsTable {
     #[serde(default)]
     pub join_leave: bool,
     #[serde(default)]
+    pub history_size: u32,
+    #[serde(default)]
+    pub history_ttl_secs: u32,
+    #[serde(default)]
     pub namespaces: Vec<NamespaceTable>,
 }
 
@@ -53,6 +110,10 @@ pub struct NamespaceTable {
     pub presence: bool,
     #[serde(default)]
     pub join_leave: bool,
+    #[serde(default)]
+    pub history_size: u32,
+    #[serde(default)]
+    pub history_ttl_secs: u32,
 }
 
 /// The declared namespaces, checked; the default namespace always exists.
@@ -70,12 +131,17 @@ impl Namespaces {
     pub fn from_table(table: ChannelsTable) -> Result<Self, String> {
         let mut declared = HashMap::new();
         for namespace in table.namespaces {
+            let name = namespace.name;
             let options = NamespaceOptions {
                 public: namespace.public,
                 presence: namespace.presence,
                 join_leave: namespace.join_leave,
+                history: HistoryOptions::from_table(
+                    namespace.history_size,
+                    namespace.history_ttl_secs,
+                    &name,
+                )?,
             };
-            let name = namespace.name;
             if name.contains(':') || !is_channel_name(&name) {
                 return Err(format!(
                     "namespace `{name}`: use 1 to 255 ASCII letters, digits and _ - . @ / = (no ':')"
@@ -90,6 +156,11 @@ impl Namespaces {
                 public: table.public,
                 presence: table.presence,
                 join_leave: table.join_leave,
+                history: HistoryOptions::from_table(
+                    table.history_size,
+                    table.history_ttl_secs,
+                    "",
+                )?,
             },
             declared,
         })
@@ -166,7 +237,8 @@ mod tests {
             Ok(NamespaceOptions {
                 public: false,
                 presence: true,
-                join_leave: true
+                join_leave: true,
+                history: None,
             })
         );
         assert!(namespaces.options(&channel("news:today")).unwrap().public);
@@ -180,6 +252,45 @@ mod tests {
         );
         let listed: Vec<&str> = namespaces.listed().iter().map(|(n, _)| *n).collect();
         assert_eq!(listed, ["", "chat", "news"]);
+    }
+
+    #[test]
+    fn history_takes_a_size_and_a_ttl_together() {
+        let namespaces = parse(
+            "[channels]\nhistory_size = 5\nhistory_ttl_secs = 60\n\
+             [[channels.namespaces]]\nname = \"feed\"\nhistory_size = 100\nhistory_ttl_secs = 600",
+        )
+        .unwrap();
+        let history = |c: &str| namespaces.options(&channel(c)).unwrap().history;
+        assert_eq!(
+            history("feed:a"),
+            Some(HistoryOptions {
+                size: 100,
+                ttl_secs: 600
+            })
+        );
+        assert_eq!(history("lobby").map(|h| h.size), Some(5));
+        assert_eq!(
+            history("feed:a").unwrap().max_publication_bytes(),
+            HISTORY_BYTES / 100
+        );
+        for (bad, expected) in [
+            ("history_size = 5", "needs history_ttl_secs"),
+            ("history_ttl_secs = 5", "needs history_size"),
+            (
+                "history_size = 10001\nhistory_ttl_secs = 5",
+                "at most 10000",
+            ),
+            (
+                "history_size = 1\nhistory_ttl_secs = 2592001",
+                "at most 2592000",
+            ),
+            ("history_size = -1\nhistory_ttl_secs = 5", "history_size"),
+        ] {
+            let error =
+                parse(&format!("[[channels.namespaces]]\nname = \"n\"\n{bad}")).unwrap_err();
+            assert!(error.contains(expected), "{bad}: {error}");
+        }
     }
 
     #[test]

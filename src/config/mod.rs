@@ -264,6 +264,7 @@ impl Settings {
                                 public: false,
                                 presence: true,
                                 join_leave: true,
+                                history: Some(crate::channels::DEMO_HISTORY),
                             },
                         );
                     }

@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::watch;
+
 use super::mailbox::{Inbound, Mailbox};
+use super::streams::{Recorded, StreamState, Window, recovered};
 use super::{ConnectionId, Delivery, lock};
 use crate::channels::ChannelName;
 
@@ -17,7 +20,75 @@ const SHARDS: usize = 16;
 /// knows its user): one pointer per subscription.
 pub(super) type Subscriber = Arc<Mailbox>;
 
-type Shard = HashMap<ChannelName, HashMap<ConnectionId, Subscriber>>;
+/// One channel on this node: its subscribers and, for a history channel, the window.
+#[derive(Default)]
+struct ChannelEntry {
+    subscribers: HashMap<ConnectionId, Subscriber>,
+    stream: Option<StreamState>,
+}
+
+impl ChannelEntry {
+    /// Nobody is subscribed and nobody is loading its window: the entry can go.
+    fn is_unused(&self) -> bool {
+        self.subscribers.is_empty() && !self.stream.as_ref().is_some_and(StreamState::is_loading)
+    }
+
+    fn deliver(&self, delivery: &Delivery) -> usize {
+        self.subscribers
+            .values()
+            .filter(|mailbox| mailbox.push(Inbound::Delivery(delivery.clone())))
+            .count()
+    }
+}
+
+type Shard = HashMap<ChannelName, ChannelEntry>;
+
+/// Where a recovering subscriber's copy of a history channel ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recover {
+    /// A plain subscribe: live publications from now on.
+    No,
+    /// Every publication after `offset` in `epoch`.
+    From { epoch: String, offset: u64 },
+    /// Recovery was asked for and cannot be done: live from now on, `recovered: false`.
+    Failed,
+}
+
+/// Publications older than a window, read from the store for one subscriber.
+#[derive(Debug)]
+pub struct Older {
+    pub epoch: String,
+    /// Contiguous, oldest first.
+    pub publications: Vec<(u64, Delivery)>,
+}
+
+/// What became of an attempt to join a history channel.
+#[derive(Debug)]
+pub enum StreamJoin {
+    /// Subscribed: the channel's epoch and latest offset, and whether it recovered.
+    Joined {
+        name: ChannelName,
+        epoch: Arc<str>,
+        offset: u64,
+        recovered: Option<bool>,
+    },
+    /// Another subscriber is loading the window: wait for it to finish, then try again.
+    Wait(watch::Receiver<()>),
+    /// Nobody has the window: load it, then [`ChannelTable::finish_load`].
+    Load,
+    /// The window does not reach back to `since`: read what comes before `before`.
+    Older { before: u64 },
+    /// This node has not yet delivered the offset the client has: try again shortly.
+    Behind,
+}
+
+/// A window as read from the store.
+pub struct Loaded {
+    pub epoch: Arc<str>,
+    pub top: u64,
+    pub publications: Vec<(u64, Delivery)>,
+    pub capacity: usize,
+}
 
 pub(super) struct ChannelTable {
     shards: Box<[Mutex<Shard>]>,
@@ -55,15 +126,16 @@ impl ChannelTable {
         shard
             .entry(name.clone())
             .or_default()
+            .subscribers
             .insert(id, subscriber);
         name
     }
 
     pub fn remove(&self, channel: &str, id: ConnectionId) {
         let mut shard = lock(self.shard(channel));
-        if let Some(subscribers) = shard.get_mut(channel) {
-            subscribers.remove(&id);
-            if subscribers.is_empty() {
+        if let Some(entry) = shard.get_mut(channel) {
+            entry.subscribers.remove(&id);
+            if entry.is_unused() {
                 shard.remove(channel);
             }
         }
@@ -73,25 +145,194 @@ impl ChannelTable {
     /// subscriber whose mailbox is full is marked a slow consumer by the mailbox.
     pub fn deliver(&self, channel: &str, delivery: &Delivery) -> usize {
         let shard = lock(self.shard(channel));
-        let Some(subscribers) = shard.get(channel) else {
-            return 0;
-        };
-        subscribers
-            .values()
-            .filter(|mailbox| mailbox.push(Inbound::Delivery(delivery.clone())))
-            .count()
+        shard
+            .get(channel)
+            .map_or(0, |entry| entry.deliver(delivery))
     }
 
     /// Whether any connection of this node is subscribed to `channel`.
     pub fn has_subscribers(&self, channel: &str) -> bool {
+        lock(self.shard(channel))
+            .get(channel)
+            .is_some_and(|entry| !entry.subscribers.is_empty())
+    }
+
+    /// Whether `channel` has subscribers or a window being loaded: a publication there has
+    /// to be framed.
+    pub fn is_watched(&self, channel: &str) -> bool {
         lock(self.shard(channel)).contains_key(channel)
+    }
+
+    /// Records a history channel's publication in its window and delivers it (unless this
+    /// node delivered it already); returns how many got it.
+    pub fn deliver_stream(
+        &self,
+        channel: &str,
+        offset: u64,
+        epoch: &str,
+        delivery: &Delivery,
+    ) -> usize {
+        let mut shard = lock(self.shard(channel));
+        let Some(entry) = shard.get_mut(channel) else {
+            return 0;
+        };
+        match &mut entry.stream {
+            Some(StreamState::Loading { arrived, .. }) => {
+                arrived.push((offset, Arc::from(epoch), delivery.clone()));
+            }
+            Some(StreamState::Ready(window)) => match window.record(offset, epoch, delivery) {
+                Recorded::Next => {}
+                Recorded::Repeat => return 0,
+                Recorded::Broken => {
+                    log::warn!(
+                        "channel {channel}: offset {offset} of epoch {epoch} does not follow \
+                         {} of {}; its window here is dropped and reloaded at the next subscribe",
+                        window.top,
+                        window.epoch
+                    );
+                    entry.stream = None;
+                }
+            },
+            None => {}
+        }
+        entry.deliver(delivery)
+    }
+
+    /// Subscribes `id` to a history channel, recovering from `recover` where the window
+    /// allows (see [`StreamJoin`]); `older` is what a previous [`StreamJoin::Older`] read.
+    pub fn join_stream(
+        &self,
+        channel: &ChannelName,
+        id: ConnectionId,
+        subscriber: &Subscriber,
+        recover: &Recover,
+        older: Option<&Older>,
+    ) -> StreamJoin {
+        let mut shard = lock(self.shard(channel.as_str()));
+        let (name, entry) = match shard.get_key_value(channel.as_str()) {
+            Some((name, _)) => {
+                let name = name.clone();
+                let entry = shard.get_mut(channel.as_str()).expect("just found");
+                (name, entry)
+            }
+            None => (channel.clone(), shard.entry(channel.clone()).or_default()),
+        };
+        let window = match &entry.stream {
+            Some(StreamState::Ready(window)) => window,
+            Some(StreamState::Loading { done, .. }) => return StreamJoin::Wait(done.subscribe()),
+            None => {
+                let (done, _) = watch::channel(());
+                entry.stream = Some(StreamState::Loading {
+                    arrived: Vec::new(),
+                    done,
+                });
+                return StreamJoin::Load;
+            }
+        };
+        let (recovered, deliveries): (Option<bool>, Vec<Delivery>) = match recover {
+            Recover::No => (None, Vec::new()),
+            Recover::Failed => (Some(false), Vec::new()),
+            Recover::From { epoch, .. } if **epoch != *window.epoch => (Some(false), Vec::new()),
+            Recover::From { offset, .. } if *offset > window.top => return StreamJoin::Behind,
+            Recover::From { offset, .. } if offset.saturating_add(1) >= window.first() => {
+                (Some(true), window.after(*offset).collect())
+            }
+            Recover::From { epoch, offset } => {
+                let first = window.first();
+                // What was read before must meet the window: from `offset + 1` to just
+                // before its first, in the same epoch.
+                let meets = older.is_some_and(|older| {
+                    older.epoch == *epoch
+                        && older.publications.first().map(|(o, _)| *o) == Some(offset + 1)
+                        && older.publications.last().map(|(o, _)| o + 1) >= Some(first)
+                });
+                let Some(older) = older.filter(|_| meets) else {
+                    return StreamJoin::Older { before: first };
+                };
+                let deliveries = older
+                    .publications
+                    .iter()
+                    .filter(|(o, _)| *o < first)
+                    .map(|(_, d)| recovered(d))
+                    .chain(window.after(first - 1))
+                    .collect();
+                (Some(true), deliveries)
+            }
+        };
+        let (epoch, offset) = (Arc::clone(&window.epoch), window.top);
+        let mailbox = Arc::clone(subscriber);
+        if !deliveries.is_empty() {
+            mailbox.push_recovered(deliveries);
+        }
+        entry.subscribers.insert(id, mailbox);
+        StreamJoin::Joined {
+            name,
+            epoch,
+            offset,
+            recovered,
+        }
+    }
+
+    /// Settles a window that [`StreamJoin::Load`] asked for: what was read, with what was
+    /// published meanwhile laid over it; or, when the read failed, no window (the next
+    /// subscriber loads it again).
+    pub fn finish_load(&self, channel: &str, loaded: Option<Loaded>) {
+        let mut shard = lock(self.shard(channel));
+        let Some(entry) = shard.get_mut(channel) else {
+            return;
+        };
+        let Some(StreamState::Loading { arrived, .. }) = &mut entry.stream else {
+            return;
+        };
+        let arrived = std::mem::take(arrived);
+        entry.stream = loaded.and_then(|loaded| {
+            let mut window = Window::new(
+                loaded.epoch,
+                loaded.top,
+                loaded.publications,
+                loaded.capacity,
+            );
+            for (offset, epoch, delivery) in arrived {
+                if window.record(offset, &epoch, &delivery) == Recorded::Broken {
+                    return None;
+                }
+            }
+            Some(StreamState::Ready(window))
+        });
+        // A window just loaded stays for the subscriber that loaded it, who joins next.
+        if entry.stream.is_none() && entry.is_unused() {
+            shard.remove(channel);
+        }
+    }
+
+    /// A history channel's epoch and latest offset, when this node has its window.
+    pub fn position(&self, channel: &str) -> Option<(Arc<str>, u64)> {
+        match lock(self.shard(channel)).get(channel)?.stream.as_ref()? {
+            StreamState::Ready(window) => Some((Arc::clone(&window.epoch), window.top)),
+            StreamState::Loading { .. } => None,
+        }
+    }
+
+    /// Drops every window (this node may have missed publications): each is loaded again
+    /// at its next subscribe.
+    pub fn forget_windows(&self) {
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            shard.retain(|_, entry| {
+                if matches!(entry.stream, Some(StreamState::Ready(_))) {
+                    entry.stream = None;
+                }
+                !entry.is_unused()
+            });
+        }
     }
 
     /// `channel`'s subscribers on this node: connection and user.
     pub fn subscribers(&self, channel: &str) -> Vec<(ConnectionId, Arc<str>)> {
         let shard = lock(self.shard(channel));
-        shard.get(channel).map_or_else(Vec::new, |subscribers| {
-            subscribers
+        shard.get(channel).map_or_else(Vec::new, |entry| {
+            entry
+                .subscribers
                 .iter()
                 .map(|(id, mailbox)| (*id, Arc::clone(&mailbox.user)))
                 .collect()
@@ -107,8 +348,10 @@ impl ChannelTable {
             counts.extend(
                 shard
                     .iter()
-                    .filter(|(name, _)| name.as_str().starts_with(prefix))
-                    .map(|(name, subscribers)| (name.clone(), subscribers.len())),
+                    .filter(|(name, entry)| {
+                        name.as_str().starts_with(prefix) && !entry.subscribers.is_empty()
+                    })
+                    .map(|(name, entry)| (name.clone(), entry.subscribers.len())),
             );
         }
         counts

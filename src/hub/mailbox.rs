@@ -21,6 +21,9 @@ const KEPT_CAPACITY: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
     Delivery(Delivery),
+    /// What a subscriber recovered of a history channel, in offset order: one item, so a
+    /// long recovery does not count as a slow consumer's backlog.
+    Recovered(Vec<Delivery>),
     Control(Control),
 }
 
@@ -75,6 +78,12 @@ impl Mailbox {
         drop(queue);
         self.filled.notify_one();
         fits
+    }
+
+    /// Queues a recovery, whatever the mailbox holds: it is bounded by the history kept.
+    pub fn push_recovered(&self, deliveries: Vec<Delivery>) {
+        lock(&self.queue).push_back(Inbound::Recovered(deliveries));
+        self.filled.notify_one();
     }
 
     pub async fn pop(&self) -> Result<Inbound, Overflowed> {

@@ -13,6 +13,7 @@
 
 mod channels;
 pub mod mailbox;
+mod streams;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,10 +24,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
-use crate::channels::{ChannelName, Grant};
+use crate::channels::{ChannelName, Grant, HistoryOptions};
 use crate::protocol::EncodedMessage;
+use crate::store::{HistoryPage, HistoryQuery, HistoryStore};
 use channels::ChannelTable;
+pub use channels::Recover;
+use channels::{Loaded, Older, StreamJoin};
 pub use mailbox::{Control, Inbound, MAILBOX_BUFFER, Mailbox};
+pub use streams::MAX_WINDOW;
 
 /// Broadcasts a connection may fall behind before it is closed as a slow consumer.
 pub const BROADCAST_BUFFER: usize = 1024;
@@ -53,6 +58,17 @@ pub struct Delivery {
     /// For broadcasts: the frame compressed (permessage-deflate), made by the first connection
     /// that needs it and shared with the others.
     pub compressed: Option<Arc<OnceLock<Frame>>>,
+}
+
+impl Delivery {
+    /// A message framed once for many connections, its compressed form made on first need.
+    fn shared(message: &EncodedMessage, published_at: Option<Instant>) -> Self {
+        Delivery {
+            frame: crate::wire::text_frame(message),
+            published_at,
+            compressed: Some(Arc::new(OnceLock::new())),
+        }
+    }
 }
 
 impl AsRef<[u8]> for Delivery {
@@ -191,12 +207,32 @@ impl Hub {
         if !self.channels.has_subscribers(channel) {
             return 0;
         }
-        let delivery = Delivery {
-            frame: crate::wire::text_frame(&encode()),
-            published_at: Some(Instant::now()),
-            compressed: Some(Arc::new(OnceLock::new())),
-        };
+        let delivery = Delivery::shared(&encode(), Some(Instant::now()));
         self.channels.deliver(channel, &delivery)
+    }
+
+    /// Delivers a history channel's publication to its subscribers here, in offset order:
+    /// this node's window on the channel records it (or drops a repeat). Encoded only where
+    /// someone subscribed or is recovering.
+    pub fn publish_stream(
+        &self,
+        channel: &str,
+        offset: u64,
+        epoch: &str,
+        encode: impl FnOnce() -> EncodedMessage,
+    ) -> usize {
+        if !self.channels.is_watched(channel) {
+            return 0;
+        }
+        let delivery = Delivery::shared(&encode(), Some(Instant::now()));
+        self.channels
+            .deliver_stream(channel, offset, epoch, &delivery)
+    }
+
+    /// Forgets every history window: this node may have missed publications (its cluster
+    /// stream lost its place), so the next subscriber of each channel reads the store.
+    pub fn forget_windows(&self) {
+        self.channels.forget_windows();
     }
 
     /// Asks each authenticated connection of `user_id` to carry out `control`; returns how many.
@@ -513,6 +549,120 @@ impl Membership {
         (name, true)
     }
 
+    /// Subscribes to a history channel (or replaces the grant of a subscription held
+    /// already), recovering what the client missed after `recover`: this node's window on
+    /// the channel answers, loaded from `history` by the first subscriber that needs it
+    /// while the others wait for it. The recovered publications are queued before any live
+    /// one. Returns the channel's position and whether the subscription is new.
+    pub async fn subscribe_stream(
+        &mut self,
+        channel: &ChannelName,
+        grant: Grant,
+        mut recover: Recover,
+        history: &HistorySource<'_>,
+    ) -> Result<(Joined, bool), crate::db::Unavailable> {
+        if self.subscriptions.contains_key(channel.as_str()) {
+            let (name, _) = self.subscribe(channel, grant);
+            let position = self.hub.channels.position(name.as_str());
+            return Ok((
+                Joined {
+                    name,
+                    position,
+                    recovered: None,
+                    reads: 0,
+                },
+                false,
+            ));
+        }
+        let mut reads = 0;
+        let mut older: Option<Older> = None;
+        let mut behind = 0;
+        for _ in 0..MAX_JOIN_ATTEMPTS {
+            let join = self.hub.channels.join_stream(
+                channel,
+                self.id,
+                &self.mailbox,
+                &recover,
+                older.as_ref(),
+            );
+            match join {
+                StreamJoin::Joined {
+                    name,
+                    epoch,
+                    offset,
+                    recovered,
+                } => {
+                    self.index_token(&grant, 1);
+                    self.subscriptions.insert(name.clone(), grant);
+                    let joined = Joined {
+                        name,
+                        position: Some((epoch, offset)),
+                        recovered,
+                        reads,
+                    };
+                    return Ok((joined, true));
+                }
+                StreamJoin::Wait(mut loaded) => {
+                    // Woken when the loader settles the window (or gives up).
+                    let _ = loaded.changed().await;
+                }
+                StreamJoin::Load => {
+                    let loading = Loading {
+                        hub: &self.hub,
+                        channel: channel.as_str(),
+                        settled: false,
+                    };
+                    reads += 1;
+                    let capacity = (history.options.size as usize).min(MAX_WINDOW);
+                    let query = HistoryQuery::Latest { limit: capacity };
+                    let page = history.store.read(channel, history.options, query).await?;
+                    loading.settle(Loaded {
+                        epoch: Arc::from(page.top.epoch.as_str()),
+                        top: page.top.offset,
+                        publications: deliveries_of(channel, &page),
+                        capacity,
+                    });
+                }
+                StreamJoin::Older { before } => {
+                    let Recover::From { offset, .. } = recover else {
+                        recover = Recover::Failed;
+                        continue;
+                    };
+                    reads += 1;
+                    let query = HistoryQuery::Since {
+                        offset,
+                        limit: usize::try_from(before.saturating_sub(offset + 1))
+                            .unwrap_or(usize::MAX)
+                            .max(1),
+                    };
+                    let page = history.store.read(channel, history.options, query).await?;
+                    if !page.holds_all_after(offset) {
+                        recover = Recover::Failed;
+                        continue;
+                    }
+                    older = Some(Older {
+                        publications: deliveries_of(channel, &page),
+                        epoch: page.top.epoch,
+                    });
+                }
+                StreamJoin::Behind => {
+                    // Another node delivered an offset this one has not yet: its change
+                    // stream is a moment behind. Past a while, the client's offset is
+                    // taken as one this history never had.
+                    behind += 1;
+                    if behind >= MAX_BEHIND_WAITS {
+                        recover = Recover::Failed;
+                    } else {
+                        tokio::time::sleep(BEHIND_WAIT).await;
+                    }
+                }
+            }
+        }
+        Err(crate::db::Unavailable(format!(
+            "subscribing to {channel} did not settle"
+        )))
+    }
+
     /// Ends the subscription to `channel`; its grant, or `None` when there was none.
     pub fn unsubscribe(&mut self, channel: &str) -> Option<Grant> {
         let grant = self.subscriptions.remove(channel)?;
@@ -561,6 +711,79 @@ impl Membership {
     }
 }
 
+/// How many times a subscribe to a history channel goes round (waiting for a window, reading
+/// older publications) before it gives up as unavailable.
+const MAX_JOIN_ATTEMPTS: usize = 60;
+/// How long, and how many times, a subscribe waits for this node to catch up with an offset
+/// the client has.
+const BEHIND_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+const MAX_BEHIND_WAITS: usize = 40;
+
+/// Where a history channel's publications are read from, and how many it keeps.
+pub struct HistorySource<'a> {
+    pub store: &'a HistoryStore,
+    pub options: HistoryOptions,
+}
+
+/// A subscription to a history channel, as it began.
+#[derive(Debug)]
+pub struct Joined {
+    pub name: ChannelName,
+    /// The channel's epoch and latest offset (unknown for a subscription held already whose
+    /// window is not loaded here).
+    pub position: Option<(Arc<str>, u64)>,
+    /// Whether recovery, when asked for, recovered everything.
+    pub recovered: Option<bool>,
+    /// Reads of the store this subscribe made.
+    pub reads: u32,
+}
+
+/// A window being loaded: settled with what was read, or (dropped unsettled: the read failed
+/// or the task ended) given up, so the subscribers waiting for it go on.
+struct Loading<'a> {
+    hub: &'a Hub,
+    channel: &'a str,
+    settled: bool,
+}
+
+impl Loading<'_> {
+    fn settle(mut self, loaded: Loaded) {
+        self.hub.channels.finish_load(self.channel, Some(loaded));
+        self.settled = true;
+    }
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.hub.channels.finish_load(self.channel, None);
+        }
+    }
+}
+
+/// A page of stored publications as deliveries, framed as live ones are.
+fn deliveries_of(channel: &ChannelName, page: &HistoryPage) -> Vec<(u64, Delivery)> {
+    page.publications
+        .iter()
+        .filter_map(|publication| {
+            let Ok(data) = serde_json::value::RawValue::from_string(publication.data.clone())
+            else {
+                log::warn!("a stored publication in {channel} is not JSON; skipped");
+                return None;
+            };
+            let message = crate::protocol::ServerMessage::Publication {
+                channel: channel.as_str(),
+                offset: Some(publication.offset),
+                epoch: Some(&page.top.epoch),
+                data: &data,
+            }
+            .encode();
+            let delivery = Delivery::shared(&EncodedMessage::from(message), None);
+            Some((publication.offset, delivery))
+        })
+        .collect()
+}
+
 impl Drop for Membership {
     fn drop(&mut self) {
         let channels: Vec<ChannelName> = self.subscriptions.keys().cloned().collect();
@@ -602,6 +825,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    use crate::store::MemoryHistory;
+
     fn frame(text: &str) -> EncodedMessage {
         EncodedMessage::from(text.to_owned())
     }
@@ -610,7 +835,118 @@ mod tests {
     async fn next_delivery(member: &mut Membership) -> Result<Delivery, Fell> {
         match member.next().await? {
             Inbound::Delivery(delivery) => Ok(delivery),
+            Inbound::Recovered(recovered) => panic!("a recovery: {recovered:?}"),
             Inbound::Control(control) => panic!("a control: {control:?}"),
+        }
+    }
+
+    /// A publication of `n` into `channel`'s in-process history, delivered as the bus would.
+    fn publish_numbered(hub: &Hub, history: &MemoryHistory, channel: &str, n: u64) -> u64 {
+        let top = history.append(channel, HISTORY, &n.to_string());
+        hub.publish_stream(channel, top.offset, &top.epoch, || frame(&format!("p{n}")));
+        top.offset
+    }
+
+    const HISTORY: HistoryOptions = HistoryOptions {
+        size: 5,
+        ttl_secs: 60,
+    };
+
+    /// What a recovering member was given, then what it gets live, as offsets.
+    async fn offsets_received(member: &mut Membership, live: usize) -> Vec<u64> {
+        let mut offsets = Vec::new();
+        let number = |d: &Delivery| -> u64 {
+            let text = String::from_utf8_lossy(&d.frame[2..]).to_string();
+            let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            json["offset"]
+                .as_u64()
+                .unwrap_or_else(|| text.trim_start_matches('p').parse().unwrap())
+        };
+        let mut got_live = 0;
+        while got_live < live {
+            match member.next().await.unwrap() {
+                Inbound::Recovered(recovered) => offsets.extend(recovered.iter().map(number)),
+                Inbound::Delivery(delivery) => {
+                    offsets.push(number(&delivery));
+                    got_live += 1;
+                }
+                Inbound::Control(control) => panic!("a control: {control:?}"),
+            }
+        }
+        offsets
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_recovers_from_the_window_then_goes_on_live_in_order() {
+        let hub = Hub::new(ConnectionLimits::UNLIMITED);
+        let history = Arc::new(MemoryHistory::default());
+        let store = HistoryStore::Memory(Arc::clone(&history));
+        let source = HistorySource {
+            store: &store,
+            options: HISTORY,
+        };
+        let channel = ChannelName::parse("feed:a").unwrap();
+        for n in 1..=3 {
+            publish_numbered(&hub, &history, "feed:a", n);
+        }
+        let epoch = history
+            .read("feed:a", HISTORY, HistoryQuery::Latest { limit: 1 })
+            .top
+            .epoch;
+
+        // The first subscriber loads the window (one read) and recovers 2 and 3.
+        let conn = hub.try_open("alice").unwrap();
+        let mut alice = hub.join(&conn, None);
+        let from = |offset| Recover::From {
+            epoch: epoch.clone(),
+            offset,
+        };
+        let (joined, new) = alice
+            .subscribe_stream(&channel, Grant::Server, from(1), &source)
+            .await
+            .unwrap();
+        assert!(new);
+        assert_eq!((joined.recovered, joined.reads), (Some(true), 1));
+        assert_eq!(joined.position.as_ref().map(|(_, o)| *o), Some(3));
+        publish_numbered(&hub, &history, "feed:a", 4);
+        assert_eq!(offsets_received(&mut alice, 1).await, [2, 3, 4]);
+
+        // The next recovers from the window this node now keeps: no read.
+        let conn = hub.try_open("bob").unwrap();
+        let mut bob = hub.join(&conn, None);
+        let (joined, _) = bob
+            .subscribe_stream(&channel, Grant::Server, from(2), &source)
+            .await
+            .unwrap();
+        assert_eq!((joined.recovered, joined.reads), (Some(true), 0));
+        publish_numbered(&hub, &history, "feed:a", 5);
+        assert_eq!(offsets_received(&mut bob, 1).await, [3, 4, 5]);
+
+        // Trimmed away (history_size 5), another epoch, an offset never given: not recovered.
+        for n in 6..=9 {
+            publish_numbered(&hub, &history, "feed:a", n);
+        }
+        for (recover, expected) in [
+            (from(2), Some(false)),
+            (from(3), Some(false)),
+            (from(4), Some(true)),
+            (
+                Recover::From {
+                    epoch: "other".into(),
+                    offset: 8,
+                },
+                Some(false),
+            ),
+            (Recover::No, None),
+        ] {
+            let conn = hub.try_open("carol").unwrap();
+            let mut carol = hub.join(&conn, None);
+            let (joined, _) = carol
+                .subscribe_stream(&channel, Grant::Server, recover.clone(), &source)
+                .await
+                .unwrap();
+            assert_eq!(joined.recovered, expected, "{recover:?}");
+            assert_eq!(joined.position.as_ref().map(|(_, o)| *o), Some(9));
         }
     }
 

@@ -138,6 +138,8 @@ pub(super) struct Sent {
     pub scope: Scope,
     /// Connections reached, when the scope is one node.
     pub reached: Option<usize>,
+    /// Publications into history channels: where each went.
+    pub streams: Vec<crate::bus::StreamPublication>,
 }
 
 /// Sends `command` through the bus; a bus that cannot take it is a 503.
@@ -151,6 +153,7 @@ pub(super) async fn send(state: &AppState, command: Command) -> Result<Sent, Api
         seq: receipt.seq,
         scope,
         reached,
+        streams: receipt.streams,
     })
 }
 

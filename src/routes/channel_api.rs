@@ -7,11 +7,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::AppState;
-use super::api::{ApiCaller, ObjectBody, accepted, send};
-use crate::bus::{ChannelCount, Command};
+use super::api::{ApiCaller, ObjectBody, Scope, accepted, send};
+use crate::bus::{ChannelCount, Command, StreamPublication};
 use crate::channels::{ChannelName, NamespaceOptions};
 use crate::error::ApiError;
 use crate::protocol::PresenceClient;
+use crate::store::HistoryQuery;
 
 /// Channels one `POST /api/publish` may name.
 pub const MAX_PUBLISH_CHANNELS: usize = 1000;
@@ -23,6 +24,7 @@ pub fn configure(scope: actix_web::Scope) -> actix_web::Scope {
         .service(post_only("/publish", publish_many))
         .service(readable("/channels", list))
         .service(readable("/channels/{channel}/presence", presence))
+        .service(readable("/channels/{channel}/history", history))
         .service(post_only("/users/{user_id}/subscriptions", subscribe_user))
         .service(
             web::resource("/users/{user_id}/subscriptions/{channel}")
@@ -48,18 +50,57 @@ struct DataBody {
     data: Box<RawValue>,
 }
 
+/// A publication into a history namespace must leave room for the rest of the history.
+fn fits_history(options: NamespaceOptions, data: &RawValue) -> Result<(), ApiError> {
+    match options.history {
+        Some(history) if data.get().len() > history.max_publication_bytes() => {
+            Err(ApiError::PublicationTooLarge {
+                max: history.max_publication_bytes(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The 202 of a publication: how far it went and, in history channels, where it went.
+#[derive(Serialize)]
+struct PublishedOne {
+    scope: Scope,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivered: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<String>,
+}
+
 async fn publish_one(
     _: ApiCaller,
     state: web::Data<AppState>,
     channel: web::Path<String>,
     body: ObjectBody<DataBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let (name, _) = checked(&state, &channel)?;
-    let command = Command::Publish {
-        channels: vec![name],
-        data: body.0.data,
-    };
-    Ok(accepted(send(&state, command).await?))
+    let (name, options) = checked(&state, &channel)?;
+    fits_history(options, &body.0.data)?;
+    let command = Command::publish([(name, options)], body.0.data);
+    let sent = send(&state, command).await?;
+    let stream = sent.streams.into_iter().next();
+    Ok(HttpResponse::Accepted().json(PublishedOne {
+        scope: sent.scope,
+        delivered: sent.reached,
+        offset: stream.as_ref().map(|s| s.offset),
+        epoch: stream.map(|s| s.epoch),
+    }))
+}
+
+#[derive(Serialize)]
+struct PublishedMany {
+    scope: Scope,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivered: Option<usize>,
+    /// The history channels, each with the publication's offset and epoch there.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    publications: Vec<StreamPublication>,
 }
 
 #[derive(Deserialize)]
@@ -80,19 +121,22 @@ async fn publish_many(
             "channels must name 1 to {MAX_PUBLISH_CHANNELS} channels"
         )));
     }
-    let mut names: Vec<ChannelName> = Vec::with_capacity(channels.len());
+    let mut targets: Vec<(ChannelName, NamespaceOptions)> = Vec::with_capacity(channels.len());
+    let mut named = std::collections::HashSet::with_capacity(channels.len());
     for channel in &channels {
-        let (name, _) = checked(&state, channel)?;
+        let (name, options) = checked(&state, channel)?;
+        fits_history(options, &data)?;
         // A channel named twice is published to once.
-        if !names.contains(&name) {
-            names.push(name);
+        if named.insert(name.clone()) {
+            targets.push((name, options));
         }
     }
-    let command = Command::Publish {
-        channels: names,
-        data,
-    };
-    Ok(accepted(send(&state, command).await?))
+    let sent = send(&state, Command::publish(targets, data)).await?;
+    Ok(HttpResponse::Accepted().json(PublishedMany {
+        scope: sent.scope,
+        delivered: sent.reached,
+        publications: sent.streams,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -174,5 +218,78 @@ async fn presence(
     Ok(HttpResponse::Ok().json(PresenceBody {
         channel: name.as_str(),
         clients,
+    }))
+}
+
+/// Most publications one history read returns.
+pub const MAX_HISTORY_LIMIT: usize = 1000;
+const DEFAULT_HISTORY_LIMIT: usize = 100;
+
+#[derive(Deserialize)]
+struct HistoryParams {
+    since: Option<u64>,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct HistoryBody<'a> {
+    epoch: &'a str,
+    /// The channel's latest offset.
+    offset: u64,
+    publications: Vec<HistoryEntry<'a>>,
+}
+
+#[derive(Serialize)]
+struct HistoryEntry<'a> {
+    offset: u64,
+    data: &'a RawValue,
+}
+
+/// `GET /api/channels/{channel}/history?since=&limit=`: the publications after `since`, or
+/// the newest `limit`, in offset order.
+async fn history(
+    _: ApiCaller,
+    state: web::Data<AppState>,
+    channel: web::Path<String>,
+    params: web::Query<HistoryParams>,
+) -> Result<HttpResponse, ApiError> {
+    let (name, options) = checked(&state, &channel)?;
+    let history = options.history.ok_or(ApiError::HistoryDisabled)?;
+    let limit = params.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+    if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit is 1 to {MAX_HISTORY_LIMIT}"
+        )));
+    }
+    let query = match params.since {
+        Some(offset) => HistoryQuery::Since { offset, limit },
+        None => HistoryQuery::Latest { limit },
+    };
+    let page = state
+        .bus
+        .read_history(&name, history, query)
+        .await
+        .map_err(|e| {
+            log::warn!("reading history: {e}");
+            ApiError::DatabaseUnavailable
+        })?;
+    let data: Vec<Box<RawValue>> = page
+        .publications
+        .iter()
+        .filter_map(|p| RawValue::from_string(p.data.clone()).ok())
+        .collect();
+    let publications = page
+        .publications
+        .iter()
+        .zip(&data)
+        .map(|(p, data)| HistoryEntry {
+            offset: p.offset,
+            data,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(HistoryBody {
+        epoch: &page.top.epoch,
+        offset: page.top.offset,
+        publications,
     }))
 }

@@ -14,11 +14,14 @@ use super::{Authenticated, CloseReason, SessionContext};
 use crate::bus::Command;
 pub use crate::channels::ChannelPolicy;
 use crate::channels::{
-    ChannelName, ClaimGrants, Grant, NamespaceOptions, Namespaces, TokenGrant, grant_without_token,
+    ChannelName, ClaimGrants, Grant, HistoryOptions, NamespaceOptions, Namespaces, TokenGrant,
+    grant_without_token,
 };
 use crate::db::Unavailable;
-use crate::hub::{ConnectionId, Control};
-use crate::protocol::{ClientMessage, ErrorCode, PresenceClient, ServerMessage, UnsubscribeReason};
+use crate::hub::{ConnectionId, Control, HistorySource, Joined, Recover};
+use crate::protocol::{
+    ClientMessage, ErrorCode, PresenceClient, ServerMessage, StreamPosition, UnsubscribeReason,
+};
 
 /// The subscriptions held by subscription tokens, each with its own expiry.
 #[derive(Debug, Default)]
@@ -73,12 +76,23 @@ impl Authenticated {
             vec![ServerMessage::error(code, Some(channel), id).encode()]
         };
         match request {
-            ClientMessage::Subscribe { channel, token } => {
+            ClientMessage::Subscribe {
+                channel,
+                token,
+                since,
+            } => {
                 let (name, options) = match checked(&ctx.channels.namespaces, &channel) {
                     Ok(checked) => checked,
                     Err(code) => return error(code, &channel),
                 };
-                self.subscribe(ctx, name, options, token.as_deref(), id)
+                let recover = match since {
+                    Some(since) => Recover::From {
+                        epoch: since.epoch.into_owned(),
+                        offset: since.offset,
+                    },
+                    None => Recover::No,
+                };
+                self.subscribe(ctx, name, options, token.as_deref(), recover, id)
                     .await
                     .unwrap_or_else(|code| error(code, &channel))
             }
@@ -138,6 +152,7 @@ impl Authenticated {
         name: ChannelName,
         options: NamespaceOptions,
         token: Option<&str>,
+        recover: Recover,
         id: Option<&RawValue>,
     ) -> Result<Messages, ErrorCode> {
         let grant = match token {
@@ -158,16 +173,14 @@ impl Authenticated {
             }
             None => grant,
         };
-        self.hold(ctx, &name, grant, options).await?;
-        Ok(vec![
-            ServerMessage::Subscribed {
-                channel: name.as_str(),
-                id,
-                refreshed,
-                server: false,
-            }
-            .encode(),
-        ])
+        let position = self.hold(ctx, &name, grant, options, recover).await?;
+        Ok(vec![subscribed(
+            &name,
+            id,
+            refreshed,
+            false,
+            position.as_ref(),
+        )])
     }
 
     /// A subscription token for this user and exactly this channel, not revoked.
@@ -199,24 +212,55 @@ impl Authenticated {
     }
 
     /// Holds `name` with `grant` (new or replacing), keeping the token timers and the
-    /// join announcement in step. A new subscription in a presence namespace that MongoDB
-    /// cannot record is undone (`unavailable`): presence never leaves a subscriber out.
+    /// join announcement in step; in a history namespace, recovers from `recover` and
+    /// answers where the channel stands. A new subscription in a presence namespace that
+    /// MongoDB cannot record is undone (`unavailable`): presence never leaves a subscriber
+    /// out.
     async fn hold(
         &mut self,
         ctx: &SessionContext,
         name: &ChannelName,
         grant: Grant,
         options: NamespaceOptions,
-    ) -> Result<(), ErrorCode> {
+        recover: Recover,
+    ) -> Result<Option<Position>, ErrorCode> {
+        let (new, position) = match options.history {
+            None => (self.membership.subscribe(name, grant.clone()).1, None),
+            Some(history) => {
+                let asked = recover != Recover::No;
+                // Boxed: a MongoDB read's state would otherwise size every connection's task.
+                let joined = Box::pin(self.join_stream(ctx, name, grant.clone(), recover, history))
+                    .await
+                    .map_err(|e| {
+                        log::warn!("subscribing to a history channel: {e}");
+                        ErrorCode::Unavailable
+                    })?;
+                let (joined, new) = joined;
+                ctx.metrics.history_reads.inc_by(u64::from(joined.reads));
+                if asked && new {
+                    let result = if joined.recovered == Some(true) {
+                        "recovered"
+                    } else {
+                        "failed"
+                    };
+                    ctx.metrics.recoveries.with_label_values(&[result]).inc();
+                }
+                let position = joined.position.map(|(epoch, offset)| Position {
+                    epoch,
+                    offset,
+                    recovered: joined.recovered,
+                });
+                (new, position)
+            }
+        };
         match &grant {
             Grant::Token(token) => self
                 .tokens
                 .set(name.clone(), ctx.timing.expiry_of(token.expires_at)),
             _ => self.tokens.remove(name.as_str()),
         }
-        let (_, new) = self.membership.subscribe(name, grant);
         if !new {
-            return Ok(());
+            return Ok(position);
         }
         if options.presence {
             let client = ctx.presence_client(self.connection, &self.user_id);
@@ -231,7 +275,25 @@ impl Authenticated {
         if options.join_leave {
             self.announce(ctx, name, true).await;
         }
-        Ok(())
+        Ok(position)
+    }
+
+    async fn join_stream(
+        &mut self,
+        ctx: &SessionContext,
+        name: &ChannelName,
+        grant: Grant,
+        recover: Recover,
+        options: HistoryOptions,
+    ) -> Result<(Joined, bool), Unavailable> {
+        let store = ctx.bus.history()?;
+        let source = HistorySource {
+            store: &store,
+            options,
+        };
+        self.membership
+            .subscribe_stream(name, grant, recover, &source)
+            .await
     }
 
     /// Leaves `name`: the hub's table, the token timer, presence and, where the namespace
@@ -283,19 +345,17 @@ impl Authenticated {
                 let Ok(options) = ctx.channels.namespaces.options(&name) else {
                     return Vec::new();
                 };
-                if let Err(code) = self.hold(ctx, &name, Grant::Server, options).await {
-                    log::warn!("a server-side subscription failed: {}", code.as_str());
-                    return Vec::new();
-                }
-                vec![
-                    ServerMessage::Subscribed {
-                        channel: name.as_str(),
-                        id: None,
-                        refreshed: false,
-                        server: true,
+                let position = match self
+                    .hold(ctx, &name, Grant::Server, options, Recover::No)
+                    .await
+                {
+                    Ok(position) => position,
+                    Err(code) => {
+                        log::warn!("a server-side subscription failed: {}", code.as_str());
+                        return Vec::new();
                     }
-                    .encode(),
-                ]
+                };
+                vec![subscribed(&name, None, false, true, position.as_ref())]
             }
             Control::Unsubscribe(name) => self
                 .end(ctx, &name, UnsubscribeReason::Server)
@@ -424,6 +484,35 @@ impl Authenticated {
             );
         }
     }
+}
+
+/// A history channel's position as a subscribe found it.
+pub struct Position {
+    epoch: Arc<str>,
+    offset: u64,
+    recovered: Option<bool>,
+}
+
+/// The `subscribed` reply.
+fn subscribed(
+    name: &ChannelName,
+    id: Option<&RawValue>,
+    refreshed: bool,
+    server: bool,
+    position: Option<&Position>,
+) -> String {
+    ServerMessage::Subscribed {
+        channel: name.as_str(),
+        id,
+        refreshed,
+        server,
+        stream: position.map(|p| StreamPosition {
+            recovered: p.recovered,
+            offset: p.offset,
+            epoch: &p.epoch,
+        }),
+    }
+    .encode()
 }
 
 /// A valid name in a declared namespace, with the namespace's options.

@@ -317,7 +317,18 @@ impl Connection<Authenticated> {
                 kick = self.open.kicked() => break CloseReason::Kicked(kick),
                 inbound = self.state.membership.next() => {
                     let delivery = match inbound {
-                        Ok(Inbound::Delivery(delivery)) => delivery,
+                        Ok(Inbound::Delivery(delivery)) => Some(delivery),
+                        Ok(Inbound::Recovered(recovered)) => {
+                            // Written as a batch of its own, before anything that came after.
+                            let frames: Vec<_> = recovered
+                                .iter()
+                                .map(|d| self.writer.adapt(&d.frame, d.compressed.as_deref()))
+                                .collect();
+                            if send(ctx, &mut self.writer, &frames).await.is_err() {
+                                break CloseReason::ConnectionLost;
+                            }
+                            None
+                        }
                         Ok(Inbound::Control(control)) => {
                             let replies = Box::pin(self.state.on_control(ctx, control)).await;
                             if self.send_messages(ctx, &replies).await.is_err() {
@@ -328,6 +339,7 @@ impl Connection<Authenticated> {
                         }
                         Err(fell) => break fell.into(),
                     };
+                    let Some(delivery) = delivery else { continue };
                     // Whatever else is already waiting goes out in the same write: under load,
                     // one system call then carries several messages.
                     let batch = match self.state.membership.with_waiting(delivery, MAX_BATCH) {

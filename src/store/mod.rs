@@ -1,11 +1,16 @@
-//! What the gateway keeps: tickets, revocations and channel presence. Each is one enum over two backends that
-//! give the same answers, MongoDB for one or many nodes and in process for a single node
-//! (`tests/api/store_conformance.rs` holds them to it); channel history will be the third.
+//! What the gateway keeps: tickets, revocations, channel presence and channel history. Each
+//! is one enum over two backends that give the same answers, MongoDB for one or many nodes
+//! and in process for a single node (`tests/api/store_conformance.rs` holds them to it).
 
+pub mod history;
 pub mod presence;
 pub mod revocations;
 pub mod tickets;
 
+pub use history::{
+    HISTORY_COLLECTION, HistoryPage, HistoryQuery, HistoryStore, MemoryHistory, MongoHistory,
+    StoredPublication, StreamTop,
+};
 pub use presence::{MongoPresence, PRESENCE_COLLECTION, PresenceStore};
 pub use revocations::{
     MemoryRevocations, MongoRevocations, REVOCATIONS_COLLECTION, RevocationStore,

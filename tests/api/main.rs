@@ -12,6 +12,7 @@ mod compose;
 mod cors;
 mod deflate;
 mod drain;
+mod history;
 mod hostile;
 mod jwt_keys;
 mod limits;

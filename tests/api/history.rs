@@ -1,0 +1,413 @@
+//! History and recovery (docs/PROTOCOL.md, "History and recovery"): offsets and epochs on
+//! publications and in the publish answers, the history API, recovery on subscribe, on one
+//! node (both stores) and across nodes on a replica set, with concurrent publishers, a
+//! client that moves to another node, and a history that expires.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::channels::{ConfigFile, jwt_granting};
+use crate::cluster::Cluster;
+use crate::support::*;
+
+const API_KEY: &str = "history-api-key-0123456789";
+
+const NAMESPACES: &str = r#"
+[[channels.namespaces]]
+name = "feed"
+history_size = 20
+history_ttl_secs = 600
+
+[[channels.namespaces]]
+name = "brief"
+history_size = 20
+history_ttl_secs = 2
+
+[[channels.namespaces]]
+name = "deep"
+history_size = 10000
+history_ttl_secs = 60
+
+[[channels.namespaces]]
+name = "plain"
+"#;
+
+async fn app(store: Store, file: &ConfigFile) -> TestApp {
+    spawn_app(store, &[("API_KEY", API_KEY), ("CONFIG_FILE", file.path())]).await
+}
+
+async fn feed_client(app: &TestApp, sub: &str) -> WsClient {
+    let mut client = app.connect(&app.ticket(sub).await).await;
+    client
+        .send_json(
+            &json!({"type": "jwt", "token": jwt_granting(sub, &["feed:*", "plain:*", "brief:*"])}),
+        )
+        .await;
+    assert_eq!(client.next_json().await["type"], "authenticated");
+    client
+}
+
+async fn publish(app: &TestApp, channel: &str, data: Value) -> Value {
+    let path = format!("/api/channels/{channel}/publish");
+    let (status, body) = app
+        .call_api(
+            API_KEY,
+            reqwest::Method::POST,
+            &path,
+            Some(json!({ "data": data })),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    body
+}
+
+async fn get(app: &TestApp, path: &str) -> (u16, Value) {
+    app.call_api(API_KEY, reqwest::Method::GET, path, None)
+        .await
+}
+
+/// Sends a subscribe and returns the reply.
+async fn subscribe(client: &mut WsClient, channel: &str, since: Option<(u64, &str)>) -> Value {
+    let mut request = json!({"type": "subscribe", "channel": channel});
+    if let Some((offset, epoch)) = since {
+        request["since"] = json!({"offset": offset, "epoch": epoch});
+    }
+    client.send_json(&request).await;
+    client.next_json().await
+}
+
+/// The next `n` publications' (offset, data).
+async fn publications(client: &mut WsClient, n: usize) -> Vec<(u64, Value)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let message = client.next_json().await;
+        assert_eq!(message["type"], "publication", "{message}");
+        got.push((message["offset"].as_u64().unwrap(), message["data"].clone()));
+    }
+    got
+}
+
+async fn numbered_publications_and_recovery_on_one_node(store: Store) {
+    let file = ConfigFile::new(NAMESPACES);
+    let app = app(store, &file).await;
+
+    // A channel without publications has an epoch already, which its first keeps.
+    let mut alice = feed_client(&app, "alice").await;
+    let first = subscribe(&mut alice, "feed:a", None).await;
+    assert_eq!(first["type"], "subscribed");
+    assert_eq!(first["offset"], 0);
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+    assert!(first.get("recovered").is_none(), "{first}");
+    for n in 1..=3 {
+        let answer = publish(&app, "feed:a", json!(n)).await;
+        assert_eq!(
+            (answer["offset"].as_u64(), answer["epoch"].as_str()),
+            (Some(n), Some(&*epoch))
+        );
+    }
+    let live = publications(&mut alice, 3).await;
+    assert_eq!(live, [(1, json!(1)), (2, json!(2)), (3, json!(3))]);
+
+    // Gone for a while: 4..=8 are missed, then recovered in order, then live again.
+    drop(alice);
+    for n in 4..=8 {
+        publish(&app, "feed:a", json!(n)).await;
+    }
+    let mut back = feed_client(&app, "alice").await;
+    let reply = subscribe(&mut back, "feed:a", Some((3, &epoch))).await;
+    assert_eq!(
+        reply,
+        json!({"type": "subscribed", "channel": "feed:a", "recovered": true, "offset": 8, "epoch": epoch})
+    );
+    publish(&app, "feed:a", json!(9)).await;
+    let got = publications(&mut back, 6).await;
+    assert_eq!(
+        got.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        [4, 5, 6, 7, 8, 9]
+    );
+    assert_eq!(got[0].1, json!(4));
+    back.expect_silence(Duration::from_millis(200)).await;
+
+    // Another epoch, or an offset this history never gave: not recovered, live from now.
+    let mut other = feed_client(&app, "bob").await;
+    let reply = subscribe(&mut other, "feed:a", Some((2, "not-this-one"))).await;
+    assert_eq!(
+        (reply["recovered"].as_bool(), reply["offset"].as_u64()),
+        (Some(false), Some(9))
+    );
+    other.expect_silence(Duration::from_millis(200)).await;
+    // Trimmed: history_size 20 keeps 12..=31 after 31 publications.
+    for n in 10..=31 {
+        publish(&app, "feed:a", json!(n)).await;
+    }
+    let mut late = feed_client(&app, "carol").await;
+    let reply = subscribe(&mut late, "feed:a", Some((10, &epoch))).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    let reply = subscribe(&mut late, "feed:b", Some((0, &epoch))).await;
+    assert_eq!(
+        reply["recovered"], false,
+        "another channel's epoch: {reply}"
+    );
+
+    // The history API: newest by default, `since` pages forward, limits checked.
+    let (status, page) = get(&app, "/api/channels/feed:a/history?limit=3").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["epoch"], json!(epoch));
+    assert_eq!(page["offset"], 31);
+    assert_eq!(
+        page["publications"],
+        json!([{"offset": 29, "data": 29}, {"offset": 30, "data": 30}, {"offset": 31, "data": 31}])
+    );
+    let (_, page) = get(&app, "/api/channels/feed:a/history?since=5&limit=2").await;
+    assert_eq!(
+        page["publications"],
+        json!([{"offset": 12, "data": 12}, {"offset": 13, "data": 13}])
+    );
+    let (_, page) = get(&app, "/api/channels/feed:a/history?since=30").await;
+    assert_eq!(page["publications"], json!([{"offset": 31, "data": 31}]));
+    let (_, page) = get(&app, "/api/channels/feed:a/history").await;
+    assert_eq!(page["publications"].as_array().unwrap().len(), 20);
+    for (path, status, code) in [
+        (
+            "/api/channels/feed:a/history?limit=1001",
+            400,
+            "bad_request",
+        ),
+        ("/api/channels/feed:a/history?limit=0", 400, "bad_request"),
+        ("/api/channels/feed:a/history?since=-1", 400, "bad_request"),
+        ("/api/channels/plain:a/history", 404, "history_disabled"),
+        ("/api/channels/nope:a/history", 400, "unknown_namespace"),
+    ] {
+        let (got, body) = get(&app, path).await;
+        assert_eq!(
+            (got, body["error"].as_str()),
+            (status, Some(code)),
+            "{path}: {body}"
+        );
+    }
+
+    // Publishing: many channels answer each history channel's place; data too large for
+    // the history's share of a document is 413.
+    let (status, body) = app
+        .call_api(
+            API_KEY,
+            reqwest::Method::POST,
+            "/api/publish",
+            Some(json!({"channels": ["plain:x", "feed:a", "feed:b"], "data": "many"})),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let places: Vec<(String, u64)> = body["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["channel"].as_str().unwrap().to_owned(),
+                p["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        places,
+        [("feed:a".to_owned(), 32), ("feed:b".to_owned(), 1)]
+    );
+    // deep: history_size 10000 leaves 15 MiB / 10000 = 1572 bytes a publication.
+    let big = "x".repeat(1600);
+    let (status, body) = app
+        .call_api(
+            API_KEY,
+            reqwest::Method::POST,
+            "/api/channels/deep:a/publish",
+            Some(json!({ "data": big })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("publication_too_large")),
+        "{body}"
+    );
+    // A namespace without history numbers nothing.
+    let plain = publish(&app, "plain:x", json!(1)).await;
+    assert!(plain.get("offset").is_none(), "{plain}");
+}
+
+#[tokio::test]
+async fn numbered_publications_and_recovery_in_process() {
+    numbered_publications_and_recovery_on_one_node(Store::Memory).await;
+}
+
+#[tokio::test]
+async fn numbered_publications_and_recovery_on_mongodb() {
+    numbered_publications_and_recovery_on_one_node(Store::Mongo).await;
+}
+
+fn start_cluster(mongod_uri: &str, count: usize, file: &ConfigFile) -> Cluster {
+    tokio::task::block_in_place(|| {
+        Cluster::start_with(mongod_uri, count, &[("CONFIG_FILE", file.path())])
+    })
+}
+
+async fn cluster_client(cluster: &Cluster, node: usize, sub: &str) -> WsClient {
+    cluster
+        .client_with(node, sub, &jwt_granting(sub, &["feed:*", "brief:*"]))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_on_three_nodes_get_contiguous_offsets_delivered_in_order() {
+    let file = ConfigFile::new(NAMESPACES);
+    let cluster = start_cluster(&mongo_uri(), 3, &file);
+    let mut watchers = Vec::new();
+    for node in 1..=3 {
+        let mut client = cluster_client(&cluster, node, "watcher").await;
+        let reply = subscribe(&mut client, "feed:race", None).await;
+        assert_eq!(reply["offset"], 0, "{reply}");
+        watchers.push(client);
+    }
+    // Three publishers, one per node, 40 publications each, all at once.
+    let per_node = 40;
+    let publishers = (1..=3).map(|node| {
+        let cluster = &cluster;
+        async move {
+            let mut offsets = Vec::new();
+            for i in 0..per_node {
+                let (status, body) = cluster
+                    .post(
+                        node,
+                        "/api/channels/feed:race/publish",
+                        json!({"data": {"node": node, "i": i}}),
+                    )
+                    .await;
+                assert_eq!(status, 202, "{body}");
+                offsets.push(body["offset"].as_u64().unwrap());
+            }
+            offsets
+        }
+    });
+    let answered: Vec<Vec<u64>> = futures_util::future::join_all(publishers).await;
+    let mut all: Vec<u64> = answered.concat();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=3 * per_node as u64).collect::<Vec<_>>(),
+        "contiguous and unique"
+    );
+    for offsets in &answered {
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "each publisher's rise: {offsets:?}"
+        );
+    }
+    // Every node delivers every publication once, in offset order.
+    for watcher in &mut watchers {
+        let got = publications(watcher, 3 * per_node).await;
+        let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, (1..=3 * per_node as u64).collect::<Vec<_>>());
+        watcher.expect_silence(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cut_off_recovers_everything_on_another_node() {
+    let file = ConfigFile::new(NAMESPACES);
+    let cluster = start_cluster(&mongo_uri(), 2, &file);
+    let mut client = cluster_client(&cluster, 1, "alice").await;
+    let reply = subscribe(&mut client, "feed:moving", None).await;
+    let epoch = reply["epoch"].as_str().unwrap().to_owned();
+    for n in 1..=5 {
+        cluster
+            .post(2, "/api/channels/feed:moving/publish", json!({ "data": n }))
+            .await;
+    }
+    let seen = publications(&mut client, 5).await;
+    assert_eq!(seen.last().unwrap().0, 5);
+    // The TCP connection is gone without a close; publications go on meanwhile.
+    drop(client);
+    for n in 6..=12 {
+        let (status, _) = cluster
+            .post(1, "/api/channels/feed:moving/publish", json!({ "data": n }))
+            .await;
+        assert_eq!(status, 202);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut back = cluster_client(&cluster, 2, "alice").await;
+    let reply = subscribe(&mut back, "feed:moving", Some((5, &epoch))).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(reply["offset"], 12, "{reply}");
+    cluster
+        .post(
+            1,
+            "/api/channels/feed:moving/publish",
+            json!({ "data": 13 }),
+        )
+        .await;
+    let got = publications(&mut back, 8).await;
+    assert_eq!(
+        got,
+        (6..=13).map(|n| (n, json!(n))).collect::<Vec<_>>(),
+        "nothing missing, nothing twice, in order"
+    );
+    back.expect_silence(Duration::from_millis(300)).await;
+    // Node 2 read the channel's window from MongoDB once.
+    assert_eq!(
+        cluster
+            .metric(2, "ticketgate_history_reads_total", &[])
+            .await,
+        1.0
+    );
+    assert_eq!(
+        cluster
+            .metric(2, "ticketgate_recoveries_total", &[("result", "recovered")])
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_history_is_not_recovered_and_starts_a_new_epoch() {
+    let mongod = tokio::task::block_in_place(TestMongod::start);
+    let file = ConfigFile::new(NAMESPACES);
+    let cluster = start_cluster(&mongod.uri, 1, &file);
+    let (_, first) = cluster
+        .post(1, "/api/channels/brief:x/publish", json!({ "data": "old" }))
+        .await;
+    let old_epoch = first["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(first["offset"], 1);
+    // history_ttl_secs = 2, and the test mongod's TTL monitor runs every second.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let page = cluster.get(1, "/api/channels/brief:x/history").await;
+        if page["epoch"] != json!(old_epoch) {
+            assert_eq!(
+                (
+                    page["offset"].as_u64(),
+                    page["publications"].as_array().map(Vec::len)
+                ),
+                (Some(0), Some(0)),
+                "{page}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the history never expired: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut client = cluster_client(&cluster, 1, "alice").await;
+    let reply = subscribe(&mut client, "brief:x", Some((0, &old_epoch))).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_ne!(reply["epoch"], json!(old_epoch));
+    client.expect_silence(Duration::from_millis(300)).await;
+    let (_, next) = cluster
+        .post(1, "/api/channels/brief:x/publish", json!({ "data": "new" }))
+        .await;
+    assert_eq!(
+        (next["offset"].as_u64(), &next["epoch"]),
+        (Some(1), &reply["epoch"])
+    );
+    let got = publications(&mut client, 1).await;
+    assert_eq!(got, [(1, json!("new"))]);
+}
