@@ -95,6 +95,7 @@ const SERVED: &[(&str, &str)] = &[
     ("delete", "/api/users/{user_id}/subscriptions/{channel}"),
     ("get", "/api/channels"),
     ("get", "/api/channels/{channel}/presence"),
+    ("get", "/api/channels/{channel}/history"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -156,9 +157,11 @@ async fn schemathesis_finds_nothing_against_the_document() {
     // Authorization header passes /token/ws and /api alike.
     let credential = jwt("alice");
     let (uri, db) = (mongo_uri(), unique_db_name());
-    // Presence in the default namespace, so presence queries reach their 200s.
-    let channels =
-        crate::channels::ConfigFile::new("[channels]\npresence = true\njoin_leave = true\n");
+    // Presence and history in the default namespace, so presence and history queries reach
+    // their 200s.
+    let channels = crate::channels::ConfigFile::new(
+        "[channels]\npresence = true\njoin_leave = true\nhistory_size = 10\nhistory_ttl_secs = 60\n",
+    );
     let gateway = GatewayProcess::start(&[
         ("CONFIG_FILE", channels.path()),
         ("JWT_SECRET", SECRET),
