@@ -60,8 +60,27 @@ export interface SubscribeOptions {
 export type UnsubscribeReason = "permission_lost" | "token_expired" | "revoked" | "server";
 
 export interface SubscriptionEvents {
-  subscribed: CustomEvent<{ channel: string; refreshed?: boolean; server?: boolean }>;
-  publication: CustomEvent<{ channel: string; data: unknown }>;
+  /**
+   * In a history namespace, `offset` and `epoch` give the channel's position, and after a
+   * reconnect `recovered` says whether every missed publication follows (true) or not (false,
+   * with a `resync` event too).
+   */
+  subscribed: CustomEvent<{
+    channel: string;
+    refreshed?: boolean;
+    server?: boolean;
+    recovered?: boolean;
+    offset?: number;
+    epoch?: string;
+  }>;
+  /** In offset order, none twice across reconnects; `offset` and `epoch` in history namespaces. */
+  publication: CustomEvent<{ channel: string; data: unknown; offset?: number; epoch?: string }>;
+  /**
+   * Publications were lost to this subscription: they could not be recovered after a
+   * reconnect (`not_recovered`: trimmed or expired history, a new epoch), or one never arrived
+   * (`gap`). Reload the channel's state from the app's backend.
+   */
+  resync: CustomEvent<{ channel: string; reason: "not_recovered" | "gap"; offset: number; epoch: string }>;
   /** The server ended the subscription; `reason` says why. */
   unsubscribed: CustomEvent<{ channel: string; reason?: UnsubscribeReason }>;
   error: CustomEvent<{ error: ChannelError | unknown }>;
@@ -76,6 +95,11 @@ export declare class Subscription extends EventTarget {
   readonly state: "subscribing" | "subscribed" | "unsubscribed";
   /** Made by the server API; not made again by the client after a reconnect. */
   readonly server: boolean;
+  /** History namespaces: the channel's epoch, and the offset of the last publication had. */
+  readonly epoch: string | null;
+  readonly offset: number | null;
+  /** What a reconnect recovers from (`null` outside history namespaces). */
+  readonly since: { offset: number; epoch: string } | null;
   presence(): Promise<{ clients: PresenceClient[] }>;
   unsubscribe(): Promise<void>;
   addEventListener<K extends keyof SubscriptionEvents>(type: K, listener: (event: SubscriptionEvents[K]) => void): void;

@@ -20,6 +20,15 @@
 //
 // A subscription is made again after every reconnect (with a fresh token from `getToken`,
 // when it has one) and refreshed in place on `subscription_expiring`.
+//
+// History and recovery: in a namespace with `history_size`, each publication carries an
+// `offset` and `epoch`. A subscription remembers the last of them and resubscribes with
+// `since` after every reconnect, so the publications missed meanwhile arrive first, in
+// order, and none twice. When they cannot be recovered (the history was trimmed or
+// expired), the subscription fires `resync`: reload the state from the app's backend.
+//
+//   room.addEventListener("subscribed", (e) => e.detail.recovered);   // true, false or undefined
+//   room.addEventListener("resync", () => reloadRoom());
 
 /** The WebSocket subprotocol this client speaks (docs/PROTOCOL.md). */
 export const SUBPROTOCOL = "ticketgate.v1";
@@ -62,7 +71,8 @@ export class ChannelError extends Error {
 
 /**
  * One channel subscription, an EventTarget: `subscribed`, `publication`, `unsubscribed`,
- * `error`, `join`, `leave`, `expiring`. Made by `client.subscribe()`, or by the server API.
+ * `error`, `join`, `leave`, `expiring`, `resync`. Made by `client.subscribe()`, or by the
+ * server API.
  */
 export class Subscription extends EventTarget {
   constructor(client, channel, options = {}) {
@@ -74,6 +84,26 @@ export class Subscription extends EventTarget {
     this.state = "subscribing";
     /** Made by the server API: the client does not subscribe it again after a reconnect. */
     this.server = Boolean(options.server);
+    /** History namespaces: the channel's epoch and the offset of the last publication had. */
+    this.epoch = null;
+    this.offset = null;
+  }
+
+  /** Where this subscription's copy of the channel ends, for a recovering subscribe. */
+  get since() {
+    return this.epoch === null ? null : { offset: this.offset, epoch: this.epoch };
+  }
+
+  /** A publication from the gateway: false when it is one this subscription already had. */
+  _advance(message) {
+    if (message.offset === undefined) return true;
+    if (message.epoch === this.epoch && message.offset <= this.offset) return false;
+    const gap = message.epoch === this.epoch && message.offset > this.offset + 1;
+    this.epoch = message.epoch;
+    this.offset = message.offset;
+    // The gateway delivers every offset in order; a gap means something was lost on the way.
+    if (gap) this._emit("resync", { channel: this.channel, reason: "gap", offset: message.offset, epoch: message.epoch });
+    return true;
   }
 
   /** Who is subscribed, on every node (namespaces with presence only). */
@@ -164,6 +194,8 @@ export class TicketgateClient extends EventTarget {
 
   async #sendSubscribe(subscription, refresh) {
     const message = { type: "subscribe", channel: subscription.channel };
+    const since = refresh ? null : subscription.since;
+    if (since) message.since = since;
     try {
       if (subscription.getToken) message.token = await subscription.getToken(subscription.channel);
     } catch (error) {
@@ -174,7 +206,22 @@ export class TicketgateClient extends EventTarget {
     try {
       const reply = await this.request(message);
       subscription.state = "subscribed";
-      subscription._emit("subscribed", { channel: subscription.channel, refreshed: Boolean(reply.refreshed) || refresh });
+      const recovered = reply.recovered;
+      if (reply.epoch !== undefined && !refresh && recovered !== true) {
+        // A first subscribe, or what was missed is gone: live from the reply's position on.
+        subscription.epoch = reply.epoch;
+        subscription.offset = reply.offset;
+      }
+      subscription._emit("subscribed", {
+        channel: subscription.channel,
+        refreshed: Boolean(reply.refreshed) || refresh,
+        recovered,
+        offset: reply.offset,
+        epoch: reply.epoch,
+      });
+      if (recovered === false) {
+        subscription._emit("resync", { channel: subscription.channel, reason: "not_recovered", offset: reply.offset, epoch: reply.epoch });
+      }
     } catch (error) {
       if (error.code === "not_connected") return; // done again after the reconnect
       subscription.state = "unsubscribed";
@@ -194,8 +241,12 @@ export class TicketgateClient extends EventTarget {
         }
         subscription.state = "subscribed";
         subscription.server = true;
+        if (message.epoch !== undefined) {
+          subscription.epoch = message.epoch;
+          subscription.offset = message.offset;
+        }
         this.#emit("subscription", { subscription });
-        subscription._emit("subscribed", { channel: message.channel, server: true });
+        subscription._emit("subscribed", { channel: message.channel, server: true, offset: message.offset, epoch: message.epoch });
         break;
       case "unsubscribed":
         if (!subscription) return;
@@ -208,9 +259,13 @@ export class TicketgateClient extends EventTarget {
         subscription._emit("expiring", { expiresAt: message.expires_at });
         if (subscription.getToken) this.#sendSubscribe(subscription, true);
         break;
-      case "publication":
-        subscription?._emit("publication", { channel: message.channel, data: message.data });
+      case "publication": {
+        if (!subscription || !subscription._advance(message)) return;
+        const detail = { channel: message.channel, data: message.data };
+        if (message.offset !== undefined) Object.assign(detail, { offset: message.offset, epoch: message.epoch });
+        subscription._emit("publication", detail);
         break;
+      }
       case "join":
       case "leave":
         subscription?._emit(message.type, { userId: message.user_id, connectionId: message.connection_id });

@@ -136,3 +136,48 @@ test("two pages in one channel: publications reach both, presence lists both, on
   assert.deepEqual(consoleErrors, []);
   console.log(`screenshot: ${screenshot}`);
 });
+
+test("a page recovers the publications it missed while the gateway was down", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "ticketgate-e2e-"));
+  const config = join(dir, "ticketgate.toml");
+  writeFileSync(config, '[[channels.namespaces]]\nname = "demo"\nhistory_size = 100\nhistory_ttl_secs = 600\n');
+  const gw = await Gateway.start({ CONFIG_FILE: config });
+  cleanups.push(() => gw.stop());
+  // A second node on the same database keeps publishing while the page's node is down.
+  const other = await Gateway.beside(gw);
+  cleanups.push(() => other.stop());
+  const chrome = await browser();
+  const page = await chrome.newPage();
+  const consoleErrors = [];
+  page.on("pageerror", (error) => consoleErrors.push(String(error)));
+  await page.goto(`${gw.baseUrl}/#jwt=${mintJwt("alice", 3600, { channels: ["demo:*"] })}`);
+  await page.waitForSelector(stateIs("authenticated"), { timeout: 15000 });
+  await page.click("#subscribe");
+  await page.waitForSelector('#channel-state:has-text("subscribed to demo:lobby at offset 0")');
+  const publish = (note) => other.api("POST", "/api/channels/demo:lobby/publish", { data: { note } });
+  await publish("before the cut");
+  await page.waitForSelector('#publications li:has-text("before the cut")');
+
+  await gw.stop();
+  await page.waitForSelector(`${stateIs("reconnecting")}, ${stateIs("connecting")}`, { timeout: 15000 });
+  for (const note of ["missed 1", "missed 2", "missed 3"]) assert.equal((await publish(note)).status, 202);
+  await gw.launch();
+  await page.waitForSelector('#channel-state:has-text("missed publications recovered")', { timeout: 30000 });
+  await publish("live again");
+  await page.waitForSelector('#publications li:has-text("live again")');
+  const items = await page.$$eval("#publications li", (lis) => lis.map((li) => li.textContent));
+  // The page lists the newest first.
+  const lobby = items.slice().reverse();
+  const expected = ["before the cut", "missed 1", "missed 2", "missed 3", "live again"];
+  const shown = expected.map((note) => lobby.findIndex((text) => text.includes(`"${note}"`)));
+  assert.ok(shown.every((index, i) => index >= 0 && (i === 0 || index > shown[i - 1])), `in order: ${JSON.stringify(lobby)}`);
+  for (const [n, note] of expected.entries()) {
+    assert.equal(lobby.filter((text) => text.includes(`"${note}"`)).length, 1, `${note} once`);
+    assert.ok(lobby.find((text) => text.includes(`"${note}"`)).startsWith(`#${n + 1} `), `${note} is offset ${n + 1}`);
+  }
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const screenshot = join(ARTIFACTS, "demo-recovery.png");
+  await page.screenshot({ path: screenshot, fullPage: true });
+  assert.deepEqual(consoleErrors, []);
+  console.log(`screenshot: ${screenshot}`);
+});

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import WebSocket from "ws";
 
 import { TicketgateClient, ChannelError } from "../ticketgate.js";
-import { Gateway, mintJwt, nextEvent } from "./gateway.mjs";
+import { Gateway, mintJwt, nextEvent, sleep } from "./gateway.mjs";
 
 const gateways = [];
 after(async () => Promise.all(gateways.map((g) => g.stop())));
@@ -22,6 +22,16 @@ join_leave = true
 [[channels.namespaces]]
 name = "news"
 public = true
+[[channels.namespaces]]
+name = "feed"
+public = true
+history_size = 100
+history_ttl_secs = 600
+[[channels.namespaces]]
+name = "brief"
+public = true
+history_size = 3
+history_ttl_secs = 600
 `;
 
 async function gateway(env = {}) {
@@ -31,6 +41,28 @@ async function gateway(env = {}) {
   const started = await Gateway.start({ CONFIG_FILE: file, ...env });
   gateways.push(started);
   return started;
+}
+
+/** A second node beside `gw`, on the same database. */
+async function secondNode(gw) {
+  const started = await Gateway.beside(gw);
+  gateways.push(started);
+  return started;
+}
+
+/** Collects a subscription's publications as [offset, data]. */
+function collect(subscription) {
+  const got = [];
+  subscription.addEventListener("publication", (e) => got.push([e.detail.offset, e.detail.data]));
+  return got;
+}
+
+async function until(what, condition, ms = 20000) {
+  const deadline = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
 }
 
 function clientFor(gw, user, channels = []) {
@@ -137,5 +169,59 @@ test("server-made subscriptions arrive as subscription events", async () => {
   const ended = nextEvent(subscription, "unsubscribed");
   await gw.api("DELETE", "/api/users/erin/subscriptions/ops");
   assert.deepEqual(await ended, { channel: "ops", reason: "server" });
+  client.close();
+});
+
+test("publications missed while the gateway was down arrive after the reconnect, in order, none twice", async () => {
+  const gw = await gateway();
+  const other = await secondNode(gw);
+  const client = clientFor(gw, "erin");
+  const feed = client.subscribe("feed:live");
+  const got = collect(feed);
+  const resyncs = [];
+  feed.addEventListener("resync", (e) => resyncs.push(e.detail));
+  await client.connect();
+  const first = await nextEvent(feed, "subscribed");
+  assert.equal(first.offset, 0);
+  assert.equal(first.recovered, undefined);
+  for (let n = 1; n <= 3; n++) await publish(other, "feed:live", n);
+  await until("3 publications", () => got.length === 3);
+
+  await gw.stop();
+  for (let n = 4; n <= 8; n++) assert.equal((await publish(other, "feed:live", n)).status, 202);
+  const resubscribed = nextEvent(feed, "subscribed", () => true, 30000);
+  await gw.launch();
+  const reply = await resubscribed;
+  assert.equal(reply.recovered, true);
+  assert.equal(reply.offset, 8);
+  await publish(other, "feed:live", 9);
+  await until("9 publications", () => got.length === 9);
+  await sleep(200);
+  assert.deepEqual(got, [1, 2, 3, 4, 5, 6, 7, 8, 9].map((n) => [n, n]));
+  assert.deepEqual(feed.since, { offset: 9, epoch: first.epoch });
+  assert.deepEqual(resyncs, []);
+  client.close();
+});
+
+test("publications that cannot be recovered fire resync, then live ones flow", async () => {
+  const gw = await gateway();
+  const other = await secondNode(gw);
+  const client = clientFor(gw, "frank");
+  const brief = client.subscribe("brief:short");
+  const got = collect(brief);
+  await client.connect();
+  await nextEvent(brief, "subscribed");
+  await publish(other, "brief:short", 1);
+  await until("1 publication", () => got.length === 1);
+
+  await gw.stop();
+  // history_size 3: 2 and 3 are trimmed by the time the client is back.
+  for (let n = 2; n <= 6; n++) await publish(other, "brief:short", n);
+  const resync = nextEvent(brief, "resync", () => true, 30000);
+  await gw.launch();
+  assert.deepEqual(await resync, { channel: "brief:short", reason: "not_recovered", offset: 6, epoch: brief.epoch });
+  await publish(other, "brief:short", 7);
+  await until("the live publication", () => got.length === 2);
+  assert.deepEqual(got, [[1, 1], [7, 7]]);
   client.close();
 });

@@ -43,7 +43,15 @@ export class Gateway {
     return gateway;
   }
 
+  /** Another gateway on the same database: a second node of the same cluster. */
+  static async beside(other, env = {}) {
+    const gateway = new Gateway(await freePort(), other.env.MONGODB_DATABASE, { ...other.extraEnv, ...env });
+    await gateway.launch();
+    return gateway;
+  }
+
   constructor(port, database, env) {
+    this.extraEnv = env;
     this.port = port;
     this.baseUrl = `http://127.0.0.1:${port}`;
     this.env = {
