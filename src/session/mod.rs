@@ -319,12 +319,20 @@ impl Connection<Authenticated> {
                     let delivery = match inbound {
                         Ok(Inbound::Delivery(delivery)) => Some(delivery),
                         Ok(Inbound::Recovered(recovered)) => {
-                            // Written as a batch of its own, before anything that came after.
-                            let frames: Vec<_> = recovered
-                                .iter()
-                                .map(|d| self.writer.adapt(&d.frame, d.compressed.as_deref()))
-                                .collect();
-                            if send(ctx, &mut self.writer, &frames).await.is_err() {
+                            // Written before anything that came after, in writes of at most
+                            // MAX_BATCH frames.
+                            let mut lost = false;
+                            for chunk in recovered.chunks(MAX_BATCH) {
+                                let frames: Vec<_> = chunk
+                                    .iter()
+                                    .map(|d| self.writer.adapt(&d.frame, d.compressed.as_deref()))
+                                    .collect();
+                                if send(ctx, &mut self.writer, &frames).await.is_err() {
+                                    lost = true;
+                                    break;
+                                }
+                            }
+                            if lost {
                                 break CloseReason::ConnectionLost;
                             }
                             None

@@ -41,7 +41,7 @@ async fn feed_client(app: &TestApp, sub: &str) -> WsClient {
     let mut client = app.connect(&app.ticket(sub).await).await;
     client
         .send_json(
-            &json!({"type": "jwt", "token": jwt_granting(sub, &["feed:*", "plain:*", "brief:*"])}),
+            &json!({"type": "jwt", "token": jwt_granting(sub, &["feed:*", "plain:*", "brief:*", "deep:*"])}),
         )
         .await;
     assert_eq!(client.next_json().await["type"], "authenticated");
@@ -228,6 +228,19 @@ async fn numbered_publications_and_recovery_on_one_node(store: Store) {
         (413, Some("publication_too_large")),
         "{body}"
     );
+    // A long recovery (more than one write's worth of frames) arrives whole and in order.
+    let mut reader = feed_client(&app, "dora").await;
+    let start = subscribe(&mut reader, "deep:long", None).await;
+    let deep_epoch = start["epoch"].as_str().unwrap().to_owned();
+    drop(reader);
+    for n in 1..=150 {
+        publish(&app, "deep:long", json!(n)).await;
+    }
+    let mut reader = feed_client(&app, "dora").await;
+    let reply = subscribe(&mut reader, "deep:long", Some((0, &deep_epoch))).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    let got = publications(&mut reader, 150).await;
+    assert_eq!(got, (1..=150).map(|n| (n, json!(n))).collect::<Vec<_>>());
     // A namespace without history numbers nothing.
     let plain = publish(&app, "plain:x", json!(1)).await;
     assert!(plain.get("offset").is_none(), "{plain}");

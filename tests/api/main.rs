@@ -13,6 +13,7 @@ mod cors;
 mod deflate;
 mod drain;
 mod history;
+mod history_faults;
 mod hostile;
 mod jwt_keys;
 mod limits;
