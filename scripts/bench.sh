@@ -7,7 +7,7 @@
 #   SCENARIOS="cluster" scripts/bench.sh        # only some: connect fanout idle cluster idle-cluster
 #                                               # compression channels channels-idle
 #                                               # channels-memory channels-cluster channels-bus
-#                                               # presence floor
+#                                               # presence history jitter restart-storm floor
 #   PERF_DIR=/tmp/profiles scripts/bench.sh     # also record a CPU profile of the gateways per
 #                                               # run (perf record -e cpu-clock -g; perf report -i …)
 set -euo pipefail
@@ -57,6 +57,7 @@ mkdir -p "$work/db"
 # The load generator's channels (load:c<n>) need their namespace declared.
 printf '[[channels.namespaces]]\nname = "load"\n' >"$work/channels.toml"
 printf '[[channels.namespaces]]\nname = "load"\npresence = true\n' >"$work/presence.toml"
+printf '[[channels.namespaces]]\nname = "load"\nhistory_size = 100\nhistory_ttl_secs = 600\n' >"$work/history.toml"
 "$mongod_bin" --dbpath "$work/db" --port "$mongo_port" --bind_ip 127.0.0.1 --nounixsocket --quiet \
   --replSet rs0 --wiredTigerCacheSizeGB 0.5 --logpath "$work/mongod.log" &
 mongod_pid=$!
@@ -69,6 +70,8 @@ cleanup() {
 }
 stop_gateways() {
   for pid in "${gateway_pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  # Gateways started again by their launch script (restart-storm) are not this shell's children.
+  for file in "$work"/gateway*.pid; do [ -f "$file" ] && kill "$(cat "$file")" 2>/dev/null || true; rm -f "$file"; done
   gateway_pids=()
   gateway_urls=()
 }
@@ -97,12 +100,15 @@ start_gateways() {
   fi
   for i in $(seq "$2"); do
     port=$(free_port)
-    env -i PATH="$PATH" BIND_ADDR="127.0.0.1:$port" JWT_SECRET="$SECRET" API_KEY="$API_KEY" \
-      TICKET_RATE_PER_MIN=100000000 UPGRADE_RATE_PER_MIN=100000000 MAX_CONNECTIONS_PER_USER=100000 \
-      NODE_NAME="bench$i" RUST_LOG="${GATEWAY_LOG:-info}" CONFIG_FILE="$work/channels.toml" \
-      "${store_env[@]}" "${extra_env[@]}" \
-      target/release/ticketgate \
-      2>"$work/gateway$i.log" &
+    local command=(env -i PATH="$PATH" BIND_ADDR="127.0.0.1:$port" JWT_SECRET="$SECRET" API_KEY="$API_KEY"
+      TICKET_RATE_PER_MIN=100000000 UPGRADE_RATE_PER_MIN=100000000 MAX_CONNECTIONS_PER_USER=100000
+      NODE_NAME="bench$i" RUST_LOG="${GATEWAY_LOG:-info}" CONFIG_FILE="$work/channels.toml"
+      "${store_env[@]}" "${extra_env[@]}" "$PWD/target/release/ticketgate")
+    # launch<i>.sh starts the node, and starts it again on the same port (restart-storm).
+    { printf 'echo $$ >%q\nexec' "$work/gateway$i.pid"; printf ' %q' "${command[@]}"
+      printf ' 2>>%q\n' "$work/gateway$i.log"; } >"$work/launch$i.sh"
+    : >"$work/gateway$i.log"
+    bash "$work/launch$i.sh" &
     gateway_pids+=($!)
     gateway_urls+=("http://127.0.0.1:$port")
     for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -237,6 +243,34 @@ if wants presence; then
       -w "presence of ${count} subscribers: %{time_total} s, %{size_download} bytes\n" "$url"
   done
   wait "$load_pid"
+fi
+if wants history; then
+  # Publications into history channels (history_size 100) on a single-node replica set: each
+  # is in a transaction with its cluster event, batched by the node's bus writer.
+  GATEWAY_ENV="CONFIG_FILE=$work/history.toml" start_gateways mongo 1
+  echo "## history: publications into 100 channels, as fast as 64 publishers go"
+  load 1 --subscribe 1 --channels 100 history-publish --publishers 64 --duration-secs 20 \
+    --size 100 --api-key "$API_KEY"
+  GATEWAY_ENV="CONFIG_FILE=$work/history.toml" start_gateways mongo 1
+  echo "## history: publish latency at 1,000 publications/s into 100 channels"
+  load 1 --subscribe 1 --channels 100 history-publish --rate 1000 --publishers 32 \
+    --duration-secs 20 --size 100 --api-key "$API_KEY"
+fi
+if wants jitter; then
+  # After AnyCable's nodejs-websocket-bench: 2,000 subscribers of one channel, each connection
+  # cut every 7.5 to 22.5 s for 2 s, while 10 publications/s flow for 60 s.
+  GATEWAY_ENV="CONFIG_FILE=$work/history.toml" start_gateways mongo 1
+  echo "## jitter: ${N_JITTER:-2000} subscribers cut every ~15 s for ~2 s"
+  load 1 --subscribe 1 --channels 1 jitter --connections "${N_JITTER:-2000}" --rate 10 \
+    --duration-secs "${JITTER_SECS:-60}" --cut-every-secs 15 --cut-for-secs 2 --api-key "$API_KEY"
+fi
+if wants restart-storm; then
+  # 10,000 subscribers over 100 channels on node 1; node 1 killed, 10 publications per channel
+  # made through node 2, node 1 started again; every client back with the browser client's backoff.
+  GATEWAY_ENV="CONFIG_FILE=$work/history.toml" start_gateways mongo 2
+  echo "## restart storm: ${N_STORM:-10000} subscribers over 100 channels, node restarted"
+  load 1 --subscribe 1 --channels 100 restart-storm --connections "${N_STORM:-10000}" --missed 10 \
+    --api-key "$API_KEY" --publish-url "${gateway_urls[1]}" --restart-command "bash $work/launch1.sh"
 fi
 if wants floor; then
   # No gateway: what one write of a broadcast frame (about 170 B) costs the kernel here.

@@ -74,7 +74,7 @@ impl Socket {
         }
     }
 
-    async fn send_text(&mut self, text: String) -> Result<(), String> {
+    pub async fn send_text(&mut self, text: String) -> Result<(), String> {
         match self {
             Socket::Plain(ws) => ws
                 .send(Message::text(text))

@@ -15,6 +15,7 @@
 mod channels;
 mod client;
 mod deflate_socket;
+mod history;
 mod measure;
 mod scenarios;
 
@@ -85,6 +86,15 @@ enum Scenario {
     /// rate; then broadcasts, then publications to random channels at R/s for T seconds:
     /// CPU per delivery of each, latency, losses.
     Channels(scenarios::ChannelsPlan),
+    /// Publications into history channels (a namespace with history_size): publications/s
+    /// and publish latency, as fast as it goes or at --rate.
+    HistoryPublish(history::PublishPlan),
+    /// Subscribers whose connections are cut every ~15 s for ~2 s while publications flow,
+    /// recovering with `since`: who got every publication, replay latency.
+    Jitter(history::JitterPlan),
+    /// Subscribers on one node; the node killed, publications made through another, the node
+    /// started again: time until every subscriber recovered, reads per recovery.
+    RestartStorm(history::StormPlan),
     /// Hold N authenticated idle connections for T seconds: RSS per connection, idle CPU.
     Idle {
         #[arg(long, default_value_t = 1000)]
@@ -128,6 +138,11 @@ fn main() -> ExitCode {
             } => scenarios::connect(&target, &secret, connections, concurrency).await,
             Scenario::Fanout(plan) => scenarios::fanout(&target, &secret, plan).await,
             Scenario::Channels(plan) => scenarios::channels(&target, &secret, plan).await,
+            Scenario::HistoryPublish(plan) => {
+                history::history_publish(&target, &secret, plan).await
+            }
+            Scenario::Jitter(plan) => history::jitter(&target, &secret, plan).await,
+            Scenario::RestartStorm(plan) => history::restart_storm(&target, &secret, plan).await,
             Scenario::Idle {
                 connections,
                 concurrency,
