@@ -255,6 +255,8 @@ if wants history; then
   echo "## history: publish latency at 1,000 publications/s into 100 channels"
   load 1 --subscribe 1 --channels 100 history-publish --rate 1000 --publishers 32 \
     --duration-secs 20 --size 100 --api-key "$API_KEY"
+  # How long the bus writer's transactions took (one per batch of publications).
+  curl -fsS "${gateway_urls[0]}/metrics" | grep 'store_operation_seconds.*publish_history'
 fi
 if wants jitter; then
   # After AnyCable's nodejs-websocket-bench: 2,000 subscribers of one channel, each connection

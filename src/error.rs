@@ -58,7 +58,7 @@ pub enum ApiError {
     HistoryDisabled,
     #[error(
         "the data is over {max} bytes, the most a publication into this namespace's history \
-         may hold (15 MiB / history_size)"
+         may hold (10 MiB / history_size)"
     )]
     PublicationTooLarge { max: usize },
     #[error("method not allowed on this endpoint; it allows {allow}")]

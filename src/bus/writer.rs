@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use futures_util::FutureExt;
 use mongodb::Collection;
-use mongodb::options::WriteConcern;
+use mongodb::options::{ReadConcern, WriteConcern};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Command, EventDocument, NodeId, Sequencer, StreamPublication};
@@ -23,7 +23,7 @@ use crate::bus::Event;
 use crate::channels::HistoryOptions;
 use crate::db::{Bounds, Unavailable};
 use crate::metrics::Metrics;
-use crate::store::MongoHistory;
+use crate::store::{Append, MongoHistory, StaleHistory};
 
 /// Commands that may wait for the writer; senders wait when it is full (backpressure).
 pub const QUEUE: usize = 4096;
@@ -127,54 +127,81 @@ impl Writer {
     }
 
     /// Appends to each history channel and inserts the events, offsets filled in, in one
-    /// transaction (retried whole by the driver when it conflicts with another node's).
+    /// transaction (retried whole by the driver when it conflicts with another node's, and
+    /// once more here, from a fresh read, when a channel's position this node remembered had
+    /// moved).
     async fn write_with_history(
         &self,
         documents: Vec<EventDocument>,
         appends: Vec<Appends>,
     ) -> mongodb::error::Result<Vec<EventDocument>> {
-        let mut session = self.events.client().start_session().await?;
-        let context = (
+        let mut context = (
             Arc::clone(&self.history),
             self.events.clone(),
             documents,
             appends,
+            true,
+            Vec::new(),
         );
-        session
-            .start_transaction()
-            .write_concern(WriteConcern::majority())
-            .and_run(context, |session, (history, events, documents, appends)| {
-                async move {
-                    let mut numbered = documents.clone();
-                    for append in appends.iter() {
-                        let data: Vec<&str> = append
-                            .places
+        loop {
+            let mut session = self.events.client().start_session().await?;
+            let written = session
+                .start_transaction()
+                .read_concern(ReadConcern::snapshot())
+                .write_concern(WriteConcern::majority())
+                .and_run(&mut context, |session, context| {
+                    let (history, events, documents, appends, trust_known, appended) =
+                        &mut **context;
+                    async move {
+                        let mut numbered = documents.clone();
+                        let batch: Vec<Append> = appends
                             .iter()
-                            .map(|&(d, _)| match &documents[d].event {
-                                Event::Publications { data, .. } => data.as_str(),
-                                _ => "null",
+                            .map(|append| Append {
+                                channel: &append.channel,
+                                options: append.options,
+                                data: append
+                                    .places
+                                    .iter()
+                                    .map(|&(d, _)| match &documents[d].event {
+                                        Event::Publications { data, .. } => data.as_str(),
+                                        _ => "null",
+                                    })
+                                    .collect(),
                             })
                             .collect();
-                        let top = history
-                            .append(session, &append.channel, append.options, &data)
-                            .await?;
-                        let first = top.offset + 1 - data.len() as u64;
-                        for (&(d, s), offset) in append.places.iter().zip(first..) {
-                            if let Event::Publications { streams, .. } = &mut numbered[d].event {
-                                streams[s].offset = offset;
-                                streams[s].epoch = top.epoch.clone();
+                        *appended = history.append(session, &batch, *trust_known).await?;
+                        for (append, after) in appends.iter().zip(appended.iter()) {
+                            let first = after.top.offset + 1 - append.places.len() as u64;
+                            for (&(d, s), offset) in append.places.iter().zip(first..) {
+                                if let Event::Publications { streams, .. } = &mut numbered[d].event
+                                {
+                                    streams[s].offset = offset;
+                                    streams[s].epoch = after.top.epoch.clone();
+                                }
                             }
                         }
+                        events
+                            .insert_many(&numbered)
+                            .ordered(true)
+                            .session(&mut *session)
+                            .await?;
+                        Ok(numbered)
                     }
-                    events
-                        .insert_many(&numbered)
-                        .ordered(true)
-                        .session(&mut *session)
-                        .await?;
-                    Ok(numbered)
+                    .boxed()
+                })
+                .await;
+            let (history, _, _, appends, trust_known, appended) = &mut context;
+            match written {
+                Ok(numbered) => {
+                    let channels = appends.iter().map(|a| a.channel.as_str());
+                    history.remember(channels.zip(appended.drain(..)));
+                    return Ok(numbered);
                 }
-                .boxed()
-            })
-            .await
+                Err(e) if *trust_known && e.get_custom::<StaleHistory>().is_some() => {
+                    *trust_known = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }

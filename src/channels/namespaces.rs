@@ -72,10 +72,16 @@ impl HistoryOptions {
         }
     }
 
+    /// The most publications a channel's stored history holds: `size`, and up to half as
+    /// many again between trims (a trim rewrites the stored array; appending does not).
+    pub fn kept_at_most(&self) -> u32 {
+        self.size + self.size.div_ceil(2)
+    }
+
     /// The largest publication (its data, in bytes) a channel with this history takes: the
-    /// whole history has to fit [`HISTORY_BYTES`].
+    /// whole history, at its largest, has to fit [`HISTORY_BYTES`].
     pub fn max_publication_bytes(&self) -> usize {
-        HISTORY_BYTES / self.size as usize
+        HISTORY_BYTES / self.kept_at_most() as usize
     }
 }
 
@@ -272,7 +278,7 @@ mod tests {
         assert_eq!(history("lobby").map(|h| h.size), Some(5));
         assert_eq!(
             history("feed:a").unwrap().max_publication_bytes(),
-            HISTORY_BYTES / 100
+            HISTORY_BYTES / 150
         );
         for (bad, expected) in [
             ("history_size = 5", "needs history_ttl_secs"),

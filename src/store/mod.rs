@@ -8,8 +8,8 @@ pub mod revocations;
 pub mod tickets;
 
 pub use history::{
-    HISTORY_COLLECTION, HistoryPage, HistoryQuery, HistoryStore, MemoryHistory, MongoHistory,
-    StoredPublication, StreamTop,
+    Append, Appended, HISTORY_COLLECTION, HistoryPage, HistoryQuery, HistoryStore, MemoryHistory,
+    MongoHistory, StaleHistory, StoredPublication, StreamTop,
 };
 pub use presence::{MongoPresence, PRESENCE_COLLECTION, PresenceStore};
 pub use revocations::{

@@ -213,8 +213,9 @@ async fn numbered_publications_and_recovery_on_one_node(store: Store) {
         places,
         [("feed:a".to_owned(), 32), ("feed:b".to_owned(), 1)]
     );
-    // deep: history_size 10000 leaves 15 MiB / 10000 = 1572 bytes a publication.
-    let big = "x".repeat(1600);
+    // deep: history_size 10000 (15,000 at most between trims) leaves 15 MiB / 15000 = 1048
+    // bytes a publication.
+    let big = "x".repeat(1100);
     let (status, body) = app
         .call_api(
             API_KEY,
@@ -228,6 +229,19 @@ async fn numbered_publications_and_recovery_on_one_node(store: Store) {
         (413, Some("publication_too_large")),
         "{body}"
     );
+    // Trimming is real: a channel keeps history_size publications, and up to half as many
+    // again between trims.
+    for n in 1..=100 {
+        publish(&app, "feed:trimmed", json!(n)).await;
+    }
+    let (_, page) = get(
+        &app,
+        "/api/channels/feed:trimmed/history?since=0&limit=1000",
+    )
+    .await;
+    let kept = page["publications"].as_array().unwrap();
+    assert!((20..=30).contains(&kept.len()), "{} kept", kept.len());
+    assert_eq!(kept.last().unwrap()["offset"], 100);
     // A long recovery (more than one write's worth of frames) arrives whole and in order.
     let mut reader = feed_client(&app, "dora").await;
     let start = subscribe(&mut reader, "deep:long", None).await;

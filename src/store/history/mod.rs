@@ -9,7 +9,7 @@ mod memory;
 mod mongo;
 
 pub use memory::MemoryHistory;
-pub use mongo::{HISTORY_COLLECTION, MongoHistory};
+pub use mongo::{Append, Appended, HISTORY_COLLECTION, MongoHistory, StaleHistory};
 
 use serde::{Deserialize, Serialize};
 

@@ -5,8 +5,10 @@
 //! publication plus `history_ttl_secs`) removes a whole history at once: the channel's next
 //! publication or read then makes a new document, with a new epoch.
 
+use std::collections::HashMap;
+
 use bson::{DateTime, Document, doc};
-use mongodb::options::{CollectionOptions, ReadConcern, ReturnDocument, WriteConcern};
+use mongodb::options::{CollectionOptions, ReadConcern, WriteConcern};
 use mongodb::{ClientSession, Collection, Database};
 
 use super::{HistoryPage, HistoryQuery, StoredPublication, StreamTop, new_epoch};
@@ -17,10 +19,35 @@ pub const HISTORY_COLLECTION: &str = "channel_history";
 /// Offsets beyond any real history (2^53, where MongoDB's numbers stay exact).
 const MAX_OFFSET: u64 = 1 << 53;
 
+/// Channels whose position a node remembers (past it, it forgets them all and reads again).
+const MAX_KNOWN: usize = 100_000;
+
+/// A channel's position after an append: its epoch and latest offset, and how many
+/// publications the stored history holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub top: StreamTop,
+    pub kept: u32,
+}
+
+/// An append found a channel's position moved by another node: run it again from a read.
+#[derive(Debug, Clone, Copy)]
+pub struct StaleHistory;
+
+/// One channel's share of an append: its publications' data, in order.
+pub struct Append<'a> {
+    pub channel: &'a str,
+    pub options: HistoryOptions,
+    pub data: Vec<&'a str>,
+}
+
 pub struct MongoHistory {
     /// Reads and writes majority-committed data only: a publication a read returned can never
     /// be rolled back by a failover, and its offset never given to another.
     history: Collection<Document>,
+    /// For the `update` command that appends to many channels at once.
+    db: Database,
+    known: std::sync::Mutex<HashMap<String, Appended>>,
     bounds: Bounds,
 }
 
@@ -40,37 +67,149 @@ impl MongoHistory {
             .build();
         MongoHistory {
             history: db.collection_with_options(HISTORY_COLLECTION, options),
+            db: db.clone(),
+            known: std::sync::Mutex::default(),
             bounds,
         }
     }
 
-    /// Appends `data` (publications in order) to `channel`'s history, in the caller's
-    /// transaction; the new latest offset and the epoch. Two transactions appending to one
-    /// channel conflict, so the second waits for the first (MongoDB retries it) and commits
-    /// after it: offsets are taken in commit order.
+    /// Appends each channel's publications (in order) to its history, in the caller's
+    /// transaction; each channel's new position, in the order given.
+    ///
+    /// The channels' current positions come from what this node last wrote
+    /// ([`remember`](Self::remember)) or, for those it does not know (or with `trust_known`
+    /// false), from the transaction's snapshot; the offsets are worked out here, and every
+    /// channel is updated by one `update` command whose statements each match only the
+    /// position they start from. A position another node moved since makes its statement
+    /// match nothing: the append fails with [`StaleHistory`], and the caller runs the
+    /// transaction again without trusting what it knew. Another node's transaction that
+    /// touches one of these channels while this one runs makes it fail with a write conflict,
+    /// and the driver runs it again. Either way two nodes' appends to a channel commit one
+    /// after the other, and offsets are taken in commit order.
     pub async fn append(
         &self,
         session: &mut ClientSession,
-        channel: &str,
-        options: HistoryOptions,
-        data: &[&str],
-    ) -> mongodb::error::Result<StreamTop> {
-        let update = doc! {
-            "$inc": { "top": data.len() as i64 },
-            "$push": { "pubs": { "$each": data, "$slice": -i64::from(options.size) } },
-            "$set": { "expires_at": expires_at(options) },
-            "$setOnInsert": { "epoch": new_epoch() },
+        appends: &[Append<'_>],
+        trust_known: bool,
+    ) -> mongodb::error::Result<Vec<Appended>> {
+        let mut current: HashMap<String, Appended> = if trust_known {
+            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            appends
+                .iter()
+                .filter_map(|a| Some((a.channel.to_owned(), known.get(a.channel)?.clone())))
+                .collect()
+        } else {
+            HashMap::new()
         };
-        let after = self
-            .history
-            .find_one_and_update(doc! { "_id": channel }, update)
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .projection(doc! { "epoch": 1, "top": 1 })
-            .session(session)
-            .await?
-            .ok_or_else(|| mongodb::error::Error::custom("an upsert returned no document"))?;
-        top_of(&after).map_err(mongodb::error::Error::custom)
+        let from_memory = current.len();
+        let unknown: Vec<&str> = appends
+            .iter()
+            .map(|a| a.channel)
+            .filter(|channel| !current.contains_key(*channel))
+            .collect();
+        if !unknown.is_empty() {
+            let mut found = self
+                .history
+                .find(doc! { "_id": { "$in": &unknown } })
+                .projection(doc! { "epoch": 1, "top": 1, "kept": { "$size": "$pubs" } })
+                .session(&mut *session)
+                .await?;
+            while let Some(document) = found.next(&mut *session).await {
+                let document = document?;
+                let id = document.get_str("_id").unwrap_or_default().to_owned();
+                let kept = u32::try_from(document.get_i32("kept").unwrap_or(0)).unwrap_or(0);
+                let top = top_of(&document).map_err(mongodb::error::Error::custom)?;
+                current.insert(id, Appended { top, kept });
+            }
+        }
+        let mut updates = Vec::with_capacity(appends.len());
+        let mut appended = Vec::with_capacity(appends.len());
+        for append in appends {
+            let added = append.data.len() as u32;
+            let now = current.get(append.channel);
+            let kept = now.map_or(0, |now| now.kept).saturating_add(added);
+            // Trimming rewrites the whole stored array, appending does not: the history is
+            // trimmed back to history_size only once it holds half as many again.
+            let (push, kept) = if kept > append.options.kept_at_most() {
+                let size = append.options.size;
+                let push = doc! { "pubs": { "$each": &append.data, "$slice": -i64::from(size) } };
+                (push, size)
+            } else {
+                (doc! { "pubs": { "$each": &append.data } }, kept)
+            };
+            let set =
+                |top: u64| doc! { "top": top as i64, "expires_at": expires_at(append.options) };
+            let statement = match now {
+                Some(now) => {
+                    let top = now.top.offset + u64::from(added);
+                    appended.push(Appended {
+                        top: StreamTop {
+                            epoch: now.top.epoch.clone(),
+                            offset: top,
+                        },
+                        kept,
+                    });
+                    doc! {
+                        "q": { "_id": append.channel, "epoch": &now.top.epoch, "top": now.top.offset as i64 },
+                        "u": { "$set": set(top), "$push": push },
+                    }
+                }
+                None => {
+                    let epoch = new_epoch();
+                    let statement = doc! {
+                        "q": { "_id": append.channel },
+                        "u": { "$setOnInsert": { "epoch": &epoch }, "$set": set(u64::from(added)), "$push": push },
+                        "upsert": true,
+                    };
+                    appended.push(Appended {
+                        top: StreamTop {
+                            epoch,
+                            offset: u64::from(added),
+                        },
+                        kept,
+                    });
+                    statement
+                }
+            };
+            updates.push(statement);
+        }
+        let answer = self
+            .db
+            .run_command(doc! { "update": HISTORY_COLLECTION, "updates": updates, "ordered": true })
+            .session(&mut *session)
+            .await?;
+        let matched = answer.get_i32("n").unwrap_or(0) as usize;
+        if matched != appends.len() && from_memory > 0 {
+            // Another node appended to (or TTL removed) a channel this node thought it knew.
+            self.forget(appends.iter().map(|a| a.channel));
+            return Err(mongodb::error::Error::custom(StaleHistory));
+        }
+        if matched != appends.len() || answer.contains_key("writeErrors") {
+            return Err(mongodb::error::Error::custom(format!(
+                "history append: {matched} of {} channels updated ({answer})",
+                appends.len()
+            )));
+        }
+        Ok(appended)
+    }
+
+    /// Records where this node's committed appends left each channel, so the next append
+    /// there needs no read.
+    pub fn remember<'a>(&self, appended: impl Iterator<Item = (&'a str, Appended)>) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() > MAX_KNOWN {
+            known.clear();
+        }
+        for (channel, position) in appended {
+            known.insert(channel.to_owned(), position);
+        }
+    }
+
+    fn forget<'a>(&self, channels: impl Iterator<Item = &'a str>) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        for channel in channels {
+            known.remove(channel);
+        }
     }
 
     pub async fn read(
