@@ -66,7 +66,8 @@ cleanup() {
   stop_gateways
   kill "$mongod_pid" 2>/dev/null || true
   wait 2>/dev/null || true
-  rm -rf "$work"
+  # KEEP_WORK=1 keeps the gateways' and mongod's logs for a look afterwards.
+  if [ -n "${KEEP_WORK:-}" ]; then echo "logs kept in $work" >&2; else rm -rf "$work"; fi
 }
 stop_gateways() {
   for pid in "${gateway_pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done

@@ -21,6 +21,8 @@ pub struct Metrics {
     /// Reads of a channel's history from the store made by subscribes (a node's window on a
     /// channel is read once for all the subscribers recovering at once).
     pub history_reads: IntCounter,
+    /// MongoDB operations refused because STORE_MAX_IN_FLIGHT were running.
+    pub store_operations_shed: IntCounter,
 
     pub tickets_minted: IntCounter,
     pub tickets_consumed: IntCounter,
@@ -138,6 +140,10 @@ impl Metrics {
             history_reads: counter(
                 "history_reads_total",
                 "History reads from the store made by subscribes",
+            ),
+            store_operations_shed: counter(
+                "store_operations_shed_total",
+                "MongoDB operations refused because STORE_MAX_IN_FLIGHT were running",
             ),
 
             tickets_minted: counter("tickets_minted_total", "Tickets issued"),

@@ -304,6 +304,7 @@ async fn stores(settings: &Settings, metrics: &Arc<Metrics>) -> Result<Stores, S
     // Only a malformed URI fails here; an unreachable server is found out by `prepare`.
     let (db, options) = db::connect_with_options(mongo, settings.database.timeout).await?;
     let bounds = Bounds {
+        admission: crate::db::Admission::new(settings.database.max_in_flight),
         timeout: settings.database.timeout,
         readiness: Readiness::default(),
         metrics: Arc::clone(metrics),

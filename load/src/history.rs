@@ -321,22 +321,23 @@ pub async fn jitter(target: &Target, secret: &str, plan: JitterPlan) -> Result<R
     let final_tops: Arc<Mutex<Option<HashMap<String, u64>>>> = Arc::default();
 
     // Everyone subscribed first, so the publications all have an audience.
-    let opened: Vec<Result<(Socket, Position), String>> = stream::iter(0..plan.connections)
+    let opened: Vec<Result<(usize, Socket, Position), String>> = stream::iter(0..plan.connections)
         .map(|k| {
             let clients = Arc::clone(&clients);
             async move {
                 let (mut socket, _) = clients.authenticate(k).await?;
                 let (position, _) =
                     subscribe(&mut socket, &channel_of(k, clients.channels), None).await?;
-                Ok((socket, position))
+                Ok((k, socket, position))
             }
         })
         .buffer_unordered(plan.concurrency.max(1))
         .collect()
         .await;
     let mut subscribers = Vec::new();
-    for (k, opened) in opened.into_iter().enumerate() {
-        let (socket, position) = opened?;
+    // Completed in any order: each carries its own index (its user and channel).
+    for opened in opened {
+        let (k, socket, position) = opened?;
         let (clients, plan, publishing, final_tops) = (
             Arc::clone(&clients),
             Arc::clone(&plan),
@@ -489,8 +490,11 @@ async fn jitter_subscriber(
         }
         let next_cut =
             Instant::now() + Duration::from_secs_f64(plan.cut_every_secs * (0.5 + dice.roll()));
+        // Once publishing stopped: how long this subscriber may still wait for the last ones.
+        let mut patience: Option<Instant> = None;
         loop {
-            if !publishing.load(Ordering::Relaxed) {
+            let still_publishing = publishing.load(Ordering::Relaxed);
+            if !still_publishing {
                 let done = final_tops
                     .lock()
                     .await
@@ -499,20 +503,28 @@ async fn jitter_subscriber(
                 if done.is_some_and(|top| outcome.seen.offset() >= top) {
                     return outcome;
                 }
-            }
-            let wait = if publishing.load(Ordering::Relaxed) {
-                next_cut.saturating_duration_since(Instant::now())
-            } else {
-                Duration::from_secs(30)
-            };
-            let text = match tokio::time::timeout(wait, live.next_text()).await {
-                Err(_) if publishing.load(Ordering::Relaxed) => break,
-                Err(_) => {
-                    outcome
-                        .errors
-                        .push("the last publications never came".into());
+                let deadline =
+                    *patience.get_or_insert_with(|| Instant::now() + Duration::from_secs(30));
+                if Instant::now() > deadline {
+                    outcome.errors.push(format!(
+                        "the last publications never came (had {})",
+                        outcome.seen.offset()
+                    ));
                     return outcome;
                 }
+            } else if Instant::now() >= next_cut {
+                break;
+            }
+            // Short waits, so the cut and the end are both noticed on time.
+            let wait = if still_publishing {
+                next_cut
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(500))
+            } else {
+                Duration::from_millis(500)
+            };
+            let text = match tokio::time::timeout(wait, live.next_text()).await {
+                Err(_) => continue,
                 Ok(Ok(Some(text))) => text,
                 Ok(Ok(None)) | Ok(Err(_)) => {
                     outcome
@@ -582,14 +594,14 @@ pub async fn restart_storm(
         return Err("restart-storm needs the node's --gateway-pid (one node)".into());
     };
     let node_url = clients.gateways[0].base_url.clone();
-    let opened: Vec<Result<(Socket, Position), String>> = stream::iter(0..plan.connections)
+    let opened: Vec<Result<(usize, Socket, Position), String>> = stream::iter(0..plan.connections)
         .map(|k| {
             let clients = Arc::clone(&clients);
             async move {
                 let (mut socket, _) = clients.authenticate(k).await?;
                 let (position, _) =
                     subscribe(&mut socket, &channel_of(k, clients.channels), None).await?;
-                Ok((socket, position))
+                Ok((k, socket, position))
             }
         })
         .buffer_unordered(plan.concurrency.max(1))
@@ -612,7 +624,7 @@ pub async fn restart_storm(
     let tops: Arc<tokio::sync::OnceCell<HashMap<String, u64>>> = Arc::default();
     let restarted: Arc<tokio::sync::OnceCell<Instant>> = Arc::default();
     let mut recoveries = Vec::new();
-    for (k, (mut socket, position)) in sockets.into_iter().enumerate() {
+    for (k, mut socket, position) in sockets {
         let (clients, tops, restarted) = (
             Arc::clone(&clients),
             Arc::clone(&tops),
@@ -665,12 +677,15 @@ pub async fn restart_storm(
 
     let mut done = Vec::new();
     let mut failures = Vec::new();
+    // The recovered clients' sockets, held until the figures are read.
+    let mut back = Vec::new();
     let mut attempts = 0;
     for recovery in recoveries {
         match recovery.await.map_err(|e| e.to_string())? {
-            Ok((at, tries)) => {
+            Ok((at, tries, socket)) => {
                 done.push(at.saturating_duration_since(started));
                 attempts += tries;
+                back.push(socket);
             }
             Err(e) => failures.push(e),
         }
@@ -696,6 +711,7 @@ pub async fn restart_storm(
     };
     let reads = metric("ticketgate_history_reads_total");
     let counted = metric("ticketgate_recoveries_total{result=\"recovered\"}");
+    drop(back);
     Ok(Report {
         summary: format!(
             "restart-storm: {recovered}/{} subscribers over {} channels recovered {} missed publications each; \
@@ -732,7 +748,7 @@ async fn storm_subscriber(
     clients: &Clients,
     tops: &tokio::sync::OnceCell<HashMap<String, u64>>,
     restarted: &tokio::sync::OnceCell<Instant>,
-) -> Result<(Instant, u32), String> {
+) -> Result<(Instant, u32, Socket), String> {
     let channel = channel_of(k, clients.channels);
     let mut dice = Dice::new(k);
     let mut attempt = 0;
@@ -750,9 +766,21 @@ async fn storm_subscriber(
             Err(_) => {}
         }
     };
-    let (_, recovered) = subscribe(&mut socket, &channel, Some(&since)).await?;
+    // A subscribe refused as `unavailable` (MongoDB busy) is asked again, as a client would.
+    let mut tries = 0;
+    let (now, recovered) = loop {
+        match subscribe(&mut socket, &channel, Some(&since)).await {
+            Err(e) if e.contains(r#""error":"unavailable""#) && tries < 20 => {
+                tries += 1;
+                tokio::time::sleep(backoff(tries.min(4), &mut dice)).await;
+            }
+            other => break other?,
+        }
+    };
     if recovered != Some(true) {
-        return Err(format!("{channel}: not recovered"));
+        return Err(format!(
+            "{channel}: not recovered from {since:?}: {now:?}, {recovered:?}"
+        ));
     }
     let top = tops
         .get()
@@ -788,5 +816,6 @@ async fn storm_subscriber(
             seen.gaps, seen.repeats
         ));
     }
-    Ok((Instant::now(), attempt))
+    // Still subscribed afterwards, as a reconnected client stays.
+    Ok((Instant::now(), attempt, socket))
 }

@@ -62,6 +62,8 @@ pub struct DatabaseSettings {
     pub mongodb: Option<MongoSettings>,
     /// Upper bound on any single MongoDB operation.
     pub timeout: Duration,
+    /// MongoDB operations run at once (STORE_MAX_IN_FLIGHT).
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug)]
@@ -225,6 +227,7 @@ impl Settings {
                     }),
                 },
                 timeout: env.millis("STORE_TIMEOUT_MS")?,
+                max_in_flight: env.number("STORE_MAX_IN_FLIGHT")? as usize,
             },
             jwt,
             tickets: TicketPolicy {

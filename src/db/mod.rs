@@ -34,6 +34,23 @@ pub struct Bounds {
     pub timeout: Duration,
     pub readiness: Readiness,
     pub metrics: Arc<Metrics>,
+    pub admission: Admission,
+}
+
+/// How long an operation waits for its turn when STORE_MAX_IN_FLIGHT are running.
+const ADMISSION_WAIT: Duration = Duration::from_millis(250);
+
+/// At most so many MongoDB operations at once, shared by every store of a node. Without it a
+/// burst queues in the driver's connection pool, where each operation spends its whole
+/// timeout waiting behind others that will time out too, and nothing gets through; with it
+/// the excess is refused at once, and what runs finishes in MongoDB's time.
+#[derive(Clone)]
+pub struct Admission(Arc<tokio::sync::Semaphore>);
+
+impl Admission {
+    pub fn new(max_in_flight: usize) -> Self {
+        Admission(Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))))
+    }
 }
 
 impl Bounds {
@@ -47,6 +64,14 @@ impl Bounds {
                 "MongoDB is not ready yet (migrations pending)".into(),
             ));
         }
+        let Ok(Ok(_permit)) =
+            tokio::time::timeout(ADMISSION_WAIT, self.admission.0.acquire()).await
+        else {
+            self.metrics.store_operations_shed.inc();
+            return Err(Unavailable(
+                "MongoDB is busy: STORE_MAX_IN_FLIGHT operations are running".into(),
+            ));
+        };
         let _timer = self
             .metrics
             .store_operation_seconds

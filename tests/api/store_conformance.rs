@@ -31,6 +31,7 @@ async fn make_store(kind: Store, ttl_secs: u64, single_use: bool) -> TicketStore
                 .unwrap();
             let ready = Readiness::ready();
             let bounds = Bounds {
+                admission: ticketgate::db::Admission::new(64),
                 timeout: Duration::from_secs(5),
                 readiness: ready,
                 metrics: Arc::new(ticketgate::metrics::Metrics::new()),
