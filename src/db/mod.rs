@@ -37,9 +37,6 @@ pub struct Bounds {
     pub admission: Admission,
 }
 
-/// How long an operation waits for its turn when STORE_MAX_IN_FLIGHT are running.
-const ADMISSION_WAIT: Duration = Duration::from_millis(250);
-
 /// At most so many MongoDB operations at once, shared by every store of a node. Without it a
 /// burst queues in the driver's connection pool, where each operation spends its whole
 /// timeout waiting behind others that will time out too, and nothing gets through; with it
@@ -64,9 +61,10 @@ impl Bounds {
                 "MongoDB is not ready yet (migrations pending)".into(),
             ));
         }
-        let Ok(Ok(_permit)) =
-            tokio::time::timeout(ADMISSION_WAIT, self.admission.0.acquire()).await
-        else {
+        // Half the operation's bound to wait for a turn: past that it is refused, while the
+        // operations that run get their whole bound.
+        let wait = self.timeout / 2;
+        let Ok(Ok(_permit)) = tokio::time::timeout(wait, self.admission.0.acquire()).await else {
             self.metrics.store_operations_shed.inc();
             return Err(Unavailable(
                 "MongoDB is busy: STORE_MAX_IN_FLIGHT operations are running".into(),

@@ -215,3 +215,49 @@ async fn total_connections_are_limited() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(app.hub.open_count(), 2);
 }
+
+/// STORE_MAX_IN_FLIGHT: a burst past what MongoDB is given at once is answered, not queued
+/// into timeouts. Each request gets a ticket or a quick 503 `store_unavailable` with
+/// `Retry-After`, and the refusals are counted.
+#[tokio::test]
+async fn a_burst_past_store_max_in_flight_is_shed_with_503() {
+    let app = spawn_app(
+        Store::Mongo,
+        &[
+            ("STORE_MAX_IN_FLIGHT", "1"),
+            ("STORE_TIMEOUT_MS", "400"),
+            ("TICKET_RATE_PER_MIN", "100000"),
+        ],
+    )
+    .await;
+    let auth = format!("Bearer {}", jwt("burst"));
+    let burst = (0..500).map(|_| {
+        let request = app
+            .http
+            .get(app.url("/token/ws"))
+            .header("Authorization", &auth);
+        async move {
+            let response = request.send().await.unwrap();
+            let retry_after = response.headers().contains_key("retry-after");
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            (
+                status,
+                body["error"].as_str().map(str::to_owned),
+                retry_after,
+            )
+        }
+    });
+    let answers = futures_util::future::join_all(burst).await;
+    let minted = answers.iter().filter(|(status, ..)| *status == 200).count();
+    let shed = answers
+        .iter()
+        .filter(|answer| **answer == (503, Some("store_unavailable".into()), true))
+        .count();
+    assert_eq!(minted + shed, answers.len(), "{answers:?}");
+    assert!(minted > 0 && shed > 0, "{minted} minted, {shed} shed");
+    let metrics = scrape_metrics(&app.http, &app.url("/metrics")).await;
+    let counted = metric_value(&metrics, "ticketgate_store_operations_shed_total", &[]);
+    // Counted along with the node's own background operations (heartbeats) refused too.
+    assert!(counted >= 1.0, "{counted} counted, {shed} shed");
+}
