@@ -12,13 +12,23 @@ use super::*;
 /// A mongod started for tests: temporary dbpath, free port, single-node replica set, TTL monitor
 /// every second, and test commands (fail points) enabled. A shell watchdog stops it and deletes its files when this test process ends,
 /// however it ends.
+/// What a test mongod is part of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    /// No replica set, so no change streams.
+    Standalone,
+    /// A replica set of its own (`rs0`), initiated at start.
+    SingleMember,
+    /// A member of a [`TestReplicaSet`], initiated by it.
+    Member,
+}
+
 pub struct TestMongod {
     pub uri: String,
     pub port: u16,
     bin: PathBuf,
     dbpath: PathBuf,
-    /// false: a standalone server, which has no change streams.
-    replica_set: bool,
+    topology: Topology,
     /// The watchdog shell around mongod, while it runs.
     watchdog: Option<std::process::Child>,
 }
@@ -108,15 +118,15 @@ impl TestMongod {
     /// Like [`start`](Self::start) on a given port (say, one a gateway was told to use before
     /// any MongoDB listened there).
     pub fn start_on(port: u16) -> TestMongod {
-        Self::start_with(port, true)
+        Self::start_with(port, Topology::SingleMember)
     }
 
     /// A standalone mongod (no replica set, so no change streams) on a free port.
     pub fn start_standalone() -> TestMongod {
-        Self::start_with(free_port(), false)
+        Self::start_with(free_port(), Topology::Standalone)
     }
 
-    fn start_with(port: u16, replica_set: bool) -> TestMongod {
+    fn start_with(port: u16, topology: Topology) -> TestMongod {
         let dbpath = tempfile::Builder::new()
             .prefix("tg-mongod-")
             .tempdir()
@@ -127,7 +137,7 @@ impl TestMongod {
             port,
             bin: mongod_binary(),
             dbpath,
-            replica_set,
+            topology,
             watchdog: None,
         };
         mongod.restart();
@@ -156,10 +166,10 @@ impl TestMongod {
             .env("PORT", self.port.to_string())
             .env(
                 "REPLSET",
-                if self.replica_set {
-                    "--replSet rs0"
-                } else {
-                    ""
+                match self.topology {
+                    Topology::Standalone => "",
+                    Topology::SingleMember => "--replSet rs0",
+                    Topology::Member => "--replSet rs3",
                 },
             )
             .env("OWNER", std::process::id().to_string())
@@ -170,7 +180,8 @@ impl TestMongod {
             .expect("spawning mongod");
         self.watchdog = Some(watchdog);
         // The driver needs a runtime of its own, and this may be called inside one.
-        let (uri, port, replica_set) = (self.uri.clone(), self.port, self.replica_set);
+        let (uri, port) = (self.uri.clone(), self.port);
+        let replica_set = self.topology == Topology::SingleMember;
         let outcome = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -226,5 +237,118 @@ async fn initiate(uri: &str, port: u16, replica_set: bool) -> Result<(), String>
             return Err("no writable primary within 60 s".into());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Three mongods as one replica set (`rs3`), for failovers: a primary can be stepped down and
+/// another elected while gateways write. Each member is watched like a [`TestMongod`].
+pub struct TestReplicaSet {
+    /// Names every member, so the driver follows the primary.
+    pub uri: String,
+    members: Vec<TestMongod>,
+}
+
+impl TestReplicaSet {
+    /// Starts three members and initiates the set (elections after 2 s without a primary);
+    /// returns once one is primary. Blocks; fine in async tests.
+    pub fn start() -> TestReplicaSet {
+        let members: Vec<TestMongod> = (0..3)
+            .map(|_| TestMongod::start_with(free_port(), Topology::Member))
+            .collect();
+        let hosts: Vec<String> = members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.port))
+            .collect();
+        let uri = format!("mongodb://{}/?replicaSet=rs3", hosts.join(","));
+        let first = members[0].uri.clone();
+        let outcome = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let admin = mongodb::Client::with_uri_str(&first)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .database("admin");
+                let members: Vec<mongodb::bson::Document> = hosts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, host)| doc! { "_id": i as i32, "host": host })
+                    .collect();
+                let config = doc! {
+                    "_id": "rs3",
+                    "members": members,
+                    "settings": { "electionTimeoutMillis": 2000 },
+                };
+                admin
+                    .run_command(doc! { "replSetInitiate": config })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(())
+            })
+        })
+        .join()
+        .unwrap();
+        outcome.unwrap_or_else(|e| panic!("initiating the three-member replica set: {e}"));
+        let set = TestReplicaSet { uri, members };
+        set.primary_port();
+        set
+    }
+
+    /// The port of the member that is primary now, waiting up to a minute for one.
+    pub fn primary_port(&self) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            for member in &self.members {
+                let uri = member.uri.clone();
+                let primary = std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(async move {
+                        let client = mongodb::Client::with_uri_str(&uri).await.ok()?;
+                        let hello = client
+                            .database("admin")
+                            .run_command(doc! { "hello": 1 })
+                            .await
+                            .ok()?;
+                        Some(hello.get_bool("isWritablePrimary").unwrap_or(false))
+                    })
+                })
+                .join()
+                .unwrap();
+                if primary == Some(true) {
+                    return member.port;
+                }
+            }
+            assert!(Instant::now() < deadline, "no primary within a minute");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Asks the primary to step down (for 30 s), as a maintenance or a failover does; another
+    /// member is elected.
+    pub fn step_down_primary(&self) -> u16 {
+        let port = self.primary_port();
+        let uri = format!("mongodb://127.0.0.1:{port}/?directConnection=true");
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+                // The primary drops its connections as it steps down: the answer may be lost.
+                let _ = client
+                    .database("admin")
+                    .run_command(doc! { "replSetStepDown": 30, "secondaryCatchUpPeriodSecs": 10 })
+                    .await;
+            })
+        })
+        .join()
+        .unwrap();
+        port
     }
 }
