@@ -340,7 +340,17 @@ async fn concurrent_publishers_on_three_nodes_get_contiguous_offsets_delivered_i
 async fn a_client_cut_off_recovers_everything_on_another_node() {
     let file = ConfigFile::new(NAMESPACES);
     let cluster = start_cluster(&mongo_uri(), 2, &file);
-    let mut client = cluster_client(&cluster, 1, "alice").await;
+    // Node 1 is reached through a link that can be cut like a network: no FIN, no close.
+    let link = CuttableLink::to(cluster.node(1).port).await;
+    let http = reqwest::Client::new();
+    let ticket = cluster.node(1).ticket(&http, "alice").await;
+    let url = format!("ws://127.0.0.1:{}/demo?token={ticket}", link.port);
+    let mut client = try_connect_url(&url, None).await.unwrap();
+    let token = jwt_granting("alice", &["feed:*"]);
+    client
+        .send_json(&json!({"type": "jwt", "token": token}))
+        .await;
+    assert_eq!(client.next_json().await["type"], "authenticated");
     let reply = subscribe(&mut client, "feed:moving", None).await;
     let epoch = reply["epoch"].as_str().unwrap().to_owned();
     for n in 1..=5 {
@@ -350,8 +360,8 @@ async fn a_client_cut_off_recovers_everything_on_another_node() {
     }
     let seen = publications(&mut client, 5).await;
     assert_eq!(seen.last().unwrap().0, 5);
-    // The TCP connection is gone without a close; publications go on meanwhile.
-    drop(client);
+    // The network drops the connection; publications go on meanwhile.
+    link.cut();
     for n in 6..=12 {
         let (status, _) = cluster
             .post(1, "/api/channels/feed:moving/publish", json!({ "data": n }))
@@ -377,6 +387,10 @@ async fn a_client_cut_off_recovers_everything_on_another_node() {
         "nothing missing, nothing twice, in order"
     );
     back.expect_silence(Duration::from_millis(300)).await;
+    // Node 1 still holds the cut connection (nothing told it), which changed nothing.
+    let connections = cluster.get(1, "/api/connections").await;
+    assert_eq!(connections["total"], 1, "{connections}");
+    drop(client);
     // Node 2 read the channel's window from MongoDB once.
     assert_eq!(
         cluster

@@ -4,6 +4,7 @@
 //! Tests `use crate::support::*`.
 
 mod app;
+mod link;
 mod metrics;
 mod mongod;
 mod process;
@@ -11,6 +12,7 @@ pub mod raw;
 mod ws_client;
 
 pub use app::*;
+pub use link::CuttableLink;
 pub use metrics::*;
 pub use mongod::*;
 pub use process::*;

@@ -1,0 +1,87 @@
+//! A TCP relay that can be cut the way a network drops a connection: it stops carrying bytes
+//! either way and closes nothing, so neither end learns of the cut from TCP.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub struct CuttableLink {
+    /// Where clients connect instead of the gateway.
+    pub port: u16,
+    cut: watch::Sender<bool>,
+    /// The accept loop and every relay: aborted (their sockets closed) when the link drops.
+    tasks: Arc<std::sync::Mutex<JoinSet<()>>>,
+}
+
+impl CuttableLink {
+    /// A link to the gateway on `upstream` (a port on 127.0.0.1).
+    pub async fn to(upstream: u16) -> CuttableLink {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, _) = watch::channel(false);
+        let tasks = Arc::new(std::sync::Mutex::new(JoinSet::new()));
+        let (relays, cut_for_accepts) = (Arc::clone(&tasks), cut.clone());
+        tasks.lock().unwrap().spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(gateway) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (gateway_read, gateway_write) = gateway.into_split();
+                let mut relays = relays.lock().unwrap();
+                relays.spawn(carry(
+                    client_read,
+                    gateway_write,
+                    cut_for_accepts.subscribe(),
+                ));
+                relays.spawn(carry(
+                    gateway_read,
+                    client_write,
+                    cut_for_accepts.subscribe(),
+                ));
+            }
+        });
+        CuttableLink { port, cut, tasks }
+    }
+
+    /// From now on no byte crosses, and both sockets stay open.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+}
+
+impl Drop for CuttableLink {
+    fn drop(&mut self) {
+        self.tasks.lock().unwrap().abort_all();
+    }
+}
+
+/// Copies `from` to `to` until the link is cut; then holds both, silent, until aborted.
+async fn carry(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut cut: watch::Receiver<bool>,
+) {
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        let read = tokio::select! {
+            read = from.read(&mut buffer) => read,
+            _ = cut.wait_for(|cut| *cut) => break,
+        };
+        match read {
+            Ok(n) if n > 0 && !*cut.borrow() => {
+                if to.write_all(&buffer[..n]).await.is_err() {
+                    return;
+                }
+            }
+            Ok(n) if n > 0 => break,
+            _ => return,
+        }
+    }
+    // Cut: keep both halves open and carry nothing.
+    let _held = (from, to);
+    std::future::pending::<()>().await;
+}
