@@ -9,14 +9,19 @@ set -euo pipefail
 cache="${TICKETGATE_CACHE:-$HOME/.cache/ticketgate}"
 venv="$cache/schemathesis-venv"
 pin="schemathesis==4.32.5"
+# anyio 4.15 compiles its own source with `ast` while being imported; inside Schemathesis's
+# coverage phase that trips CPython 3.11.7's "AST constructor recursion depth mismatch"
+# (a SystemError that fails the run). 4.14 imports plainly.
+anyio_pin="anyio==4.14.0"
 
 if [ ! -x "$venv/bin/python" ]; then
   mkdir -p "$cache"
   python3 -m venv "$venv" >&2
 fi
-if [ ! -x "$venv/bin/st" ] || ! "$venv/bin/pip" show --quiet schemathesis >/dev/null 2>&1 \
-  || [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("schemathesis"))')" != "${pin#*==}" ]; then
-  echo "install-schemathesis: pip install $pin into $venv" >&2
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "$pin" >&2
+installed() { "$venv/bin/python" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || true; }
+if [ ! -x "$venv/bin/st" ] || [ "$(installed schemathesis)" != "${pin#*==}" ] \
+  || [ "$(installed anyio)" != "${anyio_pin#*==}" ]; then
+  echo "install-schemathesis: pip install $pin $anyio_pin into $venv" >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "$pin" "$anyio_pin" >&2
 fi
 echo "$venv/bin/st"
