@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::{StreamExt, stream};
+use futures_util::{StreamExt, TryStreamExt, stream};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
@@ -96,6 +96,28 @@ async fn subscribe(
             _ => {}
         }
     }
+}
+
+/// Opens `count` connections, `concurrency` at a time, each subscribed to its channel: each
+/// with its index (its user and channel; they complete in any order) and its position.
+async fn open_subscribed(
+    clients: &Arc<Clients>,
+    count: usize,
+    concurrency: usize,
+) -> Result<Vec<(usize, Socket, Position)>, String> {
+    stream::iter(0..count)
+        .map(|k| {
+            let clients = Arc::clone(clients);
+            async move {
+                let (mut socket, _) = clients.authenticate(k).await?;
+                let (position, _) =
+                    subscribe(&mut socket, &channel_of(k, clients.channels), None).await?;
+                Ok((k, socket, position))
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await
 }
 
 /// What one subscriber saw of its channel.
@@ -321,23 +343,10 @@ pub async fn jitter(target: &Target, secret: &str, plan: JitterPlan) -> Result<R
     let final_tops: Arc<Mutex<Option<HashMap<String, u64>>>> = Arc::default();
 
     // Everyone subscribed first, so the publications all have an audience.
-    let opened: Vec<Result<(usize, Socket, Position), String>> = stream::iter(0..plan.connections)
-        .map(|k| {
-            let clients = Arc::clone(&clients);
-            async move {
-                let (mut socket, _) = clients.authenticate(k).await?;
-                let (position, _) =
-                    subscribe(&mut socket, &channel_of(k, clients.channels), None).await?;
-                Ok((k, socket, position))
-            }
-        })
-        .buffer_unordered(plan.concurrency.max(1))
-        .collect()
-        .await;
     let mut subscribers = Vec::new();
-    // Completed in any order: each carries its own index (its user and channel).
-    for opened in opened {
-        let (k, socket, position) = opened?;
+    for (k, socket, position) in
+        open_subscribed(&clients, plan.connections, plan.concurrency).await?
+    {
         let (clients, plan, publishing, final_tops) = (
             Arc::clone(&clients),
             Arc::clone(&plan),
@@ -594,23 +603,7 @@ pub async fn restart_storm(
         return Err("restart-storm needs the node's --gateway-pid (one node)".into());
     };
     let node_url = clients.gateways[0].base_url.clone();
-    let opened: Vec<Result<(usize, Socket, Position), String>> = stream::iter(0..plan.connections)
-        .map(|k| {
-            let clients = Arc::clone(&clients);
-            async move {
-                let (mut socket, _) = clients.authenticate(k).await?;
-                let (position, _) =
-                    subscribe(&mut socket, &channel_of(k, clients.channels), None).await?;
-                Ok((k, socket, position))
-            }
-        })
-        .buffer_unordered(plan.concurrency.max(1))
-        .collect()
-        .await;
-    let mut sockets = Vec::new();
-    for opened in opened {
-        sockets.push(opened?);
-    }
+    let sockets = open_subscribed(&clients, plan.connections, plan.concurrency).await?;
     eprintln!(
         "restart-storm: {} subscribed; killing the node",
         sockets.len()
