@@ -27,6 +27,8 @@ export interface ClientOptions {
 export declare class TicketError extends Error {
   status: number;
   code: string;
+  /** The wait the gateway asked for with `Retry-After` (429 and 503 answers), or null. */
+  retryAfterMs: number | null;
 }
 
 /** A refused channel request, with the gateway's error code (docs/PROTOCOL.md, "Channels"). */
@@ -83,7 +85,11 @@ export interface SubscriptionEvents {
   resync: CustomEvent<{ channel: string; reason: "not_recovered" | "gap"; offset: number; epoch: string }>;
   /** The server ended the subscription; `reason` says why. */
   unsubscribed: CustomEvent<{ channel: string; reason?: UnsubscribeReason }>;
-  error: CustomEvent<{ error: ChannelError | unknown }>;
+  /**
+   * A subscribe was refused. With `retrying` (the gateway said `unavailable`: MongoDB busy or
+   * away) the subscription stays and is asked for again after `delayMs`; otherwise it ended.
+   */
+  error: CustomEvent<{ error: ChannelError | unknown; retrying?: boolean; delayMs?: number }>;
   join: CustomEvent<{ userId: string; connectionId: string }>;
   leave: CustomEvent<{ userId: string; connectionId: string }>;
   /** The subscription token runs out soon; with `getToken`, a fresh one is sent at once. */
@@ -113,7 +119,8 @@ export interface ClientEvents {
   broadcast: CustomEvent<{ seq: number; node: string; data: unknown }>;
   message: CustomEvent<{ data: unknown }>;
   close: CustomEvent<{ code: number; reason: string }>;
-  reconnecting: CustomEvent<{ attempt: number; delayMs: number }>;
+  /** `retryAfterMs`: the wait the gateway asked for (`Retry-After`), which replaces the backoff. */
+  reconnecting: CustomEvent<{ attempt: number; delayMs: number; retryAfterMs: number | null }>;
   error: CustomEvent<{ error: unknown }>;
   pong: CustomEvent<{ type: "pong" }>;
   echo: CustomEvent<{ type: "echo"; data: unknown }>;

@@ -51,12 +51,21 @@ const DEFAULTS = {
 
 /** A refusal while fetching the ticket: `status` and the gateway's JSON `error` code. */
 export class TicketError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, retryAfterMs = null) {
     super(message || `ticket refused: ${status} ${code}`);
     this.name = "TicketError";
     this.status = status;
     this.code = code;
+    /** The wait the gateway asked for with `Retry-After` (429, 503), or null. */
+    this.retryAfterMs = retryAfterMs;
   }
+}
+
+/** `Retry-After` in whole seconds (the only form the gateway sends), as milliseconds, or null. */
+function retryAfterMs(response) {
+  const value = response.headers?.get?.("retry-after");
+  if (!value || !/^\d+$/.test(value.trim())) return null;
+  return Number(value.trim()) * 1000;
 }
 
 /** A refused channel request: the gateway's error `code` (docs/PROTOCOL.md, "Channels"). */
@@ -87,6 +96,8 @@ export class Subscription extends EventTarget {
     /** History namespaces: the channel's epoch and the offset of the last publication had. */
     this.epoch = null;
     this.offset = null;
+    /** How many times a subscribe refused as `unavailable` has been asked again. */
+    this.retryStep = 0;
   }
 
   /** Where this subscription's copy of the channel ends, for a recovering subscribe. */
@@ -152,6 +163,8 @@ export class TicketgateClient extends EventTarget {
     this.state = "idle";
     this.socket = null;
     this.attempt = 0;
+    /** How many times the backoff has doubled since the last authentication. */
+    this.backoffStep = 0;
     this.userId = null;
     this.expiresAt = null;
     this.timers = { ping: null, pong: null, retry: null };
@@ -206,6 +219,7 @@ export class TicketgateClient extends EventTarget {
     try {
       const reply = await this.request(message);
       subscription.state = "subscribed";
+      subscription.retryStep = 0;
       const recovered = reply.recovered;
       if (reply.epoch !== undefined && !refresh && recovered !== true) {
         // A first subscribe, or what was missed is gone: live from the reply's position on.
@@ -224,10 +238,31 @@ export class TicketgateClient extends EventTarget {
       }
     } catch (error) {
       if (error.code === "not_connected") return; // done again after the reconnect
+      if (error.code === "unavailable" && this.subscriptions.get(subscription.channel) === subscription) {
+        // MongoDB was busy or away for a moment: the subscription is kept and asked for again.
+        this.#retrySubscribe(subscription, refresh, error);
+        return;
+      }
       subscription.state = "unsubscribed";
       this.subscriptions.delete(subscription.channel);
       subscription._emit("error", { error });
     }
+  }
+
+  /** Asks for `subscription` again after the backoff, on this connection only. */
+  #retrySubscribe(subscription, refresh, error) {
+    const { initialMs, maxMs, factor, jitter } = this.options.backoff;
+    const base = Math.min(maxMs, initialMs * factor ** subscription.retryStep);
+    const delay = base * (1 - jitter) + Math.random() * base * jitter;
+    subscription.retryStep += 1;
+    subscription._emit("error", { error, retrying: true, delayMs: Math.round(delay) });
+    const socket = this.socket;
+    setTimeout(() => {
+      // A reconnect subscribes again by itself; an unsubscribe means the app is done with it.
+      if (this.socket !== socket || this.state !== "authenticated") return;
+      if (this.subscriptions.get(subscription.channel) !== subscription) return;
+      this.#sendSubscribe(subscription, refresh);
+    }, delay);
   }
 
   #onChannelMessage(message) {
@@ -313,7 +348,9 @@ export class TicketgateClient extends EventTarget {
         this.#fail(error);
         return;
       }
-      this.#scheduleRetry();
+      // A gateway that says when to come back (busy, draining, rate limit) is taken at its
+      // word: waiting longer and longer would only keep a recovered gateway idle.
+      this.#scheduleRetry(error instanceof TicketError ? error.retryAfterMs : null);
       return;
     }
     if (this.stopped) return;
@@ -338,7 +375,7 @@ export class TicketgateClient extends EventTarget {
     });
     const body = await response.json().catch(() => ({}));
     if (!response.ok || typeof body.token !== "string") {
-      throw new TicketError(response.status, body.error || "unknown", body.message);
+      throw new TicketError(response.status, body.error || "unknown", body.message, retryAfterMs(response));
     }
     return body.token;
   }
@@ -367,6 +404,7 @@ export class TicketgateClient extends EventTarget {
         this.expiresAt = message.expires_at;
         if (first) {
           this.attempt = 0;
+          this.backoffStep = 0;
           this.#setState("authenticated");
           this.#startPinging();
           for (const waiter of this.waiters.splice(0)) waiter.resolve({ userId: this.userId, expiresAt: this.expiresAt });
@@ -437,15 +475,23 @@ export class TicketgateClient extends EventTarget {
     for (const waiter of this.waiters.splice(0)) waiter.reject(error);
   }
 
-  #scheduleRetry() {
+  #scheduleRetry(retryAfterMs = null) {
     if (this.stopped) return;
     const { initialMs, maxMs, factor, jitter } = this.options.backoff;
-    const base = Math.min(maxMs, initialMs * factor ** this.attempt);
-    // Full jitter on a share of the delay spreads reconnecting clients apart.
-    const delay = base * (1 - jitter) + Math.random() * base * jitter;
+    let delay;
+    if (retryAfterMs !== null) {
+      // At least what the gateway asked, plus jitter so the clients it refused together do
+      // not return together; the backoff does not grow.
+      delay = retryAfterMs + Math.random() * retryAfterMs * jitter;
+    } else {
+      const base = Math.min(maxMs, initialMs * factor ** this.backoffStep);
+      // Full jitter on a share of the delay spreads reconnecting clients apart.
+      delay = base * (1 - jitter) + Math.random() * base * jitter;
+      this.backoffStep += 1;
+    }
     this.attempt += 1;
     this.#setState("reconnecting");
-    this.#emit("reconnecting", { attempt: this.attempt, delayMs: Math.round(delay) });
+    this.#emit("reconnecting", { attempt: this.attempt, delayMs: Math.round(delay), retryAfterMs });
     this.timers.retry = setTimeout(() => this.#open(), delay);
   }
 

@@ -4,6 +4,7 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, writeFileSync } from "node:fs";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import WebSocket from "ws";
@@ -224,4 +225,62 @@ test("publications that cannot be recovered fire resync, then live ones flow", a
   await until("the live publication", () => got.length === 2);
   assert.deepEqual(got, [[1, 1], [7, 7]]);
   client.close();
+});
+
+/** A TCP relay to the suite's mongod that can be cut (every connection dropped, new ones refused) and mended. */
+async function mongodRelay() {
+  const first = process.env.MONGODB_URI.replace(/^mongodb(\+srv)?:\/\//, "").split(/[/?]/)[0].split(",")[0];
+  const target = new URL(`tcp://${first.includes("@") ? first.split("@")[1] : first}`);
+  const sockets = new Set();
+  let cut = false;
+  const server = net.createServer((client) => {
+    if (cut) return client.destroy();
+    const upstream = net.connect(Number(target.port || 27017), target.hostname);
+    for (const [a, b] of [[client, upstream], [upstream, client]]) {
+      sockets.add(a);
+      a.pipe(b);
+      a.on("error", () => b.destroy());
+      a.on("close", () => { sockets.delete(a); b.destroy(); });
+    }
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    uri: `mongodb://127.0.0.1:${server.address().port}/?directConnection=true`,
+    cut() {
+      cut = true;
+      for (const socket of sockets) socket.destroy();
+    },
+    mend() {
+      cut = false;
+    },
+    close: () => new Promise((resolve) => { cut = true; for (const s of sockets) s.destroy(); server.close(resolve); }),
+  };
+}
+
+test("a subscribe refused as unavailable is asked for again until MongoDB answers", async () => {
+  const relay = await mongodRelay();
+  try {
+    const gw = await gateway({ MONGODB_URI: relay.uri, STORE_TIMEOUT_MS: "500" });
+    const client = clientFor(gw, "grace", ["chat:*"]);
+    await client.connect();
+    relay.cut();
+    // A presence namespace: the subscribe must be recorded in MongoDB, which is away.
+    const room = client.subscribe("chat:lobby");
+    const refused = await nextEvent(room, "error", () => true, 10000);
+    assert.equal(refused.error.code, "unavailable");
+    assert.equal(refused.retrying, true);
+    assert.equal(room.state, "subscribing");
+    assert.equal(client.subscriptions.get("chat:lobby"), room);
+    const subscribed = nextEvent(room, "subscribed", () => true, 20000);
+    relay.mend();
+    await subscribed;
+    assert.equal(room.state, "subscribed");
+    const got = collect(room);
+    await publish(gw, "chat:lobby", "after");
+    await until("the publication", () => got.length === 1);
+    assert.deepEqual((await room.presence()).clients.map((c) => c.user_id), ["grace"]);
+    client.close();
+  } finally {
+    await relay.close();
+  }
 });

@@ -2,6 +2,7 @@
 // as the socket.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
+import net from "node:net";
 import WebSocket from "ws";
 
 import { TicketgateClient, TicketError, FATAL_CLOSE_CODES } from "../ticketgate.js";
@@ -143,6 +144,36 @@ test("an invalid JWT rejects connect() without retrying", async () => {
     return true;
   });
   assert.equal(client.state, "closed");
+});
+
+test("takes the gateway's Retry-After instead of a growing backoff when it answers 503", async () => {
+  // A gateway whose MongoDB has never been reachable answers every ticket request with 503
+  // store_unavailable and `Retry-After: 1`.
+  const closedPort = await new Promise((resolve) => {
+    const server = net.createServer().listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+  const gw = await gateway({
+    MONGODB_URI: `mongodb://127.0.0.1:${closedPort}/?directConnection=true`,
+    STORE_TIMEOUT_MS: "200",
+  });
+  const client = clientFor(gw, { backoff: { initialMs: 100, maxMs: 800, factor: 2, jitter: 0.5 } });
+  const errors = [];
+  const delays = [];
+  client.addEventListener("error", (e) => errors.push(e.detail.error));
+  client.addEventListener("reconnecting", (e) => delays.push(e.detail));
+  client.connect().catch(() => {});
+  while (delays.length < 3) await sleep(100);
+  client.close();
+  assert.ok(errors[0] instanceof TicketError);
+  assert.deepEqual([errors[0].status, errors[0].code, errors[0].retryAfterMs], [503, "store_unavailable", 1000]);
+  // Not 100, 200, 400 (the backoff) and not capped at maxMs: one second plus up to half of it.
+  for (const { delayMs, retryAfterMs } of delays.slice(0, 3)) {
+    assert.equal(retryAfterMs, 1000);
+    assert.ok(delayMs >= 1000 && delayMs <= 1500, `${delayMs} ms not in [1000, 1500]`);
+  }
 });
 
 test("backs off exponentially, with jitter, while the gateway is down", async () => {

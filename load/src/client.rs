@@ -120,6 +120,15 @@ impl Socket {
 }
 
 /// One gateway node as clients reach it.
+/// How a refused ticket's error names the gateway's `Retry-After` (whole seconds).
+const RETRY_AFTER_MARK: &str = "retry-after: ";
+
+/// The `Retry-After` a refused ticket request carried, from `authenticate`'s error.
+pub fn retry_after(error: &str) -> Option<Duration> {
+    let (_, seconds) = error.rsplit_once(RETRY_AFTER_MARK)?;
+    seconds.trim().parse().ok().map(Duration::from_secs)
+}
+
 pub struct Gateway {
     pub base_url: String,
     pub addr: SocketAddr,
@@ -217,13 +226,19 @@ impl Clients {
             .await
             .map_err(|e| format!("ticket request: {e}"))?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .map(|value| format!(" {RETRY_AFTER_MARK}{value}"))
+            .unwrap_or_default();
         let body: serde_json::Value = response
             .json()
             .await
             .map_err(|e| format!("ticket body: {e}"))?;
         let ticket = body["token"]
             .as_str()
-            .ok_or_else(|| format!("ticket refused: {status} {body}"))?;
+            .ok_or_else(|| format!("ticket refused: {status} {body}{retry_after}"))?;
 
         let source = Ipv4Addr::new(
             127,

@@ -586,11 +586,22 @@ pub struct StormPlan {
     pub restart_command: String,
 }
 
-/// The browser client's reconnect backoff (client/ticketgate.js): 0.5 s doubling to 30 s,
-/// each delay ±50 %.
-fn backoff(attempt: u32, dice: &mut Dice) -> Duration {
-    let base = (500.0 * 2f64.powi(attempt.min(10) as i32)).min(30_000.0);
-    Duration::from_secs_f64(base * (0.5 + dice.roll()) / 1000.0)
+/// The browser client's reconnect delays (client/ticketgate.js): 0.5 s doubling to 30 s, each
+/// delay between half and all of that; a refused ticket's `Retry-After` replaces the backoff
+/// (that long plus up to half again) without growing it.
+struct Reconnect {
+    step: u32,
+}
+
+impl Reconnect {
+    fn delay(&mut self, retry_after: Option<Duration>, dice: &mut Dice) -> Duration {
+        if let Some(asked) = retry_after {
+            return asked.mul_f64(1.0 + 0.5 * dice.roll());
+        }
+        let base = (500.0 * 2f64.powi(self.step.min(10) as i32)).min(30_000.0);
+        self.step += 1;
+        Duration::from_secs_f64(base * (0.5 + 0.5 * dice.roll()) / 1000.0)
+    }
 }
 
 pub async fn restart_storm(
@@ -745,9 +756,11 @@ async fn storm_subscriber(
     let channel = channel_of(k, clients.channels);
     let mut dice = Dice::new(k);
     let mut attempt = 0;
+    let mut reconnect = Reconnect { step: 0 };
+    let mut retry_after = None;
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut socket = loop {
-        tokio::time::sleep(backoff(attempt, &mut dice)).await;
+        tokio::time::sleep(reconnect.delay(retry_after, &mut dice)).await;
         attempt += 1;
         // Before the restart began, an attempt can only fail: skip the work, keep the timing.
         if restarted.get().is_none() {
@@ -756,16 +769,17 @@ async fn storm_subscriber(
         match clients.authenticate(k).await {
             Ok((socket, _)) => break socket,
             Err(e) if Instant::now() > deadline => return Err(e),
-            Err(_) => {}
+            Err(e) => retry_after = crate::client::retry_after(&e),
         }
     };
     // A subscribe refused as `unavailable` (MongoDB busy) is asked again, as a client would.
     let mut tries = 0;
+    let mut reconnect = Reconnect { step: 0 };
     let (now, recovered) = loop {
         match subscribe(&mut socket, &channel, Some(&since)).await {
             Err(e) if e.contains(r#""error":"unavailable""#) && tries < 20 => {
                 tries += 1;
-                tokio::time::sleep(backoff(tries.min(4), &mut dice)).await;
+                tokio::time::sleep(reconnect.delay(None, &mut dice)).await;
             }
             other => break other?,
         }
