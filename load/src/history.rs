@@ -627,17 +627,19 @@ pub async fn restart_storm(
     // the browser client does, while the missed publications are made through the other node.
     let tops: Arc<tokio::sync::OnceCell<HashMap<String, u64>>> = Arc::default();
     let restarted: Arc<tokio::sync::OnceCell<Instant>> = Arc::default();
+    let refusals: Arc<Refusals> = Arc::default();
     let mut recoveries = Vec::new();
     for (k, mut socket, position) in sockets {
-        let (clients, tops, restarted) = (
+        let (clients, tops, restarted, refusals) = (
             Arc::clone(&clients),
             Arc::clone(&tops),
             Arc::clone(&restarted),
+            Arc::clone(&refusals),
         );
         recoveries.push(tokio::spawn(async move {
             while let Ok(Some(_)) = socket.next_text().await {}
             drop(socket);
-            storm_subscriber(k, position, &clients, &tops, &restarted).await
+            storm_subscriber(k, position, &clients, &tops, &restarted, &refusals).await
         }));
     }
     let url = plan.publish_url.trim_end_matches('/').to_owned();
@@ -720,7 +722,8 @@ pub async fn restart_storm(
         summary: format!(
             "restart-storm: {recovered}/{} subscribers over {} channels recovered {} missed publications each; \
              all recovered {:.2} s after the restart began (p50 {:.2} s, p99 {:.2} s), {attempts} connection attempts; \
-             the node read history {reads:.0} times for {counted:.0} recoveries ({:.4} reads per recovery){}",
+             the node read history {reads:.0} times for {counted:.0} recoveries ({:.4} reads per recovery); \
+             failed attempts: {}{}",
             plan.connections,
             clients.channels,
             plan.missed,
@@ -728,6 +731,7 @@ pub async fn restart_storm(
             p50 / 1000.0,
             p99 / 1000.0,
             reads / counted.max(1.0),
+            refusals.summary(),
             failures.first().map_or(String::new(), |e| format!(
                 "; {} failed, first: {e}",
                 failures.len()
@@ -744,6 +748,34 @@ pub async fn restart_storm(
     })
 }
 
+/// Why the storm's connection attempts failed, by kind, for the report.
+#[derive(Default)]
+struct Refusals(std::sync::Mutex<std::collections::BTreeMap<String, u64>>);
+
+impl Refusals {
+    fn count(&self, error: &str) {
+        // "ticket refused: 503 Service Unavailable {…"error":"store_unavailable"…}" → the code.
+        let kind = match error.split_once(r#""error":""#) {
+            Some((head, rest)) => format!(
+                "{} {}",
+                head.split(' ').take(3).collect::<Vec<_>>().join(" "),
+                rest.split('"').next().unwrap_or_default()
+            ),
+            None => error.chars().take(48).collect(),
+        };
+        *self.0.lock().unwrap().entry(kind).or_default() += 1;
+    }
+
+    fn summary(&self) -> String {
+        let tally = self.0.lock().unwrap();
+        tally
+            .iter()
+            .map(|(kind, n)| format!("{n} × {kind}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
 /// Reconnects with backoff until the node is back, resubscribes with `since`, and reads up to
 /// the channel's latest offset: when that happened, and how many connection attempts it took.
 async fn storm_subscriber(
@@ -752,6 +784,7 @@ async fn storm_subscriber(
     clients: &Clients,
     tops: &tokio::sync::OnceCell<HashMap<String, u64>>,
     restarted: &tokio::sync::OnceCell<Instant>,
+    refusals: &Refusals,
 ) -> Result<(Instant, u32, Socket), String> {
     let channel = channel_of(k, clients.channels);
     let mut dice = Dice::new(k);
@@ -769,7 +802,10 @@ async fn storm_subscriber(
         match clients.authenticate(k).await {
             Ok((socket, _)) => break socket,
             Err(e) if Instant::now() > deadline => return Err(e),
-            Err(e) => retry_after = crate::client::retry_after(&e),
+            Err(e) => {
+                refusals.count(&e);
+                retry_after = crate::client::retry_after(&e);
+            }
         }
     };
     // A subscribe refused as `unavailable` (MongoDB busy) is asked again, as a client would.

@@ -157,7 +157,7 @@ pub static SETTINGS: &[Setting] = &[
         "upper bound on one MongoDB operation")
         .default("2000"),
     setting("STORE_MAX_IN_FLIGHT", Database, Count { min: 1, max: 100_000 },
-        "MongoDB operations one node runs at once. Past them an operation waits up to half of `STORE_TIMEOUT_MS` for its turn, and is otherwise refused (503, `store_unavailable`): a burst, such as thousands of clients reconnecting after a restart, is served at MongoDB's pace instead of queueing until every operation times out")
+        "MongoDB operations one node runs at once. Past them an operation waits up to half of `STORE_TIMEOUT_MS` for its turn, and is otherwise refused (503, `store_unavailable`): a burst, such as thousands of clients reconnecting after a restart, is served at MongoDB's pace instead of queueing until every operation times out. Ticket mints may hold only half of the turns, so the redeems of tickets already minted are not crowded out")
         .default("64"),
     setting("JWT_SECRET", Jwt, Text,
         "HS256 key that verifies user JWTs, at least 32 bytes (RFC 7518 §3.2). With none of `JWT_SECRET`, `JWT_PUBLIC_KEY_FILE`, `JWT_JWKS_FILE`: dev mode")

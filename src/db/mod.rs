@@ -37,22 +37,79 @@ pub struct Bounds {
     pub admission: Admission,
 }
 
+/// Whether an operation starts new work or carries on work under way; see [`Admission`].
+#[derive(Debug, Clone, Copy)]
+enum Work {
+    New,
+    UnderWay,
+}
+
 /// At most so many MongoDB operations at once, shared by every store of a node. Without it a
 /// burst queues in the driver's connection pool, where each operation spends its whole
 /// timeout waiting behind others that will time out too, and nothing gets through; with it
 /// the excess is refused at once, and what runs finishes in MongoDB's time.
+///
+/// Operations that start new work (minting a ticket) may hold only half of the turns: a client
+/// needs a mint and then a redeem, and in a burst of reconnects unlimited mints would take the
+/// turns their own redeems need, so that tickets are minted only to have their redeem refused.
 #[derive(Clone)]
-pub struct Admission(Arc<tokio::sync::Semaphore>);
+pub struct Admission {
+    all: Arc<tokio::sync::Semaphore>,
+    entry: Arc<tokio::sync::Semaphore>,
+}
+
+/// The right to run one operation, given back when dropped.
+struct Turn<'a> {
+    _entry: Option<tokio::sync::SemaphorePermit<'a>>,
+    _all: tokio::sync::SemaphorePermit<'a>,
+}
 
 impl Admission {
     pub fn new(max_in_flight: usize) -> Self {
-        Admission(Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))))
+        let max_in_flight = max_in_flight.max(1);
+        Admission {
+            all: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
+            entry: Arc::new(tokio::sync::Semaphore::new(max_in_flight.div_ceil(2))),
+        }
+    }
+
+    /// Waits for a turn (the semaphores are never closed, so it only ever waits).
+    async fn turn(&self, work: Work) -> Result<Turn<'_>, tokio::sync::AcquireError> {
+        let entry = match work {
+            Work::New => Some(self.entry.acquire().await?),
+            Work::UnderWay => None,
+        };
+        Ok(Turn {
+            _entry: entry,
+            _all: self.all.acquire().await?,
+        })
     }
 }
 
 impl Bounds {
+    /// Runs a MongoDB operation within STORE_TIMEOUT_MS, after waiting at most half of it
+    /// for a turn among STORE_MAX_IN_FLIGHT.
     pub async fn run<T>(
         &self,
+        name: &'static str,
+        operation: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
+    ) -> Result<T, Unavailable> {
+        self.run_as(Work::UnderWay, name, operation).await
+    }
+
+    /// Like [`Bounds::run`], for an operation that starts new work (minting a ticket): it
+    /// also needs one of the half of the turns such operations share.
+    pub async fn run_entry<T>(
+        &self,
+        name: &'static str,
+        operation: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
+    ) -> Result<T, Unavailable> {
+        self.run_as(Work::New, name, operation).await
+    }
+
+    async fn run_as<T>(
+        &self,
+        work: Work,
         name: &'static str,
         operation: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
     ) -> Result<T, Unavailable> {
@@ -63,8 +120,8 @@ impl Bounds {
         }
         // Half the operation's bound to wait for a turn: past that it is refused, while the
         // operations that run get their whole bound.
-        let wait = self.timeout / 2;
-        let Ok(Ok(_permit)) = tokio::time::timeout(wait, self.admission.0.acquire()).await else {
+        let turn = self.admission.turn(work);
+        let Ok(Ok(_turn)) = tokio::time::timeout(self.timeout / 2, turn).await else {
             self.metrics.store_operations_shed.inc();
             return Err(Unavailable(
                 "MongoDB is busy: STORE_MAX_IN_FLIGHT operations are running".into(),
@@ -125,5 +182,30 @@ impl Readiness {
 
     pub fn is_ready(&self) -> bool {
         self.0.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Mints may hold half of the turns; redeems and the rest may hold them all.
+    #[tokio::test]
+    async fn new_work_holds_at_most_half_of_the_turns() {
+        let admission = Admission::new(4);
+        let soon = |work| tokio::time::timeout(Duration::from_millis(20), admission.turn(work));
+        let first = soon(Work::New).await.unwrap().unwrap();
+        let second = soon(Work::New).await.unwrap().unwrap();
+        assert!(soon(Work::New).await.is_err(), "a third mint must wait");
+        let under_way = soon(Work::UnderWay).await.unwrap().unwrap();
+        let more = soon(Work::UnderWay).await.unwrap().unwrap();
+        assert!(
+            soon(Work::UnderWay).await.is_err(),
+            "all four turns are taken"
+        );
+        drop(first);
+        // The mint's turn is free again, for either kind.
+        let again = soon(Work::New).await.unwrap().unwrap();
+        drop((second, under_way, more, again));
     }
 }

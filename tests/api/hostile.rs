@@ -31,6 +31,8 @@ async fn settles_to(what: &str, limit: usize, measure: impl Fn() -> usize) -> us
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_sockets_that_never_authenticate_leave_nothing_behind() {
     const SOCKETS: usize = 2000;
+    /// The most sockets the MongoDB pools (one per worker thread) may hold at once.
+    const MONGO_POOL_SLACK: usize = 64;
     let (uri, db) = (mongo_uri(), unique_db_name());
     let gateway = GatewayProcess::start(&[
         ("JWT_SECRET", SECRET),
@@ -84,9 +86,11 @@ async fn two_thousand_sockets_that_never_authenticate_leave_nothing_behind() {
             .collect()
             .await;
         let (peak_fds, peak_rss) = (gateway.open_fds(), gateway.rss_kib() as usize);
+        // Less the MongoDB pool's sockets, which the driver may close and reopen meanwhile
+        // (this failed once by a few fds under a loaded full run).
         assert!(
-            peak_fds >= baseline_fds + SOCKETS,
-            "all {SOCKETS} were open at once ({peak_fds} fds)"
+            peak_fds + MONGO_POOL_SLACK >= baseline_fds + SOCKETS,
+            "all {SOCKETS} were open at once ({peak_fds} fds at the peak, {baseline_fds} before)"
         );
         let endings =
             join_all(clients.into_iter().map(|mut client| async move {

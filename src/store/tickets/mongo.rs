@@ -82,7 +82,7 @@ impl MongoTicketStore {
             secret_hash: binary(&ticket.secret_hash()),
         };
         self.bounds
-            .run("insert", self.tickets().insert_one(&document))
+            .run_entry("insert", self.tickets().insert_one(&document))
             .await?;
         Ok(())
     }
