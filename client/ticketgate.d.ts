@@ -47,6 +47,20 @@ export declare class ChannelError extends Error {
   channel?: string;
 }
 
+/** A failed `rpc()`: the backend's error object, or the gateway's (docs/PROTOCOL.md, "Upstream"). */
+export declare class RpcError extends Error {
+  code:
+    | "upstream_unavailable"
+    | "upstream_timeout"
+    | "too_many_requests"
+    | "upstream_disabled"
+    | "not_connected"
+    | string
+    | number;
+  /** The error object as it came, with any fields the backend added. */
+  error: { code: string | number; message: string; [field: string]: unknown };
+}
+
 export interface PresenceClient {
   user_id: string;
   /** Unique in the cluster: `c<n>@<node id>`. */
@@ -139,6 +153,8 @@ export declare class TicketgateClient extends EventTarget {
   ping(): void;
   /** Subscribes now (or once authenticated) and again after every reconnect. */
   subscribe(channel: string, options?: SubscribeOptions): Subscription;
+  /** Calls `method` on the app's backend; resolves with its result, rejects with an RpcError. */
+  rpc<T = unknown>(method: string, data?: unknown): Promise<T>;
   readonly subscriptions: ReadonlyMap<string, Subscription>;
   addEventListener<K extends keyof ClientEvents>(type: K, listener: (event: ClientEvents[K]) => void): void;
 }

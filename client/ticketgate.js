@@ -83,6 +83,21 @@ export class ChannelError extends Error {
  * `error`, `join`, `leave`, `expiring`, `resync`. Made by `client.subscribe()`, or by the
  * server API.
  */
+/**
+ * A failed `rpc()`: the backend's error object (`code`, `message` and any fields it added), or
+ * the gateway's (`upstream_unavailable`, `upstream_timeout`, `too_many_requests`,
+ * `upstream_disabled`, `not_connected`); docs/PROTOCOL.md, "Upstream".
+ */
+export class RpcError extends Error {
+  constructor(error) {
+    super(typeof error?.message === "string" ? error.message : String(error?.code));
+    this.name = "RpcError";
+    this.code = error?.code;
+    /** The error object as it came. */
+    this.error = error;
+  }
+}
+
 export class Subscription extends EventTarget {
   constructor(client, channel, options = {}) {
     super();
@@ -190,6 +205,21 @@ export class TicketgateClient extends EventTarget {
     }
     if (this.state === "authenticated") this.#sendSubscribe(subscription, false);
     return subscription;
+  }
+
+  /**
+   * Calls `method` on the app's backend with `data`; resolves with its `result`, rejects with
+   * an RpcError. Calls made together are answered as the backend answers, in any order.
+   */
+  async rpc(method, data = null) {
+    let reply;
+    try {
+      reply = await this.request({ type: "rpc", method, data });
+    } catch (error) {
+      throw new RpcError({ code: error.code, message: error.message });
+    }
+    if (reply.type === "rpc_error") throw new RpcError(reply.error);
+    return reply.result;
   }
 
   /** Sends `message` with a fresh `id`; resolves with the reply, rejects with a ChannelError. */

@@ -25,4 +25,5 @@ pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod ticket;
+pub mod upstream;
 pub mod wire;

@@ -52,6 +52,14 @@ pub struct Metrics {
     pub cluster_stream_restarts: IntCounter,
     /// Times the change stream could not resume because its token had left the oplog.
     pub cluster_stream_history_lost: IntCounter,
+    /// Calls to the app's backend by `path` (/rpc, /publish) and `outcome` (answered,
+    /// failed, timeout).
+    pub upstream_calls: IntCounterVec,
+    /// How long calls to the backend took, by `path`, the wait for a turn included.
+    pub upstream_call_seconds: HistogramVec,
+    /// Client RPCs by `result`: result, error, disconnect, upstream_unavailable,
+    /// upstream_timeout, too_many_requests, upstream_disabled.
+    pub rpcs: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -106,18 +114,38 @@ impl Metrics {
             "broadcast_fanout_seconds",
             "From publication to the write to one connection",
         );
-        let store_operation_seconds = HistogramVec::new(
-            HistogramOpts::new("store_operation_seconds", "MongoDB ticket-store operations")
-                .buckets(LATENCY_BUCKETS.to_vec()),
-            &["operation"],
-        )
-        .expect("a valid metric");
-        registry
-            .register(Box::new(store_operation_seconds.clone()))
-            .expect("registered once");
+        let latency_vec = |name: &str, help: &str, label: &str| {
+            let histogram = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                &[label],
+            )
+            .expect("a valid metric");
+            registry
+                .register(Box::new(histogram.clone()))
+                .expect("registered once");
+            histogram
+        };
+        let store_operation_seconds = latency_vec(
+            "store_operation_seconds",
+            "MongoDB ticket-store operations",
+            "operation",
+        );
         let cluster_event_lag_seconds = latency(
             "cluster_event_lag_seconds",
             "From a cluster event's write to its delivery on this node",
+        );
+        let upstream_calls = IntCounterVec::new(
+            Opts::new("upstream_calls_total", "Calls to the app's backend"),
+            &["path", "outcome"],
+        )
+        .expect("a valid metric");
+        registry
+            .register(Box::new(upstream_calls.clone()))
+            .expect("registered once");
+        let upstream_call_seconds = latency_vec(
+            "upstream_call_seconds",
+            "Calls to the app's backend",
+            "path",
         );
         // CPU, memory and file descriptors of this process, from /proc.
         let _ = registry.register(Box::new(
@@ -178,6 +206,9 @@ impl Metrics {
                 "reason",
             ),
             cluster_event_lag_seconds,
+            upstream_calls,
+            upstream_call_seconds,
+            rpcs: counter_vec("rpcs_total", "Client RPCs, by result", "result"),
             cluster_stream_restarts: counter(
                 "cluster_stream_restarts_total",
                 "Times the cluster change stream was reopened",

@@ -39,6 +39,11 @@ pub enum ClientMessage<'a> {
     Presence {
         channel: Cow<'a, str>,
     },
+    /// A call to the app's backend; the parse guarantees an `id` to answer it with.
+    Rpc {
+        method: Cow<'a, str>,
+        data: &'a RawValue,
+    },
 }
 
 /// The last publication a client has of a history channel.
@@ -83,6 +88,8 @@ struct Envelope<'a> {
     id: Option<&'a RawValue>,
     #[serde(borrow)]
     since: Option<Since<'a>>,
+    #[serde(borrow)]
+    method: Option<Cow<'a, str>>,
 }
 
 /// Only the `id`, read again from a message whose other fields were wrong.
@@ -144,6 +151,18 @@ impl<'a> ClientMessage<'a> {
             },
             Some("presence") => ClientMessage::Presence {
                 channel: channel()?,
+            },
+            // Without an `id` the answer could not be matched: refused before any call.
+            Some("rpc") if id.is_none() => return Err(refuse(ParseError::BadFields)),
+            Some("rpc") => ClientMessage::Rpc {
+                method: envelope
+                    .method
+                    .clone()
+                    .filter(|method| !method.is_empty())
+                    .ok_or(refuse(ParseError::BadFields))?,
+                data: envelope
+                    .data
+                    .unwrap_or_else(|| serde_json::from_str(NULL).expect("null is JSON")),
             },
             Some(_) => return Err(refuse(ParseError::UnknownType)),
             None => return Err(refuse(ParseError::BadFields)),
@@ -241,6 +260,16 @@ pub enum ServerMessage<'a> {
         user_id: &'a str,
         connection_id: &'a str,
     },
+    /// The backend's `result` for an `rpc`.
+    RpcResult {
+        id: &'a RawValue,
+        result: &'a RawValue,
+    },
+    /// The backend's error object for an `rpc`, or the gateway's when the call failed.
+    RpcError {
+        id: &'a RawValue,
+        error: RpcFailure<'a>,
+    },
     Error {
         error: ErrorCode,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -249,6 +278,63 @@ pub enum ServerMessage<'a> {
         id: Option<&'a RawValue>,
         message: &'static str,
     },
+}
+
+/// An `rpc_error`'s `error`: `{"code", "message", …}` either way.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum RpcFailure<'a> {
+    /// The backend's own error object, passed on as it wrote it.
+    Backend(&'a RawValue),
+    /// The gateway's: `upstream_unavailable`, `upstream_timeout`, `too_many_requests`.
+    Gateway {
+        code: RpcFailureCode,
+        message: &'static str,
+    },
+}
+
+/// The codes of the errors the gateway itself gives an `rpc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RpcFailureCode {
+    /// The backend was unreachable, answered another status than 200, or not the documented
+    /// JSON.
+    UpstreamUnavailable,
+    /// No answer within UPSTREAM_TIMEOUT_MS.
+    UpstreamTimeout,
+    /// MAX_RPC_IN_FLIGHT_PER_CONNECTION calls of this connection are waiting already.
+    TooManyRequests,
+}
+
+impl RpcFailureCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RpcFailureCode::UpstreamUnavailable => "upstream_unavailable",
+            RpcFailureCode::UpstreamTimeout => "upstream_timeout",
+            RpcFailureCode::TooManyRequests => "too_many_requests",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            RpcFailureCode::UpstreamUnavailable => {
+                "the app's backend could not be reached or gave no valid answer; try again"
+            }
+            RpcFailureCode::UpstreamTimeout => {
+                "the app's backend did not answer within UPSTREAM_TIMEOUT_MS; try again"
+            }
+            RpcFailureCode::TooManyRequests => {
+                "MAX_RPC_IN_FLIGHT_PER_CONNECTION calls are waiting; wait for an answer first"
+            }
+        }
+    }
+
+    pub fn failure(self) -> RpcFailure<'static> {
+        RpcFailure::Gateway {
+            code: self,
+            message: self.message(),
+        }
+    }
 }
 
 /// A history channel's position, as a `subscribed` reply gives it.
@@ -321,6 +407,8 @@ pub enum ErrorCode {
     PresenceDisabled,
     /// MongoDB could not answer (a presence query); try again.
     Unavailable,
+    /// An `rpc` while UPSTREAM_URL is unset.
+    UpstreamDisabled,
 }
 
 impl ErrorCode {
@@ -336,6 +424,7 @@ impl ErrorCode {
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::PresenceDisabled => "presence_disabled",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::UpstreamDisabled => "upstream_disabled",
         }
     }
 
@@ -359,6 +448,9 @@ impl ErrorCode {
             ErrorCode::NotSubscribed => "the connection is not subscribed to this channel",
             ErrorCode::PresenceDisabled => "the channel's namespace has no presence",
             ErrorCode::Unavailable => "the database is unavailable; try again shortly",
+            ErrorCode::UpstreamDisabled => {
+                "RPC needs UPSTREAM_URL, which this gateway does not set"
+            }
         }
     }
 }

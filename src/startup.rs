@@ -273,6 +273,10 @@ fn app_state(
             channels: settings.channels.clone(),
             bus: Arc::clone(bus),
             presence,
+            upstream: Arc::new(crate::upstream::Upstream::new(
+                &settings.upstream,
+                Arc::clone(&metrics),
+            )),
             metrics,
             revocations: Arc::new(revocations),
         }),

@@ -5,7 +5,9 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import WebSocket from "ws";
 
-import { TicketgateClient, TicketError, FATAL_CLOSE_CODES } from "../ticketgate.js";
+import http from "node:http";
+
+import { TicketgateClient, TicketError, RpcError, FATAL_CLOSE_CODES } from "../ticketgate.js";
 import { Gateway, mintJwt, nextEvent, sleep } from "./gateway.mjs";
 
 const gateways = [];
@@ -189,4 +191,48 @@ test("backs off exponentially, with jitter, while the gateway is down", async ()
   delays.slice(0, 5).forEach((delay, i) => {
     assert.ok(delay >= bases[i] * 0.5 - 1 && delay <= bases[i] + 1, `attempt ${i + 1}: ${delay} ms not in [${bases[i] / 2}, ${bases[i]}]`);
   });
+});
+
+test("rpc() resolves with the backend's result and rejects with its error", async () => {
+  // The app's backend: a real HTTP server that answers as the method says.
+  const calls = [];
+  const backend = http.createServer((req, res) => {
+    let body = "";
+    req.on("data", (chunk) => (body += chunk));
+    req.on("end", () => {
+      const call = JSON.parse(body);
+      calls.push({ path: req.url, authorization: req.headers.authorization, call });
+      const answer = call.method === "add"
+        ? { result: call.data.a + call.data.b }
+        : { error: { code: "no_such_method", message: `no ${call.method}` } };
+      setTimeout(() => res.end(JSON.stringify(answer)), call.method === "add" ? 200 : 0);
+    });
+  });
+  await new Promise((resolve) => backend.listen(0, "127.0.0.1", resolve));
+  try {
+    const key = "node-client-upstream-key-0123";
+    const gw = await gateway({ UPSTREAM_URL: `http://127.0.0.1:${backend.address().port}/app`, UPSTREAM_KEY: key });
+    const client = clientFor(gw);
+    await client.connect();
+    // Two at once: the slower first call does not hold up the second's answer.
+    const [sum, refused] = await Promise.allSettled([client.rpc("add", { a: 2, b: 3 }), client.rpc("nope", null)]);
+    assert.equal(sum.value, 5);
+    assert.ok(refused.reason instanceof RpcError);
+    assert.equal(refused.reason.code, "no_such_method");
+    assert.equal(refused.reason.message, "no nope");
+    assert.deepEqual(calls.map((c) => [c.path, c.authorization, c.call.user_id]).sort(), [
+      ["/app/rpc", `Bearer ${key}`, "alice"],
+      ["/app/rpc", `Bearer ${key}`, "alice"],
+    ]);
+    client.close();
+
+    // A gateway without a backend refuses with the gateway's code.
+    const plain = await gateway();
+    const other = clientFor(plain);
+    await other.connect();
+    await assert.rejects(other.rpc("add", { a: 1, b: 1 }), (error) => error instanceof RpcError && error.code === "upstream_disabled");
+    other.close();
+  } finally {
+    backend.close();
+  }
 });

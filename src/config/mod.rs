@@ -34,11 +34,29 @@ pub struct Settings {
     pub session: SessionSettings,
     pub limits: LimitSettings,
     pub api: ApiSettings,
+    pub upstream: UpstreamSettings,
     pub node: NodeSettings,
     /// Namespaces (from the file's `[channels]` table) and per-connection limits.
     pub channels: ChannelPolicy,
     /// The env_logger filter (RUST_LOG).
     pub log_filter: String,
+}
+
+/// The app's backend, which answers RPCs and proxied publications.
+#[derive(Debug)]
+pub struct UpstreamSettings {
+    /// `None`: UPSTREAM_URL is unset, RPC and the publish proxy are off.
+    pub backend: Option<Backend>,
+    pub timeout: Duration,
+    pub max_in_flight: usize,
+    pub max_rpc_per_connection: usize,
+}
+
+#[derive(Debug)]
+pub struct Backend {
+    /// UPSTREAM_URL without a trailing `/`; call paths are appended as they are.
+    pub url: String,
+    pub key: SecretString,
 }
 
 /// The HTTP server and who may reach it.
@@ -252,6 +270,12 @@ impl Settings {
                 },
                 max_body_bytes: env.number("API_MAX_BODY_BYTES")? as usize,
             },
+            upstream: UpstreamSettings {
+                backend: env.backend()?,
+                timeout: env.millis("UPSTREAM_TIMEOUT_MS")?,
+                max_in_flight: env.number("UPSTREAM_MAX_IN_FLIGHT")? as usize,
+                max_rpc_per_connection: env.number("MAX_RPC_IN_FLIGHT_PER_CONNECTION")? as usize,
+            },
             node: NodeSettings {
                 name: node_name,
                 address: env.get("NODE_ADDRESS").map(str::to_owned),
@@ -439,6 +463,43 @@ impl Vars<'_> {
     fn read_file(&self, var: &'static str, path: &str) -> Result<String, ConfigError> {
         std::fs::read_to_string(path)
             .map_err(|e| self.invalid(var, &format!("cannot read the file: {e}")))
+    }
+
+    fn backend(&self) -> Result<Option<Backend>, ConfigError> {
+        let Some(url) = self.get("UPSTREAM_URL") else {
+            return Ok(None);
+        };
+        let parsed =
+            url::Url::parse(url).map_err(|e| self.invalid("UPSTREAM_URL", &e.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return Err(self.invalid("UPSTREAM_URL", "expected an http:// or https:// URL"));
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(self.invalid(
+                "UPSTREAM_URL",
+                "call paths are appended to it: no query or fragment",
+            ));
+        }
+        let key = match self.get("UPSTREAM_KEY") {
+            None => {
+                return Err(ConfigError::Inconsistent(
+                    "UPSTREAM_URL needs UPSTREAM_KEY, which the backend checks on every call"
+                        .into(),
+                ));
+            }
+            Some(key) if key.len() < 16 => {
+                return Err(self.invalid("UPSTREAM_KEY", "use at least 16 characters"));
+            }
+            // It travels in a header.
+            Some(key) if !key.bytes().all(|b| b.is_ascii_graphic()) => {
+                return Err(self.invalid("UPSTREAM_KEY", "use printable ASCII without spaces"));
+            }
+            Some(key) => SecretString::from(key.to_owned()),
+        };
+        Ok(Some(Backend {
+            url: url.trim_end_matches('/').to_owned(),
+            key,
+        }))
     }
 
     fn database_name(&self) -> Result<String, ConfigError> {
@@ -830,6 +891,56 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(fine.node.name.as_deref(), Some("gw-1.eu_west"));
+    }
+
+    #[test]
+    fn the_backend_needs_an_http_url_and_a_key() {
+        let key = ("UPSTREAM_KEY", "0123456789abcdef");
+        for (pairs, names) in [
+            (
+                vec![("UPSTREAM_URL", "http://app/internal")],
+                "UPSTREAM_KEY",
+            ),
+            (vec![("UPSTREAM_URL", "ftp://app"), key], "UPSTREAM_URL"),
+            (vec![("UPSTREAM_URL", "not a url"), key], "UPSTREAM_URL"),
+            (
+                vec![("UPSTREAM_URL", "http://app/x?a=1"), key],
+                "UPSTREAM_URL",
+            ),
+            (
+                vec![("UPSTREAM_URL", "http://app"), ("UPSTREAM_KEY", "short")],
+                "UPSTREAM_KEY",
+            ),
+            (
+                vec![
+                    ("UPSTREAM_URL", "http://app"),
+                    ("UPSTREAM_KEY", "has a space in it, long"),
+                ],
+                "UPSTREAM_KEY",
+            ),
+            (
+                vec![("UPSTREAM_TIMEOUT_MS", "60001")],
+                "UPSTREAM_TIMEOUT_MS",
+            ),
+            (
+                vec![("MAX_RPC_IN_FLIGHT_PER_CONNECTION", "0")],
+                "MAX_RPC_IN_FLIGHT_PER_CONNECTION",
+            ),
+        ] {
+            let err = Settings::from_vars(&vars(&pairs)).unwrap_err().to_string();
+            assert!(err.contains(names), "{pairs:?}: {err}");
+            assert!(!err.contains("has a space"), "the key was printed: {err}");
+        }
+        let off = Settings::from_vars(&vars(&[])).unwrap().upstream;
+        assert!(off.backend.is_none());
+        assert_eq!(
+            (off.timeout, off.max_in_flight, off.max_rpc_per_connection),
+            (Duration::from_millis(5000), 1000, 16)
+        );
+        let on = Settings::from_vars(&vars(&[("UPSTREAM_URL", "https://app/internal/"), key]))
+            .unwrap()
+            .upstream;
+        assert_eq!(on.backend.unwrap().url, "https://app/internal");
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub enum Group {
     Channels,
     Limits,
     Api,
+    Upstream,
     Cluster,
     Logging,
 }
@@ -66,6 +67,7 @@ impl Group {
             }
             Group::Limits => "Limits",
             Group::Api => "The server API",
+            Group::Upstream => "The app's backend (RPC and the publish proxy)",
             Group::Cluster => "Several nodes",
             Group::Logging => "Logging",
         }
@@ -219,6 +221,20 @@ pub static SETTINGS: &[Setting] = &[
     setting("API_MAX_BODY_BYTES", Api, Count { min: 64, max: 8 << 20 },
         "largest server-API request body (a broadcast crosses nodes as one MongoDB document, limited to 16 MiB); larger: 413 `body_too_large`")
         .default("262144"),
+    setting("UPSTREAM_URL", Upstream, Text,
+        "the app's backend, an `http` or `https` URL: client RPCs go to `POST {UPSTREAM_URL}/rpc` and proxied client publications to `/publish`. Unset: RPC and the publish proxy are off (`upstream_disabled`)"),
+    setting("UPSTREAM_KEY", Upstream, Text,
+        "sent as `Authorization: Bearer <UPSTREAM_KEY>` on every call to the backend, so it knows the gateway; at least 16 characters; required with `UPSTREAM_URL`")
+        .secret(),
+    setting("UPSTREAM_TIMEOUT_MS", Upstream, Millis { min: 10, max: 60_000 },
+        "how long one call to the backend may take, its wait for a turn included; slower: `upstream_timeout`")
+        .default("5000"),
+    setting("UPSTREAM_MAX_IN_FLIGHT", Upstream, Count { min: 1, max: 100_000 },
+        "calls to the backend one node makes at once; a call waits for a turn within `UPSTREAM_TIMEOUT_MS`")
+        .default("1000"),
+    setting("MAX_RPC_IN_FLIGHT_PER_CONNECTION", Upstream, Count { min: 1, max: 1024 },
+        "RPCs one connection may have waiting for the backend; more: `rpc_error` `too_many_requests`, and no call")
+        .default("16"),
     setting("NODE_NAME", Cluster, Text,
         "this node's name in `GET /api/nodes`: 1 to 64 letters, digits, `.`, `_`, `-`. The node id is the name plus a random suffix drawn at every start")
         .described("the host name"),

@@ -19,7 +19,8 @@ pub async fn upgrade(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(client) = state.trusted_proxies.client_ip(&req) {
+    let client_ip = state.trusted_proxies.client_ip(&req);
+    if let Some(client) = client_ip {
         state
             .rate_limits
             .check_upgrade(client)
@@ -94,7 +95,7 @@ pub async fn upgrade(
                 reader = reader.with_inflater(Inflater::new(negotiated));
                 writer = writer.compressing(threshold);
             }
-            actix_web::rt::spawn(session::run(ctx, open, reader, writer));
+            actix_web::rt::spawn(session::run(ctx, open, reader, writer, client_ip));
         }));
     Ok(response)
 }

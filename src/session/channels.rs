@@ -140,7 +140,10 @@ impl Authenticated {
                 ]
             }
             // The session routes only channel requests here.
-            ClientMessage::Jwt { .. } | ClientMessage::Ping | ClientMessage::Echo { .. } => {
+            ClientMessage::Jwt { .. }
+            | ClientMessage::Ping
+            | ClientMessage::Echo { .. }
+            | ClientMessage::Rpc { .. } => {
                 vec![ServerMessage::error(ErrorCode::BadMessage, None, id).encode()]
             }
         }

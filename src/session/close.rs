@@ -38,6 +38,9 @@ pub enum CloseReason {
     ClientClosed(Option<ClosePayload>),
     /// The socket is gone (reset, or writes no longer complete): no close frame can be sent.
     ConnectionLost,
+    /// The app's backend answered an RPC with `disconnect`: its code (4000 to 4999, checked
+    /// when the answer was read) and reason.
+    ByBackend { code: u16, reason: String },
 }
 
 impl CloseReason {
@@ -57,6 +60,7 @@ impl CloseReason {
             CloseReason::ProtocolError => 1002,
             CloseReason::InvalidUtf8 => 1007,
             CloseReason::ClientClosed(frame) => frame.as_ref().map_or(1000, |f| u16::from(f.code)),
+            CloseReason::ByBackend { code, .. } => *code,
             CloseReason::ConnectionLost => return None,
         })
     }
@@ -86,6 +90,7 @@ impl CloseReason {
                 .as_ref()
                 .and_then(|f| f.description.clone())
                 .unwrap_or_default(),
+            CloseReason::ByBackend { reason, .. } => reason.clone(),
             CloseReason::ConnectionLost => String::new(),
         }
     }

@@ -5,11 +5,13 @@
 //! broadcast or a ping before it has authenticated: the code to do so does not type-check.
 //! Every path ends in one [`Closing`], which sends at most one close frame.
 
+pub mod calls;
 pub mod channels;
 pub mod close;
 pub mod expiry;
 pub mod rules;
 
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,9 +25,11 @@ use crate::channels::ClaimGrants;
 use crate::hub::{ConnectionId, Fell, Hub, Inbound, Membership, OpenConnection};
 use crate::jwt::{JwtRejection, JwtVerifier};
 use crate::metrics::Metrics;
-use crate::protocol::ServerMessage;
+use crate::protocol::{ErrorCode, RpcFailureCode, ServerMessage};
 use crate::store::{PresenceStore, RevocationStore};
+use crate::upstream::{Caller, Upstream};
 use crate::wire::{self, FrameReader, FrameWriter, Incoming, MAX_BATCH};
+use calls::{Answered, Calls};
 pub use channels::ChannelPolicy;
 use channels::TokenExpiries;
 pub use close::CloseReason;
@@ -46,6 +50,8 @@ pub struct SessionContext {
     pub bus: Arc<Bus>,
     /// Who is subscribed where, across nodes.
     pub presence: Arc<PresenceStore>,
+    /// The app's backend, for RPCs.
+    pub upstream: Arc<Upstream>,
 }
 
 impl SessionContext {
@@ -89,6 +95,8 @@ impl SessionTiming {
 
 pub struct Connection<State> {
     open: OpenConnection,
+    /// The client's address, as the upgrade saw it (behind a trusted proxy, the forwarded one).
+    client_ip: Option<IpAddr>,
     reader: FrameReader,
     writer: FrameWriter,
     state: State,
@@ -111,6 +119,10 @@ pub struct Authenticated {
     claims: ClaimGrants,
     /// Subscriptions held by subscription tokens, and when each runs out.
     tokens: TokenExpiries,
+    /// The current JWT's `jti`, which calls to the backend carry.
+    jti: Option<String>,
+    /// RPCs waiting for the backend.
+    calls: Calls,
 }
 
 /// The end of a connection: why, and the means to say so.
@@ -127,10 +139,12 @@ pub async fn run(
     open: OpenConnection,
     reader: FrameReader,
     writer: FrameWriter,
+    client_ip: Option<IpAddr>,
 ) {
     let started = Instant::now();
     let connection = Connection {
         open,
+        client_ip,
         reader,
         writer,
         state: Unauthenticated,
@@ -208,6 +222,7 @@ impl Connection<Unauthenticated> {
         let connection = self.open.id;
         Ok(Connection {
             open: self.open,
+            client_ip: self.client_ip,
             reader: self.reader,
             writer: self.writer,
             state: Authenticated {
@@ -217,6 +232,8 @@ impl Connection<Unauthenticated> {
                 membership,
                 claims: ClaimGrants::from_claim(&verified.channels),
                 tokens: TokenExpiries::default(),
+                jti: verified.jti,
+                calls: Calls::default(),
             },
         })
     }
@@ -315,6 +332,16 @@ impl Connection<Authenticated> {
                     }
                 }
                 kick = self.open.kicked() => break CloseReason::Kicked(kick),
+                finished = self.state.calls.next() => {
+                    match finished.answer(ctx) {
+                        Answered::Reply(reply) => {
+                            if self.send_messages(ctx, &[reply]).await.is_err() {
+                                break CloseReason::ConnectionLost;
+                            }
+                        }
+                        Answered::Close(reason) => break reason,
+                    }
+                }
                 inbound = self.state.membership.next() => {
                     let delivery = match inbound {
                         Ok(Inbound::Delivery(delivery)) => Some(delivery),
@@ -392,6 +419,7 @@ impl Connection<Authenticated> {
             reader,
             writer,
             state,
+            ..
         } = self;
         drop(state);
         Closing {
@@ -422,6 +450,7 @@ impl Connection<Authenticated> {
                 };
                 self.state.expiry = timing.expiry_of(verified.expires_at);
                 self.state.membership.set_jti(verified.jti.as_deref());
+                self.state.jti.clone_from(&verified.jti);
                 // Boxed for the same reason as the authentication phase: refreshes are rare,
                 // and the MongoDB query's state would size every connection.
                 let revocation = Box::pin(ctx.not_revoked(verified.jti.as_deref()));
@@ -442,6 +471,11 @@ impl Connection<Authenticated> {
                 let claims = ClaimGrants::from_claim(&verified.channels);
                 for notice in self.state.on_refresh(ctx, claims).await {
                     out.message(&self.writer, &notice);
+                }
+            }
+            Reply::Rpc { method, data, id } => {
+                if let Some(refusal) = self.start_rpc(ctx, &method, data, id) {
+                    out.message(&self.writer, &refusal);
                 }
             }
             Reply::Pong(payload) => out.control(wire::pong_frame(payload)),
@@ -505,6 +539,39 @@ impl Outbox {
 }
 
 impl Connection<Authenticated> {
+    /// Calls the backend for an `rpc`, or refuses it at once (the refusal to send).
+    fn start_rpc(
+        &mut self,
+        ctx: &SessionContext,
+        method: &str,
+        data: &serde_json::value::RawValue,
+        id: &serde_json::value::RawValue,
+    ) -> Option<String> {
+        let refused = |label: &str, reply: String| {
+            ctx.metrics.rpcs.with_label_values(&[label]).inc();
+            Some(reply)
+        };
+        if !ctx.upstream.is_enabled() {
+            let reply = ServerMessage::error(ErrorCode::UpstreamDisabled, None, Some(id));
+            return refused("upstream_disabled", reply.encode());
+        }
+        if self.state.calls.waiting() >= ctx.upstream.max_rpc_per_connection {
+            let (label, reply) = calls::failed(id, RpcFailureCode::TooManyRequests);
+            return refused(label, reply);
+        }
+        let caller = Caller {
+            user_id: self.state.user_id.clone(),
+            connection_id: format!("{}@{}", self.state.connection, ctx.bus.node().id),
+            node: ctx.bus.node().id.to_string(),
+            jti: self.state.jti.clone(),
+            client_ip: self.client_ip,
+        };
+        self.state
+            .calls
+            .start(&ctx.upstream, caller, method, data, id);
+        None
+    }
+
     /// Writes encoded messages, each its own text frame, in one write.
     async fn send_messages(
         &mut self,

@@ -54,6 +54,12 @@ pub enum Reply<'a> {
         request: ClientMessage<'a>,
         id: Option<&'a RawValue>,
     },
+    /// A call to the app's backend, answered when the backend does.
+    Rpc {
+        method: Cow<'a, str>,
+        data: &'a RawValue,
+        id: &'a RawValue,
+    },
     Pong(&'a [u8]),
     Nothing,
     Close(CloseReason),
@@ -72,6 +78,11 @@ pub fn reply_to(message: &Incoming) -> Reply<'_> {
                 request @ (ClientMessage::Subscribe { .. }
                 | ClientMessage::Unsubscribe { .. }
                 | ClientMessage::Presence { .. }) => Reply::Channel { request, id },
+                ClientMessage::Rpc { method, data } => match id {
+                    Some(id) => Reply::Rpc { method, data, id },
+                    // The parse refuses an rpc without an id.
+                    None => error(ErrorCode::BadMessage, None),
+                },
             },
             Err(Refused {
                 error: ParseError::UnknownType,
@@ -123,7 +134,8 @@ mod tests {
                     "echo",
                     "subscribe",
                     "unsubscribe",
-                    "presence"
+                    "presence",
+                    "rpc"
                 ]
                 .contains(&t.as_str()))
                 .prop_map(Input::OtherType),
@@ -198,7 +210,8 @@ mod tests {
                 // Channel requests are the subscriptions' part (session/channels.rs); the
                 // model's inputs name no channel type, so this is only reached by chance.
                 Reply::Channel { .. } => (phase, vec![r#"{"type":"error"}"#.into()]),
-                Reply::Pong(_) | Reply::Nothing => (phase, vec![]),
+                // RPCs are answered later, by the backend (session/calls.rs).
+                Reply::Rpc { .. } | Reply::Pong(_) | Reply::Nothing => (phase, vec![]),
                 Reply::Close(reason) => (Phase::Closed(reason.code()), vec![]),
             },
         }

@@ -26,6 +26,7 @@ mod ops;
 mod origin;
 mod outage;
 mod rfc6455;
+mod rpc;
 mod server_api;
 mod session;
 mod store_conformance;

@@ -153,6 +153,20 @@ impl TestApp {
         client
     }
 
+    /// A metric's value on this node; 0 for a labelled counter never incremented (it appears
+    /// at its first increment).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let samples = scrape_metrics(&self.http, &self.url("/metrics")).await;
+        let present = samples
+            .iter()
+            .any(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)));
+        if present {
+            metric_value(&samples, name, labels)
+        } else {
+            0.0
+        }
+    }
+
     /// A server API call with `api_key`: the status and the JSON body (null when none).
     pub async fn call_api(
         &self,

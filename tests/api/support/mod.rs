@@ -4,6 +4,7 @@
 //! Tests `use crate::support::*`.
 
 mod app;
+mod backend;
 mod link;
 mod metrics;
 mod mongod;
@@ -12,6 +13,7 @@ pub mod raw;
 mod ws_client;
 
 pub use app::*;
+pub use backend::*;
 pub use link::CuttableLink;
 pub use metrics::*;
 pub use mongod::*;

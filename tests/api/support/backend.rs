@@ -1,0 +1,122 @@
+//! A real HTTP backend for the upstream tests: an actix-web server on a free port that records
+//! every call and answers `/rpc` as the method name says, so a test can have it answer, fail,
+//! answer slowly or wrongly, close the connection, or go away altogether.
+//!
+//! Methods: `echo` → `{"result": data}`; `whoami` → `{"result": <the call's body>}`;
+//! `error` → `{"error": {"code": 42, "message": "refused", "detail": data}}`; `status` →
+//! the HTTP status `data` with an empty body; `garbage` → 200 with a body that is not JSON;
+//! `sleep` → `{"result": data}` after `data` milliseconds; `disconnect` → `{"disconnect":
+//! data}`; `empty` → `{}`; `bad_error` → `{"error": "just text"}`. Anything else: `{"error": {"code": "unknown_method", …}}`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use serde_json::{Value, json};
+
+pub const UPSTREAM_KEY: &str = "test-upstream-key-0123456789";
+
+/// One call the gateway made.
+#[derive(Debug, Clone)]
+pub struct BackendCall {
+    pub path: String,
+    pub authorization: Option<String>,
+    pub body: Value,
+}
+
+pub struct TestBackend {
+    /// What UPSTREAM_URL is set to.
+    pub url: String,
+    calls: Arc<Mutex<Vec<BackendCall>>>,
+    handle: Option<ServerHandle>,
+}
+
+impl TestBackend {
+    pub async fn start() -> TestBackend {
+        let calls: Arc<Mutex<Vec<BackendCall>>> = Arc::default();
+        let recorded = Arc::clone(&calls);
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(Arc::clone(&recorded)))
+                .app_data(web::PayloadConfig::new(16 << 20))
+                .default_service(web::to(answer))
+        })
+        .workers(1)
+        .bind(("127.0.0.1", 0))
+        .expect("binding the test backend");
+        let port = server.addrs()[0].port();
+        let server = server.run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        TestBackend {
+            url: format!("http://127.0.0.1:{port}/internal"),
+            calls,
+            handle: Some(handle),
+        }
+    }
+
+    /// The settings that point a gateway at this backend.
+    pub fn vars(&self) -> [(&'static str, String); 2] {
+        [
+            ("UPSTREAM_URL", self.url.clone()),
+            ("UPSTREAM_KEY", UPSTREAM_KEY.to_owned()),
+        ]
+    }
+
+    pub fn calls(&self) -> Vec<BackendCall> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Stops the server: its port refuses connections from now on.
+    pub async fn go_away(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.stop(false).await;
+        }
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            drop(handle.stop(false));
+        }
+    }
+}
+
+async fn answer(
+    req: HttpRequest,
+    body: web::Bytes,
+    calls: web::Data<Arc<Mutex<Vec<BackendCall>>>>,
+) -> HttpResponse {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    calls.lock().unwrap().push(BackendCall {
+        path: req.path().to_owned(),
+        authorization: req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        body: body.clone(),
+    });
+    let data = body["data"].clone();
+    let json = |value: Value| HttpResponse::Ok().json(value);
+    match body["method"].as_str().unwrap_or_default() {
+        "echo" => json(json!({ "result": data })),
+        "whoami" => json(json!({ "result": body })),
+        "error" => json(json!({"error": {"code": 42, "message": "refused", "detail": data}})),
+        "status" => HttpResponse::build(
+            actix_web::http::StatusCode::from_u16(data.as_u64().unwrap_or(500) as u16).unwrap(),
+        )
+        .finish(),
+        "garbage" => HttpResponse::Ok().body("this is not JSON"),
+        "sleep" => {
+            tokio::time::sleep(Duration::from_millis(data.as_u64().unwrap_or(0))).await;
+            json(json!({ "result": data }))
+        }
+        "disconnect" => json(json!({ "disconnect": data })),
+        "empty" => json(json!({})),
+        "bad_error" => json(json!({"error": "just text"})),
+        other => json(json!({"error": {"code": "unknown_method", "message": other}})),
+    }
+}
