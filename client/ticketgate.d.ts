@@ -43,8 +43,13 @@ export declare class ChannelError extends Error {
     | "bad_message"
     | "unavailable"
     | "not_connected"
+    | "publication_too_large"
+    | "upstream_unavailable"
+    | "upstream_timeout"
     | string;
   channel?: string;
+  /** A publication refused by the app's backend: its error object. */
+  detail?: unknown;
 }
 
 /** A failed `rpc()`: the backend's error object, or the gateway's (docs/PROTOCOL.md, "Upstream"). */
@@ -153,6 +158,8 @@ export declare class TicketgateClient extends EventTarget {
   ping(): void;
   /** Subscribes now (or once authenticated) and again after every reconnect. */
   subscribe(channel: string, options?: SubscribeOptions): Subscription;
+  /** Publishes into a channel of a `client_publish` namespace; rejects with a ChannelError. */
+  publish(channel: string, data: unknown): Promise<{ offset?: number; epoch?: string }>;
   /** Calls `method` on the app's backend; resolves with its result, rejects with an RpcError. */
   rpc<T = unknown>(method: string, data?: unknown): Promise<T>;
   readonly subscriptions: ReadonlyMap<string, Subscription>;

@@ -208,6 +208,16 @@ export class TicketgateClient extends EventTarget {
   }
 
   /**
+   * Publishes `data` into `channel` (a namespace with `client_publish`; granted by the JWT's
+   * `publish` claim or by the app's backend). Resolves with `{offset, epoch}` (set in a history
+   * namespace), rejects with a ChannelError (`permission_denied` with the backend's `detail`).
+   */
+  async publish(channel, data) {
+    const reply = await this.request({ type: "publish", channel, data });
+    return { offset: reply.offset, epoch: reply.epoch };
+  }
+
+  /**
    * Calls `method` on the app's backend with `data`; resolves with its `result`, rejects with
    * an RpcError. Calls made together are answered as the backend answers, in any order.
    */
@@ -423,7 +433,7 @@ export class TicketgateClient extends EventTarget {
     if (message.id !== undefined && this.pending.has(message.id)) {
       const { resolve, reject } = this.pending.get(message.id);
       this.pending.delete(message.id);
-      if (message.type === "error") reject(new ChannelError(message.error, message.message, message.channel));
+      if (message.type === "error") reject(Object.assign(new ChannelError(message.error, message.message, message.channel), message.detail === undefined ? {} : { detail: message.detail }));
       else resolve(message);
       return;
     }

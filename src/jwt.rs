@@ -33,6 +33,10 @@ pub struct Claims {
     /// prefixes ending in `*`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channels: Option<Vec<String>>,
+    /// Connection JWTs: the channels the connection may publish to (in namespaces with
+    /// `client_publish`), in the same syntax as `channels`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Vec<String>>,
     /// Subscription tokens: the one channel this token lets its `sub` subscribe to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
@@ -154,6 +158,8 @@ pub struct VerifiedJwt {
     pub jti: Option<String>,
     /// Connection JWTs: the `channels` claim (empty without one).
     pub channels: Vec<String>,
+    /// Connection JWTs: the `publish` claim (empty without one).
+    pub publish: Vec<String>,
 }
 
 /// A subscription token that passed every check.
@@ -253,6 +259,7 @@ impl JwtVerifier {
             expires_at: claims.exp,
             jti: claims.jti,
             channels: claims.channels.unwrap_or_default(),
+            publish: claims.publish.unwrap_or_default(),
         })
     }
 

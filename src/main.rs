@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use secrecy::ExposeSecret;
+use ticketgate::channels::ClientPublish;
 use ticketgate::config::Settings;
 use ticketgate::jwt::JwtSigner;
 use ticketgate::migrations::{self, MigrationContext};
@@ -203,9 +204,15 @@ fn print_config(check: bool) -> ExitCode {
         let (history_size, history_ttl_secs) = options
             .history
             .map_or((0, 0), |history| (history.size, history.ttl_secs));
+        let (client_publish, publish_proxy) = match options.client_publish {
+            ClientPublish::Off => (false, false),
+            ClientPublish::Granted => (true, false),
+            ClientPublish::GrantedOrProxied => (true, true),
+        };
         println!(
             "  {name}  public={} presence={} join_leave={} history_size={history_size} \
-             history_ttl_secs={history_ttl_secs}",
+             history_ttl_secs={history_ttl_secs} client_publish={client_publish} \
+             publish_proxy={publish_proxy}",
             options.public, options.presence, options.join_leave
         );
     }

@@ -60,6 +60,8 @@ pub struct Metrics {
     /// Client RPCs by `result`: result, error, disconnect, upstream_unavailable,
     /// upstream_timeout, too_many_requests, upstream_disabled.
     pub rpcs: IntCounterVec,
+    /// Client publications by `result`: published, or the error code that refused them.
+    pub client_publications: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -209,6 +211,11 @@ impl Metrics {
             upstream_calls,
             upstream_call_seconds,
             rpcs: counter_vec("rpcs_total", "Client RPCs, by result", "result"),
+            client_publications: counter_vec(
+                "client_publications_total",
+                "Publications from clients, by result",
+                "result",
+            ),
             cluster_stream_restarts: counter(
                 "cluster_stream_restarts_total",
                 "Times the cluster change stream was reopened",

@@ -39,6 +39,11 @@ pub enum ClientMessage<'a> {
     Presence {
         channel: Cow<'a, str>,
     },
+    /// A publication into a channel, from the client.
+    Publish {
+        channel: Cow<'a, str>,
+        data: &'a RawValue,
+    },
     /// A call to the app's backend; the parse guarantees an `id` to answer it with.
     Rpc {
         method: Cow<'a, str>,
@@ -152,6 +157,12 @@ impl<'a> ClientMessage<'a> {
             Some("presence") => ClientMessage::Presence {
                 channel: channel()?,
             },
+            Some("publish") => ClientMessage::Publish {
+                channel: channel()?,
+                data: envelope
+                    .data
+                    .unwrap_or_else(|| serde_json::from_str(NULL).expect("null is JSON")),
+            },
             // Without an `id` the answer could not be matched: refused before any call.
             Some("rpc") if id.is_none() => return Err(refuse(ParseError::BadFields)),
             Some("rpc") => ClientMessage::Rpc {
@@ -260,6 +271,16 @@ pub enum ServerMessage<'a> {
         user_id: &'a str,
         connection_id: &'a str,
     },
+    /// A client's publication went out; numbered in a history namespace.
+    Published {
+        channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+    },
     /// The backend's `result` for an `rpc`.
     RpcResult {
         id: &'a RawValue,
@@ -277,6 +298,9 @@ pub enum ServerMessage<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RawValue>,
         message: &'static str,
+        /// The app's backend's error object, when it refused a publication with one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<&'a RawValue>,
     },
 }
 
@@ -365,6 +389,7 @@ impl<'a> ServerMessage<'a> {
             channel,
             id,
             message: error.message(),
+            detail: None,
         }
     }
 }
@@ -409,6 +434,13 @@ pub enum ErrorCode {
     Unavailable,
     /// An `rpc` while UPSTREAM_URL is unset.
     UpstreamDisabled,
+    /// A client publication larger than its history namespace takes.
+    PublicationTooLarge,
+    /// The app's backend, asked about a publication, could not be reached or gave no valid
+    /// answer.
+    UpstreamUnavailable,
+    /// The app's backend, asked about a publication, did not answer in time.
+    UpstreamTimeout,
 }
 
 impl ErrorCode {
@@ -425,6 +457,9 @@ impl ErrorCode {
             ErrorCode::PresenceDisabled => "presence_disabled",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::UpstreamDisabled => "upstream_disabled",
+            ErrorCode::PublicationTooLarge => "publication_too_large",
+            ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::UpstreamTimeout => "upstream_timeout",
         }
     }
 
@@ -440,7 +475,7 @@ impl ErrorCode {
             }
             ErrorCode::UnknownNamespace => "the channel's namespace is not declared",
             ErrorCode::PermissionDenied => {
-                "neither the JWT's channels claim, a subscription token nor a public namespace allows this channel"
+                "not allowed: to subscribe, the JWT's channels claim, a subscription token or a public namespace; to publish, a namespace with client_publish and the JWT's publish claim or the app's backend"
             }
             ErrorCode::TooManySubscriptions => {
                 "the connection holds MAX_SUBSCRIPTIONS_PER_CONNECTION subscriptions"
@@ -450,6 +485,15 @@ impl ErrorCode {
             ErrorCode::Unavailable => "the database is unavailable; try again shortly",
             ErrorCode::UpstreamDisabled => {
                 "RPC needs UPSTREAM_URL, which this gateway does not set"
+            }
+            ErrorCode::PublicationTooLarge => {
+                "the data is larger than the channel's history takes (10 MiB / history_size)"
+            }
+            ErrorCode::UpstreamUnavailable => {
+                "the app's backend could not be reached or gave no valid answer; try again"
+            }
+            ErrorCode::UpstreamTimeout => {
+                "the app's backend did not answer within UPSTREAM_TIMEOUT_MS; try again"
             }
         }
     }
@@ -576,7 +620,13 @@ mod tests {
             refused(r#"{"type":"subscribe","channel":["a"]}"#),
             ParseError::BadFields
         );
-        assert_eq!(refused(r#"{"type":"publish"}"#), ParseError::UnknownType);
+        assert_eq!(refused(r#"{"type":"publish"}"#), ParseError::BadFields);
+        assert_eq!(
+            refused(r#"{"type":"rpc","method":"m"}"#),
+            ParseError::BadFields
+        );
+        assert_eq!(refused(r#"{"type":"rpc","id":1}"#), ParseError::BadFields);
+        assert_eq!(refused(r#"{"type":"broadcast"}"#), ParseError::UnknownType);
         for since in [
             r#"{"offset":-1,"epoch":"e"}"#,
             r#"{"offset":1}"#,

@@ -29,6 +29,12 @@ public = true
 history_size = 100
 history_ttl_secs = 600
 [[channels.namespaces]]
+name = "talk"
+public = true
+client_publish = true
+history_size = 50
+history_ttl_secs = 600
+[[channels.namespaces]]
 name = "brief"
 public = true
 history_size = 3
@@ -283,4 +289,28 @@ test("a subscribe refused as unavailable is asked for again until MongoDB answer
   } finally {
     await relay.close();
   }
+});
+
+test("publish() sends into a channel the JWT's publish claim grants", async () => {
+  const gw = await gateway();
+  const listener = clientFor(gw, "henry");
+  const room = listener.subscribe("talk:room");
+  const got = collect(room);
+  await listener.connect();
+  await nextEvent(room, "subscribed");
+  const talker = new TicketgateClient({
+    baseUrl: gw.baseUrl,
+    WebSocket,
+    getJwt: () => mintJwt("ida", 3600, { publish: ["talk:*"] }),
+  });
+  await talker.connect();
+  const sent = await talker.publish("talk:room", { text: "hello" });
+  assert.equal(sent.offset, 1);
+  assert.equal(typeof sent.epoch, "string");
+  await until("the publication", () => got.length === 1);
+  assert.deepEqual(got, [[1, { text: "hello" }]]);
+  // The listener's JWT has no publish claim.
+  await assert.rejects(listener.publish("talk:room", 1), (error) => error instanceof ChannelError && error.code === "permission_denied");
+  talker.close();
+  listener.close();
 });

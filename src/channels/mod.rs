@@ -9,7 +9,7 @@ pub mod namespaces;
 pub use grants::ClaimGrants;
 pub use name::{ChannelName, InvalidChannel, MAX_CHANNEL_BYTES};
 pub use namespaces::{
-    ChannelsTable, HistoryOptions, NamespaceOptions, Namespaces, UnknownNamespace,
+    ChannelsTable, ClientPublish, HistoryOptions, NamespaceOptions, Namespaces, UnknownNamespace,
 };
 
 /// The namespace the demo uses: declared by dev mode (presence and join/leave on) when the

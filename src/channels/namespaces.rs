@@ -9,6 +9,8 @@
 //! join_leave = true
 //! history_size = 100        # keep at least the last 100 publications of each channel
 //! history_ttl_secs = 600    # for at least 10 minutes after the channel's last publication
+//! client_publish = true     # clients may publish: granted by their JWT's `publish` claim,
+//! publish_proxy = true      # or else allowed by the app's backend (`POST {UPSTREAM_URL}/publish`)
 //! ```
 
 use std::collections::HashMap;
@@ -28,6 +30,34 @@ pub struct NamespaceOptions {
     pub join_leave: bool,
     /// Publications are numbered and kept, so a subscriber can recover what it missed.
     pub history: Option<HistoryOptions>,
+    /// Whether and how clients may publish.
+    pub client_publish: ClientPublish,
+}
+
+/// Who lets a client publish into a namespace's channels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientPublish {
+    /// Only the server API publishes (`client_publish = false`, the default).
+    #[default]
+    Off,
+    /// A connection whose JWT's `publish` claim covers the channel (`client_publish = true`).
+    Granted,
+    /// As `Granted`; without the claim the app's backend decides (`publish_proxy = true`).
+    GrantedOrProxied,
+}
+
+impl ClientPublish {
+    fn from_table(client_publish: bool, publish_proxy: bool, name: &str) -> Result<Self, String> {
+        match (client_publish, publish_proxy) {
+            (false, false) => Ok(ClientPublish::Off),
+            (true, false) => Ok(ClientPublish::Granted),
+            (true, true) => Ok(ClientPublish::GrantedOrProxied),
+            (false, true) => Err(format!(
+                "{name}: publish_proxy needs client_publish = true (it decides client publications)"
+            )),
+        }
+    }
 }
 
 /// How much of a channel's history is kept.
@@ -102,6 +132,10 @@ pub struct ChannelsTable {
     #[serde(default)]
     pub history_ttl_secs: u32,
     #[serde(default)]
+    pub client_publish: bool,
+    #[serde(default)]
+    pub publish_proxy: bool,
+    #[serde(default)]
     pub namespaces: Vec<NamespaceTable>,
 }
 
@@ -120,6 +154,10 @@ pub struct NamespaceTable {
     pub history_size: u32,
     #[serde(default)]
     pub history_ttl_secs: u32,
+    #[serde(default)]
+    pub client_publish: bool,
+    #[serde(default)]
+    pub publish_proxy: bool,
 }
 
 /// The declared namespaces, checked; the default namespace always exists.
@@ -147,6 +185,11 @@ impl Namespaces {
                     namespace.history_ttl_secs,
                     &name,
                 )?,
+                client_publish: ClientPublish::from_table(
+                    namespace.client_publish,
+                    namespace.publish_proxy,
+                    &name,
+                )?,
             };
             if name.contains(':') || !is_channel_name(&name) {
                 return Err(format!(
@@ -166,6 +209,11 @@ impl Namespaces {
                     table.history_size,
                     table.history_ttl_secs,
                     "",
+                )?,
+                client_publish: ClientPublish::from_table(
+                    table.client_publish,
+                    table.publish_proxy,
+                    "the default namespace",
                 )?,
             },
             declared,
@@ -245,6 +293,7 @@ mod tests {
                 presence: true,
                 join_leave: true,
                 history: None,
+                client_publish: ClientPublish::Off,
             })
         );
         assert!(namespaces.options(&channel("news:today")).unwrap().public);

@@ -218,7 +218,7 @@ impl Settings {
         {
             return Err(env.invalid("NODE_NAME", "use 1 to 64 letters, digits, '.', '_' or '-'"));
         }
-        Ok(Settings {
+        let settings = Settings {
             server: ServerSettings {
                 bind_addr: env.parsed("BIND_ADDR")?,
                 http_request_timeout: env.secs("HTTP_REQUEST_TIMEOUT_SECS")?,
@@ -292,6 +292,7 @@ impl Settings {
                                 presence: true,
                                 join_leave: true,
                                 history: Some(crate::channels::DEMO_HISTORY),
+                                client_publish: crate::channels::ClientPublish::Off,
                             },
                         );
                     }
@@ -300,7 +301,27 @@ impl Settings {
                 max_subscriptions: env.number("MAX_SUBSCRIPTIONS_PER_CONNECTION")? as usize,
             },
             log_filter: env.text("RUST_LOG"),
-        })
+        };
+        if settings.upstream.backend.is_none()
+            && let Some((name, _)) =
+                settings
+                    .channels
+                    .namespaces
+                    .listed()
+                    .into_iter()
+                    .find(|(_, options)| {
+                        options.client_publish == crate::channels::ClientPublish::GrantedOrProxied
+                    })
+        {
+            let name = match name {
+                "" => "the default namespace".to_owned(),
+                name => format!("namespace `{name}`"),
+            };
+            return Err(ConfigError::Inconsistent(format!(
+                "{name} has publish_proxy = true, which asks the app's backend: set UPSTREAM_URL"
+            )));
+        }
+        Ok(settings)
     }
 }
 

@@ -61,7 +61,7 @@ impl TokenExpiries {
 pub type Messages = Vec<String>;
 
 impl Authenticated {
-    /// A `subscribe`, `unsubscribe` or `presence` from the client.
+    /// A `subscribe`, `unsubscribe`, `presence` or `publish` from the client.
     pub async fn on_request(
         &mut self,
         ctx: &SessionContext,
@@ -140,6 +140,9 @@ impl Authenticated {
                 ]
             }
             // The session routes only channel requests here.
+            ClientMessage::Publish { channel, data } => {
+                Box::pin(self.publish(ctx, &channel, data, id)).await
+            }
             ClientMessage::Jwt { .. }
             | ClientMessage::Ping
             | ClientMessage::Echo { .. }
@@ -519,7 +522,7 @@ fn subscribed(
 }
 
 /// A valid name in a declared namespace, with the namespace's options.
-fn checked(
+pub(super) fn checked(
     namespaces: &Namespaces,
     channel: &str,
 ) -> Result<(ChannelName, NamespaceOptions), ErrorCode> {

@@ -9,6 +9,7 @@ pub mod calls;
 pub mod channels;
 pub mod close;
 pub mod expiry;
+mod publish;
 pub mod rules;
 
 use std::net::IpAddr;
@@ -117,6 +118,10 @@ pub struct Authenticated {
     expiry: Expiry,
     /// The current JWT's `channels` claim.
     claims: ClaimGrants,
+    /// The current JWT's `publish` claim.
+    publish_grants: ClaimGrants,
+    /// The client's address, which calls to the backend carry.
+    client_ip: Option<IpAddr>,
     /// Subscriptions held by subscription tokens, and when each runs out.
     tokens: TokenExpiries,
     /// The current JWT's `jti`, which calls to the backend carry.
@@ -231,6 +236,8 @@ impl Connection<Unauthenticated> {
                 user_id: verified.sub,
                 membership,
                 claims: ClaimGrants::from_claim(&verified.channels),
+                publish_grants: ClaimGrants::from_claim(&verified.publish),
+                client_ip: self.client_ip,
                 tokens: TokenExpiries::default(),
                 jti: verified.jti,
                 calls: Calls::default(),
@@ -451,6 +458,7 @@ impl Connection<Authenticated> {
                 self.state.expiry = timing.expiry_of(verified.expires_at);
                 self.state.membership.set_jti(verified.jti.as_deref());
                 self.state.jti.clone_from(&verified.jti);
+                self.state.publish_grants = ClaimGrants::from_claim(&verified.publish);
                 // Boxed for the same reason as the authentication phase: refreshes are rare,
                 // and the MongoDB query's state would size every connection.
                 let revocation = Box::pin(ctx.not_revoked(verified.jti.as_deref()));
@@ -538,6 +546,19 @@ impl Outbox {
     }
 }
 
+impl Authenticated {
+    /// Who asks, as every call to the app's backend says.
+    fn caller(&self, ctx: &SessionContext) -> Caller {
+        Caller {
+            user_id: self.user_id.clone(),
+            connection_id: format!("{}@{}", self.connection, ctx.bus.node().id),
+            node: ctx.bus.node().id.to_string(),
+            jti: self.jti.clone(),
+            client_ip: self.client_ip,
+        }
+    }
+}
+
 impl Connection<Authenticated> {
     /// Calls the backend for an `rpc`, or refuses it at once (the refusal to send).
     fn start_rpc(
@@ -559,13 +580,7 @@ impl Connection<Authenticated> {
             let (label, reply) = calls::failed(id, RpcFailureCode::TooManyRequests);
             return refused(label, reply);
         }
-        let caller = Caller {
-            user_id: self.state.user_id.clone(),
-            connection_id: format!("{}@{}", self.state.connection, ctx.bus.node().id),
-            node: ctx.bus.node().id.to_string(),
-            jti: self.state.jti.clone(),
-            client_ip: self.client_ip,
-        };
+        let caller = self.state.caller(ctx);
         self.state
             .calls
             .start(&ctx.upstream, caller, method, data, id);

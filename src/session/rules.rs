@@ -49,7 +49,7 @@ pub enum Reply<'a> {
         token: Cow<'a, str>,
         id: Option<&'a RawValue>,
     },
-    /// A subscribe, unsubscribe or presence request: the connection's subscriptions decide.
+    /// A subscribe, unsubscribe, presence or publish request: the connection's channels decide.
     Channel {
         request: ClientMessage<'a>,
         id: Option<&'a RawValue>,
@@ -77,7 +77,8 @@ pub fn reply_to(message: &Incoming) -> Reply<'_> {
                 ClientMessage::Jwt { token } => Reply::Refresh { token, id },
                 request @ (ClientMessage::Subscribe { .. }
                 | ClientMessage::Unsubscribe { .. }
-                | ClientMessage::Presence { .. }) => Reply::Channel { request, id },
+                | ClientMessage::Presence { .. }
+                | ClientMessage::Publish { .. }) => Reply::Channel { request, id },
                 ClientMessage::Rpc { method, data } => match id {
                     Some(id) => Reply::Rpc { method, data, id },
                     // The parse refuses an rpc without an id.
@@ -135,6 +136,7 @@ mod tests {
                     "subscribe",
                     "unsubscribe",
                     "presence",
+                    "publish",
                     "rpc"
                 ]
                 .contains(&t.as_str()))

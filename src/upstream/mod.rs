@@ -3,6 +3,7 @@
 //! `Authorization: Bearer <UPSTREAM_KEY>`, every call bounded by UPSTREAM_TIMEOUT_MS (its wait
 //! for one of UPSTREAM_MAX_IN_FLIGHT turns included), and every call saying who asks.
 
+pub mod publish;
 pub mod rpc;
 
 use std::net::IpAddr;
@@ -163,6 +164,24 @@ impl Upstream {
             log::warn!("calling the backend: {e}");
         }
         outcome
+    }
+}
+
+impl Upstream {
+    /// [`Upstream::call`], and the answer read by `parse`; an answer it refuses is a backend
+    /// fault like any other.
+    async fn ask<T>(
+        &self,
+        path: &'static str,
+        body: &impl Serialize,
+        parse: fn(&[u8]) -> Result<T, String>,
+    ) -> Result<T, UpstreamError> {
+        let answer = self.call(path, body).await?;
+        parse(&answer).map_err(|why| {
+            let e = UpstreamError::Unavailable(format!("POST {path}: {why}"));
+            log::warn!("calling the backend: {e}");
+            e
+        })
     }
 }
 

@@ -82,12 +82,7 @@ impl Upstream {
             data,
             caller,
         };
-        let body = self.call("/rpc", &call).await?;
-        parse_answer(&body).map_err(|why| {
-            let e = UpstreamError::Unavailable(format!("POST /rpc: {why}"));
-            log::warn!("calling the backend: {e}");
-            e
-        })
+        self.ask("/rpc", &call, parse_answer).await
     }
 }
 

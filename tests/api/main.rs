@@ -7,6 +7,7 @@ mod channel_cluster;
 mod channels;
 mod cli;
 mod client_js;
+mod client_publish;
 mod cluster;
 mod compose;
 mod cors;

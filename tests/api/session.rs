@@ -214,7 +214,7 @@ async fn after_auth_ping_echo_and_errors_keep_the_connection_open() {
         reply.as_object_mut().unwrap().remove("message");
         reply
     };
-    client.send_json(&json!({"type": "publish", "id": 3})).await;
+    client.send_json(&json!({"type": "shout", "id": 3})).await;
     assert_eq!(
         without_message(client.next_json().await),
         error("unknown_type", Some(json!(3)))

@@ -2,6 +2,9 @@
 //! every call and answers `/rpc` as the method name says, so a test can have it answer, fail,
 //! answer slowly or wrongly, close the connection, or go away altogether.
 //!
+//! `/publish` allows data with a `say` field, replaces `{"shout": X}` by `{"say": x}` (lower
+//! case), and refuses anything else with `{"code": 403, "message": "not on my watch"}`.
+//!
 //! Methods: `echo` → `{"result": data}`; `whoami` → `{"result": <the call's body>}`;
 //! `error` → `{"error": {"code": 42, "message": "refused", "detail": data}}`; `status` →
 //! the HTTP status `data` with an empty body; `garbage` → 200 with a body that is not JSON;
@@ -101,6 +104,15 @@ async fn answer(
     });
     let data = body["data"].clone();
     let json = |value: Value| HttpResponse::Ok().json(value);
+    if req.path().ends_with("/publish") {
+        return json(if data.get("say").is_some() {
+            json!({"result": {}})
+        } else if let Some(shout) = data["shout"].as_str() {
+            json!({"result": {"data": {"say": shout.to_lowercase()}}})
+        } else {
+            json!({"error": {"code": 403, "message": "not on my watch"}})
+        });
+    }
     match body["method"].as_str().unwrap_or_default() {
         "echo" => json(json!({ "result": data })),
         "whoami" => json(json!({ "result": body })),
