@@ -7,7 +7,7 @@
 #   SCENARIOS="cluster" scripts/bench.sh        # only some: connect fanout idle cluster idle-cluster
 #                                               # compression channels channels-idle
 #                                               # channels-memory channels-cluster channels-bus
-#                                               # presence history jitter restart-storm floor
+#                                               # presence history jitter restart-storm rpc floor
 #   PERF_DIR=/tmp/profiles scripts/bench.sh     # also record a CPU profile of the gateways per
 #                                               # run (perf record -e cpu-clock -g; perf report -i …)
 set -euo pipefail
@@ -274,6 +274,20 @@ if wants restart-storm; then
   echo "## restart storm: ${N_STORM:-10000} subscribers over 100 channels, node restarted"
   load 1 --subscribe 1 --channels 100 restart-storm --connections "${N_STORM:-10000}" --missed 10 \
     --api-key "$API_KEY" --publish-url "${gateway_urls[1]}" --restart-command "bash $work/launch1.sh"
+fi
+if wants rpc; then
+  # RPCs to a minimal backend (a process of its own), directly and through one gateway.
+  backend_port=$(free_port)
+  target/release/ticketgate-load --secret "$SECRET" backend --port "$backend_port" 2>/dev/null &
+  backend_pid=$!
+  for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$backend_port") 2>/dev/null && break; sleep 0.1; done
+  GATEWAY_ENV="UPSTREAM_URL=http://127.0.0.1:$backend_port UPSTREAM_KEY=bench-upstream-key-0123456789" \
+    start_gateways memory 1
+  echo "## rpc: ${RPC_CONNECTIONS:-50} connections, one call in flight each"
+  load 1 rpc --backend-url "http://127.0.0.1:$backend_port" --connections "${RPC_CONNECTIONS:-50}" \
+    --duration-secs "${RPC_SECS:-10}"
+  kill "$backend_pid" 2>/dev/null || true
+  wait "$backend_pid" 2>/dev/null || true
 fi
 if wants floor; then
   # No gateway: what one write of a broadcast frame (about 170 B) costs the kernel here.

@@ -16,6 +16,7 @@ mod channels;
 mod client;
 mod deflate_socket;
 mod history;
+mod rpc;
 mod measure;
 mod scenarios;
 
@@ -95,6 +96,14 @@ enum Scenario {
     /// Subscribers on one node; the node killed, publications made through another, the node
     /// started again: time until every subscriber recovered, reads per recovery.
     RestartStorm(history::StormPlan),
+    /// RPCs through the gateway to a minimal backend (`backend`), against calling the backend
+    /// directly: RPC/s, added latency, gateway CPU per RPC.
+    Rpc(rpc::RpcPlan),
+    /// The minimal app backend for `rpc`: answers every POST with `{"result": <data>}`.
+    Backend {
+        #[arg(long)]
+        port: u16,
+    },
     /// Hold N authenticated idle connections for T seconds: RSS per connection, idle CPU.
     Idle {
         #[arg(long, default_value_t = 1000)]
@@ -143,6 +152,8 @@ fn main() -> ExitCode {
             }
             Scenario::Jitter(plan) => history::jitter(&target, &secret, plan).await,
             Scenario::RestartStorm(plan) => history::restart_storm(&target, &secret, plan).await,
+            Scenario::Rpc(plan) => rpc::rpc(&target, &secret, plan).await,
+            Scenario::Backend { port } => rpc::backend(port).await,
             Scenario::Idle {
                 connections,
                 concurrency,
