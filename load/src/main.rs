@@ -16,8 +16,8 @@ mod channels;
 mod client;
 mod deflate_socket;
 mod history;
-mod rpc;
 mod measure;
+mod rpc;
 mod scenarios;
 
 use std::io::Write;

@@ -223,3 +223,74 @@ async fn the_channels_scenario_delivers_everything() {
     );
     assert_eq!(idle["subscriptions_per_connection"], 10);
 }
+
+/// Kills the backend process when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rpc_scenario_calls_through_the_gateway_to_its_backend() {
+    let port = free_port();
+    let backend = Child(
+        Command::new(LOAD_BIN)
+            .args(["--secret", SECRET, "backend", "--port", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting the load generator's backend"),
+    );
+    let backend_url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while http
+        .post(format!("{backend_url}/rpc"))
+        .body("{}")
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backend did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let gateway = GatewayProcess::start(&[
+        ("JWT_SECRET", SECRET),
+        ("UPSTREAM_URL", &backend_url),
+        ("UPSTREAM_KEY", "load-smoke-upstream-key-0123"),
+        ("RUST_LOG", "warn,ticketgate::startup=info"),
+    ]);
+    let report = tokio::task::spawn_blocking(move || {
+        run(
+            &gateway,
+            &[
+                "rpc",
+                "--backend-url",
+                &backend_url,
+                "--connections",
+                "4",
+                "--duration-secs",
+                "1",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    drop(backend);
+    assert!(report["calls"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["direct"]["calls_per_sec"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(
+        report["gateway_cpu_per_rpc_us"].as_f64().is_some(),
+        "{report}"
+    );
+}
