@@ -19,6 +19,14 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
+/// Now, in unix milliseconds.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
 /// Time from now until a unix timestamp; zero if it is past.
 pub fn until_unix(timestamp: u64) -> Duration {
     let now = SystemTime::now()

@@ -14,6 +14,7 @@ pub mod demo_broadcaster;
 pub mod error;
 pub mod hub;
 pub mod jwt;
+pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod migrations;

@@ -62,6 +62,12 @@ pub struct Metrics {
     pub rpcs: IntCounterVec,
     /// Client publications by `result`: published, or the error code that refused them.
     pub client_publications: IntCounterVec,
+    /// Lifecycle events emitted, delivered to the webhook, and dropped (over the limit of
+    /// waiting events); webhook calls that failed.
+    pub lifecycle_events_queued: IntCounter,
+    pub lifecycle_events_delivered: IntCounter,
+    pub lifecycle_events_dropped: IntCounter,
+    pub lifecycle_webhook_failures: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -215,6 +221,22 @@ impl Metrics {
                 "client_publications_total",
                 "Publications from clients, by result",
                 "result",
+            ),
+            lifecycle_events_queued: counter(
+                "lifecycle_events_queued_total",
+                "Lifecycle events emitted for the events webhook",
+            ),
+            lifecycle_events_delivered: counter(
+                "lifecycle_events_delivered_total",
+                "Lifecycle events the events webhook took",
+            ),
+            lifecycle_events_dropped: counter(
+                "lifecycle_events_dropped_total",
+                "Lifecycle events dropped, over the limit of events waiting",
+            ),
+            lifecycle_webhook_failures: counter(
+                "lifecycle_webhook_failures_total",
+                "Calls to the events webhook that failed and will be made again",
             ),
             cluster_stream_restarts: counter(
                 "cluster_stream_restarts_total",

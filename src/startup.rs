@@ -2,6 +2,8 @@
 //! application on port 0 and reach its hub. `build` binds, opens the stores, starts the bus,
 //! builds the shared state, and hands the application to the server (`wire::server`).
 
+use crate::lifecycle::Lifecycle;
+use crate::lifecycle::webhook::Delivery;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -240,6 +242,25 @@ async fn start_bus(
     Ok(bus)
 }
 
+/// The node's lifecycle events: delivered to EVENTS_WEBHOOK_URL by a task of their own, or
+/// not made at all without one.
+fn lifecycle(settings: &Settings, bus: &Arc<Bus>, metrics: &Arc<Metrics>) -> Lifecycle {
+    let node = bus.node().id.to_string();
+    let Some(webhook) = &settings.upstream.events_webhook else {
+        return Lifecycle::off(node, Arc::clone(metrics));
+    };
+    let (queue, waiting) = tokio::sync::mpsc::unbounded_channel();
+    let delivery = Delivery {
+        url: webhook.url.clone(),
+        authorization: crate::upstream::bearer(&webhook.key),
+        timeout: settings.upstream.timeout,
+        metrics: Arc::clone(metrics),
+    };
+    tokio::spawn(delivery.run(waiting));
+    log::info!("lifecycle events: posted to EVENTS_WEBHOOK_URL, kept in memory until taken");
+    Lifecycle::to_queue(node, queue, Arc::clone(metrics))
+}
+
 /// What every request handler and connection shares.
 fn app_state(
     settings: &Settings,
@@ -277,6 +298,7 @@ fn app_state(
                 &settings.upstream,
                 Arc::clone(&metrics),
             )),
+            lifecycle: Arc::new(lifecycle(settings, bus, &metrics)),
             metrics,
             revocations: Arc::new(revocations),
         }),

@@ -47,6 +47,8 @@ pub struct Settings {
 pub struct UpstreamSettings {
     /// `None`: UPSTREAM_URL is unset, RPC and the publish proxy are off.
     pub backend: Option<Backend>,
+    /// `None`: EVENTS_WEBHOOK_URL is unset, no lifecycle events.
+    pub events_webhook: Option<Backend>,
     pub timeout: Duration,
     pub max_in_flight: usize,
     pub max_rpc_per_connection: usize,
@@ -54,7 +56,7 @@ pub struct UpstreamSettings {
 
 #[derive(Debug)]
 pub struct Backend {
-    /// UPSTREAM_URL without a trailing `/`; call paths are appended as they are.
+    /// The URL without a trailing `/` (UPSTREAM_URL: call paths are appended as they are).
     pub url: String,
     pub key: SecretString,
 }
@@ -271,7 +273,8 @@ impl Settings {
                 max_body_bytes: env.number("API_MAX_BODY_BYTES")? as usize,
             },
             upstream: UpstreamSettings {
-                backend: env.backend()?,
+                backend: env.endpoint("UPSTREAM_URL")?,
+                events_webhook: env.endpoint("EVENTS_WEBHOOK_URL")?,
                 timeout: env.millis("UPSTREAM_TIMEOUT_MS")?,
                 max_in_flight: env.number("UPSTREAM_MAX_IN_FLIGHT")? as usize,
                 max_rpc_per_connection: env.number("MAX_RPC_IN_FLIGHT_PER_CONNECTION")? as usize,
@@ -486,27 +489,23 @@ impl Vars<'_> {
             .map_err(|e| self.invalid(var, &format!("cannot read the file: {e}")))
     }
 
-    fn backend(&self) -> Result<Option<Backend>, ConfigError> {
-        let Some(url) = self.get("UPSTREAM_URL") else {
+    /// UPSTREAM_URL or EVENTS_WEBHOOK_URL, with the UPSTREAM_KEY it then needs.
+    fn endpoint(&self, var: &'static str) -> Result<Option<Backend>, ConfigError> {
+        let Some(url) = self.get(var) else {
             return Ok(None);
         };
-        let parsed =
-            url::Url::parse(url).map_err(|e| self.invalid("UPSTREAM_URL", &e.to_string()))?;
+        let parsed = url::Url::parse(url).map_err(|e| self.invalid(var, &e.to_string()))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-            return Err(self.invalid("UPSTREAM_URL", "expected an http:// or https:// URL"));
+            return Err(self.invalid(var, "expected an http:// or https:// URL"));
         }
         if parsed.query().is_some() || parsed.fragment().is_some() {
-            return Err(self.invalid(
-                "UPSTREAM_URL",
-                "call paths are appended to it: no query or fragment",
-            ));
+            return Err(self.invalid(var, "no query or fragment"));
         }
         let key = match self.get("UPSTREAM_KEY") {
             None => {
-                return Err(ConfigError::Inconsistent(
-                    "UPSTREAM_URL needs UPSTREAM_KEY, which the backend checks on every call"
-                        .into(),
-                ));
+                return Err(ConfigError::Inconsistent(format!(
+                    "{var} needs UPSTREAM_KEY, which the backend checks on every call"
+                )));
             }
             Some(key) if key.len() < 16 => {
                 return Err(self.invalid("UPSTREAM_KEY", "use at least 16 characters"));
@@ -922,6 +921,14 @@ mod tests {
                 vec![("UPSTREAM_URL", "http://app/internal")],
                 "UPSTREAM_KEY",
             ),
+            (
+                vec![("EVENTS_WEBHOOK_URL", "http://app/events")],
+                "UPSTREAM_KEY",
+            ),
+            (
+                vec![("EVENTS_WEBHOOK_URL", "mailto:x@y"), key],
+                "EVENTS_WEBHOOK_URL",
+            ),
             (vec![("UPSTREAM_URL", "ftp://app"), key], "UPSTREAM_URL"),
             (vec![("UPSTREAM_URL", "not a url"), key], "UPSTREAM_URL"),
             (
@@ -953,7 +960,7 @@ mod tests {
             assert!(!err.contains("has a space"), "the key was printed: {err}");
         }
         let off = Settings::from_vars(&vars(&[])).unwrap().upstream;
-        assert!(off.backend.is_none());
+        assert!(off.backend.is_none() && off.events_webhook.is_none());
         assert_eq!(
             (off.timeout, off.max_in_flight, off.max_rpc_per_connection),
             (Duration::from_millis(5000), 1000, 16)

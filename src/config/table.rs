@@ -67,7 +67,7 @@ impl Group {
             }
             Group::Limits => "Limits",
             Group::Api => "The server API",
-            Group::Upstream => "The app's backend (RPC and the publish proxy)",
+            Group::Upstream => "The app's backend (RPC, the publish proxy, lifecycle events)",
             Group::Cluster => "Several nodes",
             Group::Logging => "Logging",
         }
@@ -223,8 +223,10 @@ pub static SETTINGS: &[Setting] = &[
         .default("262144"),
     setting("UPSTREAM_URL", Upstream, Text,
         "the app's backend, an `http` or `https` URL: client RPCs go to `POST {UPSTREAM_URL}/rpc` and proxied client publications to `/publish`. Unset: RPC and the publish proxy are off (`upstream_disabled`)"),
+    setting("EVENTS_WEBHOOK_URL", Upstream, Text,
+        "where lifecycle events (connect, disconnect, subscribe, unsubscribe) are posted in batches, an `http` or `https` URL. Unset: no events"),
     setting("UPSTREAM_KEY", Upstream, Text,
-        "sent as `Authorization: Bearer <UPSTREAM_KEY>` on every call to the backend, so it knows the gateway; at least 16 characters; required with `UPSTREAM_URL`")
+        "sent as `Authorization: Bearer <UPSTREAM_KEY>` on every call to the backend and the events webhook, so they know the gateway; at least 16 characters; required with `UPSTREAM_URL` or `EVENTS_WEBHOOK_URL`")
         .secret(),
     setting("UPSTREAM_TIMEOUT_MS", Upstream, Millis { min: 10, max: 60_000 },
         "how long one call to the backend may take, its wait for a turn included; slower: `upstream_timeout`")

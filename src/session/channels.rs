@@ -3,6 +3,7 @@
 //! expiring subscription tokens, and grants lost at a refresh (docs/PROTOCOL.md, "Channels").
 //! Every decision answers with messages; the session loop only writes them.
 
+use crate::lifecycle::EventKind;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -281,6 +282,12 @@ impl Authenticated {
         if options.join_leave {
             self.announce(ctx, name, true).await;
         }
+        ctx.lifecycle.emit(
+            ctx.subject(self.connection, &self.user_id),
+            EventKind::Subscribe {
+                channel: name.as_str().to_owned(),
+            },
+        );
         Ok(position)
     }
 
@@ -321,6 +328,12 @@ impl Authenticated {
         if options.join_leave {
             self.announce(ctx, name, false).await;
         }
+        ctx.lifecycle.emit(
+            ctx.subject(self.connection, &self.user_id),
+            EventKind::Unsubscribe {
+                channel: name.as_str().to_owned(),
+            },
+        );
         true
     }
 

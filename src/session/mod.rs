@@ -25,6 +25,7 @@ use crate::bus::Bus;
 use crate::channels::ClaimGrants;
 use crate::hub::{ConnectionId, Fell, Hub, Inbound, Membership, OpenConnection};
 use crate::jwt::{JwtRejection, JwtVerifier};
+use crate::lifecycle::{EventKind, Lifecycle, Subject};
 use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, RpcFailureCode, ServerMessage};
 use crate::store::{PresenceStore, RevocationStore};
@@ -53,9 +54,19 @@ pub struct SessionContext {
     pub presence: Arc<PresenceStore>,
     /// The app's backend, for RPCs.
     pub upstream: Arc<Upstream>,
+    /// Connect, disconnect, subscribe and unsubscribe events for the events webhook.
+    pub lifecycle: Arc<Lifecycle>,
 }
 
 impl SessionContext {
+    /// Who a lifecycle event is about.
+    fn subject<'a>(&self, connection: ConnectionId, user_id: &'a str) -> Subject<'a> {
+        Subject {
+            user_id,
+            connection_id: format!("{connection}@{}", self.bus.node().id),
+        }
+    }
+
     /// Refuses a JWT whose `jti` was revoked (4401), and fails closed when the revocation
     /// store cannot answer (1013, try again).
     async fn not_revoked(&self, jti: Option<&str>) -> Result<(), CloseReason> {
@@ -157,7 +168,21 @@ pub async fn run(
     // Boxed: the authentication phase's state (a MongoDB query among it) then lives on the
     // heap only while it runs, instead of sizing the task every connection keeps for life.
     let closing = match Box::pin(connection.authenticate(&ctx)).await {
-        Ok(authenticated) => authenticated.serve(&ctx).await,
+        Ok(authenticated) => {
+            let since = Instant::now();
+            let closing = authenticated.serve(&ctx).await;
+            // Every connect is matched by one disconnect.
+            let reason = closing.reason.payload();
+            ctx.lifecycle.emit(
+                ctx.subject(closing.open.id, closing.open.user_id()),
+                EventKind::Disconnect {
+                    code: reason.as_ref().map(|p| u16::from(p.code)),
+                    reason: reason.and_then(|p| p.description).unwrap_or_default(),
+                    duration_ms: since.elapsed().as_millis() as u64,
+                },
+            );
+            closing
+        }
         Err(closing) => {
             if let Some(code @ (4400 | 4401 | 4408)) = closing.reason.code() {
                 ctx.metrics
@@ -224,6 +249,13 @@ impl Connection<Unauthenticated> {
             return Err(self.closing(CloseReason::ConnectionLost));
         }
         log::info!("{} authenticated as user {}", self.id(), verified.sub);
+        ctx.lifecycle.emit(
+            ctx.subject(self.open.id, &verified.sub),
+            EventKind::Connect {
+                jti: verified.jti.clone(),
+                client_ip: self.client_ip,
+            },
+        );
         let connection = self.open.id;
         Ok(Connection {
             open: self.open,

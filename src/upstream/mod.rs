@@ -75,17 +75,9 @@ thread_local! {
 
 impl Upstream {
     pub fn new(settings: &UpstreamSettings, metrics: Arc<Metrics>) -> Self {
-        let backend = settings.backend.as_ref().map(|backend| {
-            let mut authorization = reqwest::header::HeaderValue::from_str(&format!(
-                "Bearer {}",
-                backend.key.expose_secret()
-            ))
-            .expect("UPSTREAM_KEY is checked to be printable at start");
-            authorization.set_sensitive(true);
-            Target {
-                url: backend.url.clone(),
-                authorization,
-            }
+        let backend = settings.backend.as_ref().map(|backend| Target {
+            url: backend.url.clone(),
+            authorization: bearer(&backend.key),
         });
         Upstream {
             backend,
@@ -183,6 +175,15 @@ impl Upstream {
             e
         })
     }
+}
+
+/// `Authorization: Bearer <UPSTREAM_KEY>`, marked sensitive so it is never printed.
+pub fn bearer(key: &secrecy::SecretString) -> reqwest::header::HeaderValue {
+    let mut authorization =
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
+            .expect("UPSTREAM_KEY is checked to be printable at start");
+    authorization.set_sensitive(true);
+    authorization
 }
 
 /// A client error's text without the URL, which holds the backend's address (not a secret,

@@ -17,6 +17,7 @@ mod history;
 mod history_faults;
 mod hostile;
 mod jwt_keys;
+mod lifecycle;
 mod limits;
 mod live;
 mod load;

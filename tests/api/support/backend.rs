@@ -2,7 +2,8 @@
 //! every call and answers `/rpc` as the method name says, so a test can have it answer, fail,
 //! answer slowly or wrongly, close the connection, or go away altogether.
 //!
-//! `/publish` allows data with a `say` field, replaces `{"shout": X}` by `{"say": x}` (lower
+//! `…/events` (the events webhook) takes every batch with 204, or answers 503 while told to
+//! refuse. `/publish` allows data with a `say` field, replaces `{"shout": X}` by `{"say": x}` (lower
 //! case), and refuses anything else with `{"code": 403, "message": "not on my watch"}`.
 //!
 //! Methods: `echo` → `{"result": data}`; `whoami` → `{"result": <the call's body>}`;
@@ -11,6 +12,7 @@
 //! `sleep` → `{"result": data}` after `data` milliseconds; `disconnect` → `{"disconnect":
 //! data}`; `empty` → `{}`; `bad_error` → `{"error": "just text"}`. Anything else: `{"error": {"code": "unknown_method", …}}`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +26,8 @@ pub const UPSTREAM_KEY: &str = "test-upstream-key-0123456789";
 #[derive(Debug, Clone)]
 pub struct BackendCall {
     pub path: String,
+    /// Answered 503 because the backend was told to refuse events.
+    pub refused: bool,
     pub authorization: Option<String>,
     pub body: Value,
 }
@@ -32,16 +36,19 @@ pub struct TestBackend {
     /// What UPSTREAM_URL is set to.
     pub url: String,
     calls: Arc<Mutex<Vec<BackendCall>>>,
+    refusing: Arc<AtomicBool>,
     handle: Option<ServerHandle>,
 }
 
 impl TestBackend {
     pub async fn start() -> TestBackend {
         let calls: Arc<Mutex<Vec<BackendCall>>> = Arc::default();
-        let recorded = Arc::clone(&calls);
+        let refusing: Arc<AtomicBool> = Arc::default();
+        let (recorded, refuse) = (Arc::clone(&calls), Arc::clone(&refusing));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(Arc::clone(&recorded)))
+                .app_data(web::Data::new(Arc::clone(&refuse)))
                 .app_data(web::PayloadConfig::new(16 << 20))
                 .default_service(web::to(answer))
         })
@@ -55,6 +62,7 @@ impl TestBackend {
         TestBackend {
             url: format!("http://127.0.0.1:{port}/internal"),
             calls,
+            refusing,
             handle: Some(handle),
         }
     }
@@ -69,6 +77,20 @@ impl TestBackend {
 
     pub fn calls(&self) -> Vec<BackendCall> {
         self.calls.lock().unwrap().clone()
+    }
+
+    /// The lifecycle events the backend took (answered 2xx), in the order it got them.
+    pub fn events(&self) -> Vec<Value> {
+        self.calls()
+            .into_iter()
+            .filter(|call| call.path.ends_with("/events") && !call.refused)
+            .flat_map(|call| call.body["events"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// While set, calls to `…/events` are answered 503.
+    pub fn refuse_events(&self, refusing: bool) {
+        self.refusing.store(refusing, Ordering::SeqCst);
     }
 
     /// Stops the server: its port refuses connections from now on.
@@ -91,10 +113,14 @@ async fn answer(
     req: HttpRequest,
     body: web::Bytes,
     calls: web::Data<Arc<Mutex<Vec<BackendCall>>>>,
+    refusing: web::Data<Arc<AtomicBool>>,
 ) -> HttpResponse {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let events = req.path().ends_with("/events");
+    let refused = events && refusing.load(Ordering::SeqCst);
     calls.lock().unwrap().push(BackendCall {
         path: req.path().to_owned(),
+        refused,
         authorization: req
             .headers()
             .get("authorization")
@@ -104,6 +130,12 @@ async fn answer(
     });
     let data = body["data"].clone();
     let json = |value: Value| HttpResponse::Ok().json(value);
+    if refused {
+        return HttpResponse::ServiceUnavailable().finish();
+    }
+    if events {
+        return HttpResponse::NoContent().finish();
+    }
     if req.path().ends_with("/publish") {
         return json(if data.get("say").is_some() {
             json!({"result": {}})

@@ -42,6 +42,19 @@ impl WsClient {
         self.stream.send(message).await.unwrap();
     }
 
+    /// Closes with `code` and waits for the server's answering close.
+    pub async fn close(&mut self, code: u16) {
+        self.send(Message::Close(Some(CloseFrame {
+            code: code.into(),
+            reason: "".into(),
+        })))
+        .await;
+        assert!(
+            matches!(self.ending().await, Ending::Closed { code: got, .. } if got == code),
+            "the server answers a close with the same code"
+        );
+    }
+
     /// The next frame of any kind, within `PATIENCE`.
     pub async fn next_frame(&mut self) -> Option<Message> {
         match tokio::time::timeout(PATIENCE, self.stream.next()).await {
