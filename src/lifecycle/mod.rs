@@ -92,10 +92,6 @@ impl Lifecycle {
         }
     }
 
-    pub fn is_on(&self) -> bool {
-        self.queue.is_some()
-    }
-
     /// Queues an event about `subject`; never waits.
     pub fn emit(&self, subject: Subject<'_>, kind: EventKind) {
         let Some(queue) = &self.queue else { return };

@@ -107,8 +107,6 @@ impl SessionTiming {
 
 pub struct Connection<State> {
     open: OpenConnection,
-    /// The client's address, as the upgrade saw it (behind a trusted proxy, the forwarded one).
-    client_ip: Option<IpAddr>,
     reader: FrameReader,
     writer: FrameWriter,
     state: State,
@@ -117,7 +115,10 @@ pub struct Connection<State> {
 /// Upgraded with a valid ticket (whose user the connection slot records); waiting for the JWT.
 /// Sends nothing but the Pong a Ping asks for. Reads messages of at most
 /// [`PRE_AUTH_MAX_MESSAGE_BYTES`].
-pub struct Unauthenticated;
+pub struct Unauthenticated {
+    /// The client's address, as the upgrade saw it (behind a trusted proxy, the forwarded one).
+    client_ip: Option<IpAddr>,
+}
 
 /// The JWT checked out: in the broadcast pipeline, with a heartbeat. Reads messages of up to
 /// MAX_MESSAGE_BYTES.
@@ -160,10 +161,9 @@ pub async fn run(
     let started = Instant::now();
     let connection = Connection {
         open,
-        client_ip,
         reader,
         writer,
-        state: Unauthenticated,
+        state: Unauthenticated { client_ip },
     };
     // Boxed: the authentication phase's state (a MongoDB query among it) then lives on the
     // heap only while it runs, instead of sizing the task every connection keeps for life.
@@ -253,13 +253,12 @@ impl Connection<Unauthenticated> {
             ctx.subject(self.open.id, &verified.sub),
             EventKind::Connect {
                 jti: verified.jti.clone(),
-                client_ip: self.client_ip,
+                client_ip: self.state.client_ip,
             },
         );
         let connection = self.open.id;
         Ok(Connection {
             open: self.open,
-            client_ip: self.client_ip,
             reader: self.reader,
             writer: self.writer,
             state: Authenticated {
@@ -269,7 +268,7 @@ impl Connection<Unauthenticated> {
                 membership,
                 claims: ClaimGrants::from_claim(&verified.channels),
                 publish_grants: ClaimGrants::from_claim(&verified.publish),
-                client_ip: self.client_ip,
+                client_ip: self.state.client_ip,
                 tokens: TokenExpiries::default(),
                 jti: verified.jti,
                 calls: Calls::default(),
@@ -458,7 +457,6 @@ impl Connection<Authenticated> {
             reader,
             writer,
             state,
-            ..
         } = self;
         drop(state);
         Closing {
