@@ -146,14 +146,7 @@ async fn migrate(settings: Settings) -> ExitCode {
         Ok(db) => db,
         Err(e) => return fail(&e.to_string()),
     };
-    match migrations::apply(
-        &db,
-        &MigrationContext {
-            ticket_ttl: settings.tickets.ttl,
-        },
-    )
-    .await
-    {
+    match migrations::apply(&db, &MigrationContext::of(&settings)).await {
         Ok(report) => {
             println!(
                 "migrations applied: {:?}; TTL indexes updated: {:?}",

@@ -68,6 +68,10 @@ pub struct Metrics {
     pub lifecycle_events_delivered: IntCounter,
     pub lifecycle_events_dropped: IntCounter,
     pub lifecycle_webhook_failures: IntCounter,
+    pub lifecycle_events_recorded: IntCounter,
+    pub lifecycle_record_failures: IntCounter,
+    pub lifecycle_streams_adopted: IntCounter,
+    pub lifecycle_node_lost_disconnects: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -224,7 +228,7 @@ impl Metrics {
             ),
             lifecycle_events_queued: counter(
                 "lifecycle_events_queued_total",
-                "Lifecycle events emitted for the events webhook",
+                "Lifecycle events emitted (for the events webhook or MongoDB)",
             ),
             lifecycle_events_delivered: counter(
                 "lifecycle_events_delivered_total",
@@ -237,6 +241,22 @@ impl Metrics {
             lifecycle_webhook_failures: counter(
                 "lifecycle_webhook_failures_total",
                 "Calls to the events webhook that failed and will be made again",
+            ),
+            lifecycle_events_recorded: counter(
+                "lifecycle_events_recorded_total",
+                "Lifecycle events this node wrote to MongoDB",
+            ),
+            lifecycle_record_failures: counter(
+                "lifecycle_record_failures_total",
+                "Writes of lifecycle events to MongoDB that failed and will be made again",
+            ),
+            lifecycle_streams_adopted: counter(
+                "lifecycle_streams_adopted_total",
+                "Dead nodes whose lifecycle events this node took over",
+            ),
+            lifecycle_node_lost_disconnects: counter(
+                "lifecycle_node_lost_disconnects_total",
+                "disconnect events with reason node_lost this node wrote for dead nodes",
             ),
             cluster_stream_restarts: counter(
                 "cluster_stream_restarts_total",

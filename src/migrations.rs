@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_history.json",
         source: include_str!("../migrations/0005_history.json"),
     },
+    Migration {
+        version: 6,
+        name: "0006_lifecycle_events.json",
+        source: include_str!("../migrations/0006_lifecycle_events.json"),
+    },
 ];
 
 #[derive(Debug, Deserialize)]
@@ -80,11 +85,23 @@ enum ExpireAfter {
 enum Setting {
     #[serde(rename = "TICKET_TTL_SECS")]
     TicketTtlSecs,
+    #[serde(rename = "LIFECYCLE_EVENTS_TTL_SECS")]
+    LifecycleEventsTtlSecs,
 }
 
 /// Values of settings that migrations may refer to.
 pub struct MigrationContext {
     pub ticket_ttl: Duration,
+    pub lifecycle_events_ttl: Duration,
+}
+
+impl MigrationContext {
+    pub fn of(settings: &crate::config::Settings) -> Self {
+        MigrationContext {
+            ticket_ttl: settings.tickets.ttl,
+            lifecycle_events_ttl: settings.upstream.events_ttl,
+        }
+    }
 }
 
 impl ExpireAfter {
@@ -92,6 +109,9 @@ impl ExpireAfter {
         match self {
             ExpireAfter::Seconds(secs) => *secs,
             ExpireAfter::Setting(Setting::TicketTtlSecs) => ctx.ticket_ttl.as_secs(),
+            ExpireAfter::Setting(Setting::LifecycleEventsTtlSecs) => {
+                ctx.lifecycle_events_ttl.as_secs()
+            }
         }
     }
 }

@@ -2,8 +2,6 @@
 //! application on port 0 and reach its hub. `build` binds, opens the stores, starts the bus,
 //! builds the shared state, and hands the application to the server (`wire::server`).
 
-use crate::lifecycle::Lifecycle;
-use crate::lifecycle::webhook::Delivery;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +15,11 @@ use crate::config::Settings;
 use crate::db::{self, Bounds, PerThreadDatabase, Prepared, Readiness, Unavailable};
 use crate::hub::Hub;
 use crate::jwt::JwtVerifier;
+use crate::lifecycle::adoption::Adoption;
+use crate::lifecycle::log::EventLog;
+use crate::lifecycle::recorder::{OwnDelivery, Recorder};
+use crate::lifecycle::webhook::{MemoryDelivery, Webhook};
+use crate::lifecycle::{Fence, Lifecycle};
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
 use crate::migrations::{MigrationContext, MigrationError};
@@ -53,6 +56,8 @@ pub struct Application {
     shutdown_grace: Duration,
     bus: Arc<Bus>,
     node_heartbeat: Duration,
+    /// Tripped when the other nodes declared this one lost: the process ends.
+    fence: Fence,
 }
 
 impl Application {
@@ -72,18 +77,22 @@ impl Application {
             mongo,
         } = stores(&settings, &metrics).await?;
         let presence = Arc::new(presence);
+        let node = node_info(&settings, port);
+        let fence = Fence::default();
+        let (lifecycle, adoption) = lifecycle(&settings, &node, mongo.as_ref(), &metrics, &fence);
         let reaper = Reaper {
             presence: Arc::clone(&presence),
             namespaces: settings.channels.namespaces.clone(),
+            lifecycle: adoption,
         };
-        let bus = start_bus(&settings, &hub, mongo, reaper, port, &metrics).await?;
+        let bus = start_bus(&hub, mongo, reaper, node, &settings, &metrics).await?;
         let state = app_state(
             &settings,
             tickets,
             revocations,
             presence,
-            &hub,
-            &bus,
+            (&hub, &bus),
+            lifecycle,
             metrics,
         );
         let app_state = state.clone();
@@ -114,6 +123,7 @@ impl Application {
             node_heartbeat: settings.node.heartbeat,
             state,
             bus,
+            fence,
         })
     }
 
@@ -184,8 +194,12 @@ impl Application {
             );
             server.stop(true).await;
         };
+        let fenced = self.fence.tripped();
         tokio::select! {
             result = self.server => result,
+            () = fenced => Err(std::io::Error::other(
+                "this node was declared lost by the other nodes",
+            )),
             () = drain_on_signal => Ok(()),
             () = demo_broadcasts => unreachable!("the demo broadcaster never ends"),
             () = heartbeat => unreachable!("the heartbeat never ends"),
@@ -194,17 +208,9 @@ impl Application {
     }
 }
 
-/// The bus: in process only, or on MongoDB's change stream once the database is ready (in the
-/// background, serving 503 meanwhile, when it is not reachable yet).
-async fn start_bus(
-    settings: &Settings,
-    hub: &Arc<Hub>,
-    mongo: Option<Prepared>,
-    reaper: Reaper,
-    port: u16,
-    metrics: &Arc<Metrics>,
-) -> Result<Arc<Bus>, StartupError> {
-    let node = NodeInfo {
+/// Who this node is: a fresh id at every start.
+fn node_info(settings: &Settings, port: u16) -> NodeInfo {
+    NodeInfo {
         id: NodeId::generate(&settings.node.name.clone().unwrap_or_else(host_name)),
         address: settings
             .node
@@ -212,7 +218,19 @@ async fn start_bus(
             .clone()
             .unwrap_or_else(|| format!("{}:{port}", settings.server.bind_addr.ip())),
         started_at: bson::DateTime::now(),
-    };
+    }
+}
+
+/// The bus: in process only, or on MongoDB's change stream once the database is ready (in the
+/// background, serving 503 meanwhile, when it is not reachable yet).
+async fn start_bus(
+    hub: &Arc<Hub>,
+    mongo: Option<Prepared>,
+    reaper: Reaper,
+    node: NodeInfo,
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<Bus>, StartupError> {
     let registry = mongo
         .as_ref()
         .map(|m| NodeRegistry::new(&m.db, m.bounds.clone(), settings.node.heartbeat));
@@ -242,23 +260,82 @@ async fn start_bus(
     Ok(bus)
 }
 
-/// The node's lifecycle events: delivered to EVENTS_WEBHOOK_URL by a task of their own, or
-/// not made at all without one.
-fn lifecycle(settings: &Settings, bus: &Arc<Bus>, metrics: &Arc<Metrics>) -> Lifecycle {
-    let node = bus.node().id.to_string();
-    let Some(webhook) = &settings.upstream.events_webhook else {
-        return Lifecycle::off(node, Arc::clone(metrics));
-    };
-    let (queue, waiting) = tokio::sync::mpsc::unbounded_channel();
-    let delivery = Delivery {
-        url: webhook.url.clone(),
-        authorization: crate::upstream::bearer(&webhook.key),
+/// The node's lifecycle events (docs/PROTOCOL.md, "Lifecycle events"): with MongoDB,
+/// recorded there and delivered from there, with survivors finishing a dead node's (the
+/// [`Adoption`] the heartbeat runs); without it, posted from memory; with neither a webhook
+/// nor RECORD_LIFECYCLE_EVENTS, not made at all.
+fn lifecycle(
+    settings: &Settings,
+    node: &NodeInfo,
+    mongo: Option<&Prepared>,
+    metrics: &Arc<Metrics>,
+    fence: &Fence,
+) -> (Lifecycle, Option<Arc<Adoption>>) {
+    let id = node.id.to_string();
+    let webhook = settings.upstream.events_webhook.as_ref().map(|w| Webhook {
+        url: w.url.clone(),
+        authorization: crate::upstream::bearer(&w.key),
         timeout: settings.upstream.timeout,
+        client: reqwest::Client::new(),
         metrics: Arc::clone(metrics),
-    };
-    tokio::spawn(delivery.run(waiting));
-    log::info!("lifecycle events: posted to EVENTS_WEBHOOK_URL, kept in memory until taken");
-    Lifecycle::to_queue(node, queue, Arc::clone(metrics))
+    });
+    let (queue, events) = tokio::sync::mpsc::unbounded_channel();
+    match (mongo, webhook) {
+        (Some(mongo), webhook) if webhook.is_some() || settings.upstream.record_events => {
+            let log = Arc::new(EventLog::new(&mongo.db, mongo.bounds.clone()));
+            let delivery = webhook.clone().map(|webhook| {
+                let (written, to_deliver) = tokio::sync::mpsc::unbounded_channel();
+                let own = OwnDelivery {
+                    log: Arc::clone(&log),
+                    webhook,
+                    node: id.clone(),
+                    fence: fence.clone(),
+                };
+                tokio::spawn(own.run(to_deliver));
+                written
+            });
+            log::info!(
+                "lifecycle events: recorded in MongoDB ({}){}",
+                crate::lifecycle::log::EVENTS_COLLECTION,
+                if delivery.is_some() {
+                    ", then posted to EVENTS_WEBHOOK_URL"
+                } else {
+                    ""
+                }
+            );
+            let recorder = Recorder {
+                log: Arc::clone(&log),
+                node: id.clone(),
+                metrics: Arc::clone(metrics),
+                delivery,
+            };
+            tokio::spawn(recorder.run(events));
+            let adoption = Adoption {
+                log,
+                webhook,
+                me: id.clone(),
+                fence: fence.clone(),
+                metrics: Arc::clone(metrics),
+            };
+            (
+                Lifecycle::to_queue(id, queue, Arc::clone(metrics)),
+                Some(Arc::new(adoption)),
+            )
+        }
+        (None, Some(webhook)) => {
+            tokio::spawn(MemoryDelivery { webhook }.run(events));
+            log::info!(
+                "lifecycle events: posted to EVENTS_WEBHOOK_URL from memory (without MongoDB, \
+                 best effort)"
+            );
+            (Lifecycle::to_queue(id, queue, Arc::clone(metrics)), None)
+        }
+        (None, None) if settings.upstream.record_events => {
+            log::warn!("RECORD_LIFECYCLE_EVENTS needs MONGODB_URI: no lifecycle events");
+            (Lifecycle::off(id, Arc::clone(metrics)), None)
+        }
+        _ => (Lifecycle::off(id, Arc::clone(metrics)), None),
+    }
 }
 
 /// What every request handler and connection shares.
@@ -267,8 +344,8 @@ fn app_state(
     tickets: TicketStore,
     revocations: RevocationStore,
     presence: Arc<PresenceStore>,
-    hub: &Arc<Hub>,
-    bus: &Arc<Bus>,
+    (hub, bus): (&Arc<Hub>, &Arc<Bus>),
+    lifecycle: Lifecycle,
     metrics: Arc<Metrics>,
 ) -> web::Data<AppState> {
     web::Data::new(AppState {
@@ -298,7 +375,7 @@ fn app_state(
                 &settings.upstream,
                 Arc::clone(&metrics),
             )),
-            lifecycle: Arc::new(lifecycle(settings, bus, &metrics)),
+            lifecycle: Arc::new(lifecycle),
             metrics,
             revocations: Arc::new(revocations),
         }),
@@ -341,9 +418,7 @@ async fn stores(settings: &Settings, metrics: &Arc<Metrics>) -> Result<Stores, S
     );
     let revocations = RevocationStore::Mongo(MongoRevocations::new(&db, bounds.clone()));
     let presence = PresenceStore::Mongo(MongoPresence::new(&db, bounds.clone()));
-    let migrations = MigrationContext {
-        ticket_ttl: settings.tickets.ttl,
-    };
+    let migrations = MigrationContext::of(settings);
     Ok(Stores {
         tickets,
         revocations,

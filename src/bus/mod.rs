@@ -249,6 +249,9 @@ impl Bus {
             return std::future::pending().await;
         };
         let mut ticks = tokio::time::interval(every);
+        // Since when every beat succeeded: after MongoDB was away every node's last beat is
+        // old, and no node may be declared dead before it had the same time to beat again.
+        let mut beating_since: Option<std::time::Instant> = None;
         loop {
             ticks.tick().await;
             let channels = self
@@ -262,11 +265,16 @@ impl Bus {
                 .collect();
             if let Err(e) = registry.beat(&self.node, self.hub.counts(), channels).await {
                 log::debug!("node heartbeat: {e}");
+                beating_since = None;
                 continue;
             }
+            let since = *beating_since.get_or_insert_with(std::time::Instant::now);
             let Some(reaper) = &self.reaper else { continue };
+            if since.elapsed() < every * 2 {
+                continue;
+            }
             // Two missed beats make a node dead here (three hide it from listings): with a
-            // sweep every beat, a dead node's presence is gone within three beats.
+            // sweep every beat, a dead node's presence and connections are gone within three.
             let swept = async {
                 let live = registry.beating_within(every * 2).await?;
                 reaper.sweep(self, &live).await

@@ -2,23 +2,37 @@
 //! entries of nodes that stopped beating, removes them, and announces each removed entry's
 //! leave through the bus. Entries are removed one by one and only the node whose delete took
 //! one announces it, so several nodes sweeping at once announce each leave exactly once.
-//! Each node also retries here its own presence removals that MongoDB did not take.
+//! Each node also retries here its own presence removals that MongoDB did not take, and
+//! takes over dead nodes' lifecycle events ([`Adoption`]).
 
 use std::sync::Arc;
 
 use super::{Bus, Command};
 use crate::channels::{ChannelName, Namespaces};
 use crate::db::Unavailable;
+use crate::lifecycle::adoption::Adoption;
 use crate::store::PresenceStore;
 
 pub struct Reaper {
     pub presence: Arc<PresenceStore>,
     pub namespaces: Namespaces,
+    /// Lifecycle events in MongoDB: dead nodes' connections get their `node_lost`.
+    pub lifecycle: Option<Arc<Adoption>>,
 }
 
 impl Reaper {
-    /// Clears the presence of every node not in `live` (ids of the nodes that beat recently).
+    /// Takes over what every node not in `live` (ids of the nodes that beat recently) left:
+    /// its lifecycle events and its presence.
     pub async fn sweep(&self, bus: &Bus, live: &[String]) -> Result<(), Unavailable> {
+        let events = match &self.lifecycle {
+            Some(adoption) => adoption.sweep(live).await,
+            None => Ok(()),
+        };
+        let presence = self.sweep_presence(bus, live).await;
+        events.and(presence)
+    }
+
+    async fn sweep_presence(&self, bus: &Bus, live: &[String]) -> Result<(), Unavailable> {
         let PresenceStore::Mongo(store) = &*self.presence else {
             return Ok(());
         };

@@ -52,6 +52,10 @@ pub struct UpstreamSettings {
     pub timeout: Duration,
     pub max_in_flight: usize,
     pub max_rpc_per_connection: usize,
+    /// How long `lifecycle_events` keeps events (LIFECYCLE_EVENTS_TTL_SECS).
+    pub events_ttl: Duration,
+    /// Write events to MongoDB even without a webhook (RECORD_LIFECYCLE_EVENTS).
+    pub record_events: bool,
 }
 
 #[derive(Debug)]
@@ -278,6 +282,8 @@ impl Settings {
                 timeout: env.millis("UPSTREAM_TIMEOUT_MS")?,
                 max_in_flight: env.number("UPSTREAM_MAX_IN_FLIGHT")? as usize,
                 max_rpc_per_connection: env.number("MAX_RPC_IN_FLIGHT_PER_CONNECTION")? as usize,
+                events_ttl: env.secs("LIFECYCLE_EVENTS_TTL_SECS")?,
+                record_events: env.boolean("RECORD_LIFECYCLE_EVENTS")?,
             },
             node: NodeSettings {
                 name: node_name,

@@ -237,6 +237,12 @@ pub static SETTINGS: &[Setting] = &[
     setting("MAX_RPC_IN_FLIGHT_PER_CONNECTION", Upstream, Count { min: 1, max: 1024 },
         "RPCs one connection may have waiting for the backend; more: `rpc_error` `too_many_requests`, and no call")
         .default("16"),
+    setting("LIFECYCLE_EVENTS_TTL_SECS", Upstream, Secs { min: 60, max: 30 * DAY },
+        "with MongoDB, how long lifecycle events are kept in `lifecycle_events` (and retried to the webhook); a TTL index removes them after")
+        .default("86400"),
+    setting("RECORD_LIFECYCLE_EVENTS", Upstream, Bool,
+        "with MongoDB, write lifecycle events to `lifecycle_events` even without `EVENTS_WEBHOOK_URL`, for apps that watch its change stream")
+        .default("false"),
     setting("NODE_NAME", Cluster, Text,
         "this node's name in `GET /api/nodes`: 1 to 64 letters, digits, `.`, `_`, `-`. The node id is the name plus a random suffix drawn at every start")
         .described("the host name"),

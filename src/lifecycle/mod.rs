@@ -2,27 +2,36 @@
 //! `unsubscribe` of authenticated connections, posted in batches to `EVENTS_WEBHOOK_URL`
 //! (docs/PROTOCOL.md, "Lifecycle events").
 //!
-//! Sessions emit events without waiting: an event goes into the node's queue, and one task
-//! ([`webhook`]) delivers the queue in order, in batches, retrying a refused or failed batch
-//! with backoff until the webhook takes it. This part keeps the queue in memory: events are
-//! delivered at least once while the process lives.
+//! Sessions emit events without waiting: an event goes into the node's queue, numbered in
+//! the node's series (`seq`), and tasks of its own take it from there:
+//! - with MongoDB, [`recorder`] writes the series to `lifecycle_events` ([`log`]) and then
+//!   hands it to the webhook, in order, in batches, retried until taken; survivors deliver a
+//!   dead node's rest and close its connections with `node_lost` ([`adoption`]);
+//! - without MongoDB, [`webhook::MemoryDelivery`] posts the queue from memory, at least once
+//!   while the process lives.
 
+pub mod adoption;
+pub mod log;
+pub mod recorder;
 pub mod webhook;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
-use tokio::sync::mpsc;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
 
 /// One event, as the webhook receives it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
-    /// Unique in the cluster: `<node id>-<number>`; the backend drops repeats by it.
+    /// Unique in the cluster: `<node id>-<seq>`; the backend drops repeats by it.
     pub id: String,
+    /// Its place in its node's series, from 1: the order of delivery.
+    #[serde(skip)]
+    pub seq: u64,
     #[serde(flatten)]
     pub kind: EventKind,
     /// Unix milliseconds.
@@ -32,11 +41,11 @@ pub struct Event {
     pub node: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
     Connect {
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         jti: Option<String>,
         client_ip: Option<IpAddr>,
     },
@@ -80,7 +89,8 @@ impl Lifecycle {
         }
     }
 
-    /// Events go to `queue`, which a [`webhook::Delivery`] drains.
+    /// Events go to `queue`, which a [`recorder::Recorder`] or a [`webhook::MemoryDelivery`]
+    /// drains.
     pub fn to_queue(
         node: String,
         queue: mpsc::UnboundedSender<Event>,
@@ -95,9 +105,10 @@ impl Lifecycle {
     /// Queues an event about `subject`; never waits.
     pub fn emit(&self, subject: Subject<'_>, kind: EventKind) {
         let Some(queue) = &self.queue else { return };
-        let number = self.next.fetch_add(1, Ordering::Relaxed);
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
         let event = Event {
-            id: format!("{}-{number}", self.node),
+            id: event_id(&self.node, seq),
+            seq,
             kind,
             time: crate::clock::unix_now_ms(),
             user_id: subject.user_id.to_owned(),
@@ -107,5 +118,38 @@ impl Lifecycle {
         self.metrics.lifecycle_events_queued.inc();
         // The receiver lives as long as the process serves connections.
         let _ = queue.send(event);
+    }
+}
+
+/// An event's id: unique in the cluster, since node ids are.
+pub fn event_id(node: &str, seq: u64) -> String {
+    format!("{node}-{seq}")
+}
+
+/// The `disconnect` reason of a connection whose node died without saying goodbye.
+pub const NODE_LOST: &str = "node_lost";
+
+/// Tripped when surviving nodes declared this node lost (it stopped beating for longer than
+/// they wait) and closed its connections with `node_lost`: those connections must not go on
+/// as if nothing happened, so the process ends and its clients reconnect elsewhere.
+#[derive(Clone)]
+pub struct Fence(Arc<watch::Sender<bool>>);
+
+impl Default for Fence {
+    fn default() -> Self {
+        Fence(Arc::new(watch::channel(false).0))
+    }
+}
+
+impl Fence {
+    pub fn trip(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Resolves once the fence is tripped.
+    pub async fn tripped(&self) {
+        let mut seen = self.0.subscribe();
+        // The sender lives in `self`, so the wait ends only by the value.
+        let _ = seen.wait_for(|tripped| *tripped).await;
     }
 }

@@ -1,8 +1,8 @@
-//! Delivers the node's lifecycle events to `EVENTS_WEBHOOK_URL`: `POST` with `{"events": […]}`
-//! and `Authorization: Bearer <UPSTREAM_KEY>`, up to [`MAX_BATCH`] events a call, in the order
+//! Posting lifecycle events to `EVENTS_WEBHOOK_URL`: `POST` with `{"events": […]}` and
+//! `Authorization: Bearer <UPSTREAM_KEY>`, up to [`MAX_BATCH`] events a call, in the order
 //! they were emitted. A 2xx takes the batch; anything else, or no answer within
-//! UPSTREAM_TIMEOUT_MS, is retried with backoff (0.5 s doubling to 30 s), the same events
-//! first, so the webhook sees each connection's events in order.
+//! UPSTREAM_TIMEOUT_MS, is retried with backoff ([`Backoff`]), the same events first, so the
+//! webhook sees each connection's events in order.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,14 +19,39 @@ pub const MAX_BATCH: usize = 100;
 /// The most events waiting in memory; past it the oldest are dropped (and counted).
 pub const MAX_WAITING: usize = 100_000;
 
-const FIRST_RETRY: Duration = Duration::from_millis(500);
-const LAST_RETRY: Duration = Duration::from_secs(30);
+/// Waits between attempts: 0.5 s doubling to 30 s, back to 0.5 s after a success.
+pub struct Backoff(Duration);
 
-pub struct Delivery {
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Self::FIRST)
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const LAST: Duration = Duration::from_secs(30);
+
+    /// The wait before the next attempt, which waits longer.
+    pub fn wait(&mut self) -> Duration {
+        let wait = self.0;
+        self.0 = (self.0 * 2).min(Self::LAST);
+        wait
+    }
+
+    pub fn reset(&mut self) {
+        self.0 = Self::FIRST;
+    }
+}
+
+/// The events webhook, as every deliverer calls it.
+#[derive(Clone)]
+pub struct Webhook {
     pub url: String,
     /// `Bearer <UPSTREAM_KEY>`, marked sensitive.
     pub authorization: reqwest::header::HeaderValue,
     pub timeout: Duration,
+    pub client: reqwest::Client,
     pub metrics: Arc<Metrics>,
 }
 
@@ -35,52 +60,40 @@ struct Batch<'a> {
     events: &'a [Event],
 }
 
-impl Delivery {
-    /// Runs until every sender is gone (the process is ending).
-    pub async fn run(self, mut queue: mpsc::UnboundedReceiver<Event>) {
-        let client = reqwest::Client::new();
-        let mut waiting: VecDeque<Event> = VecDeque::new();
-        let mut retry = FIRST_RETRY;
-        loop {
-            if waiting.is_empty() {
-                match queue.recv().await {
-                    Some(event) => waiting.push_back(event),
-                    None => return,
-                }
+impl Webhook {
+    /// One attempt to post `events`: true when the webhook took them. `what` names the
+    /// series in the log.
+    pub async fn attempt(&self, events: &[Event], what: &str) -> bool {
+        match self.post(events).await {
+            Ok(()) => {
+                self.metrics
+                    .lifecycle_events_delivered
+                    .inc_by(events.len() as u64);
+                true
             }
-            while let Ok(event) = queue.try_recv() {
-                waiting.push_back(event);
-            }
-            if waiting.len() > MAX_WAITING {
-                let dropped = waiting.len() - MAX_WAITING;
-                waiting.drain(..dropped);
-                self.metrics.lifecycle_events_dropped.inc_by(dropped as u64);
-                log::warn!("events webhook: {dropped} events dropped, over {MAX_WAITING} waiting");
-            }
-            let count = waiting.len().min(MAX_BATCH);
-            let batch = &waiting.make_contiguous()[..count];
-            match self.post(&client, batch).await {
-                Ok(()) => {
-                    waiting.drain(..count);
-                    self.metrics.lifecycle_events_delivered.inc_by(count as u64);
-                    retry = FIRST_RETRY;
-                }
-                Err(why) => {
-                    self.metrics.lifecycle_webhook_failures.inc();
-                    log::warn!(
-                        "events webhook: {why}; {} events waiting, retrying in {retry:?}",
-                        waiting.len()
-                    );
-                    tokio::time::sleep(retry).await;
-                    retry = (retry * 2).min(LAST_RETRY);
-                }
+            Err(why) => {
+                self.metrics.lifecycle_webhook_failures.inc();
+                log::warn!(
+                    "events webhook ({what}): {why}; {} events will be posted again",
+                    events.len()
+                );
+                false
             }
         }
     }
 
-    async fn post(&self, client: &reqwest::Client, events: &[Event]) -> Result<(), String> {
+    /// Posts `events` until the webhook takes them.
+    pub async fn deliver(&self, events: &[Event], what: &str) {
+        let mut backoff = Backoff::default();
+        while !self.attempt(events, what).await {
+            tokio::time::sleep(backoff.wait()).await;
+        }
+    }
+
+    async fn post(&self, events: &[Event]) -> Result<(), String> {
         let body = serde_json::to_vec(&Batch { events }).expect("events always serialize");
-        let call = client
+        let call = self
+            .client
             .post(&self.url)
             .header(reqwest::header::AUTHORIZATION, self.authorization.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -94,5 +107,63 @@ impl Delivery {
             Err(e) if e.is_connect() => Err("cannot connect".into()),
             Err(_) => Err("the call failed".into()),
         }
+    }
+}
+
+/// Without MongoDB: delivers the node's queue from memory, best effort (lost if the process
+/// ends before the webhook takes them).
+pub struct MemoryDelivery {
+    pub webhook: Webhook,
+}
+
+impl MemoryDelivery {
+    /// Runs until every sender is gone (the process is ending).
+    pub async fn run(self, mut queue: mpsc::UnboundedReceiver<Event>) {
+        let mut waiting: VecDeque<Event> = VecDeque::new();
+        let mut backoff = Backoff::default();
+        loop {
+            if !gather(&mut queue, &mut waiting, &self.webhook.metrics, "in memory").await {
+                return;
+            }
+            let count = waiting.len().min(MAX_BATCH);
+            let batch = &waiting.make_contiguous()[..count];
+            if self.webhook.attempt(batch, "in memory").await {
+                waiting.drain(..count);
+                backoff.reset();
+            } else {
+                tokio::time::sleep(backoff.wait()).await;
+            }
+        }
+    }
+}
+
+/// Takes every queued event into `waiting`, first waiting for one if none waits, and drops
+/// the oldest past [`MAX_WAITING`]; false when the queue closed (the process is ending).
+pub async fn gather(
+    queue: &mut mpsc::UnboundedReceiver<Event>,
+    waiting: &mut VecDeque<Event>,
+    metrics: &Metrics,
+    what: &str,
+) -> bool {
+    if waiting.is_empty() {
+        match queue.recv().await {
+            Some(event) => waiting.push_back(event),
+            None => return false,
+        }
+    }
+    while let Ok(event) = queue.try_recv() {
+        waiting.push_back(event);
+    }
+    drop_over_limit(waiting, metrics, what);
+    true
+}
+
+/// Drops the oldest events past [`MAX_WAITING`], and counts them.
+fn drop_over_limit(waiting: &mut VecDeque<Event>, metrics: &Metrics, what: &str) {
+    if waiting.len() > MAX_WAITING {
+        let dropped = waiting.len() - MAX_WAITING;
+        waiting.drain(..dropped);
+        metrics.lifecycle_events_dropped.inc_by(dropped as u64);
+        log::warn!("lifecycle events ({what}): {dropped} dropped, over {MAX_WAITING} waiting");
     }
 }

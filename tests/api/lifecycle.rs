@@ -1,5 +1,7 @@
 //! Lifecycle events to the events webhook (docs/PROTOCOL.md, "Lifecycle events"): a real
-//! gateway posting to a real HTTP backend (`support::backend`), which can refuse for a while.
+//! gateway posting to a real HTTP backend (`support::backend`), which can refuse for a while,
+//! from memory or through MongoDB's `lifecycle_events`; and nodes that die with connections
+//! open, whose `node_lost` disconnects the survivors write and deliver.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -7,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::channels::ConfigFile;
+use crate::cluster::Cluster;
 use crate::support::*;
 
 const NAMESPACES: &str = r#"
@@ -15,10 +18,10 @@ name = "room"
 public = true
 "#;
 
-async fn app_for(backend: &TestBackend, file: &ConfigFile) -> TestApp {
+async fn app_for(store: Store, backend: &TestBackend, file: &ConfigFile) -> TestApp {
     let webhook = format!("{}/events", backend.url);
     spawn_app(
-        Store::Memory,
+        store,
         &[
             ("EVENTS_WEBHOOK_URL", &webhook),
             ("UPSTREAM_KEY", UPSTREAM_KEY),
@@ -46,10 +49,19 @@ async fn events(backend: &TestBackend, count: usize, patience: Duration) -> Vec<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_from_connect_to_disconnect_is_told_in_order() {
+async fn a_session_from_connect_to_disconnect_is_told_in_order_from_memory() {
+    a_session_from_connect_to_disconnect_is_told_in_order(Store::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_from_connect_to_disconnect_is_told_in_order_through_mongodb() {
+    a_session_from_connect_to_disconnect_is_told_in_order(Store::Mongo).await;
+}
+
+async fn a_session_from_connect_to_disconnect_is_told_in_order(store: Store) {
     let file = ConfigFile::new(NAMESPACES);
     let backend = TestBackend::start().await;
-    let app = app_for(&backend, &file).await;
+    let app = app_for(store, &backend, &file).await;
 
     // A connection that never authenticates has no events.
     let unproven = app.connect(&app.ticket("mallory").await).await;
@@ -112,13 +124,53 @@ async fn a_session_from_connect_to_disconnect_is_told_in_order() {
         && call.authorization.as_deref() == Some(&format!("Bearer {UPSTREAM_KEY}"))));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(backend.events().len(), 5, "nothing more, nothing twice");
+
+    if let Some(db) = &app.db {
+        // Written before delivered, in the node's series, and the progress noted.
+        let stored = stored_events(db, &app.node).await;
+        let stored_ids: Vec<&str> = stored.iter().map(|d| d.get_str("_id").unwrap()).collect();
+        let sent_ids: Vec<&str> = got.iter().map(|e| e["id"].as_str().unwrap()).collect();
+        assert_eq!(stored_ids, sent_ids);
+        let seqs: Vec<i64> = stored.iter().map(|d| d.get_i64("seq").unwrap()).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5]);
+        let stream = db
+            .collection::<mongodb::bson::Document>("lifecycle_streams")
+            .find_one(mongodb::bson::doc! { "_id": &app.node })
+            .await
+            .unwrap()
+            .expect("the node's stream");
+        assert_eq!(stream.get_str("holder").unwrap(), app.node);
+        assert_eq!(stream.get_i64("delivered").unwrap(), 5, "{stream}");
+    }
+}
+
+/// `node`'s documents in `lifecycle_events`, in its series' order.
+async fn stored_events(db: &mongodb::Database, node: &str) -> Vec<mongodb::bson::Document> {
+    use futures_util::TryStreamExt;
+    db.collection::<mongodb::bson::Document>("lifecycle_events")
+        .find(mongodb::bson::doc! { "node": node })
+        .sort(mongodb::bson::doc! { "seq": 1 })
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_webhook_down_for_ten_seconds_then_back_gets_every_event_in_order() {
+async fn a_webhook_down_for_ten_seconds_then_back_gets_every_event_from_memory() {
+    a_webhook_down_for_ten_seconds_then_back_gets_every_event_in_order(Store::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_down_for_ten_seconds_then_back_gets_every_event_through_mongodb() {
+    a_webhook_down_for_ten_seconds_then_back_gets_every_event_in_order(Store::Mongo).await;
+}
+
+async fn a_webhook_down_for_ten_seconds_then_back_gets_every_event_in_order(store: Store) {
     let file = ConfigFile::new(NAMESPACES);
     let backend = TestBackend::start().await;
-    let app = app_for(&backend, &file).await;
+    let app = app_for(store, &backend, &file).await;
     backend.refuse_events(true);
     let down = Instant::now();
     for i in 0..20 {
@@ -165,4 +217,214 @@ async fn a_webhook_down_for_ten_seconds_then_back_gets_every_event_in_order() {
             .await,
         60.0
     );
+}
+
+/// Apps that read MongoDB instead of taking a webhook: RECORD_LIFECYCLE_EVENTS writes the
+/// events, and the change stream of `lifecycle_events` carries them in the documented shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_events_reach_the_change_stream_without_a_webhook() {
+    use futures_util::StreamExt;
+    let file = ConfigFile::new(NAMESPACES);
+    let app = spawn_app(
+        Store::Mongo,
+        &[
+            ("RECORD_LIFECYCLE_EVENTS", "true"),
+            ("CONFIG_FILE", file.path()),
+        ],
+    )
+    .await;
+    let db = app.db.clone().unwrap();
+    let mut changes = db
+        .collection::<mongodb::bson::Document>("lifecycle_events")
+        .watch()
+        .await
+        .unwrap();
+
+    let mut client = app.connect(&app.ticket("alice").await).await;
+    client
+        .send_json(&json!({"type": "jwt", "token": jwt_with_jti("alice", "jti-7")}))
+        .await;
+    assert_eq!(client.next_json().await["type"], "authenticated");
+    client
+        .send_json(&json!({"type": "subscribe", "channel": "room:9"}))
+        .await;
+    client.next_json().await;
+    client.close(1000).await;
+
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let change = tokio::time::timeout(PATIENCE, changes.next())
+            .await
+            .expect("a change within PATIENCE")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            change.operation_type,
+            mongodb::change_stream::event::OperationType::Insert
+        );
+        seen.push(change.full_document.unwrap());
+    }
+    let connection_id = seen[0].get_str("connection_id").unwrap().to_owned();
+    for (i, (document, kind)) in seen
+        .iter()
+        .zip(["connect", "subscribe", "disconnect"])
+        .enumerate()
+    {
+        assert_eq!(document.get_str("type").unwrap(), kind, "{document}");
+        assert_eq!(document.get_str("node").unwrap(), app.node);
+        let seq = document.get_i64("seq").unwrap();
+        assert_eq!(seq, i as i64 + 1);
+        assert_eq!(
+            document.get_str("_id").unwrap(),
+            format!("{}-{seq}", app.node)
+        );
+        assert_eq!(document.get_str("user_id").unwrap(), "alice");
+        assert_eq!(document.get_str("connection_id").unwrap(), connection_id);
+        let time = document.get_i64("time").unwrap();
+        assert_eq!(
+            document.get_datetime("at").unwrap().timestamp_millis(),
+            time
+        );
+    }
+    assert_eq!(seen[0].get_str("jti").unwrap(), "jti-7");
+    assert_eq!(seen[0].get_str("client_ip").unwrap(), "127.0.0.1");
+    assert_eq!(seen[1].get_str("channel").unwrap(), "room:9");
+    assert_eq!(seen[2].get_i32("code").unwrap(), 1000);
+    assert!(seen[2].get_i64("duration_ms").is_ok(), "{}", seen[2]);
+    assert_eq!(
+        app.metric("ticketgate_lifecycle_events_recorded_total", &[])
+            .await,
+        3.0
+    );
+}
+
+/// Two nodes posting to `backend`, on a fresh database, with a 1 s heartbeat.
+fn cluster_for(backend: &TestBackend) -> Cluster {
+    let webhook = format!("{}/events", backend.url);
+    let vars = [
+        ("EVENTS_WEBHOOK_URL", webhook.as_str()),
+        ("UPSTREAM_KEY", UPSTREAM_KEY),
+    ];
+    tokio::task::block_in_place(|| Cluster::start_with(&mongo_uri(), 2, &vars))
+}
+
+/// The distinct events (by id) the backend took that match `keep`.
+fn distinct(backend: &TestBackend, keep: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut ids = HashSet::new();
+    backend
+        .events()
+        .into_iter()
+        .filter(|e| keep(e) && ids.insert(e["id"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+fn is_node_lost(event: &Value) -> bool {
+    event["type"] == "disconnect" && event["reason"] == "node_lost"
+}
+
+/// The contract's fault test: a node SIGKILLed with 100 connections; the survivor writes and
+/// delivers one `node_lost` disconnect for each, and none for connections that had closed or
+/// that live elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_s_connections_are_closed_as_node_lost_by_the_survivor() {
+    let backend = TestBackend::start().await;
+    let cluster = cluster_for(&backend);
+    let doomed = cluster.node_id(1).await;
+    let mut clients = Vec::new();
+    for i in 0..100 {
+        clients.push(cluster.client(1, &format!("user{i}")).await);
+    }
+    let mut leaver = cluster.client(1, "leaver").await;
+    leaver.close(1000).await;
+    let _stayer = cluster.client(2, "stayer").await;
+    wait_until("node 1's 101 connects and one disconnect delivered", || {
+        distinct(&backend, |e| e["node"] == doomed.as_str()).len() >= 102
+    })
+    .await;
+
+    cluster.node(1).signal("KILL");
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(30);
+    while distinct(&backend, is_node_lost).len() < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "{} node_lost events within 30 s",
+            distinct(&backend, is_node_lost).len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let noticed = killed.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut connected: HashMap<String, String> = HashMap::new();
+    for event in distinct(&backend, |e| e["type"] == "connect") {
+        connected.insert(
+            event["connection_id"].as_str().unwrap().to_owned(),
+            event["user_id"].as_str().unwrap().to_owned(),
+        );
+    }
+    let lost = distinct(&backend, is_node_lost);
+    assert_eq!(
+        lost.len(),
+        100,
+        "one node_lost per open connection, none more"
+    );
+    let mut lost_users = HashSet::new();
+    for event in &lost {
+        assert_eq!(event["node"], doomed.as_str(), "{event}");
+        assert_eq!(event["code"], Value::Null, "{event}");
+        let connection = event["connection_id"].as_str().unwrap();
+        assert_eq!(
+            connected.get(connection).map(String::as_str),
+            event["user_id"].as_str(),
+            "a node_lost matches a connect: {event}"
+        );
+        lost_users.insert(event["user_id"].as_str().unwrap().to_owned());
+    }
+    let expected: HashSet<String> = (0..100).map(|i| format!("user{i}")).collect();
+    assert_eq!(lost_users, expected, "not the leaver, not the stayer");
+    assert_eq!(
+        cluster
+            .metric(2, "ticketgate_lifecycle_streams_adopted_total", &[])
+            .await,
+        1.0
+    );
+    assert_eq!(
+        cluster
+            .metric(2, "ticketgate_lifecycle_node_lost_disconnects_total", &[])
+            .await,
+        100.0
+    );
+    eprintln!("100 node_lost disconnects delivered {noticed:?} after the SIGKILL");
+    drop(clients);
+}
+
+/// A node cut off for longer than the others wait (here: stopped) finds on its return that
+/// its connections were reported lost, and ends rather than carry on with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_declared_lost_stops_when_it_comes_back() {
+    let backend = TestBackend::start().await;
+    let mut cluster = cluster_for(&backend);
+    let _client = cluster.client(1, "alice").await;
+    wait_until("alice's connect delivered", || {
+        !distinct(&backend, |e| e["type"] == "connect").is_empty()
+    })
+    .await;
+
+    cluster.node(1).signal("STOP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while distinct(&backend, is_node_lost).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no node_lost within 30 s of the stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(distinct(&backend, is_node_lost)[0]["user_id"], "alice");
+    cluster.node(1).signal("CONT");
+    let status =
+        tokio::task::block_in_place(|| cluster.nodes[0].wait_exit(Duration::from_secs(20)));
+    assert!(!status.success(), "{status:?}");
+    let log = cluster.node(1).log();
+    assert!(log.contains("was declared lost"), "{log}");
 }

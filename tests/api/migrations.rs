@@ -42,6 +42,7 @@ async fn ttl_secs(db: &mongodb::Database) -> u64 {
 fn ctx(ttl_secs: u64) -> MigrationContext {
     MigrationContext {
         ticket_ttl: Duration::from_secs(ttl_secs),
+        lifecycle_events_ttl: Duration::from_secs(86_400),
     }
 }
 
@@ -95,6 +96,19 @@ async fn migrations_create_indexes_record_themselves_and_are_idempotent() {
         revocations_ttl.options.unwrap().expire_after,
         Some(Duration::ZERO)
     );
+
+    let events_ttl = index(&db, "lifecycle_events", "at_ttl")
+        .await
+        .expect("the lifecycle events TTL index exists");
+    assert_eq!(
+        events_ttl.options.unwrap().expire_after,
+        Some(Duration::from_secs(86_400)),
+        "follows LIFECYCLE_EVENTS_TTL_SECS"
+    );
+    let series = index(&db, "lifecycle_events", "node_seq")
+        .await
+        .expect("the per-node series index exists");
+    assert_eq!(series.options.unwrap().unique, Some(true));
 
     let again = migrations::apply(&db, &ctx(900)).await.unwrap();
     assert!(
