@@ -7,7 +7,8 @@
 #   SCENARIOS="cluster" scripts/bench.sh        # only some: connect fanout idle cluster idle-cluster
 #                                               # compression channels channels-idle
 #                                               # channels-memory channels-cluster channels-bus
-#                                               # presence history jitter restart-storm rpc floor
+#                                               # presence history jitter restart-storm rpc
+#                                               # lifecycle floor
 #   PERF_DIR=/tmp/profiles scripts/bench.sh     # also record a CPU profile of the gateways per
 #                                               # run (perf record -e cpu-clock -g; perf report -i …)
 set -euo pipefail
@@ -286,6 +287,28 @@ if wants rpc; then
   echo "## rpc: ${RPC_CONNECTIONS:-50} connections, one call in flight each"
   load 1 rpc --backend-url "http://127.0.0.1:$backend_port" --connections "${RPC_CONNECTIONS:-50}" \
     --duration-secs "${RPC_SECS:-10}"
+  kill "$backend_pid" 2>/dev/null || true
+  wait "$backend_pid" 2>/dev/null || true
+fi
+if wants lifecycle; then
+  # The connect scenario without and with lifecycle events (recorded in MongoDB, posted to a
+  # minimal webhook): a connect and a disconnect event per client. Alternated, since this
+  # machine's connect rate drifts by more than the difference looked for.
+  backend_port=$(free_port)
+  target/release/ticketgate-load --secret "$SECRET" backend --port "$backend_port" 2>/dev/null &
+  backend_pid=$!
+  for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$backend_port") 2>/dev/null && break; sleep 0.1; done
+  for round in $(seq "${LIFECYCLE_ROUNDS:-3}"); do
+    start_gateways mongo 1
+    echo "## lifecycle round $round: connect, events off"
+    load 1 connect --connections "${N_LIFECYCLE:-10000}" --concurrency 200
+    GATEWAY_ENV="EVENTS_WEBHOOK_URL=http://127.0.0.1:$backend_port/events UPSTREAM_KEY=bench-upstream-key-0123456789" \
+      start_gateways mongo 1
+    echo "## lifecycle round $round: connect, events on"
+    load 1 connect --connections "${N_LIFECYCLE:-10000}" --concurrency 200
+    sleep 2
+    curl -fsS "${gateway_urls[0]}/metrics" | grep -E '^ticketgate_lifecycle_events_(recorded|delivered)_total'
+  done
   kill "$backend_pid" 2>/dev/null || true
   wait "$backend_pid" 2>/dev/null || true
 fi

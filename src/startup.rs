@@ -19,7 +19,7 @@ use crate::lifecycle::adoption::Adoption;
 use crate::lifecycle::log::EventLog;
 use crate::lifecycle::recorder::{OwnDelivery, Recorder};
 use crate::lifecycle::webhook::{MemoryDelivery, Webhook};
-use crate::lifecycle::{Fence, Lifecycle};
+use crate::lifecycle::{Fence, Finished, Lifecycle};
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
 use crate::migrations::{MigrationContext, MigrationError};
@@ -177,21 +177,30 @@ impl Application {
             }
         };
         let heartbeat = self.bus.heartbeat(self.node_heartbeat);
-        let (server, shutdown, grace, bus) = (
+        let (server, shutdown, grace, bus, lifecycle) = (
             self.server.handle(),
             self.state.shutdown.clone(),
             self.shutdown_grace,
             Arc::clone(&self.bus),
+            Arc::clone(&self.state.session.lifecycle),
         );
         let drain_on_signal = async move {
             let name = crate::shutdown::signal().await;
             log::info!("{name}: draining (grace {grace:?})");
-            let (drained, ()) = tokio::join!(shutdown.drain(grace), bus.leave());
+            let drained = shutdown.drain(grace).await;
             log::info!(
                 "drained: {} connections closed, {} left open",
                 drained.closed,
                 drained.left_open
             );
+            // Only then leave: the survivors finish a departed node's events, and would
+            // report its connections node_lost while their disconnects were on the way.
+            if !lifecycle.settle(grace).await {
+                log::warn!(
+                    "lifecycle events still waiting after {grace:?}: the other nodes finish them"
+                );
+            }
+            bus.leave().await;
             server.stop(true).await;
         };
         let fenced = self.fence.tripped();
@@ -280,6 +289,7 @@ fn lifecycle(
         metrics: Arc::clone(metrics),
     });
     let (queue, events) = tokio::sync::mpsc::unbounded_channel();
+    let finished = Finished::default();
     match (mongo, webhook) {
         (Some(mongo), webhook) if webhook.is_some() || settings.upstream.record_events => {
             let log = Arc::new(EventLog::new(&mongo.db, mongo.bounds.clone()));
@@ -290,6 +300,7 @@ fn lifecycle(
                     webhook,
                     node: id.clone(),
                     fence: fence.clone(),
+                    finished: finished.clone(),
                 };
                 tokio::spawn(own.run(to_deliver));
                 written
@@ -308,6 +319,7 @@ fn lifecycle(
                 node: id.clone(),
                 metrics: Arc::clone(metrics),
                 delivery,
+                finished: finished.clone(),
             };
             tokio::spawn(recorder.run(events));
             let adoption = Adoption {
@@ -318,17 +330,24 @@ fn lifecycle(
                 metrics: Arc::clone(metrics),
             };
             (
-                Lifecycle::to_queue(id, queue, Arc::clone(metrics)),
+                Lifecycle::to_queue(id, queue, finished, Arc::clone(metrics)),
                 Some(Arc::new(adoption)),
             )
         }
         (None, Some(webhook)) => {
-            tokio::spawn(MemoryDelivery { webhook }.run(events));
+            let delivery = MemoryDelivery {
+                webhook,
+                finished: finished.clone(),
+            };
+            tokio::spawn(delivery.run(events));
             log::info!(
                 "lifecycle events: posted to EVENTS_WEBHOOK_URL from memory (without MongoDB, \
                  best effort)"
             );
-            (Lifecycle::to_queue(id, queue, Arc::clone(metrics)), None)
+            (
+                Lifecycle::to_queue(id, queue, finished, Arc::clone(metrics)),
+                None,
+            )
         }
         (None, None) if settings.upstream.record_events => {
             log::warn!("RECORD_LIFECYCLE_EVENTS needs MONGODB_URI: no lifecycle events");

@@ -70,12 +70,44 @@ pub struct Subject<'a> {
     pub connection_id: String,
 }
 
-/// The node's event queue; a no-op without `EVENTS_WEBHOOK_URL`.
+/// The node's event queue; a no-op without `EVENTS_WEBHOOK_URL` or RECORD_LIFECYCLE_EVENTS.
 pub struct Lifecycle {
     node: String,
     next: AtomicU64,
     queue: Option<mpsc::UnboundedSender<Event>>,
+    finished: Finished,
     metrics: Arc<Metrics>,
+}
+
+/// How far the node's events got through their last stage (taken by the webhook, or
+/// written to MongoDB without one): the `seq` of the last event there. A draining node waits
+/// on it, so that it leaves nothing for the survivors to finish.
+#[derive(Clone)]
+pub struct Finished(Arc<watch::Sender<u64>>);
+
+impl Default for Finished {
+    fn default() -> Self {
+        Finished(Arc::new(watch::channel(0).0))
+    }
+}
+
+impl Finished {
+    /// Every event up to `seq` went through.
+    pub fn reach(&self, seq: u64) {
+        self.0.send_if_modified(|finished| {
+            let further = seq > *finished;
+            if further {
+                *finished = seq;
+            }
+            further
+        });
+    }
+
+    async fn until(&self, seq: u64) {
+        let mut seen = self.0.subscribe();
+        // The sender lives in `self`, so the wait ends only by the value.
+        let _ = seen.wait_for(|finished| *finished >= seq).await;
+    }
 }
 
 impl Lifecycle {
@@ -85,21 +117,36 @@ impl Lifecycle {
             node,
             next: AtomicU64::new(1),
             queue: None,
+            finished: Finished::default(),
             metrics,
         }
     }
 
     /// Events go to `queue`, which a [`recorder::Recorder`] or a [`webhook::MemoryDelivery`]
-    /// drains.
+    /// drains, reporting to `finished`.
     pub fn to_queue(
         node: String,
         queue: mpsc::UnboundedSender<Event>,
+        finished: Finished,
         metrics: Arc<Metrics>,
     ) -> Self {
         Lifecycle {
             queue: Some(queue),
+            finished,
             ..Lifecycle::off(node, metrics)
         }
+    }
+
+    /// Waits up to `within` for every event emitted so far to go through (a draining node,
+    /// after its connections closed); false when some had not.
+    pub async fn settle(&self, within: std::time::Duration) -> bool {
+        if self.queue.is_none() {
+            return true;
+        }
+        let last = self.next.load(Ordering::Relaxed) - 1;
+        tokio::time::timeout(within, self.finished.until(last))
+            .await
+            .is_ok()
     }
 
     /// Queues an event about `subject`; never waits.

@@ -11,21 +11,23 @@ use tokio::sync::mpsc;
 
 use super::log::{EventLog, Hold};
 use super::webhook::{Backoff, MAX_BATCH, MAX_WAITING, Webhook, gather};
-use super::{Event, Fence};
+use super::{Event, Fence, Finished};
 use crate::metrics::Metrics;
 
 /// The most events written in one `insert_many`.
 const MAX_RECORD_BATCH: usize = 1_000;
-/// How often, at most, a busy node notes its delivery progress (a survivor may post again
-/// what was delivered since: at least once).
+/// How often, at most, a node notes its delivery progress (a survivor may post again what
+/// was delivered since: at least once).
 const MARK_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Recorder {
     pub log: Arc<EventLog>,
     pub node: String,
     pub metrics: Arc<Metrics>,
-    /// Where written events go next; `None` without a webhook (apps read MongoDB).
+    /// Where written events go next; `None` without a webhook (apps read MongoDB), and then
+    /// being written is what finishes them.
     pub delivery: Option<mpsc::UnboundedSender<Vec<Event>>>,
+    pub finished: Finished,
 }
 
 impl Recorder {
@@ -59,9 +61,10 @@ impl Recorder {
                     backoff.reset();
                     self.metrics.lifecycle_events_recorded.inc_by(count as u64);
                     let batch: Vec<Event> = waiting.drain(..count).collect();
-                    if let Some(delivery) = &self.delivery {
+                    match &self.delivery {
                         // The delivery lives as long as the recorder.
-                        let _ = delivery.send(batch);
+                        Some(delivery) => drop(delivery.send(batch)),
+                        None => self.finished.reach(batch.last().map_or(0, |e| e.seq)),
                     }
                 }
                 Err(e) => {
@@ -83,6 +86,14 @@ pub struct OwnDelivery {
     pub webhook: Webhook,
     pub node: String,
     pub fence: Fence,
+    pub finished: Finished,
+}
+
+/// How far the webhook got, and what `lifecycle_streams` says of it.
+struct Progress {
+    delivered: u64,
+    noted: u64,
+    noted_at: Instant,
 }
 
 impl OwnDelivery {
@@ -90,15 +101,31 @@ impl OwnDelivery {
     pub async fn run(self, mut written: mpsc::UnboundedReceiver<Vec<Event>>) {
         let mut waiting: VecDeque<Event> = VecDeque::new();
         let mut backoff = Backoff::default();
-        let mut delivered: u64 = 0;
+        let mut progress = Progress {
+            delivered: 0,
+            noted: 0,
+            noted_at: Instant::now(),
+        };
         // Events dropped from memory up to this seq are read back from MongoDB.
         let mut dropped_through: u64 = 0;
-        let mut marked_at = Instant::now();
         loop {
-            if waiting.is_empty() && delivered >= dropped_through {
-                match written.recv().await {
-                    Some(batch) => waiting.extend(batch),
-                    None => return,
+            if waiting.is_empty() && progress.delivered >= dropped_through {
+                // Idle: note the progress once the note is due, then wait for more.
+                let due = MARK_EVERY.saturating_sub(progress.noted_at.elapsed());
+                let more = if progress.noted < progress.delivered {
+                    tokio::time::timeout(due, written.recv()).await
+                } else {
+                    Ok(written.recv().await)
+                };
+                match more {
+                    Ok(Some(batch)) => waiting.extend(batch),
+                    Ok(None) => return,
+                    Err(_) => {
+                        if self.note(&mut progress).await == Hold::Lost {
+                            return;
+                        }
+                        continue;
+                    }
                 }
             }
             while let Ok(batch) = written.try_recv() {
@@ -108,12 +135,16 @@ impl OwnDelivery {
                 let over = waiting.len() - MAX_WAITING;
                 dropped_through = waiting.drain(..over).next_back().map_or(0, |e| e.seq);
             }
-            let batch: Vec<Event> = if delivered < dropped_through {
-                match self.log.after(&self.node, delivered, MAX_BATCH).await {
+            let batch: Vec<Event> = if progress.delivered < dropped_through {
+                match self
+                    .log
+                    .after(&self.node, progress.delivered, MAX_BATCH)
+                    .await
+                {
                     Ok(mut events) => {
                         events.retain(|e| e.seq <= dropped_through);
                         if events.is_empty() {
-                            delivered = dropped_through;
+                            progress.delivered = dropped_through;
                             continue;
                         }
                         events
@@ -132,24 +163,40 @@ impl OwnDelivery {
                 continue;
             }
             backoff.reset();
-            delivered = batch.last().map_or(delivered, |e| e.seq);
-            while waiting.front().is_some_and(|e| e.seq <= delivered) {
+            progress.delivered = batch.last().map_or(progress.delivered, |e| e.seq);
+            self.finished.reach(progress.delivered);
+            while waiting.front().is_some_and(|e| e.seq <= progress.delivered) {
                 waiting.pop_front();
             }
-            if waiting.is_empty() || marked_at.elapsed() >= MARK_EVERY {
-                match self
-                    .log
-                    .mark_delivered(&self.node, &self.node, delivered)
-                    .await
-                {
-                    Ok(Hold::Held) => marked_at = Instant::now(),
-                    Ok(Hold::Lost) => {
-                        super::adoption::declared_lost(&self.node, &self.fence);
-                        return;
-                    }
-                    // Noted with the next batch; meanwhile a survivor would post more again.
-                    Err(e) => log::debug!("noting lifecycle delivery: {e}"),
-                }
+            if progress.noted_at.elapsed() >= MARK_EVERY
+                && self.note(&mut progress).await == Hold::Lost
+            {
+                return;
+            }
+        }
+    }
+
+    /// Notes the progress in `lifecycle_streams`; `Lost` (and the fence tripped) when
+    /// another node holds this node's stream.
+    async fn note(&self, progress: &mut Progress) -> Hold {
+        progress.noted_at = Instant::now();
+        match self
+            .log
+            .mark_delivered(&self.node, &self.node, progress.delivered)
+            .await
+        {
+            Ok(Hold::Held) => {
+                progress.noted = progress.delivered;
+                Hold::Held
+            }
+            Ok(Hold::Lost) => {
+                super::adoption::declared_lost(&self.node, &self.fence);
+                Hold::Lost
+            }
+            // Noted at the next turn; meanwhile a survivor would post more again.
+            Err(e) => {
+                log::debug!("noting lifecycle delivery: {e}");
+                Hold::Held
             }
         }
     }

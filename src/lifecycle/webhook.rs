@@ -114,6 +114,7 @@ impl Webhook {
 /// ends before the webhook takes them).
 pub struct MemoryDelivery {
     pub webhook: Webhook,
+    pub finished: super::Finished,
 }
 
 impl MemoryDelivery {
@@ -128,6 +129,9 @@ impl MemoryDelivery {
             let count = waiting.len().min(MAX_BATCH);
             let batch = &waiting.make_contiguous()[..count];
             if self.webhook.attempt(batch, "in memory").await {
+                if let Some(last) = batch.last() {
+                    self.finished.reach(last.seq);
+                }
                 waiting.drain(..count);
                 backoff.reset();
             } else {
