@@ -249,8 +249,9 @@ impl Bus {
             return std::future::pending().await;
         };
         let mut ticks = tokio::time::interval(every);
-        // Since when every beat succeeded: after MongoDB was away every node's last beat is
-        // old, and no node may be declared dead before it had the same time to beat again.
+        // Since when every beat succeeded promptly: after MongoDB was away every node's last
+        // beat is old (a beat that waited out the outage carries the time it was sent), and
+        // no node may be declared dead before it had the same time to beat again.
         let mut beating_since: Option<std::time::Instant> = None;
         loop {
             ticks.tick().await;
@@ -263,10 +264,14 @@ impl Bus {
                     subscribers: subscribers as u64,
                 })
                 .collect();
+            let sent = std::time::Instant::now();
             if let Err(e) = registry.beat(&self.node, self.hub.counts(), channels).await {
                 log::debug!("node heartbeat: {e}");
                 beating_since = None;
                 continue;
+            }
+            if sent.elapsed() > every {
+                beating_since = None;
             }
             let since = *beating_since.get_or_insert_with(std::time::Instant::now);
             let Some(reaper) = &self.reaper else { continue };

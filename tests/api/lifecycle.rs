@@ -484,3 +484,54 @@ async fn a_draining_node_delivers_its_own_disconnects_before_it_leaves() {
     );
     drop(clients);
 }
+
+/// MongoDB away for several heartbeats stops every node's beats at once: when it is back, no
+/// node may declare another dead before that one had time to beat again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mongod_restart_declares_no_node_lost() {
+    let mut mongod = tokio::task::block_in_place(TestMongod::start);
+    let backend = TestBackend::start().await;
+    let webhook = format!("{}/events", backend.url);
+    let vars = [
+        ("EVENTS_WEBHOOK_URL", webhook.as_str()),
+        ("UPSTREAM_KEY", UPSTREAM_KEY),
+    ];
+    let cluster = tokio::task::block_in_place(|| Cluster::start_with(&mongod.uri, 2, &vars));
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        clients.push(cluster.client(1 + i % 2, &format!("user{i}")).await);
+    }
+    wait_until("6 connects delivered", || {
+        distinct(&backend, |e| e["type"] == "connect").len() >= 6
+    })
+    .await;
+
+    tokio::task::block_in_place(|| mongod.stop());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::task::block_in_place(|| mongod.restart());
+    // Long enough for every node to sweep a few times.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    assert!(
+        distinct(&backend, is_node_lost).is_empty(),
+        "{:?}",
+        distinct(&backend, is_node_lost)
+    );
+    for node in 1..=2 {
+        let log = cluster.node(node).log();
+        assert!(!log.contains("was declared lost"), "node {node}: {log}");
+        assert_eq!(
+            cluster
+                .metric(node, "ticketgate_lifecycle_streams_adopted_total", &[])
+                .await,
+            0.0
+        );
+    }
+    // Both nodes still serve, and still tell.
+    let _late = cluster.client(2, "late").await;
+    wait_until("the late connect delivered", || {
+        distinct(&backend, |e| e["user_id"] == "late").len() == 1
+    })
+    .await;
+    drop(clients);
+}
