@@ -9,6 +9,7 @@ COPY load ./load
 COPY tests ./tests
 COPY migrations ./migrations
 COPY client/index.html client/ticketgate.js ./client/
+COPY client/console ./client/console
 COPY docs/openapi.json ./docs/
 RUN cargo build --release --locked --bin ticketgate
 

@@ -42,6 +42,17 @@ impl TrustedProxies {
         )
     }
 
+    /// Whether the request reached the proxy in front of the gateway over TLS: a trusted
+    /// proxy said so in `X-Forwarded-Proto` (anyone else could write it).
+    pub fn forwarded_https(&self, req: &HttpRequest) -> bool {
+        req.peer_addr().is_some_and(|peer| self.trusts(peer.ip()))
+            && req
+                .headers()
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
+    }
+
     fn resolve<'a>(
         &self,
         peer: IpAddr,

@@ -63,6 +63,13 @@ pub enum ApiError {
     PublicationTooLarge { max: usize },
     #[error("method not allowed on this endpoint; it allows {allow}")]
     MethodNotAllowed { allow: &'static str },
+    #[error("the console password is not right")]
+    WrongPassword,
+    #[error(
+        "sign in to the console first (POST /console/session); console calls send its cookie \
+         and the X-Ticketgate-Console header"
+    )]
+    ConsoleSessionRequired,
 }
 
 #[derive(Serialize)]
@@ -98,6 +105,8 @@ impl ApiError {
             ApiError::HistoryDisabled => "history_disabled",
             ApiError::PublicationTooLarge { .. } => "publication_too_large",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::WrongPassword => "wrong_password",
+            ApiError::ConsoleSessionRequired => "console_session_required",
         }
     }
 }
@@ -115,7 +124,10 @@ impl ResponseError for ApiError {
             ApiError::RateLimited(_) | ApiError::TooManyConnections => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            ApiError::MissingApiKey | ApiError::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            ApiError::MissingApiKey
+            | ApiError::InvalidApiKey
+            | ApiError::WrongPassword
+            | ApiError::ConsoleSessionRequired => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_)
             | ApiError::DuplicateHeader(_)
             | ApiError::InvalidChannel

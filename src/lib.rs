@@ -9,6 +9,7 @@ pub mod channels;
 pub mod client_ip;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod demo_broadcaster;
 pub mod error;

@@ -96,18 +96,18 @@ impl Application {
             metrics,
         );
         let app_state = state.clone();
-        let api_body_limit = settings
-            .api
-            .key
-            .is_some()
-            .then_some(settings.api.max_body_bytes);
+        let console = settings.api.console.is_some();
+        let api_body_limit =
+            (settings.api.key.is_some() || console).then_some(settings.api.max_body_bytes);
         let app = move || {
             App::new()
                 .wrap(actix_web::middleware::from_fn(
                     routes::refuse_ambiguous_headers,
                 ))
                 .app_data(app_state.clone())
-                .configure(|cfg| routes::configure(cfg, &app_state.origins, api_body_limit))
+                .configure(|cfg| {
+                    routes::configure(cfg, &app_state.origins, api_body_limit, console)
+                })
         };
         let timing = HttpTiming {
             request_timeout: settings.server.http_request_timeout,
@@ -174,6 +174,9 @@ impl Application {
             loop {
                 every_minute.tick().await;
                 state.rate_limits.forget_idle();
+                if let Some(console) = &state.console {
+                    console.forget_idle();
+                }
             }
         };
         let heartbeat = self.bus.heartbeat(self.node_heartbeat);
@@ -375,6 +378,11 @@ fn app_state(
         ),
         trusted_proxies: settings.server.trusted_proxies.clone(),
         api_key: settings.api.key.clone(),
+        console: settings
+            .api
+            .console
+            .as_ref()
+            .map(|console| Arc::new(crate::console::Console::new(console))),
         shutdown: Shutdown::new(Arc::clone(hub)),
         session: Arc::new(SessionContext {
             jwt: Arc::new(JwtVerifier::new(&settings.jwt)),

@@ -126,9 +126,20 @@ pub struct LimitSettings {
 
 #[derive(Debug)]
 pub struct ApiSettings {
-    /// Authenticates the server API; `None` turns the API off.
+    /// Authenticates the server API; `None` turns the API off (unless the console is on).
     pub key: Option<SecretString>,
     pub max_body_bytes: usize,
+    /// `None`: CONSOLE_PASSWORD is unset, no console.
+    pub console: Option<ConsoleSettings>,
+}
+
+/// The operations console (`/console`).
+#[derive(Debug)]
+pub struct ConsoleSettings {
+    pub password: SecretString,
+    /// How long a sign-in lasts.
+    pub session: Duration,
+    pub signin_rate_per_min: NonZeroU32,
 }
 
 /// How this node names itself to the others (`GET /api/nodes`).
@@ -275,6 +286,17 @@ impl Settings {
                     key => key.map(|k| SecretString::from(k.to_owned())),
                 },
                 max_body_bytes: env.number("API_MAX_BODY_BYTES")? as usize,
+                console: match env.get("CONSOLE_PASSWORD") {
+                    None => None,
+                    Some(password) if password.len() < 16 => {
+                        return Err(env.invalid("CONSOLE_PASSWORD", "use at least 16 characters"));
+                    }
+                    Some(password) => Some(ConsoleSettings {
+                        password: SecretString::from(password.to_owned()),
+                        session: env.secs("CONSOLE_SESSION_SECS")?,
+                        signin_rate_per_min: env.rate("CONSOLE_SIGNIN_RATE_PER_MIN")?,
+                    }),
+                },
             },
             upstream: UpstreamSettings {
                 backend: env.endpoint("UPSTREAM_URL")?,

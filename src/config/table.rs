@@ -66,7 +66,7 @@ impl Group {
                 "Channels (namespaces are declared in the configuration file's `[channels]` table)"
             }
             Group::Limits => "Limits",
-            Group::Api => "The server API",
+            Group::Api => "The server API and the operations console",
             Group::Upstream => "The app's backend (RPC, the publish proxy, lifecycle events)",
             Group::Cluster => "Several nodes",
             Group::Logging => "Logging",
@@ -221,6 +221,15 @@ pub static SETTINGS: &[Setting] = &[
     setting("API_MAX_BODY_BYTES", Api, Count { min: 64, max: 8 << 20 },
         "largest server-API request body (a broadcast crosses nodes as one MongoDB document, limited to 16 MiB); larger: 413 `body_too_large`")
         .default("262144"),
+    setting("CONSOLE_PASSWORD", Api, Text,
+        "enables the operations console at `/console` (and the server API for its sessions); at least 16 characters. Unset: `/console` answers 404")
+        .secret(),
+    setting("CONSOLE_SESSION_SECS", Api, Secs { min: 1, max: 7 * DAY },
+        "how long a console sign-in lasts")
+        .default("28800"),
+    setting("CONSOLE_SIGNIN_RATE_PER_MIN", Api, Count { min: 1, max: 10_000 },
+        "console sign-in attempts per client IP per minute; more: 429 `rate_limited`")
+        .default("10"),
     setting("UPSTREAM_URL", Upstream, Text,
         "the app's backend, an `http` or `https` URL: client RPCs go to `POST {UPSTREAM_URL}/rpc` and proxied client publications to `/publish`. Unset: RPC and the publish proxy are off (`upstream_disabled`)"),
     setting("EVENTS_WEBHOOK_URL", Upstream, Text,

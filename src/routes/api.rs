@@ -3,8 +3,6 @@
 //! counts and the live nodes. Authenticated with `Authorization: Bearer <API_KEY>`;
 //! without API_KEY configured these routes do not exist (404).
 
-use std::future::{Ready, ready};
-
 use actix_web::error::JsonPayloadError;
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
@@ -18,6 +16,7 @@ use subtle::ConstantTimeEq;
 use super::{AppState, post_only, readable};
 use crate::bus::{BusMode, ClusterCounts, Command, NodeView, Reach};
 use crate::clock::MAX_UNIX_SECS;
+use crate::console::{CALL_HEADER, COOKIE, ConsoleSession};
 use crate::db::Unavailable;
 use crate::error::ApiError;
 
@@ -42,26 +41,64 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     cfg.service(super::channel_api::configure(scope));
 }
 
-/// A request that presented the API key. Extracting it is the check.
-pub struct ApiCaller;
+/// Who called the server API: the backend with the API key, or an operator from the console
+/// (its session cookie plus the console's header). Extracting it is the check.
+#[derive(Debug, Clone)]
+pub enum ApiCaller {
+    Backend,
+    Console(ConsoleSession),
+}
 
-impl FromRequest for ApiCaller {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(check_api_key(req))
+impl std::fmt::Display for ApiCaller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiCaller::Backend => f.write_str("the server API"),
+            ApiCaller::Console(session) => write!(f, "console {}", session.id),
+        }
     }
 }
 
-fn check_api_key(req: &HttpRequest) -> Result<ApiCaller, ApiError> {
+impl ApiCaller {
+    /// Writes an operator's action to the log with the console session's id (the backend's
+    /// calls are its own to log).
+    pub fn note(&self, action: std::fmt::Arguments<'_>) {
+        if let ApiCaller::Console(session) = self {
+            log::info!("console {}: {action}", session.id);
+        }
+    }
+}
+
+impl FromRequest for ApiCaller {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move { api_caller(&req).await })
+    }
+}
+
+async fn api_caller(req: &HttpRequest) -> Result<ApiCaller, ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
         .ok_or(ApiError::NotFound)?;
-    let expected = state.api_key.as_ref().ok_or(ApiError::NotFound)?;
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
+    let presented = req.headers().get(header::AUTHORIZATION);
+    if presented.is_none() && state.console.is_some() && req.cookie(COOKIE).is_some() {
+        if !req.headers().contains_key(CALL_HEADER) {
+            return Err(ApiError::ConsoleSessionRequired);
+        }
+        return super::console::session_of(req, state)
+            .await
+            .map(ApiCaller::Console);
+    }
+    let Some(expected) = state.api_key.as_ref() else {
+        return Err(match (state.console.is_some(), presented) {
+            (false, _) => ApiError::NotFound,
+            (true, None) => ApiError::ConsoleSessionRequired,
+            (true, Some(_)) => ApiError::InvalidApiKey,
+        });
+    };
+    let presented = presented
         .ok_or(ApiError::MissingApiKey)?
         // Bytes that are not visible ASCII cannot be the key: a wrong key, not a missing one.
         .to_str()
@@ -77,7 +114,7 @@ fn check_api_key(req: &HttpRequest) -> Result<ApiCaller, ApiError> {
             .as_bytes()
             .ct_eq(expected.expose_secret().as_bytes()),
     ) {
-        Ok(ApiCaller)
+        Ok(ApiCaller::Backend)
     } else {
         Err(ApiError::InvalidApiKey)
     }
@@ -172,10 +209,11 @@ struct Published {
 }
 
 async fn broadcast(
-    _: ApiCaller,
+    caller: ApiCaller,
     state: web::Data<AppState>,
     body: ObjectBody<DataBody>,
 ) -> Result<HttpResponse, ApiError> {
+    caller.note(format_args!("broadcast"));
     let sent = send(&state, Command::Broadcast(body.0.data)).await?;
     Ok(HttpResponse::Accepted().json(Published {
         seq: sent.seq.unwrap_or_default(),
@@ -203,11 +241,12 @@ pub(super) fn accepted(sent: Sent) -> HttpResponse {
 }
 
 async fn message_user(
-    _: ApiCaller,
+    caller: ApiCaller,
     state: web::Data<AppState>,
     user_id: web::Path<String>,
     body: ObjectBody<DataBody>,
 ) -> Result<HttpResponse, ApiError> {
+    caller.note(format_args!("message to user {user_id}"));
     let command = Command::Message {
         user_id: user_id.into_inner(),
         data: body.0.data,
@@ -224,11 +263,12 @@ struct Disconnected {
 }
 
 async fn disconnect_user(
-    _: ApiCaller,
+    caller: ApiCaller,
     state: web::Data<AppState>,
     user_id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let user_id = user_id.into_inner();
+    caller.note(format_args!("disconnect user {user_id}"));
     let command = Command::Disconnect {
         user_id: user_id.clone(),
     };
@@ -289,11 +329,12 @@ struct Revoked {
 }
 
 async fn revoke(
-    _: ApiCaller,
+    caller: ApiCaller,
     state: web::Data<AppState>,
     body: ObjectBody<RevocationBody>,
 ) -> Result<HttpResponse, ApiError> {
     let ObjectBody(RevocationBody { jti, expires_at }) = body;
+    caller.note(format_args!("revoke jti {jti} until {expires_at}"));
     // Characters, as JSON Schema's maxLength counts them (docs/openapi.json).
     if jti.is_empty() || jti.chars().count() > MAX_JTI_CHARS {
         return Err(ApiError::BadRequest(format!(

@@ -75,11 +75,12 @@ struct PublishedOne {
 }
 
 async fn publish_one(
-    _: ApiCaller,
+    caller: ApiCaller,
     state: web::Data<AppState>,
     channel: web::Path<String>,
     body: ObjectBody<DataBody>,
 ) -> Result<HttpResponse, ApiError> {
+    caller.note(format_args!("publish to {channel}"));
     let (name, options) = checked(&state, &channel)?;
     fits_history(options, &body.0.data)?;
     let command = Command::publish([(name, options)], body.0.data);
@@ -111,11 +112,12 @@ struct PublishManyBody {
 
 /// The same data to many channels: one bus event, the data encoded once.
 async fn publish_many(
-    _: ApiCaller,
+    caller: ApiCaller,
     state: web::Data<AppState>,
     body: ObjectBody<PublishManyBody>,
 ) -> Result<HttpResponse, ApiError> {
     let ObjectBody(PublishManyBody { channels, data }) = body;
+    caller.note(format_args!("publish to {} channels", channels.len()));
     if channels.is_empty() || channels.len() > MAX_PUBLISH_CHANNELS {
         return Err(ApiError::BadRequest(format!(
             "channels must name 1 to {MAX_PUBLISH_CHANNELS} channels"
@@ -145,11 +147,15 @@ struct ChannelBody {
 }
 
 async fn subscribe_user(
-    _: ApiCaller,
+    caller: ApiCaller,
     state: web::Data<AppState>,
     user_id: web::Path<String>,
     body: ObjectBody<ChannelBody>,
 ) -> Result<HttpResponse, ApiError> {
+    caller.note(format_args!(
+        "subscribe user {user_id} to {}",
+        body.0.channel
+    ));
     let (name, _) = checked(&state, &body.0.channel)?;
     let command = Command::Subscribe {
         user_id: user_id.into_inner(),
@@ -159,11 +165,12 @@ async fn subscribe_user(
 }
 
 async fn unsubscribe_user(
-    _: ApiCaller,
+    caller: ApiCaller,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (user_id, channel) = path.into_inner();
+    caller.note(format_args!("unsubscribe user {user_id} from {channel}"));
     let (name, _) = checked(&state, &channel)?;
     let command = Command::Unsubscribe {
         user_id,

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod channel_api;
+mod console;
 mod health;
 mod mint;
 mod static_files;
@@ -32,8 +33,10 @@ pub struct AppState {
     pub tickets: TicketStore,
     pub rate_limits: RateLimits,
     pub trusted_proxies: TrustedProxies,
-    /// `None`: the server API is off (its routes answer 404).
+    /// `None`: the server API takes no key (its routes answer 404 unless the console is on).
     pub api_key: Option<SecretString>,
+    /// `None`: CONSOLE_PASSWORD is unset, `/console` answers 404.
+    pub console: Option<Arc<crate::console::Console>>,
     /// While draining, mints and upgrades answer 503.
     pub shutdown: Shutdown,
     pub session: Arc<SessionContext>,
@@ -45,9 +48,18 @@ pub struct AppState {
     pub bus: Arc<Bus>,
 }
 
-pub fn configure(cfg: &mut web::ServiceConfig, origins: &OriginPolicy, api: Option<usize>) {
+/// `api`: the server API's body limit, when it is on; `console`: whether the console is.
+pub fn configure(
+    cfg: &mut web::ServiceConfig,
+    origins: &OriginPolicy,
+    api: Option<usize>,
+    console: bool,
+) {
     if let Some(max_body_bytes) = api {
         api::configure(cfg, max_body_bytes);
+    }
+    if console {
+        console::configure(cfg);
     }
     cfg.service(
         web::resource("/token/ws")

@@ -10,6 +10,7 @@ mod client_js;
 mod client_publish;
 mod cluster;
 mod compose;
+mod console;
 mod cors;
 mod deflate;
 mod drain;

@@ -1,0 +1,208 @@
+// The operations console (docs/PROTOCOL.md, "Operations console"). It holds no key: the
+// session cookie (HttpOnly) rides along with every call, and the X-Ticketgate-Console header
+// proves the call comes from this page.
+
+const $ = (id) => document.getElementById(id);
+const views = ["overview", "channels", "users"];
+let refresh = null;
+let openChannel = null;
+
+async function api(path, { method = "GET", body } = {}) {
+  const response = await fetch(path, {
+    method,
+    credentials: "same-origin",
+    headers: { "x-ticketgate-console": "1", ...(body ? { "content-type": "application/json" } : {}) },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 401) {
+    showSignIn();
+    throw new Error("signed out");
+  }
+  const text = await response.text();
+  const json = text ? JSON.parse(text) : null;
+  if (!response.ok) throw new Error(json?.message ?? `${response.status}`);
+  return json;
+}
+
+function cell(row, text) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  row.append(td);
+  return td;
+}
+
+function ago(rfc3339) {
+  const seconds = Math.max(0, Math.round((Date.now() - Date.parse(rfc3339)) / 1000));
+  return seconds < 90 ? `${seconds} s ago` : `${Math.round(seconds / 60)} min ago`;
+}
+
+async function showOverview() {
+  const { nodes, bus } = await api("/api/nodes");
+  const body = $("nodes").querySelector("tbody");
+  body.replaceChildren();
+  let total = 0, authenticated = 0, waiting = 0;
+  for (const node of nodes) {
+    const row = document.createElement("tr");
+    const late = Date.now() - Date.parse(node.heartbeat_at) > 15_000;
+    if (late) row.className = "stale";
+    cell(row, node.id + (late ? " (no heartbeat)" : ""));
+    cell(row, node.address);
+    cell(row, new Date(node.started_at).toLocaleString());
+    cell(row, ago(node.heartbeat_at));
+    cell(row, node.connections.total);
+    cell(row, node.connections.authenticated);
+    body.append(row);
+    total += node.connections.total;
+    authenticated += node.connections.authenticated;
+    waiting += node.connections.unauthenticated;
+  }
+  $("total-connections").textContent = total;
+  $("total-authenticated").textContent = authenticated;
+  $("total-waiting").textContent = waiting;
+  $("total-nodes").textContent = nodes.length;
+  $("bus-mode").textContent = bus;
+}
+
+async function showChannels() {
+  const prefix = $("channel-prefix").value.trim();
+  const { channels } = await api(`/api/channels?prefix=${encodeURIComponent(prefix)}`);
+  const body = $("channel-list").querySelector("tbody");
+  body.replaceChildren();
+  for (const channel of channels) {
+    const row = document.createElement("tr");
+    row.className = "clickable";
+    cell(row, channel.channel);
+    cell(row, channel.subscribers);
+    row.addEventListener("click", () => { openChannel = channel.channel; showChannel(); });
+    body.append(row);
+  }
+  if (openChannel) await showChannel();
+}
+
+async function showChannel() {
+  const channel = openChannel;
+  const path = `/api/channels/${encodeURIComponent(channel)}`;
+  $("channel-detail").hidden = false;
+  $("channel-name").textContent = channel;
+  const presence = $("channel-presence");
+  const history = $("channel-history");
+  try {
+    const { clients } = await api(`${path}/presence`);
+    presence.replaceChildren(...clients.map((client) => {
+      const item = document.createElement("li");
+      item.textContent = `${client.user_id} (${client.connection_id})`;
+      return item;
+    }));
+  } catch (e) {
+    presence.replaceChildren(Object.assign(document.createElement("li"), { textContent: e.message }));
+  }
+  try {
+    const { publications } = await api(`${path}/history?limit=20`);
+    history.replaceChildren(...publications.map((publication) => {
+      const item = document.createElement("li");
+      item.value = publication.offset;
+      item.textContent = JSON.stringify(publication.data);
+      return item;
+    }));
+  } catch (e) {
+    history.replaceChildren(Object.assign(document.createElement("li"), { textContent: e.message }));
+  }
+}
+
+async function show(view) {
+  clearInterval(refresh);
+  for (const name of views) $(name).hidden = name !== view;
+  for (const link of document.querySelectorAll("nav a")) {
+    link.classList.toggle("active", link.dataset.view === view);
+  }
+  const load = { overview: showOverview, channels: showChannels, users: async () => {} }[view];
+  const tick = () => load().catch((e) => console.warn(e.message));
+  await tick();
+  if (view !== "users") refresh = setInterval(tick, 2000);
+}
+
+function showSignIn() {
+  clearInterval(refresh);
+  $("nav").hidden = true;
+  for (const name of views) $(name).hidden = true;
+  $("sign-in").hidden = false;
+  $("password").focus();
+}
+
+function showConsole() {
+  $("sign-in").hidden = true;
+  $("nav").hidden = false;
+  const view = location.hash.slice(1);
+  show(views.includes(view) ? view : "overview");
+}
+
+$("sign-in-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const response = await fetch("/console/session", {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ password: $("password").value }),
+  });
+  $("password").value = "";
+  if (response.ok) {
+    $("sign-in-error").textContent = "";
+    showConsole();
+  } else {
+    const error = await response.json().catch(() => ({}));
+    $("sign-in-error").textContent = error.message ?? `sign-in failed (${response.status})`;
+  }
+});
+
+$("sign-out").addEventListener("click", async () => {
+  await fetch("/console/session", { method: "DELETE", credentials: "same-origin" });
+  showSignIn();
+});
+
+window.addEventListener("hashchange", () => {
+  const view = location.hash.slice(1);
+  if (views.includes(view) && !$("nav").hidden) show(view);
+});
+
+$("channel-filter").addEventListener("submit", (event) => { event.preventDefault(); showChannels(); });
+
+$("publish-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  try {
+    const data = JSON.parse($("publish-data").value);
+    await api(`/api/channels/${encodeURIComponent(openChannel)}/publish`, { method: "POST", body: { data } });
+    $("publish-error").textContent = "";
+    await showChannel();
+  } catch (e) {
+    $("publish-error").textContent = e.message;
+  }
+});
+
+$("user-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const user = $("user-id").value.trim();
+  if (!confirm(`Disconnect every connection of ${user}, on every node, and delete their unused tickets?`)) return;
+  try {
+    const result = await api(`/api/users/${encodeURIComponent(user)}/disconnect`, { method: "POST" });
+    $("user-result").textContent = `${user}: disconnected (${result.tickets_deleted} unused tickets deleted)`;
+  } catch (e) {
+    $("user-result").textContent = e.message;
+  }
+});
+
+$("revoke-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const jti = $("revoke-jti").value.trim();
+  const expires_at = Number($("revoke-until").value);
+  if (!confirm(`Revoke the JWT ${jti} until ${new Date(expires_at * 1000).toLocaleString()}?`)) return;
+  try {
+    await api("/api/revocations", { method: "POST", body: { jti, expires_at } });
+    $("user-result").textContent = `${jti}: revoked`;
+  } catch (e) {
+    $("user-result").textContent = e.message;
+  }
+});
+
+fetch("/console/session", { credentials: "same-origin" })
+  .then((response) => (response.ok ? showConsole() : showSignIn()))
+  .catch(showSignIn);

@@ -1,0 +1,141 @@
+//! The operations console: its page and scripts (from client/console/, embedded), and its
+//! sign-in at `/console/session`. The page calls the server API (`/api/...`) with the
+//! session's cookie; [`super::api::ApiCaller`] takes that in place of the API key. Only when
+//! CONSOLE_PASSWORD is set; otherwise none of this exists (404).
+
+use actix_web::cookie::{Cookie, SameSite, time};
+use actix_web::http::header::{self, ContentType};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+
+use super::{AppState, method_not_allowed, readable};
+use crate::console::{COOKIE, Console, ConsoleSession};
+use crate::error::ApiError;
+
+/// Only the console's own scripts, styles and API: no inline script, no other origin, no
+/// framing.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(readable("/console", page))
+        .service(readable("/console/console.js", script))
+        .service(readable("/console/console.css", stylesheet))
+        .service(
+            web::resource("/console/session")
+                .route(web::post().to(sign_in))
+                .route(web::get().to(current))
+                .route(web::delete().to(sign_out))
+                .default_service(web::to(|| method_not_allowed("GET, POST, DELETE"))),
+        );
+}
+
+fn asset(content_type: &str, body: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::REFERRER_POLICY, "no-referrer"))
+        .body(body)
+}
+
+async fn page() -> HttpResponse {
+    asset(
+        &ContentType::html().to_string(),
+        include_str!("../../client/console/index.html"),
+    )
+}
+
+async fn script() -> HttpResponse {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../client/console/console.js"),
+    )
+}
+
+async fn stylesheet() -> HttpResponse {
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("../../client/console/console.css"),
+    )
+}
+
+fn console(state: &AppState) -> Result<&Console, ApiError> {
+    state.console.as_deref().ok_or(ApiError::NotFound)
+}
+
+#[derive(Deserialize)]
+struct SignIn {
+    password: String,
+}
+
+async fn sign_in(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<SignIn>,
+) -> Result<HttpResponse, ApiError> {
+    let console = console(&state)?;
+    let client = state.trusted_proxies.client_ip(&req);
+    if let Some(client) = client {
+        console
+            .check_signin_rate(client)
+            .map_err(ApiError::RateLimited)?;
+    }
+    let client = client.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
+    if !console.password_matches(&body.password) {
+        log::warn!("console: a wrong password from {client}");
+        return Err(ApiError::WrongPassword);
+    }
+    let (session, token) = console.open_session();
+    log::info!("console: {} signed in from {client}", session.id);
+    let cookie = Cookie::build(COOKIE, token)
+        .path("/")
+        .http_only(true)
+        .secure(state.trusted_proxies.forwarded_https(&req))
+        .same_site(SameSite::Strict)
+        .max_age(time::Duration::seconds(
+            i64::try_from(console.lasts().as_secs()).unwrap_or(i64::MAX),
+        ))
+        .finish();
+    Ok(HttpResponse::Ok()
+        .cookie(cookie)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(serde_json::json!({ "expires_at": session.expires_at })))
+}
+
+/// The session the request's cookie stands for, if it is valid and not signed out.
+pub async fn session_of(req: &HttpRequest, state: &AppState) -> Result<ConsoleSession, ApiError> {
+    let console = console(state)?;
+    let session = req
+        .cookie(COOKIE)
+        .and_then(|cookie| console.session_of(cookie.value()))
+        .ok_or(ApiError::ConsoleSessionRequired)?;
+    match state.session.revocations.is_revoked(&session.id).await {
+        Ok(false) => Ok(session),
+        Ok(true) => Err(ApiError::ConsoleSessionRequired),
+        Err(_) => Err(ApiError::DatabaseUnavailable),
+    }
+}
+
+async fn current(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let session = session_of(&req, &state).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(serde_json::json!({ "expires_at": session.expires_at })))
+}
+
+async fn sign_out(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let session = session_of(&req, &state).await?;
+    state
+        .session
+        .revocations
+        .revoke(&session.id, session.expires_at)
+        .await
+        .map_err(|_| ApiError::DatabaseUnavailable)?;
+    log::info!("console: {} signed out", session.id);
+    let mut gone = Cookie::build(COOKIE, "").path("/").finish();
+    gone.make_removal();
+    Ok(HttpResponse::NoContent().cookie(gone).finish())
+}
