@@ -22,6 +22,7 @@ pub mod migrations;
 pub mod origin;
 pub mod protocol;
 pub mod routes;
+pub mod series;
 pub mod session;
 pub mod shutdown;
 pub mod startup;

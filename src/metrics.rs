@@ -26,6 +26,7 @@ pub struct Metrics {
 
     pub tickets_minted: IntCounter,
     pub tickets_consumed: IntCounter,
+    pub authentications: IntCounter,
     /// Refused tickets by `reason`: missing, malformed, unknown, secret_mismatch, expired, already_used.
     pub tickets_rejected: IntCounterVec,
     /// Failed authentications by close `code`: 4400, 4401, 4408.
@@ -188,6 +189,10 @@ impl Metrics {
 
             tickets_minted: counter("tickets_minted_total", "Tickets issued"),
             tickets_consumed: counter("tickets_consumed_total", "Tickets that opened a connection"),
+            authentications: counter(
+                "authentications_total",
+                "Connections that authenticated (their first JWT was accepted)",
+            ),
             tickets_rejected: counter_vec(
                 "tickets_rejected_total",
                 "Tickets refused at the upgrade",

@@ -246,7 +246,13 @@ async fn start_bus(
     let registry = mongo
         .as_ref()
         .map(|m| NodeRegistry::new(&m.db, m.bounds.clone(), settings.node.heartbeat));
-    let bus = Bus::new(Arc::clone(hub), node, registry, Some(reaper));
+    let bus = Bus::new(
+        Arc::clone(hub),
+        node,
+        (registry, Some(reaper)),
+        settings.node.heartbeat,
+        Arc::clone(metrics),
+    );
     match mongo {
         None => {
             log::info!("cluster bus: in process only (the in-process store is single-node)");

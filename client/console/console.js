@@ -61,6 +61,79 @@ async function showOverview() {
   $("total-waiting").textContent = waiting;
   $("total-nodes").textContent = nodes.length;
   $("bus-mode").textContent = bus;
+  drawCharts(await api("/api/series"));
+}
+
+// The charts of the overview: every node's samples (GET /api/series) merged by time.
+const CHARTS = [
+  { title: "Connections", unit: "", series: { connections: (s) => s.connections, authenticated: (s) => s.authenticated } },
+  { title: "Messages per second", unit: "/s", series: { in: (s) => s.messages_in_per_sec, out: (s) => s.messages_out_per_sec } },
+  { title: "Authentications per second", unit: "/s", series: { authenticated: (s) => s.authentications_per_sec }, keyed: "auth_failures_per_sec", prefix: "failed " },
+  { title: "Ticket rejections per second", unit: "/s", series: {}, keyed: "ticket_rejections_per_sec", prefix: "" },
+  { title: "Fan-out latency (ms)", unit: " ms", series: { p50: (s) => s.fanout_p50_ms, p99: (s) => s.fanout_p99_ms }, worst: true },
+  { title: "Cluster event lag (ms)", unit: " ms", series: { p50: (s) => s.event_lag_p50_ms, p99: (s) => s.event_lag_p99_ms }, worst: true },
+];
+const COLORS = ["#3b5bdb", "#2b8a3e", "#c92a2a", "#e67700", "#862e9c", "#0b7285"];
+const plots = new Map();
+
+// One row per time step: sums over the nodes (for latencies, the worst node).
+function merge(series, chart) {
+  const step = series.step_secs;
+  const rows = new Map();
+  const names = new Set(Object.keys(chart.series));
+  for (const node of series.nodes) {
+    for (const sample of node.samples) {
+      const t = Math.round(sample.t / step) * step;
+      const row = rows.get(t) ?? {};
+      const values = Object.fromEntries(Object.entries(chart.series).map(([name, f]) => [name, f(sample)]));
+      for (const [label, value] of Object.entries(chart.keyed ? sample[chart.keyed] : {})) {
+        values[chart.prefix + label] = value;
+        names.add(chart.prefix + label);
+      }
+      for (const [name, value] of Object.entries(values)) {
+        if (value === null || value === undefined) continue;
+        row[name] = chart.worst ? Math.max(row[name] ?? 0, value) : (row[name] ?? 0) + value;
+      }
+      rows.set(t, row);
+    }
+  }
+  const times = [...rows.keys()].sort((a, b) => a - b);
+  const columns = [...names];
+  return { columns, data: [times, ...columns.map((name) => times.map((t) => rows.get(t)[name] ?? null))] };
+}
+
+function drawCharts(series) {
+  const holder = $("charts");
+  for (const chart of CHARTS) {
+    const { columns, data } = merge(series, chart);
+    const key = chart.title + "|" + columns.join(",");
+    let entry = plots.get(chart.title);
+    if (entry && entry.key !== key) {
+      entry.plot.destroy();
+      entry.box.remove();
+      entry = null;
+    }
+    if (!entry) {
+      const box = document.createElement("div");
+      box.className = "chart";
+      box.append(Object.assign(document.createElement("h3"), { textContent: chart.title }));
+      holder.append(box);
+      const options = {
+        width: Math.max(280, holder.clientWidth / 2 - 40),
+        height: 160,
+        legend: { live: false },
+        series: [{}, ...columns.map((name, i) => ({
+          label: name, stroke: COLORS[i % COLORS.length], width: 1.5,
+          value: (_, v) => (v === null ? "–" : `${+v.toFixed(2)}${chart.unit}`),
+        }))],
+        axes: [{}, { size: 50 }],
+      };
+      entry = { key, box, plot: new uPlot(options, data, box) };
+      plots.set(chart.title, entry);
+    } else {
+      entry.plot.setData(data);
+    }
+  }
 }
 
 async function showChannels() {

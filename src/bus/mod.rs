@@ -18,7 +18,10 @@ use mongodb::Database;
 use tokio::sync::{mpsc, oneshot};
 
 pub use events::{Command, Event, EventDocument, Sequencer, StreamPublication};
-pub use nodes::{ChannelCount, ClusterCounts, NODES_COLLECTION, NodeInfo, NodeRegistry, NodeView};
+pub use nodes::{
+    ChannelCount, ClusterCounts, NODES_COLLECTION, NodeInfo, NodeRegistry, NodeSeries, NodeView,
+    NodesSeries,
+};
 pub use reaper::Reaper;
 
 use crate::channels::{ChannelName, HistoryOptions};
@@ -110,6 +113,9 @@ pub struct Bus {
     registry: Option<NodeRegistry>,
     /// Clears dead nodes' presence at each heartbeat (presence in MongoDB only).
     reaper: Option<Reaper>,
+    /// This node's recent metrics, sampled at each heartbeat, for the console.
+    series: crate::series::Series,
+    metrics: Arc<Metrics>,
 }
 
 impl Bus {
@@ -118,8 +124,9 @@ impl Bus {
     pub fn new(
         hub: Arc<Hub>,
         node: NodeInfo,
-        registry: Option<NodeRegistry>,
-        reaper: Option<Reaper>,
+        (registry, reaper): (Option<NodeRegistry>, Option<Reaper>),
+        heartbeat: Duration,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(Bus {
             hub,
@@ -127,6 +134,8 @@ impl Bus {
             route: OnceLock::new(),
             registry,
             reaper,
+            series: crate::series::Series::new(heartbeat),
+            metrics,
         })
     }
 
@@ -243,10 +252,35 @@ impl Bus {
             .collect())
     }
 
-    /// Registers this node and refreshes its entry every `every` until the process ends.
+    /// The recent samples of every live node's metrics, this node's first, with the interval
+    /// between samples.
+    pub async fn series(&self) -> Result<NodesSeries, Unavailable> {
+        let mut nodes = vec![NodeSeries {
+            id: self.node.id.to_string(),
+            samples: self.series.samples(),
+        }];
+        if let Some(registry) = &self.registry {
+            nodes.extend(registry.others_series(&self.node.id).await?);
+        }
+        Ok(NodesSeries {
+            step_secs: self.heartbeat_secs(),
+            nodes,
+        })
+    }
+
+    fn heartbeat_secs(&self) -> u64 {
+        (crate::series::WINDOW.as_secs() / self.series.capacity() as u64).max(1)
+    }
+
+    /// Registers this node and refreshes its entry every `every` until the process ends,
+    /// sampling its metrics at each beat.
     pub async fn heartbeat(&self, every: Duration) {
         let Some(registry) = &self.registry else {
-            return std::future::pending().await;
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                ticks.tick().await;
+                self.series.sample(&self.metrics, self.hub.counts());
+            }
         };
         let mut ticks = tokio::time::interval(every);
         // Since when every beat succeeded promptly: after MongoDB was away every node's last
@@ -264,8 +298,10 @@ impl Bus {
                     subscribers: subscribers as u64,
                 })
                 .collect();
+            let sample = self.series.sample(&self.metrics, self.hub.counts());
             let sent = std::time::Instant::now();
-            if let Err(e) = registry.beat(&self.node, self.hub.counts(), channels).await {
+            let beat = registry.beat(&self.node, self.hub.counts(), channels, sample);
+            if let Err(e) = beat.await {
                 log::debug!("node heartbeat: {e}");
                 beating_since = None;
                 continue;

@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use bson::{DateTime, doc};
 use futures_util::TryStreamExt;
-use mongodb::options::ReplaceOptions;
+use mongodb::options::UpdateOptions;
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
 use super::NodeId;
 use crate::db::{Bounds, Unavailable};
 use crate::hub::ConnectionCounts;
+use crate::series::Sample;
 
 pub const NODES_COLLECTION: &str = "cluster_nodes";
 
@@ -87,6 +88,23 @@ struct NodeDocument {
     /// may hold `.`, which a BSON key may not).
     #[serde(default)]
     channels: Vec<ChannelCount>,
+    /// Its recent metrics, one sample per beat, the last 15 minutes (for the console).
+    #[serde(default)]
+    series: Vec<Sample>,
+}
+
+/// One node's recent samples, as `GET /api/series` gives them.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeSeries {
+    pub id: String,
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodesSeries {
+    /// Seconds between samples (NODE_HEARTBEAT_SECS).
+    pub step_secs: u64,
+    pub nodes: Vec<NodeSeries>,
 }
 
 /// One channel's subscribers on one node, as its heartbeat reports them.
@@ -102,6 +120,8 @@ pub struct NodeRegistry {
     /// A node whose last heartbeat is older than this is not listed, whatever the TTL
     /// monitor (which runs once a minute) has or has not removed yet.
     liveness: Duration,
+    /// Samples kept in a node's entry: 15 minutes of beats.
+    series_length: usize,
 }
 
 impl NodeRegistry {
@@ -111,6 +131,7 @@ impl NodeRegistry {
             nodes: db.collection(NODES_COLLECTION),
             bounds,
             liveness: heartbeat * 3,
+            series_length: crate::series::Series::new(heartbeat).capacity(),
         }
     }
 
@@ -119,20 +140,52 @@ impl NodeRegistry {
         node: &NodeInfo,
         counts: ConnectionCounts,
         channels: Vec<ChannelCount>,
+        sample: Option<Sample>,
     ) -> Result<(), Unavailable> {
-        let document = NodeDocument {
-            id: node.id.to_string(),
-            address: node.address.clone(),
-            started_at: node.started_at,
-            heartbeat_at: DateTime::now(),
-            connections: counts,
-            channels,
+        let mut update = doc! {
+            "$set": {
+                "address": &node.address,
+                "started_at": node.started_at,
+                "heartbeat_at": DateTime::now(),
+                "connections": as_bson(&counts)?,
+                "channels": as_bson(&channels)?,
+            },
         };
+        if let Some(sample) = sample {
+            update.insert(
+                "$push",
+                doc! { "series": { "$each": [as_bson(&sample)?], "$slice": -(self.series_length as i64) } },
+            );
+        }
         let upsert = self
             .nodes
-            .replace_one(doc! { "_id": &document.id }, &document)
-            .with_options(ReplaceOptions::builder().upsert(true).build());
+            .update_one(doc! { "_id": node.id.as_str() }, update)
+            .with_options(UpdateOptions::builder().upsert(true).build());
         self.bounds.run("node_heartbeat", upsert).await.map(|_| ())
+    }
+
+    /// The other live nodes' recent samples, as of their last heartbeats.
+    pub async fn others_series(&self, me: &NodeId) -> Result<Vec<NodeSeries>, Unavailable> {
+        let since = DateTime::from_millis(
+            DateTime::now().timestamp_millis() - self.liveness.as_millis() as i64,
+        );
+        let found = self
+            .nodes
+            .find(doc! { "heartbeat_at": { "$gte": since }, "_id": { "$ne": me.as_str() } })
+            .sort(doc! { "started_at": 1 });
+        let others: Vec<NodeDocument> = self
+            .bounds
+            .run("list_node_series", async {
+                found.await?.try_collect().await
+            })
+            .await?;
+        Ok(others
+            .into_iter()
+            .map(|node| NodeSeries {
+                id: node.id,
+                samples: node.series,
+            })
+            .collect())
     }
 
     /// The live nodes: `me` first, with its current counts rather than its last heartbeat's,
@@ -208,6 +261,10 @@ impl NodeRegistry {
         let delete = self.nodes.delete_one(doc! { "_id": id.as_str() });
         self.bounds.run("node_leave", delete).await.map(|_| ())
     }
+}
+
+fn as_bson(value: &impl Serialize) -> Result<bson::Bson, Unavailable> {
+    bson::to_bson(value).map_err(|e| Unavailable(e.to_string()))
 }
 
 fn rfc3339(at: DateTime) -> String {

@@ -37,7 +37,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
         .service(post_only("/users/{user_id}/disconnect", disconnect_user))
         .service(post_only("/revocations", revoke))
         .service(readable("/connections", connections))
-        .service(readable("/nodes", nodes));
+        .service(readable("/nodes", nodes))
+        .service(readable("/series", series));
     cfg.service(super::channel_api::configure(scope));
 }
 
@@ -407,4 +408,10 @@ async fn nodes(_: ApiCaller, state: web::Data<AppState>) -> Result<HttpResponse,
         bus: state.bus.mode(),
         nodes,
     }))
+}
+
+/// Every live node's recent metrics (the console's charts); each node's series is its own.
+async fn series(_: ApiCaller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let series = state.bus.series().await.map_err(bus_unavailable)?;
+    Ok(HttpResponse::Ok().json(series))
 }

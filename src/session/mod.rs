@@ -249,6 +249,7 @@ impl Connection<Unauthenticated> {
             return Err(self.closing(CloseReason::ConnectionLost));
         }
         log::info!("{} authenticated as user {}", self.id(), verified.sub);
+        ctx.metrics.authentications.inc();
         ctx.lifecycle.emit(
             ctx.subject(self.open.id, &verified.sub),
             EventKind::Connect {

@@ -12,15 +12,16 @@ fn client_dir() -> PathBuf {
     repo_root().join("client")
 }
 
-/// `npm ci` when the client's dependencies (ws, playwright-core) are missing.
+/// `npm ci` when the client's dependencies (ws, playwright-core, uplot) are missing.
 fn ensure_node_modules() {
     let node = Command::new("node").arg("--version").output();
     assert!(
         node.is_ok_and(|o| o.status.success()),
         "Node.js 20 or later is needed for the client tests (apt-get install nodejs, or nodejs.org)"
     );
-    if client_dir().join("node_modules/ws").exists()
-        && client_dir().join("node_modules/playwright-core").exists()
+    if ["ws", "playwright-core", "uplot"]
+        .iter()
+        .all(|package| client_dir().join("node_modules").join(package).exists())
     {
         return;
     }
@@ -88,14 +89,19 @@ fn the_javascript_client_passes_its_suite_against_real_gateways() {
 }
 
 #[test]
-fn the_demo_page_works_in_headless_chromium() {
+fn the_demo_page_and_the_console_work_in_headless_chromium() {
     let chromium = std::env::var("CHROMIUM_BIN").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         Path::new(&chromium).exists(),
         "the browser test needs Chromium at {chromium}: apt-get install chromium (scripts/test.sh installs it)"
     );
     run_node_suite("e2e/");
-    for name in ["demo-authenticated.png", "demo-channel.png"] {
+    for name in [
+        "demo-authenticated.png",
+        "demo-channel.png",
+        "console-overview.png",
+        "console-channel.png",
+    ] {
         let screenshot = repo_root().join("target/artifacts").join(name);
         assert!(
             screenshot.exists(),
@@ -130,4 +136,23 @@ async fn the_gateway_serves_the_client_and_the_demo_page() {
     );
     let html = page.text().await.unwrap();
     assert!(html.contains(r#"import { TicketgateClient } from "/ticketgate.js""#));
+}
+
+/// The console's charting library is uPlot, vendored into the binary from its npm package:
+/// the copy in client/console/vendor/ is the package's, byte for byte.
+#[test]
+fn the_vendored_chart_library_is_the_npm_package() {
+    ensure_node_modules();
+    for file in ["uPlot.iife.min.js", "uPlot.min.css"] {
+        let vendored = std::fs::read(client_dir().join("console/vendor").join(file)).unwrap();
+        let packaged =
+            std::fs::read(client_dir().join("node_modules/uplot/dist").join(file)).unwrap();
+        assert!(
+            vendored == packaged,
+            "{file} differs from the npm package's"
+        );
+    }
+    let license =
+        std::fs::read_to_string(client_dir().join("console/vendor/uPlot.LICENSE")).unwrap();
+    assert!(license.contains("MIT"));
 }

@@ -324,3 +324,60 @@ async fn a_session_works_on_every_node_until_signed_out() {
         assert_eq!(status, 401, "node {node} after the sign-out");
     }
 }
+
+/// The charts' data: every live node's samples, taken at each heartbeat from its own metrics,
+/// for the same nodes `/api/nodes` lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_series_carries_every_node_s_recent_samples() {
+    let cluster = tokio::task::block_in_place(|| {
+        Cluster::start_with(&mongo_uri(), 2, &[("CONSOLE_PASSWORD", PASSWORD)])
+    });
+    let http = reqwest::Client::new();
+    let (_, set_cookie, _) = sign_in(&http, &cluster.node(1).url(""), PASSWORD, &[]).await;
+    let cookie = pair(&set_cookie.unwrap());
+    let _clients = [
+        cluster.client(2, "ann").await,
+        cluster.client(2, "bo").await,
+    ];
+    let get = |path: &'static str| {
+        let (http, cookie, url) = (&http, &cookie, cluster.node(1).url(path));
+        async move { call(http, url, Method::GET, Some(cookie), true).await }
+    };
+
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let series = loop {
+        let (status, series) = get("/api/series").await;
+        assert_eq!(status, 200, "{series}");
+        let node2_saw_them = series["nodes"][1]["samples"]
+            .as_array()
+            .is_some_and(|samples| {
+                samples.iter().any(|s| s["authenticated"] == 2)
+                    && samples
+                        .iter()
+                        .any(|s| s["authentications_per_sec"].as_f64() > Some(0.0))
+            });
+        if node2_saw_them {
+            break series;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 2's samples never showed its two clients: {series}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(series["step_secs"], 1);
+    let (_, nodes) = get("/api/nodes").await;
+    let ids = |body: &Value| -> Vec<String> {
+        body["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&series), ids(&nodes), "the same nodes, this one first");
+    let first = &series["nodes"][0]["samples"][0];
+    for field in ["t", "connections", "messages_out_per_sec", "fanout_p99_ms"] {
+        assert!(first.get(field).is_some(), "{field} in {first}");
+    }
+}

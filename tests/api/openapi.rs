@@ -89,6 +89,7 @@ const SERVED: &[(&str, &str)] = &[
     ("post", "/api/revocations"),
     ("get", "/api/connections"),
     ("get", "/api/nodes"),
+    ("get", "/api/series"),
     ("post", "/api/channels/{channel}/publish"),
     ("post", "/api/publish"),
     ("post", "/api/users/{user_id}/subscriptions"),

@@ -37,18 +37,28 @@ pub struct TestBackend {
     pub url: String,
     calls: Arc<Mutex<Vec<BackendCall>>>,
     refusing: Arc<AtomicBool>,
+    gone: Arc<Gone>,
     handle: Option<ServerHandle>,
 }
+
+/// Set by [`TestBackend::go_away`]: a connection the server had already accepted (a client's
+/// pooled keep-alive connection) may still be served while the server stops; it gets a 503
+/// and `Connection: close`, which callers see as the same failure as a refused connection.
+#[derive(Default)]
+struct Gone(AtomicBool);
 
 impl TestBackend {
     pub async fn start() -> TestBackend {
         let calls: Arc<Mutex<Vec<BackendCall>>> = Arc::default();
         let refusing: Arc<AtomicBool> = Arc::default();
-        let (recorded, refuse) = (Arc::clone(&calls), Arc::clone(&refusing));
+        let gone: Arc<Gone> = Arc::default();
+        let (recorded, refuse, going) =
+            (Arc::clone(&calls), Arc::clone(&refusing), Arc::clone(&gone));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(Arc::clone(&recorded)))
                 .app_data(web::Data::new(Arc::clone(&refuse)))
+                .app_data(web::Data::from(Arc::clone(&going)))
                 .app_data(web::PayloadConfig::new(16 << 20))
                 .default_service(web::to(answer))
         })
@@ -63,6 +73,7 @@ impl TestBackend {
             url: format!("http://127.0.0.1:{port}/internal"),
             calls,
             refusing,
+            gone,
             handle: Some(handle),
         }
     }
@@ -95,6 +106,7 @@ impl TestBackend {
 
     /// Stops the server: its port refuses connections from now on.
     pub async fn go_away(&mut self) {
+        self.gone.0.store(true, Ordering::SeqCst);
         if let Some(handle) = self.handle.take() {
             handle.stop(false).await;
         }
@@ -114,7 +126,13 @@ async fn answer(
     body: web::Bytes,
     calls: web::Data<Arc<Mutex<Vec<BackendCall>>>>,
     refusing: web::Data<Arc<AtomicBool>>,
+    gone: web::Data<Gone>,
 ) -> HttpResponse {
+    if gone.0.load(Ordering::SeqCst) {
+        return HttpResponse::ServiceUnavailable()
+            .insert_header(("connection", "close"))
+            .finish();
+    }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let events = req.path().ends_with("/events");
     let refused = events && refusing.load(Ordering::SeqCst);
