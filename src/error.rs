@@ -63,6 +63,11 @@ pub enum ApiError {
     PublicationTooLarge { max: usize },
     #[error("method not allowed on this endpoint; it allows {allow}")]
     MethodNotAllowed { allow: &'static str },
+    #[error(
+        "user lookup reads the lifecycle events, and none are made: set CONSOLE_PASSWORD, \
+         EVENTS_WEBHOOK_URL or RECORD_LIFECYCLE_EVENTS (the last two with MONGODB_URI)"
+    )]
+    UserLookupDisabled,
     #[error("the console password is not right")]
     WrongPassword,
     #[error(
@@ -105,6 +110,7 @@ impl ApiError {
             ApiError::HistoryDisabled => "history_disabled",
             ApiError::PublicationTooLarge { .. } => "publication_too_large",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::UserLookupDisabled => "user_lookup_disabled",
             ApiError::WrongPassword => "wrong_password",
             ApiError::ConsoleSessionRequired => "console_session_required",
         }
@@ -132,7 +138,9 @@ impl ResponseError for ApiError {
             | ApiError::DuplicateHeader(_)
             | ApiError::InvalidChannel
             | ApiError::UnknownNamespace => StatusCode::BAD_REQUEST,
-            ApiError::PresenceDisabled | ApiError::HistoryDisabled => StatusCode::NOT_FOUND,
+            ApiError::PresenceDisabled
+            | ApiError::HistoryDisabled
+            | ApiError::UserLookupDisabled => StatusCode::NOT_FOUND,
             ApiError::BodyTooLarge | ApiError::PublicationTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }

@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_lifecycle_events.json",
         source: include_str!("../migrations/0006_lifecycle_events.json"),
     },
+    Migration {
+        version: 7,
+        name: "0007_lifecycle_by_user.json",
+        source: include_str!("../migrations/0007_lifecycle_by_user.json"),
+    },
 ];
 
 #[derive(Debug, Deserialize)]

@@ -18,6 +18,7 @@ use crate::jwt::JwtVerifier;
 use crate::lifecycle::adoption::Adoption;
 use crate::lifecycle::log::EventLog;
 use crate::lifecycle::recorder::{OwnDelivery, Recorder};
+use crate::lifecycle::roster::Lookup;
 use crate::lifecycle::webhook::{MemoryDelivery, Webhook};
 use crate::lifecycle::{Fence, Finished, Lifecycle};
 use crate::limits::RateLimits;
@@ -281,7 +282,8 @@ async fn start_bus(
 /// The node's lifecycle events (docs/PROTOCOL.md, "Lifecycle events"): with MongoDB,
 /// recorded there and delivered from there, with survivors finishing a dead node's (the
 /// [`Adoption`] the heartbeat runs); without it, posted from memory; with neither a webhook
-/// nor RECORD_LIFECYCLE_EVENTS, not made at all.
+/// nor RECORD_LIFECYCLE_EVENTS nor the console, not made at all. The console's user lookup
+/// reads them: from MongoDB, or without it from this node's own roster.
 fn lifecycle(
     settings: &Settings,
     node: &NodeInfo,
@@ -299,8 +301,12 @@ fn lifecycle(
     });
     let (queue, events) = tokio::sync::mpsc::unbounded_channel();
     let finished = Finished::default();
+    let console = settings.api.console.is_some();
+    let local_lookup = || Lookup::Local(std::sync::Mutex::default());
     match (mongo, webhook) {
-        (Some(mongo), webhook) if webhook.is_some() || settings.upstream.record_events => {
+        (Some(mongo), webhook)
+            if webhook.is_some() || settings.upstream.record_events || console =>
+        {
             let log = Arc::new(EventLog::new(&mongo.db, mongo.bounds.clone()));
             let delivery = webhook.clone().map(|webhook| {
                 let (written, to_deliver) = tokio::sync::mpsc::unbounded_channel();
@@ -332,14 +338,15 @@ fn lifecycle(
             };
             tokio::spawn(recorder.run(events));
             let adoption = Adoption {
-                log,
+                log: Arc::clone(&log),
                 webhook,
                 me: id.clone(),
                 fence: fence.clone(),
                 metrics: Arc::clone(metrics),
             };
             (
-                Lifecycle::to_queue(id, queue, finished, Arc::clone(metrics)),
+                Lifecycle::to_queue(id, queue, finished, Arc::clone(metrics))
+                    .with_lookup(Lookup::Recorded(log)),
                 Some(Arc::new(adoption)),
             )
         }
@@ -353,15 +360,20 @@ fn lifecycle(
                 "lifecycle events: posted to EVENTS_WEBHOOK_URL from memory (without MongoDB, \
                  best effort)"
             );
-            (
-                Lifecycle::to_queue(id, queue, finished, Arc::clone(metrics)),
-                None,
-            )
+            let lifecycle = Lifecycle::to_queue(id, queue, finished, Arc::clone(metrics));
+            match console {
+                true => (lifecycle.with_lookup(local_lookup()), None),
+                false => (lifecycle, None),
+            }
         }
-        (None, None) if settings.upstream.record_events => {
+        (None, None) if settings.upstream.record_events && !console => {
             log::warn!("RECORD_LIFECYCLE_EVENTS needs MONGODB_URI: no lifecycle events");
             (Lifecycle::off(id, Arc::clone(metrics)), None)
         }
+        (None, None) if console => (
+            Lifecycle::off(id, Arc::clone(metrics)).with_lookup(local_lookup()),
+            None,
+        ),
         _ => (Lifecycle::off(id, Arc::clone(metrics)), None),
     }
 }

@@ -251,9 +251,34 @@ $("publish-form").addEventListener("submit", async (event) => {
   }
 });
 
+async function lookUp(user) {
+  const { connections } = await api(`/api/users/${encodeURIComponent(user)}/connections`);
+  const body = $("user-connections").querySelector("tbody");
+  body.replaceChildren(...connections.map((connection) => {
+    const row = document.createElement("tr");
+    cell(row, connection.connection_id);
+    cell(row, connection.node);
+    cell(row, new Date(connection.connected_at).toLocaleString());
+    cell(row, connection.client_ip ?? "–");
+    cell(row, connection.subscriptions.join(", ") || "–");
+    return row;
+  }));
+  $("user-connections").hidden = false;
+  $("user-result").textContent = `${user}: ${connections.length} open connection${connections.length === 1 ? "" : "s"}`;
+}
+
 $("user-form").addEventListener("submit", async (event) => {
   event.preventDefault();
+  try {
+    await lookUp($("user-id").value.trim());
+  } catch (e) {
+    $("user-result").textContent = e.message;
+  }
+});
+
+$("disconnect-user").addEventListener("click", async () => {
   const user = $("user-id").value.trim();
+  if (!user) return;
   if (!confirm(`Disconnect every connection of ${user}, on every node, and delete their unused tickets?`)) return;
   try {
     const result = await api(`/api/users/${encodeURIComponent(user)}/disconnect`, { method: "POST" });

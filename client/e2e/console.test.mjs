@@ -113,10 +113,22 @@ test("an operator signs in, sees both nodes, a channel's presence, publishes, an
   }
   await page.screenshot({ path: join(ARTIFACTS, "console-channel.png"), fullPage: true });
 
-  // Disconnect bob (the confirmation is accepted): the count drops to 1.
+  // Look bob up: one connection, on node 2, in room:lobby.
   await page.click("nav a[data-view=users]");
   await page.fill("#user-id", "bob");
-  await page.click("#user-form button");
+  const twoId = (await two.api("GET", "/api/nodes")).body.nodes[0].id;
+  for (let tries = 0; ; tries++) {
+    await page.click("#look-up");
+    const text = await page.textContent("#user-connections tbody");
+    if (text.includes(twoId) && text.includes("room:lobby") && text.includes("127.0.0.1")) break;
+    assert.ok(tries < 50, `bob's connection never showed: ${text}`);
+    await page.waitForTimeout(200);
+  }
+  assert.match(await page.textContent("#user-result"), /bob: 1 open connection$/);
+  await page.screenshot({ path: join(ARTIFACTS, "console-user.png"), fullPage: true });
+
+  // Disconnect bob (the confirmation is accepted): the count drops to 1.
+  await page.click("#disconnect-user");
   await page.waitForSelector("#user-result:has-text('bob: disconnected')");
   await new Promise((resolve) => (bob.socket.readyState === WebSocket.CLOSED ? resolve() : bob.socket.once("close", resolve)));
   await page.click("nav a[data-view=overview]");

@@ -20,6 +20,8 @@ pub const EVENTS_COLLECTION: &str = "lifecycle_events";
 pub const STREAMS_COLLECTION: &str = "lifecycle_streams";
 
 const DUPLICATE_KEY: i32 = 11000;
+/// The most events a user lookup reads.
+pub const MAX_USER_EVENTS: i64 = 100_000;
 
 /// An event as `lifecycle_events` keeps it: the webhook's fields, flat, with `_id` for `id`,
 /// absent fields left out.
@@ -224,6 +226,20 @@ impl EventLog {
         let stored: Vec<StoredEvent> = self
             .bounds
             .run("lifecycle_read", async { found.await?.try_collect().await })
+            .await?;
+        Ok(stored.into_iter().filter_map(StoredEvent::event).collect())
+    }
+
+    /// A user's events (at most [`MAX_USER_EVENTS`], the latest), in each node's order.
+    pub async fn events_of_user(&self, user_id: &str) -> Result<Vec<Event>, Unavailable> {
+        let found = self
+            .events
+            .find(doc! { "user_id": user_id })
+            .sort(doc! { "node": 1, "seq": 1 })
+            .limit(MAX_USER_EVENTS);
+        let stored: Vec<StoredEvent> = self
+            .bounds
+            .run("lifecycle_user", async { found.await?.try_collect().await })
             .await?;
         Ok(stored.into_iter().filter_map(StoredEvent::event).collect())
     }

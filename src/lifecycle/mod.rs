@@ -13,6 +13,7 @@
 pub mod adoption;
 pub mod log;
 pub mod recorder;
+pub mod roster;
 pub mod webhook;
 
 use std::net::IpAddr;
@@ -76,6 +77,7 @@ pub struct Lifecycle {
     next: AtomicU64,
     queue: Option<mpsc::UnboundedSender<Event>>,
     finished: Finished,
+    lookup: roster::Lookup,
     metrics: Arc<Metrics>,
 }
 
@@ -118,8 +120,18 @@ impl Lifecycle {
             next: AtomicU64::new(1),
             queue: None,
             finished: Finished::default(),
+            lookup: roster::Lookup::Unavailable,
             metrics,
         }
+    }
+
+    /// Where user lookups read; a local lookup also makes this node fold its own events.
+    pub fn with_lookup(self, lookup: roster::Lookup) -> Self {
+        Lifecycle { lookup, ..self }
+    }
+
+    pub fn lookup(&self) -> &roster::Lookup {
+        &self.lookup
     }
 
     /// Events go to `queue`, which a [`recorder::Recorder`] or a [`webhook::MemoryDelivery`]
@@ -151,7 +163,9 @@ impl Lifecycle {
 
     /// Queues an event about `subject`; never waits.
     pub fn emit(&self, subject: Subject<'_>, kind: EventKind) {
-        let Some(queue) = &self.queue else { return };
+        if self.queue.is_none() && !matches!(self.lookup, roster::Lookup::Local(_)) {
+            return;
+        }
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
         let event = Event {
             id: event_id(&self.node, seq),
@@ -162,9 +176,12 @@ impl Lifecycle {
             connection_id: subject.connection_id,
             node: self.node.clone(),
         };
-        self.metrics.lifecycle_events_queued.inc();
-        // The receiver lives as long as the process serves connections.
-        let _ = queue.send(event);
+        self.lookup.note(&event);
+        if let Some(queue) = &self.queue {
+            self.metrics.lifecycle_events_queued.inc();
+            // The receiver lives as long as the process serves connections.
+            let _ = queue.send(event);
+        }
     }
 }
 

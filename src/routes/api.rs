@@ -35,6 +35,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
         .service(post_only("/broadcast", broadcast))
         .service(post_only("/users/{user_id}/messages", message_user))
         .service(post_only("/users/{user_id}/disconnect", disconnect_user))
+        .service(readable("/users/{user_id}/connections", user_connections))
         .service(post_only("/revocations", revoke))
         .service(readable("/connections", connections))
         .service(readable("/nodes", nodes))
@@ -414,4 +415,32 @@ async fn nodes(_: ApiCaller, state: web::Data<AppState>) -> Result<HttpResponse,
 async fn series(_: ApiCaller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let series = state.bus.series().await.map_err(bus_unavailable)?;
     Ok(HttpResponse::Ok().json(series))
+}
+
+#[derive(Serialize)]
+struct UserConnections {
+    user_id: String,
+    connections: Vec<crate::lifecycle::roster::ConnectionView>,
+}
+
+/// A user's open connections on every node, as the lifecycle events tell them.
+async fn user_connections(
+    _: ApiCaller,
+    state: web::Data<AppState>,
+    user_id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let user_id = user_id.into_inner();
+    let lookup = state.session.lifecycle.lookup();
+    let connections = lookup
+        .connections_of(&user_id)
+        .await
+        .map_err(|e| {
+            log::warn!("looking up a user's connections: {e}");
+            ApiError::DatabaseUnavailable
+        })?
+        .ok_or(ApiError::UserLookupDisabled)?;
+    Ok(HttpResponse::Ok().json(UserConnections {
+        user_id,
+        connections,
+    }))
 }

@@ -101,6 +101,7 @@ fn the_demo_page_and_the_console_work_in_headless_chromium() {
         "demo-channel.png",
         "console-overview.png",
         "console-channel.png",
+        "console-user.png",
     ] {
         let screenshot = repo_root().join("target/artifacts").join(name);
         assert!(

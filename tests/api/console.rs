@@ -381,3 +381,123 @@ async fn the_series_carries_every_node_s_recent_samples() {
         assert!(first.get(field).is_some(), "{field} in {first}");
     }
 }
+
+const ROOMS: &str = r#"
+[[channels.namespaces]]
+name = "room"
+public = true
+"#;
+
+async fn subscribe(client: &mut WsClient, channel: &str) {
+    client
+        .send_json(&json!({"type": "subscribe", "channel": channel}))
+        .await;
+    assert_eq!(client.next_json().await["type"], "subscribed");
+}
+
+/// Polls a user lookup until `done` holds (the events are written in batches, a moment after).
+async fn look_up_until(
+    http: &reqwest::Client,
+    url: &str,
+    done: impl Fn(&Vec<Value>) -> bool,
+) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let response = http
+            .get(url)
+            .bearer_auth(crate::cluster::API_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        let connections = body["connections"].as_array().unwrap().clone();
+        if done(&connections) {
+            return connections;
+        }
+        assert!(std::time::Instant::now() < deadline, "lookup: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A user with connections on two nodes: the lookup through either node lists both, with
+/// their node, address and current subscriptions, and forgets a connection once it closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_lookup_lists_the_connections_on_every_node() {
+    let file = crate::channels::ConfigFile::new(ROOMS);
+    let cluster = tokio::task::block_in_place(|| {
+        Cluster::start_with(
+            &mongo_uri(),
+            2,
+            &[("CONSOLE_PASSWORD", PASSWORD), ("CONFIG_FILE", file.path())],
+        )
+    });
+    let (one, two) = (cluster.node_id(1).await, cluster.node_id(2).await);
+    let mut first = cluster.client(1, "alice").await;
+    subscribe(&mut first, "room:a").await;
+    let mut second = cluster.client(2, "alice").await;
+    for channel in ["room:b", "room:c"] {
+        subscribe(&mut second, channel).await;
+    }
+    second
+        .send_json(&json!({"type": "unsubscribe", "channel": "room:b"}))
+        .await;
+    second.next_json().await;
+    let _bystander = cluster.client(1, "bob").await;
+
+    let http = reqwest::Client::new();
+    let url = cluster.node(1).url("/api/users/alice/connections");
+    let connections = look_up_until(&http, &url, |c| {
+        c.len() == 2 && c[1]["subscriptions"] == json!(["room:c"])
+    })
+    .await;
+    let nodes: Vec<&str> = connections
+        .iter()
+        .map(|c| c["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, [one.as_str(), two.as_str()], "oldest first");
+    assert_eq!(connections[0]["subscriptions"], json!(["room:a"]));
+    for connection in &connections {
+        assert_eq!(connection["client_ip"], "127.0.0.1");
+        assert!(connection["connected_at"].as_u64().unwrap() > 1_700_000_000_000);
+        assert!(connection["connection_id"].as_str().unwrap().contains('@'));
+    }
+
+    second.close(1000).await;
+    let url = cluster.node(2).url("/api/users/alice/connections");
+    let left = look_up_until(&http, &url, |c| c.len() == 1).await;
+    assert_eq!(left[0]["node"], one.as_str());
+}
+
+/// Without MongoDB the node folds its own events: one node is the whole cluster.
+#[tokio::test]
+async fn a_user_lookup_without_mongodb_reads_this_node() {
+    let file = crate::channels::ConfigFile::new(ROOMS);
+    let app = console_app(&[("CONFIG_FILE", file.path())]).await;
+    let mut alice = app.authenticated("alice").await;
+    subscribe(&mut alice, "room:x").await;
+    let (status, body) = app
+        .call_api(API_KEY, Method::GET, "/api/users/alice/connections", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["connections"][0]["subscriptions"], json!(["room:x"]));
+    assert_eq!(body["connections"][0]["node"], app.node.as_str());
+    alice.close(1000).await;
+    wait_until("alice's connection to end", || {
+        app.hub.authenticated_count() == 0
+    })
+    .await;
+    let (_, body) = app
+        .call_api(API_KEY, Method::GET, "/api/users/alice/connections", None)
+        .await;
+    assert_eq!(body["connections"], json!([]));
+
+    let plain = spawn_app(Store::Memory, &[("API_KEY", API_KEY)]).await;
+    let (status, body) = plain
+        .call_api(API_KEY, Method::GET, "/api/users/alice/connections", None)
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("user_lookup_disabled"))
+    );
+}

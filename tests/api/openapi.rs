@@ -90,6 +90,7 @@ const SERVED: &[(&str, &str)] = &[
     ("get", "/api/connections"),
     ("get", "/api/nodes"),
     ("get", "/api/series"),
+    ("get", "/api/users/{user_id}/connections"),
     ("post", "/api/channels/{channel}/publish"),
     ("post", "/api/publish"),
     ("post", "/api/users/{user_id}/subscriptions"),
