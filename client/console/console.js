@@ -6,6 +6,8 @@ const $ = (id) => document.getElementById(id);
 const views = ["overview", "channels", "users"];
 let refresh = null;
 let openChannel = null;
+let tail = null; // the EventSource of the open channel's live publications
+let stepSecs = 5;
 
 async function api(path, { method = "GET", body } = {}) {
   const response = await fetch(path, {
@@ -43,7 +45,8 @@ async function showOverview() {
   let total = 0, authenticated = 0, waiting = 0;
   for (const node of nodes) {
     const row = document.createElement("tr");
-    const late = Date.now() - Date.parse(node.heartbeat_at) > 15_000;
+    // Nodes sweep a node after two missed heartbeats; the listing drops it after three.
+    const late = Date.now() - Date.parse(node.heartbeat_at) > 2 * stepSecs * 1000 + 1000;
     if (late) row.className = "stale";
     cell(row, node.id + (late ? " (no heartbeat)" : ""));
     cell(row, node.address);
@@ -61,7 +64,9 @@ async function showOverview() {
   $("total-waiting").textContent = waiting;
   $("total-nodes").textContent = nodes.length;
   $("bus-mode").textContent = bus;
-  drawCharts(await api("/api/series"));
+  const series = await api("/api/series");
+  stepSecs = series.step_secs;
+  drawCharts(series);
 }
 
 // The charts of the overview: every node's samples (GET /api/series) merged by time.
@@ -152,11 +157,33 @@ async function showChannels() {
   if (openChannel) await showChannel();
 }
 
+// The channel's publications from now on, through the console's own subscription.
+function follow(channel) {
+  if (tail?.channel === channel) return;
+  stopFollowing();
+  $("channel-tail").replaceChildren();
+  const source = new EventSource(`/console/channels/${encodeURIComponent(channel)}/tail`);
+  source.addEventListener("message", (event) => {
+    const publication = JSON.parse(event.data);
+    const item = document.createElement("li");
+    item.textContent = `${new Date().toLocaleTimeString()}  ${JSON.stringify(publication.data)}`;
+    $("channel-tail").prepend(item);
+    while ($("channel-tail").children.length > 50) $("channel-tail").lastChild.remove();
+  });
+  tail = { channel, source };
+}
+
+function stopFollowing() {
+  tail?.source.close();
+  tail = null;
+}
+
 async function showChannel() {
   const channel = openChannel;
   const path = `/api/channels/${encodeURIComponent(channel)}`;
   $("channel-detail").hidden = false;
   $("channel-name").textContent = channel;
+  follow(channel);
   const presence = $("channel-presence");
   const history = $("channel-history");
   try {
@@ -184,6 +211,7 @@ async function showChannel() {
 
 async function show(view) {
   clearInterval(refresh);
+  if (view !== "channels") stopFollowing();
   for (const name of views) $(name).hidden = name !== view;
   for (const link of document.querySelectorAll("nav a")) {
     link.classList.toggle("active", link.dataset.view === view);
@@ -196,6 +224,7 @@ async function show(view) {
 
 function showSignIn() {
   clearInterval(refresh);
+  stopFollowing();
   $("nav").hidden = true;
   for (const name of views) $(name).hidden = true;
   $("sign-in").hidden = false;
@@ -243,6 +272,7 @@ $("publish-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   try {
     const data = JSON.parse($("publish-data").value);
+    if (!confirm(`Publish ${JSON.stringify(data)} to ${openChannel}, for every subscriber?`)) return;
     await api(`/api/channels/${encodeURIComponent(openChannel)}/publish`, { method: "POST", body: { data } });
     $("publish-error").textContent = "";
     await showChannel();

@@ -106,7 +106,12 @@ test("an operator signs in, sees both nodes, a channel's presence, publishes, an
   }, null, { timeout: 15000 });
   await page.fill("#publish-data", '{"text": "hello from the console"}');
   await page.click("#publish-form button");
+  // Live, through the console's own subscription, and then in the history.
+  await page.waitForSelector("#channel-tail li:has-text('hello from the console')", { timeout: 15000 });
   await page.waitForSelector("#channel-history li:has-text('hello from the console')", { timeout: 15000 });
+  // A publication through the other node reaches the tail too.
+  await two.api("POST", "/api/channels/room:lobby/publish", { data: { text: "via node two" } });
+  await page.waitForSelector("#channel-tail li:has-text('via node two')", { timeout: 15000 });
   for (const client of [alice, bob]) {
     const publication = await client.until((m) => m.type === "publication");
     assert.deepEqual(publication.data, { text: "hello from the console" });

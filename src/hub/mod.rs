@@ -411,6 +411,44 @@ impl Connections {
     }
 }
 
+/// A listener on one channel that is not a connection (the console's live tail): in no
+/// connection count or limit, and it gets no broadcasts; dropping it leaves the channel.
+pub struct ChannelWatch {
+    hub: Arc<Hub>,
+    id: ConnectionId,
+    channel: ChannelName,
+    mailbox: Arc<Mailbox>,
+}
+
+impl Hub {
+    /// Starts listening to `channel`'s publications on this node; `label` names the listener
+    /// where the mailbox needs a user.
+    pub fn watch(self: &Arc<Self>, channel: &ChannelName, label: &str) -> ChannelWatch {
+        let id = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
+        let mailbox = Arc::new(Mailbox::new(Arc::from(label)));
+        let channel = self.channels.add(channel, id, Arc::clone(&mailbox));
+        ChannelWatch {
+            hub: Arc::clone(self),
+            id,
+            channel,
+            mailbox,
+        }
+    }
+}
+
+impl ChannelWatch {
+    /// The next publication (or, of a history channel, recovered ones) for the channel.
+    pub async fn next(&self) -> Result<Inbound, Fell> {
+        Ok(self.mailbox.pop().await?)
+    }
+}
+
+impl Drop for ChannelWatch {
+    fn drop(&mut self) {
+        self.hub.channels.remove(self.channel.as_str(), self.id);
+    }
+}
+
 /// A WebSocket connection's slot, held from upgrade to the end of its task.
 pub struct OpenConnection {
     hub: Arc<Hub>,

@@ -34,7 +34,10 @@ pub fn configure(scope: actix_web::Scope) -> actix_web::Scope {
 }
 
 /// A valid channel name in a declared namespace.
-fn checked(state: &AppState, channel: &str) -> Result<(ChannelName, NamespaceOptions), ApiError> {
+pub(super) fn checked(
+    state: &AppState,
+    channel: &str,
+) -> Result<(ChannelName, NamespaceOptions), ApiError> {
     let name = ChannelName::parse(channel).map_err(|_| ApiError::InvalidChannel)?;
     let options = state
         .session

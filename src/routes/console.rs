@@ -3,14 +3,18 @@
 //! session's cookie; [`super::api::ApiCaller`] takes that in place of the API key. Only when
 //! CONSOLE_PASSWORD is set; otherwise none of this exists (404).
 
+use std::time::Duration;
+
 use actix_web::cookie::{Cookie, SameSite, time};
 use actix_web::http::header::{self, ContentType};
+use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
 use super::{AppState, method_not_allowed, readable};
 use crate::console::{COOKIE, Console, ConsoleSession};
 use crate::error::ApiError;
+use crate::hub::{ChannelWatch, Inbound};
 
 /// Only the console's own scripts, styles and API: no inline script, no other origin, no
 /// framing.
@@ -30,7 +34,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(current))
                 .route(web::delete().to(sign_out))
                 .default_service(web::to(|| method_not_allowed("GET, POST, DELETE"))),
-        );
+        )
+        .service(readable("/console/channels/{channel}/tail", tail));
 }
 
 fn asset(content_type: &str, body: &'static str) -> HttpResponse {
@@ -156,4 +161,92 @@ async fn sign_out(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     let mut gone = Cookie::build(COOKIE, "").path("/").finish();
     gone.make_removal();
     Ok(HttpResponse::NoContent().cookie(gone).finish())
+}
+
+/// What the console's own subscriptions are called where a user id is needed.
+const TAIL_LABEL: &str = "ticketgate-console";
+/// A comment line this often keeps proxies from closing a quiet stream, and finds out that
+/// the browser left (the server learns it only when a write fails): a closed tail leaves
+/// its channel within a few of these.
+const KEEP_ALIVE: Duration = Duration::from_secs(3);
+
+/// `GET /console/channels/{channel}/tail`: the channel's publications from now on, as
+/// Server-Sent Events (`data: <the publication as clients get it>`). The console subscribes
+/// through a listener of its own on this node (a [`crate::hub::ChannelWatch`], which
+/// publications from every node reach, and which counts as no connection); closing the
+/// stream ends it. A GET with no effect beyond its own answer, so the cookie
+/// suffices (EventSource cannot send the console's header, and another site cannot read the
+/// answer).
+async fn tail(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    channel: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let session = session_of(&req, &state).await?;
+    let (name, _) = super::channel_api::checked(&state, &channel)?;
+    let watch = state.session.hub.watch(&name, TAIL_LABEL);
+    log::info!("console {}: tails {}", session.id, name.as_str());
+    let tail = Tail {
+        watch,
+        channel: name.as_str().to_owned(),
+    };
+    let events = futures_util::stream::unfold(tail, |mut tail| async move {
+        let event = tail.next_event().await?;
+        Some((Ok::<_, actix_web::Error>(event), tail))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(events))
+}
+
+/// One tail: its listener, dropped (leaving the channel) with the stream.
+struct Tail {
+    watch: ChannelWatch,
+    channel: String,
+}
+
+impl Tail {
+    /// The next event to send: a publication of the channel, or a keep-alive comment;
+    /// `None` ends the stream (the listener fell behind: the browser reconnects).
+    async fn next_event(&mut self) -> Option<Bytes> {
+        loop {
+            let inbound = match tokio::time::timeout(KEEP_ALIVE, self.watch.next()).await {
+                Err(_) => return Some(Bytes::from_static(b": keep-alive\n\n")),
+                Ok(Err(_)) => return None,
+                Ok(Ok(inbound)) => inbound,
+            };
+            let deliveries = match inbound {
+                Inbound::Delivery(delivery) => vec![delivery],
+                Inbound::Recovered(deliveries) => deliveries,
+                Inbound::Control(_) => continue,
+            };
+            let mut events = Vec::new();
+            for delivery in deliveries {
+                let frame = delivery.as_ref();
+                let text = &frame[crate::wire::frame_header_len(frame).min(frame.len())..];
+                if self.is_publication(text) {
+                    events.extend_from_slice(b"data: ");
+                    events.extend_from_slice(text);
+                    events.extend_from_slice(b"\n\n");
+                }
+            }
+            if !events.is_empty() {
+                return Some(Bytes::from(events));
+            }
+        }
+    }
+
+    /// Only this channel's publications go out (join and leave notices stay).
+    fn is_publication(&self, text: &[u8]) -> bool {
+        #[derive(Deserialize)]
+        struct Head<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            channel: Option<&'a str>,
+        }
+        serde_json::from_slice::<Head>(text)
+            .is_ok_and(|head| head.kind == "publication" && head.channel == Some(&self.channel))
+    }
 }

@@ -501,3 +501,96 @@ async fn a_user_lookup_without_mongodb_reads_this_node() {
         (404, Some("user_lookup_disabled"))
     );
 }
+
+/// The console's live tail: Server-Sent Events with the channel's publications made through
+/// any node, and nothing else; refused without a session; the listener leaves with the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_streams_the_channel_s_publications_from_every_node() {
+    let file = crate::channels::ConfigFile::new(ROOMS);
+    let cluster = tokio::task::block_in_place(|| {
+        Cluster::start_with(
+            &mongo_uri(),
+            2,
+            &[("CONSOLE_PASSWORD", PASSWORD), ("CONFIG_FILE", file.path())],
+        )
+    });
+    let http = reqwest::Client::new();
+    let tail_url = cluster.node(1).url("/console/channels/room:live/tail");
+    let refused = http.get(&tail_url).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let (_, set_cookie, _) = sign_in(&http, &cluster.node(1).url(""), PASSWORD, &[]).await;
+    let cookie = pair(&set_cookie.unwrap());
+    for (channel, error) in [
+        ("bad%20name", "invalid_channel"),
+        ("nowhere:x", "unknown_namespace"),
+    ] {
+        let url = cluster
+            .node(1)
+            .url(&format!("/console/channels/{channel}/tail"));
+        let response = http
+            .get(url)
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{channel}");
+        assert_eq!(response.json::<Value>().await.unwrap()["error"], error);
+    }
+
+    let response = http
+        .get(&tail_url)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut stream = response;
+    let connections_before = cluster.get(1, "/api/connections").await;
+    cluster
+        .broadcast(2, json!("a broadcast is not the channel's"))
+        .await;
+    for (channel, data) in [("room:other", "elsewhere"), ("room:live", "through node 2")] {
+        let path = format!("/api/channels/{channel}/publish");
+        let (status, body) = cluster.post(2, &path, json!({ "data": data })).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout(PATIENCE, stream.chunk())
+            .await
+            .expect("an event within PATIENCE")
+            .unwrap()
+            .expect("the stream goes on");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let event = text
+        .strip_prefix("data: ")
+        .unwrap()
+        .split("\n\n")
+        .next()
+        .unwrap();
+    let publication: Value = serde_json::from_str(event).unwrap();
+    assert_eq!(publication["type"], "publication");
+    assert_eq!(publication["channel"], "room:live");
+    assert_eq!(publication["data"], "through node 2");
+    assert_eq!(
+        connections_before["total"], 0,
+        "the console's listener is no connection: {connections_before}"
+    );
+
+    // The server learns that the browser left when a keep-alive write fails (every 3 s).
+    drop(stream);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let channels = cluster.get(1, "/api/channels?prefix=room:").await;
+        if channels["channels"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listener stayed: {channels}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
