@@ -1000,6 +1000,32 @@ mod tests {
     }
 
     #[test]
+    fn the_console_needs_a_long_password() {
+        let err = Settings::from_vars(&vars(&[("CONSOLE_PASSWORD", "too-short-pw")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CONSOLE_PASSWORD"), "{err}");
+        assert!(
+            !err.contains("too-short-pw"),
+            "the password was printed: {err}"
+        );
+        assert!(
+            Settings::from_vars(&vars(&[]))
+                .unwrap()
+                .api
+                .console
+                .is_none()
+        );
+        let on = Settings::from_vars(&vars(&[("CONSOLE_PASSWORD", "sixteen-chars-ok")]))
+            .unwrap()
+            .api
+            .console
+            .unwrap();
+        assert_eq!(on.session, Duration::from_secs(8 * 3600));
+        assert_eq!(on.signin_rate_per_min.get(), 10);
+    }
+
+    #[test]
     fn secrets_are_not_printed_by_debug() {
         let secret = "a-very-secret-value-that-is-long-enough";
         let s = Settings::from_vars(&vars(&[

@@ -172,6 +172,8 @@ async fn schemathesis_finds_nothing_against_the_document() {
         ("MONGODB_DATABASE", &db),
         ("TICKET_RATE_PER_MIN", "1000000"),
         ("UPGRADE_RATE_PER_MIN", "1000000"),
+        // Lifecycle events recorded, so user lookups reach their 200s.
+        ("RECORD_LIFECYCLE_EVENTS", "true"),
         ("RUST_LOG", "warn,ticketgate::startup=info"),
     ]);
     // Schemathesis keeps its example database in the working directory.
