@@ -189,11 +189,19 @@ async fn the_server_api_takes_a_console_session_with_its_header() {
     // Every route: refused without the session, and without the console's header.
     let routes = [
         (Method::GET, "/api/nodes"),
+        (Method::GET, "/api/series"),
         (Method::GET, "/api/connections"),
         (Method::GET, "/api/channels"),
+        (Method::GET, "/api/channels/room:a/presence"),
+        (Method::GET, "/api/channels/room:a/history"),
+        (Method::GET, "/api/users/alice/connections"),
         (Method::POST, "/api/broadcast"),
+        (Method::POST, "/api/publish"),
+        (Method::POST, "/api/channels/room:a/publish"),
         (Method::POST, "/api/users/alice/messages"),
         (Method::POST, "/api/users/alice/disconnect"),
+        (Method::POST, "/api/users/alice/subscriptions"),
+        (Method::DELETE, "/api/users/alice/subscriptions/room:a"),
         (Method::POST, "/api/revocations"),
     ];
     let tampered = format!("{cookie}x");
