@@ -164,20 +164,32 @@ impl NodeRegistry {
         self.bounds.run("node_heartbeat", upsert).await.map(|_| ())
     }
 
-    /// The other live nodes' recent samples, as of their last heartbeats.
-    pub async fn others_series(&self, me: &NodeId) -> Result<Vec<NodeSeries>, Unavailable> {
+    /// The other live nodes' entries (last heartbeat within the liveness window), oldest
+    /// first, without the fields in `leave_out`: each caller reads only what it shows (the
+    /// series are the bulk of an entry).
+    async fn live_others(
+        &self,
+        me: &str,
+        leave_out: &str,
+        operation: &'static str,
+    ) -> Result<Vec<NodeDocument>, Unavailable> {
         let since = DateTime::from_millis(
             DateTime::now().timestamp_millis() - self.liveness.as_millis() as i64,
         );
         let found = self
             .nodes
-            .find(doc! { "heartbeat_at": { "$gte": since }, "_id": { "$ne": me.as_str() } })
+            .find(doc! { "heartbeat_at": { "$gte": since }, "_id": { "$ne": me } })
+            .projection(doc! { leave_out: 0 })
             .sort(doc! { "started_at": 1 });
-        let others: Vec<NodeDocument> = self
-            .bounds
-            .run("list_node_series", async {
-                found.await?.try_collect().await
-            })
+        self.bounds
+            .run(operation, async { found.await?.try_collect().await })
+            .await
+    }
+
+    /// The other live nodes' recent samples, as of their last heartbeats.
+    pub async fn others_series(&self, me: &NodeId) -> Result<Vec<NodeSeries>, Unavailable> {
+        let others = self
+            .live_others(me.as_str(), "channels", "list_node_series")
             .await?;
         Ok(others
             .into_iter()
@@ -191,17 +203,7 @@ impl NodeRegistry {
     /// The live nodes: `me` first, with its current counts rather than its last heartbeat's,
     /// then the others, oldest first.
     pub async fn live(&self, me: NodeView) -> Result<Vec<NodeView>, Unavailable> {
-        let since = DateTime::from_millis(
-            DateTime::now().timestamp_millis() - self.liveness.as_millis() as i64,
-        );
-        let found = self
-            .nodes
-            .find(doc! { "heartbeat_at": { "$gte": since }, "_id": { "$ne": &me.id } })
-            .sort(doc! { "started_at": 1 });
-        let others: Vec<NodeDocument> = self
-            .bounds
-            .run("list_nodes", async { found.await?.try_collect().await })
-            .await?;
+        let others = self.live_others(&me.id, "series", "list_nodes").await?;
         let mut nodes = vec![me];
         nodes.extend(others.into_iter().map(|n| NodeView {
             id: n.id,
@@ -220,17 +222,8 @@ impl NodeRegistry {
         me: &NodeId,
         prefix: &str,
     ) -> Result<Vec<ChannelCount>, Unavailable> {
-        let since = DateTime::from_millis(
-            DateTime::now().timestamp_millis() - self.liveness.as_millis() as i64,
-        );
-        let found = self
-            .nodes
-            .find(doc! { "heartbeat_at": { "$gte": since }, "_id": { "$ne": me.as_str() } });
-        let others: Vec<NodeDocument> = self
-            .bounds
-            .run("list_node_channels", async {
-                found.await?.try_collect().await
-            })
+        let others = self
+            .live_others(me.as_str(), "series", "list_node_channels")
             .await?;
         Ok(others
             .into_iter()
