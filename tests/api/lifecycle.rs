@@ -221,7 +221,7 @@ async fn a_webhook_down_for_ten_seconds_then_back_gets_every_event_in_order(stor
             >= 3.0
     );
     assert_eq!(
-        app.metric("ticketgate_lifecycle_events_delivered_total", &[])
+        app.metric_settles_at("ticketgate_lifecycle_events_delivered_total", &[], 60.0)
             .await,
         60.0
     );
@@ -300,7 +300,7 @@ async fn recorded_events_reach_the_change_stream_without_a_webhook() {
     assert_eq!(seen[2].get_i32("code").unwrap(), 1000);
     assert!(seen[2].get_i64("duration_ms").is_ok(), "{}", seen[2]);
     assert_eq!(
-        app.metric("ticketgate_lifecycle_events_recorded_total", &[])
+        app.metric_settles_at("ticketgate_lifecycle_events_recorded_total", &[], 3.0)
             .await,
         3.0
     );

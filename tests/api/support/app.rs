@@ -167,6 +167,20 @@ impl TestApp {
         }
     }
 
+    /// Waits, up to [`PATIENCE`], until a metric reads `value`, and returns what it last read.
+    /// For counters a node bumps just after the effect a test observed (an insert seen on a
+    /// change stream, a webhook batch received): the effect can be seen before the count.
+    pub async fn metric_settles_at(&self, name: &str, labels: &[(&str, &str)], value: f64) -> f64 {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let read = self.metric(name, labels).await;
+            if read == value || tokio::time::Instant::now() >= deadline {
+                return read;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// A server API call with `api_key`: the status and the JSON body (null when none).
     pub async fn call_api(
         &self,
