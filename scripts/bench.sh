@@ -135,8 +135,31 @@ load() {
       -o "$PERF_DIR/$1-$(date +%s%N).data" 2>/dev/null &
     perf_pid=$!
   fi
+  local mongod_before
+  mongod_before=$(cpu_ticks "$mongod_pid")
+  mongod_commands >"$work/commands.before"
   target/release/ticketgate-load "${args[@]}" --secret "$SECRET" "$@"
   if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
+  echo "mongod CPU during the run: $(( ($(cpu_ticks "$mongod_pid") - mongod_before) * 1000 / $(getconf CLK_TCK) )) ms;" \
+    "commands: $(mongod_commands | "$venv/bin/python" -c '
+import json, sys
+before = json.load(open(sys.argv[1])); after = json.load(sys.stdin)
+grown = {k: after[k] - before.get(k, 0) for k in after if after[k] > before.get(k, 0)}
+print(", ".join(f"{n} {k}" for k, n in sorted(grown.items(), key=lambda kv: -kv[1])[:8]))
+' "$work/commands.before")"
+}
+
+# cpu_ticks <pid>: user + system CPU time of a process so far, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# mongod_commands: how many of each command mongod has run so far, as JSON.
+mongod_commands() {
+  "$venv/bin/python" - "$mongo_port" <<'PY'
+import json, sys, pymongo
+client = pymongo.MongoClient(f"mongodb://127.0.0.1:{sys.argv[1]}/?directConnection=true")
+commands = client.admin.command("serverStatus")["metrics"]["commands"]
+print(json.dumps({name: c["total"] for name, c in commands.items() if isinstance(c, dict) and "total" in c}))
+PY
 }
 
 wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }

@@ -224,7 +224,7 @@ impl Clients {
             .bearer_auth(&jwt)
             .send()
             .await
-            .map_err(|e| format!("ticket request: {e}"))?;
+            .map_err(|e| format!("ticket request: {}", error_chain(&e)))?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -309,4 +309,16 @@ fn bind_address_only(socket: &TcpSocket) -> Result<(), String> {
             std::io::Error::last_os_error()
         ))
     }
+}
+
+/// An error and its sources, innermost last ("error sending request" alone says little).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
 }

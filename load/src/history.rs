@@ -761,7 +761,15 @@ impl Refusals {
                 head.split(' ').take(3).collect::<Vec<_>>().join(" "),
                 rest.split('"').next().unwrap_or_default()
             ),
-            None => error.chars().take(48).collect(),
+            // Without the URL, which differs per request.
+            None => error
+                .split(" for url (")
+                .map(|part| part.split_once("): ").map_or(part, |(_, rest)| rest))
+                .collect::<Vec<_>>()
+                .join(": ")
+                .chars()
+                .take(160)
+                .collect(),
         };
         *self.0.lock().unwrap().entry(kind).or_default() += 1;
     }

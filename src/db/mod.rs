@@ -4,6 +4,7 @@
 //! (migrations, retried until they apply). The ticket store, the revocations, the cluster bus
 //! and the node registry all stand on this.
 
+mod group_commit;
 mod per_thread;
 mod prepare;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Database};
 
+pub use group_commit::{Batching, GroupCommit};
 pub use per_thread::PerThreadDatabase;
 pub use prepare::{Prepared, retry_until_ready};
 

@@ -60,7 +60,21 @@ async fn two_thousand_sockets_that_never_authenticate_leave_nothing_behind() {
                 .await
         }
     };
-    mint_tickets(200).await;
+    let upgrade_all = |tickets: Vec<String>| {
+        let gateway = &gateway;
+        async move {
+            futures_util::stream::iter(tickets)
+                .map(|ticket| {
+                    let url = gateway.ws_url(&ticket);
+                    async move { try_connect_url(&url, None).await.expect("upgrade") }
+                })
+                .buffer_unordered(100)
+                .collect::<Vec<WsClient>>()
+                .await
+        }
+    };
+    // Upgrades too, at the round's concurrency: redeems have their own MongoDB operations.
+    drop(upgrade_all(mint_tickets(200).await).await);
     let warm_ticket = gateway.ticket(&reqwest::Client::new(), "warm").await;
     let mut warm = try_connect_url(&gateway.ws_url(&warm_ticket), None)
         .await
@@ -76,15 +90,7 @@ async fn two_thousand_sockets_that_never_authenticate_leave_nothing_behind() {
     // One round: SOCKETS upgrades that never authenticate, all open at once, all closed with
     // 4408 at the deadline; returns the peak fds and RSS.
     let round = || async {
-        let tickets = mint_tickets(SOCKETS).await;
-        let clients: Vec<WsClient> = futures_util::stream::iter(tickets)
-            .map(|ticket| {
-                let url = gateway.ws_url(&ticket);
-                async move { try_connect_url(&url, None).await.expect("upgrade") }
-            })
-            .buffer_unordered(100)
-            .collect()
-            .await;
+        let clients = upgrade_all(mint_tickets(SOCKETS).await).await;
         let (peak_fds, peak_rss) = (gateway.open_fds(), gateway.rss_kib() as usize);
         // Less the MongoDB pool's sockets, which the driver may close and reopen meanwhile
         // (this failed once by a few fds under a loaded full run).

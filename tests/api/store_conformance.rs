@@ -15,11 +15,24 @@ use ticketgate::ticket::{NewTicket, PresentedTicket};
 use crate::support::{Store, mongo_uri, unique_db_name};
 
 async fn make_store(kind: Store, ttl_secs: u64, single_use: bool) -> TicketStore {
+    make_store_with_metrics(kind, ttl_secs, single_use).await.0
+}
+
+/// The store, its metrics, and (MongoDB) its database.
+type Made = (
+    TicketStore,
+    Arc<ticketgate::metrics::Metrics>,
+    Option<mongodb::Database>,
+);
+
+async fn make_store_with_metrics(kind: Store, ttl_secs: u64, single_use: bool) -> Made {
     let policy = TicketPolicy {
         ttl: Duration::from_secs(ttl_secs),
         single_use,
     };
-    match kind {
+    let metrics = Arc::new(ticketgate::metrics::Metrics::new());
+    let mut database = None;
+    let store = match kind {
         Store::Memory => TicketStore::Memory(MemoryTicketStore::new(policy)),
         Store::Mongo => {
             let settings = MongoSettings {
@@ -34,15 +47,17 @@ async fn make_store(kind: Store, ttl_secs: u64, single_use: bool) -> TicketStore
                 admission: ticketgate::db::Admission::new(64),
                 timeout: Duration::from_secs(5),
                 readiness: ready,
-                metrics: Arc::new(ticketgate::metrics::Metrics::new()),
+                metrics: Arc::clone(&metrics),
             };
             // As the gateway runs it: each thread with a client of its own.
             let per_thread = PerThreadDatabase::new(options, db.clone());
+            database = Some(db.clone());
             TicketStore::Mongo(
                 MongoTicketStore::new(&db, policy, bounds).with_per_thread_clients(per_thread),
             )
         }
-    }
+    };
+    (store, metrics, database)
 }
 
 fn presented(ticket: &NewTicket) -> PresentedTicket {
@@ -149,6 +164,117 @@ async fn concurrent_redemptions_let_exactly_one_through(kind: Store) {
     }
 }
 
+/// A burst, as when a node restarts and its clients come back at once: many mints, then
+/// redeems of every kind at the same time (each ticket presented once or twice with its
+/// secret, some with a forged secret, some never issued). Each request gets its own answer:
+/// every ticket goes to exactly one of its presenters, for its own user, and no forged
+/// secret burns a ticket. (The MongoDB store serves this in batches: see the next test.)
+async fn a_burst_of_mints_and_redeems_answers_each_on_its_own(kind: Store) {
+    let store = Arc::new(make_store(kind, 60, true).await);
+    let mints = (0..300).map(|i| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { (i, store.issue(&format!("user-{i}")).await.unwrap()) })
+    });
+    let tickets: Vec<(usize, NewTicket)> = join_all(mints)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut attempts = Vec::new();
+    for (i, ticket) in &tickets {
+        let copies = if i % 3 == 0 { 2 } else { 1 };
+        for _ in 0..copies {
+            attempts.push((Some(*i), presented(ticket)));
+        }
+        if i % 5 == 0 {
+            let (id, _) = ticket
+                .to_string()
+                .split_once('.')
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .unwrap();
+            let other = NewTicket::generate().to_string();
+            let forged = format!("{id}.{}", other.split_once('.').unwrap().1);
+            attempts.push((None, PresentedTicket::parse(&forged).unwrap()));
+        }
+    }
+    for _ in 0..30 {
+        attempts.push((None, presented(&NewTicket::generate())));
+    }
+    let redeems = attempts.into_iter().map(|(owner, ticket)| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { (owner, store.redeem(&ticket).await) })
+    });
+    let mut taken = vec![0; tickets.len()];
+    for outcome in join_all(redeems).await {
+        match outcome.unwrap() {
+            (Some(i), Ok(redeemed)) => {
+                assert_eq!(redeemed.user_id, format!("user-{i}"));
+                taken[i] += 1;
+            }
+            (Some(_), Err(RedeemError::Rejected(_))) => {}
+            (None, Err(RedeemError::Rejected(_))) => {}
+            (owner, other) => panic!("{owner:?}: {other:?}"),
+        }
+    }
+    assert!(taken.iter().all(|n| *n == 1), "{taken:?}");
+}
+
+/// The MongoDB store's group commit: concurrent mints go out as fewer `insertMany` commands
+/// than there are tickets, and concurrent redeems as claims of several tickets each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_mints_and_redeems_in_a_burst_are_batched() {
+    let (store, metrics, db) = make_store_with_metrics(Store::Mongo, 60, true).await;
+    let store = Arc::new(store);
+    let mints = (0..200).map(|i| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.issue(&format!("user-{i}")).await.unwrap() })
+    });
+    let tickets: Vec<NewTicket> = join_all(mints)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let redeems = tickets.iter().map(|ticket| {
+        let (store, ticket) = (Arc::clone(&store), presented(ticket));
+        tokio::spawn(async move { store.redeem(&ticket).await.unwrap() })
+    });
+    join_all(redeems).await.into_iter().for_each(|r| {
+        r.unwrap();
+    });
+    let commands = |operation: &str| {
+        metrics
+            .store_operation_seconds
+            .with_label_values(&[operation])
+            .get_sample_count()
+    };
+    let (inserts, claims, single) = (commands("insert"), commands("claim"), commands("consume"));
+    assert!(inserts < 200, "{inserts} insertMany commands for 200 mints");
+    assert!(claims > 0, "no redeem was batched");
+    assert!(
+        claims + single < 200,
+        "{claims} claims and {single} single redeems for 200"
+    );
+    // The used tickets are deleted after their redeemers were answered.
+    let tickets = db
+        .unwrap()
+        .collection::<mongodb::bson::Document>("ws_tickets");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = tickets
+            .count_documents(mongodb::bson::doc! {})
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} used tickets left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn tickets_are_independent(kind: Store) {
     let store = make_store(kind, 60, true).await;
     let a = store.issue("alice").await.unwrap();
@@ -179,5 +305,6 @@ conformance!(
     an_expired_ticket_is_refused,
     a_reusable_ticket_redeems_until_it_expires,
     concurrent_redemptions_let_exactly_one_through,
+    a_burst_of_mints_and_redeems_answers_each_on_its_own,
     tickets_are_independent,
 );
