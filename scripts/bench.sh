@@ -4,8 +4,8 @@
 # and the load generator. Everything stays on loopback.
 #
 #   N_CONNECT=20000 N_FANOUT=10000 N_IDLE=19000 scripts/bench.sh
-#   SCENARIOS="cluster" scripts/bench.sh        # only some: connect fanout idle cluster idle-cluster
-#                                               # compression channels channels-idle
+#   SCENARIOS="cluster" scripts/bench.sh        # only some: connect connect-jti fanout idle cluster
+#                                               # idle-cluster compression channels channels-idle
 #                                               # channels-memory channels-cluster channels-bus
 #                                               # presence history jitter restart-storm rpc
 #                                               # lifecycle floor
@@ -170,6 +170,12 @@ if wants connect; then
   echo "## connect, MongoDB store"; load 1 connect --connections "$N_CONNECT" --concurrency 200
   start_gateways memory 1
   echo "## connect, in-process store"; load 1 connect --connections "$N_CONNECT" --concurrency 200
+fi
+if wants connect-jti; then
+  # Every JWT with a jti of its own: a revocation lookup at minting and at authentication.
+  start_gateways mongo 1
+  echo "## connect, MongoDB store, JWTs with a jti"
+  load 1 --jti connect --connections "$N_CONNECT" --concurrency 200
 fi
 if wants fanout; then
   start_gateways mongo 1

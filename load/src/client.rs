@@ -165,6 +165,10 @@ pub struct Clients {
     /// Subscriptions per connection, and the channels they are spread over.
     pub subscribe: usize,
     pub channels: usize,
+    /// Every JWT gets a `jti` of its own (`--jti`).
+    pub jti: bool,
+    /// Numbers the `jti`s.
+    jtis: std::sync::atomic::AtomicU64,
 }
 
 /// The prefix of every channel the generator uses; its JWTs grant `load:*`.
@@ -198,6 +202,8 @@ impl Clients {
             compression,
             subscribe,
             channels: channels.max(1),
+            jti: false,
+            jtis: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -206,13 +212,18 @@ impl Clients {
         let started = Instant::now();
         let gateway = &self.gateways[index % self.gateways.len()];
         let user = format!("{}-{index}", self.user_prefix);
-        let jwt = if self.subscribe > 0 {
+        let jwt = if self.subscribe > 0 || self.jti {
             let now = ticketgate::clock::unix_now();
+            let jti = self.jti.then(|| {
+                let n = self.jtis.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("{user}-{now}-{n}")
+            });
             self.signer.sign(&ticketgate::jwt::Claims {
                 sub: user.clone(),
                 exp: now + 3600,
                 iat: Some(now),
-                channels: Some(vec!["load:*".into()]),
+                jti,
+                channels: (self.subscribe > 0).then(|| vec!["load:*".into()]),
                 ..Default::default()
             })
         } else {

@@ -69,6 +69,10 @@ pub struct Target {
     /// connections × subscribe / channels subscribers).
     #[arg(long, default_value_t = 1000, global = true)]
     pub channels: usize,
+    /// Give every JWT a `jti` of its own, as apps that revoke tokens do: the gateway then
+    /// looks it up among the revocations at minting and at authentication.
+    #[arg(long, global = true)]
+    pub jti: bool,
 }
 
 #[derive(Subcommand)]

@@ -18,14 +18,16 @@ pub struct Report {
 }
 
 pub(crate) fn clients(target: &Target, secret: &str) -> Result<Clients, String> {
-    Clients::new(
+    let mut clients = Clients::new(
         &target.urls,
         secret,
         target.source_addresses,
         &target.user_prefix,
         target.compression,
         (target.subscribe, target.channels),
-    )
+    )?;
+    clients.jti = target.jti;
+    Ok(clients)
 }
 
 /// Subscribes every socket to its channels (`Clients::channels_of` its position), `concurrency`

@@ -308,3 +308,52 @@ conformance!(
     a_burst_of_mints_and_redeems_answers_each_on_its_own,
     tickets_are_independent,
 );
+
+/// Revocation lookups, which every mint and authentication of a JWT with a `jti` makes, in a
+/// burst (the MongoDB store answers them in batches): each jti gets its own answer.
+async fn a_burst_of_revocation_lookups_answers_each_jti(kind: Store) {
+    use ticketgate::store::{MemoryRevocations, MongoRevocations, RevocationStore};
+    let store = Arc::new(match kind {
+        Store::Memory => RevocationStore::Memory(MemoryRevocations::new()),
+        Store::Mongo => {
+            let settings = MongoSettings {
+                uri: mongo_uri().into(),
+                database: unique_db_name(),
+            };
+            let db = db::connect(&settings, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let bounds = Bounds {
+                admission: ticketgate::db::Admission::new(64),
+                timeout: Duration::from_secs(5),
+                readiness: Readiness::ready(),
+                metrics: Arc::new(ticketgate::metrics::Metrics::new()),
+            };
+            RevocationStore::Mongo(MongoRevocations::new(&db, bounds))
+        }
+    });
+    let later = ticketgate::clock::unix_now() + 600;
+    for i in (0..300).filter(|i| i % 7 == 0) {
+        store.revoke(&format!("jti-{i}"), later).await.unwrap();
+    }
+    let lookups = (0..300).map(|i| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { (i, store.is_revoked(&format!("jti-{i}")).await.unwrap()) })
+    });
+    for outcome in join_all(lookups).await {
+        let (i, revoked) = outcome.unwrap();
+        assert_eq!(revoked, i % 7 == 0, "jti-{i}");
+    }
+}
+
+mod revocations {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_answers_each_jti() {
+        super::a_burst_of_revocation_lookups_answers_each_jti(crate::support::Store::Memory).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mongo_answers_each_jti() {
+        super::a_burst_of_revocation_lookups_answers_each_jti(crate::support::Store::Mongo).await
+    }
+}

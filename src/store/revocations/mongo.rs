@@ -1,13 +1,20 @@
 //! Revocations in MongoDB: collection `revocations`, `_id` = jti, removed by a TTL index on
 //! `expires_at`.
+//!
+//! Every mint and every authentication of a JWT with a `jti` asks whether it is revoked, so
+//! the lookups are group-committed (`crate::db::GroupCommit`): a burst of them is one `find`
+//! of many ids.
+
+use std::collections::HashSet;
 
 use bson::{DateTime, doc};
+use futures_util::TryStreamExt;
 use mongodb::options::ReplaceOptions;
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::MAX_UNIX_SECS;
-use crate::db::{Bounds, Unavailable};
+use crate::db::{Batching, Bounds, GroupCommit, Unavailable};
 
 pub const REVOCATIONS_COLLECTION: &str = "revocations";
 
@@ -18,16 +25,30 @@ struct RevocationDocument {
     expires_at: DateTime,
 }
 
+/// Lookups per batch, and batches at once.
+const BATCHING: Batching = Batching {
+    max_batch: 256,
+    slots: 4,
+};
+
 pub struct MongoRevocations {
     revocations: Collection<RevocationDocument>,
     bounds: Bounds,
+    lookups: GroupCommit<String, bool>,
 }
 
 impl MongoRevocations {
+    /// Must be called within a tokio runtime: it starts the task that forms the batches.
     pub fn new(db: &Database, bounds: Bounds) -> Self {
+        let revocations: Collection<RevocationDocument> = db.collection(REVOCATIONS_COLLECTION);
+        let lookups = GroupCommit::start(BATCHING, {
+            let (revocations, bounds) = (revocations.clone(), bounds.clone());
+            move |jtis| look_up(revocations.clone(), bounds.clone(), jtis)
+        });
         MongoRevocations {
-            revocations: db.collection(REVOCATIONS_COLLECTION),
+            revocations,
             bounds,
+            lookups,
         }
     }
 
@@ -45,10 +66,27 @@ impl MongoRevocations {
     }
 
     pub async fn is_revoked(&self, jti: &str) -> Result<bool, Unavailable> {
-        let found = self
-            .bounds
-            .run("is_revoked", self.revocations.find_one(doc! { "_id": jti }))
-            .await?;
-        Ok(found.is_some())
+        self.lookups.submit(jti.to_owned()).await
     }
+}
+
+/// Which of a batch's jtis are revoked: one `find` of their ids, reading only the ids.
+async fn look_up(
+    revocations: Collection<RevocationDocument>,
+    bounds: Bounds,
+    jtis: Vec<String>,
+) -> Result<Vec<bool>, Unavailable> {
+    let ids = revocations.clone_with_type::<bson::Document>();
+    let find = ids
+        .find(doc! { "_id": { "$in": &jtis } })
+        .projection(doc! { "_id": 1 });
+    let revoked: HashSet<String> = bounds
+        .run("is_revoked", async {
+            find.await?.try_collect::<Vec<_>>().await
+        })
+        .await?
+        .into_iter()
+        .filter_map(|document| document.get_str("_id").ok().map(str::to_owned))
+        .collect();
+    Ok(jtis.iter().map(|jti| revoked.contains(jti)).collect())
 }
