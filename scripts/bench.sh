@@ -58,7 +58,7 @@ mkdir -p "$work/db"
 # The load generator's channels (load:c<n>) need their namespace declared.
 printf '[[channels.namespaces]]\nname = "load"\n' >"$work/channels.toml"
 printf '[[channels.namespaces]]\nname = "load"\npresence = true\n' >"$work/presence.toml"
-printf '[[channels.namespaces]]\nname = "load"\nhistory_size = 100\nhistory_ttl_secs = 600\n' >"$work/history.toml"
+printf '[[channels.namespaces]]\nname = "load"\nhistory_size = %s\nhistory_ttl_secs = 600\n' "${HISTORY_SIZE:-100}" >"$work/history.toml"
 "$mongod_bin" --dbpath "$work/db" --port "$mongo_port" --bind_ip 127.0.0.1 --nounixsocket --quiet \
   --replSet rs0 --wiredTigerCacheSizeGB 0.5 --logpath "$work/mongod.log" &
 mongod_pid=$!
@@ -287,8 +287,8 @@ if wants history; then
   # How long the bus writer's transactions took (one per batch of publications).
   curl -fsS "${gateway_urls[0]}/metrics" | grep 'store_operation_seconds.*publish_history'
   GATEWAY_ENV="CONFIG_FILE=$work/history.toml" start_gateways mongo 1
-  echo "## history: publications into 100 channels, as fast as 64 publishers go"
-  load 1 --subscribe 1 --channels 100 history-publish --publishers 64 --duration-secs 20 \
+  echo "## history: publications into 100 channels, as fast as ${HISTORY_PUBLISHERS:-64} publishers go"
+  load 1 --subscribe 1 --channels 100 history-publish --publishers "${HISTORY_PUBLISHERS:-64}" --duration-secs 20 \
     --size 100 --api-key "$API_KEY"
 fi
 if wants jitter; then

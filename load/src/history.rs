@@ -237,8 +237,12 @@ pub async fn history_publish(
         let (clients, url, padding, plan, failures) = (&clients, &url, &padding, &plan, &failures);
         async move {
             let mut latencies = Vec::new();
+            // Each publisher's ticks start at its own phase, so together they publish at an
+            // even pace rather than all at once every interval.
             let mut ticks = interval.map(|every| {
-                let mut ticks = tokio::time::interval(every);
+                let phase = every.mul_f64(p as f64 / publishers as f64);
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + phase, every);
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 ticks
             });
