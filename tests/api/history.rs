@@ -336,6 +336,65 @@ async fn concurrent_publishers_on_three_nodes_get_contiguous_offsets_delivered_i
     }
 }
 
+/// A node's bus writer makes one batch's writes while the previous batch commits, when their
+/// channels differ, and commits in order. Were a later batch to become visible first, the
+/// other nodes would drop the earlier one's events as repeats (they pass each publisher's
+/// event numbers in order): this floods one node with publications into many channels, and
+/// broadcasts between them, and checks that another node delivers every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_overlapping_batches_reach_the_other_nodes_whole_and_in_order() {
+    let file = ConfigFile::new(NAMESPACES);
+    let cluster = start_cluster(&mongo_uri(), 2, &file);
+    let (channels, per_channel) = (50_usize, 20_u64);
+    let mut watcher = cluster_client(&cluster, 2, "watcher").await;
+    for c in 0..channels {
+        let reply = subscribe(&mut watcher, &format!("feed:lane{c}"), None).await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+    }
+    // Each channel's publisher publishes its twenty one after the other; the fifty publishers
+    // and a broadcaster run at once.
+    let publishers = (0..channels).map(|c| {
+        let cluster = &cluster;
+        async move {
+            for i in 1..=per_channel {
+                let path = format!("/api/channels/feed:lane{c}/publish");
+                let (status, body) = cluster.post(1, &path, json!({"data": i})).await;
+                assert_eq!(status, 202, "{body}");
+                assert_eq!(body["offset"], i, "{body}");
+            }
+        }
+    });
+    let broadcasts = async {
+        for i in 0..20 {
+            cluster.broadcast(1, json!({"b": i})).await;
+        }
+    };
+    futures_util::join!(futures_util::future::join_all(publishers), broadcasts);
+    // Every publication arrives on node 2 once, each channel's in offset order.
+    let mut next = vec![1_u64; channels];
+    let mut broadcast_count = 0;
+    let total = channels * per_channel as usize;
+    let mut delivered = 0;
+    while delivered < total || broadcast_count < 20 {
+        let message = watcher.next_json().await;
+        match message["type"].as_str() {
+            Some("broadcast") => broadcast_count += 1,
+            Some("publication") => {
+                let c: usize = message["channel"].as_str().unwrap()["feed:lane".len()..]
+                    .parse()
+                    .unwrap();
+                assert_eq!(message["offset"], next[c], "{message}");
+                assert_eq!(message["data"], next[c], "{message}");
+                next[c] += 1;
+                delivered += 1;
+            }
+            _ => panic!("unexpected {message}"),
+        }
+    }
+    // (An event dropped as a repeat would have left the loop above waiting, and failed it.)
+    watcher.expect_silence(Duration::from_millis(300)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cut_off_recovers_everything_on_another_node() {
     let file = ConfigFile::new(NAMESPACES);
