@@ -118,7 +118,8 @@ impl Writer {
                     .any(|a| c.channels.contains(&a.channel))
             });
             // Events without history go out only after the commit in flight (their numbers
-            // are higher), and so does a batch that writes a channel it writes.
+            // are higher), and so does a batch that shares a channel with it (its positions
+            // there are known only once that commit is done).
             if batch.appends.is_empty() || overlaps {
                 finish(&mut committing).await;
             }
