@@ -59,8 +59,11 @@ mkdir -p "$work/db"
 printf '[[channels.namespaces]]\nname = "load"\n' >"$work/channels.toml"
 printf '[[channels.namespaces]]\nname = "load"\npresence = true\n' >"$work/presence.toml"
 printf '[[channels.namespaces]]\nname = "load"\nhistory_size = %s\nhistory_ttl_secs = 600\n' "${HISTORY_SIZE:-100}" >"$work/history.toml"
+# mongod keeps its own default WiredTiger cache (half of the RAM less 1 GB), as a deployment
+# does; MONGO_CACHE_GB sets another. With 0.5 GB (until 2026-12-01) WiredTiger wrote the hot
+# history documents' dirty pages out every second or two, stalling the appends to them.
 "$mongod_bin" --dbpath "$work/db" --port "$mongo_port" --bind_ip 127.0.0.1 --nounixsocket --quiet \
-  --replSet rs0 --wiredTigerCacheSizeGB 0.5 --logpath "$work/mongod.log" &
+  --replSet rs0 ${MONGO_CACHE_GB:+--wiredTigerCacheSizeGB "$MONGO_CACHE_GB"} --logpath "$work/mongod.log" &
 mongod_pid=$!
 gateway_pids=()
 cleanup() {
@@ -121,6 +124,15 @@ start_gateways() {
 
 # load <node numbers to connect to, comma-separated> <scenario args…>: CPU and memory are
 # read from exactly those nodes.
+# WiredTiger's eviction counters: dirty pages written out to make room in the cache stall the
+# transactions that touch them (docs/BENCHMARKS.md, "Where a history transaction's time goes").
+wt_evictions() {
+  "$venv/bin/python" -c "
+import sys; from pymongo import MongoClient
+c = MongoClient(sys.argv[1]).admin.command('serverStatus')['wiredTiger']['cache']
+print(c['modified pages evicted'], c['history store table insert calls'])
+" "$mongo_uri"
+}
 load() {
   local nodes=$1 args=() n
   shift
@@ -138,6 +150,8 @@ load() {
   local mongod_before
   mongod_before=$(cpu_ticks "$mongod_pid")
   mongod_commands >"$work/commands.before"
+  local evictions_before
+  evictions_before=$(wt_evictions)
   target/release/ticketgate-load "${args[@]}" --secret "$SECRET" "$@"
   if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
   echo "mongod CPU during the run: $(( ($(cpu_ticks "$mongod_pid") - mongod_before) * 1000 / $(getconf CLK_TCK) )) ms;" \
@@ -147,6 +161,10 @@ before = json.load(open(sys.argv[1])); after = json.load(sys.stdin)
 grown = {k: after[k] - before.get(k, 0) for k in after if after[k] > before.get(k, 0)}
 print(", ".join(f"{n} {k}" for k, n in sorted(grown.items(), key=lambda kv: -kv[1])[:8]))
 ' "$work/commands.before")"
+  local evictions_after
+  evictions_after=$(wt_evictions)
+  echo "WiredTiger during the run: $(( ${evictions_after% *} - ${evictions_before% *} )) dirty pages evicted," \
+    "$(( ${evictions_after#* } - ${evictions_before#* } )) history store inserts"
 }
 
 # cpu_ticks <pid>: user + system CPU time of a process so far, in clock ticks.
@@ -282,7 +300,7 @@ if wants history; then
   # checkpointing what that run wrote, which is another measurement.
   GATEWAY_ENV="CONFIG_FILE=$work/history.toml" start_gateways mongo 1
   echo "## history: publish latency at 1,000 publications/s into 100 channels"
-  load 1 --subscribe 1 --channels 100 history-publish --rate 1000 --publishers 32 \
+  load 1 --threads "${GENERATOR_THREADS:-1}" --subscribe 1 --channels 100 history-publish --rate 1000 --publishers 32 \
     --duration-secs 20 --size 100 --api-key "$API_KEY"
   # How long the bus writer's transactions took (one per batch of publications).
   curl -fsS "${gateway_urls[0]}/metrics" | grep 'store_operation_seconds.*publish_history'
@@ -291,7 +309,7 @@ if wants history; then
   # take turns: a batch holds half of them. 64 publishers measured their own round trip (32
   # a batch), not what the node can write; 128 keep the writer's batches full.
   echo "## history: publications into 100 channels, as fast as ${HISTORY_PUBLISHERS:-128} publishers go"
-  load 1 --subscribe 1 --channels 100 history-publish --publishers "${HISTORY_PUBLISHERS:-128}" --duration-secs 20 \
+  load 1 --threads "${GENERATOR_THREADS:-1}" --subscribe 1 --channels 100 history-publish --publishers "${HISTORY_PUBLISHERS:-128}" --duration-secs 20 \
     --size 100 --api-key "$API_KEY"
 fi
 if wants jitter; then

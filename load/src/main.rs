@@ -37,6 +37,12 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 struct Cli {
     #[command(flatten)]
     target: Target,
+    /// The generator's threads; 0: one per core. On a machine the gateway and mongod share,
+    /// one thread keeps the generator's share of the cores small: its threads otherwise spend
+    /// most of their time waking each other (a client on a machine of its own costs the
+    /// gateway's machine nothing).
+    #[arg(long, default_value_t = 0, global = true)]
+    threads: usize,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -141,10 +147,11 @@ fn main() -> ExitCode {
         eprintln!("ticketgate-load: give the gateway's JWT_SECRET (--secret or the environment)");
         return ExitCode::FAILURE;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if cli.threads > 0 {
+        runtime.worker_threads(cli.threads);
+    }
+    let runtime = runtime.enable_all().build().expect("a runtime");
     let target = cli.target;
     let outcome = runtime.block_on(async move {
         match cli.scenario {
