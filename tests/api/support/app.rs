@@ -226,7 +226,10 @@ pub async fn try_connect_with_headers(
         let name = tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap();
         request.headers_mut().append(name, value.parse().unwrap());
     }
-    match tokio_tungstenite::connect_async(request).await {
+    // 4 KiB read buffers, as the load generator's clients: tungstenite's 128 KiB default is
+    // zero-filled on every read, which the tests holding thousands of sockets pay for.
+    let config = tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+    match tokio_tungstenite::connect_async_with_config(request, Some(config), false).await {
         Ok((stream, response)) => {
             assert_eq!(response.status().as_u16(), 101);
             Ok(WsClient { stream })
