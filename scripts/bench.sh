@@ -150,8 +150,9 @@ load() {
   local mongod_before
   mongod_before=$(cpu_ticks "$mongod_pid")
   mongod_commands >"$work/commands.before"
-  local evictions_before
+  local evictions_before steal_before
   evictions_before=$(wt_evictions)
+  steal_before=$(cpu_steal)
   target/release/ticketgate-load "${args[@]}" --secret "$SECRET" "$@"
   if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
   echo "mongod CPU during the run: $(( ($(cpu_ticks "$mongod_pid") - mongod_before) * 1000 / $(getconf CLK_TCK) )) ms;" \
@@ -165,7 +166,12 @@ print(", ".join(f"{n} {k}" for k, n in sorted(grown.items(), key=lambda kv: -kv[
   evictions_after=$(wt_evictions)
   echo "WiredTiger during the run: $(( ${evictions_after% *} - ${evictions_before% *} )) dirty pages evicted," \
     "$(( ${evictions_after#* } - ${evictions_before#* } )) history store inserts"
+  echo "host steal during the run: $(echo "$steal_before $(cpu_steal)" | awk '{ printf "%.1f", 100 * ($3 - $1) / ($4 - $2) }') % of the CPU time"
 }
+
+# cpu_steal: the ticks the hypervisor gave to others, and all ticks, so far. On a virtual
+# machine the two cores are not always there: latency tails follow the steal.
+cpu_steal() { awk '/^cpu / { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
 
 # cpu_ticks <pid>: user + system CPU time of a process so far, in clock ticks.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
