@@ -300,15 +300,15 @@ if wants presence; then
   wait "$load_pid"
 fi
 if wants history; then
-  # Publications into history channels (history_size 100) on a single-node replica set: each
-  # is in a transaction with its cluster event, batched by the node's bus writer.
+  # Publications into history channels (history_size 100) on a single-node replica set,
+  # batched by the node's bus writer: one `update` command appends a batch to its channels.
   # The latency run first: after the full-speed run, mongod spends the next minute
   # checkpointing what that run wrote, which is another measurement.
   GATEWAY_ENV="CONFIG_FILE=$work/history.toml" start_gateways mongo 1
   echo "## history: publish latency at 1,000 publications/s into 100 channels"
   load 1 --threads "${GENERATOR_THREADS:-1}" --subscribe 1 --channels 100 history-publish --rate 1000 --publishers 32 \
     --duration-secs 20 --size 100 --api-key "$API_KEY"
-  # How long the bus writer's transactions took (one per batch of publications).
+  # How long the bus writer's appends took (one per batch of publications).
   curl -fsS "${gateway_urls[0]}/metrics" | grep 'store_operation_seconds.*publish_history'
   GATEWAY_ENV="CONFIG_FILE=$work/history.toml" start_gateways mongo 1
   # Each publisher waits for its answer before the next, so they fall into two groups that

@@ -1,8 +1,9 @@
 //! The bus: the one seam every broadcast, user message, disconnect and revocation goes
 //! through. On one node it delivers in process. When MongoDB is a replica set it carries them
-//! between nodes: each node writes events to `cluster_events` ([`writer`]) and delivers
-//! everyone's, its own included, from a change stream ([`stream`]), so every node delivers
-//! every event exactly once and in the order it was written.
+//! between nodes: each node writes events to `cluster_events`, and publications into history
+//! channels to their histories ([`writer`]), and delivers everyone's, its own included, from
+//! one change stream ([`stream`]), so every node delivers every event exactly once and in the
+//! order it was written.
 
 mod events;
 mod nodes;
@@ -28,7 +29,9 @@ use crate::channels::{ChannelName, HistoryOptions};
 use crate::db::{Bounds, Unavailable};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::store::{HistoryPage, HistoryQuery, HistoryStore, MemoryHistory, MongoHistory};
+use crate::store::{
+    HISTORY_COLLECTION, HistoryPage, HistoryQuery, HistoryStore, MemoryHistory, MongoHistory,
+};
 
 pub const EVENTS_COLLECTION: &str = "cluster_events";
 
@@ -361,11 +364,10 @@ pub async fn start_on_mongodb(
         bus.deliver_locally();
         return Ok(BusMode::Local);
     }
-    let events = db.collection(EVENTS_COLLECTION);
     // Open the stream before accepting commands, so this node sees its own first event.
-    let opened = stream::open(&events, None, bounds.timeout).await?;
+    let opened = stream::open(db, None, bounds.timeout).await?;
     let follower = stream::Follower::new(
-        events.clone(),
+        db.clone(),
         Arc::clone(&bus.hub),
         Arc::clone(metrics),
         bounds.timeout,
@@ -384,7 +386,8 @@ pub async fn start_on_mongodb(
     tokio::spawn(writer.run(outgoing));
     let _ = bus.route.set(Route::Cluster { queue, history });
     log::info!(
-        "cluster bus: MongoDB replica set, change stream on {EVENTS_COLLECTION} (node {})",
+        "cluster bus: MongoDB replica set, change stream on {EVENTS_COLLECTION} and \
+         {HISTORY_COLLECTION} (node {})",
         bus.node.id
     );
     Ok(BusMode::ChangeStream)

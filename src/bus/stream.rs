@@ -1,4 +1,5 @@
-//! Following `cluster_events` through a change stream and delivering each event to this
+//! Following `cluster_events` and `channel_history` through one change stream on the
+//! database, and delivering each event, and each append to a channel's history, to this
 //! node's connections. The stream resumes from the last resume token after any break
 //! (step-down, network cut, mongod restart), so nothing still in the oplog is missed; when the
 //! token has fallen out of the oplog it logs an error, counts it, and goes on from now.
@@ -9,15 +10,16 @@ use std::time::Duration;
 
 use bson::{Document, doc};
 use futures_util::FutureExt;
-use mongodb::Collection;
+use mongodb::Database;
 use mongodb::change_stream::ChangeStream;
 use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
 use mongodb::error::{Error, ErrorKind};
 
-use super::EventDocument;
+use super::{EVENTS_COLLECTION, Event, EventDocument, StreamPublication};
 use crate::db::Unavailable;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::store::{HISTORY_COLLECTION, appended_in};
 
 type Stream = ChangeStream<ChangeStreamEvent<Document>>;
 
@@ -30,15 +32,19 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// ChangeStreamFatalError, InvalidResumeToken.
 const HISTORY_LOST_CODES: [i32; 3] = [286, 280, 260];
 
-/// Opens a change stream of inserts, from `token` or from now, within `timeout`.
+/// Opens the change stream of cluster events and history appends, from `token` or from now,
+/// within `timeout`.
 pub async fn open(
-    events: &Collection<Document>,
+    db: &Database,
     token: Option<ResumeToken>,
     timeout: Duration,
 ) -> Result<Stream, OpenError> {
-    let watch = events
+    let watch = db
         .watch()
-        .pipeline([doc! { "$match": { "operationType": "insert" } }])
+        .pipeline([doc! { "$match": { "$or": [
+            { "ns.coll": EVENTS_COLLECTION, "operationType": "insert" },
+            { "ns.coll": HISTORY_COLLECTION, "operationType": { "$in": ["insert", "update"] } },
+        ] } }])
         .max_await_time(MAX_AWAIT)
         .resume_after(token);
     match tokio::time::timeout(timeout, watch.into_future()).await {
@@ -71,7 +77,7 @@ fn history_lost(e: &Error) -> bool {
 }
 
 pub struct Follower {
-    events: Collection<Document>,
+    db: Database,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     timeout: Duration,
@@ -82,14 +88,9 @@ pub struct Follower {
 }
 
 impl Follower {
-    pub fn new(
-        events: Collection<Document>,
-        hub: Arc<Hub>,
-        metrics: Arc<Metrics>,
-        timeout: Duration,
-    ) -> Self {
+    pub fn new(db: Database, hub: Arc<Hub>, metrics: Arc<Metrics>, timeout: Duration) -> Self {
         Follower {
-            events,
+            db,
             hub,
             metrics,
             timeout,
@@ -110,7 +111,7 @@ impl Follower {
             }
             self.metrics.cluster_stream_restarts.inc();
             stream = loop {
-                match open(&self.events, token.clone(), self.timeout).await {
+                match open(&self.db, token.clone(), self.timeout).await {
                     Ok(stream) => break stream,
                     Err(OpenError::HistoryLost(reason)) => {
                         self.lost_history(&mut token, &reason);
@@ -164,6 +165,15 @@ impl Follower {
     }
 
     fn deliver(&mut self, change: ChangeStreamEvent<Document>) {
+        let collection = change.ns.as_ref().and_then(|ns| ns.coll.as_deref());
+        if collection == Some(HISTORY_COLLECTION) {
+            self.deliver_appended(&change);
+        } else {
+            self.deliver_event(change);
+        }
+    }
+
+    fn deliver_event(&mut self, change: ChangeStreamEvent<Document>) {
         let Some(document) = change.full_document else {
             return;
         };
@@ -171,30 +181,64 @@ impl Follower {
             Ok(event) => event,
             Err(e) => {
                 log::warn!("skipping a malformed cluster event: {e}");
-                self.metrics
-                    .cluster_events_skipped
-                    .with_label_values(&["malformed"])
-                    .inc();
+                self.skipped("malformed");
                 return;
             }
         };
         let last = self.delivered.entry(event.node).or_insert(0);
         if event.n <= *last {
-            self.metrics
-                .cluster_events_skipped
-                .with_label_values(&["repeat"])
-                .inc();
+            self.skipped("repeat");
             return;
         }
         *last = event.n;
-        let lag_ms = bson::DateTime::now().timestamp_millis() - event.created_at.timestamp_millis();
+        self.delivered_one(event.event, event.created_at);
+    }
+
+    /// Delivers the publications an append to a channel's history added, one by one. The
+    /// change stream shows each channel's appends in offset order, and the channel's window
+    /// here drops any it has delivered already.
+    fn deliver_appended(&mut self, change: &ChangeStreamEvent<Document>) {
+        let appended = match appended_in(change) {
+            Ok(Some(appended)) => appended,
+            // A history read made an empty document: nothing was published.
+            Ok(None) => return,
+            Err(e) => {
+                log::warn!("skipping a malformed history change: {e}");
+                self.skipped("malformed");
+                return;
+            }
+        };
+        let written_at = change.wall_time.unwrap_or_else(bson::DateTime::now);
+        for (data, offset) in appended.data.into_iter().zip(appended.first..) {
+            let event = Event::Publications {
+                channels: Vec::new(),
+                streams: vec![StreamPublication {
+                    channel: appended.channel.clone(),
+                    offset,
+                    epoch: appended.epoch.clone(),
+                }],
+                data,
+            };
+            self.delivered_one(event, written_at);
+        }
+    }
+
+    fn skipped(&self, reason: &str) {
+        self.metrics
+            .cluster_events_skipped
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    fn delivered_one(&self, event: Event, written_at: bson::DateTime) {
+        let lag_ms = bson::DateTime::now().timestamp_millis() - written_at.timestamp_millis();
         self.metrics
             .cluster_event_lag_seconds
             .observe(lag_ms.max(0) as f64 / 1000.0);
         self.metrics
             .cluster_events_delivered
-            .with_label_values(&[event.event.kind()])
+            .with_label_values(&[event.kind()])
             .inc();
-        event.event.deliver(&self.hub);
+        event.deliver(&self.hub);
     }
 }

@@ -30,6 +30,11 @@ history_size = 10000
 history_ttl_secs = 60
 
 [[channels.namespaces]]
+name = "tiny"
+history_size = 2
+history_ttl_secs = 600
+
+[[channels.namespaces]]
 name = "plain"
 "#;
 
@@ -278,7 +283,11 @@ fn start_cluster(mongod_uri: &str, count: usize, file: &ConfigFile) -> Cluster {
 
 async fn cluster_client(cluster: &Cluster, node: usize, sub: &str) -> WsClient {
     cluster
-        .client_with(node, sub, &jwt_granting(sub, &["feed:*", "brief:*"]))
+        .client_with(
+            node,
+            sub,
+            &jwt_granting(sub, &["feed:*", "brief:*", "tiny:*"]),
+        )
         .await
 }
 
@@ -336,11 +345,12 @@ async fn concurrent_publishers_on_three_nodes_get_contiguous_offsets_delivered_i
     }
 }
 
-/// A node's bus writer makes one batch's writes while the previous batch commits, when their
-/// channels differ, and commits in order. Were a later batch to become visible first, the
-/// other nodes would drop the earlier one's events as repeats (they pass each publisher's
-/// event numbers in order): this floods one node with publications into many channels, and
-/// broadcasts between them, and checks that another node delivers every one.
+/// A node's bus writer appends a batch's publications to their histories while it inserts its
+/// other events, and starts the next batch only when both are done. Were a later batch to
+/// become visible first, the other nodes would drop the earlier one's events as repeats (they
+/// pass each publisher's event numbers in order), or see a channel's offsets out of order:
+/// this floods one node with publications into many channels, and broadcasts between them,
+/// and checks that another node delivers every one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nodes_overlapping_batches_reach_the_other_nodes_whole_and_in_order() {
     let file = ConfigFile::new(NAMESPACES);
@@ -393,6 +403,50 @@ async fn a_nodes_overlapping_batches_reach_the_other_nodes_whole_and_in_order() 
     }
     // (An event dropped as a repeat would have left the loop above waiting, and failed it.)
     watcher.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// Every node delivers a channel's publications from the change events of its history's
+/// appends. A burst into a channel that keeps fewer publications than the burst holds must
+/// still reach every subscriber whole: each append adds at most `history_size`, so a trim
+/// never drops a publication before its change event has shown it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_larger_than_the_history_reaches_every_node_whole() {
+    let file = ConfigFile::new(NAMESPACES);
+    let cluster = start_cluster(&mongo_uri(), 2, &file);
+    let mut watchers = Vec::new();
+    for node in 1..=2 {
+        let mut client = cluster_client(&cluster, node, "watcher").await;
+        let reply = subscribe(&mut client, "tiny:burst", None).await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        watchers.push(client);
+    }
+    let burst = 60_u64;
+    let publishers = (0..burst).map(|i| {
+        let cluster = &cluster;
+        async move {
+            let (status, body) = cluster
+                .post(1, "/api/channels/tiny:burst/publish", json!({"data": i}))
+                .await;
+            assert_eq!(status, 202, "{body} {}", cluster.node(1).log());
+            body["offset"].as_u64().unwrap()
+        }
+    });
+    let mut offsets: Vec<u64> = futures_util::future::join_all(publishers).await;
+    offsets.sort_unstable();
+    assert_eq!(offsets, (1..=burst).collect::<Vec<_>>());
+    for watcher in &mut watchers {
+        let got = publications(watcher, burst as usize).await;
+        let delivered: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+        assert_eq!(delivered, (1..=burst).collect::<Vec<_>>());
+        watcher.expect_silence(Duration::from_millis(200)).await;
+    }
+    // The history itself keeps about two, not sixty.
+    let page = cluster
+        .get(1, "/api/channels/tiny:burst/history?limit=1000")
+        .await;
+    let kept = page["publications"].as_array().unwrap().len();
+    assert!((2..=3).contains(&kept), "{page}");
+    assert_eq!(page["offset"], burst, "{page}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,14 +2,15 @@
 //! from 1, one more per publication) within an epoch, the name of one unbroken history, and
 //! keeps the latest ones (docs/PROTOCOL.md, "History and recovery"). One enum over two
 //! backends like the other stores: in process for a single node ([`memory`]), MongoDB for
-//! one or many ([`mongo`]), where the bus writer appends inside the transaction that also
-//! writes the cluster event, so offsets are contiguous across nodes and delivered in order.
+//! one or many ([`mongo`]), where each append is one atomic update that matches only the
+//! position it starts from, so offsets are contiguous across nodes, and every node delivers
+//! the appends from its change stream, in order.
 
 mod memory;
 mod mongo;
 
 pub use memory::MemoryHistory;
-pub use mongo::{Append, Appended, HISTORY_COLLECTION, MongoHistory, StaleHistory};
+pub use mongo::{Append, AppendedPublications, HISTORY_COLLECTION, MongoHistory, appended_in};
 
 use serde::{Deserialize, Serialize};
 

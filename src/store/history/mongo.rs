@@ -1,15 +1,19 @@
 //! History in MongoDB: collection `channel_history`, one document per channel,
-//! `{_id: channel, epoch, top, pubs: [data…], expires_at}`. The publication with offset
-//! `top` is the last of `pubs`, so offsets need no storing. One `$push` with `$slice` appends
-//! and trims in the same atomic update, and the TTL index on `expires_at` (the last
-//! publication plus `history_ttl_secs`) removes a whole history at once: the channel's next
-//! publication or read then makes a new document, with a new epoch.
+//! `{_id: channel, epoch, top, pubs: [data…], appended: {epoch, first, last}, expires_at}`.
+//! The publication with offset `top` is the last of `pubs`, so offsets need no storing. One
+//! `$push` (with `$slice` when it trims) appends in one atomic update of the document, which
+//! also names what it appended (`appended`): its change event then carries the new
+//! publications with their epoch and offsets, and every node delivers them from its change
+//! stream ([`appended_in`]). The TTL index on `expires_at` (the last publication plus
+//! `history_ttl_secs`) removes a whole history at once: the channel's next publication or
+//! read then makes a new document, with a new epoch.
 
 use std::collections::HashMap;
 
-use bson::{DateTime, Document, doc};
+use bson::{Bson, DateTime, Document, doc};
+use mongodb::change_stream::event::{ChangeStreamEvent, OperationType};
 use mongodb::options::{CollectionOptions, ReadConcern, WriteConcern};
-use mongodb::{ClientSession, Collection, Database};
+use mongodb::{Collection, Database};
 
 use super::{HistoryPage, HistoryQuery, StoredPublication, StreamTop, new_epoch};
 use crate::channels::HistoryOptions;
@@ -22,17 +26,22 @@ const MAX_OFFSET: u64 = 1 << 53;
 /// Channels whose position a node remembers (past it, it forgets them all and reads again).
 const MAX_KNOWN: usize = 100_000;
 
-/// A channel's position after an append: its epoch and latest offset, and how many
-/// publications the stored history holds.
+/// How often one append may find a channel moved by another node before it gives up (each
+/// time, the other node has appended: this bounds a livelock, not a normal race).
+const MAX_STALE: usize = 64;
+
+/// Server error codes of a statement that matched no document: PathNotViable, from the
+/// `$setOnInsert` that makes an appending statement refuse to insert, and DuplicateKey, from
+/// a first append that found the document there after all.
+const STALE_CODES: [i32; 2] = [28, 11000];
+
+/// A channel's position: its epoch and latest offset, and how many publications the stored
+/// history holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
     pub top: StreamTop,
     pub kept: u32,
 }
-
-/// An append found a channel's position moved by another node: run it again from a read.
-#[derive(Debug, Clone, Copy)]
-pub struct StaleHistory;
 
 /// One channel's share of an append: its publications' data, in order.
 pub struct Append<'a> {
@@ -41,10 +50,31 @@ pub struct Append<'a> {
     pub data: Vec<&'a str>,
 }
 
+/// Publications one append added to a channel, as its change event shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendedPublications {
+    pub channel: String,
+    pub epoch: String,
+    /// The offset of the first of `data`; the others follow one by one.
+    pub first: u64,
+    pub data: Vec<String>,
+}
+
+/// One statement of an append: a run of one channel's publications (at most `history_size`
+/// of them, so that a trim never drops one before its change event has shown it).
+struct Piece {
+    append: usize,
+    items: std::ops::Range<usize>,
+}
+
 pub struct MongoHistory {
     /// Reads and writes majority-committed data only: a publication a read returned can never
     /// be rolled back by a failover, and its offset never given to another.
     history: Collection<Document>,
+    /// Where appends start from: the latest write, majority-committed or not (one of another
+    /// node not yet committed is followed at once; if it is rolled back, so is what followed
+    /// it, before it was acknowledged).
+    positions: Collection<Document>,
     /// For the `update` command that appends to many channels at once.
     db: Database,
     known: std::sync::Mutex<HashMap<String, Appended>>,
@@ -68,137 +98,177 @@ impl MongoHistory {
             .read_concern(ReadConcern::majority())
             .write_concern(WriteConcern::majority())
             .build();
+        let latest = CollectionOptions::builder()
+            .read_concern(ReadConcern::local())
+            .build();
         MongoHistory {
             history: db.collection_with_options(HISTORY_COLLECTION, options),
+            positions: db.collection_with_options(HISTORY_COLLECTION, latest),
             db: db.clone(),
             known: std::sync::Mutex::default(),
             bounds,
         }
     }
 
-    /// Appends each channel's publications (in order) to its history, in the caller's
-    /// transaction; each channel's new position, in the order given.
+    /// Appends each channel's publications (in order) to its history; answers each
+    /// publication's epoch and offset, in the order given.
     ///
-    /// The channels' current positions come from what this node last wrote
-    /// ([`remember`](Self::remember)) or, for those it does not know (or with `trust_known`
-    /// false), from the transaction's snapshot; the offsets are worked out here, and every
-    /// channel is updated by one `update` command whose statements each match only the
-    /// position they start from. A position another node moved since makes its statement
-    /// match nothing: the append fails with [`StaleHistory`], and the caller runs the
-    /// transaction again without trusting what it knew. Another node's transaction that
-    /// touches one of these channels while this one runs makes it fail with a write conflict,
-    /// and the driver runs it again. Either way two nodes' appends to a channel commit one
-    /// after the other, and offsets are taken in commit order.
+    /// All channels are appended to by one `update` command (write concern `majority`, no
+    /// transaction), one statement per channel, each an atomic update of one document. A
+    /// statement starts from the channel's position as this node last wrote it or, for a
+    /// channel it does not know, as read just before, and it matches only that position; a
+    /// position another node moved (or the TTL index removed) makes it fail rather than
+    /// insert, and the command stops there (it is ordered). The statements before it are
+    /// done; the rest are made again from a fresh read. So two nodes' appends to one channel
+    /// follow each other, offsets are contiguous, and the oplog (and every change stream)
+    /// holds each channel's appends in offset order.
+    ///
+    /// An error leaves it unknown what was appended: the publications may be in the history
+    /// (once), and this node reads the channels' positions afresh next time.
     pub async fn append(
         &self,
-        session: &mut ClientSession,
         appends: &[Append<'_>],
-        trust_known: bool,
-    ) -> mongodb::error::Result<Vec<Appended>> {
-        let mut current: HashMap<String, Appended> = if trust_known {
+    ) -> mongodb::error::Result<Vec<Vec<StreamTop>>> {
+        let pieces: Vec<Piece> = appends
+            .iter()
+            .enumerate()
+            .flat_map(|(append, a)| {
+                let run = (a.options.size as usize).max(1);
+                (0..a.data.len()).step_by(run).map(move |start| Piece {
+                    append,
+                    items: start..(start + run).min(a.data.len()),
+                })
+            })
+            .collect();
+        let mut placed: Vec<Vec<StreamTop>> = appends
+            .iter()
+            .map(|a| Vec::with_capacity(a.data.len()))
+            .collect();
+        let mut positions: HashMap<&str, Option<Appended>> = {
             let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
             appends
                 .iter()
-                .filter_map(|a| Some((a.channel.to_owned(), known.get(a.channel)?.clone())))
+                .filter_map(|a| Some((a.channel, Some(known.get(a.channel)?.clone()))))
                 .collect()
-        } else {
-            HashMap::new()
         };
-        let from_memory = current.len();
-        let unknown: Vec<&str> = appends
-            .iter()
-            .map(|a| a.channel)
-            .filter(|channel| !current.contains_key(*channel))
-            .collect();
-        if !unknown.is_empty() {
-            let mut found = self
-                .history
-                .find(doc! { "_id": { "$in": &unknown } })
-                .projection(doc! { "epoch": 1, "top": 1, "kept": { "$size": "$pubs" } })
-                .session(&mut *session)
-                .await?;
-            while let Some(document) = found.next(&mut *session).await {
-                let document = document?;
-                let id = document.get_str("_id").unwrap_or_default().to_owned();
-                let kept = u32::try_from(document.get_i32("kept").unwrap_or(0)).unwrap_or(0);
-                let top = top_of(&document).map_err(mongodb::error::Error::custom)?;
-                current.insert(id, Appended { top, kept });
+        let mut pending = &pieces[..];
+        let mut stale = 0;
+        loop {
+            let mut unknown: Vec<&str> = pending
+                .iter()
+                .map(|piece| appends[piece.append].channel)
+                .filter(|channel| !positions.contains_key(channel))
+                .collect();
+            unknown.sort_unstable();
+            unknown.dedup();
+            if !unknown.is_empty() {
+                positions.extend(self.read_positions(&unknown).await?);
             }
-        }
-        let mut updates = Vec::with_capacity(appends.len());
-        let mut appended = Vec::with_capacity(appends.len());
-        for append in appends {
-            let added = append.data.len() as u32;
-            let now = current.get(append.channel);
-            let kept = now.map_or(0, |now| now.kept).saturating_add(added);
-            // Trimming rewrites the whole stored array, appending does not: the history is
-            // trimmed back to history_size only once it holds half as many again.
-            let (push, kept) = if kept > append.options.kept_at_most() {
-                let size = append.options.size;
-                let push = doc! { "pubs": { "$each": &append.data, "$slice": -i64::from(size) } };
-                (push, size)
-            } else {
-                (doc! { "pubs": { "$each": &append.data } }, kept)
+            let mut planned = Vec::with_capacity(pending.len());
+            let mut updates = Vec::with_capacity(pending.len());
+            for piece in pending {
+                let append = &appends[piece.append];
+                let position = positions
+                    .get_mut(append.channel)
+                    .expect("every pending channel's position was read");
+                let (statement, after) = statement(append, &piece.items, position.as_ref());
+                *position = Some(after.clone());
+                updates.push(statement);
+                planned.push(after);
+            }
+            let result = self
+                .db
+                .run_command(doc! {
+                    "update": HISTORY_COLLECTION,
+                    "updates": updates,
+                    "ordered": true,
+                    "writeConcern": { "w": "majority" },
+                })
+                .await;
+            let done = match &result {
+                Ok(answer) => Outcome::of(answer, pending.len()),
+                Err(_) => Outcome::Failed(String::new()),
             };
-            let set =
-                |top: u64| doc! { "top": top as i64, "expires_at": expires_at(append.options) };
-            let statement = match now {
-                Some(now) => {
-                    let top = now.top.offset + u64::from(added);
-                    appended.push(Appended {
-                        top: StreamTop {
-                            epoch: now.top.epoch.clone(),
-                            offset: top,
-                        },
-                        kept,
-                    });
-                    doc! {
-                        "q": { "_id": append.channel, "epoch": &now.top.epoch, "top": now.top.offset as i64 },
-                        "u": { "$set": set(top), "$push": push },
+            let applied = match done {
+                Outcome::All => pending.len(),
+                Outcome::StaleAt(k) => k,
+                Outcome::Failed(_) => 0,
+            };
+            for (piece, after) in pending[..applied].iter().zip(&planned) {
+                let first = after.top.offset + 1 - piece.items.len() as u64;
+                placed[piece.append].extend((first..=after.top.offset).map(|offset| StreamTop {
+                    epoch: after.top.epoch.clone(),
+                    offset,
+                }));
+            }
+            match done {
+                Outcome::All => {
+                    self.remember(
+                        pending
+                            .iter()
+                            .zip(planned)
+                            .map(|(piece, after)| (appends[piece.append].channel, after)),
+                    );
+                    return Ok(placed);
+                }
+                Outcome::StaleAt(k) => {
+                    self.remember(
+                        pending[..k]
+                            .iter()
+                            .zip(planned)
+                            .map(|(piece, after)| (appends[piece.append].channel, after)),
+                    );
+                    pending = &pending[k..];
+                    let moved = appends[pending[0].append].channel;
+                    self.forget([moved].into_iter());
+                    positions.clear();
+                    stale += 1;
+                    if stale > MAX_STALE {
+                        return Err(mongodb::error::Error::custom(format!(
+                            "history append: channel {moved} moved {MAX_STALE} times in a row"
+                        )));
                     }
                 }
-                None => {
-                    let epoch = new_epoch();
-                    let statement = doc! {
-                        "q": { "_id": append.channel },
-                        "u": { "$setOnInsert": { "epoch": &epoch }, "$set": set(u64::from(added)), "$push": push },
-                        "upsert": true,
+                Outcome::Failed(reason) => {
+                    self.forget(appends.iter().map(|a| a.channel));
+                    return match result {
+                        Err(e) => Err(e),
+                        Ok(_) => Err(mongodb::error::Error::custom(format!(
+                            "history append: {reason}"
+                        ))),
                     };
-                    appended.push(Appended {
-                        top: StreamTop {
-                            epoch,
-                            offset: u64::from(added),
-                        },
-                        kept,
-                    });
-                    statement
                 }
-            };
-            updates.push(statement);
+            }
         }
-        let answer = self
-            .db
-            .run_command(doc! { "update": HISTORY_COLLECTION, "updates": updates, "ordered": true })
-            .session(&mut *session)
-            .await?;
-        let matched = answer.get_i32("n").unwrap_or(0) as usize;
-        if matched != appends.len() && from_memory > 0 {
-            // Another node appended to (or TTL removed) a channel this node thought it knew.
-            self.forget(appends.iter().map(|a| a.channel));
-            return Err(mongodb::error::Error::custom(StaleHistory));
-        }
-        if matched != appends.len() || answer.contains_key("writeErrors") {
-            return Err(mongodb::error::Error::custom(format!(
-                "history append: {matched} of {} channels updated ({answer})",
-                appends.len()
-            )));
-        }
-        Ok(appended)
     }
 
-    /// Records where this node's committed appends left each channel, so the next append
+    /// The channels' positions as stored now; `None` for a channel without a document.
+    async fn read_positions<'a>(
+        &self,
+        channels: &[&'a str],
+    ) -> mongodb::error::Result<Vec<(&'a str, Option<Appended>)>> {
+        let mut found = self
+            .positions
+            .find(doc! { "_id": { "$in": channels } })
+            .projection(doc! { "epoch": 1, "top": 1, "kept": { "$size": "$pubs" } })
+            .await?;
+        let mut stored = HashMap::new();
+        while found.advance().await? {
+            let document = found.deserialize_current()?;
+            let id = document.get_str("_id").unwrap_or_default().to_owned();
+            let kept = u32::try_from(document.get_i32("kept").unwrap_or(0)).unwrap_or(0);
+            let top = top_of(&document).map_err(mongodb::error::Error::custom)?;
+            stored.insert(id, Appended { top, kept });
+        }
+        Ok(channels
+            .iter()
+            .map(|channel| (*channel, stored.remove(*channel)))
+            .collect())
+    }
+
+    /// Records where this node's acknowledged appends left each channel, so the next append
     /// there needs no read.
-    pub fn remember<'a>(&self, appended: impl Iterator<Item = (&'a str, Appended)>) {
+    fn remember<'a>(&self, appended: impl Iterator<Item = (&'a str, Appended)>) {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         if known.len() > MAX_KNOWN {
             known.clear();
@@ -275,6 +345,175 @@ impl MongoHistory {
             "a channel's history vanished as it was made".into(),
         ))
     }
+}
+
+/// The statement that appends `append.data[items]` to a channel at `position` (`None`: no
+/// document yet), and the position it leaves.
+fn statement(
+    append: &Append<'_>,
+    items: &std::ops::Range<usize>,
+    position: Option<&Appended>,
+) -> (Document, Appended) {
+    let data = &append.data[items.clone()];
+    let added = data.len() as u32;
+    let kept = position.map_or(0, |p| p.kept).saturating_add(added);
+    // Trimming rewrites the whole stored array, appending does not: the history is
+    // trimmed back to history_size only once it holds half as many again.
+    let (push, kept) = if kept > append.options.kept_at_most() {
+        let size = append.options.size;
+        let push = doc! { "pubs": { "$each": data, "$slice": -i64::from(size) } };
+        (push, size)
+    } else {
+        (doc! { "pubs": { "$each": data } }, kept)
+    };
+    let (epoch, top) = match position {
+        Some(p) => (p.top.epoch.clone(), p.top.offset + u64::from(added)),
+        None => (new_epoch(), u64::from(added)),
+    };
+    let set = doc! {
+        "top": top as i64,
+        "expires_at": expires_at(append.options),
+        "appended": {
+            "epoch": &epoch,
+            "first": (top + 1 - u64::from(added)) as i64,
+            "last": top as i64,
+        },
+    };
+    let statement = match position {
+        // Matches only the position it starts from, and never inserts: where the document
+        // is not (or no longer) at that position, the upsert's insert sets a field inside the
+        // string `epoch`, which fails (PathNotViable) and stops the command there.
+        Some(p) => doc! {
+            "q": { "_id": append.channel, "epoch": &p.top.epoch, "top": p.top.offset as i64 },
+            "u": { "$set": set, "$push": push, "$setOnInsert": { "epoch.moved": true } },
+            "upsert": true,
+        },
+        // Inserts only: a document made meanwhile (by another node, or a history read) fails
+        // it with a duplicate key.
+        None => doc! {
+            "q": { "_id": append.channel, "epoch": { "$exists": false } },
+            "u": { "$setOnInsert": { "epoch": &epoch }, "$set": set, "$push": push },
+            "upsert": true,
+        },
+    };
+    let after = Appended {
+        top: StreamTop { epoch, offset: top },
+        kept,
+    };
+    (statement, after)
+}
+
+/// What an ordered `update` command of `statements` statements did.
+enum Outcome {
+    All,
+    /// Statement k found its channel moved: those before it are done, it and the rest not.
+    StaleAt(usize),
+    /// Unknown how much was done.
+    Failed(String),
+}
+
+impl Outcome {
+    fn of(answer: &Document, statements: usize) -> Outcome {
+        if let Ok(concern) = answer.get_document("writeConcernError") {
+            return Outcome::Failed(format!("write concern: {concern}"));
+        }
+        let first_error = answer
+            .get_array("writeErrors")
+            .ok()
+            .and_then(|errors| errors.first())
+            .and_then(Bson::as_document);
+        let n = answer.get_i32("n").map_or(0, |n| n as usize);
+        match first_error {
+            None if n == statements => Outcome::All,
+            None => Outcome::Failed(format!("{n} of {statements} statements matched")),
+            Some(error) => {
+                let index = error.get_i32("index").map_or(usize::MAX, |i| i as usize);
+                let code = error.get_i32("code").unwrap_or(0);
+                if STALE_CODES.contains(&code) && index == n && index < statements {
+                    Outcome::StaleAt(index)
+                } else {
+                    Outcome::Failed(format!("statement {index}: {error}"))
+                }
+            }
+        }
+    }
+}
+
+/// The publications a change of `channel_history` appended, if it appended any: each append
+/// sets `appended` to the epoch and offsets it added, and those are the last of `pubs` (the
+/// whole array when it was trimmed or empty, else the new elements `pubs.<index>`).
+pub fn appended_in(
+    change: &ChangeStreamEvent<Document>,
+) -> Result<Option<AppendedPublications>, String> {
+    let (fields, pubs): (&Document, Vec<&Bson>) = match change.operation_type {
+        OperationType::Insert => {
+            let document = change
+                .full_document
+                .as_ref()
+                .ok_or("an insert without its document")?;
+            let pubs = document.get_array("pubs").map(|a| a.iter().collect());
+            (document, pubs.unwrap_or_default())
+        }
+        OperationType::Update => {
+            let fields = &change
+                .update_description
+                .as_ref()
+                .ok_or("an update without its description")?
+                .updated_fields;
+            let pubs = match fields.get_array("pubs") {
+                Ok(all) => all.iter().collect(),
+                Err(_) => {
+                    let mut added: Vec<(u64, &Bson)> = fields
+                        .iter()
+                        .filter_map(|(key, value)| {
+                            Some((key.strip_prefix("pubs.")?.parse().ok()?, value))
+                        })
+                        .collect();
+                    added.sort_unstable_by_key(|(index, _)| *index);
+                    added.into_iter().map(|(_, value)| value).collect()
+                }
+            };
+            (fields, pubs)
+        }
+        _ => return Ok(None),
+    };
+    let Ok(appended) = fields.get_document("appended") else {
+        return Ok(None);
+    };
+    let channel = change
+        .document_key
+        .as_ref()
+        .and_then(|key| key.get_str("_id").ok())
+        .ok_or("a history change without its channel")?;
+    let epoch = appended
+        .get_str("epoch")
+        .map_err(|e| format!("appended.epoch: {e}"))?;
+    let offset = |field: &str| {
+        appended
+            .get_i64(field)
+            .ok()
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or(format!("appended.{field} is not an offset"))
+    };
+    let (first, last) = (offset("first")?, offset("last")?);
+    let count = usize::try_from((last + 1).saturating_sub(first)).unwrap_or(usize::MAX);
+    if first == 0 || count == 0 || count > pubs.len() {
+        return Err(format!(
+            "appended offsets {first} to {last}, with {} publications",
+            pubs.len()
+        ));
+    }
+    let data = pubs[pubs.len() - count..]
+        .iter()
+        .map(|data| data.as_str().map(str::to_owned))
+        .collect::<Option<Vec<_>>>()
+        .ok_or("a stored publication that is not text")?;
+    Ok(Some(AppendedPublications {
+        channel: channel.to_owned(),
+        epoch: epoch.to_owned(),
+        first,
+        data,
+    }))
 }
 
 fn top_of(document: &Document) -> Result<StreamTop, String> {
