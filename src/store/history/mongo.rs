@@ -568,6 +568,147 @@ fn page_from(document: &Document, query: HistoryQuery) -> Result<HistoryPage, St
 mod tests {
     use super::*;
 
+    fn change(event: Document) -> ChangeStreamEvent<Document> {
+        let mut event = event;
+        event.insert("_id", doc! { "_data": "00" });
+        event.insert("ns", doc! { "db": "tg", "coll": HISTORY_COLLECTION });
+        event.insert("documentKey", doc! { "_id": "feed:a" });
+        bson::from_document(event).expect("a change event")
+    }
+
+    fn appended(epoch: &str, first: i64, last: i64) -> Document {
+        doc! { "epoch": epoch, "first": first, "last": last }
+    }
+
+    #[test]
+    fn an_appends_change_event_gives_exactly_the_publications_it_added() {
+        // A first publication: the insert carries the whole document.
+        let first = change(doc! {
+            "operationType": "insert",
+            "fullDocument": { "_id": "feed:a", "epoch": "e", "top": 1_i64, "pubs": ["1"],
+                              "appended": appended("e", 1, 1) },
+        });
+        let found = appended_in(&first).unwrap().unwrap();
+        assert_eq!((found.epoch.as_str(), found.first), ("e", 1));
+        assert_eq!(found.data, ["1"]);
+        // Appending to a non-empty array: the new elements, whatever order they are listed in.
+        let more = change(doc! {
+            "operationType": "update",
+            "updateDescription": { "updatedFields": {
+                "top": 4_i64, "pubs.3": "4", "pubs.2": "3", "appended": appended("e", 3, 4),
+            }, "removedFields": [] },
+        });
+        let found = appended_in(&more).unwrap().unwrap();
+        assert_eq!((found.first, found.data), (3, vec!["3".into(), "4".into()]));
+        // A trim (or an append to an empty array) shows the whole array: only its tail is new.
+        let trimmed = change(doc! {
+            "operationType": "update",
+            "updateDescription": { "updatedFields": {
+                "pubs": ["3", "4", "5", "6"], "top": 6_i64, "appended": appended("e", 5, 6),
+            }, "removedFields": [] },
+        });
+        let found = appended_in(&trimmed).unwrap().unwrap();
+        assert_eq!((found.first, found.data), (5, vec!["5".into(), "6".into()]));
+        // A history read's empty document, and a change that appended nothing.
+        let empty = change(doc! {
+            "operationType": "insert",
+            "fullDocument": { "_id": "feed:a", "epoch": "e", "top": 0_i64, "pubs": [] },
+        });
+        assert_eq!(appended_in(&empty), Ok(None));
+        let other = change(doc! {
+            "operationType": "update",
+            "updateDescription": { "updatedFields": { "expires_at": DateTime::now() },
+                                   "removedFields": [] },
+        });
+        assert_eq!(appended_in(&other), Ok(None));
+        // More offsets than publications shown is refused, not guessed at.
+        let short = change(doc! {
+            "operationType": "update",
+            "updateDescription": { "updatedFields": {
+                "pubs.5": "6", "appended": appended("e", 5, 6),
+            }, "removedFields": [] },
+        });
+        assert!(appended_in(&short).is_err());
+    }
+
+    #[test]
+    fn an_update_answer_tells_how_far_the_ordered_statements_got() {
+        let outcome = |answer: Document| match Outcome::of(&answer, 3) {
+            Outcome::All => "all".to_owned(),
+            Outcome::StaleAt(k) => format!("stale at {k}"),
+            Outcome::Failed(_) => "failed".to_owned(),
+        };
+        assert_eq!(outcome(doc! { "n": 3, "ok": 1.0 }), "all");
+        let moved = |index: i32, code: i32, n: i32| {
+            doc! { "n": n, "ok": 1.0, "writeErrors": [{ "index": index, "code": code }] }
+        };
+        assert_eq!(outcome(moved(1, 28, 1)), "stale at 1");
+        assert_eq!(outcome(moved(0, 11000, 0)), "stale at 0");
+        // Any other error, a count that does not add up, or a write concern error leave it
+        // unknown what was written.
+        assert_eq!(outcome(moved(1, 2, 1)), "failed");
+        assert_eq!(outcome(moved(2, 28, 1)), "failed");
+        assert_eq!(outcome(doc! { "n": 2, "ok": 1.0 }), "failed");
+        let concern = doc! { "n": 3, "ok": 1.0, "writeConcernError": { "code": 64 } };
+        assert_eq!(outcome(concern), "failed");
+    }
+
+    #[test]
+    fn a_statement_starts_from_its_position_and_never_inserts_over_one() {
+        let options = HistoryOptions {
+            size: 2,
+            ttl_secs: 60,
+        };
+        let append = Append {
+            channel: "feed:a",
+            options,
+            data: vec!["1", "2"],
+        };
+        let (fresh, after) = statement(&append, &(0..2), None);
+        assert_eq!(after.top.offset, 2);
+        assert_eq!(
+            fresh
+                .get_document("q")
+                .unwrap()
+                .get_document("epoch")
+                .unwrap(),
+            &doc! { "$exists": false }
+        );
+        let position = Appended {
+            top: StreamTop {
+                epoch: "e".into(),
+                offset: 2,
+            },
+            kept: 2,
+        };
+        let (next, after) = statement(&append, &(0..2), Some(&position));
+        assert_eq!(
+            (after.top.epoch.as_str(), after.top.offset, after.kept),
+            ("e", 4, 2)
+        );
+        let q = next.get_document("q").unwrap();
+        assert_eq!((q.get_str("epoch"), q.get_i64("top")), (Ok("e"), Ok(2)));
+        let u = next.get_document("u").unwrap();
+        assert_eq!(
+            u.get_document("$setOnInsert").unwrap(),
+            &doc! { "epoch.moved": true }
+        );
+        // Four kept would pass 1.5 × 2: this append trims back to two.
+        let pubs = u
+            .get_document("$push")
+            .unwrap()
+            .get_document("pubs")
+            .unwrap();
+        assert_eq!(pubs.get_i64("$slice"), Ok(-2));
+        assert_eq!(
+            u.get_document("$set")
+                .unwrap()
+                .get_document("appended")
+                .unwrap(),
+            &doc! { "epoch": "e", "first": 3_i64, "last": 4_i64 }
+        );
+    }
+
     #[test]
     fn expiry_is_a_whole_second_no_earlier_than_the_ttl_from_now() {
         let options = HistoryOptions {
