@@ -11,6 +11,8 @@
 #                                               # lifecycle floor
 #   PERF_DIR=/tmp/profiles scripts/bench.sh     # also record a CPU profile of the gateways per
 #                                               # run (perf record -e cpu-clock -g; perf report -i …)
+#   GATEWAY_BIN=/tmp/old/ticketgate scripts/bench.sh  # run another build of the gateway (an A/B
+#                                               # against an earlier commit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -108,7 +110,7 @@ start_gateways() {
     local command=(env -i PATH="$PATH" BIND_ADDR="127.0.0.1:$port" JWT_SECRET="$SECRET" API_KEY="$API_KEY"
       TICKET_RATE_PER_MIN=100000000 UPGRADE_RATE_PER_MIN=100000000 MAX_CONNECTIONS_PER_USER=100000
       NODE_NAME="bench$i" RUST_LOG="${GATEWAY_LOG:-info}" CONFIG_FILE="$work/channels.toml"
-      "${store_env[@]}" "${extra_env[@]}" "$PWD/target/release/ticketgate")
+      "${store_env[@]}" "${extra_env[@]}" "${GATEWAY_BIN:-$PWD/target/release/ticketgate}")
     # launch<i>.sh starts the node, and starts it again on the same port (restart-storm).
     { printf 'echo $$ >%q\nexec' "$work/gateway$i.pid"; printf ' %q' "${command[@]}"
       printf ' 2>>%q\n' "$work/gateway$i.log"; } >"$work/launch$i.sh"
