@@ -225,7 +225,7 @@ impl MongoHistory {
                     stale += 1;
                     if stale > MAX_STALE {
                         return Err(mongodb::error::Error::custom(format!(
-                            "history append: channel {moved} moved {MAX_STALE} times in a row"
+                            "history append: channel {moved} moved {MAX_STALE} times during one append"
                         )));
                     }
                 }
