@@ -21,6 +21,9 @@ pub struct Metrics {
     /// Reads of a channel's history from the store made by subscribes (a node's window on a
     /// channel is read once for all the subscribers recovering at once).
     pub history_reads: IntCounter,
+    /// History appends made again because another node had moved the channel's position (or
+    /// its history had expired) since this node last wrote there.
+    pub history_appends_moved: IntCounter,
     /// MongoDB operations refused because STORE_MAX_IN_FLIGHT were running.
     pub store_operations_shed: IntCounter,
 
@@ -181,6 +184,10 @@ impl Metrics {
             history_reads: counter(
                 "history_reads_total",
                 "History reads from the store made by subscribes",
+            ),
+            history_appends_moved: counter(
+                "history_appends_moved_total",
+                "History appends made again because the channel's position had moved",
             ),
             store_operations_shed: counter(
                 "store_operations_shed_total",

@@ -336,6 +336,14 @@ async fn concurrent_publishers_on_three_nodes_get_contiguous_offsets_delivered_i
             "each publisher's rise: {offsets:?}"
         );
     }
+    // The nodes took turns: each found the channel moved by the others, and appended again.
+    let mut moved = 0.0;
+    for node in 1..=3 {
+        moved += cluster
+            .metric(node, "ticketgate_history_appends_moved_total", &[])
+            .await;
+    }
+    assert!(moved >= 1.0, "no node found the channel moved");
     // Every node delivers every publication once, in offset order.
     for watcher in &mut watchers {
         let got = publications(watcher, 3 * per_node).await;

@@ -221,6 +221,7 @@ impl MongoHistory {
                     pending = &pending[k..];
                     let moved = appends[pending[0].append].channel;
                     self.forget([moved].into_iter());
+                    self.bounds.metrics.history_appends_moved.inc();
                     positions.clear();
                     stale += 1;
                     if stale > MAX_STALE {
