@@ -10,6 +10,7 @@
 //! at once; the next batch waits for both, so a node's events and each channel's appends
 //! reach the oplog in order.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -77,7 +78,7 @@ impl Writer {
                 appends,
                 replies,
             } = self.number(incoming.drain(..));
-            let stored: Vec<EventDocument> =
+            let stored: Vec<Cow<EventDocument>> =
                 documents.iter().filter_map(for_cluster_events).collect();
             let (appended, inserted) =
                 tokio::join!(self.append(&documents, &appends), self.insert(&stored));
@@ -119,11 +120,14 @@ impl Writer {
             .await
     }
 
-    async fn insert(&self, stored: &[EventDocument]) -> Result<(), Unavailable> {
+    async fn insert(&self, stored: &[Cow<'_, EventDocument>]) -> Result<(), Unavailable> {
         if stored.is_empty() {
             return Ok(());
         }
-        let insert = self.events.insert_many(stored).ordered(true);
+        let insert = self
+            .events
+            .insert_many(stored.iter().map(AsRef::as_ref))
+            .ordered(true);
         self.bounds.run("publish", insert).await.map(drop)
     }
 
@@ -184,21 +188,26 @@ fn answer(metrics: &Metrics, replies: Replies, written: Result<Vec<EventDocument
 /// What of an event goes to `cluster_events`: all but a publication's history channels,
 /// which their histories' change events carry. A publication only into history channels has
 /// nothing left.
-fn for_cluster_events(document: &EventDocument) -> Option<EventDocument> {
+fn for_cluster_events(document: &EventDocument) -> Option<Cow<'_, EventDocument>> {
     match &document.event {
         Event::Publications { channels, data, .. } if !document.event.streams().is_empty() => {
             if channels.is_empty() {
                 return None;
             }
-            let mut plain = document.clone();
-            plain.event = Event::Publications {
-                channels: channels.clone(),
-                streams: Vec::new(),
-                data: data.clone(),
+            let plain = EventDocument {
+                event: Event::Publications {
+                    channels: channels.clone(),
+                    streams: Vec::new(),
+                    data: data.clone(),
+                },
+                id: document.id,
+                node: document.node.clone(),
+                n: document.n,
+                created_at: document.created_at,
             };
-            Some(plain)
+            Some(Cow::Owned(plain))
         }
-        _ => Some(document.clone()),
+        _ => Some(Cow::Borrowed(document)),
     }
 }
 

@@ -194,6 +194,13 @@ async fn numbered_publications_and_recovery_on_one_node(store: Store) {
 
     // Publishing: many channels answer each history channel's place; data too large for
     // the history's share of a document is 413.
+    let mut pat = feed_client(&app, "pat").await;
+    for channel in ["plain:x", "feed:b"] {
+        assert_eq!(
+            subscribe(&mut pat, channel, None).await["type"],
+            "subscribed"
+        );
+    }
     let (status, body) = app
         .call_api(
             API_KEY,
@@ -218,6 +225,18 @@ async fn numbered_publications_and_recovery_on_one_node(store: Store) {
         places,
         [("feed:a".to_owned(), 32), ("feed:b".to_owned(), 1)]
     );
+    // One publication into channels with and without history reaches both: the one numbered,
+    // the other not.
+    let mut both = [pat.next_json().await, pat.next_json().await];
+    both.sort_by_key(|m| m["channel"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(
+        both,
+        [
+            json!({"type": "publication", "channel": "feed:b", "offset": 1, "epoch": both[0]["epoch"], "data": "many"}),
+            json!({"type": "publication", "channel": "plain:x", "data": "many"}),
+        ]
+    );
+    assert!(both[0]["epoch"].is_string(), "{}", both[0]);
     // deep: history_size 10000 (15,000 at most between trims) leaves 15 MiB / 15000 = 1048
     // bytes a publication.
     let big = "x".repeat(1100);
