@@ -64,8 +64,14 @@ printf '[[channels.namespaces]]\nname = "load"\nhistory_size = %s\nhistory_ttl_s
 # mongod keeps its own default WiredTiger cache (half of the RAM less 1 GB), as a deployment
 # does; MONGO_CACHE_GB sets another. With 0.5 GB (until 2026-12-01) WiredTiger wrote the hot
 # history documents' dirty pages out every second or two, stalling the appends to them.
+# mongod keeps no snapshot history, as docker-compose.yml and the README recommend
+# (ticketgate makes no point-in-time reads): with mongod's default of 300 s, every ~10,000
+# appends the page holding the hot history documents was evicted with all their old versions,
+# stalling the appends 50 to 100 ms (docs/BENCHMARKS.md, "Snapshot history").
+# MONGO_SNAPSHOT_WINDOW_SECS=300 measures mongod's default.
 "$mongod_bin" --dbpath "$work/db" --port "$mongo_port" --bind_ip 127.0.0.1 --nounixsocket --quiet \
-  --replSet rs0 ${MONGO_CACHE_GB:+--wiredTigerCacheSizeGB "$MONGO_CACHE_GB"} --logpath "$work/mongod.log" &
+  --replSet rs0 ${MONGO_CACHE_GB:+--wiredTigerCacheSizeGB "$MONGO_CACHE_GB"} --logpath "$work/mongod.log" \
+  --setParameter minSnapshotHistoryWindowInSeconds="${MONGO_SNAPSHOT_WINDOW_SECS:-0}" &
 mongod_pid=$!
 gateway_pids=()
 cleanup() {

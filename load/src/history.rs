@@ -263,8 +263,11 @@ pub async fn history_publish(
                 .await
                 {
                     Ok(_) => latencies.push(sent.elapsed()),
-                    Err(_) => {
-                        failures.fetch_add(1, Ordering::Relaxed);
+                    Err(why) => {
+                        // The first few reasons, so a failed run says what failed.
+                        if failures.fetch_add(1, Ordering::Relaxed) < 5 {
+                            eprintln!("history-publish: {channel}: {why}");
+                        }
                     }
                 }
                 i += publishers;

@@ -66,6 +66,14 @@ fn mongo_is_a_replica_set_initialised_by_its_healthcheck() {
         command.windows(2).any(|w| w == ["--replSet", "rs0"]),
         "{command:?}"
     );
+    // The deployment docs/BENCHMARKS.md measured: no snapshot history kept for
+    // point-in-time reads, which ticketgate never makes.
+    assert!(
+        command
+            .windows(2)
+            .any(|w| w == ["--setParameter", "minSnapshotHistoryWindowInSeconds=0"]),
+        "{command:?}"
+    );
     let check = text(&mongo["healthcheck"]["test"]);
     assert!(
         check.contains("rs.initiate") && check.contains("mongo:27017"),
