@@ -472,6 +472,7 @@ async fn stores(settings: &Settings, metrics: &Arc<Metrics>) -> Result<Stores, S
             db,
             bounds,
             migrations,
+            keeps_history: settings.channels.namespaces.any_history(),
         }),
     })
 }

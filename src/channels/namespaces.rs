@@ -232,6 +232,11 @@ impl Namespaces {
         }
     }
 
+    /// Whether any namespace, the default one included, keeps a history.
+    pub fn any_history(&self) -> bool {
+        self.default.history.is_some() || self.declared.values().any(|o| o.history.is_some())
+    }
+
     /// Declares `name` with `options` unless the file declared it already.
     pub fn declare_if_absent(&mut self, name: &str, options: NamespaceOptions) {
         self.declared.entry(name.to_owned()).or_insert(options);

@@ -598,3 +598,36 @@ async fn an_expired_history_is_not_recovered_and_starts_a_new_epoch() {
     let got = publications(&mut client, 1).await;
     assert_eq!(got, [(1, json!("new"))]);
 }
+
+/// mongod's default snapshot history stalls the appends to channel histories (docs/BENCHMARKS.md,
+/// "Snapshot history"): a node with history namespaces says so at start; a node without them,
+/// or on a mongod that keeps none, says nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_history_warns_while_mongodb_keeps_snapshot_history() {
+    const WARNING: &str = "of snapshot history (minSnapshotHistoryWindowInSeconds)";
+    const READY: &str = "is ready (migrations applied now";
+    let mongod = tokio::task::block_in_place(TestMongod::start);
+    let file = ConfigFile::new(NAMESPACES);
+    let with_history = start_cluster(&mongod.uri, 1, &file);
+    let log = with_history.node(1).wait_for_log(READY).await;
+    assert!(
+        log.contains("MongoDB keeps 300 s of snapshot history"),
+        "{log}"
+    );
+    let without_history = tokio::task::block_in_place(|| Cluster::start(&mongod.uri, 1));
+    let log = without_history.node(1).wait_for_log(READY).await;
+    assert!(!log.contains(WARNING), "{log}");
+
+    mongodb::Client::with_uri_str(&mongod.uri)
+        .await
+        .unwrap()
+        .database("admin")
+        .run_command(mongodb::bson::doc! {
+            "setParameter": 1, "minSnapshotHistoryWindowInSeconds": 0,
+        })
+        .await
+        .unwrap();
+    let advised = start_cluster(&mongod.uri, 1, &file);
+    let log = advised.node(1).wait_for_log(READY).await;
+    assert!(!log.contains(WARNING), "{log}");
+}
