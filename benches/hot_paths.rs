@@ -7,8 +7,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use secrecy::SecretBox;
 use serde_json::value::RawValue;
 use ticketgate::bus::{Command, NodeId, Sequencer};
-use ticketgate::hub::{ConnectionLimits, Hub};
+use ticketgate::hub::Hub;
 use ticketgate::jwt::{JwtSettings, JwtSigner, JwtVerifier};
+use ticketgate::limits::ConnectionLimits;
 use ticketgate::protocol::{ClientMessage, Request, ServerMessage};
 use ticketgate::ticket::{NewTicket, PresentedTicket};
 

@@ -1,5 +1,6 @@
-//! Request-rate limits (governor's GCRA, keyed): ticket minting per user, upgrade attempts per
-//! client IP. Concurrent-connection limits live with the connection accounting in the hub.
+//! Limits on what clients may ask: request rates (governor's GCRA, keyed: ticket minting per
+//! user, upgrade attempts per client IP) and concurrent connections (enforced by the hub's
+//! connection registry, which takes them from here).
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -55,6 +56,29 @@ impl RateLimits {
         self.upgrades_per_ip.retain_recent();
         self.upgrades_per_ip.shrink_to_fit();
     }
+}
+
+/// Limits on concurrent connections (every transport), checked when one is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub max_total: usize,
+    pub max_per_user: usize,
+}
+
+impl ConnectionLimits {
+    pub const UNLIMITED: ConnectionLimits = ConnectionLimits {
+        max_total: usize::MAX,
+        max_per_user: usize::MAX,
+    };
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectionRefused {
+    #[error("the user already has the maximum number of connections")]
+    UserLimit,
+    #[error("the gateway is at its connection capacity")]
+    Capacity,
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::hub::ConnectionCounts;
+use crate::hub::{ChannelStats, ConnectionCounts};
 
 pub struct Metrics {
     registry: Registry,
@@ -298,13 +298,6 @@ impl Metrics {
             .expect("encoding to memory");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
-}
-
-/// This node's channel table in two numbers.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ChannelStats {
-    pub channels: usize,
-    pub subscriptions: usize,
 }
 
 impl Default for Metrics {

@@ -17,8 +17,8 @@ use secrecy::{SecretBox, SecretString};
 
 use crate::channels::ChannelPolicy;
 use crate::client_ip::TrustedProxies;
-use crate::hub::ConnectionLimits;
 use crate::jwt::{self, JwtSettings};
+use crate::limits::ConnectionLimits;
 use crate::origin::OriginPolicy;
 use sources::{Origin, Values};
 use table::{Kind, lookup};

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::mailbox::{Inbound, Mailbox};
-use super::streams::{Recorded, StreamState, Window, recovered};
+use super::streams::{Recorded, StreamState, Window};
 use super::{ConnectionId, Delivery, lock};
 use crate::channels::ChannelName;
 
@@ -64,7 +64,7 @@ pub struct Older {
 
 /// What became of an attempt to join a history channel.
 #[derive(Debug)]
-pub enum StreamJoin {
+pub(super) enum StreamJoin {
     /// Subscribed: the channel's epoch and latest offset, and whether it recovered.
     Joined {
         name: ChannelName,
@@ -253,7 +253,7 @@ impl ChannelTable {
                     .publications
                     .iter()
                     .filter(|(o, _)| *o < first)
-                    .map(|(_, d)| recovered(d))
+                    .map(|(_, d)| d.recovered())
                     .chain(window.after(first - 1))
                     .collect();
                 (Some(true), deliveries)

@@ -1,5 +1,5 @@
 //! This node's window on each history channel it has subscribers in: the channel's latest
-//! publications as delivered here, frames included, with their offsets and epoch. Kept under
+//! publications as delivered here, encoded, with their offsets and epoch. Kept under
 //! the same lock as the channel's subscribers, so a recovering subscriber gets what the
 //! window holds after its `since` and then every live publication, with no gap and nothing
 //! twice. Windows are filled from the store once per channel, however many subscribers
@@ -108,15 +108,7 @@ impl Window {
         self.recent
             .iter()
             .filter(move |(o, _)| *o > offset)
-            .map(|(_, delivery)| recovered(delivery))
-    }
-}
-
-/// A copy for a recovering subscriber: not counted in the live fan-out latency.
-pub(super) fn recovered(delivery: &Delivery) -> Delivery {
-    Delivery {
-        published_at: None,
-        ..delivery.clone()
+            .map(|(_, delivery)| delivery.recovered())
     }
 }
 
@@ -125,18 +117,11 @@ mod tests {
     use super::*;
 
     fn delivery(n: u64) -> Delivery {
-        Delivery {
-            frame: bytes::Bytes::from(n.to_string()),
-            published_at: None,
-            compressed: None,
-        }
+        Delivery::new(n.to_string().into(), None)
     }
 
     fn frames(window: &Window, after: u64) -> Vec<String> {
-        window
-            .after(after)
-            .map(|d| String::from_utf8(d.frame.to_vec()).unwrap())
-            .collect()
+        window.after(after).map(|d| d.message.to_string()).collect()
     }
 
     #[test]

@@ -5,13 +5,13 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::hub::ConnectionRefused;
+use crate::limits::ConnectionRefused;
 use crate::session;
 use crate::store::RedeemError;
 use crate::ticket::{PresentedTicket, redact};
 use crate::wire::deflate::{self, Inflater};
 use crate::wire::upgrade::Handoff;
-use crate::wire::{FrameReader, FrameWriter};
+use crate::wire::{FrameReader, FrameWriter, WebSocket};
 
 /// Answers 101 with a [`Handoff`] that starts the session on the socket; the upgrade hook
 /// (`crate::wire::upgrade`) writes the 101 and hands the socket over.
@@ -95,7 +95,8 @@ pub async fn upgrade(
                 reader = reader.with_inflater(Inflater::new(negotiated));
                 writer = writer.compressing(threshold);
             }
-            actix_web::rt::spawn(session::run(ctx, open, reader, writer, client_ip));
+            let transport = WebSocket::new(reader, writer);
+            actix_web::rt::spawn(session::run(ctx, open, transport, client_ip));
         }));
     Ok(response)
 }

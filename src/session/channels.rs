@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::expiry::{Expiry, ExpiryEvent};
+use super::recovery::{HistorySource, Joined, subscribe_stream};
 use super::{Authenticated, CloseReason, SessionContext};
 use crate::bus::Command;
 pub use crate::channels::ChannelPolicy;
@@ -19,7 +20,7 @@ use crate::channels::{
     grant_without_token,
 };
 use crate::db::Unavailable;
-use crate::hub::{ConnectionId, Control, HistorySource, Joined, Recover};
+use crate::hub::{ConnectionId, Control, Recover};
 use crate::protocol::{
     ClientMessage, ErrorCode, PresenceClient, ServerMessage, StreamPosition, UnsubscribeReason,
 };
@@ -304,9 +305,7 @@ impl Authenticated {
             store: &store,
             options,
         };
-        self.membership
-            .subscribe_stream(name, grant, recover, &source)
-            .await
+        subscribe_stream(&mut self.membership, name, grant, recover, &source).await
     }
 
     /// Leaves `name`: the hub's table, the token timer, presence and, where the namespace

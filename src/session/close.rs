@@ -1,10 +1,11 @@
 //! Why a connection ends, mapped in this one place to WebSocket close codes (docs/PROTOCOL.md).
 
-use actix_http::ws::{CloseCode, CloseReason as ClosePayload};
+use actix_http::ws::CloseCode;
+/// A WebSocket close frame's payload: the code table every transport closes with.
+pub use actix_http::ws::CloseReason as ClosePayload;
 
 use crate::hub::Kick;
 use crate::jwt::JwtRejection;
-use crate::wire::ReadError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
@@ -103,17 +104,6 @@ impl CloseReason {
             code: CloseCode::from(code),
             description: (!description.is_empty()).then_some(description),
         })
-    }
-}
-
-impl From<ReadError> for CloseReason {
-    fn from(error: ReadError) -> Self {
-        match error {
-            ReadError::Eof | ReadError::Io(_) => CloseReason::ConnectionLost,
-            ReadError::TooBig { .. } => CloseReason::MessageTooBig,
-            ReadError::InvalidUtf8 => CloseReason::InvalidUtf8,
-            ReadError::Protocol(_) => CloseReason::ProtocolError,
-        }
     }
 }
 

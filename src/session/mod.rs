@@ -1,42 +1,50 @@
-//! One task per WebSocket connection, as a typed state machine:
-//! `Connection<Unauthenticated>` → [`Connection::authenticate`] → `Connection<Authenticated>`.
+//! One task per connection, as a typed state machine over any [`Transport`]:
+//! `Connection<Unauthenticated, T>` → [`Connection::authenticate`] →
+//! `Connection<Authenticated, T>` → [`Closing`].
 //!
 //! Only the authenticated state holds a [`Membership`], so a connection cannot receive a
-//! broadcast or a ping before it has authenticated: the code to do so does not type-check.
-//! Every path ends in one [`Closing`], which sends at most one close frame.
+//! broadcast or a heartbeat probe before it has authenticated: the code to do so does not
+//! type-check. Every path ends in one [`Closing`], which tells the client once.
+//!
+//! The session never sees a frame or a socket: its transport (`crate::wire::WebSocket`, or
+//! another) turns the client's bytes into [`ClientEvent`]s and writes what the session hands
+//! it. The authenticated loop is in [`serve`].
 
 pub mod calls;
 pub mod channels;
 pub mod close;
 pub mod expiry;
+pub mod heartbeat;
 mod publish;
+pub mod recovery;
 pub mod rules;
+mod serve;
+pub mod transport;
 
+use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytestring::ByteString;
-use futures_util::FutureExt;
-use tokio::time::{Instant, MissedTickBehavior, Sleep, interval_at, sleep_until, timeout};
+use tokio::time::{Instant, timeout};
 
 use crate::bus::Bus;
 use crate::channels::ClaimGrants;
-use crate::hub::{ConnectionId, Fell, Hub, Inbound, Membership, OpenConnection};
+use crate::hub::{ConnectionId, Fell, Hub, Membership, OpenConnection};
 use crate::jwt::{JwtRejection, JwtVerifier};
 use crate::lifecycle::{EventKind, Lifecycle, Subject};
 use crate::metrics::Metrics;
-use crate::protocol::{ErrorCode, RpcFailureCode, ServerMessage};
+use crate::protocol::ServerMessage;
 use crate::store::{PresenceStore, RevocationStore};
-use crate::upstream::{Caller, Upstream};
-use crate::wire::{self, FrameReader, FrameWriter, Incoming, MAX_BATCH};
-use calls::{Answered, Calls};
+use crate::upstream::Upstream;
+use calls::Calls;
 pub use channels::ChannelPolicy;
 use channels::TokenExpiries;
 pub use close::CloseReason;
-use expiry::{Expiry, ExpiryEvent};
-use rules::Reply;
+use expiry::Expiry;
+use heartbeat::Heartbeat;
+pub use transport::{ClientEvent, Transport, TransportKind};
 
 /// Shared by all connections of a gateway.
 pub struct SessionContext {
@@ -105,18 +113,18 @@ impl SessionTiming {
     }
 }
 
-pub struct Connection<State> {
+pub struct Connection<State, T> {
     open: OpenConnection,
-    reader: FrameReader,
-    writer: FrameWriter,
+    transport: T,
     state: State,
 }
 
-/// Upgraded with a valid ticket (whose user the connection slot records); waiting for the JWT.
-/// Sends nothing but the Pong a Ping asks for. Reads messages of at most
-/// [`PRE_AUTH_MAX_MESSAGE_BYTES`].
+/// Opened with a valid ticket (whose user the connection slot records); waiting for the JWT.
+/// Sends nothing but what the transport itself owes (a WebSocket Pong). Reads messages of at
+/// most [`PRE_AUTH_MAX_MESSAGE_BYTES`].
 pub struct Unauthenticated {
-    /// The client's address, as the upgrade saw it (behind a trusted proxy, the forwarded one).
+    /// The client's address, as the opening request saw it (behind a trusted proxy, the
+    /// forwarded one).
     client_ip: Option<IpAddr>,
 }
 
@@ -128,6 +136,8 @@ pub struct Authenticated {
     membership: Membership,
     /// When the current JWT runs out; a refresh starts it over.
     expiry: Expiry,
+    /// Probes a quiet client, and ends a silent one.
+    heartbeat: Heartbeat,
     /// The current JWT's `channels` claim.
     claims: ClaimGrants,
     /// The current JWT's `publish` claim.
@@ -143,26 +153,23 @@ pub struct Authenticated {
 }
 
 /// The end of a connection: why, and the means to say so.
-pub struct Closing {
+pub struct Closing<T> {
     open: OpenConnection,
-    reader: FrameReader,
-    writer: FrameWriter,
+    transport: T,
     reason: CloseReason,
 }
 
-/// What the connection task does from upgrade to close.
-pub async fn run(
+/// What the connection task does from opening to close.
+pub async fn run<T: Transport>(
     ctx: Arc<SessionContext>,
     open: OpenConnection,
-    reader: FrameReader,
-    writer: FrameWriter,
+    transport: T,
     client_ip: Option<IpAddr>,
 ) {
     let started = Instant::now();
     let connection = Connection {
         open,
-        reader,
-        writer,
+        transport,
         state: Unauthenticated { client_ip },
     };
     // Boxed: the authentication phase's state (a MongoDB query among it) then lives on the
@@ -196,12 +203,11 @@ pub async fn run(
     Box::pin(closing.finish(&ctx, started)).await;
 }
 
-impl<S> Connection<S> {
-    fn closing(self, reason: CloseReason) -> Closing {
+impl<S, T> Connection<S, T> {
+    fn closing(self, reason: CloseReason) -> Closing<T> {
         Closing {
             open: self.open,
-            reader: self.reader,
-            writer: self.writer,
+            transport: self.transport,
             reason,
         }
     }
@@ -211,13 +217,13 @@ impl<S> Connection<S> {
     }
 }
 
-impl Connection<Unauthenticated> {
+impl<T: Transport> Connection<Unauthenticated, T> {
     /// Waits up to AUTH_TIMEOUT_SECS for `{"type":"jwt","token":…}` whose `sub` is the ticket's user.
     pub async fn authenticate(
         mut self,
         ctx: &SessionContext,
-    ) -> Result<Connection<Authenticated>, Closing> {
-        let first = first_text_message(ctx, &mut self.reader, &mut self.writer);
+    ) -> Result<Connection<Authenticated, T>, Closing<T>> {
+        let first = first_text_message(ctx, &mut self.transport);
         let outcome = tokio::select! {
             outcome = timeout(ctx.timing.auth_timeout, first) => outcome,
             kick = self.open.kicked() => return Err(self.closing(CloseReason::Kicked(kick))),
@@ -244,8 +250,7 @@ impl Connection<Unauthenticated> {
             id: None,
         }
         .encode();
-        let welcome = self.writer.text_frame(&welcome);
-        if send(ctx, &mut self.writer, &[welcome]).await.is_err() {
+        if ctx.send(&mut self.transport, &[&welcome]).await.is_err() {
             return Err(self.closing(CloseReason::ConnectionLost));
         }
         log::info!("{} authenticated as user {}", self.id(), verified.sub);
@@ -258,12 +263,13 @@ impl Connection<Unauthenticated> {
             },
         );
         let connection = self.open.id;
+        let now = Instant::now();
         Ok(Connection {
             open: self.open,
-            reader: self.reader,
-            writer: self.writer,
+            transport: self.transport,
             state: Authenticated {
                 expiry: ctx.timing.expiry_of(verified.expires_at),
+                heartbeat: Heartbeat::new(now, ctx.timing.heartbeat_interval),
                 connection,
                 user_id: verified.sub,
                 membership,
@@ -278,357 +284,29 @@ impl Connection<Unauthenticated> {
     }
 }
 
-/// The first message, which must be text (possibly fragmented) of at most
-/// [`PRE_AUTH_MAX_MESSAGE_BYTES`]. A Ping is answered with its Pong, as RFC 6455 §5.5.2 requires;
-/// that is the only frame the server sends before the JWT checks out (no message, no Ping of its
-/// own), and the deadline around this call does not move for it.
-async fn first_text_message(
+/// The first message, which must be text of at most [`PRE_AUTH_MAX_MESSAGE_BYTES`]. What the
+/// transport owes the client meanwhile (a WebSocket Pong, which RFC 6455 §5.5.2 requires) is
+/// the only thing written before the JWT checks out, and the deadline around this call does
+/// not move for it.
+async fn first_text_message<T: Transport>(
     ctx: &SessionContext,
-    reader: &mut FrameReader,
-    writer: &mut FrameWriter,
+    transport: &mut T,
 ) -> Result<ByteString, CloseReason> {
     loop {
-        match reader.next_message(PRE_AUTH_MAX_MESSAGE_BYTES).await? {
-            Incoming::Ping(payload) => {
-                if write(ctx, writer, &[wire::pong_frame(&payload)])
-                    .await
-                    .is_err()
-                {
+        match transport.next_event(PRE_AUTH_MAX_MESSAGE_BYTES).await? {
+            ClientEvent::Alive => {
+                if ctx.written(transport.send(&[])).await.is_err() {
                     return Err(CloseReason::ConnectionLost);
                 }
             }
-            Incoming::Pong(_) => continue,
-            Incoming::Close(frame) => return Err(CloseReason::ClientClosed(frame)),
-            Incoming::Text(text) => return Ok(text),
-            Incoming::Binary(_) => {
+            ClientEvent::Closed(payload) => return Err(CloseReason::ClientClosed(payload)),
+            ClientEvent::Text(text) => return Ok(text),
+            ClientEvent::Binary => {
                 return Err(CloseReason::MalformedAuth(
                     "the first message must be a text frame",
                 ));
             }
         }
-    }
-}
-
-/// What to do after handling one client message.
-enum Next {
-    Continue,
-    Close(CloseReason),
-}
-
-impl Connection<Authenticated> {
-    /// The authenticated loop: client messages, broadcasts and the heartbeat, until one ends it.
-    pub async fn serve(mut self, ctx: &SessionContext) -> Closing {
-        let timing = &ctx.timing;
-        let expiry_timer = sleep_until(self.state.expiry.next_deadline());
-        tokio::pin!(expiry_timer);
-        // Subscription tokens' notices and ends; allocated only while a token holds one.
-        let mut token_timer: Option<Pin<Box<Sleep>>> = None;
-        let mut heartbeat = interval_at(
-            Instant::now() + timing.heartbeat_interval,
-            timing.heartbeat_interval,
-        );
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut last_seen = Instant::now();
-        let reason = loop {
-            tokio::select! {
-                incoming = self.reader.next_message(ctx.max_message_bytes) => {
-                    last_seen = Instant::now();
-                    let next = match incoming {
-                        Err(error) => Next::Close(error.into()),
-                        // Boxed: client messages are rare next to the connection's lifetime,
-                        // and handling one (a refresh queries MongoDB) needs the most state.
-                        Ok(message) => Box::pin(self.handle_read(message, ctx)).await,
-                    };
-                    if let Next::Close(reason) = next {
-                        break reason;
-                    }
-                    // A refresh moved the expiry.
-                    if expiry_timer.deadline() != self.state.expiry.next_deadline() {
-                        expiry_timer.as_mut().reset(self.state.expiry.next_deadline());
-                    }
-                    sync_token_timer(&mut token_timer, &self.state.tokens);
-                }
-                () = wait_for(&mut token_timer) => {
-                    let notices = Box::pin(self.state.on_token_deadline(ctx)).await;
-                    if self.send_messages(ctx, &notices).await.is_err() {
-                        break CloseReason::ConnectionLost;
-                    }
-                    sync_token_timer(&mut token_timer, &self.state.tokens);
-                }
-                () = &mut expiry_timer => {
-                    let (event, next) = self.state.expiry.fire();
-                    self.state.expiry = next;
-                    match event {
-                        ExpiryEvent::Expired => break CloseReason::TokenExpired,
-                        ExpiryEvent::Notice { expires_at } => {
-                            let notice = ServerMessage::TokenExpiring { expires_at }.encode();
-                            let notice = self.writer.text_frame(&notice);
-                            if send(ctx, &mut self.writer, &[notice]).await.is_err() {
-                                break CloseReason::ConnectionLost;
-                            }
-                            expiry_timer.as_mut().reset(self.state.expiry.next_deadline());
-                        }
-                    }
-                }
-                kick = self.open.kicked() => break CloseReason::Kicked(kick),
-                finished = self.state.calls.next() => {
-                    match finished.answer(ctx) {
-                        Answered::Reply(reply) => {
-                            if self.send_messages(ctx, &[reply]).await.is_err() {
-                                break CloseReason::ConnectionLost;
-                            }
-                        }
-                        Answered::Close(reason) => break reason,
-                    }
-                }
-                inbound = self.state.membership.next() => {
-                    let delivery = match inbound {
-                        Ok(Inbound::Delivery(delivery)) => Some(delivery),
-                        Ok(Inbound::Recovered(recovered)) => {
-                            // Written before anything that came after, in writes of at most
-                            // MAX_BATCH frames.
-                            let mut lost = false;
-                            for chunk in recovered.chunks(MAX_BATCH) {
-                                let frames: Vec<_> = chunk
-                                    .iter()
-                                    .map(|d| self.writer.adapt(&d.frame, d.compressed.as_deref()))
-                                    .collect();
-                                if send(ctx, &mut self.writer, &frames).await.is_err() {
-                                    lost = true;
-                                    break;
-                                }
-                            }
-                            if lost {
-                                break CloseReason::ConnectionLost;
-                            }
-                            None
-                        }
-                        Ok(Inbound::Control(control)) => {
-                            let replies = Box::pin(self.state.on_control(ctx, control)).await;
-                            if self.send_messages(ctx, &replies).await.is_err() {
-                                break CloseReason::ConnectionLost;
-                            }
-                            sync_token_timer(&mut token_timer, &self.state.tokens);
-                            continue;
-                        }
-                        Err(fell) => break fell.into(),
-                    };
-                    let Some(delivery) = delivery else { continue };
-                    // Whatever else is already waiting goes out in the same write: under load,
-                    // one system call then carries several messages.
-                    let batch = match self.state.membership.with_waiting(delivery, MAX_BATCH) {
-                        Ok(batch) => batch,
-                        Err(fell) => break fell.into(),
-                    };
-                    let sent = if self.writer.compresses() {
-                        let frames: Vec<_> = batch
-                            .iter()
-                            .map(|d| self.writer.adapt(&d.frame, d.compressed.as_deref()))
-                            .collect();
-                        send(ctx, &mut self.writer, &frames).await
-                    } else {
-                        send(ctx, &mut self.writer, &batch).await
-                    };
-                    if sent.is_err() {
-                        break CloseReason::ConnectionLost;
-                    }
-                    for published_at in batch.iter().filter_map(|d| d.published_at) {
-                        ctx.metrics.broadcast_fanout_seconds.observe(published_at.elapsed().as_secs_f64());
-                    }
-                },
-                _ = heartbeat.tick() => {
-                    if last_seen.elapsed() >= timing.client_timeout {
-                        break CloseReason::HeartbeatTimeout;
-                    }
-                    if write(ctx, &mut self.writer, &[wire::ping_frame()]).await.is_err() {
-                        break CloseReason::ConnectionLost;
-                    }
-                }
-            }
-        };
-        log::debug!(
-            "{} (user {}) leaving: {reason:?}",
-            self.id(),
-            self.state.user_id
-        );
-        self.state.leave_all(ctx);
-        // Leaving the broadcast pipeline happens here, by dropping the membership.
-        let Connection {
-            open,
-            reader,
-            writer,
-            state,
-        } = self;
-        drop(state);
-        Closing {
-            open,
-            reader,
-            writer,
-            reason,
-        }
-    }
-
-    /// Handles one client message; its replies go to `out`, written by the caller.
-    async fn handle(&mut self, message: Incoming, ctx: &SessionContext, out: &mut Outbox) -> Next {
-        let timing = &ctx.timing;
-        if matches!(message, Incoming::Text(_) | Incoming::Binary(_)) {
-            ctx.metrics.messages_in.inc();
-        }
-        match rules::reply_to(&message) {
-            Reply::Text(text) => out.message(&self.writer, &text),
-            Reply::Channel { request, id } => {
-                for reply in self.state.on_request(ctx, request, id).await {
-                    out.message(&self.writer, &reply);
-                }
-            }
-            Reply::Refresh { token, id } => {
-                let verified = match rules::check_jwt(&token, &ctx.jwt, &self.state.user_id) {
-                    Err(reason) => return Next::Close(reason),
-                    Ok(verified) => verified,
-                };
-                self.state.expiry = timing.expiry_of(verified.expires_at);
-                self.state.membership.set_jti(verified.jti.as_deref());
-                self.state.jti.clone_from(&verified.jti);
-                self.state.publish_grants = ClaimGrants::from_claim(&verified.publish);
-                // Boxed for the same reason as the authentication phase: refreshes are rare,
-                // and the MongoDB query's state would size every connection.
-                let revocation = Box::pin(ctx.not_revoked(verified.jti.as_deref()));
-                if let Err(reason) = revocation.await {
-                    return Next::Close(reason);
-                }
-                log::info!(
-                    "{} refreshed, now valid until {}",
-                    self.id(),
-                    verified.expires_at
-                );
-                let welcome = ServerMessage::Authenticated {
-                    user_id: &verified.sub,
-                    expires_at: verified.expires_at,
-                    id,
-                };
-                out.message(&self.writer, &welcome.encode());
-                let claims = ClaimGrants::from_claim(&verified.channels);
-                for notice in self.state.on_refresh(ctx, claims).await {
-                    out.message(&self.writer, &notice);
-                }
-            }
-            Reply::Rpc { method, data, id } => {
-                if let Some(refusal) = self.start_rpc(ctx, &method, data, id) {
-                    out.message(&self.writer, &refusal);
-                }
-            }
-            Reply::Pong(payload) => out.control(wire::pong_frame(payload)),
-            Reply::Nothing => {}
-            Reply::Close(reason) => return Next::Close(reason),
-        }
-        Next::Continue
-    }
-
-    /// The client messages one read brought, handled together, their replies written at
-    /// once: a client that pipelines requests (a page subscribing to its channels) costs one
-    /// write, not one per request.
-    async fn handle_read(&mut self, first: Incoming, ctx: &SessionContext) -> Next {
-        let mut out = Outbox::default();
-        let mut next = self.handle(first, ctx, &mut out).await;
-        while matches!(next, Next::Continue) && out.frames.len() < MAX_BATCH {
-            // Only what is already buffered: never waits for the socket.
-            match self
-                .reader
-                .next_message(ctx.max_message_bytes)
-                .now_or_never()
-            {
-                Some(Ok(message)) => next = self.handle(message, ctx, &mut out).await,
-                Some(Err(error)) => next = Next::Close(error.into()),
-                None => break,
-            }
-        }
-        if out.write(ctx, &mut self.writer).await.is_err() {
-            return Next::Close(CloseReason::ConnectionLost);
-        }
-        next
-    }
-}
-
-/// Frames to write after handling client messages, in order.
-#[derive(Default)]
-struct Outbox {
-    frames: Vec<bytes::Bytes>,
-    /// How many of them are messages (text frames), for `messages_out`.
-    messages: u64,
-}
-
-impl Outbox {
-    fn message(&mut self, writer: &FrameWriter, text: &str) {
-        self.frames.push(writer.text_frame(text));
-        self.messages += 1;
-    }
-
-    fn control(&mut self, frame: bytes::Bytes) {
-        self.frames.push(frame);
-    }
-
-    async fn write(self, ctx: &SessionContext, writer: &mut FrameWriter) -> Result<(), Lost> {
-        if self.frames.is_empty() {
-            return Ok(());
-        }
-        write(ctx, writer, &self.frames).await?;
-        ctx.metrics.messages_out.inc_by(self.messages);
-        Ok(())
-    }
-}
-
-impl Authenticated {
-    /// Who asks, as every call to the app's backend says.
-    fn caller(&self, ctx: &SessionContext) -> Caller {
-        Caller {
-            user_id: self.user_id.clone(),
-            connection_id: format!("{}@{}", self.connection, ctx.bus.node().id),
-            node: ctx.bus.node().id.to_string(),
-            jti: self.jti.clone(),
-            client_ip: self.client_ip,
-        }
-    }
-}
-
-impl Connection<Authenticated> {
-    /// Calls the backend for an `rpc`, or refuses it at once (the refusal to send).
-    fn start_rpc(
-        &mut self,
-        ctx: &SessionContext,
-        method: &str,
-        data: &serde_json::value::RawValue,
-        id: &serde_json::value::RawValue,
-    ) -> Option<String> {
-        let refused = |label: &str, reply: String| {
-            ctx.metrics.rpcs.with_label_values(&[label]).inc();
-            Some(reply)
-        };
-        if !ctx.upstream.is_enabled() {
-            let reply = ServerMessage::error(ErrorCode::UpstreamDisabled, None, Some(id));
-            return refused("upstream_disabled", reply.encode());
-        }
-        if self.state.calls.waiting() >= ctx.upstream.max_rpc_per_connection {
-            let (label, reply) = calls::failed(id, RpcFailureCode::TooManyRequests);
-            return refused(label, reply);
-        }
-        let caller = self.state.caller(ctx);
-        self.state
-            .calls
-            .start(&ctx.upstream, caller, method, data, id);
-        None
-    }
-
-    /// Writes encoded messages, each its own text frame, in one write.
-    async fn send_messages(
-        &mut self,
-        ctx: &SessionContext,
-        messages: &[String],
-    ) -> Result<(), Lost> {
-        let mut out = Outbox::default();
-        for message in messages {
-            out.message(&self.writer, message);
-        }
-        out.write(ctx, &mut self.writer).await
     }
 }
 
@@ -641,41 +319,16 @@ impl From<Fell> for CloseReason {
     }
 }
 
-/// Points the subscription-token timer at the earliest token deadline; drops it when no
-/// token holds a subscription.
-fn sync_token_timer(timer: &mut Option<Pin<Box<Sleep>>>, tokens: &TokenExpiries) {
-    match (tokens.next_deadline(), timer.as_mut()) {
-        (None, _) => *timer = None,
-        (Some(next), Some(sleep)) if sleep.deadline() == next => {}
-        (Some(next), Some(sleep)) => sleep.as_mut().reset(next),
-        (Some(next), None) => *timer = Some(Box::pin(sleep_until(next))),
-    }
-}
-
-/// Resolves when the timer fires; never without one.
-async fn wait_for(timer: &mut Option<Pin<Box<Sleep>>>) {
-    match timer {
-        Some(sleep) => sleep.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-impl Closing {
-    /// Sends the close frame (if the socket can still take one) and ends the connection; the
+impl<T: Transport> Closing<T> {
+    /// Tells the client why (if the transport still can) and ends the connection; the
     /// connection stops counting as open only after that.
     async fn finish(self, ctx: &SessionContext, started: Instant) {
         let Closing {
             open,
-            reader,
-            mut writer,
+            mut transport,
             reason,
         } = self;
-        let mut linger = false;
-        if let Some(payload) = reason.payload() {
-            let close = write(ctx, &mut writer, &[wire::close_frame(Some(payload))]).await;
-            // RFC 6455 §7.1.1: the server ends the TCP connection first.
-            linger = close.is_ok() && writer.shutdown().await.is_ok();
-        }
+        let told = ctx.written(transport.close(&reason)).await.is_ok();
         let code = reason
             .code()
             .map_or_else(|| "none".to_owned(), |c| c.to_string());
@@ -686,10 +339,8 @@ impl Closing {
             started.elapsed().as_secs_f64()
         );
         drop(open);
-        if linger {
-            // Read on until the client closes its side, so bytes it still sends do not turn
-            // the close into a reset that could cost it the close frame.
-            let _ = timeout(CLOSE_LINGER, reader.discard_until_eof()).await;
+        if told {
+            let _ = timeout(CLOSE_LINGER, transport.linger()).await;
         }
     }
 }
@@ -697,29 +348,23 @@ impl Closing {
 /// How long a closed connection waits for the client to end its side.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
-/// The socket did not take a write within CLIENT_TIMEOUT_SECS, or failed.
+/// The transport did not take a write within CLIENT_TIMEOUT_SECS, or failed.
 struct Lost;
 
-/// Writes frames, giving up when the client does not take them within CLIENT_TIMEOUT_SECS: a
-/// client that stopped reading must not pin its task forever.
-async fn write<F: AsRef<[u8]>>(
-    ctx: &SessionContext,
-    writer: &mut FrameWriter,
-    frames: &[F],
-) -> Result<(), Lost> {
-    match timeout(ctx.timing.client_timeout, writer.send(frames)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) | Err(_) => Err(Lost),
+impl SessionContext {
+    /// A write, given up when the client does not take it within CLIENT_TIMEOUT_SECS: a
+    /// client that stopped reading must not pin its task forever.
+    async fn written(&self, write: impl Future<Output = std::io::Result<()>>) -> Result<(), Lost> {
+        match timeout(self.timing.client_timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(Lost),
+        }
     }
-}
 
-/// Writes messages (text frames), counted in `messages_out`.
-async fn send<F: AsRef<[u8]>>(
-    ctx: &SessionContext,
-    writer: &mut FrameWriter,
-    frames: &[F],
-) -> Result<(), Lost> {
-    write(ctx, writer, frames).await?;
-    ctx.metrics.messages_out.inc_by(frames.len() as u64);
-    Ok(())
+    /// Writes messages for one connection, counted in `messages_out`.
+    async fn send<T: Transport>(&self, transport: &mut T, messages: &[&str]) -> Result<(), Lost> {
+        self.written(transport.send(messages)).await?;
+        self.metrics.messages_out.inc_by(messages.len() as u64);
+        Ok(())
+    }
 }

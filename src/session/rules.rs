@@ -4,9 +4,8 @@
 
 use std::borrow::Cow;
 
-use crate::wire::Incoming;
-
 use super::close::CloseReason;
+use super::transport::ClientEvent;
 use crate::jwt::{JwtVerifier, VerifiedJwt};
 use crate::protocol::{ClientMessage, ErrorCode, ParseError, Refused, Request, ServerMessage};
 use serde_json::value::RawValue;
@@ -60,15 +59,14 @@ pub enum Reply<'a> {
         data: &'a RawValue,
         id: &'a RawValue,
     },
-    Pong(&'a [u8]),
     Nothing,
     Close(CloseReason),
 }
 
-pub fn reply_to(message: &Incoming) -> Reply<'_> {
+pub fn reply_to(event: &ClientEvent) -> Reply<'_> {
     let error = |code, id| Reply::Text(ServerMessage::error(code, None, id).encode());
-    match message {
-        Incoming::Text(text) => match ClientMessage::parse(text) {
+    match event {
+        ClientEvent::Text(text) => match ClientMessage::parse(text) {
             Ok(Request { id, message }) => match message {
                 ClientMessage::Ping => Reply::Text(ServerMessage::Pong { id }.encode()),
                 ClientMessage::Echo { data } => {
@@ -91,10 +89,9 @@ pub fn reply_to(message: &Incoming) -> Reply<'_> {
             }) => error(ErrorCode::UnknownType, id),
             Err(Refused { id, .. }) => error(ErrorCode::BadMessage, id),
         },
-        Incoming::Binary(_) => error(ErrorCode::BadMessage, None),
-        Incoming::Ping(payload) => Reply::Pong(payload),
-        Incoming::Pong(_) => Reply::Nothing,
-        Incoming::Close(frame) => Reply::Close(CloseReason::ClientClosed(frame.clone())),
+        ClientEvent::Binary => error(ErrorCode::BadMessage, None),
+        ClientEvent::Alive => Reply::Nothing,
+        ClientEvent::Closed(payload) => Reply::Close(CloseReason::ClientClosed(payload.clone())),
     }
 }
 
@@ -102,7 +99,6 @@ pub fn reply_to(message: &Incoming) -> Reply<'_> {
 mod tests {
     use super::*;
     use crate::jwt::{JwtSettings, JwtSigner};
-    use bytes::Bytes;
     use proptest::prelude::*;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -117,8 +113,9 @@ mod tests {
         Ping,
         OtherType(String),
         Text(String),
-        Binary(Vec<u8>),
-        ControlPing(Vec<u8>),
+        Binary,
+        /// A WebSocket Ping (the transport answers it): a sign of life only.
+        ControlPing,
         Close,
     }
 
@@ -142,14 +139,14 @@ mod tests {
                 .contains(&t.as_str()))
                 .prop_map(Input::OtherType),
             any::<String>().prop_map(Input::Text),
-            proptest::collection::vec(any::<u8>(), 0..32).prop_map(Input::Binary),
-            proptest::collection::vec(any::<u8>(), 0..16).prop_map(Input::ControlPing),
+            Just(Input::Binary),
+            Just(Input::ControlPing),
             Just(Input::Close),
         ]
     }
 
-    fn message(input: &Input) -> Incoming {
-        let text = |json: serde_json::Value| Incoming::Text(json.to_string().into());
+    fn message(input: &Input) -> ClientEvent {
+        let text = |json: serde_json::Value| ClientEvent::Text(json.to_string().into());
         match input {
             Input::JwtFor(user) => text(
                 serde_json::json!({"type": "jwt", "token": JwtSigner::hs256(SECRET).mint(user, 600)}),
@@ -160,10 +157,10 @@ mod tests {
             Input::Echo(data) => text(serde_json::json!({"type": "echo", "data": data})),
             Input::Ping => text(serde_json::json!({"type": "ping"})),
             Input::OtherType(kind) => text(serde_json::json!({"type": kind})),
-            Input::Text(raw) => Incoming::Text(raw.clone().into()),
-            Input::Binary(bytes) => Incoming::Binary(Bytes::from(bytes.clone())),
-            Input::ControlPing(bytes) => Incoming::Ping(Bytes::from(bytes.clone())),
-            Input::Close => Incoming::Close(None),
+            Input::Text(raw) => ClientEvent::Text(raw.clone().into()),
+            Input::Binary => ClientEvent::Binary,
+            Input::ControlPing => ClientEvent::Alive,
+            Input::Close => ClientEvent::Closed(None),
         }
     }
 
@@ -181,10 +178,10 @@ mod tests {
         match phase {
             Phase::Closed(_) => (phase, vec![]),
             Phase::Unauthenticated => match &message {
-                Incoming::Ping(_) | Incoming::Pong(_) => (phase, vec![]),
-                Incoming::Close(_) => (Phase::Closed(Some(1000)), vec![]),
-                Incoming::Binary(_) => (Phase::Closed(Some(4400)), vec![]),
-                Incoming::Text(text) => match check_first_message(text, jwt, TICKET_USER) {
+                ClientEvent::Alive => (phase, vec![]),
+                ClientEvent::Closed(_) => (Phase::Closed(Some(1000)), vec![]),
+                ClientEvent::Binary => (Phase::Closed(Some(4400)), vec![]),
+                ClientEvent::Text(text) => match check_first_message(text, jwt, TICKET_USER) {
                     Ok(v) => {
                         let welcome = ServerMessage::Authenticated {
                             user_id: &v.sub,
@@ -213,7 +210,7 @@ mod tests {
                 // model's inputs name no channel type, so this is only reached by chance.
                 Reply::Channel { .. } => (phase, vec![r#"{"type":"error"}"#.into()]),
                 // RPCs are answered later, by the backend (session/calls.rs).
-                Reply::Rpc { .. } | Reply::Pong(_) | Reply::Nothing => (phase, vec![]),
+                Reply::Rpc { .. } | Reply::Nothing => (phase, vec![]),
                 Reply::Close(reason) => (Phase::Closed(reason.code()), vec![]),
             },
         }
@@ -246,8 +243,8 @@ mod tests {
                     // Authenticated: every text gets exactly one JSON reply; a JWT for the same
                     // user refreshes, any other JWT or a close frame ends the connection.
                     (Phase::Authenticated, Phase::Authenticated) => {
-                        let is_text = !matches!(input, Input::Binary(_) | Input::ControlPing(_) | Input::Close);
-                        prop_assert_eq!(sent.len(), usize::from(is_text || matches!(input, Input::Binary(_))));
+                        let is_text = !matches!(input, Input::Binary | Input::ControlPing | Input::Close);
+                        prop_assert_eq!(sent.len(), usize::from(is_text || matches!(input, Input::Binary)));
                         for reply in &sent {
                             let json: serde_json::Value = serde_json::from_str(reply).unwrap();
                             let kind = json["type"].as_str().unwrap();
@@ -266,7 +263,7 @@ mod tests {
                     (Phase::Closed(_), next) => prop_assert_eq!(next, before),
                     (Phase::Authenticated, Phase::Unauthenticated) => prop_assert!(false, "no way back"),
                 }
-                if before == Phase::Unauthenticated && !matches!(input, Input::ControlPing(_)) {
+                if before == Phase::Unauthenticated && !matches!(input, Input::ControlPing) {
                     first_data.get_or_insert(input.clone());
                 }
                 // A failed first message closes with the documented code for its kind.

@@ -5,11 +5,13 @@
 //! (docs/BENCHMARKS.md measured both). Instead the gateway takes the socket from actix-http's
 //! upgrade hook ([`upgrade`]) and speaks WebSocket with actix-http's own frame codec: reads
 //! buffer only what a message needs, and writes send frames encoded once per broadcast.
+//! [`WebSocket`] is the session's transport on that socket.
 
 pub mod deflate;
 pub mod reader;
 pub mod refusals;
 pub mod server;
+mod transport;
 pub mod upgrade;
 pub mod writer;
 
@@ -19,7 +21,8 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 
 pub use reader::{FrameReader, ReadError};
-pub use writer::{FrameWriter, MAX_BATCH};
+pub use transport::WebSocket;
+pub use writer::FrameWriter;
 
 /// One whole client message, fragments joined.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,8 +9,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
-/// Frames handed to the kernel in one call, at most (well under any system's `IOV_MAX`).
-pub const MAX_BATCH: usize = 64;
+/// Frames handed to the kernel in one call, at most (well under any system's `IOV_MAX`): the
+/// session's batch.
+pub use crate::session::transport::MAX_BATCH;
 
 pub struct FrameWriter {
     socket: OwnedWriteHalf,
@@ -32,8 +33,9 @@ impl FrameWriter {
         self
     }
 
-    pub fn compresses(&self) -> bool {
-        self.compress_from.is_some()
+    /// With permessage-deflate negotiated: the size from which text messages go compressed.
+    pub fn compress_from(&self) -> Option<usize> {
+        self.compress_from
     }
 
     /// A text message framed for this connection: compressed when negotiated and large enough.
@@ -43,23 +45,6 @@ impl FrameWriter {
                 super::deflate::compressed_text_frame(text.as_bytes())
             }
             _ => super::text_frame(text),
-        }
-    }
-
-    /// A server text frame, encoded for everyone, as this connection sends it. `shared` keeps
-    /// the compressed form once made, for every other compressing connection.
-    pub fn adapt(&self, frame: &Bytes, shared: Option<&std::sync::OnceLock<Bytes>>) -> Bytes {
-        let Some(threshold) = self.compress_from else {
-            return frame.clone();
-        };
-        let payload = &frame[super::frame_header_len(frame)..];
-        if payload.len() < threshold {
-            return frame.clone();
-        }
-        let compress = || super::deflate::compressed_text_frame(payload);
-        match shared {
-            Some(cell) => cell.get_or_init(compress).clone(),
-            None => compress(),
         }
     }
 
