@@ -3,24 +3,20 @@
 //! counts and the live nodes. Authenticated with `Authorization: Bearer <API_KEY>`;
 //! without API_KEY configured these routes do not exist (404).
 
-use actix_web::error::JsonPayloadError;
-use actix_web::http::header;
-use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
-use futures_util::future::LocalBoxFuture;
-use secrecy::ExposeSecret;
-use serde::de::DeserializeOwned;
+use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use subtle::ConstantTimeEq;
 
+use super::api_caller::ApiCaller;
+use super::api_io::{ObjectBody, Scope, accepted, bus_unavailable, send};
 use super::{AppState, post_only, readable};
-use crate::bus::{BusMode, ClusterCounts, Command, NodeView, Reach};
+use crate::bus::{BusMode, ClusterCounts, Command, NodeView};
 use crate::clock::MAX_UNIX_SECS;
-use crate::console::{CALL_HEADER, COOKIE, ConsoleSession};
-use crate::db::Unavailable;
 use crate::error::ApiError;
 
-pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
+/// The `/api` scope with this file's routes; the channel routes are added beside them
+/// (`super::channel_api`).
+pub fn scope(max_body_bytes: usize) -> actix_web::Scope {
     let json = web::JsonConfig::default()
         .limit(max_body_bytes)
         // `curl -d` sends a form content type; the body is what matters.
@@ -29,7 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     let query = web::QueryConfig::default().error_handler(|error, _| {
         ApiError::BadRequest(format!("the query string: {error}")).into()
     });
-    let scope = web::scope("/api")
+    web::scope("/api")
         .app_data(json)
         .app_data(query)
         .service(post_only("/broadcast", broadcast))
@@ -39,166 +35,12 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
         .service(post_only("/revocations", revoke))
         .service(readable("/connections", connections))
         .service(readable("/nodes", nodes))
-        .service(readable("/series", series));
-    cfg.service(super::channel_api::configure(scope));
-}
-
-/// Who called the server API: the backend with the API key, or an operator from the console
-/// (its session cookie plus the console's header). Extracting it is the check.
-#[derive(Debug, Clone)]
-pub enum ApiCaller {
-    Backend,
-    Console(ConsoleSession),
-}
-
-impl std::fmt::Display for ApiCaller {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ApiCaller::Backend => f.write_str("the server API"),
-            ApiCaller::Console(session) => write!(f, "console {}", session.id),
-        }
-    }
-}
-
-impl ApiCaller {
-    /// Writes an operator's action to the log with the console session's id (the backend's
-    /// calls are its own to log).
-    pub fn note(&self, action: std::fmt::Arguments<'_>) {
-        if let ApiCaller::Console(session) = self {
-            log::info!("console {}: {action}", session.id);
-        }
-    }
-}
-
-impl FromRequest for ApiCaller {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let req = req.clone();
-        Box::pin(async move { api_caller(&req).await })
-    }
-}
-
-async fn api_caller(req: &HttpRequest) -> Result<ApiCaller, ApiError> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .ok_or(ApiError::NotFound)?;
-    let presented = req.headers().get(header::AUTHORIZATION);
-    if presented.is_none() && state.console.is_some() && req.cookie(COOKIE).is_some() {
-        if !req.headers().contains_key(CALL_HEADER) {
-            return Err(ApiError::ConsoleSessionRequired);
-        }
-        return super::console::session_of(req, state)
-            .await
-            .map(ApiCaller::Console);
-    }
-    let Some(expected) = state.api_key.as_ref() else {
-        return Err(match (state.console.is_some(), presented) {
-            (false, _) => ApiError::NotFound,
-            (true, None) => ApiError::ConsoleSessionRequired,
-            (true, Some(_)) => ApiError::InvalidApiKey,
-        });
-    };
-    let presented = presented
-        .ok_or(ApiError::MissingApiKey)?
-        // Bytes that are not visible ASCII cannot be the key: a wrong key, not a missing one.
-        .to_str()
-        .map_err(|_| ApiError::InvalidApiKey)?;
-    let presented = Some(presented)
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, key)| key.trim())
-        .ok_or(ApiError::MissingApiKey)?;
-    // Constant time, so response timing reveals nothing about the key.
-    if bool::from(
-        presented
-            .as_bytes()
-            .ct_eq(expected.expose_secret().as_bytes()),
-    ) {
-        Ok(ApiCaller::Backend)
-    } else {
-        Err(ApiError::InvalidApiKey)
-    }
-}
-
-impl From<JsonPayloadError> for ApiError {
-    fn from(error: JsonPayloadError) -> Self {
-        match error {
-            JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
-                ApiError::BodyTooLarge
-            }
-            other => ApiError::BadRequest(format!("the body: {other}")),
-        }
-    }
-}
-
-/// A request body that is a JSON object, read as `T`. serde reads a struct from a JSON array
-/// too (`["j1", 5]` as `{"jti": "j1", "expires_at": 5}`); the API takes objects only.
-pub struct ObjectBody<T>(pub T);
-
-impl<T: DeserializeOwned + 'static> FromRequest for ObjectBody<T> {
-    type Error = actix_web::Error;
-    type Future = LocalBoxFuture<'static, Result<Self, actix_web::Error>>;
-
-    fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
-        // Any JSON first (limits and errors as configured above), then the object check.
-        let json = web::Json::<Box<RawValue>>::from_request(req, payload);
-        Box::pin(async move {
-            let raw = json.await?.into_inner();
-            if !raw.get().starts_with('{') {
-                return Err(ApiError::BadRequest("the body must be a JSON object".into()).into());
-            }
-            serde_json::from_str(raw.get())
-                .map(ObjectBody)
-                .map_err(|e| ApiError::BadRequest(format!("the body: {e}")).into())
-        })
-    }
+        .service(readable("/series", series))
 }
 
 #[derive(Deserialize)]
 struct DataBody {
     data: Box<RawValue>,
-}
-
-/// How far a command went: `node` answers carry counts of this node's connections it
-/// reached; `cluster` answers come once the event is written, and every node delivers it.
-#[derive(Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(super) enum Scope {
-    Node,
-    Cluster,
-}
-
-/// What the bus did with a command, as the answers report it.
-pub(super) struct Sent {
-    /// Broadcasts only.
-    pub seq: Option<u64>,
-    pub scope: Scope,
-    /// Connections reached, when the scope is one node.
-    pub reached: Option<usize>,
-    /// Publications into history channels: where each went.
-    pub streams: Vec<crate::bus::StreamPublication>,
-}
-
-/// Sends `command` through the bus; a bus that cannot take it is a 503.
-pub(super) async fn send(state: &AppState, command: Command) -> Result<Sent, ApiError> {
-    let receipt = state.bus.send(command).await.map_err(bus_unavailable)?;
-    let (scope, reached) = match receipt.reach {
-        Reach::Node(reached) => (Scope::Node, Some(reached)),
-        Reach::Cluster => (Scope::Cluster, None),
-    };
-    Ok(Sent {
-        seq: receipt.seq,
-        scope,
-        reached,
-        streams: receipt.streams,
-    })
-}
-
-fn bus_unavailable(e: Unavailable) -> ApiError {
-    log::warn!("cluster bus: {e}");
-    ApiError::DatabaseUnavailable
 }
 
 #[derive(Serialize)]
@@ -223,23 +65,6 @@ async fn broadcast(
         scope: sent.scope,
         delivered: sent.reached,
     }))
-}
-
-/// The 202 of a command that reaches connections: how far it went, and on one node how many
-/// connections it reached.
-#[derive(Serialize)]
-struct Delivered {
-    scope: Scope,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    delivered: Option<usize>,
-}
-
-/// 202 `{"scope", "delivered"?}` for a command the bus took.
-pub(super) fn accepted(sent: Sent) -> HttpResponse {
-    HttpResponse::Accepted().json(Delivered {
-        scope: sent.scope,
-        delivered: sent.reached,
-    })
 }
 
 async fn message_user(

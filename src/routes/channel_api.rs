@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::AppState;
-use super::api::{ApiCaller, ObjectBody, Scope, accepted, send};
+use super::api_caller::ApiCaller;
+use super::api_io::{ObjectBody, Scope, accepted, checked_channel, send};
 use crate::bus::{ChannelCount, Command, StreamPublication};
 use crate::channels::{ChannelName, NamespaceOptions};
 use crate::error::ApiError;
@@ -31,21 +32,6 @@ pub fn configure(scope: actix_web::Scope) -> actix_web::Scope {
                 .route(web::delete().to(unsubscribe_user))
                 .default_service(web::to(|| super::method_not_allowed("DELETE"))),
         )
-}
-
-/// A valid channel name in a declared namespace.
-pub(super) fn checked(
-    state: &AppState,
-    channel: &str,
-) -> Result<(ChannelName, NamespaceOptions), ApiError> {
-    let name = ChannelName::parse(channel).map_err(|_| ApiError::InvalidChannel)?;
-    let options = state
-        .session
-        .channels
-        .namespaces
-        .options(&name)
-        .map_err(|_| ApiError::UnknownNamespace)?;
-    Ok((name, options))
 }
 
 #[derive(Deserialize)]
@@ -84,7 +70,7 @@ async fn publish_one(
     body: ObjectBody<DataBody>,
 ) -> Result<HttpResponse, ApiError> {
     caller.note(format_args!("publish to {channel}"));
-    let (name, options) = checked(&state, &channel)?;
+    let (name, options) = checked_channel(&state, &channel)?;
     fits_history(options, &body.0.data)?;
     let command = Command::publish([(name, options)], body.0.data);
     let sent = send(&state, command).await?;
@@ -129,7 +115,7 @@ async fn publish_many(
     let mut targets: Vec<(ChannelName, NamespaceOptions)> = Vec::with_capacity(channels.len());
     let mut named = std::collections::HashSet::with_capacity(channels.len());
     for channel in &channels {
-        let (name, options) = checked(&state, channel)?;
+        let (name, options) = checked_channel(&state, channel)?;
         fits_history(options, &data)?;
         // A channel named twice is published to once.
         if named.insert(name.clone()) {
@@ -159,7 +145,7 @@ async fn subscribe_user(
         "subscribe user {user_id} to {}",
         body.0.channel
     ));
-    let (name, _) = checked(&state, &body.0.channel)?;
+    let (name, _) = checked_channel(&state, &body.0.channel)?;
     let command = Command::Subscribe {
         user_id: user_id.into_inner(),
         channel: name,
@@ -174,7 +160,7 @@ async fn unsubscribe_user(
 ) -> Result<HttpResponse, ApiError> {
     let (user_id, channel) = path.into_inner();
     caller.note(format_args!("unsubscribe user {user_id} from {channel}"));
-    let (name, _) = checked(&state, &channel)?;
+    let (name, _) = checked_channel(&state, &channel)?;
     let command = Command::Unsubscribe {
         user_id,
         channel: name,
@@ -217,7 +203,7 @@ async fn presence(
     state: web::Data<AppState>,
     channel: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let (name, options) = checked(&state, &channel)?;
+    let (name, options) = checked_channel(&state, &channel)?;
     if !options.presence {
         return Err(ApiError::PresenceDisabled);
     }
@@ -263,7 +249,7 @@ async fn history(
     channel: web::Path<String>,
     params: web::Query<HistoryParams>,
 ) -> Result<HttpResponse, ApiError> {
-    let (name, options) = checked(&state, &channel)?;
+    let (name, options) = checked_channel(&state, &channel)?;
     let history = options.history.ok_or(ApiError::HistoryDisabled)?;
     let limit = params.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
     if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {

@@ -1,6 +1,6 @@
 //! The operations console: its page and scripts (from client/console/, embedded), and its
 //! sign-in at `/console/session`. The page calls the server API (`/api/...`) with the
-//! session's cookie; [`super::api::ApiCaller`] takes that in place of the API key. Only when
+//! session's cookie; [`super::api_caller::ApiCaller`] takes that in place of the API key. Only when
 //! CONSOLE_PASSWORD is set; otherwise none of this exists (404).
 
 use std::time::Duration;
@@ -11,8 +11,9 @@ use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
+use super::api_caller::console_session;
 use super::{AppState, method_not_allowed, readable};
-use crate::console::{COOKIE, Console, ConsoleSession};
+use crate::console::{COOKIE, Console};
 use crate::error::ApiError;
 use crate::hub::{ChannelWatch, Inbound};
 
@@ -128,29 +129,15 @@ async fn sign_in(
         .json(serde_json::json!({ "expires_at": session.expires_at })))
 }
 
-/// The session the request's cookie stands for, if it is valid and not signed out.
-pub async fn session_of(req: &HttpRequest, state: &AppState) -> Result<ConsoleSession, ApiError> {
-    let console = console(state)?;
-    let session = req
-        .cookie(COOKIE)
-        .and_then(|cookie| console.session_of(cookie.value()))
-        .ok_or(ApiError::ConsoleSessionRequired)?;
-    match state.session.revocations.is_revoked(&session.id).await {
-        Ok(false) => Ok(session),
-        Ok(true) => Err(ApiError::ConsoleSessionRequired),
-        Err(_) => Err(ApiError::DatabaseUnavailable),
-    }
-}
-
 async fn current(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let session = session_of(&req, &state).await?;
+    let session = console_session(&req, &state).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(serde_json::json!({ "expires_at": session.expires_at })))
 }
 
 async fn sign_out(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let session = session_of(&req, &state).await?;
+    let session = console_session(&req, &state).await?;
     state
         .session
         .revocations
@@ -182,8 +169,8 @@ async fn tail(
     state: web::Data<AppState>,
     channel: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let session = session_of(&req, &state).await?;
-    let (name, _) = super::channel_api::checked(&state, &channel)?;
+    let session = console_session(&req, &state).await?;
+    let (name, _) = super::api_io::checked_channel(&state, &channel)?;
     let watch = state.session.hub.watch(&name, TAIL_LABEL);
     log::info!("console {}: tails {}", session.id, name.as_str());
     let tail = Tail {
@@ -224,8 +211,7 @@ impl Tail {
             };
             let mut events = Vec::new();
             for delivery in deliveries {
-                let frame = delivery.as_ref();
-                let text = &frame[crate::wire::frame_header_len(frame).min(frame.len())..];
+                let text = delivery.message.as_bytes();
                 if self.is_publication(text) {
                     events.extend_from_slice(b"data: ");
                     events.extend_from_slice(text);

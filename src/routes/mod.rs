@@ -1,6 +1,8 @@
 //! HTTP routes: one module per endpoint, wired together in [`configure`].
 
 pub mod api;
+mod api_caller;
+mod api_io;
 pub mod channel_api;
 mod console;
 mod health;
@@ -56,7 +58,7 @@ pub fn configure(
     console: bool,
 ) {
     if let Some(max_body_bytes) = api {
-        api::configure(cfg, max_body_bytes);
+        cfg.service(channel_api::configure(api::scope(max_body_bytes)));
     }
     if console {
         console::configure(cfg);

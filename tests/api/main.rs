@@ -2,6 +2,7 @@
 //! One test binary (modules below) so it compiles and starts mongod once.
 
 mod adversarial;
+mod architecture;
 mod bad_input;
 mod channel_cluster;
 mod channels;
