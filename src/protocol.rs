@@ -377,6 +377,23 @@ fn is_false(value: &bool) -> bool {
     !value
 }
 
+/// A channel's publication for its subscribers, live or recovered (`position`: its offset and
+/// epoch, in a history namespace): the one place one is encoded.
+pub fn publication(
+    channel: &str,
+    position: Option<(u64, &str)>,
+    data: &RawValue,
+) -> EncodedMessage {
+    ServerMessage::Publication {
+        channel,
+        offset: position.map(|(offset, _)| offset),
+        epoch: position.map(|(_, epoch)| epoch),
+        data,
+    }
+    .encode()
+    .into()
+}
+
 impl<'a> ServerMessage<'a> {
     pub fn encode(&self) -> String {
         serde_json::to_string(self).expect("server messages always serialize")
@@ -690,23 +707,11 @@ mod tests {
             r#"{"type":"message","data":{"a":1}}"#
         );
         assert_eq!(
-            ServerMessage::Publication {
-                channel: "chat:a",
-                offset: None,
-                epoch: None,
-                data: &data
-            }
-            .encode(),
+            publication("chat:a", None, &data),
             r#"{"type":"publication","channel":"chat:a","data":{"a":1}}"#
         );
         assert_eq!(
-            ServerMessage::Publication {
-                channel: "feed:a",
-                offset: Some(42),
-                epoch: Some("e1"),
-                data: &data
-            }
-            .encode(),
+            publication("feed:a", Some((42, "e1")), &data),
             r#"{"type":"publication","channel":"feed:a","offset":42,"epoch":"e1","data":{"a":1}}"#
         );
         assert_eq!(

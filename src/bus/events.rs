@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use super::NodeId;
 use crate::channels::{ChannelName, HistoryOptions, NamespaceOptions};
 use crate::hub::{Control, Hub, Kick};
-use crate::protocol::{EncodedMessage, PresenceClient, ServerMessage};
+use crate::protocol::{self, EncodedMessage, PresenceClient, ServerMessage};
 
 /// What the server API (or the demo broadcaster) asks the bus to do.
 #[derive(Debug)]
@@ -187,30 +187,15 @@ impl Event {
                 let plain: usize = channels
                     .iter()
                     .map(|channel| {
-                        hub.publish_with(channel, || {
-                            ServerMessage::Publication {
-                                channel,
-                                offset: None,
-                                epoch: None,
-                                data: &data,
-                            }
-                            .encode()
-                            .into()
-                        })
+                        hub.publish_with(channel, || protocol::publication(channel, None, &data))
                     })
                     .sum();
                 let numbered: usize = streams
                     .iter()
                     .map(|stream| {
+                        let position = Some((stream.offset, stream.epoch.as_str()));
                         hub.publish_stream(&stream.channel, stream.offset, &stream.epoch, || {
-                            ServerMessage::Publication {
-                                channel: &stream.channel,
-                                offset: Some(stream.offset),
-                                epoch: Some(&stream.epoch),
-                                data: &data,
-                            }
-                            .encode()
-                            .into()
+                            protocol::publication(&stream.channel, position, &data)
                         })
                     })
                     .sum();

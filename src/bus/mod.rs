@@ -5,6 +5,7 @@
 //! one change stream ([`stream`]), so every node delivers every event exactly once and in the
 //! order it was written.
 
+mod appends;
 mod events;
 mod nodes;
 mod reaper;

@@ -15,11 +15,12 @@ use mongodb::change_stream::ChangeStream;
 use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
 use mongodb::error::{Error, ErrorKind};
 
+use super::appends::appended_in;
 use super::{EVENTS_COLLECTION, Event, EventDocument, StreamPublication};
 use crate::db::Unavailable;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::store::{HISTORY_COLLECTION, appended_in};
+use crate::store::HISTORY_COLLECTION;
 
 type Stream = ChangeStream<ChangeStreamEvent<Document>>;
 

@@ -11,9 +11,9 @@ use futures_util::stream::FuturesUnordered;
 use serde_json::value::RawValue;
 
 use super::{CloseReason, SessionContext};
-use crate::protocol::{RpcFailure, RpcFailureCode, ServerMessage};
+use crate::protocol::{ErrorCode, RpcFailure, RpcFailureCode, ServerMessage};
 use crate::upstream::rpc::RpcAnswer;
-use crate::upstream::{Caller, Upstream, UpstreamError};
+use crate::upstream::{Caller, UpstreamError};
 
 /// The calls waiting; allocated at a connection's first RPC only.
 #[derive(Default)]
@@ -33,23 +33,88 @@ pub enum Answered {
     Close(CloseReason),
 }
 
+/// How one `rpc` ends: what the client is told, counted once in `ticketgate_rpcs_total` by
+/// [`RpcEnd::answer`], the only place an `rpc_result` or `rpc_error` is made.
+enum RpcEnd<'a> {
+    /// The backend's `result`.
+    Result(&'a RawValue),
+    /// The backend's own error object.
+    BackendError(&'a RawValue),
+    /// The gateway's `rpc_error`: the call failed, or was refused before it started.
+    Failed(RpcFailureCode),
+    /// No backend is configured: the plain `error` `upstream_disabled`.
+    Disabled,
+    /// The backend asked to close the connection.
+    Disconnect { code: u16, reason: &'a str },
+}
+
+impl RpcEnd<'_> {
+    /// The metric's `result` label.
+    fn label(&self) -> &'static str {
+        match self {
+            RpcEnd::Result(_) => "result",
+            RpcEnd::BackendError(_) => "error",
+            RpcEnd::Failed(code) => code.as_str(),
+            RpcEnd::Disabled => "upstream_disabled",
+            RpcEnd::Disconnect { .. } => "disconnect",
+        }
+    }
+
+    fn answer(self, ctx: &SessionContext, id: &RawValue) -> Answered {
+        ctx.metrics.rpcs.with_label_values(&[self.label()]).inc();
+        let error = match self {
+            RpcEnd::Result(result) => {
+                return Answered::Reply(ServerMessage::RpcResult { id, result }.encode());
+            }
+            RpcEnd::Disabled => {
+                let refusal = ServerMessage::error(ErrorCode::UpstreamDisabled, None, Some(id));
+                return Answered::Reply(refusal.encode());
+            }
+            RpcEnd::Disconnect { code, reason } => {
+                return Answered::Close(CloseReason::ByBackend {
+                    code,
+                    reason: reason.to_owned(),
+                });
+            }
+            RpcEnd::BackendError(error) => RpcFailure::Backend(error),
+            RpcEnd::Failed(code) => code.failure(),
+        };
+        Answered::Reply(ServerMessage::RpcError { id, error }.encode())
+    }
+}
+
 impl Calls {
     /// How many calls are waiting.
     pub fn waiting(&self) -> usize {
         self.waiting.as_ref().map_or(0, |waiting| waiting.len())
     }
 
-    /// Calls the backend for `caller`; the answer comes out of [`Calls::next`].
-    pub fn start(
+    /// Calls the backend for an `rpc` by `caller`, whose answer comes out of [`Calls::next`];
+    /// or refuses it at once (no backend, too many calls waiting), with the refusal to send.
+    pub fn call(
         &mut self,
-        upstream: &Arc<Upstream>,
-        caller: Caller,
+        ctx: &SessionContext,
+        caller: impl FnOnce() -> Caller,
         method: &str,
         data: &RawValue,
         id: &RawValue,
-    ) {
-        let (upstream, method, data, id) = (
-            Arc::clone(upstream),
+    ) -> Option<String> {
+        let refused = if !ctx.upstream.is_enabled() {
+            Some(RpcEnd::Disabled)
+        } else if self.waiting() >= ctx.upstream.max_rpc_per_connection {
+            Some(RpcEnd::Failed(RpcFailureCode::TooManyRequests))
+        } else {
+            None
+        };
+        if let Some(end) = refused {
+            return match end.answer(ctx, id) {
+                Answered::Reply(refusal) => Some(refusal),
+                Answered::Close(_) => None,
+            };
+        }
+        let (upstream, caller, method, data, id) = (
+            Arc::clone(&ctx.upstream),
+            caller(),
             method.to_owned(),
             data.to_owned(),
             id.to_owned(),
@@ -61,6 +126,7 @@ impl Calls {
         self.waiting
             .get_or_insert_with(Default::default)
             .push(Box::pin(call));
+        None
     }
 
     /// The next call to finish; never resolves while none is waiting.
@@ -77,45 +143,19 @@ impl Calls {
 impl Finished {
     /// The message for the client, or the close the backend asked for.
     pub fn answer(self, ctx: &SessionContext) -> Answered {
-        let id = &*self.id;
-        let (result, reply) = match &self.outcome {
-            Ok(RpcAnswer::Result(result)) => {
-                ("result", ServerMessage::RpcResult { id, result }.encode())
-            }
-            Ok(RpcAnswer::Error(error)) => (
-                "error",
-                ServerMessage::RpcError {
-                    id,
-                    error: RpcFailure::Backend(error),
-                }
-                .encode(),
-            ),
-            Ok(RpcAnswer::Disconnect { code, reason }) => {
-                ctx.metrics.rpcs.with_label_values(&["disconnect"]).inc();
-                return Answered::Close(CloseReason::ByBackend {
-                    code: *code,
-                    reason: reason.clone(),
-                });
-            }
-            Err(UpstreamError::Timeout) => failed(id, RpcFailureCode::UpstreamTimeout),
-            // Disabled cannot happen here: the session answers `upstream_disabled` itself.
+        let end = match &self.outcome {
+            Ok(RpcAnswer::Result(result)) => RpcEnd::Result(result),
+            Ok(RpcAnswer::Error(error)) => RpcEnd::BackendError(error),
+            Ok(RpcAnswer::Disconnect { code, reason }) => RpcEnd::Disconnect {
+                code: *code,
+                reason,
+            },
+            Err(UpstreamError::Timeout) => RpcEnd::Failed(RpcFailureCode::UpstreamTimeout),
+            // Disabled cannot happen here: `Calls::call` answers `upstream_disabled` itself.
             Err(UpstreamError::Unavailable(_) | UpstreamError::Disabled) => {
-                failed(id, RpcFailureCode::UpstreamUnavailable)
+                RpcEnd::Failed(RpcFailureCode::UpstreamUnavailable)
             }
         };
-        ctx.metrics.rpcs.with_label_values(&[result]).inc();
-        Answered::Reply(reply)
+        end.answer(ctx, &self.id)
     }
-}
-
-/// The gateway's own `rpc_error`, with its metric label.
-pub fn failed(id: &RawValue, code: RpcFailureCode) -> (&'static str, String) {
-    (
-        code.as_str(),
-        ServerMessage::RpcError {
-            id,
-            error: code.failure(),
-        }
-        .encode(),
-    )
 }

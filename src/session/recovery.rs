@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::channels::{ChannelName, Grant, HistoryOptions};
 use crate::db::Unavailable;
 use crate::hub::{Delivery, Loaded, MAX_WINDOW, Membership, Older, Recover, StreamStep};
-use crate::protocol::ServerMessage;
+use crate::protocol;
 use crate::store::{HistoryPage, HistoryQuery, HistoryStore};
 
 /// How many times a subscribe to a history channel goes round (waiting for a window, reading
@@ -148,14 +148,9 @@ fn deliveries_of(channel: &ChannelName, page: &HistoryPage) -> Vec<(u64, Deliver
                 log::warn!("a stored publication in {channel} is not JSON; skipped");
                 return None;
             };
-            let message = ServerMessage::Publication {
-                channel: channel.as_str(),
-                offset: Some(publication.offset),
-                epoch: Some(&page.top.epoch),
-                data: &data,
-            }
-            .encode();
-            Some((publication.offset, Delivery::new(message.into(), None)))
+            let position = Some((publication.offset, page.top.epoch.as_str()));
+            let message = protocol::publication(channel.as_str(), position, &data);
+            Some((publication.offset, Delivery::new(message, None)))
         })
         .collect()
 }

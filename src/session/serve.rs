@@ -2,10 +2,9 @@
 //! client, its deliveries, the backend's RPC answers, a kick, the clock). Each handler says
 //! whether the connection goes on; the loop's value is the close reason.
 
-use serde_json::value::RawValue;
 use tokio::time::{Instant, sleep_until};
 
-use super::calls::{self, Answered, Finished};
+use super::calls::{Answered, Finished};
 use super::expiry::ExpiryEvent;
 use super::heartbeat::Beat;
 use super::rules::{self, Reply};
@@ -13,7 +12,7 @@ use super::transport::{ClientEvent, MAX_BATCH, Transport};
 use super::{Authenticated, CloseReason, Closing, Connection, Lost, SessionContext};
 use crate::channels::ClaimGrants;
 use crate::hub::{Delivery, Fell, Inbound};
-use crate::protocol::{ErrorCode, RpcFailureCode, ServerMessage};
+use crate::protocol::ServerMessage;
 use crate::upstream::Caller;
 
 /// What to do after handling one event.
@@ -242,41 +241,16 @@ impl<T: Transport> Connection<Authenticated, T> {
                 out.extend(self.state.on_refresh(ctx, claims).await);
             }
             Reply::Rpc { method, data, id } => {
-                if let Some(refusal) = self.start_rpc(ctx, &method, data, id) {
-                    out.push(refusal);
-                }
+                // Taken out for the call, so the caller (made only for a call that starts)
+                // can be read off the state beside it.
+                let mut calls = std::mem::take(&mut self.state.calls);
+                out.extend(calls.call(ctx, || self.state.caller(ctx), &method, data, id));
+                self.state.calls = calls;
             }
             Reply::Nothing => {}
             Reply::Close(reason) => return Next::Close(reason),
         }
         Next::Continue
-    }
-
-    /// Calls the backend for an `rpc`, or refuses it at once (the refusal to send).
-    fn start_rpc(
-        &mut self,
-        ctx: &SessionContext,
-        method: &str,
-        data: &RawValue,
-        id: &RawValue,
-    ) -> Option<String> {
-        let refused = |label: &str, reply: String| {
-            ctx.metrics.rpcs.with_label_values(&[label]).inc();
-            Some(reply)
-        };
-        if !ctx.upstream.is_enabled() {
-            let reply = ServerMessage::error(ErrorCode::UpstreamDisabled, None, Some(id));
-            return refused("upstream_disabled", reply.encode());
-        }
-        if self.state.calls.waiting() >= ctx.upstream.max_rpc_per_connection {
-            let (label, reply) = calls::failed(id, RpcFailureCode::TooManyRequests);
-            return refused(label, reply);
-        }
-        let caller = self.state.caller(ctx);
-        self.state
-            .calls
-            .start(&ctx.upstream, caller, method, data, id);
-        None
     }
 
     /// Writes messages for this connection alone (and whatever the transport owes), in one

@@ -8,8 +8,8 @@ pub mod revocations;
 pub mod tickets;
 
 pub use history::{
-    Append, AppendedPublications, HISTORY_COLLECTION, HistoryPage, HistoryQuery, HistoryStore,
-    MemoryHistory, MongoHistory, StoredPublication, StreamTop, appended_in,
+    Append, HISTORY_COLLECTION, HistoryPage, HistoryQuery, HistoryStore, MemoryHistory,
+    MongoHistory, StoredPublication, StreamTop,
 };
 pub use presence::{MongoPresence, PRESENCE_COLLECTION, PresenceStore};
 pub use revocations::{

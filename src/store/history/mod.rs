@@ -10,7 +10,7 @@ mod memory;
 mod mongo;
 
 pub use memory::MemoryHistory;
-pub use mongo::{Append, AppendedPublications, HISTORY_COLLECTION, MongoHistory, appended_in};
+pub use mongo::{Append, HISTORY_COLLECTION, MongoHistory};
 
 use serde::{Deserialize, Serialize};
 
