@@ -71,6 +71,7 @@ pub struct Metrics {
     pub lifecycle_events_queued: IntCounter,
     pub lifecycle_events_delivered: IntCounter,
     pub lifecycle_events_dropped: IntCounter,
+    pub lifecycle_events_shed: IntCounter,
     pub lifecycle_webhook_failures: IntCounter,
     pub lifecycle_events_recorded: IntCounter,
     pub lifecycle_record_failures: IntCounter,
@@ -249,6 +250,10 @@ impl Metrics {
             lifecycle_events_dropped: counter(
                 "lifecycle_events_dropped_total",
                 "Lifecycle events dropped, over the limit of events waiting",
+            ),
+            lifecycle_events_shed: counter(
+                "lifecycle_events_shed_total",
+                "Lifecycle events not queued because the node's queue was full",
             ),
             lifecycle_webhook_failures: counter(
                 "lifecycle_webhook_failures_total",

@@ -15,12 +15,7 @@ use crate::config::Settings;
 use crate::db::{self, Bounds, PerThreadDatabase, Prepared, Readiness, Unavailable};
 use crate::hub::Hub;
 use crate::jwt::JwtVerifier;
-use crate::lifecycle::adoption::Adoption;
-use crate::lifecycle::log::EventLog;
-use crate::lifecycle::recorder::{OwnDelivery, Recorder};
-use crate::lifecycle::roster::Lookup;
-use crate::lifecycle::webhook::{MemoryDelivery, Webhook};
-use crate::lifecycle::{Fence, Finished, Lifecycle};
+use crate::lifecycle::{self, Fence, Lifecycle};
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
 use crate::migrations::{MigrationContext, MigrationError};
@@ -80,7 +75,13 @@ impl Application {
         let presence = Arc::new(presence);
         let node = node_info(&settings, port);
         let fence = Fence::default();
-        let (lifecycle, adoption) = lifecycle(&settings, &node, mongo.as_ref(), &metrics, &fence);
+        let (lifecycle, adoption) = lifecycle::start(
+            &settings,
+            &node.id.to_string(),
+            mongo.as_ref(),
+            &metrics,
+            &fence,
+        );
         let reaper = Reaper {
             presence: Arc::clone(&presence),
             namespaces: settings.channels.namespaces.clone(),
@@ -277,105 +278,6 @@ async fn start_bus(
     }
     log::info!("node id {}", bus.node().id);
     Ok(bus)
-}
-
-/// The node's lifecycle events (docs/PROTOCOL.md, "Lifecycle events"): with MongoDB,
-/// recorded there and delivered from there, with survivors finishing a dead node's (the
-/// [`Adoption`] the heartbeat runs); without it, posted from memory; with neither a webhook
-/// nor RECORD_LIFECYCLE_EVENTS nor the console, not made at all. The console's user lookup
-/// reads them: from MongoDB, or without it from this node's own roster.
-fn lifecycle(
-    settings: &Settings,
-    node: &NodeInfo,
-    mongo: Option<&Prepared>,
-    metrics: &Arc<Metrics>,
-    fence: &Fence,
-) -> (Lifecycle, Option<Arc<Adoption>>) {
-    let id = node.id.to_string();
-    let webhook = settings.upstream.events_webhook.as_ref().map(|w| Webhook {
-        url: w.url.clone(),
-        authorization: crate::upstream::bearer(&w.key),
-        timeout: settings.upstream.timeout,
-        client: reqwest::Client::new(),
-        metrics: Arc::clone(metrics),
-    });
-    let (queue, events) = tokio::sync::mpsc::unbounded_channel();
-    let finished = Finished::default();
-    let console = settings.api.console.is_some();
-    let local_lookup = || Lookup::Local(std::sync::Mutex::default());
-    match (mongo, webhook) {
-        (Some(mongo), webhook)
-            if webhook.is_some() || settings.upstream.record_events || console =>
-        {
-            let log = Arc::new(EventLog::new(&mongo.db, mongo.bounds.clone()));
-            let delivery = webhook.clone().map(|webhook| {
-                let (written, to_deliver) = tokio::sync::mpsc::unbounded_channel();
-                let own = OwnDelivery {
-                    log: Arc::clone(&log),
-                    webhook,
-                    node: id.clone(),
-                    fence: fence.clone(),
-                    finished: finished.clone(),
-                };
-                tokio::spawn(own.run(to_deliver));
-                written
-            });
-            log::info!(
-                "lifecycle events: recorded in MongoDB ({}){}",
-                crate::lifecycle::log::EVENTS_COLLECTION,
-                if delivery.is_some() {
-                    ", then posted to EVENTS_WEBHOOK_URL"
-                } else {
-                    ""
-                }
-            );
-            let recorder = Recorder {
-                log: Arc::clone(&log),
-                node: id.clone(),
-                metrics: Arc::clone(metrics),
-                delivery,
-                finished: finished.clone(),
-            };
-            tokio::spawn(recorder.run(events));
-            let adoption = Adoption {
-                log: Arc::clone(&log),
-                webhook,
-                me: id.clone(),
-                fence: fence.clone(),
-                metrics: Arc::clone(metrics),
-            };
-            (
-                Lifecycle::to_queue(id, queue, finished, Arc::clone(metrics))
-                    .with_lookup(Lookup::Recorded(log)),
-                Some(Arc::new(adoption)),
-            )
-        }
-        (None, Some(webhook)) => {
-            let delivery = MemoryDelivery {
-                webhook,
-                finished: finished.clone(),
-            };
-            tokio::spawn(delivery.run(events));
-            log::info!(
-                "lifecycle events: posted to EVENTS_WEBHOOK_URL from memory (without MongoDB, \
-                 best effort)"
-            );
-            let lifecycle = Lifecycle::to_queue(id, queue, finished, Arc::clone(metrics));
-            match console {
-                true => (lifecycle.with_lookup(local_lookup()), None),
-                false => (lifecycle, None),
-            }
-        }
-        (None, None) if settings.upstream.record_events && !console => {
-            log::warn!("RECORD_LIFECYCLE_EVENTS needs MONGODB_URI: no lifecycle events");
-            (Lifecycle::off(id, Arc::clone(metrics)), None)
-        }
-        (None, None) if console => (
-            Lifecycle::off(id, Arc::clone(metrics)).with_lookup(local_lookup()),
-            None,
-        ),
-        _ => (Lifecycle::off(id, Arc::clone(metrics)), None),
-    }
 }
 
 /// What every request handler and connection shares.

@@ -23,7 +23,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use self::adoption::Adoption;
+use self::log::EventLog;
+use self::recorder::{OwnDelivery, Recorder};
+use self::roster::Lookup;
+use self::webhook::{MemoryDelivery, Webhook};
+use crate::config::Settings;
+use crate::db::Prepared;
 use crate::metrics::Metrics;
+
+/// Events the node's queue holds before it sheds new ones: the recorder (or, without MongoDB,
+/// the webhook) fell this far behind. About 20 MB of events at most.
+pub const QUEUE: usize = 65_536;
+
+/// How often, at most, shedding is logged (each shed event is counted).
+const SHED_WARNING_EVERY_MS: u64 = 60_000;
 
 /// One event, as the webhook receives it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -64,6 +78,107 @@ pub enum EventKind {
     },
 }
 
+/// The node's lifecycle events (docs/PROTOCOL.md, "Lifecycle events"): with MongoDB,
+/// recorded there and delivered from there, with survivors finishing a dead node's (the
+/// [`Adoption`] the heartbeat runs); without it, posted from memory; with neither a webhook
+/// nor RECORD_LIFECYCLE_EVENTS nor the console, not made at all. The console's user lookup
+/// reads them: from MongoDB, or without it from this node's own roster.
+pub fn start(
+    settings: &Settings,
+    node: &str,
+    mongo: Option<&Prepared>,
+    metrics: &Arc<Metrics>,
+    fence: &Fence,
+) -> (Lifecycle, Option<Arc<Adoption>>) {
+    let id = node.to_owned();
+    let webhook = settings.upstream.events_webhook.as_ref().map(|w| Webhook {
+        url: w.url.clone(),
+        authorization: crate::upstream::bearer(&w.key),
+        timeout: settings.upstream.timeout,
+        client: reqwest::Client::new(),
+        metrics: Arc::clone(metrics),
+    });
+    let (queue, events) = mpsc::channel(QUEUE);
+    let finished = Finished::default();
+    let console = settings.api.console.is_some();
+    let local_lookup = || Lookup::Local(std::sync::Mutex::default());
+    match (mongo, webhook) {
+        (Some(mongo), webhook)
+            if webhook.is_some() || settings.upstream.record_events || console =>
+        {
+            let log = Arc::new(EventLog::new(&mongo.db, mongo.bounds.clone()));
+            let delivery = webhook.clone().map(|webhook| {
+                let (written, to_deliver) = mpsc::channel(recorder::DELIVERY_QUEUE);
+                let shed = recorder::Shed::default();
+                let own = OwnDelivery {
+                    log: Arc::clone(&log),
+                    shed: shed.clone(),
+                    webhook,
+                    node: id.clone(),
+                    fence: fence.clone(),
+                    finished: finished.clone(),
+                };
+                tokio::spawn(own.run(to_deliver));
+                (written, shed)
+            });
+            ::log::info!(
+                "lifecycle events: recorded in MongoDB ({}){}",
+                log::EVENTS_COLLECTION,
+                if delivery.is_some() {
+                    ", then posted to EVENTS_WEBHOOK_URL"
+                } else {
+                    ""
+                }
+            );
+            let recorder = Recorder {
+                log: Arc::clone(&log),
+                node: id.clone(),
+                metrics: Arc::clone(metrics),
+                delivery,
+                finished: finished.clone(),
+            };
+            tokio::spawn(recorder.run(events));
+            let adoption = Adoption {
+                log: Arc::clone(&log),
+                webhook,
+                me: id.clone(),
+                fence: fence.clone(),
+                metrics: Arc::clone(metrics),
+            };
+            (
+                Lifecycle::to_queue(id, queue, finished, Arc::clone(metrics))
+                    .with_lookup(Lookup::Recorded(log)),
+                Some(Arc::new(adoption)),
+            )
+        }
+        (None, Some(webhook)) => {
+            let delivery = MemoryDelivery {
+                webhook,
+                finished: finished.clone(),
+            };
+            tokio::spawn(delivery.run(events));
+            ::log::info!(
+                "lifecycle events: posted to EVENTS_WEBHOOK_URL from memory (without MongoDB, \
+                 best effort)"
+            );
+            let lifecycle = Lifecycle::to_queue(id, queue, finished, Arc::clone(metrics));
+            match console {
+                true => (lifecycle.with_lookup(local_lookup()), None),
+                false => (lifecycle, None),
+            }
+        }
+        (None, None) if settings.upstream.record_events && !console => {
+            ::log::warn!("RECORD_LIFECYCLE_EVENTS needs MONGODB_URI: no lifecycle events");
+            (Lifecycle::off(id, Arc::clone(metrics)), None)
+        }
+        (None, None) if console => (
+            Lifecycle::off(id, Arc::clone(metrics)).with_lookup(local_lookup()),
+            None,
+        ),
+        _ => (Lifecycle::off(id, Arc::clone(metrics)), None),
+    }
+}
+
 /// Who an event is about.
 pub struct Subject<'a> {
     pub user_id: &'a str,
@@ -75,8 +190,10 @@ pub struct Subject<'a> {
 pub struct Lifecycle {
     node: String,
     next: AtomicU64,
-    queue: Option<mpsc::UnboundedSender<Event>>,
+    queue: Option<mpsc::Sender<Event>>,
     finished: Finished,
+    /// When shedding was last logged (unix ms), so a full queue warns once a minute at most.
+    shed_warned_at: AtomicU64,
     lookup: roster::Lookup,
     metrics: Arc<Metrics>,
 }
@@ -120,6 +237,7 @@ impl Lifecycle {
             next: AtomicU64::new(1),
             queue: None,
             finished: Finished::default(),
+            shed_warned_at: AtomicU64::new(0),
             lookup: roster::Lookup::Unavailable,
             metrics,
         }
@@ -138,7 +256,7 @@ impl Lifecycle {
     /// drains, reporting to `finished`.
     pub fn to_queue(
         node: String,
-        queue: mpsc::UnboundedSender<Event>,
+        queue: mpsc::Sender<Event>,
         finished: Finished,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -161,11 +279,22 @@ impl Lifecycle {
             .is_ok()
     }
 
-    /// Queues an event about `subject`; never waits.
+    /// Queues an event about `subject`; never waits. With the queue full, the event is shed:
+    /// counted in `ticketgate_lifecycle_events_shed_total` and logged at most once a minute.
     pub fn emit(&self, subject: Subject<'_>, kind: EventKind) {
         if self.queue.is_none() && !matches!(self.lookup, roster::Lookup::Local(_)) {
             return;
         }
+        // A place in the queue first, so a shed event takes no number: the series stays
+        // without gaps, and settling does not wait for an event that never comes.
+        let permit = match self.queue.as_ref().map(mpsc::Sender::try_reserve) {
+            Some(Ok(permit)) => Some(permit),
+            Some(Err(_)) => {
+                self.shed();
+                return;
+            }
+            None => None,
+        };
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
         let event = Event {
             id: event_id(&self.node, seq),
@@ -177,10 +306,26 @@ impl Lifecycle {
             node: self.node.clone(),
         };
         self.lookup.note(&event);
-        if let Some(queue) = &self.queue {
+        if let Some(permit) = permit {
             self.metrics.lifecycle_events_queued.inc();
-            // The receiver lives as long as the process serves connections.
-            let _ = queue.send(event);
+            permit.send(event);
+        }
+    }
+
+    fn shed(&self) {
+        self.metrics.lifecycle_events_shed.inc();
+        let now = crate::clock::unix_now_ms();
+        let last = self.shed_warned_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= SHED_WARNING_EVERY_MS
+            && self
+                .shed_warned_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            ::log::warn!(
+                "lifecycle events: the queue holds {QUEUE} events, new ones are shed \
+                 (ticketgate_lifecycle_events_shed_total counts them)"
+            );
         }
     }
 }
@@ -215,5 +360,63 @@ impl Fence {
         let mut seen = self.0.subscribe();
         // The sender lives in `self`, so the wait ends only by the value.
         let _ = seen.wait_for(|tripped| *tripped).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject() -> Subject<'static> {
+        Subject {
+            user_id: "alice",
+            connection_id: "c1@n".to_owned(),
+        }
+    }
+
+    fn disconnect() -> EventKind {
+        EventKind::Disconnect {
+            code: Some(1000),
+            reason: String::new(),
+            duration_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_sheds_counts_and_numbers_only_what_it_keeps() {
+        let metrics = Arc::new(Metrics::new());
+        let (queue, mut events) = mpsc::channel(2);
+        let finished = Finished::default();
+        let lifecycle =
+            Lifecycle::to_queue("n".into(), queue, finished.clone(), Arc::clone(&metrics));
+        for _ in 0..5 {
+            lifecycle.emit(subject(), disconnect());
+        }
+        assert_eq!(metrics.lifecycle_events_queued.get(), 2);
+        assert_eq!(metrics.lifecycle_events_shed.get(), 3);
+        assert_eq!(events.recv().await.map(|e| e.seq), Some(1));
+        assert_eq!(events.recv().await.map(|e| e.seq), Some(2));
+        // Room again: the next event takes the next number, with no gap for the shed ones.
+        lifecycle.emit(subject(), disconnect());
+        assert_eq!(events.recv().await.map(|e| e.id), Some("n-3".to_owned()));
+        // Settling waits for what was kept, not for the shed events.
+        finished.reach(3);
+        assert!(
+            lifecycle
+                .settle(std::time::Duration::from_millis(100))
+                .await
+        );
+        assert!(
+            metrics
+                .render(
+                    crate::hub::ConnectionCounts {
+                        total: 0,
+                        authenticated: 0,
+                        unauthenticated: 0
+                    },
+                    Default::default()
+                )
+                .contains("ticketgate_lifecycle_events_shed_total 3")
+        );
     }
 }

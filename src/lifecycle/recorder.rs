@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -16,6 +17,9 @@ use crate::metrics::Metrics;
 
 /// The most events written in one `insert_many`.
 const MAX_RECORD_BATCH: usize = 1_000;
+/// Written batches the delivery may have waiting; past that the recorder drops a batch from
+/// memory and the delivery reads it back from MongoDB (see [`Shed`]).
+pub const DELIVERY_QUEUE: usize = 16;
 /// How often, at most, a node notes its delivery progress (a survivor may post again what
 /// was delivered since: at least once).
 const MARK_EVERY: Duration = Duration::from_secs(1);
@@ -26,13 +30,13 @@ pub struct Recorder {
     pub metrics: Arc<Metrics>,
     /// Where written events go next; `None` without a webhook (apps read MongoDB), and then
     /// being written is what finishes them.
-    pub delivery: Option<mpsc::UnboundedSender<Vec<Event>>>,
+    pub delivery: Option<(mpsc::Sender<Vec<Event>>, Shed)>,
     pub finished: Finished,
 }
 
 impl Recorder {
     /// Runs until every sender is gone (the process is ending).
-    pub async fn run(self, mut queue: mpsc::UnboundedReceiver<Event>) {
+    pub async fn run(self, mut queue: mpsc::Receiver<Event>) {
         let mut waiting: VecDeque<Event> = VecDeque::new();
         let mut backoff = Backoff::default();
         let mut opened = false;
@@ -61,10 +65,16 @@ impl Recorder {
                     backoff.reset();
                     self.metrics.lifecycle_events_recorded.inc_by(count as u64);
                     let batch: Vec<Event> = waiting.drain(..count).collect();
+                    let last = batch.last().map_or(0, |e| e.seq);
                     match &self.delivery {
-                        // The delivery lives as long as the recorder.
-                        Some(delivery) => drop(delivery.send(batch)),
-                        None => self.finished.reach(batch.last().map_or(0, |e| e.seq)),
+                        Some((delivery, shed)) => {
+                            // The batch is in MongoDB: a delivery that is this far behind
+                            // reads it back from there instead of from memory.
+                            if delivery.try_send(batch).is_err() {
+                                shed.through(last);
+                            }
+                        }
+                        None => self.finished.reach(last),
                     }
                 }
                 Err(e) => {
@@ -81,8 +91,24 @@ impl Recorder {
     }
 }
 
+/// The last `seq` of the written batches the recorder could not hand to the delivery: the
+/// delivery reads everything up to it back from MongoDB.
+#[derive(Clone, Default)]
+pub struct Shed(Arc<AtomicU64>);
+
+impl Shed {
+    fn through(&self, seq: u64) {
+        self.0.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 pub struct OwnDelivery {
     pub log: Arc<EventLog>,
+    pub shed: Shed,
     pub webhook: Webhook,
     pub node: String,
     pub fence: Fence,
@@ -98,7 +124,7 @@ struct Progress {
 
 impl OwnDelivery {
     /// Runs until the recorder is gone, or this node learns it was declared lost.
-    pub async fn run(self, mut written: mpsc::UnboundedReceiver<Vec<Event>>) {
+    pub async fn run(self, mut written: mpsc::Receiver<Vec<Event>>) {
         let mut waiting: VecDeque<Event> = VecDeque::new();
         let mut backoff = Backoff::default();
         let mut progress = Progress {
@@ -109,6 +135,7 @@ impl OwnDelivery {
         // Events dropped from memory up to this seq are read back from MongoDB.
         let mut dropped_through: u64 = 0;
         loop {
+            dropped_through = dropped_through.max(self.shed.get());
             if waiting.is_empty() && progress.delivered >= dropped_through {
                 // Idle: note the progress once the note is due, then wait for more.
                 let due = MARK_EVERY.saturating_sub(progress.noted_at.elapsed());

@@ -119,7 +119,7 @@ pub struct MemoryDelivery {
 
 impl MemoryDelivery {
     /// Runs until every sender is gone (the process is ending).
-    pub async fn run(self, mut queue: mpsc::UnboundedReceiver<Event>) {
+    pub async fn run(self, mut queue: mpsc::Receiver<Event>) {
         let mut waiting: VecDeque<Event> = VecDeque::new();
         let mut backoff = Backoff::default();
         loop {
@@ -144,7 +144,7 @@ impl MemoryDelivery {
 /// Takes every queued event into `waiting`, first waiting for one if none waits, and drops
 /// the oldest past [`MAX_WAITING`]; false when the queue closed (the process is ending).
 pub async fn gather(
-    queue: &mut mpsc::UnboundedReceiver<Event>,
+    queue: &mut mpsc::Receiver<Event>,
     waiting: &mut VecDeque<Event>,
     metrics: &Metrics,
     what: &str,
