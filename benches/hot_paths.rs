@@ -128,6 +128,7 @@ fn compression(c: &mut Criterion) {
     );
     let negotiated = ticketgate::wire::deflate::Negotiated {
         client_no_context_takeover: true,
+        server_max_window_bits: false,
     };
     c.bench_function("deflate: inflate the same message", |b| {
         b.iter(|| {

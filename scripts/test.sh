@@ -18,6 +18,8 @@ fi
 echo "test.sh: using nginx $(bash scripts/install-nginx.sh)" >&2
 # The OpenAPI test runs Schemathesis (PyPI) against the document and a live gateway.
 echo "test.sh: using schemathesis $(bash scripts/install-schemathesis.sh)" >&2
+# The compression handshake is tried with Python's websockets (PyPI) as an independent peer.
+echo "test.sh: using python clients $(bash scripts/install-python-clients.sh)" >&2
 
 # The browser test drives Debian's Chromium (browser downloads do not work here); the client
 # tests need Node and the client's two npm dependencies.

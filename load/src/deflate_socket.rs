@@ -78,6 +78,7 @@ impl DeflateSocket {
             stream,
             inflater: Inflater::new(Negotiated {
                 client_no_context_takeover: true,
+                server_max_window_bits: false,
             }),
             wire_bytes: 0,
             inflated_bytes: 0,

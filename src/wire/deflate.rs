@@ -15,16 +15,23 @@ use super::ReadError;
 pub struct Negotiated {
     /// The client compresses each message on its own, so none needs a context here.
     pub client_no_context_takeover: bool,
+    /// The offer named `server_max_window_bits` (15, the only value taken), which the answer
+    /// must then name too (RFC 7692 §7.1.2.1).
+    pub server_max_window_bits: bool,
 }
 
 impl Negotiated {
-    /// The `Sec-WebSocket-Extensions` value of the 101.
-    pub fn response(&self) -> &'static str {
+    /// The `Sec-WebSocket-Extensions` value of the 101: every parameter RFC 7692 asks the
+    /// answer to carry for this offer.
+    pub fn response(&self) -> String {
+        let mut response = String::from("permessage-deflate; server_no_context_takeover");
         if self.client_no_context_takeover {
-            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
-        } else {
-            "permessage-deflate; server_no_context_takeover"
+            response.push_str("; client_no_context_takeover");
         }
+        if self.server_max_window_bits {
+            response.push_str("; server_max_window_bits=15");
+        }
+        response
     }
 }
 
@@ -39,6 +46,7 @@ pub fn negotiate<'a>(offers: impl Iterator<Item = &'a str>) -> Option<Negotiated
         }
         let mut seen: Vec<&str> = Vec::new();
         let mut client_no_context_takeover = false;
+        let mut server_max_window_bits = false;
         for param in params.filter(|p| !p.is_empty()) {
             let (name, value) = match param.split_once('=') {
                 Some((name, value)) => (name.trim(), Some(value.trim().trim_matches('"'))),
@@ -53,12 +61,13 @@ pub fn negotiate<'a>(offers: impl Iterator<Item = &'a str>) -> Option<Negotiated
                 ("client_no_context_takeover", None) => client_no_context_takeover = true,
                 ("client_max_window_bits", None) => {}
                 ("client_max_window_bits", Some(bits)) if window_bits(bits).is_some() => {}
-                ("server_max_window_bits", Some("15")) => {}
+                ("server_max_window_bits", Some("15")) => server_max_window_bits = true,
                 _ => return None,
             }
         }
         Some(Negotiated {
             client_no_context_takeover,
+            server_max_window_bits,
         })
     })
 }
@@ -184,14 +193,26 @@ mod tests {
         let take = |offer: &str| negotiate(std::iter::once(offer));
         let plain = Some(Negotiated {
             client_no_context_takeover: false,
+            server_max_window_bits: false,
         });
         assert_eq!(take("permessage-deflate; client_max_window_bits"), plain);
         assert_eq!(take("permessage-deflate"), plain);
         assert_eq!(
             take("permessage-deflate; client_no_context_takeover; server_no_context_takeover"),
             Some(Negotiated {
-                client_no_context_takeover: true
+                client_no_context_takeover: true,
+                server_max_window_bits: false,
             })
+        );
+        // An offer that names the server's window is answered with it (RFC 7692 §7.1.2.1).
+        let window = take("permessage-deflate; server_max_window_bits=15; client_max_window_bits");
+        assert_eq!(
+            window.map(|n| n.response()).as_deref(),
+            Some("permessage-deflate; server_no_context_takeover; server_max_window_bits=15")
+        );
+        assert_eq!(
+            plain.map(|n| n.response()).as_deref(),
+            Some("permessage-deflate; server_no_context_takeover")
         );
         assert_eq!(take("permessage-deflate; server_max_window_bits=10"), None);
         assert_eq!(take("permessage-deflate; unknown_param"), None);
@@ -214,6 +235,7 @@ mod tests {
         assert_eq!(frame[0], 0xc1);
         let negotiated = Negotiated {
             client_no_context_takeover: true,
+            server_max_window_bits: false,
         };
         let inflated = Inflater::new(negotiated)
             .inflate(payload_of(&frame), 1 << 20)

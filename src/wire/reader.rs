@@ -74,6 +74,19 @@ pub struct FrameReader {
     inflater: Option<Inflater>,
     /// The frame being decoded had RSV1, cleared before the codec (which refuses it).
     rsv1: bool,
+    /// How much of the text frame still arriving was found to be UTF-8 so far.
+    partial: Option<PartialText>,
+}
+
+/// A text frame (or a text message's continuation) not all here yet: its payload is checked
+/// for UTF-8 as it arrives, so invalid bytes fail the connection at once (RFC 6455 §8.1, "fail
+/// fast"), not when the frame's last byte comes.
+#[derive(Debug, Default)]
+struct PartialText {
+    /// Payload bytes checked so far.
+    checked: usize,
+    /// The start of a character whose rest has not arrived.
+    pending: Vec<u8>,
 }
 
 impl FrameReader {
@@ -89,6 +102,7 @@ impl FrameReader {
             fragments: None,
             inflater: None,
             rsv1: false,
+            partial: None,
         }
     }
 
@@ -163,6 +177,7 @@ impl FrameReader {
         loop {
             self.take_rsv1()?;
             if let Some(frame) = decode_frame(&mut self.codec, &mut self.buffer, limit)? {
+                self.partial = None;
                 if self.buffer.is_empty() {
                     // Give the allocation back (the frame's payload keeps its part alive
                     // only as long as it needs it).
@@ -170,6 +185,7 @@ impl FrameReader {
                 }
                 return Ok(frame);
             }
+            self.check_partial_text()?;
             self.socket.readable().await?;
             self.buffer.reserve(READ_CHUNK);
             match self.socket.try_read_buf(&mut self.buffer) {
@@ -202,6 +218,27 @@ impl FrameReader {
         self.buffer[0] = first & !RSV1;
         self.rsv1 = true;
         Ok(())
+    }
+
+    /// Checks what has arrived of an incomplete text frame (not a compressed one, which is
+    /// checked once inflated) for UTF-8.
+    fn check_partial_text(&mut self) -> Result<(), ReadError> {
+        let Some(&first) = self.buffer.first() else {
+            return Ok(());
+        };
+        let carried = match (first & 0x0f, &self.fragments) {
+            (0x1, _) if !self.rsv1 => &[][..],
+            (0x0, Some(fragments)) if fragments.text && !fragments.compressed => {
+                // A character may begin in the fragments before this one.
+                &fragments.bytes[fragments.valid_utf8..]
+            }
+            _ => return Ok(()),
+        };
+        let partial = self.partial.get_or_insert_with(|| PartialText {
+            checked: 0,
+            pending: carried.to_vec(),
+        });
+        check_partial_utf8(&self.buffer, partial)
     }
 
     /// Reads and drops whatever the client still sends, until it closes its side.
@@ -274,6 +311,35 @@ fn check_control_frame(buffer: &[u8], header_len: usize, declared: u64) -> Resul
         .collect();
     match std::str::from_utf8(&reason) {
         Ok(_) => Ok(()),
+        Err(_) => Err(ReadError::InvalidUtf8),
+    }
+}
+
+/// Checks the payload bytes of the (masked, incomplete) frame at the start of `buffer` that
+/// arrived since the last call.
+fn check_partial_utf8(buffer: &[u8], partial: &mut PartialText) -> Result<(), ReadError> {
+    let Some((header_len, declared)) = declared_lengths(buffer) else {
+        return Ok(());
+    };
+    // An unmasked client frame is the codec's to refuse.
+    if buffer[1] & 0x80 == 0 || buffer.len() <= header_len {
+        return Ok(());
+    }
+    let arrived = (buffer.len() - header_len).min(usize::try_from(declared).unwrap_or(usize::MAX));
+    if arrived <= partial.checked {
+        return Ok(());
+    }
+    let mask = &buffer[header_len - 4..header_len];
+    let mut bytes = std::mem::take(&mut partial.pending);
+    bytes.extend((partial.checked..arrived).map(|i| buffer[header_len + i] ^ mask[i % 4]));
+    partial.checked = arrived;
+    match std::str::from_utf8(&bytes) {
+        Ok(_) => Ok(()),
+        // The bytes stop inside a character that the next ones may complete.
+        Err(e) if e.error_len().is_none() => {
+            partial.pending = bytes[e.valid_up_to()..].to_vec();
+            Ok(())
+        }
         Err(_) => Err(ReadError::InvalidUtf8),
     }
 }
@@ -383,6 +449,29 @@ mod tests {
             fragments.append(&[0xff]),
             Err(ReadError::InvalidUtf8)
         ));
+    }
+
+    #[test]
+    fn a_text_frame_is_checked_as_its_bytes_arrive() {
+        let whole = frame(0x81, "aκ\u{ff}b".as_bytes());
+        let mut bad = whole.to_vec();
+        let at = header(6).len() + 3; // the first byte of "ÿ", masked
+        bad[at] = 0xff ^ 4; // unmasks to 0xff, which no UTF-8 has
+        let mut partial = PartialText::default();
+        // "κ" split between two reads is fine; the invalid byte fails the read that brings it.
+        let head = header(6).len();
+        check_partial_utf8(&bad[..head + 2], &mut partial).unwrap();
+        assert_eq!((partial.checked, partial.pending.len()), (2, 1));
+        check_partial_utf8(&bad[..head + 3], &mut partial).unwrap();
+        assert!(matches!(
+            check_partial_utf8(&bad[..head + 4], &mut partial),
+            Err(ReadError::InvalidUtf8)
+        ));
+        // The valid frame passes, chop by chop.
+        let mut partial = PartialText::default();
+        for end in head..whole.len() {
+            check_partial_utf8(&whole[..end], &mut partial).unwrap();
+        }
     }
 
     #[test]

@@ -292,6 +292,34 @@ async fn forty_kinds_of_bad_input_then_a_healthy_gateway() {
             Some(1007),
         ),
         (
+            // Fail fast inside one frame: the frame is never finished (autobahn 6.4.3/6.4.4
+            // send it in chops), so only a check of its bytes as they arrive can answer.
+            "a text frame whose first bytes are not UTF-8, the frame left unfinished",
+            false,
+            vec![RawFrame {
+                claimed_len: Some(100),
+                ..RawFrame::new(TEXT, &[b'{', 0xff])
+            }],
+            Some(1007),
+        ),
+        (
+            "a continuation frame whose first bytes are not UTF-8, the frame left unfinished",
+            true,
+            vec![
+                {
+                    let mut first = RawFrame::new(TEXT, &[b'{', 0xce]);
+                    first.fin = false;
+                    first
+                },
+                RawFrame {
+                    fin: false,
+                    claimed_len: Some(50),
+                    ..RawFrame::new(CONTINUATION, &[0xba, 0xc0])
+                },
+            ],
+            Some(1007),
+        ),
+        (
             "close frame with a 1-byte payload",
             true,
             vec![RawFrame::new(CLOSE, &[0x03])],

@@ -210,3 +210,122 @@ async fn a_compressed_broadcast_reaches_every_compressing_connection() {
         assert_eq!(broadcast["data"], text);
     }
 }
+
+/// Python's `websockets`: strict about RFC 7692 (it refuses an answer that leaves out a
+/// parameter the RFC requires), and it offers `server_max_window_bits` when asked to.
+const PYTHON_CLIENT: &str = r#"
+import json, sys
+from websockets.sync.client import connect
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+url, jwt = sys.argv[1], sys.argv[2]
+offer = ClientPerMessageDeflateFactory(server_max_window_bits=15, client_max_window_bits=True)
+with connect(url, extensions=[offer], compression=None, open_timeout=10) as ws:
+    print("answer:", ws.response.headers.get("Sec-WebSocket-Extensions"))
+    ws.send(json.dumps({"type": "jwt", "token": jwt}))
+    assert json.loads(ws.recv(timeout=10))["type"] == "authenticated"
+    big = "word " * 1000
+    ws.send(json.dumps({"type": "echo", "data": big}))
+    while True:
+        reply = json.loads(ws.recv(timeout=10))
+        if reply["type"] == "echo":
+            break
+    assert reply["data"] == big, reply
+    print("echoed", len(big))
+"#;
+
+/// Node's `ws` (the client tests' dependency), offering the same.
+const NODE_CLIENT: &str = r#"
+import WebSocket from 'ws';
+const [url, jwt] = process.argv.slice(1);
+const big = 'word '.repeat(1000);
+const ws = new WebSocket(url, {
+  perMessageDeflate: { serverMaxWindowBits: 15, clientMaxWindowBits: true, threshold: 0 },
+});
+const fail = (why) => { console.error(why); process.exit(1); };
+setTimeout(() => fail('timed out'), 10000).unref();
+ws.on('upgrade', (res) => console.log('answer:', res.headers['sec-websocket-extensions']));
+ws.on('error', (e) => fail(e.message));
+ws.on('open', () => ws.send(JSON.stringify({ type: 'jwt', token: jwt })));
+ws.on('message', (data) => {
+  const message = JSON.parse(data.toString());
+  if (message.type === 'authenticated') ws.send(JSON.stringify({ type: 'echo', data: big }));
+  if (message.type === 'echo') {
+    if (message.data !== big) fail('another echo');
+    console.log('echoed', big.length);
+    process.exit(0);
+  }
+});
+"#;
+
+/// Runs a client program to its end (killed if the test ends first); its stdout.
+async fn run_client(what: &str, command: &mut tokio::process::Command) -> String {
+    let output = tokio::time::timeout(PATIENCE * 2, command.kill_on_drop(true).output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish"))
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Two independent client libraries that offer `server_max_window_bits=15` get it named in
+/// the answer (RFC 7692 §7.1.2.1), and then exchange compressed messages both ways.
+#[tokio::test]
+async fn independent_clients_negotiate_compression_with_every_parameter_answered() {
+    let app = spawn_app(Store::Memory, &[("WS_COMPRESSION", "true")]).await;
+    let install = std::process::Command::new("bash")
+        .arg(repo_root().join("scripts/install-python-clients.sh"))
+        .output()
+        .expect("running scripts/install-python-clients.sh");
+    assert!(
+        install.status.success(),
+        "this test needs Python's websockets (scripts/install-python-clients.sh installs it \
+         from PyPI into a venv; it needs python3 with venv and pip):\n{}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let python = String::from_utf8(install.stdout).unwrap().trim().to_owned();
+    let expected =
+        "answer: permessage-deflate; server_no_context_takeover; server_max_window_bits=15";
+
+    let url = format!(
+        "ws://127.0.0.1:{}/demo?token={}",
+        app.port,
+        app.ticket("alice").await
+    );
+    let out = run_client(
+        "Python's websockets",
+        tokio::process::Command::new(&python).args(["-c", PYTHON_CLIENT, &url, &jwt("alice")]),
+    )
+    .await;
+    assert!(
+        out.contains(expected) && out.contains("echoed 5000"),
+        "{out}"
+    );
+
+    let url = format!(
+        "ws://127.0.0.1:{}/demo?token={}",
+        app.port,
+        app.ticket("alice").await
+    );
+    let out = run_client(
+        "Node's ws",
+        tokio::process::Command::new("node")
+            .current_dir(repo_root().join("client"))
+            .args([
+                "--input-type=module",
+                "-e",
+                NODE_CLIENT,
+                &url,
+                &jwt("alice"),
+            ]),
+    )
+    .await;
+    assert!(
+        out.contains(expected) && out.contains("echoed 5000"),
+        "{out}"
+    );
+}
