@@ -18,7 +18,6 @@ pub mod jwt;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
-pub mod migrations;
 pub mod origin;
 pub mod protocol;
 pub mod routes;

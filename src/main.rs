@@ -6,8 +6,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use secrecy::ExposeSecret;
 use ticketgate::channels::ClientPublish;
 use ticketgate::config::Settings;
+use ticketgate::db::migrations::{self, MigrationContext};
 use ticketgate::jwt::JwtSigner;
-use ticketgate::migrations::{self, MigrationContext};
 use ticketgate::startup::Application;
 
 /// A WebSocket gateway with two-phase authentication: a short-lived ticket from

@@ -96,13 +96,13 @@ pub fn appended_in(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::HISTORY_COLLECTION;
+    use crate::db::collections::CHANNEL_HISTORY;
     use bson::{DateTime, doc};
 
     fn change(event: Document) -> ChangeStreamEvent<Document> {
         let mut event = event;
         event.insert("_id", doc! { "_data": "00" });
-        event.insert("ns", doc! { "db": "tg", "coll": HISTORY_COLLECTION });
+        event.insert("ns", doc! { "db": "tg", "coll": CHANNEL_HISTORY });
         event.insert("documentKey", doc! { "_id": "feed:a" });
         bson::from_document(event).expect("a change event")
     }

@@ -21,20 +21,16 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use events::{Command, Event, EventDocument, Sequencer, StreamPublication};
 pub use nodes::{
-    ChannelCount, ClusterCounts, NODES_COLLECTION, NodeInfo, NodeRegistry, NodeSeries, NodeView,
-    NodesSeries,
+    ChannelCount, ClusterCounts, NodeInfo, NodeRegistry, NodeSeries, NodeView, NodesSeries,
 };
 pub use reaper::Reaper;
 
 use crate::channels::{ChannelName, HistoryOptions};
+use crate::db::collections::{CHANNEL_HISTORY, CLUSTER_EVENTS};
 use crate::db::{Bounds, Unavailable};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::store::{
-    HISTORY_COLLECTION, HistoryPage, HistoryQuery, HistoryStore, MemoryHistory, MongoHistory,
-};
-
-pub const EVENTS_COLLECTION: &str = "cluster_events";
+use crate::store::{HistoryPage, HistoryQuery, HistoryStore, MemoryHistory, MongoHistory};
 
 /// A node's identity: its name plus a random suffix drawn at every start, so a restarted node
 /// is a new publisher whose `seq` starts again at 1.
@@ -377,7 +373,7 @@ pub async fn start_on_mongodb(
     let (queue, outgoing) = mpsc::channel(writer::QUEUE);
     let history = Arc::new(MongoHistory::new(db, bounds.clone()));
     let writer = writer::Writer {
-        events: db.collection(EVENTS_COLLECTION),
+        events: db.collection(CLUSTER_EVENTS),
         history: Arc::clone(&history),
         sequencer: Sequencer::new(bus.node.id.clone()),
         node: bus.node.id.clone(),
@@ -387,8 +383,8 @@ pub async fn start_on_mongodb(
     tokio::spawn(writer.run(outgoing));
     let _ = bus.route.set(Route::Cluster { queue, history });
     log::info!(
-        "cluster bus: MongoDB replica set, change stream on {EVENTS_COLLECTION} and \
-         {HISTORY_COLLECTION} (node {})",
+        "cluster bus: MongoDB replica set, change stream on {CLUSTER_EVENTS} and \
+         {CHANNEL_HISTORY} (node {})",
         bus.node.id
     );
     Ok(BusMode::ChangeStream)

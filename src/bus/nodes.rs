@@ -10,11 +10,10 @@ use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
 use super::NodeId;
+use crate::db::collections::CLUSTER_NODES;
 use crate::db::{Bounds, Unavailable};
 use crate::hub::ConnectionCounts;
 use crate::series::Sample;
-
-pub const NODES_COLLECTION: &str = "cluster_nodes";
 
 /// What a node says about itself.
 #[derive(Debug, Clone)]
@@ -128,7 +127,7 @@ impl NodeRegistry {
     /// `heartbeat`: how often nodes beat; three missed beats and a node is gone.
     pub fn new(db: &Database, bounds: Bounds, heartbeat: Duration) -> Self {
         NodeRegistry {
-            nodes: db.collection(NODES_COLLECTION),
+            nodes: db.collection(CLUSTER_NODES),
             bounds,
             liveness: heartbeat * 3,
             series_length: crate::series::Series::new(heartbeat).capacity(),

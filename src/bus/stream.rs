@@ -16,11 +16,11 @@ use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
 use mongodb::error::{Error, ErrorKind};
 
 use super::appends::appended_in;
-use super::{EVENTS_COLLECTION, Event, EventDocument, StreamPublication};
+use super::{Event, EventDocument, StreamPublication};
 use crate::db::Unavailable;
+use crate::db::collections::{CHANNEL_HISTORY, CLUSTER_EVENTS};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::store::HISTORY_COLLECTION;
 
 type Stream = ChangeStream<ChangeStreamEvent<Document>>;
 
@@ -43,8 +43,8 @@ pub async fn open(
     let watch = db
         .watch()
         .pipeline([doc! { "$match": { "$or": [
-            { "ns.coll": EVENTS_COLLECTION, "operationType": "insert" },
-            { "ns.coll": HISTORY_COLLECTION, "operationType": { "$in": ["insert", "update"] } },
+            { "ns.coll": CLUSTER_EVENTS, "operationType": "insert" },
+            { "ns.coll": CHANNEL_HISTORY, "operationType": { "$in": ["insert", "update"] } },
         ] } }])
         .max_await_time(MAX_AWAIT)
         .resume_after(token);
@@ -167,7 +167,7 @@ impl Follower {
 
     fn deliver(&mut self, change: ChangeStreamEvent<Document>) {
         let collection = change.ns.as_ref().and_then(|ns| ns.coll.as_deref());
-        if collection == Some(HISTORY_COLLECTION) {
+        if collection == Some(CHANNEL_HISTORY) {
             self.deliver_appended(&change);
         } else {
             self.deliver_event(change);

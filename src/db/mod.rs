@@ -4,7 +4,9 @@
 //! (migrations, retried until they apply). The ticket store, the revocations, the cluster bus
 //! and the node registry all stand on this.
 
+pub mod collections;
 mod group_commit;
+pub mod migrations;
 mod per_thread;
 mod prepare;
 

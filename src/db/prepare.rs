@@ -10,7 +10,7 @@ use mongodb::Database;
 use mongodb::bson::doc;
 
 use super::Bounds;
-use crate::migrations::{self, MigrationContext, MigrationError};
+use super::migrations::{self, MigrationContext, MigrationError};
 
 /// The database with the bounds its users run under, and what its migrations need.
 pub struct Prepared {

@@ -14,10 +14,8 @@ use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
 use super::{Event, EventKind};
+use crate::db::collections::{LIFECYCLE_EVENTS, LIFECYCLE_STREAMS};
 use crate::db::{Bounds, Unavailable};
-
-pub const EVENTS_COLLECTION: &str = "lifecycle_events";
-pub const STREAMS_COLLECTION: &str = "lifecycle_streams";
 
 const DUPLICATE_KEY: i32 = 11000;
 /// The most events a user lookup reads.
@@ -176,8 +174,8 @@ pub struct EventLog {
 impl EventLog {
     pub fn new(db: &Database, bounds: Bounds) -> Self {
         EventLog {
-            events: db.collection(EVENTS_COLLECTION),
-            streams: db.collection(STREAMS_COLLECTION),
+            events: db.collection(LIFECYCLE_EVENTS),
+            streams: db.collection(LIFECYCLE_STREAMS),
             bounds,
         }
     }

@@ -123,7 +123,7 @@ pub fn start(
             });
             ::log::info!(
                 "lifecycle events: recorded in MongoDB ({}){}",
-                log::EVENTS_COLLECTION,
+                crate::db::collections::LIFECYCLE_EVENTS,
                 if delivery.is_some() {
                     ", then posted to EVENTS_WEBHOOK_URL"
                 } else {

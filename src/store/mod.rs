@@ -8,14 +8,11 @@ pub mod revocations;
 pub mod tickets;
 
 pub use history::{
-    Append, HISTORY_COLLECTION, HistoryPage, HistoryQuery, HistoryStore, MemoryHistory,
-    MongoHistory, StoredPublication, StreamTop,
+    Append, HistoryPage, HistoryQuery, HistoryStore, MemoryHistory, MongoHistory,
+    StoredPublication, StreamTop,
 };
-pub use presence::{MongoPresence, PRESENCE_COLLECTION, PresenceStore};
-pub use revocations::{
-    MemoryRevocations, MongoRevocations, REVOCATIONS_COLLECTION, RevocationStore,
-};
+pub use presence::{MongoPresence, PresenceStore};
+pub use revocations::{MemoryRevocations, MongoRevocations, RevocationStore};
 pub use tickets::{
-    MemoryTicketStore, MongoTicketStore, RedeemError, Redeemed, TICKETS_COLLECTION,
-    TicketRejection, TicketStore,
+    MemoryTicketStore, MongoTicketStore, RedeemError, Redeemed, TicketRejection, TicketStore,
 };

@@ -115,7 +115,10 @@ async fn migrate_applies_and_records() {
         .count_documents(doc! {})
         .await
         .unwrap();
-    assert_eq!(recorded as usize, ticketgate::migrations::MIGRATIONS.len());
+    assert_eq!(
+        recorded as usize,
+        ticketgate::db::migrations::MIGRATIONS.len()
+    );
 }
 
 /// `cargo run --release` with nothing configured: dev mode on the in-process store. The printed

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use mongodb::bson::{Document, doc};
-use ticketgate::migrations::{self, MIGRATIONS, MigrationContext};
+use ticketgate::db::migrations::{self, MIGRATIONS, MigrationContext};
 
 use crate::support::*;
 

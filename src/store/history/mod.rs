@@ -10,7 +10,7 @@ mod memory;
 mod mongo;
 
 pub use memory::MemoryHistory;
-pub use mongo::{Append, HISTORY_COLLECTION, MongoHistory};
+pub use mongo::{Append, MongoHistory};
 
 use serde::{Deserialize, Serialize};
 

@@ -16,9 +16,9 @@ use mongodb::{Collection, Database};
 
 use super::{HistoryPage, HistoryQuery, StoredPublication, StreamTop, new_epoch};
 use crate::channels::HistoryOptions;
+use crate::db::collections::CHANNEL_HISTORY;
 use crate::db::{Bounds, Unavailable};
 
-pub const HISTORY_COLLECTION: &str = "channel_history";
 /// Offsets beyond any real history (2^53, where MongoDB's numbers stay exact).
 const MAX_OFFSET: u64 = 1 << 53;
 
@@ -91,8 +91,8 @@ impl MongoHistory {
             .read_concern(ReadConcern::local())
             .build();
         MongoHistory {
-            history: db.collection_with_options(HISTORY_COLLECTION, options),
-            positions: db.collection_with_options(HISTORY_COLLECTION, latest),
+            history: db.collection_with_options(CHANNEL_HISTORY, options),
+            positions: db.collection_with_options(CHANNEL_HISTORY, latest),
             db: db.clone(),
             known: std::sync::Mutex::default(),
             bounds,
@@ -168,7 +168,7 @@ impl MongoHistory {
             let result = self
                 .db
                 .run_command(doc! {
-                    "update": HISTORY_COLLECTION,
+                    "update": CHANNEL_HISTORY,
                     "updates": updates,
                     "ordered": true,
                     "writeConcern": { "w": "majority" },

@@ -5,7 +5,7 @@
 
 mod mongo;
 
-pub use mongo::{MongoPresence, PRESENCE_COLLECTION};
+pub use mongo::MongoPresence;
 
 use crate::channels::ChannelName;
 use crate::db::Unavailable;

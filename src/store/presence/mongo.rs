@@ -9,10 +9,10 @@ use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
 use crate::channels::ChannelName;
+use crate::db::collections::PRESENCE;
 use crate::db::{Bounds, Unavailable};
 use crate::protocol::PresenceClient;
 
-pub const PRESENCE_COLLECTION: &str = "presence";
 /// Failed removals kept for a retry.
 const MAX_PENDING_REMOVALS: usize = 100_000;
 
@@ -53,7 +53,7 @@ pub struct MongoPresence {
 impl MongoPresence {
     pub fn new(db: &Database, bounds: Bounds) -> Self {
         MongoPresence {
-            presence: db.collection(PRESENCE_COLLECTION),
+            presence: db.collection(PRESENCE),
             bounds,
             pending_removals: std::sync::Mutex::default(),
         }

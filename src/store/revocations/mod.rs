@@ -7,7 +7,7 @@ mod memory;
 mod mongo;
 
 pub use memory::MemoryRevocations;
-pub use mongo::{MongoRevocations, REVOCATIONS_COLLECTION};
+pub use mongo::MongoRevocations;
 
 use crate::db::Unavailable;
 

@@ -14,9 +14,8 @@ use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::MAX_UNIX_SECS;
+use crate::db::collections::REVOCATIONS;
 use crate::db::{Batching, Bounds, GroupCommit, Unavailable};
-
-pub const REVOCATIONS_COLLECTION: &str = "revocations";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct RevocationDocument {
@@ -40,7 +39,7 @@ pub struct MongoRevocations {
 impl MongoRevocations {
     /// Must be called within a tokio runtime: it starts the task that forms the batches.
     pub fn new(db: &Database, bounds: Bounds) -> Self {
-        let revocations: Collection<RevocationDocument> = db.collection(REVOCATIONS_COLLECTION);
+        let revocations: Collection<RevocationDocument> = db.collection(REVOCATIONS);
         let lookups = GroupCommit::start(BATCHING, {
             let (revocations, bounds) = (revocations.clone(), bounds.clone());
             move |jtis| look_up(revocations.clone(), bounds.clone(), jtis)

@@ -8,7 +8,7 @@ mod mongo;
 use std::time::Duration;
 
 pub use memory::MemoryTicketStore;
-pub use mongo::{MongoTicketStore, TICKETS_COLLECTION};
+pub use mongo::MongoTicketStore;
 
 use crate::config::TicketPolicy;
 use crate::db::Unavailable;

@@ -16,10 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{RedeemError, Redeemed, TicketRejection, is_expired};
 use crate::config::TicketPolicy;
+use crate::db::collections::TICKETS;
 use crate::db::{Batching, Bounds, GroupCommit, PerThreadDatabase, Unavailable};
 use crate::ticket::{NewTicket, PresentedTicket};
 
-pub const TICKETS_COLLECTION: &str = "ws_tickets";
 const TOKEN_TYPE: &str = "ws";
 /// The field a batch of redeems marks the tickets it takes with, before it deletes them.
 const CLAIMED_BY: &str = "claimed_by";
@@ -80,7 +80,7 @@ pub struct MongoTicketStore {
 impl MongoTicketStore {
     /// Must be called within a tokio runtime: it starts the tasks that form the batches.
     pub fn new(db: &Database, policy: TicketPolicy, bounds: Bounds) -> Self {
-        let tickets: Collection<TicketDocument> = db.collection(TICKETS_COLLECTION);
+        let tickets: Collection<TicketDocument> = db.collection(TICKETS);
         let mints = GroupCommit::start(BATCHING, {
             let (tickets, bounds) = (tickets.clone(), bounds.clone());
             move |documents| insert_batch(tickets.clone(), bounds.clone(), documents)
@@ -121,7 +121,7 @@ impl MongoTicketStore {
 
     fn tickets(&self) -> Collection<TicketDocument> {
         match &self.per_thread {
-            Some(per_thread) => per_thread.get().collection(TICKETS_COLLECTION),
+            Some(per_thread) => per_thread.get().collection(TICKETS),
             None => self.tickets.clone(),
         }
     }

@@ -3,14 +3,13 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use super::collections::{self, SCHEMA_MIGRATIONS};
 use bson::{DateTime, Document, doc};
 use futures_util::TryStreamExt;
 use mongodb::options::IndexOptions;
 use mongodb::{Database, IndexModel};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-
-pub const MIGRATIONS_COLLECTION: &str = "schema_migrations";
 
 /// One file of `migrations/`, embedded in the binary so a deployed gateway needs no files.
 pub struct Migration {
@@ -23,37 +22,37 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "0001_ws_tickets.json",
-        source: include_str!("../migrations/0001_ws_tickets.json"),
+        source: include_str!("../../migrations/0001_ws_tickets.json"),
     },
     Migration {
         version: 2,
         name: "0002_revocations.json",
-        source: include_str!("../migrations/0002_revocations.json"),
+        source: include_str!("../../migrations/0002_revocations.json"),
     },
     Migration {
         version: 3,
         name: "0003_cluster.json",
-        source: include_str!("../migrations/0003_cluster.json"),
+        source: include_str!("../../migrations/0003_cluster.json"),
     },
     Migration {
         version: 4,
         name: "0004_presence.json",
-        source: include_str!("../migrations/0004_presence.json"),
+        source: include_str!("../../migrations/0004_presence.json"),
     },
     Migration {
         version: 5,
         name: "0005_history.json",
-        source: include_str!("../migrations/0005_history.json"),
+        source: include_str!("../../migrations/0005_history.json"),
     },
     Migration {
         version: 6,
         name: "0006_lifecycle_events.json",
-        source: include_str!("../migrations/0006_lifecycle_events.json"),
+        source: include_str!("../../migrations/0006_lifecycle_events.json"),
     },
     Migration {
         version: 7,
         name: "0007_lifecycle_by_user.json",
-        source: include_str!("../migrations/0007_lifecycle_by_user.json"),
+        source: include_str!("../../migrations/0007_lifecycle_by_user.json"),
     },
 ];
 
@@ -137,11 +136,33 @@ pub struct MigrationReport {
     pub ttl_updated: Vec<String>,
 }
 
+/// A migration's spec, refused when it names a collection or an index that
+/// `db::collections` does not list.
 fn parse(migration: &Migration) -> Result<MigrationSpec, MigrationError> {
-    serde_json::from_str(migration.source).map_err(|e| MigrationError::Invalid {
+    let invalid = |reason: String| MigrationError::Invalid {
         name: migration.name,
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let spec: MigrationSpec =
+        serde_json::from_str(migration.source).map_err(|e| invalid(e.to_string()))?;
+    for collection in &spec.collections {
+        if collections::spec(collection).is_none() {
+            return Err(invalid(format!(
+                "collection {collection} is not in db::collections"
+            )));
+        }
+    }
+    for index in &spec.indexes {
+        let listed = collections::spec(&index.collection)
+            .is_some_and(|listed| listed.indexes.contains(&index.name.as_str()));
+        if !listed {
+            return Err(invalid(format!(
+                "index {} of {} is not in db::collections",
+                index.name, index.collection
+            )));
+        }
+    }
+    Ok(spec)
 }
 
 fn checksum(source: &str) -> String {
@@ -160,7 +181,7 @@ pub async fn apply(
         .iter()
         .map(|m| parse(m).map(|spec| (m, spec)))
         .collect::<Result<_, _>>()?;
-    let records = db.collection::<Document>(MIGRATIONS_COLLECTION);
+    let records = db.collection::<Document>(SCHEMA_MIGRATIONS);
     let recorded: HashMap<i64, String> = records
         .find(doc! {})
         .await?
@@ -312,6 +333,51 @@ fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_migrations_make_exactly_the_collections_and_indexes_the_table_lists() {
+        let mut made: Vec<(String, Vec<String>)> = Vec::new();
+        for migration in MIGRATIONS {
+            let spec = parse(migration).unwrap();
+            for name in spec.collections {
+                made.push((name, Vec::new()));
+            }
+            for index in spec.indexes {
+                let entry = made.iter_mut().find(|(name, _)| *name == index.collection);
+                entry
+                    .expect("an index of a collection made before")
+                    .1
+                    .push(index.name);
+            }
+        }
+        // The applier makes its own record.
+        made.push((SCHEMA_MIGRATIONS.to_owned(), Vec::new()));
+        let listed: Vec<(String, Vec<String>)> = collections::COLLECTIONS
+            .iter()
+            .map(|spec| {
+                let indexes = spec.indexes.iter().map(|i| i.to_string()).collect();
+                (spec.name.to_owned(), indexes)
+            })
+            .collect();
+        assert_eq!(made, listed);
+    }
+
+    #[test]
+    fn a_migration_naming_what_the_table_does_not_list_is_refused() {
+        let unknown = Migration {
+            version: 99,
+            name: "0099_unknown.json",
+            source: r#"{"description": "x", "collections": ["elsewhere"]}"#,
+        };
+        assert!(parse(&unknown).is_err());
+        let index = Migration {
+            version: 99,
+            name: "0099_index.json",
+            source: r#"{"description": "x", "indexes": [
+                {"collection": "ws_tickets", "name": "new_one", "keys": {"a": 1}}]}"#,
+        };
+        assert!(parse(&index).is_err());
+    }
 
     #[test]
     fn every_file_in_migrations_is_listed_and_valid() {
