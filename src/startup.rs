@@ -9,8 +9,10 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, web};
 
-use crate::bus::{self, Bus, NodeId, NodeInfo, NodeRegistry, Reaper};
+use crate::bus::{self, Bus, NodeId, NodeInfo};
 use crate::channels::ChannelName;
+use crate::cluster::reaper::Reaper;
+use crate::cluster::{Cluster, NodeRegistry};
 use crate::config::Settings;
 use crate::db::migrations::{MigrationContext, MigrationError};
 use crate::db::{self, Bounds, PerThreadDatabase, Prepared, Readiness, Unavailable};
@@ -51,6 +53,7 @@ pub struct Application {
     state: web::Data<AppState>,
     shutdown_grace: Duration,
     bus: Arc<Bus>,
+    cluster: Arc<Cluster>,
     node_heartbeat: Duration,
     /// Tripped when the other nodes declared this one lost: the process ends.
     fence: Fence,
@@ -87,13 +90,22 @@ impl Application {
             namespaces: settings.channels.namespaces.clone(),
             lifecycle: adoption,
         };
-        let bus = start_bus(&hub, mongo, reaper, node, &settings, &metrics).await?;
+        let registry = mongo
+            .as_ref()
+            .map(|m| NodeRegistry::new(&m.db, m.bounds.clone(), settings.node.heartbeat));
+        let bus = start_bus(&hub, mongo, node, &metrics).await?;
+        let cluster = Cluster::new(
+            Arc::clone(&bus),
+            (registry, Some(reaper)),
+            settings.node.heartbeat,
+            Arc::clone(&metrics),
+        );
         let state = app_state(
             &settings,
             tickets,
             revocations,
             presence,
-            (&hub, &bus),
+            (&hub, &bus, &cluster),
             lifecycle,
             metrics,
         );
@@ -125,6 +137,7 @@ impl Application {
             node_heartbeat: settings.node.heartbeat,
             state,
             bus,
+            cluster,
             fence,
         })
     }
@@ -181,12 +194,12 @@ impl Application {
                 }
             }
         };
-        let heartbeat = self.bus.heartbeat(self.node_heartbeat);
-        let (server, shutdown, grace, bus, lifecycle) = (
+        let heartbeat = self.cluster.heartbeat(self.node_heartbeat);
+        let (server, shutdown, grace, cluster, lifecycle) = (
             self.server.handle(),
             self.state.shutdown.clone(),
             self.shutdown_grace,
-            Arc::clone(&self.bus),
+            Arc::clone(&self.cluster),
             Arc::clone(&self.state.session.lifecycle),
         );
         let drain_on_signal = async move {
@@ -205,7 +218,7 @@ impl Application {
                     "lifecycle events still waiting after {grace:?}: the other nodes finish them"
                 );
             }
-            bus.leave().await;
+            cluster.leave().await;
             server.stop(true).await;
         };
         let fenced = self.fence.tripped();
@@ -240,21 +253,10 @@ fn node_info(settings: &Settings, port: u16) -> NodeInfo {
 async fn start_bus(
     hub: &Arc<Hub>,
     mongo: Option<Prepared>,
-    reaper: Reaper,
     node: NodeInfo,
-    settings: &Settings,
     metrics: &Arc<Metrics>,
 ) -> Result<Arc<Bus>, StartupError> {
-    let registry = mongo
-        .as_ref()
-        .map(|m| NodeRegistry::new(&m.db, m.bounds.clone(), settings.node.heartbeat));
-    let bus = Bus::new(
-        Arc::clone(hub),
-        node,
-        (registry, Some(reaper)),
-        settings.node.heartbeat,
-        Arc::clone(metrics),
-    );
+    let bus = Bus::new(Arc::clone(hub), node);
     match mongo {
         None => {
             log::info!("cluster bus: in process only (the in-process store is single-node)");
@@ -286,7 +288,7 @@ fn app_state(
     tickets: TicketStore,
     revocations: RevocationStore,
     presence: Arc<PresenceStore>,
-    (hub, bus): (&Arc<Hub>, &Arc<Bus>),
+    (hub, bus, cluster): (&Arc<Hub>, &Arc<Bus>, &Arc<Cluster>),
     lifecycle: Lifecycle,
     metrics: Arc<Metrics>,
 ) -> web::Data<AppState> {
@@ -330,6 +332,7 @@ fn app_state(
         ticket_ttl: settings.tickets.ttl,
         compression_threshold: settings.session.compression_threshold,
         bus: Arc::clone(bus),
+        cluster: Arc::clone(cluster),
     })
 }
 

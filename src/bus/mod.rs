@@ -7,23 +7,16 @@
 
 mod appends;
 mod events;
-mod nodes;
-mod reaper;
 mod stream;
 mod writer;
 
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use bson::doc;
 use mongodb::Database;
 use tokio::sync::{mpsc, oneshot};
 
 pub use events::{Command, Event, EventDocument, Sequencer, StreamPublication};
-pub use nodes::{
-    ChannelCount, ClusterCounts, NodeInfo, NodeRegistry, NodeSeries, NodeView, NodesSeries,
-};
-pub use reaper::Reaper;
 
 use crate::channels::{ChannelName, HistoryOptions};
 use crate::db::collections::{CHANNEL_HISTORY, CLUSTER_EVENTS};
@@ -31,6 +24,15 @@ use crate::db::{Bounds, Unavailable};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::{HistoryPage, HistoryQuery, HistoryStore, MemoryHistory, MongoHistory};
+
+/// What a node says about itself.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    /// Where operators reach it (NODE_ADDRESS, or the address it listens on).
+    pub address: String,
+    pub started_at: bson::DateTime,
+}
 
 /// A node's identity: its name plus a random suffix drawn at every start, so a restarted node
 /// is a new publisher whose `seq` starts again at 1.
@@ -110,32 +112,16 @@ pub struct Bus {
     node: NodeInfo,
     /// Unset until MongoDB's topology is known; commands meanwhile answer "unavailable".
     route: OnceLock<Route>,
-    registry: Option<NodeRegistry>,
-    /// Clears dead nodes' presence at each heartbeat (presence in MongoDB only).
-    reaper: Option<Reaper>,
-    /// This node's recent metrics, sampled at each heartbeat, for the console.
-    series: crate::series::Series,
-    metrics: Arc<Metrics>,
 }
 
 impl Bus {
     /// A bus for a node whose route is decided later: by [`Bus::deliver_locally`] or
     /// [`start_on_mongodb`].
-    pub fn new(
-        hub: Arc<Hub>,
-        node: NodeInfo,
-        (registry, reaper): (Option<NodeRegistry>, Option<Reaper>),
-        heartbeat: Duration,
-        metrics: Arc<Metrics>,
-    ) -> Arc<Self> {
+    pub fn new(hub: Arc<Hub>, node: NodeInfo) -> Arc<Self> {
         Arc::new(Bus {
             hub,
             node,
             route: OnceLock::new(),
-            registry,
-            reaper,
-            series: crate::series::Series::new(heartbeat),
-            metrics,
         })
     }
 
@@ -149,6 +135,11 @@ impl Bus {
 
     pub fn node(&self) -> &NodeInfo {
         &self.node
+    }
+
+    /// The hub this bus delivers to.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
     }
 
     pub fn mode(&self) -> BusMode {
@@ -218,121 +209,6 @@ impl Bus {
         query: HistoryQuery,
     ) -> Result<HistoryPage, Unavailable> {
         self.history()?.read(channel, options, query).await
-    }
-
-    /// The live nodes, this one first with its current counts.
-    pub async fn nodes(&self) -> Result<Vec<NodeView>, Unavailable> {
-        let me = self.node.view(self.hub.counts());
-        match &self.registry {
-            None => Ok(vec![me]),
-            Some(registry) => registry.live(me).await,
-        }
-    }
-
-    /// The channels with subscribers whose name starts with `prefix`, counted over the live
-    /// nodes (this one as of now, the others as of their last heartbeat), by name.
-    pub async fn channel_counts(&self, prefix: &str) -> Result<Vec<ChannelCount>, Unavailable> {
-        let mut totals: std::collections::BTreeMap<String, u64> = self
-            .hub
-            .channel_counts(prefix)
-            .into_iter()
-            .map(|(name, n)| (name.as_str().to_owned(), n as u64))
-            .collect();
-        if let Some(registry) = &self.registry {
-            for count in registry.others_channels(&self.node.id, prefix).await? {
-                *totals.entry(count.channel).or_default() += count.subscribers;
-            }
-        }
-        Ok(totals
-            .into_iter()
-            .map(|(channel, subscribers)| ChannelCount {
-                channel,
-                subscribers,
-            })
-            .collect())
-    }
-
-    /// The recent samples of every live node's metrics, this node's first, with the interval
-    /// between samples.
-    pub async fn series(&self) -> Result<NodesSeries, Unavailable> {
-        let mut nodes = vec![NodeSeries {
-            id: self.node.id.to_string(),
-            samples: self.series.samples(),
-        }];
-        if let Some(registry) = &self.registry {
-            nodes.extend(registry.others_series(&self.node.id).await?);
-        }
-        Ok(NodesSeries {
-            step_secs: self.heartbeat_secs(),
-            nodes,
-        })
-    }
-
-    fn heartbeat_secs(&self) -> u64 {
-        (crate::series::WINDOW.as_secs() / self.series.capacity() as u64).max(1)
-    }
-
-    /// Registers this node and refreshes its entry every `every` until the process ends,
-    /// sampling its metrics at each beat.
-    pub async fn heartbeat(&self, every: Duration) {
-        let Some(registry) = &self.registry else {
-            let mut ticks = tokio::time::interval(every);
-            loop {
-                ticks.tick().await;
-                self.series.sample(&self.metrics, self.hub.counts());
-            }
-        };
-        let mut ticks = tokio::time::interval(every);
-        // Since when every beat succeeded promptly: after MongoDB was away every node's last
-        // beat is old (a beat that waited out the outage carries the time it was sent), and
-        // no node may be declared dead before it had the same time to beat again.
-        let mut beating_since: Option<std::time::Instant> = None;
-        loop {
-            ticks.tick().await;
-            let channels = self
-                .hub
-                .channel_counts("")
-                .into_iter()
-                .map(|(name, subscribers)| ChannelCount {
-                    channel: name.as_str().to_owned(),
-                    subscribers: subscribers as u64,
-                })
-                .collect();
-            let sample = self.series.sample(&self.metrics, self.hub.counts());
-            let sent = std::time::Instant::now();
-            let beat = registry.beat(&self.node, self.hub.counts(), channels, sample);
-            if let Err(e) = beat.await {
-                log::debug!("node heartbeat: {e}");
-                beating_since = None;
-                continue;
-            }
-            if sent.elapsed() > every {
-                beating_since = None;
-            }
-            let since = *beating_since.get_or_insert_with(std::time::Instant::now);
-            let Some(reaper) = &self.reaper else { continue };
-            if since.elapsed() < every * 2 {
-                continue;
-            }
-            // Two missed beats make a node dead here (three hide it from listings): with a
-            // sweep every beat, a dead node's presence and connections are gone within three.
-            let swept = async {
-                let live = registry.beating_within(every * 2).await?;
-                reaper.sweep(self, &live).await
-            };
-            if let Err(e) = swept.await {
-                log::debug!("sweeping dead nodes' presence: {e}");
-            }
-        }
-    }
-
-    /// Removes this node from the registry (graceful shutdown).
-    pub async fn leave(&self) {
-        if let Some(registry) = &self.registry
-            && let Err(e) = registry.remove(&self.node.id).await
-        {
-            log::warn!("removing this node from the registry: {e}");
-        }
     }
 }
 

@@ -10,7 +10,7 @@ pub const REVOCATIONS: &str = "revocations";
 /// What crosses nodes: broadcasts, user messages, kicks, publications without history
 /// (`bus`), read back through change streams.
 pub const CLUSTER_EVENTS: &str = "cluster_events";
-/// One heartbeat document per live node (`bus::NodeRegistry`).
+/// One heartbeat document per live node (`cluster::NodeRegistry`).
 pub const CLUSTER_NODES: &str = "cluster_nodes";
 /// Who is subscribed where, for presence namespaces (`store::presence`).
 pub const PRESENCE: &str = "presence";

@@ -10,8 +10,9 @@ use serde_json::value::RawValue;
 use super::api_caller::ApiCaller;
 use super::api_io::{ObjectBody, Scope, accepted, bus_unavailable, send};
 use super::{AppState, post_only, readable};
-use crate::bus::{BusMode, ClusterCounts, Command, NodeView};
+use crate::bus::{BusMode, Command};
 use crate::clock::MAX_UNIX_SECS;
+use crate::cluster::{ClusterCounts, NodeView};
 use crate::error::ApiError;
 
 /// The `/api` scope with this file's routes; the channel routes are added beside them
@@ -213,7 +214,7 @@ async fn connections(
     state: web::Data<AppState>,
     query: web::Query<ConnectionsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let nodes = state.bus.nodes().await.map_err(bus_unavailable)?;
+    let nodes = state.cluster.nodes().await.map_err(bus_unavailable)?;
     let hub = &state.session.hub;
     Ok(HttpResponse::Ok().json(ConnectionsBody {
         counts: ClusterCounts::sum(&nodes),
@@ -229,7 +230,7 @@ struct NodesBody {
 
 /// The live nodes, this one first.
 async fn nodes(_: ApiCaller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let nodes = state.bus.nodes().await.map_err(bus_unavailable)?;
+    let nodes = state.cluster.nodes().await.map_err(bus_unavailable)?;
     Ok(HttpResponse::Ok().json(NodesBody {
         bus: state.bus.mode(),
         nodes,
@@ -238,7 +239,7 @@ async fn nodes(_: ApiCaller, state: web::Data<AppState>) -> Result<HttpResponse,
 
 /// Every live node's recent metrics (the console's charts); each node's series is its own.
 async fn series(_: ApiCaller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let series = state.bus.series().await.map_err(bus_unavailable)?;
+    let series = state.cluster.series().await.map_err(bus_unavailable)?;
     Ok(HttpResponse::Ok().json(series))
 }
 

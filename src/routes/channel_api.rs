@@ -9,8 +9,9 @@ use serde_json::value::RawValue;
 use super::AppState;
 use super::api_caller::ApiCaller;
 use super::api_io::{ObjectBody, Scope, accepted, checked_channel, send};
-use crate::bus::{ChannelCount, Command, StreamPublication};
+use crate::bus::{Command, StreamPublication};
 use crate::channels::{ChannelName, NamespaceOptions};
+use crate::cluster::ChannelCount;
 use crate::error::ApiError;
 use crate::protocol::PresenceClient;
 use crate::store::HistoryQuery;
@@ -185,10 +186,14 @@ async fn list(
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let channels = state.bus.channel_counts(&query.prefix).await.map_err(|e| {
-        log::warn!("counting channels: {e}");
-        ApiError::DatabaseUnavailable
-    })?;
+    let channels = state
+        .cluster
+        .channel_counts(&query.prefix)
+        .await
+        .map_err(|e| {
+            log::warn!("counting channels: {e}");
+            ApiError::DatabaseUnavailable
+        })?;
     Ok(HttpResponse::Ok().json(ChannelList { channels }))
 }
 

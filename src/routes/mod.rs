@@ -48,6 +48,8 @@ pub struct AppState {
     pub compression_threshold: Option<usize>,
     /// Where broadcasts, messages, disconnects and revocations go (this node or all).
     pub bus: Arc<Bus>,
+    /// The live nodes, their channels and series.
+    pub cluster: Arc<crate::cluster::Cluster>,
 }
 
 /// `api`: the server API's body limit, when it is on; `console`: whether the console is.

@@ -1,5 +1,6 @@
-//! Node identity and liveness: each node keeps a document in `cluster_nodes` fresh with a
-//! heartbeat; a TTL index removes the documents of nodes that died without leaving.
+//! The node registry: each node keeps a document in `cluster_nodes` fresh with a heartbeat
+//! (its counts, its channels, its recent metrics); a TTL index removes the documents of nodes
+//! that died without leaving.
 
 use std::time::Duration;
 
@@ -9,32 +10,11 @@ use mongodb::options::UpdateOptions;
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
-use super::NodeId;
+use super::series::{Sample, Series};
+use crate::bus::{NodeId, NodeInfo};
 use crate::db::collections::CLUSTER_NODES;
 use crate::db::{Bounds, Unavailable};
 use crate::hub::ConnectionCounts;
-use crate::series::Sample;
-
-/// What a node says about itself.
-#[derive(Debug, Clone)]
-pub struct NodeInfo {
-    pub id: NodeId,
-    /// Where operators reach it (NODE_ADDRESS, or the address it listens on).
-    pub address: String,
-    pub started_at: DateTime,
-}
-
-impl NodeInfo {
-    pub fn view(&self, connections: ConnectionCounts) -> NodeView {
-        NodeView {
-            id: self.id.to_string(),
-            address: self.address.clone(),
-            started_at: rfc3339(self.started_at),
-            heartbeat_at: rfc3339(DateTime::now()),
-            connections,
-        }
-    }
-}
 
 /// A node as `GET /api/nodes` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -130,7 +110,7 @@ impl NodeRegistry {
             nodes: db.collection(CLUSTER_NODES),
             bounds,
             liveness: heartbeat * 3,
-            series_length: crate::series::Series::new(heartbeat).capacity(),
+            series_length: Series::new(heartbeat).capacity(),
         }
     }
 
@@ -259,7 +239,7 @@ fn as_bson(value: &impl Serialize) -> Result<bson::Bson, Unavailable> {
     bson::to_bson(value).map_err(|e| Unavailable(e.to_string()))
 }
 
-fn rfc3339(at: DateTime) -> String {
+pub fn rfc3339(at: DateTime) -> String {
     at.try_to_rfc3339_string()
         .unwrap_or_else(|_| at.timestamp_millis().to_string())
 }

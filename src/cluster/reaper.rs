@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::{Bus, Command};
+use crate::bus::{Bus, Command};
 use crate::channels::{ChannelName, Namespaces};
 use crate::db::Unavailable;
 use crate::lifecycle::adoption::Adoption;
