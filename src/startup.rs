@@ -157,6 +157,11 @@ impl Application {
     }
 
     #[cfg(any(test, feature = "testing"))]
+    pub fn session(&self) -> Arc<crate::session::SessionContext> {
+        Arc::clone(&self.state.session)
+    }
+
+    #[cfg(any(test, feature = "testing"))]
     pub fn bus(&self) -> Arc<Bus> {
         Arc::clone(&self.bus)
     }

@@ -3,11 +3,11 @@
 //! One lock, so racing opens can never overshoot a limit.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use super::mailbox::{Control, Inbound, Mailbox};
 use super::{ConnectionId, Hub, lock};
@@ -43,20 +43,110 @@ pub(super) enum Stage {
 }
 
 struct Entry {
-    kick: watch::Sender<Option<Kick>>,
+    doorbell: Arc<Doorbell>,
     stage: Stage,
+}
+
+/// How a kick reaches a connection's task: the last kick, and a wake-up. A few dozen bytes
+/// per connection, where a `watch` channel would keep a few hundred.
+#[derive(Default)]
+struct Doorbell {
+    /// 0 while nobody kicked; else the kick, as [`Kick::code`] gives it.
+    kick: AtomicU8,
+    rung: Notify,
+}
+
+impl Kick {
+    fn code(self) -> u8 {
+        match self {
+            Kick::Disconnected => 1,
+            Kick::Revoked => 2,
+            Kick::Draining => 3,
+        }
+    }
+
+    fn of_code(code: u8) -> Option<Kick> {
+        match code {
+            1 => Some(Kick::Disconnected),
+            2 => Some(Kick::Revoked),
+            3 => Some(Kick::Draining),
+            _ => None,
+        }
+    }
+}
+
+impl Doorbell {
+    fn ring(&self, kick: Kick) {
+        self.kick.store(kick.code(), Ordering::Release);
+        // Kept as a permit when the task is not waiting right now: it looks again.
+        self.rung.notify_one();
+    }
+
+    fn kick(&self) -> Option<Kick> {
+        Kick::of_code(self.kick.load(Ordering::Acquire))
+    }
 }
 
 #[derive(Default)]
 struct Connections {
     entries: HashMap<ConnectionId, Entry>,
-    by_user: HashMap<Arc<str>, HashSet<ConnectionId>>,
+    by_user: HashMap<Arc<str>, UserConnections>,
     authenticated: usize,
+}
+
+/// One user's open connections. Most users have one, which then costs no allocation of its
+/// own (a set of one would take a block of its own per user).
+enum UserConnections {
+    One(ConnectionId),
+    Many(HashSet<ConnectionId>),
+}
+
+impl UserConnections {
+    fn len(&self) -> usize {
+        match self {
+            UserConnections::One(_) => 1,
+            UserConnections::Many(ids) => ids.len(),
+        }
+    }
+
+    fn add(&mut self, id: ConnectionId) {
+        match self {
+            UserConnections::One(first) => {
+                *self = UserConnections::Many(HashSet::from([*first, id]))
+            }
+            UserConnections::Many(ids) => {
+                ids.insert(id);
+            }
+        }
+    }
+
+    /// Takes `id` out; false when none are left.
+    fn remove(&mut self, id: ConnectionId) -> bool {
+        match self {
+            UserConnections::One(only) => *only != id,
+            UserConnections::Many(ids) => {
+                ids.remove(&id);
+                !ids.is_empty()
+            }
+        }
+    }
+
+    fn ids(&self) -> impl Iterator<Item = &ConnectionId> {
+        let (one, many) = match self {
+            UserConnections::One(id) => (Some(id), None),
+            UserConnections::Many(ids) => (None, Some(ids.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
 }
 
 impl Connections {
     fn of_user<'a>(&'a self, user_id: &str) -> impl Iterator<Item = &'a Entry> {
-        let ids = self.by_user.get(user_id).into_iter().flatten();
+        let ids = self
+            .by_user
+            .get(user_id)
+            .into_iter()
+            .flat_map(UserConnections::ids);
         ids.filter_map(|id| self.entries.get(id))
     }
 }
@@ -82,30 +172,35 @@ impl Registry {
     }
 
     /// Takes a slot for `user`, within the limits.
-    fn open(
-        &self,
-        user: &Arc<str>,
-    ) -> Result<(ConnectionId, watch::Receiver<Option<Kick>>), ConnectionRefused> {
+    fn open(&self, user: &Arc<str>) -> Result<(ConnectionId, Arc<Doorbell>), ConnectionRefused> {
         let mut connections = lock(&self.connections);
         if connections.entries.len() >= self.limits.max_total {
             return Err(ConnectionRefused::Capacity);
         }
-        if connections.by_user.get(user).map_or(0, HashSet::len) >= self.limits.max_per_user {
+        if connections
+            .by_user
+            .get(user)
+            .map_or(0, UserConnections::len)
+            >= self.limits.max_per_user
+        {
             return Err(ConnectionRefused::UserLimit);
         }
         let id = self.next_id();
-        let (kick, kicked) = watch::channel(None);
+        let doorbell = Arc::new(Doorbell::default());
         let entry = Entry {
-            kick,
+            doorbell: Arc::clone(&doorbell),
             stage: Stage::Unauthenticated,
         };
         connections.entries.insert(id, entry);
-        connections
-            .by_user
-            .entry(Arc::clone(user))
-            .or_default()
-            .insert(id);
-        Ok((id, kicked))
+        match connections.by_user.get_mut(user) {
+            Some(ids) => ids.add(id),
+            None => {
+                connections
+                    .by_user
+                    .insert(Arc::clone(user), UserConnections::One(id));
+            }
+        }
+        Ok((id, doorbell))
     }
 
     fn close(&self, id: ConnectionId, user: &str) {
@@ -115,11 +210,10 @@ impl Registry {
         {
             connections.authenticated -= 1;
         }
-        if let Some(ids) = connections.by_user.get_mut(user) {
-            ids.remove(&id);
-            if ids.is_empty() {
-                connections.by_user.remove(user);
-            }
+        if let Some(ids) = connections.by_user.get_mut(user)
+            && !ids.remove(id)
+        {
+            connections.by_user.remove(user);
         }
     }
 
@@ -212,14 +306,14 @@ impl Registry {
         lock(&self.connections)
             .by_user
             .get(user_id)
-            .map_or(0, HashSet::len)
+            .map_or(0, UserConnections::len)
     }
 }
 
 fn kick_each<'a>(entries: impl Iterator<Item = &'a Entry>, kick: Kick) -> usize {
     let mut kicked = 0;
     for entry in entries {
-        entry.kick.send_replace(Some(kick));
+        entry.doorbell.ring(kick);
         kicked += 1;
     }
     kicked
@@ -229,12 +323,12 @@ impl Hub {
     /// Takes a connection slot for `user_id`, within the limits, until the guard is dropped.
     pub fn try_open(self: &Arc<Self>, user_id: &str) -> Result<OpenConnection, ConnectionRefused> {
         let user: Arc<str> = Arc::from(user_id);
-        let (id, kicked) = self.registry.open(&user)?;
+        let (id, doorbell) = self.registry.open(&user)?;
         Ok(OpenConnection {
             hub: Arc::clone(self),
             id,
             user,
-            kicked,
+            doorbell,
         })
     }
 }
@@ -244,7 +338,7 @@ pub struct OpenConnection {
     pub(super) hub: Arc<Hub>,
     pub id: ConnectionId,
     pub(super) user: Arc<str>,
-    kicked: watch::Receiver<Option<Kick>>,
+    doorbell: Arc<Doorbell>,
 }
 
 impl OpenConnection {
@@ -255,13 +349,10 @@ impl OpenConnection {
     /// Resolves when the server decides to close this connection.
     pub async fn kicked(&mut self) -> Kick {
         loop {
-            if let Some(kick) = *self.kicked.borrow_and_update() {
+            if let Some(kick) = self.doorbell.kick() {
                 return kick;
             }
-            if self.kicked.changed().await.is_err() {
-                // The sender lives in the registry's entry, which outlives this guard.
-                std::future::pending::<()>().await;
-            }
+            self.doorbell.rung.notified().await;
         }
     }
 }

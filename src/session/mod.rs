@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytestring::ByteString;
+use futures_util::FutureExt;
 use tokio::time::{Instant, timeout};
 
 use crate::bus::Bus;
@@ -160,36 +161,32 @@ pub struct Closing<T> {
 }
 
 /// What the connection task does from opening to close.
-pub async fn run<T: Transport>(
+///
+/// Every connection keeps this task for its whole life, so its size is every connection's
+/// cost (tests/api/task_size.rs holds it). rustc keeps the storage of a value moved from one
+/// local to another across an `.await`, so the connection travels in boxes: in from the
+/// opening, out of the authentication (which itself runs boxed), and served by reference.
+pub fn run<T: Transport>(
     ctx: Arc<SessionContext>,
     open: OpenConnection,
     transport: T,
     client_ip: Option<IpAddr>,
-) {
-    let started = Instant::now();
-    let connection = Connection {
+) -> impl Future<Output = ()> {
+    let connection = Box::new(Connection {
         open,
         transport,
         state: Unauthenticated { client_ip },
-    };
-    // Boxed: the authentication phase's state (a MongoDB query among it) then lives on the
-    // heap only while it runs, instead of sizing the task every connection keeps for life.
-    let closing = match Box::pin(connection.authenticate(&ctx)).await {
-        Ok(authenticated) => {
-            let since = Instant::now();
-            let closing = authenticated.serve(&ctx).await;
-            // Every connect is matched by one disconnect.
-            let reason = closing.reason.payload();
-            ctx.lifecycle.emit(
-                ctx.subject(closing.open.id, closing.open.user_id()),
-                EventKind::Disconnect {
-                    code: reason.as_ref().map(|p| u16::from(p.code)),
-                    reason: reason.and_then(|p| p.description).unwrap_or_default(),
-                    duration_ms: since.elapsed().as_millis() as u64,
-                },
-            );
-            closing
-        }
+    });
+    live(ctx, connection)
+}
+
+async fn live<T: Transport>(
+    ctx: Arc<SessionContext>,
+    connection: Box<Connection<Unauthenticated, T>>,
+) {
+    let started = Instant::now();
+    let mut authenticated = match Box::pin(connection.authenticate(&ctx)).await {
+        Ok(authenticated) => authenticated,
         Err(closing) => {
             if let Some(code @ (4400 | 4401 | 4408)) = closing.reason.code() {
                 ctx.metrics
@@ -197,9 +194,22 @@ pub async fn run<T: Transport>(
                     .with_label_values(&[&code.to_string()])
                     .inc();
             }
-            closing
+            return Box::pin(closing.finish(&ctx, started)).await;
         }
     };
+    let since = Instant::now();
+    let reason = authenticated.serve(&ctx).await;
+    let closing = (*authenticated).leave(&ctx, reason);
+    // Every connect is matched by one disconnect.
+    let reason = closing.reason.payload();
+    ctx.lifecycle.emit(
+        ctx.subject(closing.open.id, closing.open.user_id()),
+        EventKind::Disconnect {
+            code: reason.as_ref().map(|p| u16::from(p.code)),
+            reason: reason.and_then(|p| p.description).unwrap_or_default(),
+            duration_ms: since.elapsed().as_millis() as u64,
+        },
+    );
     Box::pin(closing.finish(&ctx, started)).await;
 }
 
@@ -219,30 +229,38 @@ impl<S, T> Connection<S, T> {
 
 impl<T: Transport> Connection<Unauthenticated, T> {
     /// Waits up to AUTH_TIMEOUT_SECS for `{"type":"jwt","token":…}` whose `sub` is the ticket's user.
+    /// Both ways out are boxed: whatever the task holds across a later `.await` stays in it.
     pub async fn authenticate(
+        self: Box<Self>,
+        ctx: &SessionContext,
+    ) -> Result<Box<Connection<Authenticated, T>>, Box<Closing<T>>> {
+        (*self).authenticate_unboxed(ctx).await
+    }
+
+    async fn authenticate_unboxed(
         mut self,
         ctx: &SessionContext,
-    ) -> Result<Connection<Authenticated, T>, Closing<T>> {
+    ) -> Result<Box<Connection<Authenticated, T>>, Box<Closing<T>>> {
         let first = first_text_message(ctx, &mut self.transport);
         let outcome = tokio::select! {
             outcome = timeout(ctx.timing.auth_timeout, first) => outcome,
-            kick = self.open.kicked() => return Err(self.closing(CloseReason::Kicked(kick))),
+            kick = self.open.kicked() => return Err(Box::new(self.closing(CloseReason::Kicked(kick)))),
         };
         let text = match outcome {
-            Err(_) => return Err(self.closing(CloseReason::AuthTimeout)),
-            Ok(Err(reason)) => return Err(self.closing(reason)),
+            Err(_) => return Err(Box::new(self.closing(CloseReason::AuthTimeout))),
+            Ok(Err(reason)) => return Err(Box::new(self.closing(reason))),
             Ok(Ok(text)) => text,
         };
         ctx.metrics.messages_in.inc();
         let verified = match rules::check_first_message(&text, &ctx.jwt, self.open.user_id()) {
             Ok(verified) => verified,
-            Err(reason) => return Err(self.closing(reason)),
+            Err(reason) => return Err(Box::new(self.closing(reason))),
         };
         // Join (registering the jti) before checking revocation: a revocation that lands in
         // between is then either seen here or kicks the registered connection.
         let membership = ctx.hub.join(&self.open, verified.jti.as_deref());
         if let Err(reason) = ctx.not_revoked(verified.jti.as_deref()).await {
-            return Err(self.closing(reason));
+            return Err(Box::new(self.closing(reason)));
         }
         let welcome = ServerMessage::Authenticated {
             user_id: &verified.sub,
@@ -251,7 +269,7 @@ impl<T: Transport> Connection<Unauthenticated, T> {
         }
         .encode();
         if ctx.send(&mut self.transport, &[&welcome]).await.is_err() {
-            return Err(self.closing(CloseReason::ConnectionLost));
+            return Err(Box::new(self.closing(CloseReason::ConnectionLost)));
         }
         log::info!("{} authenticated as user {}", self.id(), verified.sub);
         ctx.metrics.authentications.inc();
@@ -264,7 +282,7 @@ impl<T: Transport> Connection<Unauthenticated, T> {
         );
         let connection = self.open.id;
         let now = Instant::now();
-        Ok(Connection {
+        Ok(Box::new(Connection {
             open: self.open,
             transport: self.transport,
             state: Authenticated {
@@ -280,7 +298,7 @@ impl<T: Transport> Connection<Unauthenticated, T> {
                 jti: verified.jti,
                 calls: Calls::default(),
             },
-        })
+        }))
     }
 }
 
@@ -353,12 +371,17 @@ struct Lost;
 
 impl SessionContext {
     /// A write, given up when the client does not take it within CLIENT_TIMEOUT_SECS: a
-    /// client that stopped reading must not pin its task forever.
-    async fn written(&self, write: impl Future<Output = std::io::Result<()>>) -> Result<(), Lost> {
-        match timeout(self.timing.client_timeout, write).await {
+    /// client that stopped reading must not pin its task forever. Not an `async fn`: one
+    /// would keep the write's future twice (its argument, and the timeout around it) in every
+    /// connection's task.
+    fn written<W: Future<Output = std::io::Result<()>>>(
+        &self,
+        write: W,
+    ) -> impl Future<Output = Result<(), Lost>> + use<W> {
+        timeout(self.timing.client_timeout, write).map(|written| match written {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) | Err(_) => Err(Lost),
-        }
+        })
     }
 
     /// Writes messages for one connection, counted in `messages_out`.

@@ -11,7 +11,7 @@ use super::rules::{self, Reply};
 use super::transport::{ClientEvent, MAX_BATCH, Transport};
 use super::{Authenticated, CloseReason, Closing, Connection, Lost, SessionContext};
 use crate::channels::ClaimGrants;
-use crate::hub::{Delivery, Fell, Inbound};
+use crate::hub::{Control, Delivery, Fell, Inbound};
 use crate::protocol::ServerMessage;
 use crate::upstream::Caller;
 
@@ -31,13 +31,13 @@ impl From<Result<(), Lost>> for Next {
 }
 
 impl<T: Transport> Connection<Authenticated, T> {
-    /// The authenticated loop, until one of its handlers ends it.
-    pub async fn serve(mut self, ctx: &SessionContext) -> Closing<T> {
+    /// The authenticated loop, until one of its handlers ends it: the reason why.
+    pub async fn serve(&mut self, ctx: &SessionContext) -> CloseReason {
         // One timer for everything on the clock: the heartbeat, the JWT's expiry and the
         // subscription tokens' deadlines, set to whichever comes first.
         let clock = sleep_until(self.state.next_deadline());
         tokio::pin!(clock);
-        let reason = loop {
+        loop {
             let next = tokio::select! {
                 // Boxed: client messages are rare next to the connection's lifetime, and
                 // handling one (a refresh queries MongoDB) needs the most state.
@@ -45,18 +45,27 @@ impl<T: Transport> Connection<Authenticated, T> {
                     Box::pin(self.on_client_event(ctx, event)).await
                 }
                 inbound = self.state.membership.next() => self.on_inbound(ctx, inbound).await,
-                finished = self.state.calls.next() => self.on_rpc_answer(ctx, finished).await,
+                // Boxed, as the rarer handlers are: the task every connection keeps is then
+                // sized by the hot ones (a delivery) alone.
+                finished = self.state.calls.next() => {
+                    Box::pin(self.on_rpc_answer(ctx, finished)).await
+                }
                 kick = self.open.kicked() => Next::Close(CloseReason::Kicked(kick)),
                 () = &mut clock => Box::pin(self.on_clock(ctx)).await,
             };
             if let Next::Close(reason) = next {
-                break reason;
+                return reason;
             }
             let deadline = self.state.next_deadline();
             if clock.deadline() != deadline {
                 clock.as_mut().reset(deadline);
             }
-        };
+        }
+    }
+
+    /// Leaves every channel and the pipelines (by dropping the membership): what is left is
+    /// the means to tell the client why.
+    pub fn leave(mut self, ctx: &SessionContext, reason: CloseReason) -> Closing<T> {
         log::debug!(
             "{} (user {}) leaving: {reason:?}",
             self.id(),
@@ -110,19 +119,8 @@ impl<T: Transport> Connection<Authenticated, T> {
     async fn on_inbound(&mut self, ctx: &SessionContext, inbound: Result<Inbound, Fell>) -> Next {
         match inbound {
             Err(fell) => Next::Close(fell.into()),
-            Ok(Inbound::Control(control)) => {
-                let replies = Box::pin(self.state.on_control(ctx, control)).await;
-                self.send_messages(ctx, &replies).await
-            }
-            Ok(Inbound::Recovered(recovered)) => {
-                // Written before anything that came after, in writes of at most MAX_BATCH.
-                for chunk in recovered.chunks(MAX_BATCH) {
-                    if let Next::Close(reason) = self.deliver(ctx, chunk).await {
-                        return Next::Close(reason);
-                    }
-                }
-                Next::Continue
-            }
+            Ok(Inbound::Control(control)) => Box::pin(self.on_control(ctx, control)).await,
+            Ok(Inbound::Recovered(recovered)) => Box::pin(self.on_recovered(ctx, recovered)).await,
             Ok(Inbound::Delivery(first)) => {
                 // Under load, one system call then carries several messages.
                 let batch = match self.state.membership.with_waiting(first, MAX_BATCH) {
@@ -138,6 +136,24 @@ impl<T: Transport> Connection<Authenticated, T> {
                 next
             }
         }
+    }
+
+    /// The server asked something of this connection (a server-side subscription, a revoked
+    /// subscription token).
+    async fn on_control(&mut self, ctx: &SessionContext, control: Control) -> Next {
+        let replies = self.state.on_control(ctx, control).await;
+        self.send_messages(ctx, &replies).await
+    }
+
+    /// What a subscribe recovered, written before anything that came after, in writes of at
+    /// most MAX_BATCH.
+    async fn on_recovered(&mut self, ctx: &SessionContext, recovered: Vec<Delivery>) -> Next {
+        for chunk in recovered.chunks(MAX_BATCH) {
+            if let Next::Close(reason) = self.deliver(ctx, chunk).await {
+                return Next::Close(reason);
+            }
+        }
+        Next::Continue
     }
 
     /// The backend answered an RPC.

@@ -94,13 +94,21 @@ impl Transport for WebSocket {
         if self.owed_pong.is_some() {
             self.send(&[]).await?;
         }
-        let compress_from = self.writer.compress_from();
-        let mut frames: [&[u8]; MAX_BATCH] = [&[]; MAX_BATCH];
-        let count = deliveries.len().min(MAX_BATCH);
-        for (frame, delivery) in frames.iter_mut().zip(deliveries) {
-            *frame = Self::frame_of(compress_from, delivery);
+        // The frames' list lives on the stack only until the kernel has taken what it takes:
+        // held across a wait, it would grow every connection's task by a kilobyte.
+        let rest = {
+            let compress_from = self.writer.compress_from();
+            let mut frames: [&[u8]; MAX_BATCH] = [&[]; MAX_BATCH];
+            let count = deliveries.len().min(MAX_BATCH);
+            for (frame, delivery) in frames.iter_mut().zip(deliveries) {
+                *frame = Self::frame_of(compress_from, delivery);
+            }
+            self.writer.send_now(&frames[..count])?
+        };
+        match rest {
+            None => Ok(()),
+            Some(rest) => self.writer.send_rest(rest).await,
         }
-        self.writer.send(&frames[..count]).await
     }
 
     async fn probe(&mut self) -> std::io::Result<()> {
@@ -120,5 +128,35 @@ impl Transport for WebSocket {
         // Read on until the client closes its side, so bytes it still sends do not turn the
         // close into a reset that could cost it the close frame.
         self.reader.discard_until_eof().await;
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn print_sizes() {
+        use std::mem::size_of;
+        println!(
+            "Connection<Authenticated, WebSocket> {}",
+            size_of::<crate::session::Connection<crate::session::Authenticated, super::WebSocket>>(
+            )
+        );
+        println!(
+            "Authenticated {}",
+            size_of::<crate::session::Authenticated>()
+        );
+        println!("WebSocket {}", size_of::<super::WebSocket>());
+        println!("FrameReader {}", size_of::<super::FrameReader>());
+        println!("FrameWriter {}", size_of::<super::FrameWriter>());
+        println!("OpenConnection {}", size_of::<crate::hub::OpenConnection>());
+        println!("Membership {}", size_of::<crate::hub::Membership>());
+        println!("Sleep {}", size_of::<tokio::time::Sleep>());
+        println!("Expiry {}", size_of::<crate::session::expiry::Expiry>());
+        println!("ClaimGrants {}", size_of::<crate::channels::ClaimGrants>());
+        println!("Calls {}", size_of::<crate::session::calls::Calls>());
+        println!(
+            "Closing {}",
+            size_of::<crate::session::Closing<super::WebSocket>>()
+        );
     }
 }

@@ -51,6 +51,17 @@ impl FrameWriter {
     /// Writes `frames` (at most [`MAX_BATCH`]) in order. Not cancel-safe: the caller bounds it
     /// with a timeout and treats a timeout as a lost connection.
     pub async fn send<F: AsRef<[u8]>>(&mut self, frames: &[F]) -> std::io::Result<()> {
+        match self.send_now(frames)? {
+            None => Ok(()),
+            Some(rest) => self.send_rest(rest).await,
+        }
+    }
+
+    /// Writes what the kernel takes of `frames` (at most [`MAX_BATCH`]) at once, without
+    /// waiting; what it did not take, as one buffer for [`FrameWriter::send_rest`]. A caller
+    /// whose frames borrow a buffer of its own can then let it go before it waits, so the
+    /// buffer is not kept in every connection's task.
+    pub fn send_now<F: AsRef<[u8]>>(&mut self, frames: &[F]) -> std::io::Result<Option<BytesMut>> {
         debug_assert!(frames.len() <= MAX_BATCH);
         let total: usize = frames.iter().map(|frame| frame.as_ref().len()).sum();
         // The usual case: the kernel takes everything at once, with no waiting.
@@ -60,10 +71,13 @@ impl FrameWriter {
             Err(e) => return Err(e),
         };
         if written == total {
-            return Ok(());
+            return Ok(None);
         }
-        // The socket's buffer is full (a slow reader): wait for room for the rest.
-        let rest = remainder(frames, written);
+        Ok(Some(remainder(frames, written)))
+    }
+
+    /// Waits until the socket has taken `rest` (a slow reader filled its buffer).
+    pub async fn send_rest(&mut self, rest: BytesMut) -> std::io::Result<()> {
         self.socket.write_all(&rest).await
     }
 

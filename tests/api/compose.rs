@@ -139,7 +139,7 @@ fn the_dockerfile_builds_and_runs_this_crates_binary() {
     );
     // Every file the binary embeds must be in the build context.
     let sources = [
-        "src/migrations.rs",
+        "src/db/migrations.rs",
         "src/routes/static_files.rs",
         "src/routes/health.rs",
     ];

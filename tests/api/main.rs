@@ -35,5 +35,6 @@ mod server_api;
 mod session;
 mod store_conformance;
 mod support;
+mod task_size;
 mod upgrade;
 mod wire;

@@ -24,6 +24,8 @@ pub struct TestApp {
     pub port: u16,
     pub hub: Arc<Hub>,
     pub bus: Arc<Bus>,
+    /// What every connection of this app shares.
+    pub session: Arc<ticketgate::session::SessionContext>,
     /// This node's id, as broadcasts carry it.
     pub node: String,
     pub http: reqwest::Client,
@@ -84,6 +86,7 @@ pub async fn spawn_app_with(vars: HashMap<String, String>) -> TestApp {
         port: app.port(),
         hub: app.hub(),
         bus: app.bus(),
+        session: app.session(),
         node: app.bus().node().id.to_string(),
         http: reqwest::Client::new(),
         db,
