@@ -90,9 +90,10 @@ impl Application {
             namespaces: settings.channels.namespaces.clone(),
             lifecycle: adoption,
         };
-        let registry = mongo
-            .as_ref()
-            .map(|m| NodeRegistry::new(&m.db, m.bounds.clone(), settings.node.heartbeat));
+        let registry = mongo.as_ref().map(|m| {
+            let samples = crate::cluster::series::Series::new(settings.node.heartbeat).capacity();
+            NodeRegistry::new(&m.db, m.bounds.clone(), settings.node.heartbeat, samples)
+        });
         let bus = start_bus(&hub, mongo, node, &metrics).await?;
         let cluster = Cluster::new(
             Arc::clone(&bus),

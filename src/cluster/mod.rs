@@ -1,11 +1,10 @@
 //! Cluster housekeeping: what a node does on its heartbeat, apart from carrying messages
 //! (which is the bus's). Every `NODE_HEARTBEAT_SECS` it samples its own metrics ([`series`]),
-//! refreshes its entry in the node registry ([`registry`]) and, once it has beaten steadily,
+//! refreshes its entry in the node registry (`crate::store::nodes`) and, once it has beaten steadily,
 //! takes over what dead nodes left ([`reaper`]). It also answers what the server API and the
 //! console ask of the cluster: the live nodes, channel counts over them, their recent series.
 
 pub mod reaper;
-pub mod registry;
 pub mod series;
 
 use std::sync::Arc;
@@ -17,8 +16,10 @@ use crate::bus::{Bus, NodeInfo};
 use crate::db::Unavailable;
 use crate::hub::{ConnectionCounts, Hub};
 use crate::metrics::Metrics;
+pub use crate::store::nodes::{
+    ChannelCount, ClusterCounts, NodeEntry, NodeRegistry, NodeSeries, NodeView, NodesSeries,
+};
 use reaper::Reaper;
-pub use registry::{ChannelCount, ClusterCounts, NodeRegistry, NodeSeries, NodeView, NodesSeries};
 use series::Series;
 
 pub struct Cluster {
@@ -81,7 +82,13 @@ impl Cluster {
                 .collect();
             let sample = self.series.sample(&self.metrics, self.hub.counts());
             let sent = Instant::now();
-            let beat = registry.beat(self.me(), self.hub.counts(), channels, sample);
+            let me = self.me();
+            let entry = NodeEntry {
+                id: me.id.as_str(),
+                address: &me.address,
+                started_at: me.started_at,
+            };
+            let beat = registry.beat(entry, self.hub.counts(), channels, sample);
             if let Err(e) = beat.await {
                 log::debug!("node heartbeat: {e}");
                 beating_since = None;
@@ -110,7 +117,7 @@ impl Cluster {
     /// Removes this node from the registry (graceful shutdown).
     pub async fn leave(&self) {
         if let Some(registry) = &self.registry
-            && let Err(e) = registry.remove(&self.me().id).await
+            && let Err(e) = registry.remove(self.me().id.as_str()).await
         {
             log::warn!("removing this node from the registry: {e}");
         }
@@ -135,7 +142,10 @@ impl Cluster {
             .map(|(name, n)| (name.as_str().to_owned(), n as u64))
             .collect();
         if let Some(registry) = &self.registry {
-            for count in registry.others_channels(&self.me().id, prefix).await? {
+            for count in registry
+                .others_channels(self.me().id.as_str(), prefix)
+                .await?
+            {
                 *totals.entry(count.channel).or_default() += count.subscribers;
             }
         }
@@ -156,7 +166,7 @@ impl Cluster {
             samples: self.series.samples(),
         }];
         if let Some(registry) = &self.registry {
-            nodes.extend(registry.others_series(&self.me().id).await?);
+            nodes.extend(registry.others_series(self.me().id.as_str()).await?);
         }
         Ok(NodesSeries {
             step_secs: (series::WINDOW.as_secs() / self.series.capacity() as u64).max(1),
@@ -170,8 +180,8 @@ fn view(node: &NodeInfo, connections: ConnectionCounts) -> NodeView {
     NodeView {
         id: node.id.to_string(),
         address: node.address.clone(),
-        started_at: registry::rfc3339(node.started_at),
-        heartbeat_at: registry::rfc3339(DateTime::now()),
+        started_at: crate::store::nodes::rfc3339(node.started_at),
+        heartbeat_at: crate::store::nodes::rfc3339(DateTime::now()),
         connections,
     }
 }

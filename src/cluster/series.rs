@@ -8,34 +8,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use prometheus::core::{Collector, Metric};
-use serde::{Deserialize, Serialize};
 
 use crate::hub::ConnectionCounts;
 use crate::metrics::Metrics;
+pub use crate::store::nodes::Sample;
 
 /// How far back the series goes.
 pub const WINDOW: Duration = Duration::from_secs(15 * 60);
-
-/// One heartbeat's worth: gauges as of its end, rates per second over it, percentiles (in
-/// milliseconds) of what was observed during it (`None`: nothing was).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Sample {
-    /// Unix seconds at the end of the interval.
-    pub t: i64,
-    pub connections: u64,
-    pub authenticated: u64,
-    pub messages_in_per_sec: f64,
-    pub messages_out_per_sec: f64,
-    pub authentications_per_sec: f64,
-    /// By close code.
-    pub auth_failures_per_sec: BTreeMap<String, f64>,
-    /// By reason.
-    pub ticket_rejections_per_sec: BTreeMap<String, f64>,
-    pub fanout_p50_ms: Option<f64>,
-    pub fanout_p99_ms: Option<f64>,
-    pub event_lag_p50_ms: Option<f64>,
-    pub event_lag_p99_ms: Option<f64>,
-}
 
 /// The counters' values at the last sample, to take differences from.
 #[derive(Default)]

@@ -10,14 +10,14 @@ pub const REVOCATIONS: &str = "revocations";
 /// What crosses nodes: broadcasts, user messages, kicks, publications without history
 /// (`bus`), read back through change streams.
 pub const CLUSTER_EVENTS: &str = "cluster_events";
-/// One heartbeat document per live node (`cluster::NodeRegistry`).
+/// One heartbeat document per live node (`store::nodes`).
 pub const CLUSTER_NODES: &str = "cluster_nodes";
 /// Who is subscribed where, for presence namespaces (`store::presence`).
 pub const PRESENCE: &str = "presence";
 /// One document per history channel, its latest publications (`store::history`).
 pub const CHANNEL_HISTORY: &str = "channel_history";
 /// Connect, disconnect, subscribe and unsubscribe events, per node in order
-/// (`lifecycle::log`).
+/// (`store::lifecycle`).
 pub const LIFECYCLE_EVENTS: &str = "lifecycle_events";
 /// Each node's series of lifecycle events: who delivers it and how far it got.
 pub const LIFECYCLE_STREAMS: &str = "lifecycle_streams";

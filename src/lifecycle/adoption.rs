@@ -11,11 +11,11 @@
 
 use std::sync::Arc;
 
-use super::log::{EventLog, Hold, Stream};
 use super::webhook::{Backoff, MAX_BATCH, Webhook};
 use super::{Event, EventKind, Fence, NODE_LOST, event_id};
 use crate::db::Unavailable;
 use crate::metrics::Metrics;
+use crate::store::lifecycle::{EventLog, Hold, Stream};
 
 pub struct Adoption {
     pub log: Arc<EventLog>,

@@ -4,33 +4,32 @@
 //!
 //! Sessions emit events without waiting: an event goes into the node's queue, numbered in
 //! the node's series (`seq`), and tasks of its own take it from there:
-//! - with MongoDB, [`recorder`] writes the series to `lifecycle_events` ([`log`]) and then
+//! - with MongoDB, [`recorder`] writes the series to `lifecycle_events`
+//!   (`crate::store::lifecycle`) and then
 //!   hands it to the webhook, in order, in batches, retried until taken; survivors deliver a
 //!   dead node's rest and close its connections with `node_lost` ([`adoption`]);
 //! - without MongoDB, [`webhook::MemoryDelivery`] posts the queue from memory, at least once
 //!   while the process lives.
 
 pub mod adoption;
-pub mod log;
 pub mod recorder;
 pub mod roster;
 pub mod webhook;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use self::adoption::Adoption;
-use self::log::EventLog;
 use self::recorder::{OwnDelivery, Recorder};
 use self::roster::Lookup;
 use self::webhook::{MemoryDelivery, Webhook};
 use crate::config::Settings;
 use crate::db::Prepared;
 use crate::metrics::Metrics;
+use crate::store::lifecycle::EventLog;
+pub use crate::store::lifecycle::{Event, EventKind, event_id};
 
 /// Events the node's queue holds before it sheds new ones: the recorder (or, without MongoDB,
 /// the webhook) fell this far behind. About 20 MB of events at most.
@@ -38,45 +37,6 @@ pub const QUEUE: usize = 65_536;
 
 /// How often, at most, shedding is logged (each shed event is counted).
 const SHED_WARNING_EVERY_MS: u64 = 60_000;
-
-/// One event, as the webhook receives it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Event {
-    /// Unique in the cluster: `<node id>-<seq>`; the backend drops repeats by it.
-    pub id: String,
-    /// Its place in its node's series, from 1: the order of delivery.
-    #[serde(skip)]
-    pub seq: u64,
-    #[serde(flatten)]
-    pub kind: EventKind,
-    /// Unix milliseconds.
-    pub time: u64,
-    pub user_id: String,
-    pub connection_id: String,
-    pub node: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum EventKind {
-    Connect {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        jti: Option<String>,
-        client_ip: Option<IpAddr>,
-    },
-    Disconnect {
-        /// The close code sent; `null` when the socket was simply gone.
-        code: Option<u16>,
-        reason: String,
-        duration_ms: u64,
-    },
-    Subscribe {
-        channel: String,
-    },
-    Unsubscribe {
-        channel: String,
-    },
-}
 
 /// The node's lifecycle events (docs/PROTOCOL.md, "Lifecycle events"): with MongoDB,
 /// recorded there and delivered from there, with survivors finishing a dead node's (the
@@ -328,11 +288,6 @@ impl Lifecycle {
             );
         }
     }
-}
-
-/// An event's id: unique in the cluster, since node ids are.
-pub fn event_id(node: &str, seq: u64) -> String {
-    format!("{node}-{seq}")
 }
 
 /// The `disconnect` reason of a connection whose node died without saying goodbye.

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::log::{EventLog, Hold};
 use super::webhook::{Backoff, MAX_BATCH, MAX_WAITING, Webhook, gather};
 use super::{Event, Fence, Finished};
 use crate::metrics::Metrics;
+use crate::store::lifecycle::{EventLog, Hold};
 
 /// The most events written in one `insert_many`.
 const MAX_RECORD_BATCH: usize = 1_000;

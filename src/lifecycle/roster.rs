@@ -9,9 +9,9 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use super::log::EventLog;
 use super::{Event, EventKind};
 use crate::db::Unavailable;
+use crate::store::lifecycle::EventLog;
 
 /// One open connection of a user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -3,6 +3,8 @@
 //! and in process for a single node (`tests/api/store_conformance.rs` holds them to it).
 
 pub mod history;
+pub mod lifecycle;
+pub mod nodes;
 pub mod presence;
 pub mod revocations;
 pub mod tickets;

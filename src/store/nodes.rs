@@ -1,4 +1,4 @@
-//! The node registry: each node keeps a document in `cluster_nodes` fresh with a heartbeat
+//! The node registry (`crate::cluster` beats it): each node keeps a document in `cluster_nodes` fresh with a heartbeat
 //! (its counts, its channels, its recent metrics); a TTL index removes the documents of nodes
 //! that died without leaving.
 
@@ -10,11 +10,41 @@ use mongodb::options::UpdateOptions;
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
-use super::series::{Sample, Series};
-use crate::bus::{NodeId, NodeInfo};
+use std::collections::BTreeMap;
+
 use crate::db::collections::CLUSTER_NODES;
 use crate::db::{Bounds, Unavailable};
 use crate::hub::ConnectionCounts;
+
+/// One heartbeat's worth: gauges as of its end, rates per second over it, percentiles (in
+/// milliseconds) of what was observed during it (`None`: nothing was).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Unix seconds at the end of the interval.
+    pub t: i64,
+    pub connections: u64,
+    pub authenticated: u64,
+    pub messages_in_per_sec: f64,
+    pub messages_out_per_sec: f64,
+    pub authentications_per_sec: f64,
+    /// By close code.
+    pub auth_failures_per_sec: BTreeMap<String, f64>,
+    /// By reason.
+    pub ticket_rejections_per_sec: BTreeMap<String, f64>,
+    pub fanout_p50_ms: Option<f64>,
+    pub fanout_p99_ms: Option<f64>,
+    pub event_lag_p50_ms: Option<f64>,
+    pub event_lag_p99_ms: Option<f64>,
+}
+
+/// What a node says about itself in its entry.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeEntry<'a> {
+    pub id: &'a str,
+    /// Where operators reach it (NODE_ADDRESS, or the address it listens on).
+    pub address: &'a str,
+    pub started_at: DateTime,
+}
 
 /// A node as `GET /api/nodes` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -104,26 +134,27 @@ pub struct NodeRegistry {
 }
 
 impl NodeRegistry {
-    /// `heartbeat`: how often nodes beat; three missed beats and a node is gone.
-    pub fn new(db: &Database, bounds: Bounds, heartbeat: Duration) -> Self {
+    /// `heartbeat`: how often nodes beat; three missed beats and a node is gone. Each entry
+    /// keeps the node's last `series_length` samples.
+    pub fn new(db: &Database, bounds: Bounds, heartbeat: Duration, series_length: usize) -> Self {
         NodeRegistry {
             nodes: db.collection(CLUSTER_NODES),
             bounds,
             liveness: heartbeat * 3,
-            series_length: Series::new(heartbeat).capacity(),
+            series_length,
         }
     }
 
     pub async fn beat(
         &self,
-        node: &NodeInfo,
+        node: NodeEntry<'_>,
         counts: ConnectionCounts,
         channels: Vec<ChannelCount>,
         sample: Option<Sample>,
     ) -> Result<(), Unavailable> {
         let mut update = doc! {
             "$set": {
-                "address": &node.address,
+                "address": node.address,
                 "started_at": node.started_at,
                 "heartbeat_at": DateTime::now(),
                 "connections": as_bson(&counts)?,
@@ -138,7 +169,7 @@ impl NodeRegistry {
         }
         let upsert = self
             .nodes
-            .update_one(doc! { "_id": node.id.as_str() }, update)
+            .update_one(doc! { "_id": node.id }, update)
             .with_options(UpdateOptions::builder().upsert(true).build());
         self.bounds.run("node_heartbeat", upsert).await.map(|_| ())
     }
@@ -166,10 +197,8 @@ impl NodeRegistry {
     }
 
     /// The other live nodes' recent samples, as of their last heartbeats.
-    pub async fn others_series(&self, me: &NodeId) -> Result<Vec<NodeSeries>, Unavailable> {
-        let others = self
-            .live_others(me.as_str(), "channels", "list_node_series")
-            .await?;
+    pub async fn others_series(&self, me: &str) -> Result<Vec<NodeSeries>, Unavailable> {
+        let others = self.live_others(me, "channels", "list_node_series").await?;
         Ok(others
             .into_iter()
             .map(|node| NodeSeries {
@@ -198,12 +227,10 @@ impl NodeRegistry {
     /// name starts with `prefix`.
     pub async fn others_channels(
         &self,
-        me: &NodeId,
+        me: &str,
         prefix: &str,
     ) -> Result<Vec<ChannelCount>, Unavailable> {
-        let others = self
-            .live_others(me.as_str(), "series", "list_node_channels")
-            .await?;
+        let others = self.live_others(me, "series", "list_node_channels").await?;
         Ok(others
             .into_iter()
             .flat_map(|node| node.channels)
@@ -229,8 +256,8 @@ impl NodeRegistry {
             .collect())
     }
 
-    pub async fn remove(&self, id: &NodeId) -> Result<(), Unavailable> {
-        let delete = self.nodes.delete_one(doc! { "_id": id.as_str() });
+    pub async fn remove(&self, id: &str) -> Result<(), Unavailable> {
+        let delete = self.nodes.delete_one(doc! { "_id": id });
         self.bounds.run("node_leave", delete).await.map(|_| ())
     }
 }

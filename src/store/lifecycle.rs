@@ -1,10 +1,13 @@
-//! Lifecycle events in MongoDB (migration 0006):
+//! Lifecycle events (`crate::lifecycle`): the events themselves, and how MongoDB keeps them
+//! (migration 0006):
 //! - `lifecycle_events`: one document per event, `_id` = the event's `id`, with its node's
 //!   series number `seq` (unique per node) and `at` (the TTL index's date). Apps may watch
 //!   this collection's change stream instead of taking the webhook (docs/PROTOCOL.md).
 //! - `lifecycle_streams`: one document per node's series, `_id` = the node id: who delivers
 //!   it to the webhook (`holder`: the node itself, or the survivor that adopted it), the last
 //!   `seq` the webhook took (`delivered`), and `ended_at` once a survivor has finished it.
+
+use std::net::IpAddr;
 
 use bson::{DateTime, Document, doc};
 use futures_util::TryStreamExt;
@@ -13,9 +16,52 @@ use mongodb::options::UpdateOptions;
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
-use super::{Event, EventKind};
 use crate::db::collections::{LIFECYCLE_EVENTS, LIFECYCLE_STREAMS};
 use crate::db::{Bounds, Unavailable};
+
+/// One event, as the webhook receives it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// Unique in the cluster: `<node id>-<seq>`; the backend drops repeats by it.
+    pub id: String,
+    /// Its place in its node's series, from 1: the order of delivery.
+    #[serde(skip)]
+    pub seq: u64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+    /// Unix milliseconds.
+    pub time: u64,
+    pub user_id: String,
+    pub connection_id: String,
+    pub node: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    Connect {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        jti: Option<String>,
+        client_ip: Option<IpAddr>,
+    },
+    Disconnect {
+        /// The close code sent; `null` when the socket was simply gone.
+        code: Option<u16>,
+        reason: String,
+        duration_ms: u64,
+    },
+    Subscribe {
+        channel: String,
+    },
+    Unsubscribe {
+        channel: String,
+    },
+}
+
+/// An event's id: unique in the cluster, since node ids are.
+pub fn event_id(node: &str, seq: u64) -> String {
+    format!("{node}-{seq}")
+}
 
 const DUPLICATE_KEY: i32 = 11000;
 /// The most events a user lookup reads.
