@@ -377,6 +377,37 @@ fn is_false(value: &bool) -> bool {
     !value
 }
 
+/// A broadcast, numbered `seq` in the series of the node that took it: the one place one is
+/// encoded (once, by that node; every node delivers the same text).
+pub fn broadcast(seq: u64, node: &str, data: &RawValue) -> String {
+    ServerMessage::Broadcast { seq, node, data }.encode()
+}
+
+/// A message for one user's connections: the one place one is encoded.
+pub fn user_message(data: &RawValue) -> String {
+    ServerMessage::Message { data }.encode()
+}
+
+/// A subscriber came (`joined`) to or left a channel with `join_leave`: the one place the
+/// `join` and `leave` messages are encoded.
+pub fn presence_change(channel: &str, client: &PresenceClient, joined: bool) -> String {
+    let (user_id, connection_id) = (client.user_id.as_str(), client.connection_id.as_str());
+    let message = if joined {
+        ServerMessage::Join {
+            channel,
+            user_id,
+            connection_id,
+        }
+    } else {
+        ServerMessage::Leave {
+            channel,
+            user_id,
+            connection_id,
+        }
+    };
+    message.encode()
+}
+
 /// A channel's publication for its subscribers, live or recovered (`position`: its offset and
 /// epoch, in a history namespace): the one place one is encoded.
 pub fn publication(

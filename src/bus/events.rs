@@ -1,5 +1,5 @@
-//! What crosses nodes: the cluster events, their encoding for clients and their stored form
-//! in the `cluster_events` collection.
+//! What crosses nodes: the cluster events (messages for clients already encoded, by
+//! `crate::protocol`'s encoders) and their stored form in the `cluster_events` collection.
 
 use bson::DateTime;
 use bson::oid::ObjectId;
@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use super::NodeId;
 use crate::channels::{ChannelName, HistoryOptions, NamespaceOptions};
 use crate::hub::{Control, Hub, Kick};
-use crate::protocol::{self, EncodedMessage, PresenceClient, ServerMessage};
+use crate::protocol::{self, EncodedMessage, PresenceClient};
 
 /// What the server API (or the demo broadcaster) asks the bus to do.
 #[derive(Debug)]
@@ -49,8 +49,8 @@ pub enum Command {
     },
 }
 
-/// A command stamped by its node: messages for clients are encoded once, here, and every node
-/// delivers the same text. Field names are the stored form (docs/PROTOCOL.md); the encoded
+/// A command stamped by its node: messages for clients are encoded once, when it is stamped
+/// (by `crate::protocol`), and every node delivers the same text. Field names are the stored form (docs/PROTOCOL.md); the encoded
 /// message is stored as `frame`, its name from before it was clear that it is not one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -260,16 +260,11 @@ impl Sequencer {
                 self.last_seq += 1;
                 seq = Some(self.last_seq);
                 Event::Broadcast {
-                    message: ServerMessage::Broadcast {
-                        seq: self.last_seq,
-                        node: self.node.as_str(),
-                        data: &data,
-                    }
-                    .encode(),
+                    message: protocol::broadcast(self.last_seq, self.node.as_str(), &data),
                 }
             }
             Command::Message { user_id, data } => Event::Message {
-                message: ServerMessage::Message { data: &data }.encode(),
+                message: protocol::user_message(&data),
                 user_id,
             },
             Command::Disconnect { user_id } => Event::Disconnect { user_id },
@@ -295,27 +290,10 @@ impl Sequencer {
                 channel,
                 client,
                 joined,
-            } => {
-                let (channel, user_id, connection_id) =
-                    (channel.as_str(), &client.user_id, &client.connection_id);
-                let message = if joined {
-                    ServerMessage::Join {
-                        channel,
-                        user_id,
-                        connection_id,
-                    }
-                } else {
-                    ServerMessage::Leave {
-                        channel,
-                        user_id,
-                        connection_id,
-                    }
-                };
-                Event::ChannelMessage {
-                    channel: channel.to_owned(),
-                    message: message.encode(),
-                }
-            }
+            } => Event::ChannelMessage {
+                message: protocol::presence_change(channel.as_str(), &client, joined),
+                channel: channel.as_str().to_owned(),
+            },
             Command::Subscribe { user_id, channel } => Event::Subscribe {
                 user_id,
                 channel: channel.as_str().to_owned(),
