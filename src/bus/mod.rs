@@ -23,6 +23,7 @@ use crate::db::collections::{CHANNEL_HISTORY, CLUSTER_EVENTS};
 use crate::db::{Bounds, Unavailable};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::store::cluster_events::ClusterEvents;
 use crate::store::{HistoryPage, HistoryQuery, HistoryStore, MemoryHistory, MongoHistory};
 
 /// What a node says about itself.
@@ -249,7 +250,7 @@ pub async fn start_on_mongodb(
     let (queue, outgoing) = mpsc::channel(writer::QUEUE);
     let history = Arc::new(MongoHistory::new(db, bounds.clone()));
     let writer = writer::Writer {
-        events: db.collection(CLUSTER_EVENTS),
+        events: ClusterEvents::new(db, bounds.clone()),
         history: Arc::clone(&history),
         sequencer: Sequencer::new(bus.node.id.clone()),
         node: bus.node.id.clone(),

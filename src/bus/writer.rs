@@ -14,7 +14,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use mongodb::Collection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Command, EventDocument, NodeId, Sequencer, StreamPublication};
@@ -22,6 +21,7 @@ use crate::bus::Event;
 use crate::channels::HistoryOptions;
 use crate::db::{Bounds, Unavailable};
 use crate::metrics::Metrics;
+use crate::store::cluster_events::ClusterEvents;
 use crate::store::{Append, MongoHistory, StreamTop};
 
 /// Commands that may wait for the writer; senders wait when it is full (backpressure).
@@ -46,7 +46,7 @@ pub struct Outgoing {
 type Replies = Vec<(oneshot::Sender<Result<Written, Unavailable>>, Option<u64>)>;
 
 pub struct Writer {
-    pub events: Collection<EventDocument>,
+    pub events: ClusterEvents<EventDocument>,
     pub history: Arc<MongoHistory>,
     pub sequencer: Sequencer,
     pub node: NodeId,
@@ -121,14 +121,7 @@ impl Writer {
     }
 
     async fn insert(&self, stored: &[Cow<'_, EventDocument>]) -> Result<(), Unavailable> {
-        if stored.is_empty() {
-            return Ok(());
-        }
-        let insert = self
-            .events
-            .insert_many(stored.iter().map(AsRef::as_ref))
-            .ordered(true);
-        self.bounds.run("publish", insert).await.map(drop)
+        self.events.insert(stored.iter().map(AsRef::as_ref)).await
     }
 
     /// Numbers the commands' events, and gathers each history channel's share of them.

@@ -8,7 +8,7 @@ pub const TICKETS: &str = "ws_tickets";
 /// Revoked JWT ids and console sessions, until they would have expired (`store::revocations`).
 pub const REVOCATIONS: &str = "revocations";
 /// What crosses nodes: broadcasts, user messages, kicks, publications without history
-/// (`bus`), read back through change streams.
+/// (`store::cluster_events`), written by the bus and read back through change streams.
 pub const CLUSTER_EVENTS: &str = "cluster_events";
 /// One heartbeat document per live node (`store::nodes`).
 pub const CLUSTER_NODES: &str = "cluster_nodes";

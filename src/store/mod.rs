@@ -2,6 +2,7 @@
 //! is one enum over two backends that give the same answers, MongoDB for one or many nodes
 //! and in process for a single node (`tests/api/store_conformance.rs` holds them to it).
 
+pub mod cluster_events;
 pub mod history;
 pub mod lifecycle;
 pub mod nodes;
