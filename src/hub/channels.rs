@@ -62,10 +62,13 @@ pub struct Older {
     pub publications: Vec<(u64, Delivery)>,
 }
 
-/// What became of an attempt to join a history channel.
+/// One step of subscribing to a history channel; the caller (the session's recovery) loops
+/// until it gets [`StreamStep::Joined`]. `L` is what the caller must do to load a window:
+/// nothing here in the table, a guard to settle once it reaches the membership.
 #[derive(Debug)]
-pub(super) enum StreamJoin {
-    /// Subscribed: the channel's epoch and latest offset, and whether it recovered.
+pub enum StreamStep<L> {
+    /// Subscribed: the channel's epoch and latest offset, and whether it recovered. Whatever
+    /// was recovered is queued before any live publication.
     Joined {
         name: ChannelName,
         epoch: Arc<str>,
@@ -74,12 +77,35 @@ pub(super) enum StreamJoin {
     },
     /// Another subscriber is loading the window: wait for it to finish, then try again.
     Wait(watch::Receiver<()>),
-    /// Nobody has the window: load it, then [`ChannelTable::finish_load`].
-    Load,
-    /// The window does not reach back to `since`: read what comes before `before`.
+    /// Nobody has the window: read it and settle it.
+    Load(L),
+    /// The window does not reach back to the client's offset: read what comes before `before`.
     Older { before: u64 },
     /// This node has not yet delivered the offset the client has: try again shortly.
     Behind,
+}
+
+impl<L> StreamStep<L> {
+    /// The same step, with `load` made into what the caller loads with.
+    pub fn with_load<M>(self, load: impl FnOnce() -> M) -> StreamStep<M> {
+        match self {
+            StreamStep::Joined {
+                name,
+                epoch,
+                offset,
+                recovered,
+            } => StreamStep::Joined {
+                name,
+                epoch,
+                offset,
+                recovered,
+            },
+            StreamStep::Wait(done) => StreamStep::Wait(done),
+            StreamStep::Load(_) => StreamStep::Load(load()),
+            StreamStep::Older { before } => StreamStep::Older { before },
+            StreamStep::Behind => StreamStep::Behind,
+        }
+    }
 }
 
 /// A window as read from the store.
@@ -199,7 +225,7 @@ impl ChannelTable {
     }
 
     /// Subscribes `id` to a history channel, recovering from `recover` where the window
-    /// allows (see [`StreamJoin`]); `older` is what a previous [`StreamJoin::Older`] read.
+    /// allows (see [`StreamStep`]); `older` is what a previous [`StreamStep::Older`] read.
     pub fn join_stream(
         &self,
         channel: &ChannelName,
@@ -207,7 +233,7 @@ impl ChannelTable {
         subscriber: &Subscriber,
         recover: &Recover,
         older: Option<&Older>,
-    ) -> StreamJoin {
+    ) -> StreamStep<()> {
         let mut shard = lock(self.shard(channel.as_str()));
         let (name, entry) = match shard.get_key_value(channel.as_str()) {
             Some((name, _)) => {
@@ -219,21 +245,21 @@ impl ChannelTable {
         };
         let window = match &entry.stream {
             Some(StreamState::Ready(window)) => window,
-            Some(StreamState::Loading { done, .. }) => return StreamJoin::Wait(done.subscribe()),
+            Some(StreamState::Loading { done, .. }) => return StreamStep::Wait(done.subscribe()),
             None => {
                 let (done, _) = watch::channel(());
                 entry.stream = Some(StreamState::Loading {
                     arrived: Vec::new(),
                     done,
                 });
-                return StreamJoin::Load;
+                return StreamStep::Load(());
             }
         };
         let (recovered, deliveries): (Option<bool>, Vec<Delivery>) = match recover {
             Recover::No => (None, Vec::new()),
             Recover::Failed => (Some(false), Vec::new()),
             Recover::From { epoch, .. } if **epoch != *window.epoch => (Some(false), Vec::new()),
-            Recover::From { offset, .. } if *offset > window.top => return StreamJoin::Behind,
+            Recover::From { offset, .. } if *offset > window.top => return StreamStep::Behind,
             Recover::From { offset, .. } if offset.saturating_add(1) >= window.first() => {
                 (Some(true), window.after(*offset).collect())
             }
@@ -247,7 +273,7 @@ impl ChannelTable {
                         && older.publications.last().map(|(o, _)| o + 1) >= Some(first)
                 });
                 let Some(older) = older.filter(|_| meets) else {
-                    return StreamJoin::Older { before: first };
+                    return StreamStep::Older { before: first };
                 };
                 let deliveries = older
                     .publications
@@ -265,7 +291,7 @@ impl ChannelTable {
             mailbox.push_recovered(deliveries);
         }
         entry.subscribers.insert(id, mailbox);
-        StreamJoin::Joined {
+        StreamStep::Joined {
             name,
             epoch,
             offset,
@@ -273,7 +299,7 @@ impl ChannelTable {
         }
     }
 
-    /// Settles a window that [`StreamJoin::Load`] asked for: what was read, with what was
+    /// Settles a window that [`StreamStep::Load`] asked for: what was read, with what was
     /// published meanwhile laid over it; or, when the read failed, no window (the next
     /// subscriber loads it again).
     pub fn finish_load(&self, channel: &str, loaded: Option<Loaded>) {

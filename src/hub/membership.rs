@@ -6,9 +6,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 
-use super::channels::{Loaded, Older, Recover, StreamJoin};
+use super::channels::{Loaded, Older, Recover, StreamStep};
 use super::mailbox::{self, Inbound, Mailbox};
 use super::registry::{OpenConnection, Stage};
 use super::{ConnectionId, Delivery, Hub};
@@ -35,27 +35,6 @@ impl From<mailbox::Overflowed> for Fell {
     fn from(_: mailbox::Overflowed) -> Self {
         Fell::MailboxFull
     }
-}
-
-/// One step of subscribing to a history channel; the caller (the session's recovery) loops
-/// until it gets [`StreamStep::Joined`].
-pub enum StreamStep {
-    /// Subscribed: the channel's epoch and latest offset, and whether it recovered. Whatever
-    /// was recovered is queued before any live publication.
-    Joined {
-        name: ChannelName,
-        epoch: Arc<str>,
-        offset: u64,
-        recovered: Option<bool>,
-    },
-    /// Another subscriber is loading the window: wait for it to finish, then try again.
-    Wait(watch::Receiver<()>),
-    /// Nobody has the window: read it and settle it.
-    Load(WindowLoad),
-    /// The window does not reach back to the client's offset: read what comes before `before`.
-    Older { before: u64 },
-    /// This node has not yet delivered the offset the client has: try again shortly.
-    Behind,
 }
 
 /// A window being loaded: settled with what was read, or (dropped unsettled: the read failed
@@ -177,36 +156,21 @@ impl Membership {
         grant: &Grant,
         recover: &Recover,
         older: Option<&Older>,
-    ) -> StreamStep {
-        let join = self
+    ) -> StreamStep<WindowLoad> {
+        let step = self
             .hub
             .channels
-            .join_stream(channel, self.id, &self.mailbox, recover, older);
-        match join {
-            StreamJoin::Joined {
-                name,
-                epoch,
-                offset,
-                recovered,
-            } => {
-                self.index_token(grant, true);
-                self.subscriptions.insert(name.clone(), grant.clone());
-                StreamStep::Joined {
-                    name,
-                    epoch,
-                    offset,
-                    recovered,
-                }
-            }
-            StreamJoin::Wait(done) => StreamStep::Wait(done),
-            StreamJoin::Load => StreamStep::Load(WindowLoad {
+            .join_stream(channel, self.id, &self.mailbox, recover, older)
+            .with_load(|| WindowLoad {
                 hub: Arc::clone(&self.hub),
                 channel: channel.clone(),
                 settled: false,
-            }),
-            StreamJoin::Older { before } => StreamStep::Older { before },
-            StreamJoin::Behind => StreamStep::Behind,
+            });
+        if let StreamStep::Joined { name, .. } = &step {
+            self.index_token(grant, true);
+            self.subscriptions.insert(name.clone(), grant.clone());
         }
+        step
     }
 
     /// A history channel's epoch and latest offset, when this node has its window.

@@ -34,10 +34,10 @@ use tokio::time::Instant;
 
 use crate::channels::ChannelName;
 use crate::limits::ConnectionLimits;
-pub use channels::{Loaded, Older, Recover};
+pub use channels::{Loaded, Older, Recover, StreamStep};
 pub use delivery::{Delivery, Form};
 pub use mailbox::{Control, Inbound, MAILBOX_BUFFER, Mailbox};
-pub use membership::{Fell, Membership, StreamStep, WindowLoad};
+pub use membership::{Fell, Membership, WindowLoad};
 pub use registry::{ConnectionCounts, Kick, OpenConnection};
 pub use streams::MAX_WINDOW;
 pub use watch::ChannelWatch;
