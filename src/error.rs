@@ -23,6 +23,16 @@ pub enum ApiError {
     OriginNotAllowed,
     #[error("this endpoint only accepts WebSocket upgrades ({0})")]
     NotWebSocket(String),
+    #[error("this endpoint answers with an event stream: send `Accept: text/event-stream`")]
+    NotEventStream,
+    #[error("no open SSE session has this id; open a new stream")]
+    UnknownSession,
+    #[error("the request's seq skips ahead: the next one is {expected}")]
+    OutOfOrder { expected: u64 },
+    #[error("the session's inbox is full; send the same request again shortly")]
+    SessionBusy,
+    #[error("the request body is over MAX_MESSAGE_BYTES (16 KiB before authentication)")]
+    MessagesTooLarge,
     #[error("CORS preflight refused: this origin, method or header is not allowed")]
     CorsRejected,
     /// MongoDB did not answer (the code keeps its first name, `store_unavailable`).
@@ -94,6 +104,11 @@ impl ApiError {
             ApiError::OriginNotAllowed => "origin_not_allowed",
             ApiError::NotWebSocket(_) => "not_websocket",
             ApiError::CorsRejected => "cors_rejected",
+            ApiError::NotEventStream => "not_event_stream",
+            ApiError::UnknownSession => "unknown_session",
+            ApiError::OutOfOrder { .. } => "out_of_order",
+            ApiError::SessionBusy => "session_busy",
+            ApiError::MessagesTooLarge => "body_too_large",
             ApiError::DatabaseUnavailable => "store_unavailable",
             ApiError::Draining => "draining",
             ApiError::RateLimited(_) => "rate_limited",
@@ -124,6 +139,11 @@ impl ResponseError for ApiError {
             ApiError::MissingTicket | ApiError::InvalidTicket => StatusCode::UNAUTHORIZED,
             ApiError::OriginNotAllowed => StatusCode::FORBIDDEN,
             ApiError::NotWebSocket(_) | ApiError::CorsRejected => StatusCode::BAD_REQUEST,
+            ApiError::NotEventStream => StatusCode::NOT_ACCEPTABLE,
+            ApiError::UnknownSession => StatusCode::NOT_FOUND,
+            ApiError::OutOfOrder { .. } => StatusCode::CONFLICT,
+            ApiError::SessionBusy => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::MessagesTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::DatabaseUnavailable | ApiError::AtCapacity | ApiError::Draining => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -161,7 +181,7 @@ impl ResponseError for ApiError {
                 response
                     .insert_header((header::WWW_AUTHENTICATE, r#"Bearer error="invalid_token""#));
             }
-            ApiError::DatabaseUnavailable | ApiError::Draining => {
+            ApiError::DatabaseUnavailable | ApiError::Draining | ApiError::SessionBusy => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             ApiError::AtCapacity => {

@@ -24,6 +24,7 @@ pub mod protocol;
 pub mod routes;
 pub mod session;
 pub mod shutdown;
+pub mod sse;
 pub mod startup;
 pub mod store;
 pub mod ticket;

@@ -5,7 +5,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::hub::{ChannelStats, ConnectionCounts};
+use crate::hub::{ChannelStats, ConnectionCounts, TransportKind};
 
 pub struct Metrics {
     registry: Registry,
@@ -103,8 +103,8 @@ impl Metrics {
             counter
         };
         let connections = IntGaugeVec::new(
-            Opts::new("connections", "Open WebSocket connections"),
-            &["state"],
+            Opts::new("connections", "Open connections by state and transport"),
+            &["state", "transport"],
         )
         .expect("a valid metric");
         registry
@@ -288,15 +288,22 @@ impl Metrics {
     }
 
     /// The text exposition format, with the connection and channel gauges as of now.
-    pub fn render(&self, counts: ConnectionCounts, channels: ChannelStats) -> String {
+    pub fn render(
+        &self,
+        counts: &[(TransportKind, ConnectionCounts)],
+        channels: ChannelStats,
+    ) -> String {
         self.channels.set(channels.channels as i64);
         self.subscriptions.set(channels.subscriptions as i64);
-        self.connections
-            .with_label_values(&["authenticated"])
-            .set(counts.authenticated as i64);
-        self.connections
-            .with_label_values(&["unauthenticated"])
-            .set(counts.unauthenticated as i64);
+        for (transport, counts) in counts {
+            let transport = transport.as_str();
+            self.connections
+                .with_label_values(&["authenticated", transport])
+                .set(counts.authenticated as i64);
+            self.connections
+                .with_label_values(&["unauthenticated", transport])
+                .set(counts.unauthenticated as i64);
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

@@ -81,9 +81,19 @@ impl OriginPolicy {
     /// answers preflights and adds the response headers for allowed origins. Requests from
     /// other origins are not blocked here but by the handler, with a JSON 403 like `/demo`'s.
     pub fn cors(&self) -> Cors {
+        self.cors_for("GET", header::AUTHORIZATION)
+    }
+
+    /// The same policy for `POST /sse/messages`, which sends `Content-Type: application/json`
+    /// (so browsers preflight it too).
+    pub fn cors_for_posts(&self) -> Cors {
+        self.cors_for("POST", header::CONTENT_TYPE)
+    }
+
+    fn cors_for(&self, method: &'static str, request_header: header::HeaderName) -> Cors {
         let cors = Cors::default()
-            .allowed_methods(["GET"])
-            .allowed_headers([header::AUTHORIZATION])
+            .allowed_methods([method])
+            .allowed_headers([request_header])
             .max_age(600)
             .block_on_origin_mismatch(false);
         match self {

@@ -210,6 +210,15 @@ pub enum ServerMessage<'a> {
         epoch: Option<&'a str>,
         data: &'a RawValue,
     },
+    /// SSE only, first on the stream: the id the client's `POST /sse/messages` names.
+    Session {
+        session: &'a str,
+    },
+    /// SSE only, last on the stream: the close code and reason a WebSocket would get.
+    Close {
+        code: u16,
+        reason: &'a str,
+    },
     Authenticated {
         user_id: &'a str,
         expires_at: u64,

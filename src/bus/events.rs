@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::NodeId;
+use super::forward::Post;
 use crate::channels::{ChannelName, HistoryOptions, NamespaceOptions};
-use crate::hub::{Control, Hub, Kick};
+use crate::hub::{Control, Hub, Kick, Posted};
 use crate::protocol::{self, EncodedMessage, PresenceClient};
 
 /// What the server API (or the demo broadcaster) asks the bus to do.
@@ -46,6 +47,18 @@ pub enum Command {
     Unsubscribe {
         user_id: String,
         channel: ChannelName,
+    },
+    /// A client's request for a connection held by node `to` (`crate::bus::forward`).
+    Post {
+        to: String,
+        request: u64,
+        post: Post,
+    },
+    /// Node `to`'s request number `request` was applied so.
+    PostAnswer {
+        to: String,
+        request: u64,
+        posted: Posted,
     },
 }
 
@@ -92,6 +105,23 @@ pub enum Event {
     Unsubscribe {
         user_id: String,
         channel: String,
+    },
+    /// Handled by `crate::bus::forward` before delivery: a client's request for the inbox of
+    /// session `session` on node `to`, from node `from`.
+    Post {
+        to: String,
+        from: String,
+        request: u64,
+        session: String,
+        seq: u64,
+        messages: Vec<String>,
+        body_bytes: u64,
+    },
+    /// Handled by `crate::bus::forward` before delivery: the answer to node `to`'s request.
+    PostAnswer {
+        to: String,
+        request: u64,
+        posted: Posted,
     },
 }
 
@@ -161,6 +191,8 @@ impl Event {
             Event::ChannelMessage { .. } => "channel_message",
             Event::Subscribe { .. } => "subscribe",
             Event::Unsubscribe { .. } => "unsubscribe",
+            Event::Post { .. } => "post",
+            Event::PostAnswer { .. } => "post_answer",
         }
     }
 
@@ -212,6 +244,8 @@ impl Event {
                 Ok(channel) => hub.control_user(&user_id, &Control::Unsubscribe(channel)),
                 Err(_) => 0,
             },
+            // Forwarding's own (`Forwarding::intercept`), never delivered to connections.
+            Event::Post { .. } | Event::PostAnswer { .. } => 0,
         }
     }
 }
@@ -301,6 +335,24 @@ impl Sequencer {
             Command::Unsubscribe { user_id, channel } => Event::Unsubscribe {
                 user_id,
                 channel: channel.as_str().to_owned(),
+            },
+            Command::Post { to, request, post } => Event::Post {
+                to,
+                from: self.node.as_str().to_owned(),
+                request,
+                session: post.session,
+                seq: post.seq,
+                messages: post.messages.iter().map(|m| m.to_string()).collect(),
+                body_bytes: post.body_bytes as u64,
+            },
+            Command::PostAnswer {
+                to,
+                request,
+                posted,
+            } => Event::PostAnswer {
+                to,
+                request,
+                posted,
             },
         };
         Stamped {

@@ -7,6 +7,7 @@
 
 mod appends;
 mod events;
+pub mod forward;
 mod stream;
 mod writer;
 
@@ -17,11 +18,13 @@ use mongodb::Database;
 use tokio::sync::{mpsc, oneshot};
 
 pub use events::{Command, Event, EventDocument, Sequencer, StreamPublication};
+pub use forward::Post;
+use forward::{FORWARD_PATIENCE, Forwarding};
 
 use crate::channels::{ChannelName, HistoryOptions};
 use crate::db::collections::{CHANNEL_HISTORY, CLUSTER_EVENTS};
 use crate::db::{Bounds, Unavailable};
-use crate::hub::Hub;
+use crate::hub::{Hub, Posted};
 use crate::metrics::Metrics;
 use crate::store::cluster_events::ClusterEvents;
 use crate::store::{HistoryPage, HistoryQuery, HistoryStore, MemoryHistory, MongoHistory};
@@ -111,6 +114,7 @@ struct LocalRoute {
 pub struct Bus {
     hub: Arc<Hub>,
     node: NodeInfo,
+    forwarding: Arc<Forwarding>,
     /// Unset until MongoDB's topology is known; commands meanwhile answer "unavailable".
     route: OnceLock<Route>,
 }
@@ -120,6 +124,7 @@ impl Bus {
     /// [`start_on_mongodb`].
     pub fn new(hub: Arc<Hub>, node: NodeInfo) -> Arc<Self> {
         Arc::new(Bus {
+            forwarding: Arc::new(Forwarding::new(node.id.clone(), Arc::clone(&hub))),
             hub,
             node,
             route: OnceLock::new(),
@@ -191,6 +196,40 @@ impl Bus {
         }
     }
 
+    /// Applies a client's request to the inbox of `post.session` on `node`: here at once, or
+    /// forwarded through the cluster to the node that holds it, answered once that node has
+    /// applied it. A node that does not answer within [`FORWARD_PATIENCE`] holds no such
+    /// session.
+    pub async fn post(&self, node: &str, post: Post) -> Result<Posted, Unavailable> {
+        if node == self.node.id.as_str() {
+            let Post {
+                session,
+                seq,
+                messages,
+                body_bytes,
+            } = post;
+            return Ok(self.hub.inboxes().post(&session, seq, messages, body_bytes));
+        }
+        match self.route.get() {
+            None => Err(Unavailable("the cluster bus is waiting for MongoDB".into())),
+            // One node is the whole cluster: no other node holds anything.
+            Some(Route::Local(_)) => Ok(Posted::Unknown),
+            Some(Route::Cluster { .. }) => {
+                let (request, answer, _waiting) = self.forwarding.wait_for_answer();
+                let command = Command::Post {
+                    to: node.to_owned(),
+                    request,
+                    post,
+                };
+                self.send(command).await?;
+                match tokio::time::timeout(FORWARD_PATIENCE, answer).await {
+                    Ok(Ok(posted)) => Ok(posted),
+                    Ok(Err(_)) | Err(_) => Ok(Posted::Unknown),
+                }
+            }
+        }
+    }
+
     /// Where history is read from: in process on one node, MongoDB in a cluster.
     pub fn history(&self) -> Result<HistoryStore, Unavailable> {
         match self.route.get() {
@@ -240,14 +279,16 @@ pub async fn start_on_mongodb(
     }
     // Open the stream before accepting commands, so this node sees its own first event.
     let opened = stream::open(db, None, bounds.timeout).await?;
+    let (queue, outgoing) = mpsc::channel(writer::QUEUE);
+    bus.forwarding.answer_through(queue.clone());
     let follower = stream::Follower::new(
         db.clone(),
         Arc::clone(&bus.hub),
+        Arc::clone(&bus.forwarding),
         Arc::clone(metrics),
         bounds.timeout,
     );
     tokio::spawn(follower.run(opened));
-    let (queue, outgoing) = mpsc::channel(writer::QUEUE);
     let history = Arc::new(MongoHistory::new(db, bounds.clone()));
     let writer = writer::Writer {
         events: ClusterEvents::new(db, bounds.clone()),

@@ -16,6 +16,7 @@ use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
 use mongodb::error::{Error, ErrorKind};
 
 use super::appends::appended_in;
+use super::forward::Forwarding;
 use super::{Event, EventDocument, StreamPublication};
 use crate::db::Unavailable;
 use crate::db::collections::{CHANNEL_HISTORY, CLUSTER_EVENTS};
@@ -80,6 +81,8 @@ fn history_lost(e: &Error) -> bool {
 pub struct Follower {
     db: Database,
     hub: Arc<Hub>,
+    /// Takes the forwarded client requests and their answers out of the stream.
+    forwarding: Arc<Forwarding>,
     metrics: Arc<Metrics>,
     timeout: Duration,
     /// The last event number delivered per publishing node: an event at or below it is a
@@ -89,10 +92,17 @@ pub struct Follower {
 }
 
 impl Follower {
-    pub fn new(db: Database, hub: Arc<Hub>, metrics: Arc<Metrics>, timeout: Duration) -> Self {
+    pub fn new(
+        db: Database,
+        hub: Arc<Hub>,
+        forwarding: Arc<Forwarding>,
+        metrics: Arc<Metrics>,
+        timeout: Duration,
+    ) -> Self {
         Follower {
             db,
             hub,
+            forwarding,
             metrics,
             timeout,
             delivered: HashMap::new(),
@@ -240,6 +250,8 @@ impl Follower {
             .cluster_events_delivered
             .with_label_values(&[event.kind()])
             .inc();
-        event.deliver(&self.hub);
+        if let Some(event) = self.forwarding.intercept(event) {
+            event.deliver(&self.hub);
+        }
     }
 }

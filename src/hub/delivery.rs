@@ -16,9 +16,11 @@ pub enum Form {
     WebSocketText = 0,
     /// A WebSocket text frame compressed with permessage-deflate.
     WebSocketDeflate = 1,
+    /// A Server-Sent Events event: one `data:` line, then a blank line.
+    ServerSentEvent = 2,
 }
 
-const FORMS: usize = 2;
+const FORMS: usize = 3;
 
 /// One server message for any number of connections. Cloning it is two reference-count bumps.
 #[derive(Debug, Clone)]

@@ -19,6 +19,7 @@
 
 mod channels;
 pub mod delivery;
+pub mod inbox;
 pub mod mailbox;
 mod membership;
 mod registry;
@@ -36,6 +37,7 @@ use crate::channels::ChannelName;
 use crate::limits::ConnectionLimits;
 pub use channels::{Loaded, Older, Recover, StreamStep};
 pub use delivery::{Delivery, Form};
+pub use inbox::{Inbox, InboxGuard, Inboxes, Posted};
 pub use mailbox::{Control, Inbound, MAILBOX_BUFFER, Mailbox};
 pub use membership::{Fell, Membership, WindowLoad};
 pub use registry::{ConnectionCounts, Kick, OpenConnection};
@@ -58,6 +60,26 @@ impl std::fmt::Display for ConnectionId {
     }
 }
 
+/// The transports a connection can be on. The hub counts connections by transport; only the
+/// transports themselves know what they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    WebSocket = 0,
+    ServerSentEvents = 1,
+}
+
+impl TransportKind {
+    pub const ALL: [TransportKind; 2] = [TransportKind::WebSocket, TransportKind::ServerSentEvents];
+
+    /// The name in metrics labels, lifecycle events and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::WebSocket => "websocket",
+            TransportKind::ServerSentEvents => "sse",
+        }
+    }
+}
+
 /// How many channels have a subscriber on this node, and how many subscriptions there are.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ChannelStats {
@@ -70,6 +92,7 @@ pub struct Hub {
     registry: registry::Registry,
     channels: channels::ChannelTable,
     token_jtis: token_index::TokenIndex,
+    inboxes: Arc<Inboxes>,
 }
 
 impl Hub {
@@ -80,7 +103,13 @@ impl Hub {
             registry: registry::Registry::new(limits),
             channels: channels::ChannelTable::default(),
             token_jtis: token_index::TokenIndex::default(),
+            inboxes: Arc::default(),
         })
+    }
+
+    /// The inboxes of this node's connections whose clients send over HTTP.
+    pub fn inboxes(&self) -> &Arc<Inboxes> {
+        &self.inboxes
     }
 
     /// Queues a broadcast for every authenticated connection; returns how many there are.
@@ -196,6 +225,11 @@ impl Hub {
         self.registry.counts()
     }
 
+    /// Open connections on one transport.
+    pub fn counts_on(&self, transport: TransportKind) -> ConnectionCounts {
+        self.registry.counts_on(transport)
+    }
+
     /// Connections in the broadcast pipeline.
     pub fn authenticated_count(&self) -> usize {
         self.counts().authenticated
@@ -245,7 +279,7 @@ mod tests {
     #[tokio::test]
     async fn members_receive_broadcasts_in_seq_order_and_leave_on_drop() {
         let hub = Hub::new(ConnectionLimits::UNLIMITED);
-        let conn = hub.try_open("alice").unwrap();
+        let conn = hub.try_open("alice", TransportKind::WebSocket).unwrap();
         assert_eq!(
             hub.counts(),
             ConnectionCounts {
@@ -282,7 +316,7 @@ mod tests {
     #[tokio::test]
     async fn what_is_waiting_comes_in_one_batch_in_order() {
         let hub = Hub::new(ConnectionLimits::UNLIMITED);
-        let conn = hub.try_open("alice").unwrap();
+        let conn = hub.try_open("alice", TransportKind::WebSocket).unwrap();
         let mut member = hub.join(&conn, None);
         for i in 0..5 {
             hub.broadcast(&frame(&i.to_string()));
@@ -299,7 +333,7 @@ mod tests {
     #[tokio::test]
     async fn a_lagging_member_is_told_how_much_it_missed() {
         let hub = Hub::new(ConnectionLimits::UNLIMITED);
-        let conn = hub.try_open("slow").unwrap();
+        let conn = hub.try_open("slow", TransportKind::WebSocket).unwrap();
         let mut member = hub.join(&conn, None);
         for _ in 0..BROADCAST_BUFFER + 5 {
             hub.broadcast(&frame("0"));
@@ -314,11 +348,11 @@ mod tests {
     async fn user_messages_reach_only_that_users_authenticated_connections() {
         let hub = Hub::new(ConnectionLimits::UNLIMITED);
         let (a1, a2, b) = (
-            hub.try_open("alice").unwrap(),
-            hub.try_open("alice").unwrap(),
-            hub.try_open("bob").unwrap(),
+            hub.try_open("alice", TransportKind::WebSocket).unwrap(),
+            hub.try_open("alice", TransportKind::WebSocket).unwrap(),
+            hub.try_open("bob", TransportKind::WebSocket).unwrap(),
         );
-        let _waiting = hub.try_open("alice").unwrap();
+        let _waiting = hub.try_open("alice", TransportKind::WebSocket).unwrap();
         let (mut m1, mut m2, mut mb) =
             (hub.join(&a1, None), hub.join(&a2, None), hub.join(&b, None));
         assert_eq!(hub.send_to_user("alice", &frame("hi")), 2);
@@ -335,7 +369,7 @@ mod tests {
     #[tokio::test]
     async fn user_messages_keep_their_order_and_an_overflowing_mailbox_ends_the_member() {
         let hub = Hub::new(ConnectionLimits::UNLIMITED);
-        let conn = hub.try_open("alice").unwrap();
+        let conn = hub.try_open("alice", TransportKind::WebSocket).unwrap();
         let mut member = hub.join(&conn, None);
         for i in 0..MAILBOX_BUFFER {
             assert_eq!(hub.send_to_user("alice", &frame(&i.to_string())), 1);
@@ -362,7 +396,7 @@ mod tests {
     #[tokio::test]
     async fn a_message_sent_while_the_member_waits_wakes_it() {
         let hub = Hub::new(ConnectionLimits::UNLIMITED);
-        let conn = hub.try_open("alice").unwrap();
+        let conn = hub.try_open("alice", TransportKind::WebSocket).unwrap();
         let mut member = hub.join(&conn, None);
         let waiting =
             tokio::spawn(async move { next_delivery(&mut member).await.unwrap().message });
@@ -378,9 +412,9 @@ mod tests {
     #[tokio::test]
     async fn kicks_reach_users_jtis_and_everyone() {
         let hub = Hub::new(ConnectionLimits::UNLIMITED);
-        let mut alice = hub.try_open("alice").unwrap();
-        let mut pending = hub.try_open("alice").unwrap();
-        let mut bob = hub.try_open("bob").unwrap();
+        let mut alice = hub.try_open("alice", TransportKind::WebSocket).unwrap();
+        let mut pending = hub.try_open("alice", TransportKind::WebSocket).unwrap();
+        let mut bob = hub.try_open("bob", TransportKind::WebSocket).unwrap();
         let member = hub.join(&bob, Some("jti-1"));
         assert_eq!(hub.kick_user("alice", Kick::Disconnected), 2);
         assert_eq!(alice.kicked().await, Kick::Disconnected);
@@ -398,20 +432,20 @@ mod tests {
             max_total: 3,
             max_per_user: 2,
         });
-        let a1 = hub.try_open("alice").unwrap();
-        let _a2 = hub.try_open("alice").unwrap();
+        let a1 = hub.try_open("alice", TransportKind::WebSocket).unwrap();
+        let _a2 = hub.try_open("alice", TransportKind::WebSocket).unwrap();
         assert_eq!(
-            hub.try_open("alice").err(),
+            hub.try_open("alice", TransportKind::WebSocket).err(),
             Some(ConnectionRefused::UserLimit)
         );
-        let _b1 = hub.try_open("bob").unwrap();
+        let _b1 = hub.try_open("bob", TransportKind::WebSocket).unwrap();
         assert_eq!(
-            hub.try_open("carol").err(),
+            hub.try_open("carol", TransportKind::WebSocket).err(),
             Some(ConnectionRefused::Capacity)
         );
         drop(a1);
         assert_eq!(hub.open_count_of("alice"), 1);
-        let _a3 = hub.try_open("alice").unwrap();
+        let _a3 = hub.try_open("alice", TransportKind::WebSocket).unwrap();
         assert_eq!(hub.open_count(), 3);
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::mailbox::{Control, Inbound, Mailbox};
-use super::{ConnectionId, Hub, lock};
+use super::{ConnectionId, Hub, TransportKind, lock};
 use crate::limits::{ConnectionLimits, ConnectionRefused};
 
 /// A server-side decision to close a connection.
@@ -45,6 +45,7 @@ pub(super) enum Stage {
 struct Entry {
     doorbell: Arc<Doorbell>,
     stage: Stage,
+    transport: TransportKind,
 }
 
 /// How a kick reaches a connection's task: the last kick, and a wake-up. A few dozen bytes
@@ -91,6 +92,14 @@ impl Doorbell {
 struct Connections {
     entries: HashMap<ConnectionId, Entry>,
     by_user: HashMap<Arc<str>, UserConnections>,
+    authenticated: usize,
+    /// Open and authenticated connections per transport, indexed by [`TransportKind`].
+    per_transport: [Tally; TransportKind::ALL.len()],
+}
+
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    open: usize,
     authenticated: usize,
 }
 
@@ -172,7 +181,11 @@ impl Registry {
     }
 
     /// Takes a slot for `user`, within the limits.
-    fn open(&self, user: &Arc<str>) -> Result<(ConnectionId, Arc<Doorbell>), ConnectionRefused> {
+    fn open(
+        &self,
+        user: &Arc<str>,
+        transport: TransportKind,
+    ) -> Result<(ConnectionId, Arc<Doorbell>), ConnectionRefused> {
         let mut connections = lock(&self.connections);
         if connections.entries.len() >= self.limits.max_total {
             return Err(ConnectionRefused::Capacity);
@@ -190,8 +203,10 @@ impl Registry {
         let entry = Entry {
             doorbell: Arc::clone(&doorbell),
             stage: Stage::Unauthenticated,
+            transport,
         };
         connections.entries.insert(id, entry);
+        connections.per_transport[transport as usize].open += 1;
         match connections.by_user.get_mut(user) {
             Some(ids) => ids.add(id),
             None => {
@@ -205,10 +220,13 @@ impl Registry {
 
     fn close(&self, id: ConnectionId, user: &str) {
         let mut connections = lock(&self.connections);
-        if let Some(entry) = connections.entries.remove(&id)
-            && matches!(entry.stage, Stage::Authenticated { .. })
-        {
-            connections.authenticated -= 1;
+        if let Some(entry) = connections.entries.remove(&id) {
+            let tally = &mut connections.per_transport[entry.transport as usize];
+            tally.open -= 1;
+            if matches!(entry.stage, Stage::Authenticated { .. }) {
+                tally.authenticated -= 1;
+                connections.authenticated -= 1;
+            }
         }
         if let Some(ids) = connections.by_user.get_mut(user)
             && !ids.remove(id)
@@ -226,9 +244,16 @@ impl Registry {
         let was = matches!(entry.stage, Stage::Authenticated { .. });
         let is = matches!(stage, Stage::Authenticated { .. });
         entry.stage = stage;
+        let transport = entry.transport as usize;
         match (was, is) {
-            (false, true) => connections.authenticated += 1,
-            (true, false) => connections.authenticated -= 1,
+            (false, true) => {
+                connections.authenticated += 1;
+                connections.per_transport[transport].authenticated += 1;
+            }
+            (true, false) => {
+                connections.authenticated -= 1;
+                connections.per_transport[transport].authenticated -= 1;
+            }
             _ => {}
         }
     }
@@ -302,6 +327,15 @@ impl Registry {
         }
     }
 
+    pub fn counts_on(&self, transport: TransportKind) -> ConnectionCounts {
+        let tally = lock(&self.connections).per_transport[transport as usize];
+        ConnectionCounts {
+            total: tally.open,
+            authenticated: tally.authenticated,
+            unauthenticated: tally.open - tally.authenticated,
+        }
+    }
+
     pub fn open_count_of(&self, user_id: &str) -> usize {
         lock(&self.connections)
             .by_user
@@ -320,10 +354,15 @@ fn kick_each<'a>(entries: impl Iterator<Item = &'a Entry>, kick: Kick) -> usize 
 }
 
 impl Hub {
-    /// Takes a connection slot for `user_id`, within the limits, until the guard is dropped.
-    pub fn try_open(self: &Arc<Self>, user_id: &str) -> Result<OpenConnection, ConnectionRefused> {
+    /// Takes a connection slot for `user_id` on `transport`, within the limits (which count
+    /// every transport together), until the guard is dropped.
+    pub fn try_open(
+        self: &Arc<Self>,
+        user_id: &str,
+        transport: TransportKind,
+    ) -> Result<OpenConnection, ConnectionRefused> {
         let user: Arc<str> = Arc::from(user_id);
-        let (id, doorbell) = self.registry.open(&user)?;
+        let (id, doorbell) = self.registry.open(&user, transport)?;
         Ok(OpenConnection {
             hub: Arc::clone(self),
             id,

@@ -363,14 +363,7 @@ mod tests {
         );
         assert!(
             metrics
-                .render(
-                    crate::hub::ConnectionCounts {
-                        total: 0,
-                        authenticated: 0,
-                        unauthenticated: 0
-                    },
-                    Default::default()
-                )
+                .render(&[], Default::default())
                 .contains("ticketgate_lifecycle_events_shed_total 3")
         );
     }

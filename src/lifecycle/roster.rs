@@ -21,6 +21,8 @@ pub struct ConnectionView {
     /// Unix milliseconds of its authentication.
     pub connected_at: u64,
     pub client_ip: Option<String>,
+    /// `websocket` or `sse`.
+    pub transport: String,
     pub subscriptions: BTreeSet<String>,
 }
 
@@ -34,7 +36,11 @@ impl Roster {
     pub fn apply(&mut self, event: &Event) {
         let connections = self.by_user.entry(event.user_id.clone()).or_default();
         match &event.kind {
-            EventKind::Connect { client_ip, .. } => {
+            EventKind::Connect {
+                client_ip,
+                transport,
+                ..
+            } => {
                 connections.insert(
                     event.connection_id.clone(),
                     ConnectionView {
@@ -42,6 +48,7 @@ impl Roster {
                         node: event.node.clone(),
                         connected_at: event.time,
                         client_ip: client_ip.map(|ip| ip.to_string()),
+                        transport: transport.clone(),
                         subscriptions: BTreeSet::new(),
                     },
                 );
@@ -144,6 +151,7 @@ mod tests {
         let connect = |ip: &str| EventKind::Connect {
             jti: None,
             client_ip: Some(ip.parse().unwrap()),
+            transport: "sse".into(),
         };
         let subscribe = |c: &str| EventKind::Subscribe { channel: c.into() };
         for e in [

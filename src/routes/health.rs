@@ -5,6 +5,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use super::AppState;
+use crate::hub::TransportKind;
 
 /// The process is alive and serving HTTP.
 pub async fn healthz() -> HttpResponse {
@@ -38,10 +39,8 @@ pub async fn openapi() -> HttpResponse {
 /// Prometheus text exposition format.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let hub = &state.session.hub;
-    let body = state
-        .session
-        .metrics
-        .render(hub.counts(), hub.channel_stats());
+    let counts = TransportKind::ALL.map(|transport| (transport, hub.counts_on(transport)));
+    let body = state.session.metrics.render(&counts, hub.channel_stats());
     HttpResponse::Ok()
         .content_type(ContentType(
             "text/plain; version=0.0.4; charset=utf-8"

@@ -7,6 +7,8 @@ pub mod channel_api;
 mod console;
 mod health;
 mod mint;
+mod opening;
+mod sse;
 mod static_files;
 mod upgrade;
 
@@ -74,6 +76,20 @@ pub fn configure(
             .default_service(web::to(|| method_not_allowed("GET"))),
     )
     .service(
+        web::resource("/sse")
+            .wrap(origins.cors())
+            .wrap(ErrorHandlers::new().handler(StatusCode::BAD_REQUEST, cors_rejection_as_json))
+            .route(web::get().to(sse::open_stream))
+            .default_service(web::to(|| method_not_allowed("GET"))),
+    )
+    .service(
+        web::resource("/sse/messages")
+            .wrap(origins.cors_for_posts())
+            .wrap(ErrorHandlers::new().handler(StatusCode::BAD_REQUEST, cors_rejection_as_json))
+            .route(web::post().to(sse::post_messages))
+            .default_service(web::to(|| method_not_allowed("POST"))),
+    )
+    .service(
         // No HEAD: a HEAD cannot upgrade (RFC 6455 asks for GET), and minting above has an
         // effect whose result a HEAD answer could not carry.
         web::resource("/demo")
@@ -137,6 +153,16 @@ pub async fn refuse_ambiguous_headers(
 fn cors_rejection_as_json<B>(
     response: ServiceResponse<B>,
 ) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    // The handlers' own 400s are JSON already.
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(
+            response.map_into_left_body(),
+        ));
+    }
     let (request, _) = response.into_parts();
     let json = ServiceResponse::new(request, ApiError::CorsRejected.error_response());
     Ok(ErrorHandlerResponse::Response(json.map_into_right_body()))

@@ -4,11 +4,10 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::AppState;
+use super::opening::Opening;
 use crate::error::ApiError;
-use crate::limits::ConnectionRefused;
+use crate::hub::TransportKind;
 use crate::session;
-use crate::store::RedeemError;
-use crate::ticket::{PresentedTicket, redact};
 use crate::wire::deflate::{self, Inflater};
 use crate::wire::upgrade::Handoff;
 use crate::wire::{FrameReader, FrameWriter, WebSocket};
@@ -19,25 +18,7 @@ pub async fn upgrade(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let client_ip = state.trusted_proxies.client_ip(&req);
-    if let Some(client) = client_ip {
-        state
-            .rate_limits
-            .check_upgrade(client)
-            .map_err(ApiError::RateLimited)?;
-    }
-    if state.shutdown.is_draining() {
-        return Err(ApiError::Draining);
-    }
-    if !state.origins.allows_request(&req) {
-        return Err(ApiError::OriginNotAllowed);
-    }
-    let metrics = &state.session.metrics;
-    let rejected = |reason: &str| metrics.tickets_rejected.with_label_values(&[reason]).inc();
-    let raw_ticket = ticket_param(req.query_string()).inspect_err(|e| match e {
-        ApiError::MissingTicket => rejected("missing"),
-        _ => rejected("malformed"),
-    })?;
+    let opening = Opening::begin(&req, &state)?;
     // Check the handshake before redeeming, so a request that cannot upgrade does not burn
     // a single-use ticket.
     actix_http::ws::handshake(req.head()).map_err(|e| ApiError::NotWebSocket(e.to_string()))?;
@@ -49,34 +30,7 @@ pub async fn upgrade(
             .filter_map(|value| value.to_str().ok());
         deflate::negotiate(offers).map(|negotiated| (negotiated, threshold))
     });
-    let ticket = PresentedTicket::parse(&raw_ticket).map_err(|_| {
-        log::debug!("malformed ticket {}", redact(&raw_ticket));
-        rejected("malformed");
-        ApiError::InvalidTicket
-    })?;
-    // The connection slot is taken inside the redemption, after the ticket checks out and
-    // before it is consumed: a user at their limit keeps the ticket for later.
-    let hub = &state.session.hub;
-    let (_, open) = state
-        .tickets
-        .redeem_admitting(&ticket, |user_id| hub.try_open(user_id))
-        .await
-        .map_err(|e| match e {
-            RedeemError::Rejected(why) => {
-                log::debug!("ticket {} refused: {why}", redact(&raw_ticket));
-                rejected(why.label());
-                ApiError::InvalidTicket
-            }
-            RedeemError::Unavailable(e) => {
-                log::warn!("redeeming a ticket: {e}");
-                ApiError::DatabaseUnavailable
-            }
-            RedeemError::NotAdmitted(ConnectionRefused::UserLimit) => ApiError::TooManyConnections,
-            RedeemError::NotAdmitted(ConnectionRefused::Capacity) => ApiError::AtCapacity,
-        })?;
-
-    metrics.tickets_consumed.inc();
-    log::info!("{} upgraded for user {}", open.id, open.user_id());
+    let (client_ip, open) = opening.redeem(&state, TransportKind::WebSocket).await?;
     let mut handshake = actix_http::ws::handshake_response(req.head());
     if let Some(protocol) = subprotocol {
         handshake.insert_header((header::SEC_WEBSOCKET_PROTOCOL, protocol));
@@ -124,16 +78,5 @@ fn chosen_subprotocol(req: &HttpRequest) -> Result<Option<&'static str>, ApiErro
         Err(ApiError::NotWebSocket(format!(
             "none of the offered subprotocols is spoken here; offer {SUBPROTOCOL} or none"
         )))
-    }
-}
-
-/// The single `token` query parameter. Several `token` parameters are refused as ambiguous.
-fn ticket_param(query: &str) -> Result<String, ApiError> {
-    let mut tokens = url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == "token");
-    match (tokens.next(), tokens.next()) {
-        (None, _) => Err(ApiError::MissingTicket),
-        (Some((_, v)), None) if v.is_empty() => Err(ApiError::MissingTicket),
-        (Some((_, v)), None) => Ok(v.into_owned()),
-        (Some(_), Some(_)) => Err(ApiError::InvalidTicket),
     }
 }

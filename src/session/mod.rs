@@ -278,6 +278,7 @@ impl<T: Transport> Connection<Unauthenticated, T> {
             EventKind::Connect {
                 jti: verified.jti.clone(),
                 client_ip: self.state.client_ip,
+                transport: T::KIND.as_str().to_owned(),
             },
         );
         let connection = self.open.id;

@@ -217,7 +217,9 @@ mod tests {
             .epoch;
 
         // The first subscriber loads the window (one read) and recovers 2 and 3.
-        let conn = hub.try_open("alice").unwrap();
+        let conn = hub
+            .try_open("alice", crate::hub::TransportKind::WebSocket)
+            .unwrap();
         let mut alice = hub.join(&conn, None);
         let from = |offset| Recover::From {
             epoch: epoch.clone(),
@@ -233,7 +235,9 @@ mod tests {
         assert_eq!(offsets_received(&mut alice, 1).await, [2, 3, 4]);
 
         // The next recovers from the window this node now keeps: no read.
-        let conn = hub.try_open("bob").unwrap();
+        let conn = hub
+            .try_open("bob", crate::hub::TransportKind::WebSocket)
+            .unwrap();
         let mut bob = hub.join(&conn, None);
         let (joined, _) = subscribe_stream(&mut bob, &channel, Grant::Server, from(2), &source)
             .await
@@ -259,7 +263,9 @@ mod tests {
             ),
             (Recover::No, None),
         ] {
-            let conn = hub.try_open("carol").unwrap();
+            let conn = hub
+                .try_open("carol", crate::hub::TransportKind::WebSocket)
+                .unwrap();
             let mut carol = hub.join(&conn, None);
             let (joined, _) = subscribe_stream(
                 &mut carol,

@@ -184,6 +184,9 @@ impl<T: Transport> Connection<Authenticated, T> {
                     if ctx.written(self.transport.probe()).await.is_err() {
                         return Next::Close(CloseReason::ConnectionLost);
                     }
+                    if !T::PROBE_ANSWERED {
+                        self.state.heartbeat.seen(Instant::now());
+                    }
                 }
             }
         }

@@ -30,22 +30,15 @@ pub enum ClientEvent {
     Closed(Option<ClosePayload>),
 }
 
-/// The transports a connection can be on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TransportKind {
-    WebSocket,
-}
-
-impl TransportKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TransportKind::WebSocket => "websocket",
-        }
-    }
-}
+pub use crate::hub::TransportKind;
 
 pub trait Transport {
     const KIND: TransportKind;
+
+    /// Whether the client answers the heartbeat's probe (a WebSocket Pong). Where it cannot
+    /// (an SSE client only reads), a probe the client's socket took counts as its sign of
+    /// life: a client that stops taking writes is then lost through the write deadline.
+    const PROBE_ANSWERED: bool;
 
     /// The next thing the client did. Messages over `max_bytes` end the connection.
     fn next_event(

@@ -43,6 +43,9 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         jti: Option<String>,
         client_ip: Option<IpAddr>,
+        /// `websocket` or `sse` (events recorded before SSE have none: `websocket`).
+        #[serde(default = "websocket")]
+        transport: String,
     },
     Disconnect {
         /// The close code sent; `null` when the socket was simply gone.
@@ -56,6 +59,10 @@ pub enum EventKind {
     Unsubscribe {
         channel: String,
     },
+}
+
+fn websocket() -> String {
+    "websocket".to_owned()
 }
 
 /// An event's id: unique in the cluster, since node ids are.
@@ -88,6 +95,8 @@ pub struct StoredEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -111,15 +120,21 @@ impl From<&Event> for StoredEvent {
             connection_id: event.connection_id.clone(),
             jti: None,
             client_ip: None,
+            transport: None,
             code: None,
             reason: None,
             duration_ms: None,
             channel: None,
         };
         stored.kind = match &event.kind {
-            EventKind::Connect { jti, client_ip } => {
+            EventKind::Connect {
+                jti,
+                client_ip,
+                transport,
+            } => {
                 stored.jti = jti.clone();
                 stored.client_ip = client_ip.map(|ip| ip.to_string());
+                stored.transport = Some(transport.clone());
                 "connect"
             }
             EventKind::Disconnect {
@@ -153,6 +168,7 @@ impl StoredEvent {
             "connect" => EventKind::Connect {
                 jti: self.jti,
                 client_ip: self.client_ip.and_then(|ip| ip.parse().ok()),
+                transport: self.transport.unwrap_or_else(websocket),
             },
             "disconnect" => EventKind::Disconnect {
                 code: self.code.and_then(|c| u16::try_from(c).ok()),
@@ -427,10 +443,12 @@ mod tests {
             EventKind::Connect {
                 jti: Some("j".into()),
                 client_ip: Some("10.0.0.1".parse().unwrap()),
+                transport: "sse".into(),
             },
             EventKind::Connect {
                 jti: None,
                 client_ip: None,
+                transport: "websocket".into(),
             },
             EventKind::Disconnect {
                 code: Some(1000),

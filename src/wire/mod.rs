@@ -11,6 +11,7 @@ pub mod deflate;
 pub mod reader;
 pub mod refusals;
 pub mod server;
+pub mod socket;
 mod transport;
 pub mod upgrade;
 pub mod writer;

@@ -1,7 +1,7 @@
 //! The HTTP server, put together by hand beside the upgrade hook: actix-web's `HttpServer` has
 //! no place for one, so this is actix-http's `HttpService` with the application behind it, the
 //! upgrade service (`upgrade.rs`) for WebSocket upgrades, and every socket wrapped so the
-//! parser's own refusals carry JSON (`refusals.rs`).
+//! parser's own refusals carry JSON and a response can hand the socket on (`socket.rs`).
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{AppConfig, Server, ServiceResponse};
 use tokio::net::TcpStream;
 
-use super::refusals::JsonRefusals;
+use super::socket::Socket;
 use super::upgrade;
 
 /// The server's own clocks.
@@ -66,6 +66,11 @@ where
                 .client_request_timeout(timing.request_timeout)
                 .client_disconnect_timeout(Duration::from_secs(1))
                 .local_addr(local_addr)
+                // Every connection's data carries where a response may hand its socket on
+                // (an SSE stream: `socket.rs`).
+                .on_connect_ext(|socket: &Socket, data| {
+                    data.insert(socket.after_response().clone());
+                })
                 // WebSocket upgrades go through the same application, then take the socket.
                 .upgrade(upgrade::service(app().into_factory()))
                 .finish(map_config(
@@ -74,7 +79,7 @@ where
                 ));
             fn_service(|socket: TcpStream| async move {
                 let peer = socket.peer_addr().ok();
-                Ok::<_, DispatchError>((JsonRefusals::new(socket), Protocol::Http1, peer))
+                Ok::<_, DispatchError>((Socket::new(socket), Protocol::Http1, peer))
             })
             .and_then(http)
         })?

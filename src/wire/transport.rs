@@ -69,6 +69,7 @@ impl From<ReadError> for CloseReason {
 
 impl Transport for WebSocket {
     const KIND: TransportKind = TransportKind::WebSocket;
+    const PROBE_ANSWERED: bool = true;
 
     async fn next_event(&mut self, max_bytes: usize) -> Result<ClientEvent, CloseReason> {
         let read = self.reader.next_message(max_bytes).await;

@@ -18,10 +18,10 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::refusals::JsonRefusals;
+use super::socket::Socket;
 
 /// What actix-http hands to the upgrade service.
-pub type Upgraded = (Request, Framed<JsonRefusals, h1::Codec>);
+pub type Upgraded = (Request, Framed<Socket, h1::Codec>);
 
 /// How long a refused upgrade's client gets to take the response.
 const RESPONSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,6 +36,10 @@ type StartSession = dyn FnOnce(TcpStream, &[u8]);
 impl Handoff {
     pub fn new(start: impl FnOnce(TcpStream, &[u8]) + 'static) -> Self {
         Handoff(Box::new(start))
+    }
+
+    pub(super) fn start(self, socket: TcpStream, early: &[u8]) {
+        (self.0)(socket, early)
     }
 }
 
@@ -84,7 +88,9 @@ where
         read_buf,
         ..
     } = framed.into_parts();
-    let mut socket = io.into_inner();
+    let Some(mut socket) = io.into_tcp() else {
+        return Ok(());
+    };
     let mut out = BytesMut::new();
     match handoff {
         Some(Handoff(start)) if head.status() == StatusCode::SWITCHING_PROTOCOLS => {

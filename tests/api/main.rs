@@ -33,6 +33,7 @@ mod rfc6455;
 mod rpc;
 mod server_api;
 mod session;
+mod sse;
 mod store_conformance;
 mod support;
 mod task_size;

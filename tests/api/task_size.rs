@@ -6,7 +6,9 @@
 
 use tokio::net::{TcpListener, TcpStream};
 
+use ticketgate::hub::TransportKind;
 use ticketgate::session;
+use ticketgate::sse::ServerSentEvents;
 use ticketgate::wire::{FrameReader, FrameWriter, WebSocket};
 
 use crate::support::*;
@@ -26,7 +28,7 @@ async fn a_websocket_connections_task_stays_small() {
     let (server, _) = listener.accept().await.unwrap();
     let (read, write) = server.into_split();
     let transport = WebSocket::new(FrameReader::new(read, &[]), FrameWriter::new(write));
-    let open = app.hub.try_open("alice").unwrap();
+    let open = app.hub.try_open("alice", TransportKind::WebSocket).unwrap();
     let task = session::run(std::sync::Arc::clone(&app.session), open, transport, None);
     let size = std::mem::size_of_val(&task);
     println!("a WebSocket connection's task: {size} bytes");
@@ -34,6 +36,32 @@ async fn a_websocket_connections_task_stays_small() {
         size <= MAX_TASK_BYTES,
         "a WebSocket connection's task is {size} bytes, over {MAX_TASK_BYTES}: something \
          large is held across an .await in session::serve or the transport"
+    );
+    drop((task, client));
+}
+
+#[tokio::test]
+async fn an_sse_connections_task_stays_as_small() {
+    let app = spawn_app(Store::Memory, &[]).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    let inbox = app.hub.inboxes().open("n.0".into(), 16 * 1024);
+    let transport =
+        ServerSentEvents::open(server, inbox, "n.0", std::time::Duration::from_secs(5)).unwrap();
+    let open = app
+        .hub
+        .try_open("alice", TransportKind::ServerSentEvents)
+        .unwrap();
+    let task = session::run(std::sync::Arc::clone(&app.session), open, transport, None);
+    let size = std::mem::size_of_val(&task);
+    println!("an SSE connection's task: {size} bytes");
+    assert!(
+        size <= MAX_TASK_BYTES,
+        "an SSE connection's task is {size} bytes, over {MAX_TASK_BYTES}: something large \
+         is held across an .await in session::serve or the SSE transport"
     );
     drop((task, client));
 }

@@ -1,6 +1,7 @@
 //! What the integration tests share, one concern a module: a throwaway mongod (`mongod`), the
 //! application in process (`app`), a WebSocket client (`ws_client`), the gateway as a process
-//! (`process`), raw HTTP and WebSocket frames for bad input (`raw`), and metrics (`metrics`).
+//! (`process`), raw HTTP and WebSocket frames for bad input (`raw`), an SSE client
+//! (`sse_client`), and metrics (`metrics`).
 //! Tests `use crate::support::*`.
 
 mod app;
@@ -10,6 +11,7 @@ mod metrics;
 mod mongod;
 mod process;
 pub mod raw;
+mod sse_client;
 mod ws_client;
 
 pub use app::*;
@@ -18,6 +20,7 @@ pub use link::CuttableLink;
 pub use metrics::*;
 pub use mongod::*;
 pub use process::*;
+pub use sse_client::*;
 pub use ws_client::*;
 
 use std::net::TcpListener;
