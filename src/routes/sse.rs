@@ -19,8 +19,7 @@ use crate::error::ApiError;
 use crate::hub::{Posted, TransportKind};
 use crate::session::{self, PRE_AUTH_MAX_MESSAGE_BYTES};
 use crate::sse::{ServerSentEvents, SessionId};
-use crate::wire::socket::AfterResponse;
-use crate::wire::upgrade::Handoff;
+use crate::wire::socket::{AfterResponse, Handoff};
 
 /// The most messages one request may carry.
 pub const MAX_MESSAGES_PER_POST: usize = 100;
@@ -56,7 +55,7 @@ pub async fn open_stream(
         .hub
         .inboxes()
         .open(Arc::from(session_id.as_str()), PRE_AUTH_MAX_MESSAGE_BYTES);
-    log::debug!(
+    log::info!(
         "{} is SSE session {}",
         open.id,
         SessionId::redacted(session_id.as_str())

@@ -9,7 +9,7 @@ use crate::error::ApiError;
 use crate::hub::TransportKind;
 use crate::session;
 use crate::wire::deflate::{self, Inflater};
-use crate::wire::upgrade::Handoff;
+use crate::wire::socket::Handoff;
 use crate::wire::{FrameReader, FrameWriter, WebSocket};
 
 /// Answers 101 with a [`Handoff`] that starts the session on the socket; the upgrade hook

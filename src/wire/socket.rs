@@ -21,7 +21,24 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::refusals::JsonRefusals;
-use super::upgrade::Handoff;
+
+/// What to run on a socket once the response is written: left by the application in a 101
+/// response's extensions (`upgrade.rs`), or in the connection's [`AfterResponse`]. Given the
+/// socket and any bytes the client sent after its request (its first frame may already be
+/// here).
+pub struct Handoff(Box<StartSession>);
+
+type StartSession = dyn FnOnce(TcpStream, &[u8]);
+
+impl Handoff {
+    pub fn new(start: impl FnOnce(TcpStream, &[u8]) + 'static) -> Self {
+        Handoff(Box::new(start))
+    }
+
+    pub(super) fn start(self, socket: TcpStream, early: &[u8]) {
+        (self.0)(socket, early)
+    }
+}
 
 /// A connection's socket.
 pub struct Socket {

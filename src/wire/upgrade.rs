@@ -16,8 +16,8 @@ use actix_web::HttpResponse;
 use actix_web::dev::{AppConfig, ServiceResponse};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
+use super::socket::Handoff;
 use super::socket::Socket;
 
 /// What actix-http hands to the upgrade service.
@@ -25,23 +25,6 @@ pub type Upgraded = (Request, Framed<Socket, h1::Codec>);
 
 /// How long a refused upgrade's client gets to take the response.
 const RESPONSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Left by the application in a 101 response's extensions: what to run on the socket. Given
-/// the socket and any bytes the client sent after its request (its first frame may already
-/// be here).
-pub struct Handoff(Box<StartSession>);
-
-type StartSession = dyn FnOnce(TcpStream, &[u8]);
-
-impl Handoff {
-    pub fn new(start: impl FnOnce(TcpStream, &[u8]) + 'static) -> Self {
-        Handoff(Box::new(start))
-    }
-
-    pub(super) fn start(self, socket: TcpStream, early: &[u8]) {
-        (self.0)(socket, early)
-    }
-}
 
 /// The upgrade service for one worker, routing through its own instance of the application.
 pub fn service<F, B>(
@@ -93,10 +76,10 @@ where
     };
     let mut out = BytesMut::new();
     match handoff {
-        Some(Handoff(start)) if head.status() == StatusCode::SWITCHING_PROTOCOLS => {
+        Some(handoff) if head.status() == StatusCode::SWITCHING_PROTOCOLS => {
             codec.encode(Message::Item((head, BodySize::None)), &mut out)?;
             socket.write_all(&out).await?;
-            start(socket, &read_buf);
+            handoff.start(socket, &read_buf);
             Ok(())
         }
         _ => {

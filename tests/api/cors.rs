@@ -1,4 +1,5 @@
-//! CORS on `GET /token/ws`: preflights and response headers follow ALLOWED_ORIGINS.
+//! CORS on `GET /token/ws` and the SSE endpoints: preflights and response headers follow
+//! ALLOWED_ORIGINS.
 
 use reqwest::Method;
 
@@ -102,4 +103,56 @@ async fn a_wildcard_allows_every_origin() {
     let response = cross_origin_get(&app, "https://anywhere.example").await;
     assert_eq!(response.status(), 200);
     assert!(allow_origin(&response).is_some());
+}
+
+/// The SSE endpoints answer a listed origin as `/token/ws` does: the stream with its CORS
+/// headers, and the POST's preflight for `Content-Type`.
+#[tokio::test]
+async fn the_sse_endpoints_follow_the_same_policy() {
+    let app = spawn_app(Store::Memory, &[("ALLOWED_ORIGINS", "https://app.example")]).await;
+    let ticket = app.ticket("alice").await;
+    let stream = open_sse(
+        app.port,
+        &ticket,
+        "Accept: text/event-stream\r\nOrigin: https://app.example\r\n",
+    )
+    .await
+    .expect("a listed origin opens a stream");
+    assert_eq!(
+        header_value(&stream.head, "access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    let preflight = app
+        .http
+        .request(Method::OPTIONS, app.url("/sse/messages"))
+        .header("Origin", "https://app.example")
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(
+        allow_origin(&preflight).as_deref(),
+        Some("https://app.example")
+    );
+    let headers = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(headers.contains("content-type"), "{headers}");
+    // Another origin is refused with the JSON 403.
+    let response = app
+        .http
+        .post(app.url("/sse/messages"))
+        .header("Origin", "https://elsewhere.example")
+        .header("Content-Type", "application/json")
+        .body(r#"{"session":"x","seq":1,"messages":[{}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "origin_not_allowed");
+    drop(stream);
 }

@@ -2,7 +2,7 @@
 //! `POST /sse/messages` carries the client's messages, and the session behind them is the
 //! WebSocket's, message for message.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -489,4 +489,102 @@ async fn a_stream_nobody_reads_is_dropped() {
         0.0
     );
     drop(client);
+}
+
+/// No sticky sessions: a POST may land on any node; the node holding the stream applies it,
+/// once and in order, and the answer waits for it. A session whose stream ended, or whose
+/// node died, is unknown within 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_on_another_node_reaches_the_stream_without_sticky_sessions() {
+    use crate::cluster::Cluster;
+    let mut cluster = tokio::task::block_in_place(|| Cluster::start(&mongo_uri(), 2));
+    let (node1, node2) = (cluster.node(1), cluster.node(2));
+    let base1 = format!("http://127.0.0.1:{}", node1.port);
+    let base2 = format!("http://127.0.0.1:{}", node2.port);
+    let ticket = node1.ticket(&cluster.http, "alice").await;
+    let mut client = open_sse(node1.port, &ticket, ACCEPT).await.unwrap();
+
+    let jwt_message = json!({"type": "jwt", "token": jwt("alice")});
+    assert_eq!(client.post_raw(&base2, 1, &[jwt_message]).await.0, 204);
+    assert_eq!(client.next_json().await["type"], "authenticated");
+    let ping = |id: &str| json!({"type": "ping", "id": id});
+    assert_eq!(client.post_raw(&base2, 2, &[ping("a")]).await.0, 204);
+    // The same request again, through either node: applied once.
+    assert_eq!(client.post_raw(&base1, 2, &[ping("a")]).await.0, 204);
+    assert_eq!(client.post_raw(&base2, 2, &[ping("a")]).await.0, 204);
+    let (status, body) = client.post_raw(&base2, 9, &[ping("x")]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("out_of_order"))
+    );
+    assert_eq!(client.post_raw(&base2, 3, &[ping("b")]).await.0, 204);
+    assert_eq!(client.next_json().await["id"], "a");
+    assert_eq!(client.next_json().await["id"], "b");
+    cluster.broadcast(2, json!("from node 2")).await;
+    assert_eq!(client.next_of("broadcast").await["data"], "from node 2");
+
+    // An id of no shape is unknown at once.
+    drop(client);
+    let (status, _) = post_body(
+        &cluster.http,
+        &base2,
+        &json!({"session": "x", "seq": 1, "messages": [ping("x")]}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 404);
+    // A session, until its stream ends, then unknown through any node within 5 s.
+    let late = |session: String| {
+        let http = cluster.http.clone();
+        let base2 = base2.clone();
+        async move {
+            let started = Instant::now();
+            loop {
+                let body = json!({"session": session, "seq": 1, "messages": [{"type": "ping"}]});
+                let (status, answer) = post_body(&http, &base2, &body.to_string()).await;
+                if status == 404 {
+                    assert_eq!(answer["error"], "unknown_session");
+                    return started.elapsed();
+                }
+                assert_eq!(status, 204, "{answer}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "still known after 5 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let ticket = node1.ticket(&cluster.http, "bob").await;
+    let bob = open_sse(node1.port, &ticket, ACCEPT).await.unwrap();
+    let bob_session = bob.session.clone();
+    drop(bob);
+    let waited = late(bob_session).await;
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+
+    // The node holding a stream dies: its session is unknown within 5 s.
+    let ticket = node1.ticket(&cluster.http, "carol").await;
+    let mut carol = open_sse(node1.port, &ticket, ACCEPT).await.unwrap();
+    let jwt_message = json!({"type": "jwt", "token": jwt("carol")});
+    assert_eq!(carol.post_raw(&base2, 1, &[jwt_message]).await.0, 204);
+    assert_eq!(carol.next_json().await["type"], "authenticated");
+    let carol_session = carol.session.clone();
+    assert!(
+        cluster.node(1).log().contains("is SSE session"),
+        "the session is logged, redacted"
+    );
+    cluster.node(1).signal("KILL");
+    tokio::task::block_in_place(|| cluster.nodes[0].wait_exit(PATIENCE));
+    assert_eq!(carol.next_item_within(PATIENCE).await, SseItem::End);
+    let waited = late(carol_session.clone()).await;
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+
+    for node in [1, 2] {
+        let log = cluster.node(node).log();
+        assert!(!log.contains("ERROR") && !log.contains("panicked"), "{log}");
+        assert!(
+            !log.contains(&carol_session[carol_session.len() - 32..]),
+            "a session id is never logged whole"
+        );
+    }
+    cluster.nodes.remove(0);
 }
