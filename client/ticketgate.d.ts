@@ -3,6 +3,11 @@ export type State = "idle" | "connecting" | "authenticating" | "authenticated" |
 /** The WebSocket subprotocol the client offers and the gateway confirms. */
 export declare const SUBPROTOCOL: "ticketgate.v1";
 export declare const FATAL_CLOSE_CODES: readonly number[];
+/** How long, after a WebSocket failed before opening, reconnects in the page go straight to SSE (10 minutes). */
+export declare const SSE_STICKY_MS: number;
+
+/** `websocket`, or Server-Sent Events with messages sent by POST (docs/PROTOCOL.md, "Transports"). */
+export type Transport = "websocket" | "sse";
 
 export interface Backoff {
   initialMs?: number;
@@ -17,10 +22,26 @@ export interface ClientOptions {
   baseUrl?: string;
   tokenPath?: string;
   socketPath?: string;
+  /** The event stream's path (default `/sse`). */
+  ssePath?: string;
+  /** Where client messages are posted on SSE (default `/sse/messages`). */
+  sseMessagesPath?: string;
+  /**
+   * The transports to use, in order (default `["websocket", "sse"]`): a WebSocket that fails
+   * before it opens (an error, a refused upgrade, no open within `websocketTimeoutMs`) is
+   * replaced at once by SSE with a fresh ticket, and for ten minutes after that every
+   * reconnect in the page goes straight to SSE. Over HTTP/1.1 each SSE tab holds one of the
+   * browser's six connections per origin: serve the gateway over HTTP/2 at the proxy.
+   */
+  transports?: Transport[];
+  /** A WebSocket not open after this long has failed (default 5000). */
+  websocketTimeoutMs?: number;
   pingIntervalMs?: number;
   pongTimeoutMs?: number;
   backoff?: Backoff;
   WebSocket?: unknown;
+  /** An EventSource implementation (browsers have one; Node: the `eventsource` package). */
+  EventSource?: unknown;
   fetch?: typeof fetch;
 }
 
@@ -145,6 +166,8 @@ export interface ClientEvents {
   echo: CustomEvent<{ type: "echo"; data: unknown }>;
   /** The server API subscribed this user to a channel. */
   subscription: CustomEvent<{ subscription: Subscription }>;
+  /** The WebSocket failed before it opened; the client is opening SSE instead. */
+  fallback: CustomEvent<{ from: "websocket"; to: "sse" }>;
 }
 
 export declare class TicketgateClient extends EventTarget {
@@ -152,6 +175,8 @@ export declare class TicketgateClient extends EventTarget {
   readonly state: State;
   readonly userId: string | null;
   readonly expiresAt: number | null;
+  /** The current connection's transport (null before the first). */
+  readonly transport: Transport | null;
   connect(): Promise<{ userId: string; expiresAt: number }>;
   close(code?: number, reason?: string): void;
   echo(data: unknown): void;

@@ -29,6 +29,11 @@
 //
 //   room.addEventListener("subscribed", (e) => e.detail.recovered);   // true, false or undefined
 //   room.addEventListener("resync", () => reloadRoom());
+//
+// Transports: where WebSockets do not get through (a proxy that refuses upgrades), the client
+// falls back to Server-Sent Events with its messages sent by POST (docs/PROTOCOL.md,
+// "Transports"): same API, same events, same recovery. `client.transport` says which is in
+// use. Once the WebSocket failed in a page, reconnects go straight to SSE for ten minutes.
 
 /** The WebSocket subprotocol this client speaks (docs/PROTOCOL.md). */
 export const SUBPROTOCOL = "ticketgate.v1";
@@ -38,10 +43,21 @@ export const FATAL_CLOSE_CODES = Object.freeze([4400, 4401, 4403]);
 
 /** @typedef {"idle"|"connecting"|"authenticating"|"authenticated"|"reconnecting"|"closed"} State */
 
+/** How long, once a WebSocket failed before opening, reconnects go straight to SSE. */
+export const SSE_STICKY_MS = 10 * 60 * 1000;
+
+/** When a WebSocket last failed before opening in this page (shared by its clients). */
+let websocketFailedAt = null;
+
 const DEFAULTS = {
   baseUrl: undefined,
   tokenPath: "/token/ws",
   socketPath: "/demo",
+  ssePath: "/sse",
+  sseMessagesPath: "/sse/messages",
+  transports: ["websocket", "sse"],
+  websocketTimeoutMs: 5000,
+  EventSource: undefined,
   pingIntervalMs: 20000,
   pongTimeoutMs: 10000,
   backoff: { initialMs: 500, maxMs: 30000, factor: 2, jitter: 0.5 },
@@ -153,6 +169,98 @@ export class Subscription extends EventTarget {
   }
 }
 
+/**
+ * An SSE stream and its POSTs behind the part of the WebSocket interface the client uses
+ * (`readyState`, `send`, `close`, `onopen`, `onmessage`, `onclose`), so the client itself
+ * does not care which transport it is on. Messages sent together go in one POST; POSTs go
+ * one at a time, in order, each with the next `seq`, and a POST whose answer was lost (or that
+ * the gateway asked to have again) is repeated with the same `seq`, which applies it once.
+ */
+class SseSocket {
+  constructor(streamUrl, messagesUrl, EventSourceImpl, fetchImpl) {
+    this.readyState = 0;
+    this.messagesUrl = messagesUrl;
+    this.fetchImpl = fetchImpl;
+    this.session = null;
+    this.seq = 0;
+    this.queue = [];
+    this.posting = false;
+    this.onopen = this.onmessage = this.onclose = null;
+    // EventSource would reconnect by itself with the same URL, whose ticket is spent: every
+    // error ends this stream, and the client reconnects with a fresh ticket.
+    const source = new EventSourceImpl(streamUrl);
+    this.source = source;
+    source.onmessage = (event) => {
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      if (message.type === "session" && this.readyState === 0) {
+        this.session = message.session;
+        this.readyState = 1;
+        this.onopen?.();
+      } else if (message.type === "close") {
+        this.#ended(message.code, message.reason);
+      } else {
+        this.onmessage?.({ data: event.data });
+      }
+    };
+    source.onerror = () => this.#ended(1006, "");
+  }
+
+  send(text) {
+    if (this.readyState !== 1) return;
+    this.queue.push(JSON.parse(text));
+    this.#post();
+  }
+
+  close(code = 1000, reason = "") {
+    if (this.readyState >= 2) return;
+    // Like a WebSocket's, the close event comes after close() returns.
+    this.readyState = 2;
+    setTimeout(() => this.#ended(code, reason), 0);
+  }
+
+  async #post() {
+    if (this.posting || this.queue.length === 0 || this.readyState !== 1) return;
+    this.posting = true;
+    const seq = ++this.seq;
+    const body = JSON.stringify({ session: this.session, seq, messages: this.queue.splice(0, 100) });
+    for (let attempt = 0; this.readyState === 1; attempt += 1) {
+      let response = null;
+      try {
+        response = await this.fetchImpl(this.messagesUrl, {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body,
+        });
+      } catch {
+        // Lost on the way, or its answer was: the same seq again is applied once.
+      }
+      if (response?.status === 204) break;
+      const again = response === null || response.status === 429 || response.status === 503;
+      if (!again || attempt >= 5) {
+        // The session is gone (404) or the messages cannot go: this connection is over.
+        this.#ended(1006, `messages refused: ${response?.status ?? "unreachable"}`);
+        break;
+      }
+      const wait = retryAfterMs(response ?? { headers: { get: () => null } }) ?? 250 * 2 ** attempt;
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
+    this.posting = false;
+    this.#post();
+  }
+
+  #ended(code, reason) {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    this.source.close();
+    this.onclose?.({ code, reason });
+  }
+}
+
 export class TicketgateClient extends EventTarget {
   /**
    * @param {object} options
@@ -161,7 +269,10 @@ export class TicketgateClient extends EventTarget {
    * @param {number} [options.pingIntervalMs] app-level ping period (default 20 s)
    * @param {number} [options.pongTimeoutMs] how long to wait for any answer to a ping (10 s)
    * @param {{initialMs?: number, maxMs?: number, factor?: number, jitter?: number}} [options.backoff]
+   * @param {("websocket"|"sse")[]} [options.transports] in the order to try (default both)
+   * @param {number} [options.websocketTimeoutMs] a WebSocket not open by then has failed (5 s)
    * @param {typeof WebSocket} [options.WebSocket] a WebSocket implementation (Node: the `ws` package)
+   * @param {typeof EventSource} [options.EventSource] an EventSource implementation
    * @param {typeof fetch} [options.fetch] a fetch implementation
    */
   constructor(options) {
@@ -173,10 +284,13 @@ export class TicketgateClient extends EventTarget {
     this.baseUrl = this.options.baseUrl || globalThis.location?.origin;
     if (!this.baseUrl) throw new TypeError("baseUrl is required outside a browser page");
     this.WebSocketImpl = this.options.WebSocket || globalThis.WebSocket;
+    this.EventSourceImpl = this.options.EventSource || globalThis.EventSource;
     this.fetchImpl = this.options.fetch || globalThis.fetch.bind(globalThis);
     /** @type {State} */
     this.state = "idle";
     this.socket = null;
+    /** @type {"websocket"|"sse"|null} the transport of the current connection */
+    this.transport = null;
     this.attempt = 0;
     /** How many times the backoff has doubled since the last authentication. */
     this.backoffStep = 0;
@@ -394,19 +508,76 @@ export class TicketgateClient extends EventTarget {
       return;
     }
     if (this.stopped) return;
-    const url = new URL(this.options.socketPath, this.baseUrl);
-    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-    url.searchParams.set("token", ticket);
-    // Offering the subprotocol has the gateway confirm, in its 101, that it speaks this one.
-    const socket = new this.WebSocketImpl(url.toString(), [SUBPROTOCOL]);
+    const transport = this.#chooseTransport();
+    this.transport = transport;
+    const socket = transport === "sse" ? this.#openStream(ticket) : this.#openWebSocket(ticket);
     this.socket = socket;
+    // A WebSocket that does not open in time (a proxy that swallows the upgrade) has failed.
+    const opening = transport === "websocket" && this.#mayFallBack()
+      ? setTimeout(() => this.#websocketFailed(socket), this.options.websocketTimeoutMs)
+      : null;
+    let opened = false;
     socket.onopen = () => {
+      opened = true;
+      clearTimeout(opening);
       this.#setState("authenticating");
       socket.send(JSON.stringify({ type: "jwt", token: jwt }));
     };
     socket.onmessage = (event) => this.#onMessage(event.data);
-    socket.onclose = (event) => this.#onClose(socket, event.code, event.reason);
+    socket.onclose = (event) => {
+      clearTimeout(opening);
+      // Refused, reset or blocked before it opened: try SSE now, with a fresh ticket.
+      if (!opened && transport === "websocket" && this.#mayFallBack()) {
+        this.#websocketFailed(socket);
+        return;
+      }
+      this.#onClose(socket, event.code, event.reason);
+    };
     socket.onerror = () => {}; // the close event follows and carries what matters
+  }
+
+  /** The transport to try now: the first allowed, but SSE for ten minutes after a failed WebSocket. */
+  #chooseTransport() {
+    const allowed = this.options.transports;
+    const recentlyFailed = websocketFailedAt !== null && Date.now() - websocketFailedAt < SSE_STICKY_MS;
+    if (allowed.includes("sse") && (allowed[0] === "sse" || recentlyFailed || !allowed.includes("websocket"))) {
+      return "sse";
+    }
+    return "websocket";
+  }
+
+  #mayFallBack() {
+    return this.options.transports.includes("sse") && Boolean(this.EventSourceImpl);
+  }
+
+  /** The WebSocket failed before it opened: remember it for the page, and open SSE at once. */
+  #websocketFailed(socket) {
+    if (socket !== this.socket) return;
+    websocketFailedAt = Date.now();
+    this.socket = null;
+    socket.onclose = socket.onopen = socket.onmessage = null;
+    try {
+      socket.close();
+    } catch {
+      // not open yet in some implementations
+    }
+    this.#emit("fallback", { from: "websocket", to: "sse" });
+    this.#open();
+  }
+
+  #openWebSocket(ticket) {
+    const url = new URL(this.options.socketPath, this.baseUrl);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    url.searchParams.set("token", ticket);
+    // Offering the subprotocol has the gateway confirm, in its 101, that it speaks this one.
+    return new this.WebSocketImpl(url.toString(), [SUBPROTOCOL]);
+  }
+
+  #openStream(ticket) {
+    const url = new URL(this.options.ssePath, this.baseUrl);
+    url.searchParams.set("token", ticket);
+    const messages = new URL(this.options.sseMessagesPath, this.baseUrl).toString();
+    return new SseSocket(url.toString(), messages, this.EventSourceImpl, this.fetchImpl);
   }
 
   async #fetchTicket(jwt) {

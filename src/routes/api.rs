@@ -133,19 +133,14 @@ struct RevocationBody {
     expires_at: u64,
 }
 
-/// A JSON number with no fractional part, as JSON Schema's `integer` means it: `2014.0` is
-/// one (Schemathesis sends such), `2014.5` and `-1` are not.
+/// Unix seconds as a whole number (`api_io::whole_number`).
 fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     let number = serde_json::Number::deserialize(deserializer)?;
-    if let Some(n) = number.as_u64() {
-        return Ok(n);
-    }
-    match number.as_f64() {
-        Some(f) if f.fract() == 0.0 && (0.0..=MAX_UNIX_SECS as f64).contains(&f) => Ok(f as u64),
-        _ => Err(serde::de::Error::custom(format!(
+    super::api_io::whole_number(&number, MAX_UNIX_SECS).ok_or_else(|| {
+        serde::de::Error::custom(format!(
             "expected a whole number from 0 to {MAX_UNIX_SECS}, got {number}"
-        ))),
-    }
+        ))
+    })
 }
 
 #[derive(Serialize)]

@@ -25,6 +25,18 @@ impl From<JsonPayloadError> for ApiError {
     }
 }
 
+/// A JSON number with no fractional part from 0 to `max`, as JSON Schema's `integer` means
+/// it: `2014.0` is one (Schemathesis sends such), `2014.5` and `-1` are not.
+pub(super) fn whole_number(number: &serde_json::Number, max: u64) -> Option<u64> {
+    if let Some(n) = number.as_u64() {
+        return (n <= max).then_some(n);
+    }
+    match number.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..=max as f64).contains(&f) => Some(f as u64),
+        _ => None,
+    }
+}
+
 /// A request body that is a JSON object, read as `T`. serde reads a struct from a JSON array
 /// too (`["j1", 5]` as `{"jti": "j1", "expires_at": 5}`); the API takes objects only.
 pub struct ObjectBody<T>(pub T);

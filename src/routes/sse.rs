@@ -108,7 +108,8 @@ fn accepts_event_stream(req: &HttpRequest) -> bool {
 #[serde(deny_unknown_fields)]
 struct Envelope {
     session: String,
-    seq: u64,
+    /// A whole number (`4685.0` is one, as JSON Schema's `integer` has it).
+    seq: serde_json::Number,
     messages: Vec<Box<RawValue>>,
 }
 
@@ -186,9 +187,9 @@ fn parse(body: &[u8]) -> Result<Post, ApiError> {
     }
     let envelope: Envelope =
         serde_json::from_slice(body).map_err(|e| bad(format!("the body: {e}")))?;
-    if !(1..=MAX_SEQ).contains(&envelope.seq) {
-        return Err(bad(format!("seq runs from 1 to {MAX_SEQ}")));
-    }
+    let seq = super::api_io::whole_number(&envelope.seq, MAX_SEQ)
+        .filter(|&seq| seq >= 1)
+        .ok_or_else(|| bad(format!("seq is a whole number from 1 to {MAX_SEQ}")))?;
     if envelope.messages.is_empty() || envelope.messages.len() > MAX_MESSAGES_PER_POST {
         return Err(bad(format!(
             "send 1 to {MAX_MESSAGES_PER_POST} messages per request"
@@ -199,7 +200,7 @@ fn parse(body: &[u8]) -> Result<Post, ApiError> {
     }
     Ok(Post {
         session: envelope.session,
-        seq: envelope.seq,
+        seq,
         messages: envelope
             .messages
             .into_iter()
@@ -236,6 +237,8 @@ mod tests {
         let ok = br#"{"session":"n.1","seq":1,"messages":[{"type":"ping"}]}"#;
         let post = parse(ok).unwrap();
         assert_eq!((post.seq, post.messages.len()), (1, 1));
+        let whole = br#"{"session":"n.1","seq":4685.0,"messages":[{}]}"#;
+        assert_eq!(parse(whole).unwrap().seq, 4685);
         for bad in [
             &br#"[1]"#[..],
             br#"{"session":"n.1","seq":0,"messages":[{}]}"#,
@@ -245,6 +248,7 @@ mod tests {
             br#"{"session":"n.1","seq":1,"messages":[{}],"extra":1}"#,
             br#"{"session":"n.1","messages":[{}]}"#,
             br#"{"session":"n.1","seq":-1,"messages":[{}]}"#,
+            br#"{"session":"n.1","seq":1.5,"messages":[{}]}"#,
         ] {
             assert!(parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }

@@ -19,7 +19,7 @@ fn ensure_node_modules() {
         node.is_ok_and(|o| o.status.success()),
         "Node.js 20 or later is needed for the client tests (apt-get install nodejs, or nodejs.org)"
     );
-    if ["ws", "playwright-core", "uplot"]
+    if ["ws", "playwright-core", "uplot", "eventsource"]
         .iter()
         .all(|package| client_dir().join("node_modules").join(package).exists())
     {

@@ -532,7 +532,11 @@ async fn a_client_cut_off_recovers_everything_on_another_node() {
     // count node 2's new connection yet.
     assert_eq!(
         cluster
-            .metric(1, "ticketgate_connections", &[("state", "authenticated")])
+            .metric(
+                1,
+                "ticketgate_connections",
+                &[("state", "authenticated"), ("transport", "websocket")],
+            )
             .await,
         1.0
     );

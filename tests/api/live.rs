@@ -153,7 +153,7 @@ async fn each_connection_event_is_one_log_line_with_the_connection_id() {
         .find_map(|l| {
             l.split("] ")
                 .nth(1)?
-                .strip_suffix(" upgraded for user alice")
+                .strip_suffix(" opened (websocket) for user alice")
         })
         .unwrap_or_else(|| panic!("no 'upgraded' line:\n{log}"))
         .to_owned();
@@ -163,7 +163,7 @@ async fn each_connection_event_is_one_log_line_with_the_connection_id() {
         .filter(|l| l.starts_with(&format!("{id} ")))
         .collect();
     assert_eq!(events.len(), 4, "{events:#?}");
-    assert_eq!(events[0], format!("{id} upgraded for user alice"));
+    assert_eq!(events[0], format!("{id} opened (websocket) for user alice"));
     assert_eq!(events[1], format!("{id} authenticated as user alice"));
     assert!(
         events[2].starts_with(&format!("{id} refreshed, now valid until ")),

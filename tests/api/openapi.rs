@@ -83,6 +83,8 @@ async fn every_documented_operation_answers_with_a_documented_status() {
 const SERVED: &[(&str, &str)] = &[
     ("get", "/token/ws"),
     ("get", "/demo"),
+    ("get", "/sse"),
+    ("post", "/sse/messages"),
     ("post", "/api/broadcast"),
     ("post", "/api/users/{user_id}/messages"),
     ("post", "/api/users/{user_id}/disconnect"),

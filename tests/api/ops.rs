@@ -96,11 +96,17 @@ async fn metrics_count_what_happened() {
         1.0
     );
     assert_eq!(
-        metric("ticketgate_connections", &[("state", "authenticated")]),
+        metric(
+            "ticketgate_connections",
+            &[("state", "authenticated"), ("transport", "websocket")]
+        ),
         1.0
     );
     assert_eq!(
-        metric("ticketgate_connections", &[("state", "unauthenticated")]),
+        metric(
+            "ticketgate_connections",
+            &[("state", "unauthenticated"), ("transport", "websocket")]
+        ),
         0.0
     );
     // In: alice's jwt, ping, echo and bob's jwt. Out: authenticated, pong, echo, broadcast.
