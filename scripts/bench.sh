@@ -8,7 +8,7 @@
 #                                               # idle-cluster compression channels channels-idle
 #                                               # channels-memory channels-cluster channels-bus
 #                                               # presence history jitter restart-storm rpc
-#                                               # lifecycle floor
+#                                               # lifecycle sse floor
 #   PERF_DIR=/tmp/profiles scripts/bench.sh     # also record a CPU profile of the gateways per
 #                                               # run (perf record -e cpu-clock -g; perf report -i …)
 #   GATEWAY_BIN=/tmp/old/ticketgate scripts/bench.sh  # run another build of the gateway (an A/B
@@ -377,6 +377,31 @@ if wants lifecycle; then
   done
   kill "$backend_pid" 2>/dev/null || true
   wait "$backend_pid" 2>/dev/null || true
+fi
+if wants sse; then
+  # WebSocket against SSE, alternated in each round on the same mongod: idle memory per
+  # authenticated connection, broadcast fan-out (deliveries/s, CPU per delivery), and a client
+  # message's round trip (ping → pong; on SSE a POST → an event), on one node and with the POST
+  # landing on another node than the stream's.
+  for round in $(seq "${SSE_ROUNDS:-2}"); do
+    for transport in websocket sse; do
+      start_gateways mongo 1
+      echo "## sse round $round, $transport: idle"
+      load 1 --transport "$transport" idle --connections "${N_SSE_IDLE:-10000}" --concurrency 200 --hold-secs 20
+      start_gateways memory 1
+      echo "## sse round $round, $transport: fanout, in-process store"
+      load 1 --transport "$transport" fanout --connections "$N_FANOUT" --concurrency 200 \
+        --messages "$FANOUT_MESSAGES" --rate "$FANOUT_RATE" --size 100 --api-key "$API_KEY"
+      start_gateways mongo 2
+      echo "## sse round $round, $transport: round trip, one node"
+      load 1 --transport "$transport" roundtrip --connections 20 --duration-secs "${SSE_RT_SECS:-10}"
+      if [ "$transport" = sse ]; then
+        echo "## sse round $round, sse: round trip, stream on node 1, POSTs through node 2"
+        load 1 --transport sse --post-url "${gateway_urls[1]}" roundtrip --connections 20 \
+          --duration-secs "${SSE_RT_SECS:-10}"
+      fi
+    done
+  done
 fi
 if wants floor; then
   # No gateway: what one write of a broadcast frame (about 170 B) costs the kernel here.

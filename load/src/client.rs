@@ -12,11 +12,21 @@ use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 use ticketgate::jwt::JwtSigner;
 
 use crate::deflate_socket::{DeflateSocket, Incoming};
+use crate::sse_socket::SseSocket;
 
-/// One client's connection: tokio-tungstenite's, or ours where permessage-deflate is wanted.
+/// One client's connection: tokio-tungstenite's, ours where permessage-deflate is wanted, or
+/// an SSE stream with its POSTs.
 pub enum Socket {
     Plain(Box<WebSocketStream<TcpStream>>),
     Deflate(Box<DeflateSocket>),
+    Sse(Box<SseSocket>),
+}
+
+/// How clients reach the gateway (`--transport`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportChoice {
+    Websocket,
+    Sse,
 }
 
 impl Clients {
@@ -72,6 +82,7 @@ impl Socket {
                 }
                 Ok(())
             }
+            Socket::Sse(sse) => sse.send_all(&texts).await,
         }
     }
 
@@ -82,6 +93,7 @@ impl Socket {
                 .await
                 .map_err(|e| e.to_string()),
             Socket::Deflate(ws) => ws.send_text(&text).await,
+            Socket::Sse(sse) => sse.send_all(&[text]).await,
         }
     }
 
@@ -103,13 +115,14 @@ impl Socket {
                 Incoming::Text(text) => Ok(Some(text)),
                 Incoming::Close(code) => Err(format!("closed: {code:?}")),
             },
+            Socket::Sse(sse) => sse.next().await,
         }
     }
 
     /// Compressed text received so far: bytes on the wire, bytes inflated.
     pub fn compressed_bytes(&self) -> Option<(u64, u64)> {
         match self {
-            Socket::Plain(_) => None,
+            Socket::Plain(_) | Socket::Sse(_) => None,
             Socket::Deflate(ws) => Some((ws.wire_bytes, ws.inflated_bytes)),
         }
     }
@@ -168,6 +181,10 @@ pub struct Clients {
     pub channels: usize,
     /// Every JWT gets a `jti` of its own (`--jti`).
     pub jti: bool,
+    /// WebSocket or SSE (`--transport`).
+    pub transport: TransportChoice,
+    /// SSE: where client messages are posted (`--post-url`), when not the stream's node.
+    pub post_url: Option<String>,
     /// Numbers the `jti`s.
     jtis: std::sync::atomic::AtomicU64,
 }
@@ -205,6 +222,8 @@ impl Clients {
             channels: channels.max(1),
             jti: false,
             jtis: std::sync::atomic::AtomicU64::new(0),
+            transport: TransportChoice::Websocket,
+            post_url: None,
         })
     }
 
@@ -268,7 +287,19 @@ impl Clients {
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let path = format!("/demo?token={ticket}");
-        let mut ws = if self.compression {
+        let mut ws = if self.transport == TransportChoice::Sse {
+            let post_base = self.post_url.as_deref().unwrap_or(&gateway.base_url);
+            Socket::Sse(Box::new(
+                SseSocket::open(
+                    stream,
+                    &gateway.addr.to_string(),
+                    &format!("/sse?token={ticket}"),
+                    self.http.clone(),
+                    post_base,
+                )
+                .await?,
+            ))
+        } else if self.compression {
             Socket::Deflate(Box::new(
                 DeflateSocket::upgrade(stream, &gateway.addr.to_string(), &path).await?,
             ))

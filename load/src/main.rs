@@ -17,8 +17,10 @@ mod client;
 mod deflate_socket;
 mod history;
 mod measure;
+mod roundtrip;
 mod rpc;
 mod scenarios;
+mod sse_socket;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -82,6 +84,13 @@ pub struct Target {
     /// looks it up among the revocations at minting and at authentication.
     #[arg(long, global = true)]
     pub jti: bool,
+    /// How clients connect: a WebSocket, or Server-Sent Events with their messages posted.
+    #[arg(long, value_enum, default_value = "websocket", global = true)]
+    pub transport: client::TransportChoice,
+    /// SSE: post client messages to this base URL instead of the stream's node (to measure
+    /// a POST forwarded through the cluster bus).
+    #[arg(long, global = true)]
+    pub post_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -112,6 +121,9 @@ enum Scenario {
     /// RPCs through the gateway to a minimal backend (`backend`), against calling the backend
     /// directly: RPC/s, added latency, gateway CPU per RPC.
     Rpc(rpc::RpcPlan),
+    /// One ping in flight per connection for T seconds: the round trip to its pong, p50/p99
+    /// (on SSE: POST → event; with --post-url, through another node).
+    Roundtrip(roundtrip::RoundtripPlan),
     /// The minimal app backend for `rpc`: answers every POST with `{"result": <data>}`.
     Backend {
         #[arg(long)]
@@ -167,6 +179,7 @@ fn main() -> ExitCode {
             Scenario::Jitter(plan) => history::jitter(&target, &secret, plan).await,
             Scenario::RestartStorm(plan) => history::restart_storm(&target, &secret, plan).await,
             Scenario::Rpc(plan) => rpc::rpc(&target, &secret, plan).await,
+            Scenario::Roundtrip(plan) => roundtrip::roundtrip(&target, &secret, plan).await,
             Scenario::Backend { port } => rpc::backend(port).await,
             Scenario::Idle {
                 connections,

@@ -27,6 +27,8 @@ pub(crate) fn clients(target: &Target, secret: &str) -> Result<Clients, String> 
         (target.subscribe, target.channels),
     )?;
     clients.jti = target.jti;
+    clients.transport = target.transport;
+    clients.post_url = target.post_url.clone();
     Ok(clients)
 }
 
