@@ -46,6 +46,8 @@ export const FATAL_CLOSE_CODES = Object.freeze([4400, 4401, 4403]);
 /** How long, once a WebSocket failed before opening, reconnects go straight to SSE. */
 export const SSE_STICKY_MS = 10 * 60 * 1000;
 
+const UTF8 = new TextEncoder();
+
 /** When a WebSocket last failed before opening in this page (shared by its clients). */
 let websocketFailedAt = null;
 
@@ -212,7 +214,7 @@ class SseSocket {
 
   send(text) {
     if (this.readyState !== 1) return;
-    this.queue.push(JSON.parse(text));
+    this.queue.push(text);
     this.#post();
   }
 
@@ -227,7 +229,17 @@ class SseSocket {
     if (this.posting || this.queue.length === 0 || this.readyState !== 1) return;
     this.posting = true;
     const seq = ++this.seq;
-    const body = JSON.stringify({ session: this.session, seq, messages: this.queue.splice(0, 100) });
+    // Up to 100 messages, and no more than 16 KiB together unless one alone is larger: a body
+    // the gateway takes before and after authentication alike.
+    let count = 0;
+    let bytes = 0;
+    while (count < this.queue.length && count < 100) {
+      const size = UTF8.encode(this.queue[count]).length;
+      if (count > 0 && bytes + size > 16384) break;
+      bytes += size;
+      count += 1;
+    }
+    const body = `{"session":${JSON.stringify(this.session)},"seq":${seq},"messages":[${this.queue.splice(0, count).join(",")}]}`;
     for (let attempt = 0; this.readyState === 1; attempt += 1) {
       let response = null;
       try {

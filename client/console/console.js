@@ -288,6 +288,7 @@ async function lookUp(user) {
     const row = document.createElement("tr");
     cell(row, connection.connection_id);
     cell(row, connection.node);
+    cell(row, connection.transport === "sse" ? "SSE" : "WebSocket");
     cell(row, new Date(connection.connected_at).toLocaleString());
     cell(row, connection.client_ip ?? "–");
     cell(row, connection.subscriptions.join(", ") || "–");

@@ -125,7 +125,7 @@ test("an operator signs in, sees both nodes, a channel's presence, publishes, an
   for (let tries = 0; ; tries++) {
     await page.click("#look-up");
     const text = await page.textContent("#user-connections tbody");
-    if (text.includes(twoId) && text.includes("room:lobby") && text.includes("127.0.0.1")) break;
+    if (text.includes(twoId) && text.includes("room:lobby") && text.includes("127.0.0.1") && text.includes("WebSocket")) break;
     assert.ok(tries < 50, `bob's connection never showed: ${text}`);
     await page.waitForTimeout(200);
   }

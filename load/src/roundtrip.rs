@@ -23,7 +23,11 @@ pub struct RoundtripPlan {
     pub duration_secs: u64,
 }
 
-pub async fn roundtrip(target: &Target, secret: &str, plan: RoundtripPlan) -> Result<Report, String> {
+pub async fn roundtrip(
+    target: &Target,
+    secret: &str,
+    plan: RoundtripPlan,
+) -> Result<Report, String> {
     let clients = clients(target, secret)?;
     let mut sockets: Vec<Socket> = Vec::new();
     for k in 0..plan.connections {
@@ -76,7 +80,11 @@ pub async fn roundtrip(target: &Target, secret: &str, plan: RoundtripPlan) -> Re
         summary: format!(
             "roundtrip ({transport}{}): {count} pings in {elapsed:.1} s = {:.0}/s, p50 {p50:.2} ms, \
              p99 {p99:.2} ms; gateway CPU per round trip {}",
-            if cross_node { ", posted through another node" } else { "" },
+            if cross_node {
+                ", posted through another node"
+            } else {
+                ""
+            },
             count as f64 / elapsed,
             cpu_per_roundtrip_us.map_or("n/a".into(), |us| format!("{us:.0} µs")),
         ),

@@ -687,4 +687,47 @@ async fn the_cluster_profiles_nginx_config_serves_the_whole_flow_over_both_nodes
     for client in &mut clients {
         assert_eq!(client.next_json().await["data"], "through nginx");
     }
+
+    // An SSE stream through nginx, its POSTs spread over both nodes by nginx (no sticky
+    // sessions): every one is applied, in order, whichever node it reached.
+    let response = http
+        .get(nginx.url("/token/ws"))
+        .bearer_auth(jwt("sse-user"))
+        .send()
+        .await
+        .unwrap();
+    let ticket: Value = response.json().await.unwrap();
+    let mut stream = open_sse(
+        nginx.port,
+        ticket["token"].as_str().unwrap(),
+        &format!("Accept: text/event-stream\r\nOrigin: {origin}\r\n"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("an event stream through nginx: {e:?}"));
+    let through_nginx = nginx.url("");
+    let through_nginx = through_nginx.trim_end_matches('/');
+    let jwt_message = json!({"type": "jwt", "token": jwt("sse-user")});
+    assert_eq!(
+        stream.post_raw(through_nginx, 1, &[jwt_message]).await.0,
+        204
+    );
+    assert_eq!(stream.next_json().await["type"], "authenticated");
+    for seq in 2..=7 {
+        let ping = json!({"type": "ping", "id": seq});
+        assert_eq!(stream.post_raw(through_nginx, seq, &[ping]).await.0, 204);
+    }
+    for seq in 2..=7 {
+        assert_eq!(stream.next_of("pong").await["id"], seq);
+    }
+    let forwarded: f64 = futures_util::future::join_all((1..=2).map(|i| {
+        cluster.metric(
+            i,
+            "ticketgate_cluster_events_delivered_total",
+            &[("kind", "post")],
+        )
+    }))
+    .await
+    .into_iter()
+    .sum();
+    assert!(forwarded >= 1.0, "nginx sent no POST to the other node");
 }

@@ -214,7 +214,19 @@ async fn schemathesis_finds_nothing_against_the_document() {
         String::from_utf8_lossy(&output.stderr),
         gateway.log()
     );
-    assert!(report.contains("No issues found"), "{report}");
+    // An SSE session id exists only while its stream is open (a ticket, a stream, a first
+    // message): no document can name one, so schema-valid bodies for POST /sse/messages are
+    // answered 404 unknown_session, and Schemathesis warns of "missing test data" for that
+    // operation alone (its per-operation warning settings do not silence this one). Any other
+    // warning or failure fails the test; tests/api/sse.rs posts to live sessions.
+    let only_the_sse_warning = report.contains("Missing test data: 1 operation")
+        && report.contains("  - POST /sse/messages")
+        && report.matches("⚠️").count() == 1
+        && !report.contains("FAILURES");
+    assert!(
+        report.contains("No issues found") || only_the_sse_warning,
+        "{report}"
+    );
     // Schemathesis sends malformed requests (a NULL byte in a header, …): none of them may
     // write an ERROR line.
     let log = gateway.log();

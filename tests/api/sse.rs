@@ -19,7 +19,14 @@ async fn open(app: &TestApp, sub: &str) -> SseClient {
 
 #[tokio::test]
 async fn a_stream_opens_authenticates_over_post_and_carries_the_session() {
-    let app = spawn_app(Store::Memory, &[("HEARTBEAT_INTERVAL_SECS", "1")]).await;
+    let app = spawn_app(
+        Store::Memory,
+        &[
+            ("HEARTBEAT_INTERVAL_SECS", "1"),
+            ("CLIENT_TIMEOUT_SECS", "2"),
+        ],
+    )
+    .await;
     let mut client = open(&app, "alice").await;
     assert_eq!(
         header_value(&client.head, "content-type"),
@@ -58,7 +65,7 @@ async fn a_stream_opens_authenticates_over_post_and_carries_the_session() {
 
     // Idle: heartbeat comments, and no close for never posting past CLIENT_TIMEOUT_SECS.
     let before = client.comments;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     app.publish(r#"{"n":2}"#).await;
     assert_eq!(client.next_of("broadcast").await["data"], json!({"n": 2}));
     assert!(

@@ -12,6 +12,10 @@ use super::*;
 
 pub struct SseClient {
     reader: BufReader<TcpStream>,
+    /// The body comes in chunks (a proxy re-framed the stream: nginx does for HTTP/1.1).
+    chunked: bool,
+    /// Decoded body bytes not yet read as lines.
+    pending: Vec<u8>,
     /// The response head, lower-cased header names as sent.
     pub head: String,
     /// The session id from the first event.
@@ -68,8 +72,11 @@ pub async fn open_sse(
         reader.read_exact(&mut body).await.unwrap();
         return Err((status, serde_json::from_slice(&body).unwrap_or(Value::Null)));
     }
+    let chunked = header_value(&head, "transfer-encoding") == Some("chunked");
     let mut client = SseClient {
         reader,
+        chunked,
+        pending: Vec::new(),
         head,
         session: String::new(),
         post_base: format!("http://127.0.0.1:{port}"),
@@ -92,12 +99,40 @@ pub fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 }
 
 impl SseClient {
+    /// One line of the body, its line feed included (0: the body ended).
+    async fn read_line(&mut self, line: &mut String) -> std::io::Result<usize> {
+        if !self.chunked {
+            return self.reader.read_line(line).await;
+        }
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let rest = self.pending.split_off(end + 1);
+                let taken = std::mem::replace(&mut self.pending, rest);
+                line.push_str(&String::from_utf8_lossy(&taken));
+                return Ok(taken.len());
+            }
+            let mut size = String::new();
+            if self.reader.read_line(&mut size).await? == 0 {
+                return Ok(0);
+            }
+            let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            if size == 0 {
+                return Ok(0);
+            }
+            let mut chunk = vec![0; size + 2];
+            self.reader.read_exact(&mut chunk).await?;
+            chunk.truncate(size);
+            self.pending.extend_from_slice(&chunk);
+        }
+    }
+
     /// The next event or the end, within `patience`; comments are counted and skipped. Every
     /// event must be one `data:` line and a blank line.
     pub async fn next_item_within(&mut self, patience: Duration) -> SseItem {
         loop {
             let mut line = String::new();
-            let n = match tokio::time::timeout(patience, self.reader.read_line(&mut line)).await {
+            let n = match tokio::time::timeout(patience, self.read_line(&mut line)).await {
                 Err(_) => panic!("nothing on the stream within {patience:?}"),
                 Ok(Ok(n)) => n,
                 Ok(Err(_)) => 0,
@@ -108,7 +143,7 @@ impl SseClient {
             if line.starts_with(':') {
                 self.comments += 1;
                 let mut blank = String::new();
-                self.reader.read_line(&mut blank).await.unwrap();
+                self.read_line(&mut blank).await.unwrap();
                 assert_eq!(blank, "\n", "a comment is followed by a blank line here");
                 continue;
             }
@@ -116,7 +151,7 @@ impl SseClient {
                 .strip_prefix("data: ")
                 .unwrap_or_else(|| panic!("an event is one data: line, got {line:?}"));
             let mut blank = String::new();
-            self.reader.read_line(&mut blank).await.unwrap();
+            self.read_line(&mut blank).await.unwrap();
             assert_eq!(
                 blank, "\n",
                 "one data: line per event, got {blank:?} after {line:?}"
