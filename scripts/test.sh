@@ -20,6 +20,9 @@ echo "test.sh: using nginx $(bash scripts/install-nginx.sh)" >&2
 echo "test.sh: using schemathesis $(bash scripts/install-schemathesis.sh)" >&2
 # The compression handshake is tried with Python's websockets (PyPI) as an independent peer.
 echo "test.sh: using python clients $(bash scripts/install-python-clients.sh)" >&2
+# The Python client (clients/python) is tested with pytest, typed with mypy and built as a
+# wheel, from a venv of its own.
+echo "test.sh: using python client tools $(bash scripts/install-python-client-dev.sh)" >&2
 
 # The browser test drives Debian's Chromium (browser downloads do not work here); the client
 # tests need Node and the client's two npm dependencies.

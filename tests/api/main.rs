@@ -9,6 +9,7 @@ mod channels;
 mod cli;
 mod client_js;
 mod client_publish;
+mod client_python;
 mod cluster;
 mod compose;
 mod console;
