@@ -10,6 +10,7 @@ mod cli;
 mod client_js;
 mod client_publish;
 mod client_python;
+mod client_rust;
 mod cluster;
 mod compose;
 mod console;
