@@ -42,6 +42,17 @@ export interface ClientOptions {
   WebSocket?: unknown;
   /** An EventSource implementation (browsers have one; Node: the `eventsource` package). */
   EventSource?: unknown;
+  /**
+   * One gateway connection per gateway and user for all of the browser's tabs on this origin,
+   * held in a SharedWorker (`ticketgate-worker.js`, beside this module). Each tab keeps this
+   * API; a channel several tabs subscribe is one subscription at the gateway, and each tab gets
+   * the events of its own channels and the answers to its own requests. Where SharedWorker is
+   * missing, or the worker script is on another origin than the page, each tab connects on
+   * its own.
+   */
+  shared?: boolean;
+  /** The worker script for `shared` (default: `ticketgate-worker.js` beside this module). */
+  workerUrl?: string | URL;
   fetch?: typeof fetch;
 }
 
@@ -177,6 +188,8 @@ export declare class TicketgateClient extends EventTarget {
   readonly expiresAt: number | null;
   /** The current connection's transport (null before the first). */
   readonly transport: Transport | null;
+  /** True when this tab uses the connection shared by all tabs (`shared: true`). */
+  readonly shared?: boolean;
   connect(): Promise<{ userId: string; expiresAt: number }>;
   close(code?: number, reason?: string): void;
   echo(data: unknown): void;

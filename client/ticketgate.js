@@ -34,6 +34,10 @@
 // falls back to Server-Sent Events with its messages sent by POST (docs/PROTOCOL.md,
 // "Transports"): same API, same events, same recovery. `client.transport` says which is in
 // use. Once the WebSocket failed in a page, reconnects go straight to SSE for ten minutes.
+//
+// One connection for all tabs: with `shared: true` the tabs of an origin share one connection
+// per gateway and user, held by ticketgate-worker.js (a SharedWorker beside this module), with
+// the same API in every tab.
 
 /** The WebSocket subprotocol this client speaks (docs/PROTOCOL.md). */
 export const SUBPROTOCOL = "ticketgate.v1";
@@ -286,11 +290,19 @@ export class TicketgateClient extends EventTarget {
    * @param {typeof WebSocket} [options.WebSocket] a WebSocket implementation (Node: the `ws` package)
    * @param {typeof EventSource} [options.EventSource] an EventSource implementation
    * @param {typeof fetch} [options.fetch] a fetch implementation
+   * @param {boolean} [options.shared] one connection for all tabs, in a SharedWorker
+   * @param {string|URL} [options.workerUrl] the worker script (default: ticketgate-worker.js beside this module)
    */
   constructor(options) {
     super();
     if (!options || typeof options.getJwt !== "function") {
       throw new TypeError("TicketgateClient needs a getJwt() callback");
+    }
+    if (options.shared) {
+      // One connection for all of the browser's tabs, where SharedWorker exists and the
+      // worker script is on the page's origin; otherwise this tab's own connection.
+      const shared = SharedTicketgateClient.tryStart(options);
+      if (shared) return shared;
     }
     this.options = { ...DEFAULTS, ...options, backoff: { ...DEFAULTS.backoff, ...(options.backoff || {}) } };
     this.baseUrl = this.options.baseUrl || globalThis.location?.origin;
@@ -477,6 +489,8 @@ export class TicketgateClient extends EventTarget {
   /** Connects (once authenticated, resolves with `{userId, expiresAt}`), and keeps connecting. */
   connect() {
     this.stopped = false;
+    // Already authenticated (a second caller, a second tab of a shared connection): at once.
+    if (this.state === "authenticated") return Promise.resolve({ userId: this.userId, expiresAt: this.expiresAt });
     const authenticated = new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
     if (this.state === "idle" || this.state === "closed") this.#open();
     return authenticated;
@@ -755,5 +769,217 @@ export class TicketgateClient extends EventTarget {
 
   #emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+/** The JWT's `sub`, unverified: which user a shared connection is for. */
+function subjectOf(jwt) {
+  try {
+    const part = jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4))).sub ?? "?";
+  } catch {
+    return "?";
+  }
+}
+
+/** A channel of a shared client: the same events and methods as a Subscription. */
+class SharedSubscription extends EventTarget {
+  constructor(client, channel, options) {
+    super();
+    this.client = client;
+    this.channel = channel;
+    this.getToken = options.getToken;
+    this.state = "subscribing";
+    this.server = false;
+    this.epoch = null;
+    this.offset = null;
+  }
+
+  get since() {
+    return this.epoch === null ? null : { offset: this.offset, epoch: this.epoch };
+  }
+
+  presence() {
+    return this.client.request({ type: "presence", channel: this.channel }).then((reply) => ({ clients: reply.clients }));
+  }
+
+  unsubscribe() {
+    this.client.subscriptions.delete(this.channel);
+    this.state = "unsubscribed";
+    this.client.port.postMessage({ op: "unsubscribe", channel: this.channel });
+    return Promise.resolve();
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+/**
+ * The tab's side of a connection shared by all tabs (`shared: true`): the same API as
+ * TicketgateClient, carried out by ticketgate-worker.js, which holds the one connection.
+ */
+class SharedTicketgateClient extends EventTarget {
+  static tryStart(options) {
+    if (typeof SharedWorker === "undefined") return null;
+    try {
+      const url = options.workerUrl || new URL("ticketgate-worker.js", import.meta.url);
+      return new SharedTicketgateClient(options, new SharedWorker(url, { type: "module", name: "ticketgate" }));
+    } catch {
+      return null; // another origin's script, say: this tab connects on its own
+    }
+  }
+
+  constructor(options, worker) {
+    super();
+    this.options = { ...DEFAULTS, ...options, backoff: { ...DEFAULTS.backoff, ...(options.backoff || {}) } };
+    this.baseUrl = this.options.baseUrl || globalThis.location?.origin;
+    this.shared = true;
+    this.state = "idle";
+    this.userId = null;
+    this.expiresAt = null;
+    this.transport = null;
+    this.subscriptions = new Map();
+    this.nextId = 1;
+    this.replies = new Map();
+    this.waiters = [];
+    this.opened = false;
+    this.port = worker.port;
+    this.port.onmessage = (event) => this.#onMessage(event.data);
+    this.port.start();
+    // The worker lets go of a tab it has not heard from for 3 s (closed or crashed).
+    this.alive = setInterval(() => this.port.postMessage({ op: "alive" }), 1000);
+    globalThis.addEventListener?.("pagehide", () => this.port.postMessage({ op: "leave" }));
+  }
+
+  async connect() {
+    const authenticated = new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+    if (!this.opened) {
+      this.opened = true;
+      const jwt = await this.options.getJwt();
+      const { getJwt, WebSocket, EventSource, fetch, shared, workerUrl, ...rest } = this.options;
+      const options = JSON.parse(JSON.stringify({ ...rest, baseUrl: this.baseUrl }));
+      this.port.postMessage({ op: "open", key: `${this.baseUrl}|${subjectOf(jwt)}`, options });
+      for (const subscription of this.subscriptions.values()) this.#sendSubscribe(subscription);
+    }
+    return authenticated;
+  }
+
+  close() {
+    clearInterval(this.alive);
+    this.port.postMessage({ op: "leave" });
+    this.#setState("closed");
+  }
+
+  echo(data) {
+    this.port.postMessage({ op: "send", method: "echo", data });
+  }
+
+  ping() {
+    this.port.postMessage({ op: "send", method: "ping" });
+  }
+
+  subscribe(channel, options = {}) {
+    let subscription = this.subscriptions.get(channel);
+    if (!subscription) {
+      subscription = new SharedSubscription(this, channel, options);
+      this.subscriptions.set(channel, subscription);
+      if (this.opened) this.#sendSubscribe(subscription);
+    }
+    return subscription;
+  }
+
+  #sendSubscribe(subscription) {
+    this.port.postMessage({ op: "subscribe", channel: subscription.channel, withToken: Boolean(subscription.getToken) });
+  }
+
+  async publish(channel, data) {
+    const reply = await this.request({ type: "publish", channel, data });
+    return { offset: reply.offset, epoch: reply.epoch };
+  }
+
+  async rpc(method, data = null) {
+    let reply;
+    try {
+      reply = await this.request({ type: "rpc", method, data });
+    } catch (error) {
+      throw new RpcError({ code: error.code, message: error.message });
+    }
+    if (reply.type === "rpc_error") throw new RpcError(reply.error);
+    return reply.result;
+  }
+
+  request(message) {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.replies.set(id, { resolve, reject });
+      this.port.postMessage({ op: "request", id, message });
+    });
+  }
+
+  async #answer(message) {
+    try {
+      const value = message.what === "jwt"
+        ? await this.options.getJwt()
+        : await this.subscriptions.get(message.channel)?.getToken?.(message.channel);
+      this.port.postMessage({ op: "answer", id: message.id, value });
+    } catch (error) {
+      this.port.postMessage({ op: "answer", id: message.id, error: String(error?.message || error) });
+    }
+  }
+
+  #onMessage(message) {
+    switch (message.kind) {
+      case "ask":
+        this.#answer(message);
+        break;
+      case "connected":
+        this.transport = message.transport;
+        this.userId = message.session.userId;
+        this.expiresAt = message.session.expiresAt;
+        this.#setState(message.state);
+        for (const waiter of this.waiters.splice(0)) waiter.resolve(message.session);
+        break;
+      case "failed":
+        this.#setState("closed");
+        for (const waiter of this.waiters.splice(0)) waiter.reject(Object.assign(new Error(message.error?.message), message.error));
+        break;
+      case "event":
+        this.transport = message.transport;
+        if (message.type === "authenticated") {
+          this.userId = message.detail.userId;
+          this.expiresAt = message.detail.expiresAt;
+        }
+        if (message.type === "state") this.#setState(message.detail.state);
+        else this.dispatchEvent(new CustomEvent(message.type, { detail: message.detail }));
+        break;
+      case "channel": {
+        const subscription = this.subscriptions.get(message.channel);
+        if (!subscription) return;
+        subscription.offset = message.offset;
+        subscription.epoch = message.epoch;
+        if (message.type === "subscribed") subscription.state = "subscribed";
+        if (message.type === "unsubscribed" || (message.type === "error" && !message.detail?.retrying)) {
+          subscription.state = "unsubscribed";
+          this.subscriptions.delete(message.channel);
+        }
+        subscription._emit(message.type, message.detail);
+        break;
+      }
+      case "reply": {
+        const waiting = this.replies.get(message.id);
+        if (!waiting) return;
+        this.replies.delete(message.id);
+        if (message.ok) waiting.resolve(message.value);
+        else waiting.reject(Object.assign(new ChannelError(message.error.code, message.error.message, message.error.channel), message.error.detail === undefined ? {} : { detail: message.error.detail }));
+        break;
+      }
+    }
+  }
+
+  #setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this.dispatchEvent(new CustomEvent("state", { detail: { state } }));
   }
 }

@@ -98,6 +98,10 @@ pub fn configure(
     )
     .service(readable("/", static_files::demo_page))
     .service(readable("/ticketgate.js", static_files::client_module))
+    .service(readable(
+        "/ticketgate-worker.js",
+        static_files::worker_module,
+    ))
     .service(readable("/healthz", health::healthz))
     .service(readable("/readyz", health::readyz))
     .service(readable("/metrics", health::metrics))

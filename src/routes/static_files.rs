@@ -17,3 +17,12 @@ pub async fn client_module() -> HttpResponse {
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .body(include_str!("../../client/ticketgate.js"))
 }
+
+/// The SharedWorker that holds one connection for all tabs (the client's `shared: true`),
+/// served beside the client module it imports.
+pub async fn worker_module() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(include_str!("../../client/ticketgate-worker.js"))
+}

@@ -137,6 +137,23 @@ async fn the_gateway_serves_the_client_and_the_demo_page() {
     );
     let html = page.text().await.unwrap();
     assert!(html.contains(r#"import { TicketgateClient } from "/ticketgate.js""#));
+    // The SharedWorker of `shared: true`, beside the module it imports.
+    let worker = app
+        .http
+        .get(app.url("/ticketgate-worker.js"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        worker.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert_eq!(
+        worker.text().await.unwrap(),
+        include_str!("../../client/ticketgate-worker.js")
+    );
 }
 
 /// The console's charting library is uPlot, vendored into the binary from its npm package:

@@ -106,6 +106,7 @@ const SERVED: &[(&str, &str)] = &[
     ("get", "/openapi.json"),
     ("get", "/"),
     ("get", "/ticketgate.js"),
+    ("get", "/ticketgate-worker.js"),
 ];
 
 #[test]

@@ -1,0 +1,109 @@
+// One connection for all tabs (`shared: true`) in real Chromium: two tabs of one user share
+// one gateway connection held by ticketgate-worker.js; each tab gets what it subscribed and
+// nothing else; a tab that falls silent has its channels released within 5 s, and the last
+// tab's close ends the connection.
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+import { Gateway, mintJwt, sleep } from "../test/gateway.mjs";
+
+const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
+if (!existsSync(CHROMIUM)) {
+  throw new Error(`no Chromium at ${CHROMIUM}: install Debian's chromium package (scripts/test.sh does)`);
+}
+
+const cleanups = [];
+after(async () => {
+  for (const cleanup of cleanups.reverse()) await cleanup();
+});
+
+async function until(what, condition, ms = 10000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    if (await condition()) return;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+/** A tab with a shared client of `user`, its publications collected in window.got. */
+async function tab(context, gw, user, channel) {
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (error) => errors.push(String(error)));
+  await page.goto(`${gw.baseUrl}/`);
+  const started = await page.evaluate(
+    async ({ jwt, channel }) => {
+      const { TicketgateClient } = await import("/ticketgate.js");
+      const client = new TicketgateClient({ getJwt: () => jwt, shared: true });
+      window.shared = client;
+      window.got = [];
+      const subscription = client.subscribe(channel);
+      subscription.addEventListener("publication", (e) => window.got.push([e.detail.channel, e.detail.data]));
+      const session = await client.connect();
+      await new Promise((resolve) => {
+        if (subscription.state === "subscribed") resolve();
+        subscription.addEventListener("subscribed", resolve, { once: true });
+      });
+      return { shared: client.shared === true, userId: session.userId, state: client.state };
+    },
+    { jwt: mintJwt(user), channel },
+  );
+  return { page, started, errors };
+}
+
+test("two tabs with shared: true share one connection, each with its own channels", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "ticketgate-shared-"));
+  const config = join(dir, "ticketgate.toml");
+  writeFileSync(config, '[[channels.namespaces]]\nname = "demo"\npublic = true\npresence = true\n');
+  const gw = await Gateway.start({ CONFIG_FILE: config });
+  cleanups.push(() => gw.stop());
+  const chrome = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+  });
+  cleanups.push(() => chrome.close());
+  const context = await chrome.newContext();
+
+  const first = await tab(context, gw, "alice", "demo:first");
+  const second = await tab(context, gw, "alice", "demo:second");
+  for (const { started } of [first, second]) assert.deepEqual(started, { shared: true, userId: "alice", state: "authenticated" });
+  const connections = async () => (await gw.api("GET", "/api/connections?user_id=alice")).body.user_connections;
+  assert.equal(await connections(), 1, "one connection for both tabs");
+
+  for (const channel of ["demo:first", "demo:second"]) {
+    assert.equal((await gw.api("POST", `/api/channels/${channel}/publish`, { data: channel })).status, 202);
+  }
+  await until("each tab's publication", async () => (await first.page.evaluate(() => window.got.length)) === 1 && (await second.page.evaluate(() => window.got.length)) === 1);
+  await sleep(300);
+  assert.deepEqual(await first.page.evaluate(() => window.got), [["demo:first", "demo:first"]]);
+  assert.deepEqual(await second.page.evaluate(() => window.got), [["demo:second", "demo:second"]]);
+  // An RPC-like request answers only the tab that asked: presence, from the second tab.
+  const present = await second.page.evaluate(async () => (await window.shared.subscriptions.get("demo:second").presence()).clients.length);
+  assert.equal(present, 1);
+
+  // The first tab falls silent without a word (as a tab the browser froze or killed does; a
+  // crash here would take the worker down with it, since headless Chromium keeps them in one
+  // process): its heartbeat stops, its channel is released at the gateway within 5 s, and the
+  // second tab goes on.
+  await first.page.evaluate(() => {
+    clearInterval(window.shared.alive);
+    window.shared.port.postMessage = () => {};
+  });
+  const presence = async (channel) => (await gw.api("GET", `/api/channels/${channel}/presence`)).body.clients.length;
+  await until("the closed tab's channel to be released", async () => (await presence("demo:first")) === 0, 5000);
+  await gw.api("POST", "/api/channels/demo:second/publish", { data: "after the first tab" });
+  await until("the second tab's next publication", async () => (await second.page.evaluate(() => window.got.length)) === 2);
+  assert.equal(await connections(), 1);
+  await first.page.close();
+
+  // The last tab closes: the connection ends within 5 s.
+  await second.page.close();
+  await until("the connection to close", async () => (await connections()) === 0, 5000);
+  assert.deepEqual([...first.errors, ...second.errors], []);
+});
