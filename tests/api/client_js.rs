@@ -99,6 +99,7 @@ fn the_demo_page_and_the_console_work_in_headless_chromium() {
     for name in [
         "demo-authenticated.png",
         "demo-channel.png",
+        "demo-sse.png",
         "console-overview.png",
         "console-channel.png",
         "console-user.png",
