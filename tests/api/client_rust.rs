@@ -312,3 +312,71 @@ fn the_rust_client_crate_packages() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The JWT is refreshed in-band before it runs out, and a subscription token before its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_refreshes_its_jwt_and_its_subscription_tokens() {
+    let file = ConfigFile::new(NAMESPACES);
+    let app = spawn_app(
+        Store::Memory,
+        &[
+            ("CONFIG_FILE", file.path()),
+            ("API_KEY", API_KEY),
+            ("TOKEN_REFRESH_NOTICE_SECS", "2"),
+        ],
+    )
+    .await;
+    let jwts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = std::sync::Arc::clone(&jwts);
+    let client = Client::builder(app.url(""))
+        .jwt(move || {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                Ok(jwt_with(&Claims {
+                    sub: "erin".into(),
+                    exp: now() + if n == 0 { 3 } else { 600 },
+                    ..Claims::default()
+                }))
+            }
+        })
+        .backoff(fast())
+        .connect()
+        .await
+        .unwrap();
+    let tokens = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let issued = std::sync::Arc::clone(&tokens);
+    let mut room = client.subscribe_with_token("room:private", move |channel| {
+        let n = issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            Ok(jwt_with(&Claims {
+                sub: "erin".into(),
+                exp: now() + if n == 0 { 3 } else { 600 },
+                channel: Some(channel),
+                ..Claims::default()
+            }))
+        }
+    });
+    room.ready().await.unwrap();
+    // Past both first tokens' exp: still connected, still subscribed.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(client.state(), State::Authenticated);
+    assert!(
+        jwts.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the JWT was refreshed"
+    );
+    assert!(
+        tokens.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the token was refreshed"
+    );
+    let (status, _) = app
+        .call_api(
+            API_KEY,
+            reqwest::Method::POST,
+            "/api/channels/room:private/publish",
+            Some(json!({"data": "still here"})),
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(next(&mut room).await.unwrap().data, json!("still here"));
+    client.close().await;
+}
