@@ -7,8 +7,9 @@ COPY src ./src
 # Workspace members: cargo reads their manifests even when building the gateway alone.
 COPY load ./load
 COPY tests ./tests
+COPY clients/rust ./clients/rust
 COPY migrations ./migrations
-COPY client/index.html client/ticketgate.js ./client/
+COPY client/index.html client/ticketgate.js client/ticketgate-worker.js ./client/
 COPY client/console ./client/console
 COPY docs/openapi.json ./docs/
 RUN cargo build --release --locked --bin ticketgate
