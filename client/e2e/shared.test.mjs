@@ -107,3 +107,36 @@ test("two tabs with shared: true share one connection, each with its own channel
   await until("the connection to close", async () => (await connections()) === 0, 5000);
   assert.deepEqual([...first.errors, ...second.errors], []);
 });
+
+test("a shared connection's recovery after its gateway restarts reaches every tab", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "ticketgate-shared-"));
+  const config = join(dir, "ticketgate.toml");
+  writeFileSync(config, '[[channels.namespaces]]\nname = "demo"\npublic = true\nhistory_size = 100\nhistory_ttl_secs = 600\n');
+  const gw = await Gateway.start({ CONFIG_FILE: config });
+  cleanups.push(() => gw.stop());
+  // A second node on the same database publishes while the tabs' node is down.
+  const other = await Gateway.beside(gw);
+  cleanups.push(() => other.stop());
+  const chrome = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+  });
+  cleanups.push(() => chrome.close());
+  const context = await chrome.newContext();
+  const tabs = [await tab(context, gw, "bob", "demo:both"), await tab(context, gw, "bob", "demo:both")];
+  const publish = (n) => other.api("POST", "/api/channels/demo:both/publish", { data: n });
+  await publish(1);
+  const got = (t) => t.page.evaluate(() => window.got.map(([, data]) => data));
+  for (const t of tabs) await until("the first publication in every tab", async () => (await got(t)).length === 1);
+
+  await gw.stop();
+  for (const n of [2, 3]) assert.equal((await publish(n)).status, 202);
+  await gw.launch();
+  await publish(4);
+  for (const t of tabs) {
+    await until("the recovered publications in every tab", async () => (await got(t)).length === 4, 30000);
+    assert.deepEqual(await got(t), [1, 2, 3, 4]);
+  }
+  assert.deepEqual(tabs.flatMap((t) => t.errors), []);
+});
