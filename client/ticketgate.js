@@ -156,7 +156,7 @@ export class Subscription extends EventTarget {
 
   /** Who is subscribed, on every node (namespaces with presence only). */
   presence() {
-    return this.client.request({ type: "presence", channel: this.channel }).then((reply) => ({ clients: reply.clients }));
+    return presenceThrough(this.client, this.channel);
   }
 
   /** Leaves the channel; no publication arrives afterwards, and no resubscribe follows. */
@@ -350,24 +350,16 @@ export class TicketgateClient extends EventTarget {
    * `publish` claim or by the app's backend). Resolves with `{offset, epoch}` (set in a history
    * namespace), rejects with a ChannelError (`permission_denied` with the backend's `detail`).
    */
-  async publish(channel, data) {
-    const reply = await this.request({ type: "publish", channel, data });
-    return { offset: reply.offset, epoch: reply.epoch };
+  publish(channel, data) {
+    return publishThrough(this, channel, data);
   }
 
   /**
    * Calls `method` on the app's backend with `data`; resolves with its `result`, rejects with
    * an RpcError. Calls made together are answered as the backend answers, in any order.
    */
-  async rpc(method, data = null) {
-    let reply;
-    try {
-      reply = await this.request({ type: "rpc", method, data });
-    } catch (error) {
-      throw new RpcError({ code: error.code, message: error.message });
-    }
-    if (reply.type === "rpc_error") throw new RpcError(reply.error);
-    return reply.result;
+  rpc(method, data = null) {
+    return rpcThrough(this, method, data);
   }
 
   /** Sends `message` with a fresh `id`; resolves with the reply, rejects with a ChannelError. */
@@ -772,6 +764,32 @@ export class TicketgateClient extends EventTarget {
   }
 }
 
+// What a client asks of the gateway, the same whether its connection is its own or shared by
+// all tabs: both kinds of client have `request()`.
+
+/** `publish` as a request: `{offset, epoch}`, or a ChannelError. */
+async function publishThrough(client, channel, data) {
+  const reply = await client.request({ type: "publish", channel, data });
+  return { offset: reply.offset, epoch: reply.epoch };
+}
+
+/** `rpc` as a request: the backend's result, or an RpcError. */
+async function rpcThrough(client, method, data) {
+  let reply;
+  try {
+    reply = await client.request({ type: "rpc", method, data });
+  } catch (error) {
+    throw new RpcError({ code: error.code, message: error.message });
+  }
+  if (reply.type === "rpc_error") throw new RpcError(reply.error);
+  return reply.result;
+}
+
+/** `presence` as a request: `{clients}`. */
+function presenceThrough(client, channel) {
+  return client.request({ type: "presence", channel }).then((reply) => ({ clients: reply.clients }));
+}
+
 /** The JWT's `sub`, unverified: which user a shared connection is for. */
 function subjectOf(jwt) {
   try {
@@ -800,7 +818,7 @@ class SharedSubscription extends EventTarget {
   }
 
   presence() {
-    return this.client.request({ type: "presence", channel: this.channel }).then((reply) => ({ clients: reply.clients }));
+    return presenceThrough(this.client, this.channel);
   }
 
   unsubscribe() {
@@ -893,20 +911,12 @@ class SharedTicketgateClient extends EventTarget {
     this.port.postMessage({ op: "subscribe", channel: subscription.channel, withToken: Boolean(subscription.getToken) });
   }
 
-  async publish(channel, data) {
-    const reply = await this.request({ type: "publish", channel, data });
-    return { offset: reply.offset, epoch: reply.epoch };
+  publish(channel, data) {
+    return publishThrough(this, channel, data);
   }
 
-  async rpc(method, data = null) {
-    let reply;
-    try {
-      reply = await this.request({ type: "rpc", method, data });
-    } catch (error) {
-      throw new RpcError({ code: error.code, message: error.message });
-    }
-    if (reply.type === "rpc_error") throw new RpcError(reply.error);
-    return reply.result;
+  rpc(method, data = null) {
+    return rpcThrough(this, method, data);
   }
 
   request(message) {

@@ -30,6 +30,26 @@ async function until(what, condition, ms = 10000) {
   }
 }
 
+/** A gateway with these channel namespaces; stopped at the end. */
+async function gatewayWith(namespaces) {
+  const config = join(mkdtempSync(join(tmpdir(), "ticketgate-shared-")), "ticketgate.toml");
+  writeFileSync(config, namespaces);
+  const gw = await Gateway.start({ CONFIG_FILE: config });
+  cleanups.push(() => gw.stop());
+  return gw;
+}
+
+/** One browser profile: its tabs share their SharedWorkers. */
+async function browserContext() {
+  const chrome = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+  });
+  cleanups.push(() => chrome.close());
+  return chrome.newContext();
+}
+
 /** A tab with a shared client of `user`, its publications collected in window.got. */
 async function tab(context, gw, user, channel) {
   const page = await context.newPage();
@@ -57,18 +77,8 @@ async function tab(context, gw, user, channel) {
 }
 
 test("two tabs with shared: true share one connection, each with its own channels", async () => {
-  const dir = mkdtempSync(join(tmpdir(), "ticketgate-shared-"));
-  const config = join(dir, "ticketgate.toml");
-  writeFileSync(config, '[[channels.namespaces]]\nname = "demo"\npublic = true\npresence = true\n');
-  const gw = await Gateway.start({ CONFIG_FILE: config });
-  cleanups.push(() => gw.stop());
-  const chrome = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-  });
-  cleanups.push(() => chrome.close());
-  const context = await chrome.newContext();
+  const gw = await gatewayWith('[[channels.namespaces]]\nname = "demo"\npublic = true\npresence = true\n');
+  const context = await browserContext();
 
   const first = await tab(context, gw, "alice", "demo:first");
   const second = await tab(context, gw, "alice", "demo:second");
@@ -109,21 +119,11 @@ test("two tabs with shared: true share one connection, each with its own channel
 });
 
 test("a shared connection's recovery after its gateway restarts reaches every tab", async () => {
-  const dir = mkdtempSync(join(tmpdir(), "ticketgate-shared-"));
-  const config = join(dir, "ticketgate.toml");
-  writeFileSync(config, '[[channels.namespaces]]\nname = "demo"\npublic = true\nhistory_size = 100\nhistory_ttl_secs = 600\n');
-  const gw = await Gateway.start({ CONFIG_FILE: config });
-  cleanups.push(() => gw.stop());
+  const gw = await gatewayWith('[[channels.namespaces]]\nname = "demo"\npublic = true\nhistory_size = 100\nhistory_ttl_secs = 600\n');
   // A second node on the same database publishes while the tabs' node is down.
   const other = await Gateway.beside(gw);
   cleanups.push(() => other.stop());
-  const chrome = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-  });
-  cleanups.push(() => chrome.close());
-  const context = await chrome.newContext();
+  const context = await browserContext();
   const tabs = [await tab(context, gw, "bob", "demo:both"), await tab(context, gw, "bob", "demo:both")];
   const publish = (n) => other.api("POST", "/api/channels/demo:both/publish", { data: n });
   await publish(1);

@@ -33,42 +33,15 @@ pub async fn roundtrip(
     for k in 0..plan.connections {
         sockets.push(clients.authenticate(k).await?.0);
     }
-    let stop = Arc::new(AtomicBool::new(false));
     let cpu = CpuWatch::start(&target.gateway_pids);
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for mut socket in sockets {
-        let stop = Arc::clone(&stop);
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut id = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                id += 1;
-                let sent = Instant::now();
-                socket
-                    .send_text(json!({"type": "ping", "id": id}).to_string())
-                    .await?;
-                let wanted = format!(r#""type":"pong","id":{id}}}"#);
-                loop {
-                    let text = socket
-                        .next_text()
-                        .await?
-                        .ok_or("the gateway closed the connection")?;
-                    if text.contains(&wanted) {
-                        break;
-                    }
-                }
-                latencies.push(sent.elapsed());
-            }
-            Ok::<_, String>(latencies)
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(plan.duration_secs)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.map_err(|e| e.to_string())??);
-    }
+    let mut latencies = one_in_flight_each(
+        sockets,
+        Duration::from_secs(plan.duration_secs),
+        |id| json!({"type": "ping", "id": id}),
+        "pong",
+    )
+    .await?;
     let elapsed = started.elapsed().as_secs_f64();
     let (gateway_cpu, _) = cpu.elapsed();
     let count = latencies.len();
@@ -95,4 +68,53 @@ pub async fn roundtrip(
             "gateway_cpu_per_roundtrip_us": cpu_per_roundtrip_us,
         }),
     })
+}
+
+/// Each connection with one request in flight at a time for `duration`: request `id` is
+/// `request(id)`, and its reply (the message with that `id`) must be of type `answer`. The
+/// time of every round trip, from sending to reading the reply.
+pub async fn one_in_flight_each(
+    sockets: Vec<Socket>,
+    duration: Duration,
+    request: impl Fn(u64) -> serde_json::Value + Clone + Send + 'static,
+    answer: &'static str,
+) -> Result<Vec<Duration>, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for mut socket in sockets {
+        let (stop, request) = (Arc::clone(&stop), request.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut id = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                id += 1;
+                let sent = Instant::now();
+                socket.send_text(request(id).to_string()).await?;
+                loop {
+                    let text = socket
+                        .next_text()
+                        .await?
+                        .ok_or("the gateway closed the connection")?;
+                    let reply: serde_json::Value =
+                        serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                    if reply["id"] != id {
+                        continue; // a broadcast or anything else
+                    }
+                    if reply["type"] != answer {
+                        return Err(format!("request {id}: {reply}"));
+                    }
+                    break;
+                }
+                latencies.push(sent.elapsed());
+            }
+            Ok::<_, String>(latencies)
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.map_err(|e| e.to_string())??);
+    }
+    Ok(latencies)
 }

@@ -21,6 +21,7 @@ use serde_json::json;
 use crate::Target;
 use crate::client::Socket;
 use crate::measure::{CpuWatch, percentiles_ms};
+use crate::roundtrip::one_in_flight_each;
 use crate::scenarios::{Report, clients};
 
 #[derive(clap::Args)]
@@ -121,46 +122,15 @@ pub async fn rpc(target: &Target, secret: &str, plan: RpcPlan) -> Result<Report,
     for k in 0..plan.connections {
         sockets.push(clients.authenticate(k).await?.0);
     }
-    let stop = Arc::new(AtomicBool::new(false));
     let cpu = CpuWatch::start(&target.gateway_pids);
     let started = Instant::now();
-    let mut through = Vec::new();
-    for mut socket in sockets {
-        let (stop, data) = (Arc::clone(&stop), data.clone());
-        through.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut id = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                id += 1;
-                let call = json!({"type": "rpc", "id": id, "method": "cart.add", "data": data});
-                let sent = Instant::now();
-                socket.send_text(call.to_string()).await?;
-                loop {
-                    let text = socket
-                        .next_text()
-                        .await?
-                        .ok_or("the gateway closed the connection")?;
-                    let reply: serde_json::Value =
-                        serde_json::from_str(&text).map_err(|e| e.to_string())?;
-                    if reply["id"] != id {
-                        continue; // a broadcast or anything else
-                    }
-                    if reply["type"] != "rpc_result" {
-                        return Err(format!("rpc {id}: {reply}"));
-                    }
-                    break;
-                }
-                latencies.push(sent.elapsed());
-            }
-            Ok::<_, String>(latencies)
-        }));
-    }
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut gateway_latencies = Vec::new();
-    for task in through {
-        gateway_latencies.extend(task.await.map_err(|e| e.to_string())??);
-    }
+    let mut gateway_latencies = one_in_flight_each(
+        sockets,
+        duration,
+        move |id| json!({"type": "rpc", "id": id, "method": "cart.add", "data": data}),
+        "rpc_result",
+    )
+    .await?;
     let elapsed = started.elapsed().as_secs_f64();
     let (gateway_cpu, generator_cpu) = cpu.elapsed();
     let calls = gateway_latencies.len();

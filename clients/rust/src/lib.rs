@@ -542,7 +542,7 @@ impl Subscription {
             .resyncs
             .take()
             .unwrap_or_else(|| mpsc::unbounded_channel().1);
-        Resyncs(receiver)
+        Receiving(receiver)
     }
 
     /// Who is subscribed, on every node (namespaces with presence).
@@ -570,22 +570,13 @@ impl Stream for Subscription {
     }
 }
 
-struct Receiving<T>(mpsc::UnboundedReceiver<Result<T, Error>>);
+/// What the connection's task sends one handle, as a stream.
+struct Receiving<T>(mpsc::UnboundedReceiver<T>);
 
 impl<T> Stream for Receiving<T> {
-    type Item = Result<T, Error>;
+    type Item = T;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
-    }
-}
-
-struct Resyncs(mpsc::UnboundedReceiver<Resync>);
-
-impl Stream for Resyncs {
-    type Item = Resync;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
         self.0.poll_recv(cx)
     }
 }
