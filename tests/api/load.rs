@@ -294,3 +294,54 @@ async fn the_rpc_scenario_calls_through_the_gateway_to_its_backend() {
         "{report}"
     );
 }
+
+/// The SSE transport in the generator, and the round-trip scenario on both transports: every
+/// ping answered, on the stream's node and with the POSTs through another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_roundtrip_scenario_works_on_both_transports_and_across_nodes() {
+    let (uri, db) = (mongo_uri(), unique_db_name());
+    tokio::task::spawn_blocking(move || {
+        let vars = [
+            ("JWT_SECRET", SECRET),
+            ("API_KEY", API_KEY),
+            ("MONGODB_URI", uri.as_str()),
+            ("MONGODB_DATABASE", db.as_str()),
+            ("RUST_LOG", "warn,ticketgate::startup=info"),
+        ];
+        let (node1, node2) = (GatewayProcess::start(&vars), GatewayProcess::start(&vars));
+        for transport in ["websocket", "sse"] {
+            let report = run(
+                &node1,
+                &[
+                    "--transport",
+                    transport,
+                    "roundtrip",
+                    "--connections",
+                    "3",
+                    "--duration-secs",
+                    "1",
+                ],
+            );
+            assert_eq!(report["transport"], transport, "{report}");
+            assert!(report["pings"].as_u64().unwrap() > 0, "{report}");
+        }
+        let across = run(
+            &node1,
+            &[
+                "--transport",
+                "sse",
+                "--post-url",
+                &node2.url(""),
+                "roundtrip",
+                "--connections",
+                "2",
+                "--duration-secs",
+                "1",
+            ],
+        );
+        assert_eq!(across["cross_node"], true, "{across}");
+        assert!(across["pings"].as_u64().unwrap() > 0, "{across}");
+    })
+    .await
+    .unwrap();
+}
