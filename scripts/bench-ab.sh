@@ -5,6 +5,8 @@
 #
 #   scripts/bench-ab.sh /tmp/old/ticketgate target/release/ticketgate
 #   ROUNDS=3 SCENARIOS="connect fanout" scripts/bench-ab.sh A_BIN B_BIN
+#   SWAP=load scripts/bench-ab.sh /tmp/old/ticketgate-load target/release/ticketgate-load
+#                                      # two builds of the load generator, one gateway
 #
 # Build A from an earlier commit in a worktree of its own, for example:
 #   git worktree add /tmp/old <commit> && (cd /tmp/old && cargo build --release -p ticketgate)
@@ -18,6 +20,10 @@ for round in $(seq "${ROUNDS:-2}"); do
     bin=$a
     [ "$side" = B ] && bin=$b
     echo "### round $round, $side: $bin"
-    GATEWAY_BIN="$bin" bash scripts/bench.sh
+    if [ "${SWAP:-gateway}" = load ]; then
+      LOAD_BIN="$bin" bash scripts/bench.sh
+    else
+      GATEWAY_BIN="$bin" bash scripts/bench.sh
+    fi
   done
 done

@@ -13,6 +13,7 @@
 #                                               # run (perf record -e cpu-clock -g; perf report -i …)
 #   GATEWAY_BIN=/tmp/old/ticketgate scripts/bench.sh  # run another build of the gateway (an A/B
 #                                               # against an earlier commit)
+#   LOAD_BIN=/tmp/old/ticketgate-load scripts/bench.sh  # the same for the load generator
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -161,7 +162,7 @@ load() {
   local evictions_before steal_before
   evictions_before=$(wt_evictions)
   steal_before=$(cpu_steal)
-  target/release/ticketgate-load "${args[@]}" --secret "$SECRET" "$@"
+  "${LOAD_BIN:-target/release/ticketgate-load}" "${args[@]}" --secret "$SECRET" "$@"
   if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
   echo "mongod CPU during the run: $(( ($(cpu_ticks "$mongod_pid") - mongod_before) * 1000 / $(getconf CLK_TCK) )) ms;" \
     "commands: $(mongod_commands | "$venv/bin/python" -c '

@@ -7,12 +7,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use ticketgate_client::protocol::ServerMessage;
 use tokio::sync::Mutex;
 
 use crate::Target;
 use crate::client::CHANNEL_PREFIX;
 use crate::measure::{CpuWatch, percentiles_ms};
-use crate::scenarios::{Report, clients, open_many, per, subscribe_all, unix_micros, word_padding};
+use crate::scenarios::{
+    Report, Stamp, clients, open_many, per, subscribe_all, unix_micros, word_padding,
+};
 
 /// The channels scenario's parameters, straight from its command line.
 #[derive(clap::Args)]
@@ -44,20 +47,6 @@ pub struct ChannelsPlan {
     /// Publishing requests in flight at once, sharing --rate between them.
     #[arg(long, default_value_t = 4)]
     pub publishers: usize,
-}
-
-/// A message as the readers look at it: its type and, for data messages, the publisher's
-/// timestamp.
-#[derive(serde::Deserialize)]
-struct Stamped<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: &'a str,
-    data: Option<Stamp>,
-}
-
-#[derive(serde::Deserialize)]
-struct Stamp {
-    t: u64,
 }
 
 /// What the readers count, per kind of message.
@@ -132,18 +121,22 @@ pub async fn channels(target: &Target, secret: &str, plan: ChannelsPlan) -> Resu
                                 break;
                             }
                         };
-                    // Only the two fields it needs: the generator shares the cores with the
+                    // The data read only for its stamp: the generator shares the cores with the
                     // gateway, and a full parse of every message would cost it most of them.
-                    let Ok(message) = serde_json::from_str::<Stamped>(&text) else {
+                    let Ok(message) = ServerMessage::<Stamp>::parse(&text) else {
                         continue;
                     };
-                    let (tally, mine) = match message.kind {
-                        "broadcast" => (&tallies.broadcasts, &mut broadcasts),
-                        "publication" => (&tallies.publications, &mut publications),
+                    let (tally, mine, data) = match message {
+                        ServerMessage::Broadcast { data, .. } => {
+                            (&tallies.broadcasts, &mut broadcasts, data)
+                        }
+                        ServerMessage::Publication { data, .. } => {
+                            (&tallies.publications, &mut publications, data)
+                        }
                         _ => continue,
                     };
                     let now = unix_micros();
-                    let sent = message.data.map_or(now, |data| data.t);
+                    let sent = data.t.unwrap_or(now);
                     mine.push(Duration::from_micros(now.saturating_sub(sent)));
                     tally.received.fetch_add(1, Ordering::Relaxed);
                 }

@@ -4,12 +4,15 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use serde::de::IgnoredAny;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
 use ticketgate::jwt::JwtSigner;
+use ticketgate_client::Error;
+use ticketgate_client::protocol::{self, ClientMessage, ServerMessage};
 
 use crate::deflate_socket::{DeflateSocket, Incoming};
 use crate::sse_socket::SseSocket;
@@ -45,14 +48,22 @@ impl Socket {
     pub async fn subscribe(&mut self, channels: &[String]) -> Result<(), String> {
         let requests: Vec<String> = channels
             .iter()
-            .map(|channel| serde_json::json!({"type": "subscribe", "channel": channel}).to_string())
+            .map(|channel| {
+                ClientMessage::Subscribe {
+                    id: None,
+                    channel: channel.clone(),
+                    since: None,
+                    token: None,
+                }
+                .to_text()
+            })
             .collect();
         self.send_all(requests).await?;
         let mut confirmed = 0;
         while confirmed < channels.len() {
-            match tokio::time::timeout(Duration::from_secs(30), self.next_text()).await {
-                Ok(Ok(Some(text))) if text.contains(r#""type":"subscribed""#) => confirmed += 1,
-                Ok(Ok(Some(text))) if text.contains(r#""type":"error""#) => {
+            match tokio::time::timeout(Duration::from_secs(30), self.next_message()).await {
+                Ok(Ok(Some((ServerMessage::Subscribed { .. }, _)))) => confirmed += 1,
+                Ok(Ok(Some((ServerMessage::Error { .. }, text)))) => {
                     return Err(format!("subscribe refused: {text}"));
                 }
                 Ok(Ok(Some(_))) => continue,
@@ -119,6 +130,21 @@ impl Socket {
         }
     }
 
+    /// The next message the protocol knows, read without its data, with its text; skips text
+    /// that is not a server message.
+    pub async fn next_message(
+        &mut self,
+    ) -> Result<Option<(ServerMessage<IgnoredAny>, String)>, String> {
+        loop {
+            let Some(text) = self.next_text().await? else {
+                return Ok(None);
+            };
+            if let Ok(message) = ServerMessage::parse(&text) {
+                return Ok(Some((message, text)));
+            }
+        }
+    }
+
     /// Compressed text received so far: bytes on the wire, bytes inflated.
     pub fn compressed_bytes(&self) -> Option<(u64, u64)> {
         match self {
@@ -134,15 +160,6 @@ impl Socket {
 }
 
 /// One gateway node as clients reach it.
-/// How a refused ticket's error names the gateway's `Retry-After` (whole seconds).
-const RETRY_AFTER_MARK: &str = "retry-after: ";
-
-/// The `Retry-After` a refused ticket request carried, from `authenticate`'s error.
-pub fn retry_after(error: &str) -> Option<Duration> {
-    let (_, seconds) = error.rsplit_once(RETRY_AFTER_MARK)?;
-    seconds.trim().parse().ok().map(Duration::from_secs)
-}
-
 pub struct Gateway {
     pub base_url: String,
     pub addr: SocketAddr,
@@ -227,50 +244,95 @@ impl Clients {
         })
     }
 
-    /// Ticket request to `authenticated`: the socket and how long it took.
-    pub async fn authenticate(&self, index: usize) -> Result<(Socket, Duration), String> {
+    /// Ticket request to `authenticated`: the socket and how long it took. A refused ticket is
+    /// [`Error::Ticket`] (with the gateway's `Retry-After`); anything else is
+    /// [`Error::Unreachable`] with what went wrong.
+    pub async fn authenticate(&self, index: usize) -> Result<(Socket, Duration), Error> {
         let started = Instant::now();
         let gateway = &self.gateways[index % self.gateways.len()];
-        let user = format!("{}-{index}", self.user_prefix);
-        let jwt = if self.subscribe > 0 || self.jti {
-            let now = ticketgate::clock::unix_now();
-            let jti = self.jti.then(|| {
-                let n = self.jtis.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                format!("{user}-{now}-{n}")
-            });
-            self.signer.sign(&ticketgate::jwt::Claims {
-                sub: user.clone(),
-                exp: now + 3600,
-                iat: Some(now),
-                jti,
-                channels: (self.subscribe > 0).then(|| vec!["load:*".into()]),
-                ..Default::default()
-            })
+        let jwt = self.jwt_of(index);
+        let ticket_url = format!("{}/token/ws", gateway.base_url);
+        let ticket = protocol::request_ticket(&self.http, &ticket_url, &jwt).await?;
+        let unreachable = |message: String| Error::Unreachable { message };
+        let stream = self
+            .connect_from_source(index, gateway)
+            .await
+            .map_err(unreachable)?;
+        let mut ws = if self.transport == TransportChoice::Sse {
+            let post_base = self.post_url.as_deref().unwrap_or(&gateway.base_url);
+            Socket::Sse(Box::new(
+                SseSocket::open(
+                    stream,
+                    &gateway.addr.to_string(),
+                    &format!("/sse?token={ticket}"),
+                    self.http.clone(),
+                    post_base,
+                )
+                .await
+                .map_err(unreachable)?,
+            ))
+        } else if self.compression {
+            Socket::Deflate(Box::new(
+                DeflateSocket::upgrade(
+                    stream,
+                    &gateway.addr.to_string(),
+                    &format!("/demo?token={ticket}"),
+                )
+                .await
+                .map_err(unreachable)?,
+            ))
         } else {
-            self.signer.mint(&user, 3600)
+            let url = protocol::socket_url(&gateway.base_url, "/demo", &ticket);
+            Socket::Plain(Box::new(
+                protocol::open_on(stream, &url, Some(light_config())).await?,
+            ))
         };
-        let response = self
-            .http
-            .get(format!("{}/token/ws", gateway.base_url))
-            .bearer_auth(&jwt)
-            .send()
+        ws.send_text(ClientMessage::Jwt { token: jwt }.to_text())
             .await
-            .map_err(|e| format!("ticket request: {}", error_chain(&e)))?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .map(|value| format!(" {RETRY_AFTER_MARK}{value}"))
-            .unwrap_or_default();
-        let body: serde_json::Value = response
-            .json()
-            .await
-            .map_err(|e| format!("ticket body: {e}"))?;
-        let ticket = body["token"]
-            .as_str()
-            .ok_or_else(|| format!("ticket refused: {status} {body}{retry_after}"))?;
+            .map_err(|e| unreachable(format!("send jwt: {e}")))?;
+        loop {
+            let failure =
+                match tokio::time::timeout(Duration::from_secs(30), ws.next_message()).await {
+                    Ok(Ok(Some((ServerMessage::Authenticated { .. }, _)))) => {
+                        return Ok((ws, started.elapsed()));
+                    }
+                    Ok(Ok(Some(_))) => continue,
+                    Ok(Ok(None)) => "the connection ended before authenticating".to_owned(),
+                    Ok(Err(e)) => format!("while authenticating: {e}"),
+                    Err(_) => "no authenticated message within 30 s".to_owned(),
+                };
+            return Err(unreachable(failure));
+        }
+    }
 
+    /// Client `index`'s JWT: its user, granted `load:*` when it subscribes, with a `jti` of
+    /// its own under `--jti`.
+    fn jwt_of(&self, index: usize) -> String {
+        let user = format!("{}-{index}", self.user_prefix);
+        if !(self.subscribe > 0 || self.jti) {
+            return self.signer.mint(&user, 3600);
+        }
+        let now = ticketgate::clock::unix_now();
+        let jti = self.jti.then(|| {
+            let n = self.jtis.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!("{user}-{now}-{n}")
+        });
+        self.signer.sign(&ticketgate::jwt::Claims {
+            sub: user,
+            exp: now + 3600,
+            iat: Some(now),
+            jti,
+            channels: (self.subscribe > 0).then(|| vec!["load:*".into()]),
+            ..Default::default()
+        })
+    }
+
+    /// A TCP connection to `gateway` from client `index`'s loopback source address.
+    async fn connect_from_source(
+        &self,
+        index: usize,
+        gateway: &Gateway,
+    ) -> Result<TcpStream, String> {
         let source = Ipv4Addr::new(
             127,
             0,
@@ -282,48 +344,10 @@ impl Clients {
         socket
             .bind(SocketAddr::new(source.into(), 0))
             .map_err(|e| format!("bind {source}: {e}"))?;
-        let stream = socket
+        socket
             .connect(gateway.addr)
             .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let path = format!("/demo?token={ticket}");
-        let mut ws = if self.transport == TransportChoice::Sse {
-            let post_base = self.post_url.as_deref().unwrap_or(&gateway.base_url);
-            Socket::Sse(Box::new(
-                SseSocket::open(
-                    stream,
-                    &gateway.addr.to_string(),
-                    &format!("/sse?token={ticket}"),
-                    self.http.clone(),
-                    post_base,
-                )
-                .await?,
-            ))
-        } else if self.compression {
-            Socket::Deflate(Box::new(
-                DeflateSocket::upgrade(stream, &gateway.addr.to_string(), &path).await?,
-            ))
-        } else {
-            let ws_url = format!("{}{path}", gateway.base_url.replacen("http", "ws", 1));
-            let (ws, _) = client_async_with_config(ws_url, stream, Some(light_config()))
-                .await
-                .map_err(|e| format!("upgrade: {e}"))?;
-            Socket::Plain(Box::new(ws))
-        };
-        ws.send_text(serde_json::json!({"type": "jwt", "token": jwt}).to_string())
-            .await
-            .map_err(|e| format!("send jwt: {e}"))?;
-        loop {
-            match tokio::time::timeout(Duration::from_secs(30), ws.next_text()).await {
-                Ok(Ok(Some(text))) if text.contains(r#""type":"authenticated""#) => {
-                    return Ok((ws, started.elapsed()));
-                }
-                Ok(Ok(Some(_))) => continue,
-                Ok(Ok(None)) => return Err("the connection ended before authenticating".into()),
-                Ok(Err(e)) => return Err(format!("while authenticating: {e}")),
-                Err(_) => return Err("no authenticated message within 30 s".into()),
-            }
-        }
+            .map_err(|e| format!("connect: {e}"))
     }
 }
 
@@ -360,16 +384,4 @@ fn bind_address_only(socket: &TcpSocket) -> Result<(), String> {
             std::io::Error::last_os_error()
         ))
     }
-}
-
-/// An error and its sources, innermost last ("error sending request" alone says little).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }

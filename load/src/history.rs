@@ -14,30 +14,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt, stream};
+use serde::de::IgnoredAny;
 use serde_json::{Value, json};
+use ticketgate_client::Backoff;
+use ticketgate_client::protocol::{ClientMessage, Position, ServerMessage};
 use tokio::sync::Mutex;
 
 use crate::Target;
 use crate::client::{CHANNEL_PREFIX, Clients, Socket};
 use crate::measure::{CpuWatch, percentiles_ms};
 use crate::scenarios::{Report, clients, word_padding};
-
-/// A history channel's position as a client keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Position {
-    epoch: String,
-    offset: u64,
-}
-
-/// The fields of a server message these scenarios look at.
-#[derive(serde::Deserialize)]
-struct Incoming<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    offset: Option<u64>,
-    epoch: Option<&'a str>,
-    recovered: Option<bool>,
-}
 
 /// A small xorshift generator: cut times and backoff jitter, the same every run.
 struct Dice(u64);
@@ -66,33 +52,36 @@ async fn subscribe(
     channel: &str,
     since: Option<&Position>,
 ) -> Result<(Position, Option<bool>), String> {
-    let mut request = json!({"type": "subscribe", "channel": channel});
-    if let Some(since) = since {
-        request["since"] = json!({"offset": since.offset, "epoch": since.epoch});
-    }
-    socket.send_text(request.to_string()).await?;
+    let request = ClientMessage::Subscribe {
+        id: None,
+        channel: channel.to_owned(),
+        since: since.cloned(),
+        token: None,
+    };
+    socket.send_text(request.to_text()).await?;
     loop {
-        let text = match tokio::time::timeout(Duration::from_secs(30), socket.next_text()).await {
-            Ok(Ok(Some(text))) => text,
-            Ok(Ok(None)) => return Err("the connection ended while subscribing".into()),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err("no subscribed within 30 s".into()),
-        };
-        let Ok(message) = serde_json::from_str::<Incoming>(&text) else {
-            continue;
-        };
-        match message.kind {
-            "subscribed" => {
+        let (message, text) =
+            match tokio::time::timeout(Duration::from_secs(30), socket.next_message()).await {
+                Ok(Ok(Some(read))) => read,
+                Ok(Ok(None)) => return Err("the connection ended while subscribing".into()),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err("no subscribed within 30 s".into()),
+            };
+        match message {
+            ServerMessage::Subscribed {
+                epoch,
+                offset,
+                recovered,
+                ..
+            } => {
                 let position = Position {
-                    epoch: message
-                        .epoch
-                        .ok_or("subscribed without an epoch: is the namespace's history on?")?
-                        .to_owned(),
-                    offset: message.offset.unwrap_or(0),
+                    epoch: epoch
+                        .ok_or("subscribed without an epoch: is the namespace's history on?")?,
+                    offset: offset.unwrap_or(0),
                 };
-                return Ok((position, message.recovered));
+                return Ok((position, recovered));
             }
-            "error" => return Err(format!("subscribe refused: {text}")),
+            ServerMessage::Error { .. } => return Err(format!("subscribe refused: {text}")),
             _ => {}
         }
     }
@@ -109,7 +98,7 @@ async fn open_subscribed(
         .map(|k| {
             let clients = Arc::clone(clients);
             async move {
-                let (mut socket, _) = clients.authenticate(k).await?;
+                let (mut socket, _) = clients.authenticate(k).await.map_err(|e| e.to_string())?;
                 let (position, _) =
                     subscribe(&mut socket, &channel_of(k, clients.channels), None).await?;
                 Ok((k, socket, position))
@@ -474,7 +463,8 @@ async fn jitter_subscriber(
             Some(live) => live,
             None => {
                 let reconnected = async {
-                    let (mut socket, _) = clients.authenticate(k).await?;
+                    let (mut socket, _) =
+                        clients.authenticate(k).await.map_err(|e| e.to_string())?;
                     let since = outcome.seen.last.clone();
                     let reply = subscribe(&mut socket, &channel, since.as_ref()).await?;
                     Ok::<_, String>((socket, reply))
@@ -539,9 +529,9 @@ async fn jitter_subscriber(
             } else {
                 Duration::from_millis(500)
             };
-            let text = match tokio::time::timeout(wait, live.next_text()).await {
+            let message = match tokio::time::timeout(wait, live.next_message()).await {
                 Err(_) => continue,
-                Ok(Ok(Some(text))) => text,
+                Ok(Ok(Some((message, _)))) => message,
                 Ok(Ok(None)) | Ok(Err(_)) => {
                     outcome
                         .errors
@@ -549,13 +539,13 @@ async fn jitter_subscriber(
                     break;
                 }
             };
-            let Ok(message) = serde_json::from_str::<Incoming>(&text) else {
-                continue;
-            };
-            if let ("publication", Some(offset), Some(epoch)) =
-                (message.kind, message.offset, message.epoch)
+            if let ServerMessage::Publication::<IgnoredAny> {
+                offset: Some(offset),
+                epoch: Some(epoch),
+                ..
+            } = message
             {
-                outcome.seen.take(offset, epoch);
+                outcome.seen.take(offset, &epoch);
                 if let Some((cut, target)) = replay
                     && offset >= target
                 {
@@ -593,21 +583,29 @@ pub struct StormPlan {
     pub restart_command: String,
 }
 
-/// The browser client's reconnect delays (client/ticketgate.js): 0.5 s doubling to 30 s, each
-/// delay between half and all of that; a refused ticket's `Retry-After` replaces the backoff
-/// (that long plus up to half again) without growing it.
+/// The clients' reconnect delays (`ticketgate_client::Backoff`, the browser client's rules):
+/// 0.5 s doubling to 30 s, each delay between half and all of that; a refused ticket's
+/// `Retry-After` replaces the backoff (that long plus up to half again) without growing it.
+/// The draws come from the client's dice, so a run is the same every time.
 struct Reconnect {
     step: u32,
+    backoff: Backoff,
 }
 
 impl Reconnect {
+    fn new() -> Self {
+        Reconnect {
+            step: 0,
+            backoff: Backoff::default(),
+        }
+    }
+
     fn delay(&mut self, retry_after: Option<Duration>, dice: &mut Dice) -> Duration {
         if let Some(asked) = retry_after {
-            return asked.mul_f64(1.0 + 0.5 * dice.roll());
+            return self.backoff.after_retry_after(asked, dice.roll());
         }
-        let base = (500.0 * 2f64.powi(self.step.min(10) as i32)).min(30_000.0);
         self.step += 1;
-        Duration::from_secs_f64(base * (0.5 + 0.5 * dice.roll()) / 1000.0)
+        self.backoff.delay_rolled(self.step - 1, dice.roll())
     }
 }
 
@@ -760,16 +758,15 @@ pub async fn restart_storm(
 struct Refusals(std::sync::Mutex<std::collections::BTreeMap<String, u64>>);
 
 impl Refusals {
-    fn count(&self, error: &str) {
-        // "ticket refused: 503 Service Unavailable {…"error":"store_unavailable"…}" → the code.
-        let kind = match error.split_once(r#""error":""#) {
-            Some((head, rest)) => format!(
-                "{} {}",
-                head.split(' ').take(3).collect::<Vec<_>>().join(" "),
-                rest.split('"').next().unwrap_or_default()
-            ),
+    fn count(&self, error: &ticketgate_client::Error) {
+        let kind = match error {
+            // "ticket refused: 503 store_unavailable"
+            ticketgate_client::Error::Ticket { status, code, .. } => {
+                format!("ticket refused: {status} {code}")
+            }
             // Without the URL, which differs per request.
-            None => error
+            other => other
+                .to_string()
                 .split(" for url (")
                 .map(|part| part.split_once("): ").map_or(part, |(_, rest)| rest))
                 .collect::<Vec<_>>()
@@ -804,7 +801,7 @@ async fn storm_subscriber(
     let channel = channel_of(k, clients.channels);
     let mut dice = Dice::new(k);
     let mut attempt = 0;
-    let mut reconnect = Reconnect { step: 0 };
+    let mut reconnect = Reconnect::new();
     let mut retry_after = None;
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut socket = loop {
@@ -816,16 +813,19 @@ async fn storm_subscriber(
         }
         match clients.authenticate(k).await {
             Ok((socket, _)) => break socket,
-            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(e) if Instant::now() > deadline => return Err(e.to_string()),
             Err(e) => {
                 refusals.count(&e);
-                retry_after = crate::client::retry_after(&e);
+                retry_after = match e {
+                    ticketgate_client::Error::Ticket { retry_after, .. } => retry_after,
+                    _ => None,
+                };
             }
         }
     };
     // A subscribe refused as `unavailable` (MongoDB busy) is asked again, as a client would.
     let mut tries = 0;
-    let mut reconnect = Reconnect { step: 0 };
+    let mut reconnect = Reconnect::new();
     let (now, recovered) = loop {
         match subscribe(&mut socket, &channel, Some(&since)).await {
             Err(e) if e.contains(r#""error":"unavailable""#) && tries < 20 => {
@@ -849,23 +849,23 @@ async fn storm_subscriber(
         ..Seen::default()
     };
     while seen.offset() < top {
-        let text = match tokio::time::timeout(Duration::from_secs(30), socket.next_text()).await {
-            Ok(Ok(Some(text))) => text,
-            _ => {
-                return Err(format!(
-                    "{channel}: the recovered publications stopped at {}",
-                    seen.offset()
-                ));
-            }
-        };
-        if let Ok(Incoming {
-            kind: "publication",
+        let message =
+            match tokio::time::timeout(Duration::from_secs(30), socket.next_message()).await {
+                Ok(Ok(Some((message, _)))) => message,
+                _ => {
+                    return Err(format!(
+                        "{channel}: the recovered publications stopped at {}",
+                        seen.offset()
+                    ));
+                }
+            };
+        if let ServerMessage::Publication {
             offset: Some(offset),
             epoch: Some(epoch),
             ..
-        }) = serde_json::from_str::<Incoming>(&text)
+        } = message
         {
-            seen.take(offset, epoch);
+            seen.take(offset, &epoch);
         }
     }
     if seen.gaps > 0 || seen.repeats > 0 {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use serde::de::IgnoredAny;
 use serde_json::json;
+use ticketgate_client::protocol::{ClientMessage, ServerMessage};
 
 use crate::Target;
 use crate::client::Socket;
@@ -31,15 +33,15 @@ pub async fn roundtrip(
     let clients = clients(target, secret)?;
     let mut sockets: Vec<Socket> = Vec::new();
     for k in 0..plan.connections {
-        sockets.push(clients.authenticate(k).await?.0);
+        sockets.push(clients.authenticate(k).await.map_err(|e| e.to_string())?.0);
     }
     let cpu = CpuWatch::start(&target.gateway_pids);
     let started = Instant::now();
     let mut latencies = one_in_flight_each(
         sockets,
         Duration::from_secs(plan.duration_secs),
-        |id| json!({"type": "ping", "id": id}),
-        "pong",
+        |id| ClientMessage::Ping { id: Some(id) },
+        |answer| matches!(answer, ServerMessage::Pong { .. }),
     )
     .await?;
     let elapsed = started.elapsed().as_secs_f64();
@@ -71,13 +73,13 @@ pub async fn roundtrip(
 }
 
 /// Each connection with one request in flight at a time for `duration`: request `id` is
-/// `request(id)`, and its reply (the message with that `id`) must be of type `answer`. The
-/// time of every round trip, from sending to reading the reply.
+/// `request(id)`, and its reply (the message with that `id`) must be one that `expected`
+/// accepts. The time of every round trip, from sending to reading the reply.
 pub async fn one_in_flight_each(
     sockets: Vec<Socket>,
     duration: Duration,
-    request: impl Fn(u64) -> serde_json::Value + Clone + Send + 'static,
-    answer: &'static str,
+    request: impl Fn(u64) -> ClientMessage + Clone + Send + 'static,
+    expected: fn(&ServerMessage<IgnoredAny>) -> bool,
 ) -> Result<Vec<Duration>, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -89,19 +91,17 @@ pub async fn one_in_flight_each(
             while !stop.load(Ordering::Relaxed) {
                 id += 1;
                 let sent = Instant::now();
-                socket.send_text(request(id).to_string()).await?;
+                socket.send_text(request(id).to_text()).await?;
                 loop {
-                    let text = socket
-                        .next_text()
+                    let (reply, text) = socket
+                        .next_message()
                         .await?
                         .ok_or("the gateway closed the connection")?;
-                    let reply: serde_json::Value =
-                        serde_json::from_str(&text).map_err(|e| e.to_string())?;
-                    if reply["id"] != id {
+                    if reply.id() != Some(id) {
                         continue; // a broadcast or anything else
                     }
-                    if reply["type"] != answer {
-                        return Err(format!("request {id}: {reply}"));
+                    if !expected(&reply) {
+                        return Err(format!("request {id}: {text}"));
                     }
                     break;
                 }

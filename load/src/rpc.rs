@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use serde_json::json;
+use ticketgate_client::protocol::{ClientMessage, ServerMessage};
 
 use crate::Target;
 use crate::client::Socket;
@@ -120,15 +121,19 @@ pub async fn rpc(target: &Target, secret: &str, plan: RpcPlan) -> Result<Report,
     let clients = clients(target, secret)?;
     let mut sockets: Vec<Socket> = Vec::new();
     for k in 0..plan.connections {
-        sockets.push(clients.authenticate(k).await?.0);
+        sockets.push(clients.authenticate(k).await.map_err(|e| e.to_string())?.0);
     }
     let cpu = CpuWatch::start(&target.gateway_pids);
     let started = Instant::now();
     let mut gateway_latencies = one_in_flight_each(
         sockets,
         duration,
-        move |id| json!({"type": "rpc", "id": id, "method": "cart.add", "data": data}),
-        "rpc_result",
+        move |id| ClientMessage::Rpc {
+            id: Some(id),
+            method: "cart.add".into(),
+            data: data.clone(),
+        },
+        |answer| matches!(answer, ServerMessage::RpcResult { .. }),
     )
     .await?;
     let elapsed = started.elapsed().as_secs_f64();

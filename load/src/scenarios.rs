@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{StreamExt, stream};
 use serde_json::json;
+use ticketgate_client::protocol::ServerMessage;
 use tokio::sync::Mutex;
 
 use crate::Target;
@@ -50,6 +51,13 @@ pub(crate) async fn subscribe_all(
         .await
 }
 
+/// The publisher's timestamp in a broadcast's or publication's data, all the readers read of
+/// it (the padding is skipped unread).
+#[derive(serde::Deserialize, Default)]
+pub struct Stamp {
+    pub t: Option<u64>,
+}
+
 /// Opens `count` authenticated connections, `concurrency` at a time: the sockets and each one's
 /// ticket-to-authenticated time, plus the failures' messages.
 pub(crate) async fn open_many(
@@ -57,11 +65,12 @@ pub(crate) async fn open_many(
     count: usize,
     concurrency: usize,
 ) -> (Vec<Socket>, Vec<Duration>, Vec<String>) {
-    let outcomes: Vec<Result<(Socket, Duration), String>> = stream::iter(0..count)
-        .map(|i| clients.authenticate(i))
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await;
+    let outcomes: Vec<Result<(Socket, Duration), ticketgate_client::Error>> =
+        stream::iter(0..count)
+            .map(|i| clients.authenticate(i))
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
     let (mut sockets, mut latencies, mut failures) = (Vec::new(), Vec::new(), Vec::new());
     for outcome in outcomes {
         match outcome {
@@ -69,7 +78,7 @@ pub(crate) async fn open_many(
                 sockets.push(socket);
                 latencies.push(latency);
             }
-            Err(e) => failures.push(e),
+            Err(e) => failures.push(e.to_string()),
         }
     }
     (sockets, latencies, failures)
@@ -99,6 +108,7 @@ pub async fn connect(
                     .authenticate(i)
                     .await
                     .map(|(_socket, latency)| latency)
+                    .map_err(|e| e.to_string())
             }
         })
         .buffer_unordered(concurrency.max(1))
@@ -265,15 +275,13 @@ pub async fn fanout(target: &Target, secret: &str, plan: FanoutPlan) -> Result<R
                 while mine.len() < expected {
                     match tokio::time::timeout(Duration::from_secs(30), socket.next_text()).await {
                         Ok(Ok(Some(text))) => {
-                            let Ok(message) = serde_json::from_str::<serde_json::Value>(&text)
+                            let Ok(ServerMessage::Broadcast { data, .. }) =
+                                ServerMessage::<Stamp>::parse(&text)
                             else {
                                 continue;
                             };
-                            if message["type"] != "broadcast" {
-                                continue;
-                            }
                             let now = unix_micros();
-                            let sent = message["data"]["t"].as_u64().unwrap_or(now);
+                            let sent = data.t.unwrap_or(now);
                             mine.push(Duration::from_micros(now.saturating_sub(sent)));
                             received.fetch_add(1, Ordering::Relaxed);
                             last_receipt.fetch_max(now, Ordering::Relaxed);

@@ -2,6 +2,8 @@
 //! browser's EventSource reads it), client messages by `POST /sse/messages` with rising `seq`s,
 //! to the stream's node or to another (`--post-url`: no sticky sessions).
 
+use serde::de::IgnoredAny;
+use ticketgate_client::protocol::ServerMessage;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -60,12 +62,10 @@ impl SseSocket {
             .next()
             .await?
             .ok_or("the stream ended before its session event")?;
-        let value: serde_json::Value =
-            serde_json::from_str(&first).map_err(|e| format!("session event: {e}"))?;
-        socket.session = value["session"]
-            .as_str()
-            .ok_or_else(|| format!("expected the session event, got {first}"))?
-            .to_owned();
+        match ServerMessage::<IgnoredAny>::parse(&first) {
+            Ok(ServerMessage::Session { session }) => socket.session = session,
+            _ => return Err(format!("expected the session event, got {first}")),
+        }
         Ok(socket)
     }
 

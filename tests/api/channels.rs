@@ -82,11 +82,7 @@ pub fn subscription_token(sub: &str, channel: &str, ttl: u64, jti: Option<&str>)
 /// An authenticated connection of `sub` whose JWT grants `channels`.
 async fn granted(app: &TestApp, sub: &str, channels: &[&str]) -> WsClient {
     let mut client = app.connect(&app.ticket(sub).await).await;
-    client
-        .send_json(&json!({"type": "jwt", "token": jwt_granting(sub, channels)}))
-        .await;
-    let welcome = client.next_json().await;
-    assert_eq!(welcome["type"], "authenticated", "{welcome}");
+    assert_eq!(client.authenticate(&jwt_granting(sub, channels)).await, sub);
     client
 }
 

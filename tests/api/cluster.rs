@@ -102,10 +102,7 @@ impl Cluster {
         let mut client = try_connect_url(&node.ws_url(&ticket), None)
             .await
             .unwrap_or_else(|e| panic!("upgrade on node {i}: {e:?}"));
-        client
-            .send_json(&json!({"type": "jwt", "token": token}))
-            .await;
-        assert_eq!(client.next_json().await["type"], "authenticated");
+        client.authenticate(token).await;
         client
     }
 

@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::channels::{ConfigFile, jwt_granting};
 use crate::cluster::Cluster;
 use crate::support::*;
+use ticketgate_client::protocol::{ClientMessage, Position};
 
 const NAMESPACES: &str = r#"
 [[channels.namespaces]]
@@ -36,11 +37,18 @@ async fn subscriber(
     let mut client = cluster
         .client_with(node, sub, &jwt_granting(sub, &["feed:*"]))
         .await;
-    let mut request = json!({"type": "subscribe", "channel": channel});
-    if let Some((offset, epoch)) = since {
-        request["since"] = json!({"offset": offset, "epoch": epoch});
-    }
-    client.send_json(&request).await;
+    let since = since.map(|(offset, epoch)| Position {
+        offset,
+        epoch: epoch.to_owned(),
+    });
+    client
+        .send_message(&ClientMessage::Subscribe {
+            id: None,
+            channel: channel.to_owned(),
+            since,
+            token: None,
+        })
+        .await;
     let reply = client.next_json().await;
     assert_eq!(reply["type"], "subscribed", "{reply}");
     (client, reply)

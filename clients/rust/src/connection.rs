@@ -8,19 +8,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Message as Frame};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::protocol::{self, ClientMessage, Position, ServerMessage};
 use crate::{
     Backoff, Error, FATAL_CLOSE_CODES, JwtSource, Message, MessageKind, Publication, Resync,
-    ResyncReason, SUBPROTOCOL, Shared, State, TokenSource, lock,
+    ResyncReason, Shared, State, TokenSource, lock,
 };
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -40,8 +38,8 @@ pub(crate) struct Config {
 
 pub(crate) enum Command {
     Request {
-        message: Value,
-        reply: oneshot::Sender<Result<Value, Error>>,
+        message: ClientMessage,
+        reply: oneshot::Sender<Result<ServerMessage, Error>>,
     },
     Subscribe {
         channel: String,
@@ -93,7 +91,7 @@ impl Channel {
 }
 
 enum Waiting {
-    Reply(oneshot::Sender<Result<Value, Error>>),
+    Reply(oneshot::Sender<Result<ServerMessage, Error>>),
     Subscribe { channel: String, refresh: bool },
 }
 
@@ -156,7 +154,7 @@ impl Connection {
                 Ended::Retry {
                     retry_after: Some(wait),
                     ..
-                } => wait.mul_f64(1.0 + fastrand::f64() * self.config.backoff.jitter),
+                } => self.config.backoff.after_retry_after(wait, fastrand::f64()),
                 Ended::Retry { authenticated, .. } => {
                     if authenticated {
                         step = 0;
@@ -265,7 +263,7 @@ impl Connection {
             };
         };
         self.set_state(State::Authenticating);
-        if send(&mut socket, &json!({"type": "jwt", "token": jwt}))
+        if send(&mut socket, &ClientMessage::Jwt { token: jwt })
             .await
             .is_err()
         {
@@ -281,42 +279,12 @@ impl Connection {
 
     async fn fetch_ticket(&self, jwt: &str) -> Result<String, Error> {
         let url = format!("{}{}", self.config.base_url, self.config.token_path);
-        let response = self
-            .http
-            .get(url)
-            .bearer_auth(jwt)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|_| Error::NotConnected)?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        match body["token"].as_str() {
-            Some(ticket) if status == 200 => Ok(ticket.to_owned()),
-            _ => Err(Error::Ticket {
-                status,
-                code: body["error"].as_str().unwrap_or("unknown").to_owned(),
-                message: body["message"].as_str().unwrap_or_default().to_owned(),
-                retry_after,
-            }),
-        }
+        protocol::request_ticket(&self.http, &url, jwt).await
     }
 
     async fn open(&self, ticket: &str) -> Option<Socket> {
-        let base = self.config.base_url.replacen("http", "ws", 1);
-        let url = format!("{base}{}?token={ticket}", self.config.socket_path);
-        let mut request = url.into_client_request().ok()?;
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
-        let connecting = tokio_tungstenite::connect_async(request);
+        let url = protocol::socket_url(&self.config.base_url, &self.config.socket_path, ticket);
+        let connecting = tokio_tungstenite::connect_async(protocol::socket_request(&url).ok()?);
         match tokio::time::timeout(Duration::from_secs(10), connecting).await {
             Ok(Ok((socket, _))) => Some(socket),
             _ => None,
@@ -335,7 +303,7 @@ impl Connection {
                     heard = Instant::now();
                     match frame {
                         Some(Ok(Frame::Text(text))) => {
-                            let Ok(message) = serde_json::from_str::<Value>(&text) else { continue };
+                            let Ok(message) = ServerMessage::parse(&text) else { continue };
                             let outgoing = self.on_message(message).await;
                             authenticated |= self.authenticated;
                             for message in outgoing {
@@ -374,7 +342,7 @@ impl Connection {
                     }
                     Some(Command::Unsubscribe { channel }) => {
                         if self.channels.remove(&channel).is_some() && self.authenticated {
-                            let _ = send(socket, &json!({"type": "unsubscribe", "channel": channel})).await;
+                            let _ = send(socket, &ClientMessage::Unsubscribe { id: None, channel }).await;
                         }
                     }
                     Some(command @ Command::Subscribe { .. }) => {
@@ -407,15 +375,15 @@ impl Connection {
     }
 
     /// Handles one message; what to send in answer.
-    async fn on_message(&mut self, message: Value) -> Vec<Value> {
-        if let Some(id) = message["id"].as_u64()
+    async fn on_message(&mut self, message: ServerMessage) -> Vec<ClientMessage> {
+        if let Some(id) = message.id()
             && let Some(waiting) = self.waiting.remove(&id)
         {
             return self.on_reply(waiting, message).await;
         }
-        match message["type"].as_str().unwrap_or_default() {
-            "authenticated" => {
-                *lock(&self.shared.user_id) = message["user_id"].as_str().map(str::to_owned);
+        match message {
+            ServerMessage::Authenticated { user_id, .. } => {
+                *lock(&self.shared.user_id) = Some(user_id);
                 if self.authenticated {
                     return Vec::new();
                 }
@@ -429,57 +397,48 @@ impl Connection {
                 }
                 outgoing
             }
-            "token_expiring" => match (self.config.jwt)().await {
-                Ok(jwt) => vec![json!({"type": "jwt", "token": jwt})],
+            ServerMessage::TokenExpiring { .. } => match (self.config.jwt)().await {
+                Ok(token) => vec![ClientMessage::Jwt { token }],
                 Err(_) => Vec::new(),
             },
-            kind @ ("broadcast" | "message") => {
-                let kind = if kind == "broadcast" {
-                    MessageKind::Broadcast
-                } else {
-                    MessageKind::Message
-                };
-                let data = message["data"].clone();
-                self.feeds.retain(|feed| {
-                    feed.send(Ok(Message {
-                        kind,
-                        data: data.clone(),
-                    }))
-                    .is_ok()
-                });
+            ServerMessage::Broadcast { data, .. } => {
+                self.deliver(MessageKind::Broadcast, data);
                 Vec::new()
             }
-            "publication" => {
-                let name = message["channel"].as_str().unwrap_or_default();
-                if let Some(channel) = self.channels.get_mut(name) {
-                    let offset = message["offset"].as_u64();
-                    let epoch = message["epoch"].as_str();
-                    if channel.advance(name, offset, epoch) {
-                        let _ = channel.publications.send(Ok(Publication {
-                            channel: name.to_owned(),
-                            data: message["data"].clone(),
-                            offset,
-                            epoch: epoch.map(str::to_owned),
-                        }));
-                    }
+            ServerMessage::Message { data } => {
+                self.deliver(MessageKind::Message, data);
+                Vec::new()
+            }
+            ServerMessage::Publication {
+                channel: name,
+                data,
+                offset,
+                epoch,
+            } => {
+                if let Some(channel) = self.channels.get_mut(&name)
+                    && channel.advance(&name, offset, epoch.as_deref())
+                {
+                    let _ = channel.publications.send(Ok(Publication {
+                        channel: name,
+                        data,
+                        offset,
+                        epoch,
+                    }));
                 }
                 Vec::new()
             }
-            "unsubscribed" => {
+            ServerMessage::Unsubscribed { channel, .. } => {
                 // Ended by the server: the stream ends.
-                if let Some(name) = message["channel"].as_str() {
-                    self.channels.remove(name);
-                }
+                self.channels.remove(&channel);
                 Vec::new()
             }
-            "subscription_expiring" => {
-                let name = message["channel"].as_str().unwrap_or_default().to_owned();
+            ServerMessage::SubscriptionExpiring { channel, .. } => {
                 let refreshable = self
                     .channels
-                    .get(&name)
-                    .is_some_and(|channel| channel.token.is_some());
+                    .get(&channel)
+                    .is_some_and(|held| held.token.is_some());
                 if refreshable {
-                    self.subscribe_message(&name, true)
+                    self.subscribe_message(&channel, true)
                         .await
                         .into_iter()
                         .collect()
@@ -491,13 +450,33 @@ impl Connection {
         }
     }
 
-    async fn on_reply(&mut self, waiting: Waiting, message: Value) -> Vec<Value> {
-        let refused = (message["type"] == "error").then(|| Error::Channel {
-            code: message["error"].as_str().unwrap_or_default().to_owned(),
-            message: message["message"].as_str().unwrap_or_default().to_owned(),
-            channel: message["channel"].as_str().map(str::to_owned),
-            detail: message.get("detail").cloned().map(Box::new),
+    /// A broadcast or a user message, to every feed still listening.
+    fn deliver(&mut self, kind: MessageKind, data: serde_json::Value) {
+        self.feeds.retain(|feed| {
+            feed.send(Ok(Message {
+                kind,
+                data: data.clone(),
+            }))
+            .is_ok()
         });
+    }
+
+    async fn on_reply(&mut self, waiting: Waiting, message: ServerMessage) -> Vec<ClientMessage> {
+        let refused = match &message {
+            ServerMessage::Error {
+                code,
+                message,
+                channel,
+                detail,
+                ..
+            } => Some(Error::Channel {
+                code: code.clone(),
+                message: message.clone(),
+                channel: channel.clone(),
+                detail: detail.clone().map(Box::new),
+            }),
+            _ => None,
+        };
         match waiting {
             Waiting::Reply(reply) => {
                 let _ = reply.send(match refused {
@@ -524,17 +503,25 @@ impl Connection {
                     }
                     return Vec::new();
                 }
+                let ServerMessage::Subscribed {
+                    offset,
+                    epoch,
+                    recovered,
+                    ..
+                } = message
+                else {
+                    return Vec::new();
+                };
                 let Some(subscribed) = self.channels.get_mut(&channel) else {
                     return Vec::new();
                 };
-                let recovered = message["recovered"].as_bool();
-                if let Some(epoch) = message["epoch"].as_str()
+                if let Some(epoch) = &epoch
                     && !refresh
                     && recovered != Some(true)
                 {
                     // A first subscribe, or what was missed is gone: live from here on.
-                    subscribed.epoch = Some(epoch.to_owned());
-                    subscribed.offset = message["offset"].as_u64();
+                    subscribed.epoch = Some(epoch.clone());
+                    subscribed.offset = offset;
                 }
                 if let Some(ready) = subscribed.ready.take() {
                     let _ = ready.send(Ok(()));
@@ -543,8 +530,8 @@ impl Connection {
                     let _ = subscribed.resyncs.send(Resync {
                         channel,
                         reason: ResyncReason::NotRecovered,
-                        offset: message["offset"].as_u64().unwrap_or_default(),
-                        epoch: message["epoch"].as_str().unwrap_or_default().to_owned(),
+                        offset: offset.unwrap_or_default(),
+                        epoch: epoch.unwrap_or_default(),
                     });
                 }
                 Vec::new()
@@ -554,15 +541,25 @@ impl Connection {
 
     /// A subscribe for `channel` (with `since` to recover, and a fresh token when it has a
     /// source), numbered; None when it cannot be made now.
-    async fn subscribe_message(&mut self, name: &str, refresh: bool) -> Option<Value> {
+    async fn subscribe_message(&mut self, name: &str, refresh: bool) -> Option<ClientMessage> {
         let channel = self.channels.get(name)?;
-        let mut message = json!({"type": "subscribe", "channel": name});
-        if !refresh && let (Some(epoch), Some(offset)) = (&channel.epoch, channel.offset) {
-            message["since"] = json!({"offset": offset, "epoch": epoch});
-        }
-        if let Some(token) = channel.token.clone() {
-            message["token"] = Value::String(token(name.to_owned()).await.ok()?);
-        }
+        let since = match (&channel.epoch, channel.offset) {
+            (Some(epoch), Some(offset)) if !refresh => Some(Position {
+                offset,
+                epoch: epoch.clone(),
+            }),
+            _ => None,
+        };
+        let token = match channel.token.clone() {
+            Some(source) => Some(source(name.to_owned()).await.ok()?),
+            None => None,
+        };
+        let message = ClientMessage::Subscribe {
+            id: None,
+            channel: name.to_owned(),
+            since,
+            token,
+        };
         let waiting = Waiting::Subscribe {
             channel: name.to_owned(),
             refresh,
@@ -570,12 +567,11 @@ impl Connection {
         Some(self.numbered(message, waiting))
     }
 
-    fn numbered(&mut self, mut message: Value, waiting: Waiting) -> Value {
+    fn numbered(&mut self, message: ClientMessage, waiting: Waiting) -> ClientMessage {
         let id = self.next_id;
         self.next_id += 1;
-        message["id"] = json!(id);
         self.waiting.insert(id, waiting);
-        message
+        message.with_id(id)
     }
 
     /// The connection is gone: its requests fail; subscriptions wait for the next one.
@@ -628,9 +624,9 @@ impl Connection {
     }
 }
 
-async fn send(socket: &mut Socket, message: &Value) -> Result<(), ()> {
+async fn send(socket: &mut Socket, message: &ClientMessage) -> Result<(), ()> {
     socket
-        .send(Frame::text(message.to_string()))
+        .send(Frame::text(message.to_text()))
         .await
         .map_err(|_| ())
 }

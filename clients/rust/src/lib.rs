@@ -31,6 +31,7 @@
 #![warn(missing_docs)]
 
 mod connection;
+pub mod protocol;
 
 use std::fmt;
 use std::future::Future;
@@ -41,10 +42,11 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use connection::{Command, Config, Connection};
+use protocol::{ClientMessage, ServerMessage};
 
 /// The WebSocket subprotocol the client offers and the gateway confirms.
 pub const SUBPROTOCOL: &str = "ticketgate.v1";
@@ -87,10 +89,23 @@ impl Default for Backoff {
 impl Backoff {
     /// The delay before reconnect number `step` (from 0).
     pub fn delay(&self, step: u32) -> Duration {
+        self.delay_rolled(step, fastrand::f64())
+    }
+
+    /// [`delay`](Self::delay) with `roll` (0 to 1) as the random draw: for programs that
+    /// must be the same every run (a load generator's seeded clients).
+    pub fn delay_rolled(&self, step: u32, roll: f64) -> Duration {
         let base = (self.initial.as_secs_f64() * self.factor.powi(step.min(64) as i32))
             .min(self.max.as_secs_f64());
         let jitter = self.jitter.clamp(0.0, 1.0);
-        Duration::from_secs_f64(base * (1.0 - jitter) + fastrand::f64() * base * jitter)
+        Duration::from_secs_f64(base * (1.0 - jitter) + roll.clamp(0.0, 1.0) * base * jitter)
+    }
+
+    /// The wait after the gateway asked for `asked` (`Retry-After`): that long, plus up to
+    /// `jitter` of it again so that refused clients do not all return at once; `roll` (0 to
+    /// 1) is the random draw. It replaces the backoff without growing it.
+    pub fn after_retry_after(&self, asked: Duration, roll: f64) -> Duration {
+        asked.mul_f64(1.0 + roll.clamp(0.0, 1.0) * self.jitter.clamp(0.0, 1.0))
     }
 }
 
@@ -243,6 +258,11 @@ pub enum Error {
     },
     /// No authenticated connection right now; the client is reconnecting.
     NotConnected,
+    /// The gateway could not be reached, or did not upgrade (the cause, for logs).
+    Unreachable {
+        /// What went wrong, with its causes.
+        message: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -261,6 +281,9 @@ impl fmt::Display for Error {
             Error::Rpc { code, message, .. } => write!(f, "rpc failed ({code}): {message}"),
             Error::Closed { code, reason } => write!(f, "closed with {code}: {reason}"),
             Error::NotConnected => f.write_str("not connected"),
+            Error::Unreachable { message } => {
+                write!(f, "the gateway could not be reached: {message}")
+            }
         }
     }
 }
@@ -436,54 +459,36 @@ impl Client {
 
     /// Calls `method` on the app's backend with `data`: its result, or [`Error::Rpc`].
     pub async fn rpc(&self, method: &str, data: Value) -> Result<Value, Error> {
-        let reply = match self
-            .request(json!({"type": "rpc", "method": method, "data": data}))
-            .await
-        {
-            Ok(reply) => reply,
-            Err(Error::Channel { code, message, .. }) => {
-                return Err(Error::Rpc {
-                    code: Value::String(code),
-                    message,
-                    detail: None,
-                });
-            }
-            Err(other) => return Err(other),
+        let call = ClientMessage::Rpc {
+            id: None,
+            method: method.to_owned(),
+            data,
         };
-        if reply["type"] == "rpc_error" {
-            let failure = reply["error"].clone();
-            let code = failure["code"].clone();
-            let message = failure["message"].as_str().unwrap_or_default().to_owned();
-            let own = [
-                "upstream_unavailable",
-                "upstream_timeout",
-                "too_many_requests",
-                "upstream_disabled",
-            ]
-            .iter()
-            .any(|c| code == *c)
-                && failure
-                    .as_object()
-                    .is_some_and(|o| o.keys().all(|k| k == "code" || k == "message"));
-            return Err(Error::Rpc {
-                code,
+        match self.request(call).await {
+            Ok(ServerMessage::RpcResult { result, .. }) => Ok(result),
+            Ok(ServerMessage::RpcError { error, .. }) => Err(rpc_error(error)),
+            Ok(other) => Err(unexpected(&other)),
+            Err(Error::Channel { code, message, .. }) => Err(Error::Rpc {
+                code: Value::String(code),
                 message,
-                detail: (!own).then(|| Box::new(failure)),
-            });
+                detail: None,
+            }),
+            Err(other) => Err(other),
         }
-        Ok(reply["result"].clone())
     }
 
     /// Publishes `data` into `channel` (a namespace with `client_publish`): where it went, or
     /// [`Error::Channel`].
     pub async fn publish(&self, channel: &str, data: Value) -> Result<Published, Error> {
-        let reply = self
-            .request(json!({"type": "publish", "channel": channel, "data": data}))
-            .await?;
-        Ok(Published {
-            offset: reply["offset"].as_u64(),
-            epoch: reply["epoch"].as_str().map(str::to_owned),
-        })
+        let publish = ClientMessage::Publish {
+            id: None,
+            channel: channel.to_owned(),
+            data,
+        };
+        match self.request(publish).await? {
+            ServerMessage::Published { offset, epoch, .. } => Ok(Published { offset, epoch }),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Closes for good: streams end, and nothing reconnects.
@@ -495,7 +500,7 @@ impl Client {
         }
     }
 
-    async fn request(&self, message: Value) -> Result<Value, Error> {
+    async fn request(&self, message: ClientMessage) -> Result<ServerMessage, Error> {
         let (reply, answer) = oneshot::channel();
         self.command(Command::Request { message, reply });
         answer.await.unwrap_or_else(|_| Err(self.ending()))
@@ -547,11 +552,14 @@ impl Subscription {
 
     /// Who is subscribed, on every node (namespaces with presence).
     pub async fn presence(&self) -> Result<Vec<PresenceClient>, Error> {
-        let reply = self
-            .client
-            .request(json!({"type": "presence", "channel": self.channel}))
-            .await?;
-        Ok(serde_json::from_value(reply["clients"].clone()).unwrap_or_default())
+        let ask = ClientMessage::Presence {
+            id: None,
+            channel: self.channel.clone(),
+        };
+        match self.client.request(ask).await? {
+            ServerMessage::Presence { clients, .. } => Ok(clients),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Leaves the channel: the stream ends, and no resubscribe follows.
@@ -578,6 +586,39 @@ impl<T> Stream for Receiving<T> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
         self.0.poll_recv(cx)
+    }
+}
+
+/// A failed RPC: the backend's error object, or the gateway's own (`upstream_unavailable`, …:
+/// only `code` and `message`), which has no `detail`.
+fn rpc_error(failure: Value) -> Error {
+    let code = failure["code"].clone();
+    let message = failure["message"].as_str().unwrap_or_default().to_owned();
+    let own = [
+        "upstream_unavailable",
+        "upstream_timeout",
+        "too_many_requests",
+        "upstream_disabled",
+    ]
+    .iter()
+    .any(|c| code == *c)
+        && failure
+            .as_object()
+            .is_some_and(|o| o.keys().all(|k| k == "code" || k == "message"));
+    Error::Rpc {
+        code,
+        message,
+        detail: (!own).then(|| Box::new(failure)),
+    }
+}
+
+/// An answer of another type than the request's (a gateway of another version).
+fn unexpected<D: fmt::Debug>(answer: &ServerMessage<D>) -> Error {
+    Error::Channel {
+        code: "unexpected_answer".into(),
+        message: format!("{answer:?}"),
+        channel: None,
+        detail: None,
     }
 }
 

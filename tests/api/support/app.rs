@@ -9,6 +9,7 @@ use ticketgate::bus::{self, Bus};
 use ticketgate::config::Settings;
 use ticketgate::hub::Hub;
 use ticketgate::startup::Application;
+use ticketgate_client::protocol;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self};
 
@@ -124,10 +125,11 @@ impl TestApp {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// A ticket for `sub`, asked for as every client asks (the client crate's request).
     pub async fn ticket(&self, sub: &str) -> String {
-        let (status, body) = self.mint(Some(&format!("Bearer {}", jwt(sub)))).await;
-        assert_eq!(status, 200, "{body}");
-        body["token"].as_str().unwrap().to_owned()
+        protocol::request_ticket(&self.http, &self.url("/token/ws"), &jwt(sub))
+            .await
+            .unwrap_or_else(|e| panic!("a ticket for {sub}: {e}"))
     }
 
     pub async fn connect(&self, ticket: &str) -> WsClient {
@@ -148,11 +150,7 @@ impl TestApp {
     /// Ticket, upgrade, JWT: a connection that received its `authenticated` message.
     pub async fn authenticated(&self, sub: &str) -> WsClient {
         let mut client = self.connect(&self.ticket(sub).await).await;
-        client
-            .send_json(&serde_json::json!({"type": "jwt", "token": jwt(sub)}))
-            .await;
-        let welcome = client.next_json().await;
-        assert_eq!(welcome["type"], "authenticated", "{welcome}");
+        assert_eq!(client.authenticate(&jwt(sub)).await, sub);
         client
     }
 

@@ -3,6 +3,13 @@
 //! (`process`), raw HTTP and WebSocket frames for bad input (`raw`), an SSE client
 //! (`sse_client`), and metrics (`metrics`).
 //! Tests `use crate::support::*`.
+//!
+//! The protocol's messages, the ticket request and the first-message JWT come from the Rust
+//! client crate (`ticketgate_client::protocol`): the protocol has one client-side
+//! implementation, and these helpers are its users. Tests of the gateway's wire behaviour
+//! still read what arrives as raw JSON (`next_json`): the crate's `Client` hides what those
+//! tests assert (it drops repeated publications, retries `unavailable`), so it is used where a
+//! test plays an application (tests/api/client_rust.rs), not where it checks the gateway.
 
 mod app;
 mod backend;

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use ticketgate_client::protocol;
 
 use super::*;
 
@@ -169,23 +169,14 @@ impl GatewayProcess {
     /// request-head timer can fire before the worker reads a head that had arrived.
     pub async fn ticket(&self, http: &reqwest::Client, sub: &str) -> String {
         let mut attempts = 0;
-        let response = loop {
+        loop {
             attempts += 1;
-            let response = http
-                .get(self.url("/token/ws"))
-                .bearer_auth(jwt(sub))
-                .send()
-                .await
-                .unwrap();
-            if response.status() != 408 || attempts == 3 {
-                break response;
+            match protocol::request_ticket(http, &self.url("/token/ws"), &jwt(sub)).await {
+                Ok(ticket) => return ticket,
+                Err(ticketgate_client::Error::Ticket { status: 408, .. }) if attempts < 3 => {}
+                Err(e) => panic!("a ticket for {sub}: {e}"),
             }
-        };
-        assert_eq!(response.status(), 200);
-        response.json::<Value>().await.unwrap()["token"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        }
     }
 }
 

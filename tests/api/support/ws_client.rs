@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use ticketgate_client::protocol::{ClientMessage, ServerMessage};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -32,6 +33,25 @@ impl WsClient {
             .send(Message::text(value.to_string()))
             .await
             .unwrap();
+    }
+
+    /// Sends a protocol message, written by the client crate.
+    pub async fn send_message(&mut self, message: &ClientMessage) {
+        self.send_text(&message.to_text()).await;
+    }
+
+    /// The first message: `token` as the JWT; asserts the answer is `authenticated` and
+    /// returns the user it names.
+    pub async fn authenticate(&mut self, token: &str) -> String {
+        self.send_message(&ClientMessage::Jwt {
+            token: token.to_owned(),
+        })
+        .await;
+        let welcome = self.next_json().await;
+        match ServerMessage::<Value>::parse(&welcome.to_string()) {
+            Ok(ServerMessage::Authenticated { user_id, .. }) => user_id,
+            _ => panic!("expected authenticated, got {welcome}"),
+        }
     }
 
     pub async fn send_text(&mut self, text: &str) {
