@@ -39,6 +39,12 @@ name = "brief"
 public = true
 history_size = 3
 history_ttl_secs = 600
+[[channels.namespaces]]
+name = "price"
+public = true
+history_size = 1
+history_ttl_secs = 600
+deliver_latest = true
 `;
 
 async function gateway(env = {}) {
@@ -230,6 +236,29 @@ test("publications that cannot be recovered fire resync, then live ones flow", a
   await publish(other, "brief:short", 7);
   await until("the live publication", () => got.length === 2);
   assert.deepEqual(got, [[1, 1], [7, 7]]);
+  client.close();
+});
+
+test("a deliver_latest channel's latest arrives first as an ordinary publication, and again when a gap cannot be recovered", async () => {
+  const gw = await gateway();
+  const other = await secondNode(gw);
+  for (let n = 1; n <= 2; n++) await publish(other, "price:eur", n);
+  const client = clientFor(gw, "jack");
+  const price = client.subscribe("price:eur");
+  const got = collect(price);
+  await client.connect();
+  await until("the latest", () => got.length === 1);
+  assert.deepEqual(got, [[2, 2]]);
+
+  await gw.stop();
+  // history_size 1: 3 to 5 are trimmed by the time the client is back.
+  for (let n = 3; n <= 6; n++) await publish(other, "price:eur", n);
+  const resync = nextEvent(price, "resync", () => true, 30000);
+  await gw.launch();
+  await resync;
+  await until("the latest again", () => got.length === 2);
+  await sleep(200);
+  assert.deepEqual(got, [[2, 2], [6, 6]]);
   client.close();
 });
 

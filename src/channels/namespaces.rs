@@ -9,6 +9,8 @@
 //! join_leave = true
 //! history_size = 100        # keep at least the last 100 publications of each channel
 //! history_ttl_secs = 600    # for at least 10 minutes after the channel's last publication
+//! deliver_latest = true     # a new subscriber gets the latest publication at once (a state
+//!                           # channel: a price, a status), and so does one that cannot recover
 //! client_publish = true     # clients may publish: granted by their JWT's `publish` claim,
 //! publish_proxy = true      # or else allowed by the app's backend (`POST {UPSTREAM_URL}/publish`)
 //! ```
@@ -30,6 +32,9 @@ pub struct NamespaceOptions {
     pub join_leave: bool,
     /// Publications are numbered and kept, so a subscriber can recover what it missed.
     pub history: Option<HistoryOptions>,
+    /// A subscribe without `since`, or one that cannot recover, is followed by the channel's
+    /// latest publication (`deliver_latest`; needs history).
+    pub deliver_latest: bool,
     /// Whether and how clients may publish.
     pub client_publish: ClientPublish,
 }
@@ -132,6 +137,8 @@ pub struct ChannelsTable {
     #[serde(default)]
     pub history_ttl_secs: u32,
     #[serde(default)]
+    pub deliver_latest: bool,
+    #[serde(default)]
     pub client_publish: bool,
     #[serde(default)]
     pub publish_proxy: bool,
@@ -155,9 +162,26 @@ pub struct NamespaceTable {
     #[serde(default)]
     pub history_ttl_secs: u32,
     #[serde(default)]
+    pub deliver_latest: bool,
+    #[serde(default)]
     pub client_publish: bool,
     #[serde(default)]
     pub publish_proxy: bool,
+}
+
+/// `deliver_latest` as declared: the latest publication is the history's, so it needs one.
+fn needs_history(
+    deliver_latest: bool,
+    history: Option<HistoryOptions>,
+    name: &str,
+) -> Result<bool, String> {
+    if deliver_latest && history.is_none() {
+        return Err(format!(
+            "{name}: deliver_latest needs history_size and history_ttl_secs (the latest \
+             publication is the history's)"
+        ));
+    }
+    Ok(deliver_latest)
 }
 
 /// The declared namespaces, checked; the default namespace always exists.
@@ -176,14 +200,20 @@ impl Namespaces {
         let mut declared = HashMap::new();
         for namespace in table.namespaces {
             let name = namespace.name;
+            let history = HistoryOptions::from_table(
+                namespace.history_size,
+                namespace.history_ttl_secs,
+                &name,
+            )?;
             let options = NamespaceOptions {
                 public: namespace.public,
                 presence: namespace.presence,
                 join_leave: namespace.join_leave,
-                history: HistoryOptions::from_table(
-                    namespace.history_size,
-                    namespace.history_ttl_secs,
-                    &name,
+                history,
+                deliver_latest: needs_history(
+                    namespace.deliver_latest,
+                    history,
+                    &format!("namespace `{name}`"),
                 )?,
                 client_publish: ClientPublish::from_table(
                     namespace.client_publish,
@@ -200,15 +230,17 @@ impl Namespaces {
                 return Err(format!("namespace `{name}` is declared twice"));
             }
         }
+        let history = HistoryOptions::from_table(table.history_size, table.history_ttl_secs, "")?;
         Ok(Namespaces {
             default: NamespaceOptions {
                 public: table.public,
                 presence: table.presence,
                 join_leave: table.join_leave,
-                history: HistoryOptions::from_table(
-                    table.history_size,
-                    table.history_ttl_secs,
-                    "",
+                history,
+                deliver_latest: needs_history(
+                    table.deliver_latest,
+                    history,
+                    "the default namespace",
                 )?,
                 client_publish: ClientPublish::from_table(
                     table.client_publish,
@@ -298,6 +330,7 @@ mod tests {
                 presence: true,
                 join_leave: true,
                 history: None,
+                deliver_latest: false,
                 client_publish: ClientPublish::Off,
             })
         );
@@ -330,6 +363,22 @@ mod tests {
             })
         );
         assert_eq!(history("lobby").map(|h| h.size), Some(5));
+        let latest = parse(
+            "[[channels.namespaces]]\nname = \"price\"\nhistory_size = 1\n\
+             history_ttl_secs = 60\ndeliver_latest = true",
+        )
+        .unwrap();
+        assert!(
+            latest
+                .options(&channel("price:eur"))
+                .unwrap()
+                .deliver_latest
+        );
+        let error = parse("[channels]\ndeliver_latest = true").unwrap_err();
+        assert!(
+            error.contains("the default namespace: deliver_latest needs history_size"),
+            "{error}"
+        );
         assert_eq!(
             history("feed:a").unwrap().max_publication_bytes(),
             HISTORY_BYTES / 150
@@ -346,6 +395,7 @@ mod tests {
                 "at most 2592000",
             ),
             ("history_size = -1\nhistory_ttl_secs = 5", "history_size"),
+            ("deliver_latest = true", "deliver_latest needs history_size"),
         ] {
             let error =
                 parse(&format!("[[channels.namespaces]]\nname = \"n\"\n{bad}")).unwrap_err();

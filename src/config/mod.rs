@@ -323,6 +323,7 @@ impl Settings {
                                 presence: true,
                                 join_leave: true,
                                 history: Some(crate::channels::DEMO_HISTORY),
+                                deliver_latest: false,
                                 client_publish: crate::channels::ClientPublish::Off,
                             },
                         );

@@ -226,12 +226,15 @@ impl ChannelTable {
 
     /// Subscribes `id` to a history channel, recovering from `recover` where the window
     /// allows (see [`StreamStep`]); `older` is what a previous [`StreamStep::Older`] read.
+    /// With `deliver_latest`, a subscriber that recovers nothing (it did not ask, or it
+    /// cannot) is given the channel's latest publication first, and the position it is told
+    /// is the one just before it, so that every client takes it as the next publication.
     pub fn join_stream(
         &self,
         channel: &ChannelName,
         id: ConnectionId,
         subscriber: &Subscriber,
-        recover: &Recover,
+        (recover, deliver_latest): (&Recover, bool),
         older: Option<&Older>,
     ) -> StreamStep<()> {
         let mut shard = lock(self.shard(channel.as_str()));
@@ -285,7 +288,12 @@ impl ChannelTable {
                 (Some(true), deliveries)
             }
         };
-        let (epoch, offset) = (Arc::clone(&window.epoch), window.top);
+        let (mut deliveries, mut offset) = (deliveries, window.top);
+        if deliver_latest && recovered != Some(true) && window.first() <= window.top {
+            deliveries = window.after(window.top - 1).collect();
+            offset = window.top - 1;
+        }
+        let epoch = Arc::clone(&window.epoch);
         let mailbox = Arc::clone(subscriber);
         if !deliveries.is_empty() {
             mailbox.push_recovered(deliveries);

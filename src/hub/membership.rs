@@ -154,13 +154,13 @@ impl Membership {
         &mut self,
         channel: &ChannelName,
         grant: &Grant,
-        recover: &Recover,
+        wanted: (&Recover, bool),
         older: Option<&Older>,
     ) -> StreamStep<WindowLoad> {
         let step = self
             .hub
             .channels
-            .join_stream(channel, self.id, &self.mailbox, recover, older)
+            .join_stream(channel, self.id, &self.mailbox, wanted, older)
             .with_load(|| WindowLoad {
                 hub: Arc::clone(&self.hub),
                 channel: channel.clone(),

@@ -237,7 +237,8 @@ impl Authenticated {
             Some(history) => {
                 let asked = recover != Recover::No;
                 // Boxed: a MongoDB read's state would otherwise size every connection's task.
-                let joined = Box::pin(self.join_stream(ctx, name, grant.clone(), recover, history))
+                let source = (history, options.deliver_latest);
+                let joined = Box::pin(self.join_stream(ctx, name, grant.clone(), recover, source))
                     .await
                     .map_err(|e| {
                         log::warn!("subscribing to a history channel: {e}");
@@ -298,12 +299,13 @@ impl Authenticated {
         name: &ChannelName,
         grant: Grant,
         recover: Recover,
-        options: HistoryOptions,
+        (options, deliver_latest): (HistoryOptions, bool),
     ) -> Result<(Joined, bool), Unavailable> {
         let store = ctx.bus.history()?;
         let source = HistorySource {
             store: &store,
             options,
+            deliver_latest,
         };
         subscribe_stream(&mut self.membership, name, grant, recover, &source).await
     }

@@ -21,10 +21,12 @@ const MAX_JOIN_ATTEMPTS: usize = 60;
 const BEHIND_WAIT: Duration = Duration::from_millis(50);
 const MAX_BEHIND_WAITS: usize = 40;
 
-/// Where a history channel's publications are read from, and how many it keeps.
+/// Where a history channel's publications are read from, how many it keeps, and whether a
+/// subscriber that recovers nothing is given the latest (`deliver_latest`).
 pub struct HistorySource<'a> {
     pub store: &'a HistoryStore,
     pub options: HistoryOptions,
+    pub deliver_latest: bool,
 }
 
 /// A subscription to a history channel, as it began.
@@ -66,7 +68,8 @@ pub async fn subscribe_stream(
     let mut older: Option<Older> = None;
     let mut behind = 0;
     for _ in 0..MAX_JOIN_ATTEMPTS {
-        match membership.join_stream(channel, &grant, &recover, older.as_ref()) {
+        let wanted = (&recover, history.deliver_latest);
+        match membership.join_stream(channel, &grant, wanted, older.as_ref()) {
             StreamStep::Joined {
                 name,
                 epoch,
@@ -206,6 +209,7 @@ mod tests {
         let source = HistorySource {
             store: &store,
             options: HISTORY,
+            deliver_latest: false,
         };
         let channel = ChannelName::parse("feed:a").unwrap();
         for n in 1..=3 {
@@ -279,5 +283,80 @@ mod tests {
             assert_eq!(joined.recovered, expected, "{recover:?}");
             assert_eq!(joined.position.as_ref().map(|(_, o)| *o), Some(9));
         }
+    }
+
+    #[tokio::test]
+    async fn deliver_latest_gives_a_subscriber_that_recovers_nothing_the_latest_first() {
+        let hub = Hub::new(ConnectionLimits::UNLIMITED);
+        let history = Arc::new(MemoryHistory::default());
+        let store = HistoryStore::Memory(Arc::clone(&history));
+        let source = HistorySource {
+            store: &store,
+            options: HISTORY,
+            deliver_latest: true,
+        };
+        let channel = ChannelName::parse("price:a").unwrap();
+        let member = |user: &str| {
+            let conn = hub
+                .try_open(user, crate::hub::TransportKind::WebSocket)
+                .unwrap();
+            hub.join(&conn, None)
+        };
+
+        // An empty channel has no latest: nothing comes before the first live publication.
+        let mut early = member("early");
+        let (joined, _) =
+            subscribe_stream(&mut early, &channel, Grant::Server, Recover::No, &source)
+                .await
+                .unwrap();
+        assert_eq!(joined.position.as_ref().map(|(_, o)| *o), Some(0));
+        for n in 1..=3 {
+            publish_numbered(&hub, &history, "price:a", n);
+        }
+        assert_eq!(offsets_received(&mut early, 3).await, [1, 2, 3]);
+        let epoch = history
+            .read("price:a", HISTORY, HistoryQuery::Latest { limit: 1 })
+            .top
+            .epoch;
+
+        // No `since`, and a `since` that cannot recover (another epoch): the latest, told as
+        // the position just before it; then live.
+        for (user, recover, recovered, top) in [
+            ("plain", Recover::No, None, 3),
+            (
+                "lost",
+                Recover::From {
+                    epoch: "other".into(),
+                    offset: 1,
+                },
+                Some(false),
+                4,
+            ),
+        ] {
+            let mut late = member(user);
+            let (joined, _) =
+                subscribe_stream(&mut late, &channel, Grant::Server, recover, &source)
+                    .await
+                    .unwrap();
+            assert_eq!(joined.recovered, recovered, "{user}");
+            assert_eq!(joined.position.as_ref().map(|(_, o)| *o), Some(top - 1));
+            publish_numbered(&hub, &history, "price:a", top + 1);
+            assert_eq!(
+                offsets_received(&mut late, 1).await,
+                [top, top + 1],
+                "{user}"
+            );
+        }
+
+        // A `since` that recovers gets the gap only.
+        let mut back = member("back");
+        let from = Recover::From { epoch, offset: 3 };
+        let (joined, _) = subscribe_stream(&mut back, &channel, Grant::Server, from, &source)
+            .await
+            .unwrap();
+        assert_eq!(joined.recovered, Some(true));
+        assert_eq!(joined.position.as_ref().map(|(_, o)| *o), Some(5));
+        publish_numbered(&hub, &history, "price:a", 6);
+        assert_eq!(offsets_received(&mut back, 1).await, [4, 5, 6]);
     }
 }

@@ -31,6 +31,12 @@ public = true
 client_publish = true
 history_size = 50
 history_ttl_secs = 600
+[[channels.namespaces]]
+name = "price"
+public = true
+history_size = 1
+history_ttl_secs = 600
+deliver_latest = true
 "#;
 
 fn fast() -> Backoff {
@@ -125,6 +131,23 @@ async fn the_rust_client_carries_messages_rpc_publish_presence_and_stops_on_4403
     let first = client.publish("talk:1", json!(1)).await.unwrap();
     let second = client.publish("talk:1", json!(2)).await.unwrap();
     assert_eq!((first.offset, second.offset), (Some(1), Some(2)));
+
+    // A state channel: the latest publication comes first, as an ordinary one.
+    for price in [json!(1.07), json!(1.08)] {
+        let (status, _) = app
+            .call_api(
+                API_KEY,
+                reqwest::Method::POST,
+                "/api/channels/price:eur/publish",
+                Some(json!({ "data": price })),
+            )
+            .await;
+        assert_eq!(status, 202);
+    }
+    let mut price = client.subscribe("price:eur");
+    price.ready().await.unwrap();
+    let latest = next(&mut price).await.unwrap();
+    assert_eq!((latest.data, latest.offset), (json!(1.08), Some(2)));
 
     let mut room = client.subscribe("room:lobby");
     room.ready().await.unwrap();

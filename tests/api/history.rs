@@ -36,6 +36,12 @@ history_ttl_secs = 600
 
 [[channels.namespaces]]
 name = "plain"
+
+[[channels.namespaces]]
+name = "state"
+history_size = 3
+history_ttl_secs = 600
+deliver_latest = true
 "#;
 
 async fn app(store: Store, file: &ConfigFile) -> TestApp {
@@ -554,6 +560,80 @@ async fn a_client_cut_off_recovers_everything_on_another_node() {
             .await,
         1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_latest_hands_a_new_subscriber_the_latest_on_every_node() {
+    let file = ConfigFile::new(NAMESPACES);
+    let cluster = start_cluster(&mongo_uri(), 2, &file);
+    let publish = |n: u64| {
+        let cluster = &cluster;
+        async move {
+            let (status, body) = cluster
+                .post(2, "/api/channels/state:price/publish", json!({ "data": n }))
+                .await;
+            assert_eq!((status, body["offset"].as_u64()), (202, Some(n)), "{body}");
+        }
+    };
+    let client = |node: usize, sub: &'static str| {
+        let cluster = &cluster;
+        async move {
+            cluster
+                .client_with(node, sub, &jwt_granting(sub, &["state:*"]))
+                .await
+        }
+    };
+    for n in 1..=4 {
+        publish(n).await;
+    }
+    // A subscriber on each node: `subscribed` names the offset before the latest, which
+    // follows at once, before any live publication.
+    let mut on_one = client(1, "alice").await;
+    let mut on_two = client(2, "bob").await;
+    let mut epoch = String::new();
+    for subscriber in [&mut on_one, &mut on_two] {
+        let reply = subscribe(subscriber, "state:price", None).await;
+        assert_eq!(
+            (reply["type"].as_str(), reply["offset"].as_u64()),
+            (Some("subscribed"), Some(3)),
+            "{reply}"
+        );
+        assert_eq!(reply.get("recovered"), None, "{reply}");
+        epoch = reply["epoch"].as_str().unwrap().to_owned();
+        assert_eq!(publications(subscriber, 1).await, [(4, json!(4))]);
+    }
+    publish(5).await;
+    for subscriber in [&mut on_one, &mut on_two] {
+        assert_eq!(publications(subscriber, 1).await, [(5, json!(5))]);
+    }
+
+    // Far behind (history_size 3): not recovered, and the latest instead of a reload.
+    for n in 6..=12 {
+        publish(n).await;
+    }
+    let mut behind = client(1, "carol").await;
+    let reply = subscribe(&mut behind, "state:price", Some((1, &epoch))).await;
+    assert_eq!(
+        (reply["recovered"].as_bool(), reply["offset"].as_u64()),
+        (Some(false), Some(11)),
+        "{reply}"
+    );
+    assert_eq!(publications(&mut behind, 1).await, [(12, json!(12))]);
+    // Recoverable: the gap only, as without the option.
+    let mut back = client(2, "dave").await;
+    let reply = subscribe(&mut back, "state:price", Some((10, &epoch))).await;
+    assert_eq!(
+        (reply["recovered"].as_bool(), reply["offset"].as_u64()),
+        (Some(true), Some(12)),
+        "{reply}"
+    );
+    assert_eq!(
+        publications(&mut back, 2).await,
+        [(11, json!(11)), (12, json!(12))]
+    );
+    for subscriber in [&mut behind, &mut back] {
+        subscriber.expect_silence(Duration::from_millis(300)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,6 +41,12 @@ public = true
 client_publish = true
 history_size = 50
 history_ttl_secs = 600
+[[channels.namespaces]]
+name = "price"
+public = true
+history_size = 1
+history_ttl_secs = 600
+deliver_latest = true
 """
 
 

@@ -128,6 +128,14 @@ def test_channels_presence_refusals_and_unsubscribe(gateways: Gateways) -> None:
         assert [(p.offset, p.data) for p in got] == [(1, {"n": 1}), (2, {"n": 2})]
         assert all(isinstance(p, Publication) and p.channel == "feed:1" for p in got)
 
+        # A state channel: its latest publication first, as an ordinary one.
+        for price in (1.07, 1.08):
+            gw.api("POST", "/api/channels/price:eur/publish", {"data": price})
+        price_sub = client.subscribe("price:eur")
+        await within(price_sub.ready())
+        latest = await take(price_sub, 1)
+        assert [(p.offset, p.data) for p in latest] == [(2, 1.08)]
+
         room = client.subscribe("room:lobby")
         await within(room.ready())
         clients = await within(room.presence())
