@@ -48,7 +48,8 @@ BUS_RATE=${BUS_RATE:-20000}
 SECRET=bench-secret-0123456789abcdef0123456789
 API_KEY=bench-api-key-0123456789
 
-cargo build --release --workspace --bins --quiet
+# SKIP_BUILD=1: the binaries are given (GATEWAY_BIN, LOAD_BIN), and the tree may be mid-edit.
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --workspace --bins --quiet
 mongod_bin=$(bash scripts/install-mongod.sh)
 venv="${TICKETGATE_CACHE:-$HOME/.cache/ticketgate}/mongod-venv"
 # replSetInitiate needs a client; pymongo in mongod's venv is the smallest one.

@@ -24,6 +24,8 @@ pub struct Metrics {
     /// History appends made again because another node had moved the channel's position (or
     /// its history had expired) since this node last wrote there.
     pub history_appends_moved: IntCounter,
+    pub publish_transaction_retries: IntCounter,
+    pub publish_duplicates: IntCounter,
     /// MongoDB operations refused because STORE_MAX_IN_FLIGHT were running.
     pub store_operations_shed: IntCounter,
 
@@ -189,6 +191,14 @@ impl Metrics {
             history_appends_moved: counter(
                 "history_appends_moved_total",
                 "History appends made again because the channel's position had moved",
+            ),
+            publish_transaction_retries: counter(
+                "publish_transaction_retries_total",
+                "Transactions of keyed publications tried again (another node wrote a channel or a key meanwhile)",
+            ),
+            publish_duplicates: counter(
+                "publish_duplicates_total",
+                "Publications not made because their idempotency key was used within its window",
             ),
             store_operations_shed: counter(
                 "store_operations_shed_total",

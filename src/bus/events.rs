@@ -250,13 +250,7 @@ impl Event {
     }
 }
 
-/// A publication's place in one history channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StreamPublication {
-    pub channel: String,
-    pub offset: u64,
-    pub epoch: String,
-}
+pub use crate::store::StreamPublication;
 
 /// Numbers a node's commands. `seq` counts broadcasts only, so a client can tell a gap in one
 /// node's broadcasts from messages it was never meant to see; `n` counts every event, so

@@ -126,7 +126,13 @@ impl Forwarding {
         // The stream's task must not wait on the writer's queue: the answer goes on its own.
         tokio::spawn(async move {
             let (reply, _) = oneshot::channel();
-            let _ = queue.send(Outgoing { command, reply }).await;
+            let _ = queue
+                .send(Outgoing {
+                    command,
+                    key: None,
+                    reply,
+                })
+                .await;
         });
     }
 }

@@ -8,6 +8,7 @@
 mod appends;
 mod events;
 pub mod forward;
+mod once;
 mod stream;
 mod writer;
 
@@ -20,6 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 pub use events::{Command, Event, EventDocument, Sequencer, StreamPublication};
 pub use forward::Post;
 use forward::{FORWARD_PATIENCE, Forwarding};
+pub use once::{BadKey, IdempotencyKey, MAX_KEY_BYTES};
+use once::{FirstAnswer, LocalKeys};
 
 use crate::channels::{ChannelName, HistoryOptions};
 use crate::db::collections::{CHANNEL_HISTORY, CLUSTER_EVENTS};
@@ -27,6 +30,7 @@ use crate::db::{Bounds, Unavailable};
 use crate::hub::{Hub, Posted};
 use crate::metrics::Metrics;
 use crate::store::cluster_events::ClusterEvents;
+use crate::store::publish_keys::PublishKeys;
 use crate::store::{HistoryPage, HistoryQuery, HistoryStore, MemoryHistory, MongoHistory};
 
 /// What a node says about itself.
@@ -83,6 +87,9 @@ pub struct Receipt {
     pub reach: Reach,
     /// Publications into history channels: the offset and epoch each got.
     pub streams: Vec<StreamPublication>,
+    /// A keyed publication made before within the key's window: nothing was published now,
+    /// and `streams` (and on one node `reach`) are the first one's.
+    pub duplicate: bool,
 }
 
 /// Which way events travel; reported by `GET /api/nodes` and in the log at start.
@@ -109,6 +116,7 @@ enum Route {
 struct LocalRoute {
     sequencer: Sequencer,
     history: Arc<MemoryHistory>,
+    keys: LocalKeys,
 }
 
 pub struct Bus {
@@ -136,6 +144,7 @@ impl Bus {
         let _ = self.route.set(Route::Local(Mutex::new(LocalRoute {
             sequencer: Sequencer::new(self.node.id.clone()),
             history: Arc::default(),
+            keys: LocalKeys::default(),
         })));
     }
 
@@ -158,11 +167,29 @@ impl Bus {
 
     /// Carries out `command` on every node the bus reaches.
     pub async fn send(&self, command: Command) -> Result<Receipt, Unavailable> {
+        self.send_keyed(command, None).await
+    }
+
+    /// Carries out a publication unless `key` was used within its window (then nothing
+    /// happens, and the receipt is the first one's, marked `duplicate`); see `once.rs`.
+    pub async fn send_keyed(
+        &self,
+        command: Command,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Receipt, Unavailable> {
         match self.route.get() {
             None => Err(Unavailable("the cluster bus is waiting for MongoDB".into())),
             Some(Route::Local(route)) => {
                 // Held while delivering, so seq order and offset order are delivery order.
                 let mut route = route.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(first) = key.as_ref().and_then(|key| route.keys.get(key)) {
+                    return Ok(Receipt {
+                        seq: None,
+                        reach: Reach::Node(first.reached.unwrap_or(0)),
+                        streams: first.streams,
+                        duplicate: true,
+                    });
+                }
                 let options = command.history_options();
                 let mut stamped = route.sequencer.stamp(command);
                 let history = Arc::clone(&route.history);
@@ -173,17 +200,29 @@ impl Bus {
                     });
                 let streams = stamped.event.streams().to_vec();
                 let reached = stamped.event.deliver(&self.hub);
+                if let Some(key) = &key {
+                    let first = FirstAnswer {
+                        streams: streams.clone(),
+                        reached: Some(reached),
+                    };
+                    route.keys.record(key, first);
+                }
                 Ok(Receipt {
                     seq: stamped.seq,
                     reach: Reach::Node(reached),
                     streams,
+                    duplicate: false,
                 })
             }
             Some(Route::Cluster { queue, .. }) => {
                 let (reply, written) = oneshot::channel();
                 let gone = || Unavailable("the cluster bus writer stopped".into());
                 queue
-                    .send(writer::Outgoing { command, reply })
+                    .send(writer::Outgoing {
+                        command,
+                        key,
+                        reply,
+                    })
                     .await
                     .map_err(|_| gone())?;
                 let written = written.await.map_err(|_| gone())??;
@@ -191,6 +230,7 @@ impl Bus {
                     seq: written.seq,
                     reach: Reach::Cluster,
                     streams: written.streams,
+                    duplicate: written.duplicate,
                 })
             }
         }
@@ -291,7 +331,9 @@ pub async fn start_on_mongodb(
     tokio::spawn(follower.run(opened));
     let history = Arc::new(MongoHistory::new(db, bounds.clone()));
     let writer = writer::Writer {
+        db: db.clone(),
         events: ClusterEvents::new(db, bounds.clone()),
+        keys: PublishKeys::new(db),
         history: Arc::clone(&history),
         sequencer: Sequencer::new(bus.node.id.clone()),
         node: bus.node.id.clone(),

@@ -29,6 +29,8 @@ pub struct ChannelPolicy {
     pub namespaces: Namespaces,
     /// MAX_SUBSCRIPTIONS_PER_CONNECTION.
     pub max_subscriptions: usize,
+    /// IDEMPOTENCY_WINDOW_SECS: how long a publication's idempotency key is remembered.
+    pub idempotency_window: std::time::Duration,
 }
 
 /// Why a connection holds a subscription; it decides what can end it.

@@ -331,6 +331,7 @@ impl Settings {
                     namespaces
                 },
                 max_subscriptions: env.number("MAX_SUBSCRIPTIONS_PER_CONNECTION")? as usize,
+                idempotency_window: env.secs("IDEMPOTENCY_WINDOW_SECS")?,
             },
             log_filter: env.text("RUST_LOG"),
         };

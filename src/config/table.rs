@@ -209,6 +209,9 @@ pub static SETTINGS: &[Setting] = &[
     setting("MAX_SUBSCRIPTIONS_PER_CONNECTION", Channels, Count { min: 1, max: 100_000 },
         "channels one connection may subscribe to; over: error `too_many_subscriptions`")
         .default("128"),
+    setting("IDEMPOTENCY_WINDOW_SECS", Channels, Secs { min: 1, max: 7 * DAY },
+        "how long a publication's `idempotency_key` is remembered: a publish with the same key into the same channels within it publishes nothing and gets the first answer")
+        .default("300"),
     setting("MAX_CONNECTIONS_PER_USER", Limits, Count { min: 1, max: 10_000_000 },
         "open WebSocket connections per user, authenticated or not; over: 429 `too_many_connections`")
         .default("20"),

@@ -21,6 +21,8 @@ pub const CHANNEL_HISTORY: &str = "channel_history";
 pub const LIFECYCLE_EVENTS: &str = "lifecycle_events";
 /// Each node's series of lifecycle events: who delivers it and how far it got.
 pub const LIFECYCLE_STREAMS: &str = "lifecycle_streams";
+/// The idempotency keys of publications, while their window lasts (`store::publish_keys`).
+pub const PUBLISH_KEYS: &str = "publish_keys";
 /// The migrations applied, with their checksums (`db::migrations`).
 pub const SCHEMA_MIGRATIONS: &str = "schema_migrations";
 
@@ -64,6 +66,10 @@ pub const COLLECTIONS: &[CollectionSpec] = &[
     CollectionSpec {
         name: LIFECYCLE_STREAMS,
         indexes: &["ended_at_ttl"],
+    },
+    CollectionSpec {
+        name: PUBLISH_KEYS,
+        indexes: &["expires_at_ttl"],
     },
     CollectionSpec {
         name: SCHEMA_MIGRATIONS,

@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_lifecycle_by_user.json",
         source: include_str!("../../migrations/0007_lifecycle_by_user.json"),
     },
+    Migration {
+        version: 8,
+        name: "0008_publish_keys.json",
+        source: include_str!("../../migrations/0008_publish_keys.json"),
+    },
 ];
 
 #[derive(Debug, Deserialize)]

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use super::AppState;
-use crate::bus::{Command, Reach};
+use crate::bus::{Command, IdempotencyKey, Reach};
 use crate::channels::{ChannelName, NamespaceOptions};
 use crate::db::Unavailable;
 use crate::error::ApiError;
@@ -82,7 +82,24 @@ pub(super) struct Sent {
 
 /// Sends `command` through the bus; a bus that cannot take it is a 503.
 pub(super) async fn send(state: &AppState, command: Command) -> Result<Sent, ApiError> {
-    let receipt = state.bus.send(command).await.map_err(bus_unavailable)?;
+    send_keyed(state, command, None).await
+}
+
+/// Sends a publication through the bus unless `key` was used within its window; a repeat
+/// is answered as the first was.
+pub(super) async fn send_keyed(
+    state: &AppState,
+    command: Command,
+    key: Option<IdempotencyKey>,
+) -> Result<Sent, ApiError> {
+    let receipt = state
+        .bus
+        .send_keyed(command, key)
+        .await
+        .map_err(bus_unavailable)?;
+    if receipt.duplicate {
+        state.session.metrics.publish_duplicates.inc();
+    }
     let (scope, reached) = match receipt.reach {
         Reach::Node(reached) => (Scope::Node, Some(reached)),
         Reach::Cluster => (Scope::Cluster, None),
@@ -115,6 +132,19 @@ pub(super) fn accepted(sent: Sent) -> HttpResponse {
         scope: sent.scope,
         delivered: sent.reached,
     })
+}
+
+/// The body's `idempotency_key` for a publication into `channels`, if it has one.
+pub(super) fn idempotency_key<'a>(
+    state: &AppState,
+    key: Option<&str>,
+    channels: impl IntoIterator<Item = &'a str>,
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(key) = key else { return Ok(None) };
+    let window = state.session.channels.idempotency_window;
+    IdempotencyKey::new(key, channels, window)
+        .map(Some)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
 /// A valid channel name in a declared namespace.

@@ -8,7 +8,9 @@ use serde_json::value::RawValue;
 
 use super::AppState;
 use super::api_caller::ApiCaller;
-use super::api_io::{ObjectBody, Scope, accepted, checked_channel, send};
+use super::api_io::{
+    ObjectBody, Scope, accepted, checked_channel, idempotency_key, send, send_keyed,
+};
 use crate::bus::{Command, StreamPublication};
 use crate::channels::{ChannelName, NamespaceOptions};
 use crate::cluster::ChannelCount;
@@ -36,8 +38,10 @@ pub fn configure(scope: actix_web::Scope) -> actix_web::Scope {
 }
 
 #[derive(Deserialize)]
-struct DataBody {
+struct PublishBody {
     data: Box<RawValue>,
+    /// Publish once per key and channel within IDEMPOTENCY_WINDOW_SECS.
+    idempotency_key: Option<String>,
 }
 
 /// A publication into a history namespace must leave room for the rest of the history.
@@ -68,13 +72,18 @@ async fn publish_one(
     caller: ApiCaller,
     state: web::Data<AppState>,
     channel: web::Path<String>,
-    body: ObjectBody<DataBody>,
+    body: ObjectBody<PublishBody>,
 ) -> Result<HttpResponse, ApiError> {
     caller.note(format_args!("publish to {channel}"));
+    let ObjectBody(PublishBody {
+        data,
+        idempotency_key: key,
+    }) = body;
     let (name, options) = checked_channel(&state, &channel)?;
-    fits_history(options, &body.0.data)?;
-    let command = Command::publish([(name, options)], body.0.data);
-    let sent = send(&state, command).await?;
+    fits_history(options, &data)?;
+    let key = idempotency_key(&state, key.as_deref(), [name.as_str()])?;
+    let command = Command::publish([(name, options)], data);
+    let sent = send_keyed(&state, command, key).await?;
     let stream = sent.streams.into_iter().next();
     Ok(HttpResponse::Accepted().json(PublishedOne {
         scope: sent.scope,
@@ -98,6 +107,8 @@ struct PublishedMany {
 struct PublishManyBody {
     channels: Vec<String>,
     data: Box<RawValue>,
+    /// Publish once per key and set of channels within IDEMPOTENCY_WINDOW_SECS.
+    idempotency_key: Option<String>,
 }
 
 /// The same data to many channels: one bus event, the data encoded once.
@@ -106,7 +117,11 @@ async fn publish_many(
     state: web::Data<AppState>,
     body: ObjectBody<PublishManyBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let ObjectBody(PublishManyBody { channels, data }) = body;
+    let ObjectBody(PublishManyBody {
+        channels,
+        data,
+        idempotency_key: key,
+    }) = body;
     caller.note(format_args!("publish to {} channels", channels.len()));
     if channels.is_empty() || channels.len() > MAX_PUBLISH_CHANNELS {
         return Err(ApiError::BadRequest(format!(
@@ -123,7 +138,12 @@ async fn publish_many(
             targets.push((name, options));
         }
     }
-    let sent = send(&state, Command::publish(targets, data)).await?;
+    let key = idempotency_key(
+        &state,
+        key.as_deref(),
+        targets.iter().map(|(n, _)| n.as_str()),
+    )?;
+    let sent = send_keyed(&state, Command::publish(targets, data), key).await?;
     Ok(HttpResponse::Accepted().json(PublishedMany {
         scope: sent.scope,
         delivered: sent.reached,

@@ -2,7 +2,7 @@
 //! writes for every node's bus to read back through its change stream (`crate::bus`), removed
 //! by the TTL index after 10 minutes. Generic over the document, whose form is the bus's own.
 
-use mongodb::{Collection, Database};
+use mongodb::{ClientSession, Collection, Database};
 use serde::Serialize;
 
 use crate::db::collections::CLUSTER_EVENTS;
@@ -35,5 +35,22 @@ impl<T: Serialize + Send + Sync> ClusterEvents<T> {
         }
         let insert = self.events.insert_many(documents).ordered(true);
         self.bounds.run("publish", insert).await.map(drop)
+    }
+
+    /// Inserts `documents` in their order as part of the transaction of `session`.
+    pub async fn insert_in(
+        &self,
+        session: &mut ClientSession,
+        documents: &[&T],
+    ) -> mongodb::error::Result<()> {
+        if documents.is_empty() {
+            return Ok(());
+        }
+        self.events
+            .insert_many(documents.iter().copied())
+            .ordered(true)
+            .session(session)
+            .await
+            .map(drop)
     }
 }

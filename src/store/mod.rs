@@ -7,12 +7,13 @@ pub mod history;
 pub mod lifecycle;
 pub mod nodes;
 pub mod presence;
+pub mod publish_keys;
 pub mod revocations;
 pub mod tickets;
 
 pub use history::{
-    Append, HistoryPage, HistoryQuery, HistoryStore, MemoryHistory, MongoHistory,
-    StoredPublication, StreamTop,
+    Append, Appended, HistoryPage, HistoryQuery, HistoryStore, MemoryHistory, MongoHistory,
+    StoredPublication, StreamPublication, StreamTop,
 };
 pub use presence::{MongoPresence, PresenceStore};
 pub use revocations::{MemoryRevocations, MongoRevocations, RevocationStore};

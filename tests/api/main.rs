@@ -20,6 +20,7 @@ mod drain;
 mod history;
 mod history_faults;
 mod hostile;
+mod idempotency;
 mod jwt_keys;
 mod lifecycle;
 mod limits;

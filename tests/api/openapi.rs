@@ -194,7 +194,9 @@ async fn schemathesis_finds_nothing_against_the_document() {
             &repo_root().join("docs/openapi.json").display().to_string(),
         ])
         .args(["--url", &gateway.url("")])
-        .args(["--checks", "all", "--max-examples", "30", "--workers", "2"])
+        // One worker: with two, Hypothesis's lambda descriptions (parsed from source with
+        // `ast`) raced each other under load ("AST constructor recursion depth mismatch").
+        .args(["--checks", "all", "--max-examples", "30", "--workers", "1"])
         .args(["--exclude-path", "/demo", "--no-color"])
         .args(["-H", &format!("Authorization: Bearer {credential}")])
         .kill_on_drop(true);
@@ -220,7 +222,10 @@ async fn schemathesis_finds_nothing_against_the_document() {
     // failed") and the id of a live stream (`POST /sse/messages`, answered 404
     // unknown_session: "missing test data"). Those two warnings, for those two operations, are
     // expected (its per-operation settings do not silence them); any other warning or failure
-    // fails the test. tests/api/sse.rs opens real streams and posts to them.
+    // fails the test. tests/api/sse.rs opens real streams and posts to them. Likewise the
+    // operations that take channel names may warn that most generated data was rejected:
+    // names in undeclared namespaces are 400 `unknown_namespace` (tests/schemathesis.toml says
+    // why), and the per-operation setting that hides the warning is not always honoured.
     let warned_operations: Vec<&str> = report
         .split("WARNINGS")
         .nth(1)
@@ -229,16 +234,26 @@ async fn schemathesis_finds_nothing_against_the_document() {
         .lines()
         .filter_map(|line| line.strip_prefix("  - "))
         .collect();
-    let only_the_sse_warnings = !report.contains("FAILURES")
-        && warned_operations
-            .iter()
-            .all(|op| matches!(*op, "GET /sse" | "POST /sse/messages"))
+    let only_expected_warnings = !report.contains("FAILURES")
+        && warned_operations.iter().all(|op| {
+            matches!(
+                *op,
+                "GET /sse"
+                    | "POST /sse/messages"
+                    | "POST /api/publish"
+                    | "POST /api/channels/{channel}/publish"
+            )
+        })
         && report
             .lines()
             .filter(|l| l.trim_start().starts_with("⚠️"))
-            .all(|l| l.contains("Missing test data") || l.contains("Authentication failed"));
+            .all(|l| {
+                l.contains("Missing test data")
+                    || l.contains("Authentication failed")
+                    || l.contains("Schema validation mismatch")
+            });
     assert!(
-        report.contains("No issues found") || only_the_sse_warnings,
+        report.contains("No issues found") || only_expected_warnings,
         "{report}"
     );
     // Schemathesis sends malformed requests (a NULL byte in a header, …): none of them may

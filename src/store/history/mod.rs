@@ -10,7 +10,7 @@ mod memory;
 mod mongo;
 
 pub use memory::MemoryHistory;
-pub use mongo::{Append, MongoHistory};
+pub use mongo::{Append, Appended, MongoHistory};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +22,14 @@ use crate::db::Unavailable;
 pub struct StreamTop {
     pub epoch: String,
     pub offset: u64,
+}
+
+/// A publication's place in one history channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPublication {
+    pub channel: String,
+    pub offset: u64,
+    pub epoch: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

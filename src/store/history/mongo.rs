@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use bson::{Bson, DateTime, Document, doc};
 use mongodb::options::{CollectionOptions, ReadConcern, WriteConcern};
-use mongodb::{Collection, Database};
+use mongodb::{ClientSession, Collection, Database};
 
 use super::{HistoryPage, HistoryQuery, StoredPublication, StreamTop, new_epoch};
 use crate::channels::HistoryOptions;
@@ -118,21 +118,8 @@ impl MongoHistory {
         &self,
         appends: &[Append<'_>],
     ) -> mongodb::error::Result<Vec<Vec<StreamTop>>> {
-        let pieces: Vec<Piece> = appends
-            .iter()
-            .enumerate()
-            .flat_map(|(append, a)| {
-                let run = (a.options.size as usize).max(1);
-                (0..a.data.len()).step_by(run).map(move |start| Piece {
-                    append,
-                    items: start..(start + run).min(a.data.len()),
-                })
-            })
-            .collect();
-        let mut placed: Vec<Vec<StreamTop>> = appends
-            .iter()
-            .map(|a| Vec::with_capacity(a.data.len()))
-            .collect();
+        let pieces = pieces_of(appends);
+        let mut placed = placements_for(appends);
         let mut positions: HashMap<&str, Option<Appended>> = {
             let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
             appends
@@ -153,18 +140,7 @@ impl MongoHistory {
             if !unknown.is_empty() {
                 positions.extend(self.read_positions(&unknown).await?);
             }
-            let mut planned = Vec::with_capacity(pending.len());
-            let mut updates = Vec::with_capacity(pending.len());
-            for piece in pending {
-                let append = &appends[piece.append];
-                let position = positions
-                    .get_mut(append.channel)
-                    .expect("every pending channel's position was read");
-                let (statement, after) = statement(append, &piece.items, position.as_ref());
-                *position = Some(after.clone());
-                updates.push(statement);
-                planned.push(after);
-            }
+            let (updates, planned) = plan(appends, pending, &mut positions);
             let result = self
                 .db
                 .run_command(doc! {
@@ -183,13 +159,7 @@ impl MongoHistory {
                 Outcome::StaleAt(k) => k,
                 Outcome::Failed(_) => 0,
             };
-            for (piece, after) in pending[..applied].iter().zip(&planned) {
-                let first = after.top.offset + 1 - piece.items.len() as u64;
-                placed[piece.append].extend((first..=after.top.offset).map(|offset| StreamTop {
-                    epoch: after.top.epoch.clone(),
-                    offset,
-                }));
-            }
+            place(&mut placed, &pending[..applied], &planned);
             match done {
                 Outcome::All => {
                     self.remember(
@@ -232,6 +202,52 @@ impl MongoHistory {
         }
     }
 
+    /// Appends as [`append`](Self::append) does, as part of the transaction of `session`:
+    /// each channel's position is read first and every statement must match it, and anything
+    /// else (another node appended meanwhile) fails the whole append, for the caller to abort
+    /// the transaction and try again. Answers each publication's place and the channels'
+    /// positions after it, which the caller [`remember`s](Self::remember) once the
+    /// transaction commits (and [`forget`s](Self::forget) if it does not).
+    pub async fn append_in(
+        &self,
+        session: &mut ClientSession,
+        appends: &[Append<'_>],
+    ) -> mongodb::error::Result<(Vec<Vec<StreamTop>>, Vec<(String, Appended)>)> {
+        let pieces = pieces_of(appends);
+        let mut placed = placements_for(appends);
+        if pieces.is_empty() {
+            return Ok((placed, Vec::new()));
+        }
+        let mut channels: Vec<&str> = appends.iter().map(|a| a.channel).collect();
+        channels.sort_unstable();
+        channels.dedup();
+        let mut positions: HashMap<&str, Option<Appended>> =
+            self.read_positions(&channels).await?.into_iter().collect();
+        let (updates, planned) = plan(appends, &pieces, &mut positions);
+        // No write concern here: a transaction's is given when it commits.
+        let answer = self
+            .db
+            .run_command(doc! {
+                "update": CHANNEL_HISTORY,
+                "updates": updates,
+                "ordered": true,
+            })
+            .session(&mut *session)
+            .await?;
+        if !matches!(Outcome::of(&answer, pieces.len()), Outcome::All) {
+            return Err(mongodb::error::Error::custom(
+                "history append in a transaction: a channel moved",
+            ));
+        }
+        place(&mut placed, &pieces, &planned);
+        let after = pieces
+            .iter()
+            .zip(planned)
+            .map(|(piece, after)| (appends[piece.append].channel.to_owned(), after))
+            .collect();
+        Ok((placed, after))
+    }
+
     /// The channels' positions as stored now; `None` for a channel without a document.
     async fn read_positions<'a>(
         &self,
@@ -258,7 +274,7 @@ impl MongoHistory {
 
     /// Records where this node's acknowledged appends left each channel, so the next append
     /// there needs no read.
-    fn remember<'a>(&self, appended: impl Iterator<Item = (&'a str, Appended)>) {
+    pub fn remember<'a>(&self, appended: impl Iterator<Item = (&'a str, Appended)>) {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         if known.len() > MAX_KNOWN {
             known.clear();
@@ -268,7 +284,7 @@ impl MongoHistory {
         }
     }
 
-    fn forget<'a>(&self, channels: impl Iterator<Item = &'a str>) {
+    pub fn forget<'a>(&self, channels: impl Iterator<Item = &'a str>) {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         for channel in channels {
             known.remove(channel);
@@ -339,6 +355,62 @@ impl MongoHistory {
 
 /// The statement that appends `append.data[items]` to a channel at `position` (`None`: no
 /// document yet), and the position it leaves.
+/// Each channel's publications in runs of at most `history_size` (see [`Piece`]).
+fn pieces_of(appends: &[Append<'_>]) -> Vec<Piece> {
+    appends
+        .iter()
+        .enumerate()
+        .flat_map(|(append, a)| {
+            let run = (a.options.size as usize).max(1);
+            (0..a.data.len()).step_by(run).map(move |start| Piece {
+                append,
+                items: start..(start + run).min(a.data.len()),
+            })
+        })
+        .collect()
+}
+
+/// The update statements of `pieces`, each from its channel's position in `positions` (which
+/// it moves on), and the positions they leave.
+fn plan(
+    appends: &[Append<'_>],
+    pieces: &[Piece],
+    positions: &mut HashMap<&str, Option<Appended>>,
+) -> (Vec<Document>, Vec<Appended>) {
+    let mut updates = Vec::with_capacity(pieces.len());
+    let mut planned = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        let append = &appends[piece.append];
+        let position = positions
+            .get_mut(append.channel)
+            .expect("every pending channel's position was read");
+        let (statement, after) = statement(append, &piece.items, position.as_ref());
+        *position = Some(after.clone());
+        updates.push(statement);
+        planned.push(after);
+    }
+    (updates, planned)
+}
+
+/// Room for each publication's place, per channel.
+fn placements_for(appends: &[Append<'_>]) -> Vec<Vec<StreamTop>> {
+    appends
+        .iter()
+        .map(|a| Vec::with_capacity(a.data.len()))
+        .collect()
+}
+
+/// The places of the publications of the `done` pieces, which left their channels `after`.
+fn place(placed: &mut [Vec<StreamTop>], done: &[Piece], after: &[Appended]) {
+    for (piece, after) in done.iter().zip(after) {
+        let first = after.top.offset + 1 - piece.items.len() as u64;
+        placed[piece.append].extend((first..=after.top.offset).map(|offset| StreamTop {
+            epoch: after.top.epoch.clone(),
+            offset,
+        }));
+    }
+}
+
 fn statement(
     append: &Append<'_>,
     items: &std::ops::Range<usize>,
