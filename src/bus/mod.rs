@@ -10,6 +10,7 @@ mod events;
 pub mod forward;
 mod once;
 mod stream;
+pub mod transaction;
 mod writer;
 
 use std::sync::{Arc, Mutex, OnceLock};

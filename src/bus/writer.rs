@@ -19,27 +19,24 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use mongodb::options::{ReadConcern, WriteConcern};
-use mongodb::{ClientSession, Database};
+use mongodb::Database;
 use tokio::sync::{mpsc, oneshot};
 
 use super::once::IdempotencyKey;
+use super::transaction::{Item, Outcome, Stores, TransactionError};
 use super::{Command, EventDocument, NodeId, Sequencer, StreamPublication};
 use crate::bus::Event;
 use crate::channels::HistoryOptions;
 use crate::db::{Bounds, Unavailable};
 use crate::metrics::Metrics;
 use crate::store::cluster_events::ClusterEvents;
-use crate::store::publish_keys::{KeyRecord, PublishKeys};
-use crate::store::{Append, Appended, MongoHistory, StreamTop};
+use crate::store::publish_keys::PublishKeys;
+use crate::store::{Append, MongoHistory, StreamTop};
 
 /// Commands that may wait for the writer; senders wait when it is full (backpressure).
 pub const QUEUE: usize = 4096;
 /// Most events per batch.
 const MAX_BATCH: usize = 512;
-/// How often a run of keyed publications is tried again when its transaction fails (another
-/// node appended to one of its channels, or wrote one of its keys, meanwhile).
-const MAX_TRANSACTION_ATTEMPTS: usize = 8;
 
 /// What the writer answers once a command's event is written.
 #[derive(Debug)]
@@ -74,7 +71,7 @@ pub struct Writer {
 }
 
 /// One history channel's share of a batch: where its publications sit, in batch order.
-struct Appends {
+pub(super) struct Appends {
     channel: String,
     options: HistoryOptions,
     /// (document index, stream index within the document).
@@ -146,7 +143,7 @@ impl Writer {
     }
 
     /// Writes a run of keyed publications in one transaction, each only if its key has no
-    /// record, with the records of those it writes; answers every one.
+    /// record, with the records of those it writes (`transaction.rs`); answers every one.
     async fn write_once(&mut self, run: Vec<Outgoing>) {
         let mut keys = Vec::with_capacity(run.len());
         let mut outgoing = Vec::with_capacity(run.len());
@@ -156,7 +153,7 @@ impl Writer {
             reply,
         } in run
         {
-            keys.push(key.expect("a run of keyed commands"));
+            keys.push(key);
             outgoing.push(Outgoing {
                 command,
                 key: None,
@@ -171,28 +168,63 @@ impl Writer {
             replies,
             ..
         } = self.number(outgoing.into_iter());
-        let bounds = self.bounds.clone();
-        let attempts = async {
-            let mut last = None;
-            for _ in 0..MAX_TRANSACTION_ATTEMPTS {
-                match self.transact(&keys, &documents, &options).await {
-                    Ok(answers) => return Ok(answers),
-                    Err(e) => {
-                        self.metrics.publish_transaction_retries.inc();
-                        last = Some(e);
-                    }
-                }
-            }
-            Err(last.expect("at least one attempt"))
+        let items: Vec<Item> = documents
+            .into_iter()
+            .zip(options)
+            .zip(keys)
+            .map(|((document, options), key)| Item {
+                document,
+                options,
+                key,
+                outbox_id: None,
+            })
+            .collect();
+        let stores = Stores {
+            db: &self.db,
+            events: &self.events,
+            keys: &self.keys,
+            history: &self.history,
         };
-        match bounds.run("publish_once", attempts).await {
-            Ok(answers) => {
-                let written = answers.iter().filter(|a| !a.duplicate).count();
-                self.metrics.cluster_events_published.inc_by(written as u64);
-                for ((reply, seq), mut answer) in replies.into_iter().zip(answers) {
-                    if !answer.duplicate {
-                        answer.seq = seq;
-                    }
+        let metrics = &self.metrics;
+        let retried = || metrics.publish_transaction_retries.inc();
+        let written = stores.write(&items, None, retried);
+        let written = self
+            .bounds
+            .run("publish_once", async {
+                written.await.map_err(|e| match e {
+                    TransactionError::Mongo(e) => e,
+                    other => mongodb::error::Error::custom(other.to_string()),
+                })
+            })
+            .await;
+        match written {
+            Ok(outcomes) => {
+                let published = outcomes
+                    .iter()
+                    .filter(|o| matches!(o, Outcome::Published(_)))
+                    .count();
+                self.metrics
+                    .cluster_events_published
+                    .inc_by(published as u64);
+                for ((reply, seq), outcome) in replies.into_iter().zip(outcomes) {
+                    let answer = match outcome {
+                        Outcome::Published(streams) => Written {
+                            seq,
+                            streams,
+                            duplicate: false,
+                        },
+                        Outcome::Duplicate(streams) => Written {
+                            seq: None,
+                            streams,
+                            duplicate: true,
+                        },
+                        // Without an outbox nothing is marked.
+                        Outcome::AlreadyMarked => Written {
+                            seq: None,
+                            streams: Vec::new(),
+                            duplicate: true,
+                        },
+                    };
                     let _ = reply.send(Ok(answer));
                 }
             }
@@ -203,111 +235,6 @@ impl Writer {
                 }
             }
         }
-    }
-
-    /// One attempt at a run of keyed publications: one transaction.
-    async fn transact(
-        &self,
-        keys: &[IdempotencyKey],
-        documents: &[EventDocument],
-        options: &[Vec<HistoryOptions>],
-    ) -> mongodb::error::Result<Vec<Written>> {
-        let mut session = self.db.client().start_session().await?;
-        session
-            .start_transaction()
-            .read_concern(ReadConcern::snapshot())
-            .write_concern(WriteConcern::majority())
-            .await?;
-        let result = self
-            .transact_in(&mut session, keys, documents, options)
-            .await;
-        let (answers, positions) = match result {
-            Ok(done) => done,
-            Err(e) => {
-                let _ = session.abort_transaction().await;
-                self.history.forget(
-                    documents
-                        .iter()
-                        .flat_map(|d| d.event.streams())
-                        .map(|s| s.channel.as_str()),
-                );
-                return Err(e);
-            }
-        };
-        if let Err(e) = session.commit_transaction().await {
-            self.history
-                .forget(positions.iter().map(|(channel, _)| channel.as_str()));
-            return Err(e);
-        }
-        self.history
-            .remember(positions.iter().map(|(c, p)| (c.as_str(), p.clone())));
-        Ok(answers)
-    }
-
-    async fn transact_in(
-        &self,
-        session: &mut ClientSession,
-        keys: &[IdempotencyKey],
-        documents: &[EventDocument],
-        options: &[Vec<HistoryOptions>],
-    ) -> mongodb::error::Result<(Vec<Written>, Vec<(String, Appended)>)> {
-        let ids: Vec<&str> = keys.iter().map(IdempotencyKey::id).collect();
-        let recorded = self.keys.find_in(session, &ids).await?;
-        // Which to write: the first of each key without a record.
-        let mut first_of: HashMap<&str, usize> = HashMap::new();
-        let mut chosen = Vec::new();
-        for (i, key) in keys.iter().enumerate() {
-            if !recorded.contains_key(key.id()) && !first_of.contains_key(key.id()) {
-                first_of.insert(key.id(), i);
-                chosen.push(i);
-            }
-        }
-        let mut written: Vec<EventDocument> =
-            chosen.iter().map(|&i| documents[i].clone()).collect();
-        let written_options: Vec<Vec<HistoryOptions>> =
-            chosen.iter().map(|&i| options[i].clone()).collect();
-        let appends = gather_appends(&written, &written_options);
-        let stored: Vec<Cow<EventDocument>> =
-            written.iter().filter_map(for_cluster_events).collect();
-        let (placed, positions) = self
-            .history
-            .append_in(session, &appends_of(&written, &appends))
-            .await?;
-        let stored: Vec<&EventDocument> = stored.iter().map(AsRef::as_ref).collect();
-        self.events.insert_in(session, &stored).await?;
-        place(&mut written, &appends, placed);
-        let records: Vec<KeyRecord> = chosen
-            .iter()
-            .zip(&written)
-            .map(|(&i, document)| KeyRecord {
-                id: keys[i].id(),
-                streams: document.event.streams(),
-                window: keys[i].window(),
-            })
-            .collect();
-        self.keys.record_in(session, &records).await?;
-        let by_key: HashMap<&str, &EventDocument> = chosen
-            .iter()
-            .zip(&written)
-            .map(|(&i, document)| (keys[i].id(), document))
-            .collect();
-        let answers = keys
-            .iter()
-            .enumerate()
-            .map(|(i, key)| match recorded.get(key.id()) {
-                Some(streams) => Written {
-                    seq: None,
-                    streams: streams.clone(),
-                    duplicate: true,
-                },
-                None => Written {
-                    seq: None,
-                    streams: by_key[key.id()].event.streams().to_vec(),
-                    duplicate: first_of[key.id()] != i,
-                },
-            })
-            .collect();
-        Ok((answers, positions))
     }
 
     async fn insert(&self, stored: &[Cow<'_, EventDocument>]) -> Result<(), Unavailable> {
@@ -336,7 +263,10 @@ impl Writer {
 }
 
 /// Each history channel's share of `documents` (whose streams have `options`), in order.
-fn gather_appends(documents: &[EventDocument], options: &[Vec<HistoryOptions>]) -> Vec<Appends> {
+pub(super) fn gather_appends(
+    documents: &[EventDocument],
+    options: &[Vec<HistoryOptions>],
+) -> Vec<Appends> {
     let mut appends: Vec<Appends> = Vec::new();
     let mut by_channel: HashMap<&str, usize> = HashMap::new();
     for (d, (document, options)) in documents.iter().zip(options).enumerate() {
@@ -356,7 +286,10 @@ fn gather_appends(documents: &[EventDocument], options: &[Vec<HistoryOptions>]) 
 }
 
 /// The history appends of `appends`, with the data of `documents`.
-fn appends_of<'a>(documents: &'a [EventDocument], appends: &'a [Appends]) -> Vec<Append<'a>> {
+pub(super) fn appends_of<'a>(
+    documents: &'a [EventDocument],
+    appends: &'a [Appends],
+) -> Vec<Append<'a>> {
     appends
         .iter()
         .map(|append| Append {
@@ -404,7 +337,7 @@ fn answer(metrics: &Metrics, replies: Replies, written: Result<Vec<EventDocument
 /// What of an event goes to `cluster_events`: all but a publication's history channels,
 /// which their histories' change events carry. A publication only into history channels has
 /// nothing left.
-fn for_cluster_events(document: &EventDocument) -> Option<Cow<'_, EventDocument>> {
+pub(super) fn for_cluster_events(document: &EventDocument) -> Option<Cow<'_, EventDocument>> {
     match &document.event {
         Event::Publications { channels, data, .. } if !document.event.streams().is_empty() => {
             if channels.is_empty() {
@@ -428,7 +361,11 @@ fn for_cluster_events(document: &EventDocument) -> Option<Cow<'_, EventDocument>
 }
 
 /// Fills in each publication's offset and epoch in its history channels.
-fn place(documents: &mut [EventDocument], appends: &[Appends], placed: Vec<Vec<StreamTop>>) {
+pub(super) fn place(
+    documents: &mut [EventDocument],
+    appends: &[Appends],
+    placed: Vec<Vec<StreamTop>>,
+) {
     for (append, tops) in appends.iter().zip(placed) {
         for (&(d, s), top) in append.places.iter().zip(tops) {
             if let Event::Publications { streams, .. } = &mut documents[d].event {
