@@ -20,6 +20,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod origin;
+pub mod outbox;
 pub mod protocol;
 pub mod routes;
 pub mod session;

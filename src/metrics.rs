@@ -1,7 +1,7 @@
 //! Prometheus metrics, one registry per gateway, rendered at `GET /metrics` in the text format.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -25,6 +25,12 @@ pub struct Metrics {
     /// its history had expired) since this node last wrote there.
     pub history_appends_moved: IntCounter,
     pub publish_transaction_retries: IntCounter,
+    /// Outbox documents by `result`: `published` (a repeat of a key included) or `failed`.
+    pub outbox_documents: IntCounterVec,
+    /// The age of the oldest outbox document not yet marked (on the lease holder).
+    pub outbox_lag_seconds: Gauge,
+    /// 1 on the node consuming the outbox.
+    pub outbox_lease_held: IntGauge,
     pub publish_duplicates: IntCounter,
     /// MongoDB operations refused because STORE_MAX_IN_FLIGHT were running.
     pub store_operations_shed: IntCounter,
@@ -191,6 +197,26 @@ impl Metrics {
             history_appends_moved: counter(
                 "history_appends_moved_total",
                 "History appends made again because the channel's position had moved",
+            ),
+            outbox_documents: counter_vec(
+                "outbox_documents_total",
+                "Outbox documents handled by this node, by result (published, failed)",
+                "result",
+            ),
+            outbox_lag_seconds: {
+                let gauge = Gauge::new(
+                    "outbox_lag_seconds",
+                    "Age of the oldest outbox document not yet published (on the node holding the lease)",
+                )
+                .expect("a valid metric");
+                registry
+                    .register(Box::new(gauge.clone()))
+                    .expect("registered once");
+                gauge
+            },
+            outbox_lease_held: gauge(
+                "outbox_lease_held",
+                "1 on the node that consumes the outbox, 0 elsewhere",
             ),
             publish_transaction_retries: counter(
                 "publish_transaction_retries_total",

@@ -9,7 +9,7 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, web};
 
-use crate::bus::{self, Bus, NodeId, NodeInfo};
+use crate::bus::{self, Bus, BusMode, NodeId, NodeInfo};
 use crate::channels::ChannelName;
 use crate::cluster::reaper::Reaper;
 use crate::cluster::{Cluster, NodeRegistry};
@@ -21,6 +21,7 @@ use crate::jwt::JwtVerifier;
 use crate::lifecycle::{self, Fence, Lifecycle};
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
+use crate::outbox::{Outbox, OutboxSettings};
 use crate::routes::{self, AppState};
 use crate::session::{SessionContext, SessionTiming};
 use crate::shutdown::Shutdown;
@@ -44,6 +45,11 @@ pub enum StartupError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(
+        "OUTBOX_COLLECTION needs MongoDB as a replica set (it follows the outbox's change \
+         stream and publishes in transactions); this MongoDB is a standalone server"
+    )]
+    OutboxNeedsReplicaSet,
 }
 
 pub struct Application {
@@ -94,7 +100,31 @@ impl Application {
             let samples = crate::cluster::series::Series::new(settings.node.heartbeat).capacity();
             NodeRegistry::new(&m.db, m.bounds.clone(), settings.node.heartbeat, samples)
         });
+        let outbox = mongo.as_ref().and_then(|m| {
+            let config = settings.database.mongodb.as_ref()?.outbox.clone()?;
+            Some((config, m.db.clone(), m.bounds.clone()))
+        });
         let bus = start_bus(&hub, mongo, node, &metrics).await?;
+        if let Some((config, db, bounds)) = outbox {
+            if bus.mode() == BusMode::Local {
+                return Err(StartupError::OutboxNeedsReplicaSet);
+            }
+            let outbox = Outbox::new(
+                OutboxSettings {
+                    collection: config.collection,
+                    database: config.database,
+                    retention: config.retention,
+                    heartbeat: settings.node.heartbeat,
+                    idempotency_window: settings.channels.idempotency_window,
+                    namespaces: settings.channels.namespaces.clone(),
+                },
+                &db,
+                bounds,
+                bus.node().id.clone(),
+                Arc::clone(&metrics),
+            );
+            tokio::spawn(consume_outbox(Arc::clone(&bus), outbox));
+        }
         let cluster = Cluster::new(
             Arc::clone(&bus),
             (registry, Some(reaper)),
@@ -251,6 +281,22 @@ fn node_info(settings: &Settings, port: u16) -> NodeInfo {
             .clone()
             .unwrap_or_else(|| format!("{}:{port}", settings.server.bind_addr.ip())),
         started_at: bson::DateTime::now(),
+    }
+}
+
+/// Runs the outbox consumer once the bus follows MongoDB's change stream. A MongoDB found to
+/// be standalone only after the start (it was not reachable then) ends the process, as the
+/// start would have.
+async fn consume_outbox(bus: Arc<Bus>, outbox: Outbox) {
+    loop {
+        match bus.mode() {
+            BusMode::ChangeStream => return outbox.run().await,
+            BusMode::Local => {
+                log::error!("{}", StartupError::OutboxNeedsReplicaSet);
+                std::process::exit(2);
+            }
+            BusMode::Starting => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
     }
 }
 

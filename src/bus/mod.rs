@@ -6,6 +6,7 @@
 //! order it was written.
 
 mod appends;
+mod batch;
 mod events;
 pub mod forward;
 mod once;

@@ -12,8 +12,8 @@ use bson::{Bson, DateTime, Document, doc};
 use mongodb::options::{ReadConcern, WriteConcern};
 use mongodb::{ClientSession, Collection, Database};
 
+use super::batch::{appends_of, for_cluster_events, gather_appends, place};
 use super::once::IdempotencyKey;
-use super::writer::{appends_of, for_cluster_events, gather_appends, place};
 use super::{EventDocument, StreamPublication};
 use crate::channels::HistoryOptions;
 use crate::store::cluster_events::ClusterEvents;

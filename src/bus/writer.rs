@@ -16,22 +16,21 @@
 //! it and those after it after, so the node's order holds.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use mongodb::Database;
 use tokio::sync::{mpsc, oneshot};
 
+use super::batch::{Appends, appends_of, for_cluster_events, gather_appends, place};
 use super::once::IdempotencyKey;
 use super::transaction::{Item, Outcome, Stores, TransactionError};
 use super::{Command, EventDocument, NodeId, Sequencer, StreamPublication};
-use crate::bus::Event;
 use crate::channels::HistoryOptions;
 use crate::db::{Bounds, Unavailable};
 use crate::metrics::Metrics;
 use crate::store::cluster_events::ClusterEvents;
 use crate::store::publish_keys::PublishKeys;
-use crate::store::{Append, MongoHistory, StreamTop};
+use crate::store::{MongoHistory, StreamTop};
 
 /// Commands that may wait for the writer; senders wait when it is full (backpressure).
 pub const QUEUE: usize = 4096;
@@ -68,14 +67,6 @@ pub struct Writer {
     pub node: NodeId,
     pub bounds: Bounds,
     pub metrics: Arc<Metrics>,
-}
-
-/// One history channel's share of a batch: where its publications sit, in batch order.
-pub(super) struct Appends {
-    channel: String,
-    options: HistoryOptions,
-    /// (document index, stream index within the document).
-    places: Vec<(usize, usize)>,
 }
 
 /// A batch of numbered events, with each history channel's share of it.
@@ -262,51 +253,6 @@ impl Writer {
     }
 }
 
-/// Each history channel's share of `documents` (whose streams have `options`), in order.
-pub(super) fn gather_appends(
-    documents: &[EventDocument],
-    options: &[Vec<HistoryOptions>],
-) -> Vec<Appends> {
-    let mut appends: Vec<Appends> = Vec::new();
-    let mut by_channel: HashMap<&str, usize> = HashMap::new();
-    for (d, (document, options)) in documents.iter().zip(options).enumerate() {
-        for (s, (stream, options)) in document.event.streams().iter().zip(options).enumerate() {
-            let index = *by_channel.entry(&stream.channel).or_insert_with(|| {
-                appends.push(Appends {
-                    channel: stream.channel.clone(),
-                    options: *options,
-                    places: Vec::new(),
-                });
-                appends.len() - 1
-            });
-            appends[index].places.push((d, s));
-        }
-    }
-    appends
-}
-
-/// The history appends of `appends`, with the data of `documents`.
-pub(super) fn appends_of<'a>(
-    documents: &'a [EventDocument],
-    appends: &'a [Appends],
-) -> Vec<Append<'a>> {
-    appends
-        .iter()
-        .map(|append| Append {
-            channel: &append.channel,
-            options: append.options,
-            data: append
-                .places
-                .iter()
-                .map(|&(d, _)| match &documents[d].event {
-                    Event::Publications { data, .. } => data.as_str(),
-                    _ => "null",
-                })
-                .collect(),
-        })
-        .collect()
-}
-
 /// Answers each command of a batch with what its event got, or the batch's error.
 fn answer(metrics: &Metrics, replies: Replies, written: Result<Vec<EventDocument>, Unavailable>) {
     match written {
@@ -329,48 +275,6 @@ fn answer(metrics: &Metrics, replies: Replies, written: Result<Vec<EventDocument
             log::warn!("writing {} cluster events: {e}", replies.len());
             for (reply, _) in replies {
                 let _ = reply.send(Err(Unavailable(e.0.clone())));
-            }
-        }
-    }
-}
-
-/// What of an event goes to `cluster_events`: all but a publication's history channels,
-/// which their histories' change events carry. A publication only into history channels has
-/// nothing left.
-pub(super) fn for_cluster_events(document: &EventDocument) -> Option<Cow<'_, EventDocument>> {
-    match &document.event {
-        Event::Publications { channels, data, .. } if !document.event.streams().is_empty() => {
-            if channels.is_empty() {
-                return None;
-            }
-            let plain = EventDocument {
-                event: Event::Publications {
-                    channels: channels.clone(),
-                    streams: Vec::new(),
-                    data: data.clone(),
-                },
-                id: document.id,
-                node: document.node.clone(),
-                n: document.n,
-                created_at: document.created_at,
-            };
-            Some(Cow::Owned(plain))
-        }
-        _ => Some(Cow::Borrowed(document)),
-    }
-}
-
-/// Fills in each publication's offset and epoch in its history channels.
-pub(super) fn place(
-    documents: &mut [EventDocument],
-    appends: &[Appends],
-    placed: Vec<Vec<StreamTop>>,
-) {
-    for (append, tops) in appends.iter().zip(placed) {
-        for (&(d, s), top) in append.places.iter().zip(tops) {
-            if let Event::Publications { streams, .. } = &mut documents[d].event {
-                streams[s].offset = top.offset;
-                streams[s].epoch = top.epoch;
             }
         }
     }

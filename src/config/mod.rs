@@ -95,6 +95,17 @@ pub struct MongoSettings {
     /// May carry credentials, hence secret: it is never logged.
     pub uri: SecretString,
     pub database: String,
+    /// The transactional outbox, when OUTBOX_COLLECTION is set.
+    pub outbox: Option<OutboxConfig>,
+}
+
+/// Where the app's outbox is (`crate::outbox`).
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    pub collection: String,
+    pub database: String,
+    /// How long marked documents are kept (OUTBOX_RETENTION_SECS).
+    pub retention: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -255,10 +266,17 @@ impl Settings {
             },
             database: DatabaseSettings {
                 mongodb: match env.get("MONGODB_URI") {
+                    None if env.get("OUTBOX_COLLECTION").is_some() => {
+                        return Err(ConfigError::Inconsistent(
+                            "OUTBOX_COLLECTION needs MongoDB (MONGODB_URI), as a replica set"
+                                .into(),
+                        ));
+                    }
                     None => None,
                     Some(uri) => Some(MongoSettings {
                         uri: SecretString::from(uri.to_owned()),
                         database: env.database_name()?,
+                        outbox: env.outbox()?,
                     }),
                 },
                 timeout: env.millis("STORE_TIMEOUT_MS")?,
@@ -553,14 +571,42 @@ impl Vars<'_> {
     }
 
     fn database_name(&self) -> Result<String, ConfigError> {
-        let name = self.text("MONGODB_DATABASE");
+        self.valid_database("MONGODB_DATABASE", self.text("MONGODB_DATABASE"))
+    }
+
+    fn valid_database(&self, var: &'static str, name: String) -> Result<String, ConfigError> {
         // MongoDB's own rules: no empty names, none of these characters, under 64 bytes.
-        if name.len() >= 64
-            || name.contains(['/', '\\', '.', ' ', '"', '$', '*', '<', '>', ':', '|', '?'])
+        if name.is_empty()
+            || name.len() >= 64
+            || name.contains([
+                '/', '\\', '.', ' ', '"', '$', '*', '<', '>', ':', '|', '?', '\0',
+            ])
         {
-            return Err(self.invalid("MONGODB_DATABASE", "not a valid MongoDB database name"));
+            return Err(self.invalid(var, "not a valid MongoDB database name"));
         }
         Ok(name)
+    }
+
+    fn outbox(&self) -> Result<Option<OutboxConfig>, ConfigError> {
+        let Some(collection) = self.get("OUTBOX_COLLECTION") else {
+            return Ok(None);
+        };
+        if collection.is_empty()
+            || collection.len() > 120
+            || collection.contains(['$', '\0'])
+            || collection.starts_with("system.")
+        {
+            return Err(self.invalid("OUTBOX_COLLECTION", "not a valid MongoDB collection name"));
+        }
+        let database = match self.get("OUTBOX_DATABASE") {
+            Some(name) => self.valid_database("OUTBOX_DATABASE", name.to_owned())?,
+            None => self.database_name()?,
+        };
+        Ok(Some(OutboxConfig {
+            collection: collection.to_owned(),
+            database,
+            retention: self.secs("OUTBOX_RETENTION_SECS")?,
+        }))
     }
 }
 

@@ -155,6 +155,15 @@ pub static SETTINGS: &[Setting] = &[
         "set: tickets, revocations and the cluster bus live in MongoDB. Unset: an in-process store with the same semantics serves a single node (the embedded default); the start-up log says so")
         .secret(),
     setting("MONGODB_DATABASE", Database, Text, "database name").default("ticketgate"),
+    setting("OUTBOX_COLLECTION", Database, Text,
+        "the transactional outbox: a collection the app inserts publications into (in its own transactions or not), which the gateway publishes once each, in commit order; needs MongoDB as a replica set")
+        .described("unset: no outbox"),
+    setting("OUTBOX_DATABASE", Database, Text,
+        "the outbox collection's database, on the same deployment (the app's own database, next to its data)")
+        .described("MONGODB_DATABASE"),
+    setting("OUTBOX_RETENTION_SECS", Database, Secs { min: 60, max: 30 * DAY },
+        "how long outbox documents are kept once published (`published_at`) or failed (`failed_at`); a TTL index removes them after")
+        .default("3600"),
     setting("STORE_TIMEOUT_MS", Database, Millis { min: 1, max: 10 * 60 * 1000 },
         "upper bound on one MongoDB operation")
         .default("2000"),

@@ -23,6 +23,8 @@ pub const LIFECYCLE_EVENTS: &str = "lifecycle_events";
 pub const LIFECYCLE_STREAMS: &str = "lifecycle_streams";
 /// The idempotency keys of publications, while their window lasts (`store::publish_keys`).
 pub const PUBLISH_KEYS: &str = "publish_keys";
+/// Who consumes each outbox, until when, and where its change stream stands (`outbox`).
+pub const OUTBOX_LEASES: &str = "outbox_leases";
 /// The migrations applied, with their checksums (`db::migrations`).
 pub const SCHEMA_MIGRATIONS: &str = "schema_migrations";
 
@@ -70,6 +72,10 @@ pub const COLLECTIONS: &[CollectionSpec] = &[
     CollectionSpec {
         name: PUBLISH_KEYS,
         indexes: &["expires_at_ttl"],
+    },
+    CollectionSpec {
+        name: OUTBOX_LEASES,
+        indexes: &[],
     },
     CollectionSpec {
         name: SCHEMA_MIGRATIONS,

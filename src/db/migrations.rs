@@ -59,6 +59,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_publish_keys.json",
         source: include_str!("../../migrations/0008_publish_keys.json"),
     },
+    Migration {
+        version: 9,
+        name: "0009_outbox_leases.json",
+        source: include_str!("../../migrations/0009_outbox_leases.json"),
+    },
 ];
 
 #[derive(Debug, Deserialize)]

@@ -134,6 +134,22 @@ impl Cluster {
         let samples = scrape_metrics(&self.http, &self.node(i).url("/metrics")).await;
         metric_value(&samples, name, labels)
     }
+
+    /// A metric's sum over the nodes; a labelled counter a node never incremented (it has no
+    /// sample yet) counts 0 there.
+    pub async fn metric_sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let mut sum = 0.0;
+        for node in &self.nodes {
+            let samples = scrape_metrics(&self.http, &node.url("/metrics")).await;
+            let present = samples.iter().any(|s| {
+                s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+            });
+            if present {
+                sum += metric_value(&samples, name, labels);
+            }
+        }
+        sum
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

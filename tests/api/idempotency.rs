@@ -30,19 +30,6 @@ async fn publish(app: &TestApp, channel: &str, body: Value) -> (u16, Value) {
         .await
 }
 
-/// Reads until `n` publications arrived, then makes sure no other follows.
-async fn exactly(client: &mut WsClient, n: usize) -> Vec<Value> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        let message = client.next_json().await;
-        if message["type"] == "publication" {
-            got.push(message["data"].clone());
-        }
-    }
-    client.expect_silence(Duration::from_millis(300)).await;
-    got
-}
-
 #[tokio::test]
 async fn a_repeated_key_publishes_once_on_one_node() {
     let file = ConfigFile::new(NAMESPACES);
@@ -107,7 +94,7 @@ async fn a_repeated_key_publishes_once_on_one_node() {
     .await;
     assert_eq!(plain_again, plain);
     assert_eq!(
-        exactly(&mut client, 3).await,
+        client.publications_then_silence(3).await,
         [json!(1), json!(2), json!(3)]
     );
     assert_eq!(
@@ -141,7 +128,7 @@ async fn a_repeated_key_publishes_once_on_one_node() {
     )
     .await;
     assert_eq!(status, 202, "128 bytes is the most a key may have");
-    assert_eq!(exactly(&mut client, 1).await, [json!(4)]);
+    assert_eq!(client.publications_then_silence(1).await, [json!(4)]);
 
     // After the window the key is forgotten: the same publish goes out again.
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -152,7 +139,7 @@ async fn a_repeated_key_publishes_once_on_one_node() {
     )
     .await;
     assert_eq!(later.1["offset"], 4, "{later:?}");
-    assert_eq!(exactly(&mut client, 1).await, [json!(1)]);
+    assert_eq!(client.publications_then_silence(1).await, [json!(1)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,7 @@ mod openapi;
 mod ops;
 mod origin;
 mod outage;
+mod outbox;
 mod rfc6455;
 mod rpc;
 mod server_api;

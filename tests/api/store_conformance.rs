@@ -36,6 +36,7 @@ async fn make_store_with_metrics(kind: Store, ttl_secs: u64, single_use: bool) -
         Store::Memory => TicketStore::Memory(MemoryTicketStore::new(policy)),
         Store::Mongo => {
             let settings = MongoSettings {
+                outbox: None,
                 uri: mongo_uri().into(),
                 database: unique_db_name(),
             };
@@ -317,6 +318,7 @@ async fn a_burst_of_revocation_lookups_answers_each_jti(kind: Store) {
         Store::Memory => RevocationStore::Memory(MemoryRevocations::new()),
         Store::Mongo => {
             let settings = MongoSettings {
+                outbox: None,
                 uri: mongo_uri().into(),
                 database: unique_db_name(),
             };

@@ -134,6 +134,20 @@ impl WsClient {
         }
     }
 
+    /// The data of the next `n` publications, skipping other messages, and then nothing
+    /// for a moment: a repeat or a stray publication after them fails.
+    pub async fn publications_then_silence(&mut self, n: usize) -> Vec<Value> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let message = self.next_json().await;
+            if message["type"] == "publication" {
+                got.push(message["data"].clone());
+            }
+        }
+        self.expect_silence(Duration::from_millis(300)).await;
+        got
+    }
+
     /// Asserts that not a single frame (not even a Ping) arrives for `duration`.
     pub async fn expect_silence(&mut self, duration: Duration) {
         if let Ok(frame) = tokio::time::timeout(duration, self.stream.next()).await {

@@ -1,0 +1,361 @@
+//! The transactional outbox (docs/PROTOCOL.md, "Publishing from the database"), against real
+//! gateway processes and a real replica set: documents inserted by the app in multi-document
+//! transactions (some aborted) are published once each, in commit order, to subscribers on
+//! every node, and marked; documents that can never be published are marked failed and
+//! block nothing; an idempotency key shared with the API publishes once; one node holds the
+//! lease; a standalone mongod is refused at start.
+
+use std::time::Duration;
+
+use mongodb::bson::{Document, doc};
+use serde_json::{Value, json};
+
+use crate::channels::{ConfigFile, jwt_granting};
+use crate::cluster::Cluster;
+use crate::support::*;
+
+const NAMESPACES: &str = r#"
+[[channels.namespaces]]
+name = "orders"
+history_size = 1000
+history_ttl_secs = 600
+
+[[channels.namespaces]]
+name = "plain"
+"#;
+
+/// The app's database, where its data and its outbox live.
+struct App {
+    client: mongodb::Client,
+    db: mongodb::Database,
+}
+
+impl App {
+    async fn connect(uri: &str, name: &str) -> App {
+        let client = mongodb::Client::with_uri_str(uri).await.unwrap();
+        let db = client.database(name);
+        // Collections exist before transactions insert into them.
+        for collection in ["outbox", "orders"] {
+            let _ = db.create_collection(collection).await;
+        }
+        App { client, db }
+    }
+
+    fn outbox(&self) -> mongodb::Collection<Document> {
+        self.db.collection("outbox")
+    }
+
+    /// Changes an order and queues its publication in one transaction; `commit` or abort.
+    async fn change_order(&self, n: i64, commit: bool) {
+        let mut session = self.client.start_session().await.unwrap();
+        session.start_transaction().await.unwrap();
+        self.db
+            .collection::<Document>("orders")
+            .insert_one(doc! { "n": n })
+            .session(&mut session)
+            .await
+            .unwrap();
+        self.outbox()
+            .insert_one(doc! { "channel": "orders:1", "data": { "n": n } })
+            .session(&mut session)
+            .await
+            .unwrap();
+        if commit {
+            session.commit_transaction().await.unwrap();
+        } else {
+            session.abort_transaction().await.unwrap();
+        }
+    }
+
+    /// Waits until the outbox has no unmarked document; returns them all.
+    async fn all_marked(&self) -> Vec<Document> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let unmarked = self
+                .outbox()
+                .count_documents(
+                    doc! { "published_at": { "$exists": false }, "failed": { "$exists": false } },
+                )
+                .await
+                .unwrap();
+            if unmarked == 0 {
+                let mut cursor = self
+                    .outbox()
+                    .find(doc! {})
+                    .sort(doc! { "_id": 1 })
+                    .await
+                    .unwrap();
+                let mut all = Vec::new();
+                while cursor.advance().await.unwrap() {
+                    all.push(cursor.deserialize_current().unwrap());
+                }
+                return all;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{unmarked} outbox documents still unmarked"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn start(uri: &str, app_db: &str, file: &ConfigFile) -> Cluster {
+    tokio::task::block_in_place(|| {
+        Cluster::start_with(
+            uri,
+            3,
+            &[
+                ("CONFIG_FILE", file.path()),
+                ("OUTBOX_COLLECTION", "outbox"),
+                ("OUTBOX_DATABASE", app_db),
+            ],
+        )
+    })
+}
+
+async fn subscriber(cluster: &Cluster, node: usize, user: &str) -> WsClient {
+    let mut client = cluster
+        .client_with(node, user, &jwt_granting(user, &["orders:*", "plain:*"]))
+        .await;
+    client
+        .send_json(&json!({"type": "subscribe", "channel": "orders:1"}))
+        .await;
+    assert_eq!(client.next_json().await["type"], "subscribed");
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_outbox_documents_are_published_once_in_commit_order_on_every_node() {
+    let file = ConfigFile::new(NAMESPACES);
+    let app_db = unique_db_name();
+    let cluster = start(&mongo_uri(), &app_db, &file);
+    let app = App::connect(&mongo_uri(), &app_db).await;
+    let mut subscribers = Vec::new();
+    for (node, user) in [(1, "ann"), (2, "bob"), (3, "cid")] {
+        subscribers.push(subscriber(&cluster, node, user).await);
+    }
+
+    // Twenty orders changed; every fourth change is rolled back with its outbox document.
+    let committed: Vec<i64> = (1..=20).filter(|n| n % 4 != 0).collect();
+    for n in 1..=20 {
+        app.change_order(n, n % 4 != 0).await;
+    }
+    let expected: Vec<Value> = committed.iter().map(|n| json!({ "n": n })).collect();
+    for subscriber in &mut subscribers {
+        assert_eq!(
+            subscriber.publications_then_silence(expected.len()).await,
+            expected
+        );
+    }
+    let marked = app.all_marked().await;
+    assert_eq!(marked.len(), committed.len());
+    for (document, offset) in marked.iter().zip(1_i64..) {
+        assert!(document.get_datetime("published_at").is_ok(), "{document}");
+        assert_eq!(document.get_i64("offset"), Ok(offset), "{document}");
+        assert!(document.get_str("epoch").is_ok(), "{document}");
+        assert!(!document.contains_key("duplicate"), "{document}");
+    }
+
+    // Documents that can never be published are marked with the reason, and the next go out.
+    let failing = [
+        (doc! { "channel": "a b", "data": 1 }, "invalid_channel"),
+        (doc! { "channel": "nope:1", "data": 1 }, "unknown_namespace"),
+        (doc! { "user": "ann" }, "bad_document"),
+        (
+            doc! { "channel": "orders:1", "user": "ann", "data": 1 },
+            "bad_document",
+        ),
+        (
+            doc! { "channel": "orders:1", "data": 1, "idempotency_key": "" },
+            "bad_document",
+        ),
+    ];
+    for (document, _) in &failing {
+        app.outbox().insert_one(document.clone()).await.unwrap();
+    }
+    app.outbox()
+        .insert_one(doc! { "channel": "orders:1", "data": "after the failures" })
+        .await
+        .unwrap();
+    for subscriber in &mut subscribers {
+        assert_eq!(
+            subscriber.publications_then_silence(1).await,
+            [json!("after the failures")]
+        );
+    }
+    let marked = app.all_marked().await;
+    for (document, reason) in &failing {
+        let mut filter = document.clone();
+        filter.insert("failed", reason);
+        let found = app.outbox().find_one(filter).await.unwrap();
+        let found = found.unwrap_or_else(|| panic!("{document} marked {reason}: {marked:?}"));
+        assert!(found.get_datetime("failed_at").is_ok(), "{found}");
+    }
+    assert_eq!(
+        cluster
+            .metric_sum("ticketgate_outbox_documents_total", &[("result", "failed")])
+            .await,
+        failing.len() as f64
+    );
+
+    // One key through the API and through the outbox: one publication; the document is
+    // marked with the first one's place.
+    let (status, first) = cluster
+        .post(
+            2,
+            "/api/channels/orders:1/publish",
+            json!({"data": "paid", "idempotency_key": "order-1-paid"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{first}");
+    app.outbox()
+        .insert_one(
+            doc! { "channel": "orders:1", "data": "paid", "idempotency_key": "order-1-paid" },
+        )
+        .await
+        .unwrap();
+    app.outbox()
+        .insert_one(doc! { "channel": "orders:1", "data": "next" })
+        .await
+        .unwrap();
+    for subscriber in &mut subscribers {
+        assert_eq!(
+            subscriber.publications_then_silence(2).await,
+            [json!("paid"), json!("next")]
+        );
+    }
+    app.all_marked().await;
+    let repeat = app
+        .outbox()
+        .find_one(doc! { "idempotency_key": "order-1-paid" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(repeat.get_bool("duplicate"), Ok(true), "{repeat}");
+    assert_eq!(
+        repeat.get_i64("offset").ok(),
+        first["offset"].as_i64(),
+        "{repeat}"
+    );
+
+    // User messages and broadcasts go out too.
+    app.outbox()
+        .insert_one(doc! { "user": "ann", "data": { "note": "for ann" } })
+        .await
+        .unwrap();
+    let message = loop {
+        let message = subscribers[0].next_json().await;
+        if message["type"] == "message" {
+            break message;
+        }
+    };
+    assert_eq!(message["data"], json!({ "note": "for ann" }));
+
+    // One node holds the lease.
+    let mut held = 0.0;
+    for node in 1..=3 {
+        held += cluster
+            .metric(node, "ticketgate_outbox_lease_held", &[])
+            .await;
+    }
+    assert_eq!(held, 1.0);
+}
+
+#[test]
+fn an_outbox_on_a_standalone_mongod_stops_the_start() {
+    let mongod = TestMongod::start_standalone();
+    let output = std::process::Command::new(BIN)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .envs(test_run_marker())
+        .env("JWT_SECRET", SECRET)
+        .env("MONGODB_URI", &mongod.uri)
+        .env("MONGODB_DATABASE", unique_db_name())
+        .env("OUTBOX_COLLECTION", "outbox")
+        .env("BIND_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("needs MongoDB as a replica set"), "{said}");
+}
+
+/// Reads the data of publications until `last` arrives; panics on a repeat or a gap.
+async fn read_until(client: &mut WsClient, last: i64) -> Vec<i64> {
+    let mut got = Vec::new();
+    while got.last() != Some(&last) {
+        let message = tokio::time::timeout(Duration::from_secs(30), client.next_json())
+            .await
+            .expect("publications keep coming");
+        if message["type"] == "publication" {
+            got.push(message["data"]["n"].as_i64().unwrap());
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_lease_holder_is_taken_over_and_nothing_is_lost_or_repeated() {
+    let file = ConfigFile::new(NAMESPACES);
+    let app_db = unique_db_name();
+    let cluster = start(&mongo_uri(), &app_db, &file);
+    let app = App::connect(&mongo_uri(), &app_db).await;
+    // Which node consumes: the one whose gauge says so.
+    let holder = loop {
+        let mut holder = None;
+        for node in 1..=3 {
+            if cluster
+                .metric(node, "ticketgate_outbox_lease_held", &[])
+                .await
+                == 1.0
+            {
+                holder = Some(node);
+            }
+        }
+        if let Some(holder) = holder {
+            break holder;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let watching = if holder == 1 { 2 } else { 1 };
+    let mut watcher = subscriber(&cluster, watching, "watcher").await;
+
+    // Documents at a steady rate, each in a transaction with the app's data; the holder is
+    // killed with SIGKILL a second in.
+    let total = 60;
+    let inserting = async {
+        for n in 1..=total {
+            app.change_order(n, true).await;
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    };
+    let killing = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cluster.node(holder).signal("KILL");
+    };
+    tokio::join!(inserting, killing);
+
+    assert_eq!(
+        read_until(&mut watcher, total).await,
+        (1..=total).collect::<Vec<_>>()
+    );
+    watcher.expect_silence(Duration::from_millis(500)).await;
+    let marked = app.all_marked().await;
+    let offsets: Vec<i64> = marked
+        .iter()
+        .map(|d| d.get_i64("offset").unwrap())
+        .collect();
+    assert_eq!(
+        offsets,
+        (1..=total).collect::<Vec<_>>(),
+        "each marked once, in order"
+    );
+    let taken_over: f64 = cluster
+        .metric(watching, "ticketgate_outbox_lease_held", &[])
+        .await
+        + cluster
+            .metric(6 - holder - watching, "ticketgate_outbox_lease_held", &[])
+            .await;
+    assert_eq!(taken_over, 1.0, "a surviving node holds the lease");
+}
