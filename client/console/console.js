@@ -77,6 +77,7 @@ const CHARTS = [
   { title: "Ticket rejections per second", unit: "/s", series: {}, keyed: "ticket_rejections_per_sec", prefix: "" },
   { title: "Fan-out latency (ms)", unit: " ms", series: { p50: (s) => s.fanout_p50_ms, p99: (s) => s.fanout_p99_ms }, worst: true },
   { title: "Cluster event lag (ms)", unit: " ms", series: { p50: (s) => s.event_lag_p50_ms, p99: (s) => s.event_lag_p99_ms }, worst: true },
+  { title: "Outbox lag (ms)", unit: " ms", series: { "oldest unpublished": (s) => s.outbox_lag_ms }, worst: true },
 ];
 const COLORS = ["#3b5bdb", "#2b8a3e", "#c92a2a", "#e67700", "#862e9c", "#0b7285"];
 const plots = new Map();

@@ -87,6 +87,8 @@ impl Series {
             fanout_p99_ms: quantile(&after.fanout, &before.fanout, 0.99),
             event_lag_p50_ms: quantile(&after.event_lag, &before.event_lag, 0.5),
             event_lag_p99_ms: quantile(&after.event_lag, &before.event_lag, 0.99),
+            outbox_lag_ms: (metrics.outbox_lease_held.get() == 1)
+                .then(|| metrics.outbox_lag_seconds.get() * 1000.0),
         };
         samples.push_back(sample.clone());
         while samples.len() > self.capacity {

@@ -228,14 +228,19 @@ impl Outbox {
             // First start (or a new outbox): documents inserted before the stream existed.
             self.catch_up().await?;
         }
+        let mut lag_noted = std::time::Instant::now();
+        self.note_lag().await;
         loop {
+            if lag_noted.elapsed() >= self.settings.heartbeat {
+                lag_noted = std::time::Instant::now();
+                self.note_lag().await;
+            }
             let first = tokio::time::timeout(self.settings.heartbeat, stream.try_next()).await;
             let mut batch = match first {
                 Err(_) => {
                     if !self.acquire().await? {
                         return Err(Stop::LeaseLost);
                     }
-                    self.note_lag().await;
                     continue;
                 }
                 Ok(Ok(Some(event))) => vec![event],

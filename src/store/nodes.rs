@@ -35,6 +35,9 @@ pub struct Sample {
     pub fanout_p99_ms: Option<f64>,
     pub event_lag_p50_ms: Option<f64>,
     pub event_lag_p99_ms: Option<f64>,
+    /// On the node consuming the outbox: the age of its oldest unpublished document.
+    #[serde(default)]
+    pub outbox_lag_ms: Option<f64>,
 }
 
 /// What a node says about itself in its entry.

@@ -67,6 +67,31 @@ impl App {
         }
     }
 
+    /// As [`change_order`](Self::change_order), committed, with the order's number as both
+    /// documents' `_id`: a retry after an unknown commit result finds them there (duplicate
+    /// key) instead of adding a second outbox document.
+    async fn try_change_order(&self, n: i64) -> Result<(), mongodb::error::Error> {
+        let mut session = self.client.start_session().await?;
+        session.start_transaction().await?;
+        let written = async {
+            self.db
+                .collection::<Document>("orders")
+                .insert_one(doc! { "_id": n, "n": n })
+                .session(&mut session)
+                .await?;
+            self.outbox()
+                .insert_one(doc! { "_id": n, "channel": "orders:1", "data": { "n": n } })
+                .session(&mut session)
+                .await?;
+            session.commit_transaction().await
+        }
+        .await;
+        match written {
+            Err(e) if e.to_string().contains("E11000") => Ok(()),
+            other => other,
+        }
+    }
+
     /// Waits until the outbox has no unmarked document; returns them all.
     async fn all_marked(&self) -> Vec<Document> {
         let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -101,10 +126,14 @@ impl App {
 }
 
 fn start(uri: &str, app_db: &str, file: &ConfigFile) -> Cluster {
+    start_nodes(uri, 3, app_db, file)
+}
+
+fn start_nodes(uri: &str, count: usize, app_db: &str, file: &ConfigFile) -> Cluster {
     tokio::task::block_in_place(|| {
         Cluster::start_with(
             uri,
-            3,
+            count,
             &[
                 ("CONFIG_FILE", file.path()),
                 ("OUTBOX_COLLECTION", "outbox"),
@@ -252,7 +281,8 @@ async fn committed_outbox_documents_are_published_once_in_commit_order_on_every_
     };
     assert_eq!(message["data"], json!({ "note": "for ann" }));
 
-    // One node holds the lease.
+    // One node holds the lease, and its console samples carry the outbox's lag (none left
+    // unpublished now: 0), the other nodes' none.
     let mut held = 0.0;
     for node in 1..=3 {
         held += cluster
@@ -260,6 +290,29 @@ async fn committed_outbox_documents_are_published_once_in_commit_order_on_every_
             .await;
     }
     assert_eq!(held, 1.0);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let series = cluster.get(1, "/api/series").await;
+        let lags: Vec<Value> = series["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|node| {
+                node["samples"]
+                    .as_array()?
+                    .last()?
+                    .get("outbox_lag_ms")
+                    .cloned()
+            })
+            .collect();
+        let reporting = lags.iter().filter(|lag| !lag.is_null()).count();
+        if lags.len() == 3 && reporting == 1 {
+            assert!(lags.contains(&json!(0.0)), "{lags:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{series}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[test]
@@ -358,4 +411,54 @@ async fn a_killed_lease_holder_is_taken_over_and_nothing_is_lost_or_repeated() {
             .metric(6 - holder - watching, "ticketgate_outbox_lease_held", &[])
             .await;
     assert_eq!(taken_over, 1.0, "a surviving node holds the lease");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mongod_restart_pauses_the_outbox_and_loses_nothing() {
+    let mut mongod = tokio::task::block_in_place(TestMongod::start);
+    let file = ConfigFile::new(NAMESPACES);
+    let app_db = unique_db_name();
+    let cluster = start_nodes(&mongod.uri, 2, &app_db, &file);
+    // The app gives up on an unreachable server after 2 s, and tries again.
+    let app_uri = format!("{}&serverSelectionTimeoutMS=2000", mongod.uri);
+    let app = App::connect(&app_uri, &app_db).await;
+    let mut watcher = subscriber(&cluster, 1, "watcher").await;
+    let total = 40;
+    let (down, up) = tokio::sync::oneshot::channel::<()>();
+    let outage = tokio::task::spawn_blocking(move || {
+        let _ = up.blocking_recv();
+        mongod.stop();
+        std::thread::sleep(Duration::from_secs(2));
+        mongod.restart();
+        mongod
+    });
+    let mut down = Some(down);
+    let mut refused = 0;
+    for n in 1..=total {
+        if n == 15 {
+            let _ = down.take().unwrap().send(());
+        }
+        // As an app does: the transaction again until MongoDB answers.
+        while app.try_change_order(n).await.is_err() {
+            refused += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _mongod = outage.await.unwrap();
+    assert!(
+        refused > 0,
+        "the outage refused some of the app's transactions"
+    );
+    let got = tokio::time::timeout(Duration::from_secs(60), read_until(&mut watcher, total))
+        .await
+        .expect("the outbox went on after the outage");
+    assert_eq!(got, (1..=total).collect::<Vec<_>>(), "once each, in order");
+    watcher.expect_silence(Duration::from_millis(500)).await;
+    let marked = app.all_marked().await;
+    let offsets: Vec<i64> = marked
+        .iter()
+        .map(|d| d.get_i64("offset").unwrap())
+        .collect();
+    assert_eq!(offsets, (1..=total).collect::<Vec<_>>());
 }
