@@ -190,6 +190,10 @@ async fn committed_outbox_documents_are_published_once_in_commit_order_on_every_
     let failing = [
         (doc! { "channel": "a b", "data": 1 }, "invalid_channel"),
         (doc! { "channel": "nope:1", "data": 1 }, "unknown_namespace"),
+        (
+            doc! { "channel": "orders:1", "data": "x".repeat(11_000) },
+            "publication_too_large",
+        ),
         (doc! { "user": "ann" }, "bad_document"),
         (
             doc! { "channel": "orders:1", "user": "ann", "data": 1 },
@@ -461,4 +465,43 @@ async fn a_mongod_restart_pauses_the_outbox_and_loses_nothing() {
         .map(|d| d.get_i64("offset").unwrap())
         .collect();
     assert_eq!(offsets, (1..=total).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_inserted_before_the_first_start_are_published_in_id_order() {
+    let file = ConfigFile::new(NAMESPACES);
+    let app_db = unique_db_name();
+    let app = App::connect(&mongo_uri(), &app_db).await;
+    for n in 1..=5 {
+        app.change_order(n, true).await;
+    }
+    // No gateway has followed this outbox yet: no resume point, so the consumer publishes
+    // what is unmarked, in `_id` order, and then follows the stream.
+    let cluster = start_nodes(&mongo_uri(), 1, &app_db, &file);
+    let marked = app.all_marked().await;
+    let offsets: Vec<i64> = marked
+        .iter()
+        .map(|d| d.get_i64("offset").unwrap())
+        .collect();
+    assert_eq!(offsets, [1, 2, 3, 4, 5]);
+    let mut watcher = subscriber(&cluster, 1, "watcher").await;
+    app.change_order(6, true).await;
+    assert_eq!(
+        watcher.publications_then_silence(1).await,
+        [json!({ "n": 6 })]
+    );
+    let history = cluster.get(1, "/api/channels/orders:1/history").await;
+    let published: Vec<&Value> = history["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["data"]["n"])
+        .collect();
+    assert_eq!(
+        published,
+        [1, 2, 3, 4, 5, 6]
+            .map(|n| json!(n))
+            .iter()
+            .collect::<Vec<_>>()
+    );
 }
