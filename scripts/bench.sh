@@ -8,7 +8,7 @@
 #                                               # idle-cluster compression channels channels-idle
 #                                               # channels-memory channels-cluster channels-bus
 #                                               # presence history jitter restart-storm rpc
-#                                               # lifecycle sse floor
+#                                               # lifecycle sse outbox floor
 #   PERF_DIR=/tmp/profiles scripts/bench.sh     # also record a CPU profile of the gateways per
 #                                               # run (perf record -e cpu-clock -g; perf report -i …)
 #   GATEWAY_BIN=/tmp/old/ticketgate scripts/bench.sh  # run another build of the gateway (an A/B
@@ -343,6 +343,17 @@ if wants restart-storm; then
   echo "## restart storm: ${N_STORM:-10000} subscribers over 100 channels, node restarted"
   load 1 --subscribe 1 --channels 100 restart-storm --connections "${N_STORM:-10000}" --missed 10 \
     --api-key "$API_KEY" --publish-url "${gateway_urls[1]}" --restart-command "bash $work/launch1.sh"
+fi
+if wants outbox; then
+  # Publishing from the database against the API into the same 100 history channels, in one
+  # run, alternated: throughput with 16 writers each, then latency at 1,000/s (docs/BENCHMARKS.md).
+  GATEWAY_ENV="CONFIG_FILE=$work/history.toml OUTBOX_COLLECTION=outbox OUTBOX_DATABASE=bench_app" \
+    start_gateways mongo 1
+  echo "## outbox against the API: 100 subscribers over 100 channels"
+  load 1 --threads "${GENERATOR_THREADS:-1}" --subscribe 1 --channels 100 outbox --connections 100 \
+    --publishers "${OUTBOX_PUBLISHERS:-16}" --throughput-secs "${OUTBOX_SECS:-10}" \
+    --rate "${OUTBOX_RATE:-1000}" --duration-secs "${OUTBOX_SECS:-10}" --rounds "${OUTBOX_ROUNDS:-2}" \
+    --api-key "$API_KEY" --mongodb-uri "$mongo_uri" --outbox-database bench_app
 fi
 if wants rpc; then
   # RPCs to a minimal backend (a process of its own), directly and through one gateway.

@@ -17,6 +17,7 @@ mod client;
 mod deflate_socket;
 mod history;
 mod measure;
+mod outbox;
 mod roundtrip;
 mod rpc;
 mod scenarios;
@@ -124,6 +125,9 @@ enum Scenario {
     /// One ping in flight per connection for T seconds: the round trip to its pong, p50/p99
     /// (on SSE: POST → event; with --post-url, through another node).
     Roundtrip(roundtrip::RoundtripPlan),
+    /// Publishing from the database (OUTBOX_COLLECTION) against the API, alternated: the
+    /// publications per second each delivers, and the latency from the write at a steady rate.
+    Outbox(outbox::OutboxPlan),
     /// The minimal app backend for `rpc`: answers every POST with `{"result": <data>}`.
     Backend {
         #[arg(long)]
@@ -180,6 +184,7 @@ fn main() -> ExitCode {
             Scenario::RestartStorm(plan) => history::restart_storm(&target, &secret, plan).await,
             Scenario::Rpc(plan) => rpc::rpc(&target, &secret, plan).await,
             Scenario::Roundtrip(plan) => roundtrip::roundtrip(&target, &secret, plan).await,
+            Scenario::Outbox(plan) => outbox::outbox(&target, &secret, plan).await,
             Scenario::Backend { port } => rpc::backend(port).await,
             Scenario::Idle {
                 connections,

@@ -83,13 +83,17 @@ impl Stores<'_> {
         retried: impl Fn(),
     ) -> Result<Vec<Outcome>, TransactionError> {
         let mut last = None;
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
             match self.attempt(items, outbox).await {
                 Ok(outcomes) => return Ok(outcomes),
                 Err(TransactionError::LeaseLost) => return Err(TransactionError::LeaseLost),
                 Err(e) => {
                     retried();
                     last = Some(e);
+                    // A conflicting writer usually finishes in milliseconds: wait a little
+                    // longer each time rather than conflict with it again at once.
+                    let pause = 5 * (1u64 << attempt.min(6));
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                 }
             }
         }
@@ -281,6 +285,7 @@ async fn mark_in(
     outcomes: &[Outcome],
 ) -> mongodb::error::Result<()> {
     let now = DateTime::now();
+    let mut updates = Vec::new();
     for (item, outcome) in items.iter().zip(outcomes) {
         let Some(id) = &item.outbox_id else { continue };
         let (streams, duplicate) = match outcome {
@@ -296,10 +301,8 @@ async fn mark_in(
         if duplicate {
             set.insert("duplicate", true);
         }
-        documents
-            .update_one(doc! { "_id": id.clone() }, doc! { "$set": set })
-            .session(&mut *session)
-            .await?;
+        updates.push(doc! { "q": { "_id": id.clone() }, "u": { "$set": set } });
     }
-    Ok(())
+    // One command for the whole batch: a statement per document.
+    crate::db::update_in(session, documents, updates).await
 }

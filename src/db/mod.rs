@@ -146,6 +146,35 @@ impl Bounds {
 
 /// Opens a client whose every wait is bounded by `timeout`, so an unreachable server turns
 /// into an error rather than a hang.
+/// Runs `updates` (statements of the `update` command) on `collection` as one command, in
+/// the transaction of `session`: one round trip for a batch; a statement's error fails it all.
+pub async fn update_in<T: Send + Sync>(
+    session: &mut mongodb::ClientSession,
+    collection: &mongodb::Collection<T>,
+    updates: Vec<bson::Document>,
+) -> mongodb::error::Result<()> {
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let answer = collection
+        .client()
+        .database(&collection.namespace().db)
+        .run_command(bson::doc! {
+            "update": collection.name(),
+            "updates": updates,
+            "ordered": true,
+        })
+        .session(session)
+        .await?;
+    match answer.get_array("writeErrors") {
+        Ok(errors) if !errors.is_empty() => Err(mongodb::error::Error::custom(format!(
+            "updating {}: {answer}",
+            collection.name()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 pub async fn connect(settings: &MongoSettings, timeout: Duration) -> Result<Database, Unavailable> {
     Ok(connect_with_options(settings, timeout).await?.0)
 }

@@ -28,6 +28,7 @@ use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
 use mongodb::error::{Error, ErrorKind};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
+use tokio::sync::mpsc;
 
 pub use document::Failure;
 
@@ -210,7 +211,7 @@ impl Outbox {
             .and_then(|l| l.get("resume_token"))
             .and_then(|t| bson::from_bson(t.clone()).ok());
         let resumed = token.is_some();
-        let mut stream = match self.open(token).await {
+        let stream = match self.open(token).await {
             Ok(stream) => stream,
             Err(e) if history_lost(&e) => {
                 log::warn!(
@@ -228,6 +229,11 @@ impl Outbox {
             // First start (or a new outbox): documents inserted before the stream existed.
             self.catch_up().await?;
         }
+        // The stream is read on a task of its own, so the next events arrive while a batch's
+        // transaction runs, and a batch is whatever has arrived: no wait for more.
+        let (events, mut arrived) = mpsc::channel(MAX_BATCH * 4);
+        // Held for its drop: the reader ends with this consumer.
+        let _reader = AbortOnDrop(tokio::spawn(read_stream(stream, events)));
         let mut lag_noted = std::time::Instant::now();
         self.note_lag().await;
         loop {
@@ -235,7 +241,7 @@ impl Outbox {
                 lag_noted = std::time::Instant::now();
                 self.note_lag().await;
             }
-            let first = tokio::time::timeout(self.settings.heartbeat, stream.try_next()).await;
+            let first = tokio::time::timeout(self.settings.heartbeat, arrived.recv()).await;
             let mut batch = match first {
                 Err(_) => {
                     if !self.acquire().await? {
@@ -243,21 +249,22 @@ impl Outbox {
                     }
                     continue;
                 }
-                Ok(Ok(Some(event))) => vec![event],
-                Ok(Ok(None)) => return Ok(()),
-                Ok(Err(e)) => return Err(e.into()),
+                Ok(Some(Ok(event))) => vec![event],
+                Ok(Some(Err(e))) => return Err(e.into()),
+                // The stream ended (the collection was dropped, say): start over.
+                Ok(None) => return Ok(()),
             };
             while batch.len() < MAX_BATCH {
-                match stream.next_if_any().await? {
-                    Some(event) => batch.push(event),
-                    None => break,
+                match arrived.try_recv() {
+                    Ok(Ok(event)) => batch.push(event),
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => break,
                 }
             }
+            // Each event's id is the resume token just past it.
+            let progress = batch.last().and_then(|event| bson::to_bson(&event.id).ok());
             let documents: Vec<Document> =
                 batch.into_iter().filter_map(|e| e.full_document).collect();
-            let progress = stream
-                .resume_token()
-                .and_then(|token| bson::to_bson(&token).ok());
             self.publish(documents, progress).await?;
         }
     }
@@ -405,6 +412,31 @@ impl Outbox {
 }
 
 type OutboxStream = ChangeStream<ChangeStreamEvent<Document>>;
+type Arrived = Result<ChangeStreamEvent<Document>, Error>;
+
+/// Hands the stream's events over until the stream ends or fails, or nobody takes them.
+async fn read_stream(mut stream: OutboxStream, events: mpsc::Sender<Arrived>) {
+    loop {
+        let next = match stream.try_next().await {
+            Ok(Some(event)) => Ok(event),
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        let failed = next.is_err();
+        if events.send(next).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// A task that ends with its handle.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Documents neither published nor failed.
 fn unmarked() -> Document {

@@ -69,7 +69,11 @@ impl PublishKeys {
         session: &mut ClientSession,
         records: &[KeyRecord<'_>],
     ) -> mongodb::error::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
         let now = DateTime::now();
+        let mut updates = Vec::with_capacity(records.len());
         for record in records {
             let window_ms = i64::try_from(record.window.as_millis()).unwrap_or(i64::MAX);
             let expires_at =
@@ -78,15 +82,13 @@ impl PublishKeys {
                 .map_err(|e| mongodb::error::Error::custom(e.to_string()))?;
             // The `find_in` of this transaction found no live record; one past its window is
             // replaced. A record another transaction wrote meanwhile makes this one conflict.
-            self.keys
-                .replace_one(
-                    doc! { "_id": record.id },
-                    doc! { "_id": record.id, "streams": streams, "at": now, "expires_at": expires_at },
-                )
-                .upsert(true)
-                .session(&mut *session)
-                .await?;
+            updates.push(doc! {
+                "q": { "_id": record.id },
+                "u": { "_id": record.id, "streams": streams, "at": now, "expires_at": expires_at },
+                "upsert": true,
+            });
         }
-        Ok(())
+        // One command for all of them.
+        crate::db::update_in(session, &self.keys, updates).await
     }
 }
