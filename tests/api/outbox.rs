@@ -3,7 +3,8 @@
 //! transactions (some aborted) are published once each, in commit order, to subscribers on
 //! every node, and marked; documents that can never be published are marked failed and
 //! block nothing; an idempotency key shared with the API publishes once; one node holds the
-//! lease; a standalone mongod is refused at start.
+//! lease; a standalone mongod is refused at start; a SIGKILLed lease holder, a mongod
+//! restart and a primary step-down lose and repeat nothing.
 
 use std::time::Duration;
 
@@ -518,4 +519,41 @@ async fn documents_inserted_before_the_first_start_are_published_in_id_order() {
             .iter()
             .collect::<Vec<_>>()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_step_down_loses_and_repeats_nothing() {
+    let set = tokio::task::block_in_place(TestReplicaSet::start);
+    let file = ConfigFile::new(NAMESPACES);
+    let app_db = unique_db_name();
+    let cluster = start_nodes(&set.uri, 2, &app_db, &file);
+    let app_uri = format!("{}&serverSelectionTimeoutMS=5000", set.uri);
+    let app = App::connect(&app_uri, &app_db).await;
+    let mut watcher = subscriber(&cluster, 1, "watcher").await;
+    let total = 40;
+    let mut stepped_down = None;
+    let mut refused = 0;
+    for n in 1..=total {
+        if n == 15 {
+            stepped_down = Some(tokio::task::block_in_place(|| set.step_down_primary()));
+        }
+        // As an app does: the transaction again until a primary answers.
+        while app.try_change_order(n).await.is_err() {
+            refused += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let new = tokio::task::block_in_place(|| set.primary_port());
+    assert_ne!(stepped_down, Some(new), "another member was elected");
+    let got = read_until(&mut watcher, total).await;
+    assert_eq!(got, (1..=total).collect::<Vec<_>>(), "once each, in order");
+    watcher.expect_silence(Duration::from_millis(500)).await;
+    let marked = app.all_marked().await;
+    let offsets: Vec<i64> = marked
+        .iter()
+        .map(|d| d.get_i64("offset").unwrap())
+        .collect();
+    assert_eq!(offsets, (1..=total).collect::<Vec<_>>());
+    eprintln!("step-down: the app's transaction was refused {refused} times, nothing lost");
 }
