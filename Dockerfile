@@ -2,7 +2,7 @@
 # docs/openapi.json, so they are part of the build context (tests/api/compose.rs checks).
 FROM rust:1-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 # Workspace members: cargo reads their manifests even when building the gateway alone.
 COPY load ./load

@@ -4,6 +4,7 @@
 //! Phase 2: `GET /demo?token=<ticket>` upgrades; the first message must carry the JWT again.
 //! See docs/PROTOCOL.md for the wire contract.
 
+pub mod build_info;
 pub mod bus;
 pub mod channels;
 pub mod client_ip;

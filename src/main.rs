@@ -13,7 +13,7 @@ use ticketgate::startup::Application;
 /// A WebSocket gateway with two-phase authentication: a short-lived ticket from
 /// `GET /token/ws` opens `/demo?token=<ticket>`, and the first message must carry the JWT.
 #[derive(Parser)]
-#[command(name = "ticketgate", version, about, long_about)]
+#[command(name = "ticketgate", version = ticketgate::build_info::LONG_VERSION, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

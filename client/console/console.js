@@ -50,6 +50,8 @@ async function showOverview() {
     if (late) row.className = "stale";
     cell(row, node.id + (late ? " (no heartbeat)" : ""));
     cell(row, node.address);
+    // A rolling deploy's mixed versions show here.
+    cell(row, `${node.version} (${node.commit})`);
     cell(row, new Date(node.started_at).toLocaleString());
     cell(row, ago(node.heartbeat_at));
     cell(row, node.connections.total);

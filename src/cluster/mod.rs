@@ -180,6 +180,8 @@ fn view(node: &NodeInfo, connections: ConnectionCounts) -> NodeView {
     NodeView {
         id: node.id.to_string(),
         address: node.address.clone(),
+        version: crate::build_info::VERSION.to_owned(),
+        commit: crate::build_info::COMMIT.to_owned(),
         started_at: crate::store::nodes::rfc3339(node.started_at),
         heartbeat_at: crate::store::nodes::rfc3339(DateTime::now()),
         connections,

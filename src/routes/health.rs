@@ -12,20 +12,27 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+/// For a liveness probe: 200 while the process serves HTTP at all, whatever MongoDB or the
+/// bus are doing (a node must not be restarted because MongoDB is away; readiness says that).
+pub async fn livez() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "live"}))
+}
+
 /// Ready for new connections: the ticket store answers and the gateway is not draining.
 /// Load balancers take a 503 here as "send new clients elsewhere".
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let not_ready = |message: String| {
-        HttpResponse::ServiceUnavailable().json(json!({"error": "not_ready", "message": message}))
+    let not_ready = |cause: &str, message: String| {
+        HttpResponse::ServiceUnavailable()
+            .json(json!({"error": "not_ready", "cause": cause, "message": message}))
     };
     if state.shutdown.is_draining() {
-        return not_ready("draining".into());
+        return not_ready("draining", "draining".into());
     }
     match state.tickets.ping().await {
         Ok(()) => {
             HttpResponse::Ok().json(json!({"status": "ready", "store": state.tickets.kind()}))
         }
-        Err(e) => not_ready(e.to_string()),
+        Err(e) => not_ready("store_unavailable", e.to_string()),
     }
 }
 

@@ -103,6 +103,7 @@ pub fn configure(
         static_files::worker_module,
     ))
     .service(readable("/healthz", health::healthz))
+    .service(readable("/livez", health::livez))
     .service(readable("/readyz", health::readyz))
     .service(readable("/metrics", health::metrics))
     .service(readable("/openapi.json", health::openapi))

@@ -54,6 +54,9 @@ pub struct NodeEntry<'a> {
 pub struct NodeView {
     pub id: String,
     pub address: String,
+    /// The node's build: its version and git commit (a rolling deploy's mix shows here).
+    pub version: String,
+    pub commit: String,
     pub started_at: String,
     pub heartbeat_at: String,
     pub connections: ConnectionCounts,
@@ -91,6 +94,11 @@ struct NodeDocument {
     #[serde(rename = "_id")]
     id: String,
     address: String,
+    /// Entries of nodes from before versions were recorded have none.
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    commit: String,
     started_at: DateTime,
     /// The TTL index is on this field.
     heartbeat_at: DateTime,
@@ -158,6 +166,8 @@ impl NodeRegistry {
         let mut update = doc! {
             "$set": {
                 "address": node.address,
+                "version": crate::build_info::VERSION,
+                "commit": crate::build_info::COMMIT,
                 "started_at": node.started_at,
                 "heartbeat_at": DateTime::now(),
                 "connections": as_bson(&counts)?,
@@ -219,6 +229,8 @@ impl NodeRegistry {
         nodes.extend(others.into_iter().map(|n| NodeView {
             id: n.id,
             address: n.address,
+            version: n.version,
+            commit: n.commit,
             started_at: rfc3339(n.started_at),
             heartbeat_at: rfc3339(n.heartbeat_at),
             connections: n.connections,

@@ -243,6 +243,7 @@ async fn head_works_where_get_does_and_405_says_what_is_allowed() {
     let app = spawn_app(Store::Memory, &[("API_KEY", API_KEY)]).await;
     for path in [
         "/healthz",
+        "/livez",
         "/readyz",
         "/metrics",
         "/openapi.json",

@@ -22,6 +22,35 @@ fn ticketgate(dir: &std::path::Path) -> Command {
 }
 
 #[test]
+fn version_names_the_commit_and_the_build_date() {
+    let output = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(output.status.success());
+    let version = String::from_utf8(output.stdout).unwrap();
+    // "ticketgate 0.1.0 (commit 0123456789ab, built 2026-12-07)"
+    let (name, rest) = version.trim().split_once(' ').unwrap();
+    assert_eq!(name, "ticketgate");
+    let (semver, rest) = rest.split_once(" (commit ").unwrap();
+    assert_eq!(semver, ticketgate::build_info::VERSION);
+    let (commit, rest) = rest.split_once(", built ").unwrap();
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{version}"
+    );
+    let date = rest.strip_suffix(')').unwrap();
+    let parts: Vec<&str> = date.split('-').collect();
+    assert_eq!(
+        parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+        [4, 2, 2],
+        "{version}"
+    );
+    assert!(
+        parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_digit())),
+        "{version}"
+    );
+}
+
+#[test]
 fn help_documents_every_command_and_variable() {
     let output = Command::new(BIN).arg("--help").output().unwrap();
     assert!(output.status.success());

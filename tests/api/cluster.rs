@@ -243,6 +243,23 @@ async fn broadcasts_and_user_messages_reach_every_node() {
     let listed = nodes["nodes"].as_array().unwrap();
     assert_eq!(listed.len(), 3, "{nodes}");
     assert!(listed[0]["id"].as_str().unwrap().starts_with("node2-"));
+    // Each names its build, the one `--version` prints.
+    let version = std::process::Command::new(BIN)
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8(version.stdout).unwrap();
+    for node in listed {
+        let (v, commit) = (
+            node["version"].as_str().unwrap(),
+            node["commit"].as_str().unwrap(),
+        );
+        assert!(!v.is_empty() && !commit.is_empty(), "{node}");
+        assert!(
+            version.contains(&format!("{v} (commit {commit}, built ")),
+            "{version} against {node}"
+        );
+    }
     wait_for_counts(&cluster, 4).await;
 }
 

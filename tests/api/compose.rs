@@ -128,6 +128,8 @@ fn the_dockerfile_builds_and_runs_this_crates_binary() {
             "the Dockerfile does not copy the workspace member {member}"
         );
     }
+    // The build script (the version's commit and date) is part of the crate.
+    assert!(DOCKERFILE.contains("COPY Cargo.toml Cargo.lock build.rs ./"));
     assert!(
         DOCKERFILE
             .contains("COPY --from=build /src/target/release/ticketgate /usr/local/bin/ticketgate")

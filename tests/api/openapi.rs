@@ -101,6 +101,7 @@ const SERVED: &[(&str, &str)] = &[
     ("get", "/api/channels/{channel}/presence"),
     ("get", "/api/channels/{channel}/history"),
     ("get", "/healthz"),
+    ("get", "/livez"),
     ("get", "/readyz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),

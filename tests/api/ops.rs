@@ -26,13 +26,21 @@ async fn health_and_readiness() {
         get_json(&app, "/readyz").await,
         (200, json!({"status": "ready", "store": "mongodb"}))
     );
+    assert_eq!(
+        get_json(&app, "/livez").await,
+        (200, json!({"status": "live"}))
+    );
     app.shutdown.begin();
     let (status, body) = get_json(&app, "/readyz").await;
     assert_eq!(
         (status, body["error"].as_str().unwrap()),
         (503, "not_ready")
     );
-    assert_eq!(body["message"], "draining");
+    assert_eq!(
+        (&body["cause"], &body["message"]),
+        (&json!("draining"), &json!("draining"))
+    );
+    assert_eq!(get_json(&app, "/livez").await.0, 200, "live while draining");
     assert_eq!(
         get_json(&app, "/healthz").await.0,
         200,

@@ -99,6 +99,18 @@ async fn an_outage_answers_503_keeps_open_connections_and_recovers() {
         503,
         "not ready while MongoDB is down"
     );
+    let body: serde_json::Value = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["cause"], "store_unavailable", "{body}");
+    let livez = app.http.get(app.url("/livez")).send().await.unwrap();
+    assert_eq!(livez.status(), 200, "alive while MongoDB is down");
     tokio::task::block_in_place(|| mongod.restart());
     let back = Instant::now();
     mint_until_ok(&app, Duration::from_secs(30)).await;
