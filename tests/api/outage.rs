@@ -22,14 +22,11 @@ async fn app_on(uri: &str, store_timeout_ms: &str) -> TestApp {
     spawn_app_with(vars).await
 }
 
-async fn readiness(app: &TestApp) -> u16 {
-    app.http
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+/// `GET /readyz`: the status, and the body (null when not JSON).
+async fn readiness(app: &TestApp) -> (u16, serde_json::Value) {
+    let response = app.http.get(app.url("/readyz")).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
 }
 
 async fn mint_until_ok(app: &TestApp, within: Duration) {
@@ -94,27 +91,15 @@ async fn an_outage_answers_503_keeps_open_connections_and_recovers() {
     live.send_json(&json!({"type": "ping"})).await;
     assert_eq!(live.next_json().await, json!({"type": "pong"}));
 
-    assert_eq!(
-        readiness(&app).await,
-        503,
-        "not ready while MongoDB is down"
-    );
-    let body: serde_json::Value = app
-        .http
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, body) = readiness(&app).await;
+    assert_eq!(status, 503, "not ready while MongoDB is down");
     assert_eq!(body["cause"], "store_unavailable", "{body}");
     let livez = app.http.get(app.url("/livez")).send().await.unwrap();
     assert_eq!(livez.status(), 200, "alive while MongoDB is down");
     tokio::task::block_in_place(|| mongod.restart());
     let back = Instant::now();
     mint_until_ok(&app, Duration::from_secs(30)).await;
-    assert_eq!(readiness(&app).await, 200);
+    assert_eq!(readiness(&app).await.0, 200);
     eprintln!(
         "outage: minting recovered {:?} after mongod was primary again",
         back.elapsed()
@@ -146,14 +131,14 @@ async fn starting_while_mongodb_is_down_serves_503_until_it_comes_up() {
         (503, "store_unavailable")
     );
 
-    assert_eq!(readiness(&app).await, 503);
+    assert_eq!(readiness(&app).await.0, 503);
     // Until MongoDB has said what it is, the bus cannot choose a route: publishing is refused.
     assert_eq!(app.bus.mode(), BusMode::Starting);
     let data = RawValue::from_string("1".into()).unwrap();
     assert!(app.bus.send(Command::Broadcast(data)).await.is_err());
     let _mongod = tokio::task::block_in_place(|| TestMongod::start_on(port));
     mint_until_ok(&app, Duration::from_secs(60)).await;
-    assert_eq!(readiness(&app).await, 200);
+    assert_eq!(readiness(&app).await.0, 200);
     wait_until("the bus to take the replica set's change stream", || {
         app.bus.mode() == BusMode::ChangeStream
     })
