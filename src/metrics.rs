@@ -31,6 +31,9 @@ pub struct Metrics {
     pub outbox_lag_seconds: Gauge,
     /// 1 on the node consuming the outbox.
     pub outbox_lease_held: IntGauge,
+    /// 1 while the bus delivers (its change stream answered within BUS_STALL_SECS); set
+    /// when scraped.
+    pub bus_up: IntGauge,
     pub publish_duplicates: IntCounter,
     /// MongoDB operations refused because STORE_MAX_IN_FLIGHT were running.
     pub store_operations_shed: IntCounter,
@@ -214,6 +217,10 @@ impl Metrics {
                     .expect("registered once");
                 gauge
             },
+            bus_up: gauge(
+                "bus_up",
+                "1 while the bus delivers (the change stream answered within BUS_STALL_SECS), 0 when stalled or starting",
+            ),
             outbox_lease_held: gauge(
                 "outbox_lease_held",
                 "1 on the node that consumes the outbox, 0 elsewhere",

@@ -105,6 +105,7 @@ impl Application {
             Some((config, m.db.clone(), m.bounds.clone()))
         });
         let bus = start_bus(&hub, mongo, node, &metrics).await?;
+        bus.stream_health().set_stall_limit(settings.node.bus_stall);
         if let Some((config, db, bounds)) = outbox {
             if bus.mode() == BusMode::Local {
                 return Err(StartupError::OutboxNeedsReplicaSet);

@@ -9,6 +9,7 @@ mod appends;
 mod batch;
 mod events;
 pub mod forward;
+mod health;
 mod once;
 mod stream;
 pub mod transaction;
@@ -23,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use events::{Command, Event, EventDocument, Sequencer, StreamPublication};
 pub use forward::Post;
 use forward::{FORWARD_PATIENCE, Forwarding};
+pub use health::StreamHealth;
 pub use once::{BadKey, IdempotencyKey, MAX_KEY_BYTES};
 use once::{FirstAnswer, LocalKeys};
 
@@ -124,6 +126,8 @@ struct LocalRoute {
 pub struct Bus {
     hub: Arc<Hub>,
     node: NodeInfo,
+    /// The change stream's liveness (in a cluster).
+    health: Arc<StreamHealth>,
     forwarding: Arc<Forwarding>,
     /// Unset until MongoDB's topology is known; commands meanwhile answer "unavailable".
     route: OnceLock<Route>,
@@ -135,6 +139,7 @@ impl Bus {
     pub fn new(hub: Arc<Hub>, node: NodeInfo) -> Arc<Self> {
         Arc::new(Bus {
             forwarding: Arc::new(Forwarding::new(node.id.clone(), Arc::clone(&hub))),
+            health: Arc::default(),
             hub,
             node,
             route: OnceLock::new(),
@@ -152,6 +157,11 @@ impl Bus {
 
     pub fn node(&self) -> &NodeInfo {
         &self.node
+    }
+
+    /// Whether the change stream has heard from MongoDB lately (see `health.rs`).
+    pub fn stream_health(&self) -> &StreamHealth {
+        &self.health
     }
 
     /// The hub this bus delivers to.
@@ -329,7 +339,9 @@ pub async fn start_on_mongodb(
         Arc::clone(&bus.forwarding),
         Arc::clone(metrics),
         bounds.timeout,
+        Arc::clone(&bus.health),
     );
+    bus.health.answered();
     tokio::spawn(follower.run(opened));
     let history = Arc::new(MongoHistory::new(db, bounds.clone()));
     let writer = writer::Writer {

@@ -85,6 +85,8 @@ pub struct Follower {
     forwarding: Arc<Forwarding>,
     metrics: Arc<Metrics>,
     timeout: Duration,
+    /// Told of every answer from MongoDB: readiness watches it.
+    health: Arc<super::StreamHealth>,
     /// The last event number delivered per publishing node: an event at or below it is a
     /// repeat (or a write that landed late) and is dropped, so each publisher's events reach
     /// connections once and in order.
@@ -98,6 +100,7 @@ impl Follower {
         forwarding: Arc<Forwarding>,
         metrics: Arc<Metrics>,
         timeout: Duration,
+        health: Arc<super::StreamHealth>,
     ) -> Self {
         Follower {
             db,
@@ -105,6 +108,7 @@ impl Follower {
             forwarding,
             metrics,
             timeout,
+            health,
             delivered: HashMap::new(),
         }
     }
@@ -164,9 +168,13 @@ impl Follower {
                 Err(_) => Err(Error::custom(format!("no answer within {patience:?}"))),
             });
             match next.await {
-                Ok(Some(change)) => self.deliver(change),
+                Ok(Some(change)) => {
+                    self.health.answered();
+                    self.deliver(change)
+                }
                 Ok(None) if !stream.is_alive() => return None,
-                Ok(None) => {}
+                // An empty answer is an answer: the stream is alive.
+                Ok(None) => self.health.answered(),
                 Err(e) => return Some(e),
             }
             if let Some(latest) = stream.resume_token() {

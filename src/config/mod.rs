@@ -161,6 +161,8 @@ pub struct NodeSettings {
     /// `None`: the address it listens on.
     pub address: Option<String>,
     pub heartbeat: Duration,
+    /// BUS_STALL_SECS: a change stream silent this long makes the node not ready.
+    pub bus_stall: Duration,
 }
 
 /// A configuration that cannot be used; the message names the setting and where it was set.
@@ -329,6 +331,7 @@ impl Settings {
                 name: node_name,
                 address: env.get("NODE_ADDRESS").map(str::to_owned),
                 heartbeat: env.secs("NODE_HEARTBEAT_SECS")?,
+                bus_stall: env.secs("BUS_STALL_SECS")?,
             },
             channels: ChannelPolicy {
                 namespaces: {

@@ -271,6 +271,9 @@ pub static SETTINGS: &[Setting] = &[
         "where operators reach this node, as `GET /api/nodes` lists it")
         .described("the listen address"),
     // The node registry's TTL index removes an entry 60 s after its last beat.
+    setting("BUS_STALL_SECS", Cluster, Secs { min: 1, max: 600 },
+        "a node whose change stream has had no answer from MongoDB this long is not ready (`/readyz` 503, cause `bus_stalled`): it would deliver nothing from the other nodes")
+        .default("10"),
     setting("NODE_HEARTBEAT_SECS", Cluster, Secs { min: 1, max: 20 },
         "how often the node refreshes its entry in the node registry; a node missing three beats is no longer listed")
         .default("5"),

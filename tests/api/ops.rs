@@ -1,6 +1,8 @@
 //! Operations endpoints: health, readiness, and Prometheus metrics read back with a real
 //! Prometheus text parser.
 
+use std::time::{Duration, Instant};
+
 use prometheus_parse::Sample;
 use serde_json::{Value, json};
 
@@ -136,5 +138,81 @@ async fn metrics_count_what_happened() {
     assert!(
         metric("ticketgate_process_open_fds", &[]) > 0.0,
         "process metrics are exported"
+    );
+}
+
+/// A node cut off from MongoDB like a network (no FIN, nothing answers): its change stream
+/// stalls, and `/readyz` says so within BUS_STALL_SECS + 2 s of the stream's last answer,
+/// whatever STORE_TIMEOUT_MS is, while `/livez` stays 200; mended, it is ready again within
+/// BUS_STALL_SECS + 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_mongodb_is_not_ready_and_still_live() {
+    let mongod = tokio::task::block_in_place(TestMongod::start);
+    let link = CuttableLink::to(mongod.port).await;
+    let uri = format!("mongodb://127.0.0.1:{}/?directConnection=true", link.port);
+    let database = unique_db_name();
+    let node = GatewayProcess::start(&[
+        ("JWT_SECRET", SECRET),
+        ("MONGODB_URI", &uri),
+        ("MONGODB_DATABASE", &database),
+        ("BUS_STALL_SECS", "2"),
+        ("STORE_TIMEOUT_MS", "30000"),
+    ]);
+    let http = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let (http, url) = (http.clone(), node.url(path));
+        async move {
+            let started = Instant::now();
+            let response = http.get(url).send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or_default();
+            assert!(
+                started.elapsed() < Duration::from_millis(1500),
+                "{path} took {:?}",
+                started.elapsed()
+            );
+            (status, body)
+        }
+    };
+    let ready_within = |limit: Duration, want: u16| {
+        let get = &get;
+        async move {
+            let started = Instant::now();
+            loop {
+                let (status, body) = get("/readyz").await;
+                if status == want {
+                    return (started.elapsed(), body);
+                }
+                assert!(started.elapsed() < limit, "/readyz still {status}: {body}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    ready_within(STARTUP_PATIENCE, 200).await;
+
+    link.cut();
+    let (took, _) = ready_within(Duration::from_secs(2 + 2), 503).await;
+    eprintln!("not ready {took:?} after the cut");
+    // Past BUS_STALL_SECS the cause is the stalled stream (the store's ping fails sooner).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, body) = get("/readyz").await;
+    assert_eq!(
+        (status, &body["cause"]),
+        (503, &json!("bus_stalled")),
+        "{body}"
+    );
+    assert_eq!(get("/livez").await.0, 200, "alive while cut off");
+    let bus_up = |samples: Vec<Sample>| metric_value(&samples, "ticketgate_bus_up", &[]);
+    assert_eq!(
+        bus_up(scrape_metrics(&http, &node.url("/metrics")).await),
+        0.0
+    );
+
+    link.mend();
+    let (took, _) = ready_within(Duration::from_secs(2 + 5), 200).await;
+    eprintln!("ready {took:?} after the mend");
+    assert_eq!(
+        bus_up(scrape_metrics(&http, &node.url("/metrics")).await),
+        1.0
     );
 }

@@ -12,26 +12,28 @@ pub struct CuttableLink {
     /// Where clients connect instead of the gateway.
     pub port: u16,
     cut: watch::Sender<bool>,
-    /// The accept loop and every relay: aborted (their sockets closed) when the link drops.
-    tasks: Arc<std::sync::Mutex<JoinSet<()>>>,
+    /// The accept loop: aborted (its listener closed) when the link drops.
+    accepts: tokio::task::JoinHandle<()>,
+    /// Every relay: aborted (their sockets closed) when the link drops or is mended.
+    relays: Arc<std::sync::Mutex<JoinSet<()>>>,
 }
 
 impl CuttableLink {
-    /// A link to the gateway on `upstream` (a port on 127.0.0.1).
+    /// A link to the server on `upstream` (a port on 127.0.0.1: a gateway, or a mongod).
     pub async fn to(upstream: u16) -> CuttableLink {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (cut, _) = watch::channel(false);
-        let tasks = Arc::new(std::sync::Mutex::new(JoinSet::new()));
-        let (relays, cut_for_accepts) = (Arc::clone(&tasks), cut.clone());
-        tasks.lock().unwrap().spawn(async move {
+        let relays = Arc::new(std::sync::Mutex::new(JoinSet::new()));
+        let (for_accepts, cut_for_accepts) = (Arc::clone(&relays), cut.clone());
+        let accepts = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(gateway) = TcpStream::connect(("127.0.0.1", upstream)).await else {
                     continue;
                 };
                 let (client_read, client_write) = client.into_split();
                 let (gateway_read, gateway_write) = gateway.into_split();
-                let mut relays = relays.lock().unwrap();
+                let mut relays = for_accepts.lock().unwrap();
                 relays.spawn(carry(
                     client_read,
                     gateway_write,
@@ -44,18 +46,31 @@ impl CuttableLink {
                 ));
             }
         });
-        CuttableLink { port, cut, tasks }
+        CuttableLink {
+            port,
+            cut,
+            accepts,
+            relays,
+        }
     }
 
     /// From now on no byte crosses, and both sockets stay open.
     pub fn cut(&self) {
         self.cut.send_replace(true);
     }
+
+    /// The network is back: the connections held silent are closed (as a peer that rebooted
+    /// would), and new ones carry bytes again.
+    pub fn mend(&self) {
+        self.relays.lock().unwrap().abort_all();
+        self.cut.send_replace(false);
+    }
 }
 
 impl Drop for CuttableLink {
     fn drop(&mut self) {
-        self.tasks.lock().unwrap().abort_all();
+        self.accepts.abort();
+        self.relays.lock().unwrap().abort_all();
     }
 }
 
