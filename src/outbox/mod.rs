@@ -167,10 +167,41 @@ impl Outbox {
                 )
                 .build()
         };
-        self.documents
+        let created = self
+            .documents
             .create_indexes([ttl("published_at"), ttl("failed_at")])
-            .await
-            .map(drop)
+            .await;
+        // An index made with another OUTBOX_RETENTION_SECS conflicts: its expiry is changed
+        // in place, as the migrations do for the gateway's own TTL indexes.
+        let indexes: Vec<IndexModel> = self.documents.list_indexes().await?.try_collect().await?;
+        let wanted = self.settings.retention.as_secs();
+        for field in ["published_at", "failed_at"] {
+            let name = format!("{field}_ttl");
+            let current = indexes
+                .iter()
+                .find(|i| i.options.as_ref().and_then(|o| o.name.as_deref()) == Some(name.as_str()))
+                .and_then(|i| i.options.as_ref()?.expire_after)
+                .map(|d| d.as_secs());
+            if current.is_some_and(|current| current != wanted) {
+                let collection = self.documents.name();
+                self.documents
+                    .client()
+                    .database(&self.settings.database)
+                    .run_command(doc! {
+                        "collMod": collection,
+                        "index": { "name": &name, "expireAfterSeconds": wanted as i64 },
+                    })
+                    .await?;
+                log::info!(
+                    "outbox {}: {name} now expires after {wanted} s",
+                    self.lease_id()
+                );
+            }
+        }
+        match created {
+            Err(e) if !index_options_conflict(&e) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     fn lease_for(&self) -> DateTime {
@@ -445,6 +476,10 @@ fn unmarked() -> Document {
 
 fn history_lost(e: &Error) -> bool {
     matches!(&*e.kind, ErrorKind::Command(c) if HISTORY_LOST_CODES.contains(&c.code))
+}
+
+fn index_options_conflict(e: &Error) -> bool {
+    matches!(&*e.kind, ErrorKind::Command(c) if c.code == 85 || c.code == 86)
 }
 
 fn duplicate_key(e: &Error) -> bool {

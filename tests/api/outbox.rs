@@ -557,3 +557,47 @@ async fn a_primary_step_down_loses_and_repeats_nothing() {
     assert_eq!(offsets, (1..=total).collect::<Vec<_>>());
     eprintln!("step-down: the app's transaction was refused {refused} times, nothing lost");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_setting_rules_the_outbox_ttl_indexes_and_a_change_is_applied() {
+    let file = ConfigFile::new(NAMESPACES);
+    let app_db = unique_db_name();
+    let app = App::connect(&mongo_uri(), &app_db).await;
+    for retention in [3600_i64, 120] {
+        let cluster = tokio::task::block_in_place(|| {
+            Cluster::start_with(
+                &mongo_uri(),
+                1,
+                &[
+                    ("CONFIG_FILE", file.path()),
+                    ("OUTBOX_COLLECTION", "outbox"),
+                    ("OUTBOX_DATABASE", &app_db),
+                    ("OUTBOX_RETENTION_SECS", &retention.to_string()),
+                ],
+            )
+        });
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let mut cursor = app.outbox().list_indexes().await.unwrap();
+            let mut expiries = Vec::new();
+            while cursor.advance().await.unwrap() {
+                let index = cursor.deserialize_current().unwrap();
+                let options = index.options.unwrap_or_default();
+                if let (Some(name), Some(after)) = (options.name, options.expire_after) {
+                    expiries.push((name, after.as_secs() as i64));
+                }
+            }
+            expiries.sort();
+            let wanted = vec![
+                ("failed_at_ttl".to_owned(), retention),
+                ("published_at_ttl".to_owned(), retention),
+            ];
+            if expiries == wanted {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{expiries:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(cluster);
+    }
+}
