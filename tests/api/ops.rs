@@ -149,7 +149,12 @@ async fn metrics_count_what_happened() {
 async fn a_node_cut_off_from_mongodb_is_not_ready_and_still_live() {
     let mongod = tokio::task::block_in_place(TestMongod::start);
     let link = CuttableLink::to(mongod.port).await;
-    let uri = format!("mongodb://127.0.0.1:{}/?directConnection=true", link.port);
+    // The driver finds the server again by its monitor's checks: frequent and short ones, so
+    // that coming back is a matter of a second or two, not of the defaults' ten.
+    let uri = format!(
+        "mongodb://127.0.0.1:{}/?directConnection=true&heartbeatFrequencyMS=500&connectTimeoutMS=2000",
+        link.port
+    );
     let database = unique_db_name();
     let node = GatewayProcess::start(&[
         ("JWT_SECRET", SECRET),
