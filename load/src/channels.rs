@@ -283,18 +283,19 @@ async fn post(
     Ok(())
 }
 
-/// Waits until `received` reaches `expected`, or nothing more arrives for 5 s.
-async fn settle(received: &AtomicU64, expected: u64) {
+/// Waits until `received` reaches `expected`, or nothing more arrives for 5 s: when the last
+/// one came.
+pub(crate) async fn settle(received: &AtomicU64, expected: u64) -> Instant {
     let mut last = (received.load(Ordering::Relaxed), Instant::now());
     loop {
         let now = received.load(Ordering::Relaxed);
         if now >= expected {
-            return;
+            return Instant::now();
         }
         if now != last.0 {
             last = (now, Instant::now());
         } else if last.1.elapsed() > Duration::from_secs(5) {
-            return;
+            return last.1;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

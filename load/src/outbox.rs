@@ -13,6 +13,7 @@ use serde_json::json;
 use std::sync::Mutex;
 
 use crate::Target;
+use crate::channels::settle;
 use crate::client::CHANNEL_PREFIX;
 use crate::measure::{CpuWatch, percentiles_ms};
 use crate::scenarios::{Report, Stamp, clients, open_many, subscribe_all, unix_micros};
@@ -273,7 +274,7 @@ async fn throughput(
     let counts = futures_util::future::try_join_all(tasks).await?;
     let published: u64 = counts.iter().map(|c| c.0).sum();
     let expected: u64 = counts.iter().map(|c| c.1).sum();
-    let arrived = settle(received, before + expected).await;
+    let arrived = settle(&received.deliveries, before + expected).await;
     let span = arrived.duration_since(started).as_secs_f64();
     let lost = (before + expected).saturating_sub(received.deliveries.load(Ordering::Relaxed));
     Ok((published as f64 / span.max(1e-6), lost))
@@ -315,7 +316,7 @@ async fn paced(
         .await?
         .into_iter()
         .sum();
-    settle(received, before + expected).await;
+    settle(&received.deliveries, before + expected).await;
     let lost = (before + expected).saturating_sub(received.deliveries.load(Ordering::Relaxed));
     let mut latencies = std::mem::take(&mut *lock(&received.latencies));
     let (p50, p99, max) = percentiles_ms(&mut latencies);
@@ -324,21 +325,4 @@ async fn paced(
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Waits until `expected` deliveries arrived, or nothing more for 5 s: when the last came.
-async fn settle(received: &Received, expected: u64) -> Instant {
-    let mut last = (received.deliveries.load(Ordering::Relaxed), Instant::now());
-    loop {
-        let now = received.deliveries.load(Ordering::Relaxed);
-        if now >= expected {
-            return Instant::now();
-        }
-        if now != last.0 {
-            last = (now, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(5) {
-            return last.1;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }

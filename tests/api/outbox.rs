@@ -93,6 +93,15 @@ impl App {
         }
     }
 
+    /// The offsets the outbox's documents were marked with, in `_id` order, once all are.
+    async fn marked_offsets(&self) -> Vec<i64> {
+        let marked = self.all_marked().await;
+        marked
+            .iter()
+            .map(|d| d.get_i64("offset").unwrap())
+            .collect()
+    }
+
     /// Waits until the outbox has no unmarked document; returns them all.
     async fn all_marked(&self) -> Vec<Document> {
         let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -413,11 +422,7 @@ async fn a_killed_lease_holder_is_taken_over_and_nothing_is_lost_or_repeated() {
         (1..=total).collect::<Vec<_>>()
     );
     watcher.expect_silence(Duration::from_millis(500)).await;
-    let marked = app.all_marked().await;
-    let offsets: Vec<i64> = marked
-        .iter()
-        .map(|d| d.get_i64("offset").unwrap())
-        .collect();
+    let offsets = app.marked_offsets().await;
     assert_eq!(
         offsets,
         (1..=total).collect::<Vec<_>>(),
@@ -474,11 +479,7 @@ async fn a_mongod_restart_pauses_the_outbox_and_loses_nothing() {
         .expect("the outbox went on after the outage");
     assert_eq!(got, (1..=total).collect::<Vec<_>>(), "once each, in order");
     watcher.expect_silence(Duration::from_millis(500)).await;
-    let marked = app.all_marked().await;
-    let offsets: Vec<i64> = marked
-        .iter()
-        .map(|d| d.get_i64("offset").unwrap())
-        .collect();
+    let offsets = app.marked_offsets().await;
     assert_eq!(offsets, (1..=total).collect::<Vec<_>>());
 }
 
@@ -493,11 +494,7 @@ async fn documents_inserted_before_the_first_start_are_published_in_id_order() {
     // No gateway has followed this outbox yet: no resume point, so the consumer publishes
     // what is unmarked, in `_id` order, and then follows the stream.
     let cluster = start_nodes(&mongo_uri(), 1, &app_db, &file);
-    let marked = app.all_marked().await;
-    let offsets: Vec<i64> = marked
-        .iter()
-        .map(|d| d.get_i64("offset").unwrap())
-        .collect();
+    let offsets = app.marked_offsets().await;
     assert_eq!(offsets, [1, 2, 3, 4, 5]);
     let mut watcher = subscriber(&cluster, 1, "watcher").await;
     app.change_order(6, true).await;
@@ -549,11 +546,7 @@ async fn a_primary_step_down_loses_and_repeats_nothing() {
     let got = read_until(&mut watcher, total).await;
     assert_eq!(got, (1..=total).collect::<Vec<_>>(), "once each, in order");
     watcher.expect_silence(Duration::from_millis(500)).await;
-    let marked = app.all_marked().await;
-    let offsets: Vec<i64> = marked
-        .iter()
-        .map(|d| d.get_i64("offset").unwrap())
-        .collect();
+    let offsets = app.marked_offsets().await;
     assert_eq!(offsets, (1..=total).collect::<Vec<_>>());
     eprintln!("step-down: the app's transaction was refused {refused} times, nothing lost");
 }
