@@ -12,7 +12,7 @@
 import { TicketgateClient } from "./ticketgate.js";
 
 const TAB_SILENCE_MS = 3000;
-const CLIENT_EVENTS = ["state", "authenticated", "token_expiring", "broadcast", "message", "close", "reconnecting", "fallback", "subscription"];
+const CLIENT_EVENTS = ["state", "authenticated", "token_expiring", "broadcast", "message", "close", "reconnecting", "fallback", "subscription", "missed"];
 const CHANNEL_EVENTS = ["subscribed", "publication", "unsubscribed", "error", "join", "leave", "expiring", "resync"];
 
 /** @type {Map<string, Shared>} */

@@ -179,6 +179,12 @@ export interface ClientEvents {
   subscription: CustomEvent<{ subscription: Subscription }>;
   /** The WebSocket failed before it opened; the client is opening SSE instead. */
   fallback: CustomEvent<{ from: "websocket"; to: "sse" }>;
+  /**
+   * The gateway node lost its place in MongoDB's stream: broadcasts, user messages and the
+   * publications of these subscribed channels without history may be gone (the channels with
+   * history are resubscribed with `since` by the client itself).
+   */
+  missed: CustomEvent<{ channels: string[] }>;
 }
 
 export declare class TicketgateClient extends EventTarget {

@@ -26,9 +26,14 @@
 // `since` after every reconnect, so the publications missed meanwhile arrive first, in
 // order, and none twice. When they cannot be recovered (the history was trimmed or
 // expired), the subscription fires `resync`: reload the state from the app's backend.
+// When the gateway node itself lost its place in MongoDB's stream, it asks the client to
+// resubscribe (done at once, with `since`, so recovery fills the gap) and the client fires
+// `missed` with the channels without history whose publications (and broadcasts and user
+// messages) may be gone.
 //
 //   room.addEventListener("subscribed", (e) => e.detail.recovered);   // true, false or undefined
 //   room.addEventListener("resync", () => reloadRoom());
+//   client.addEventListener("missed", (e) => reloadAll(e.detail.channels));
 //
 // Transports: where WebSockets do not get through (a proxy that refuses upgrades), the client
 // falls back to Server-Sent Events with its messages sent by POST (docs/PROTOCOL.md,
@@ -455,6 +460,14 @@ export class TicketgateClient extends EventTarget {
         break;
       case "unsubscribed":
         if (!subscription) return;
+        if (message.reason === "resubscribe") {
+          // The node may have missed publications (docs/PROTOCOL.md, "When a node loses its
+          // place"): subscribe again from the last offset had, and recovery fills the gap;
+          // `subscribed` then says whether it did.
+          subscription.state = "subscribing";
+          this.#sendSubscribe(subscription, false);
+          return;
+        }
         this.subscriptions.delete(message.channel);
         subscription.state = "unsubscribed";
         subscription._emit("unsubscribed", { channel: message.channel, reason: message.reason });
@@ -656,6 +669,10 @@ export class TicketgateClient extends EventTarget {
         break;
       case "message":
         this.#emit("message", { data: message.data });
+        break;
+      case "missed":
+        // Broadcasts, user messages and these channels' publications may have been lost.
+        this.#emit("missed", { channels: message.channels });
         break;
       case "subscribed":
       case "unsubscribed":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the Python client's checks need (clients/python): its two dependencies
-# (websockets, httpx), pytest, mypy, and setuptools to build its wheel offline, into a cache
+# (websockets, httpx), pytest, mypy, pymongo (its tests set fail points), and setuptools to
+# build its wheel offline, into a cache
 # folder; prints that venv's python on stdout. Idempotent: a second run only prints the path.
 #
 #   TICKETGATE_CACHE  where to install (default: ~/.cache/ticketgate)
@@ -8,7 +9,7 @@ set -euo pipefail
 
 cache="${TICKETGATE_CACHE:-$HOME/.cache/ticketgate}"
 venv="$cache/python-client-dev-venv"
-pins=("websockets==15.0.1" "httpx==0.28.1" "pytest==8.3.5" "mypy==1.15.0" "setuptools==78.1.0" "wheel==0.45.1")
+pins=("websockets==15.0.1" "httpx==0.28.1" "pytest==8.3.5" "mypy==1.15.0" "setuptools==78.1.0" "wheel==0.45.1" "pymongo==4.15.5")
 
 if [ ! -x "$venv/bin/python" ]; then
   mkdir -p "$cache"

@@ -31,9 +31,10 @@ pub struct Metrics {
     pub outbox_lag_seconds: Gauge,
     /// 1 on the node consuming the outbox.
     pub outbox_lease_held: IntGauge,
-    /// 1 while the bus delivers (its change stream answered within BUS_STALL_SECS); set
-    /// when scraped.
-    pub bus_up: IntGauge,
+    /// By `stream`: `cluster`, 1 while the bus delivers (its change stream answered within
+    /// BUS_STALL_SECS), set when scraped; `outbox`, on the lease holder only, 1 while its
+    /// stream is open.
+    pub bus_up: IntGaugeVec,
     pub publish_duplicates: IntCounter,
     /// MongoDB operations refused because STORE_MAX_IN_FLIGHT were running.
     pub store_operations_shed: IntCounter,
@@ -62,11 +63,15 @@ pub struct Metrics {
     /// Cluster events not delivered, by `reason`: malformed, repeat.
     pub cluster_events_skipped: IntCounterVec,
     /// From a cluster event's write (by any node) to its delivery here.
-    pub cluster_event_lag_seconds: Histogram,
-    /// Times the change stream broke and was reopened.
-    pub cluster_stream_restarts: IntCounter,
-    /// Times the change stream could not resume because its token had left the oplog.
-    pub cluster_stream_history_lost: IntCounter,
+    pub bus_lag_seconds: Histogram,
+    /// Times a change stream broke and was reopened, by `stream` (cluster, outbox).
+    pub bus_restarts: IntCounterVec,
+    /// Times a change stream could not resume because its point had left the oplog, by
+    /// `stream` (cluster, outbox).
+    pub bus_history_lost: IntCounterVec,
+    /// What connections were told after the cluster stream lost its place, by `notice`:
+    /// resubscribe (one per channel with history), missed (one per connection).
+    pub bus_loss_notices: IntCounterVec,
     /// Calls to the app's backend by `path` (/rpc, /publish) and `outcome` (answered,
     /// failed, timeout).
     pub upstream_calls: IntCounterVec,
@@ -128,6 +133,13 @@ impl Metrics {
                 .expect("registered once");
             gauge
         };
+        let gauge_vec = |name: &str, help: &str, label: &str| {
+            let gauge = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("a valid metric");
+            registry
+                .register(Box::new(gauge.clone()))
+                .expect("registered once");
+            gauge
+        };
         let latency = |name: &str, help: &str| {
             let histogram = Histogram::with_opts(
                 HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
@@ -158,8 +170,8 @@ impl Metrics {
             "MongoDB ticket-store operations",
             "operation",
         );
-        let cluster_event_lag_seconds = latency(
-            "cluster_event_lag_seconds",
+        let bus_lag_seconds = latency(
+            "bus_lag_seconds",
             "From a cluster event's write to its delivery on this node",
         );
         let upstream_calls = IntCounterVec::new(
@@ -179,7 +191,7 @@ impl Metrics {
         let _ = registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
-        Metrics {
+        let metrics = Metrics {
             connections,
             channels: gauge("channels", "Channels with a subscriber on this node"),
             subscriptions: gauge("subscriptions", "Channel subscriptions on this node"),
@@ -217,9 +229,10 @@ impl Metrics {
                     .expect("registered once");
                 gauge
             },
-            bus_up: gauge(
+            bus_up: gauge_vec(
                 "bus_up",
-                "1 while the bus delivers (the change stream answered within BUS_STALL_SECS), 0 when stalled or starting",
+                "By stream: cluster, 1 while the bus delivers (its change stream answered within BUS_STALL_SECS), 0 when stalled or starting; outbox, on the lease holder, 1 while its stream is open",
+                "stream",
             ),
             outbox_lease_held: gauge(
                 "outbox_lease_held",
@@ -273,7 +286,7 @@ impl Metrics {
                 "Cluster events not delivered",
                 "reason",
             ),
-            cluster_event_lag_seconds,
+            bus_lag_seconds,
             upstream_calls,
             upstream_call_seconds,
             rpcs: counter_vec("rpcs_total", "Client RPCs, by result", "result"),
@@ -318,16 +331,31 @@ impl Metrics {
                 "lifecycle_node_lost_disconnects_total",
                 "disconnect events with reason node_lost this node wrote for dead nodes",
             ),
-            cluster_stream_restarts: counter(
-                "cluster_stream_restarts_total",
-                "Times the cluster change stream was reopened",
+            bus_restarts: counter_vec(
+                "bus_restarts_total",
+                "Times a change stream was reopened",
+                "stream",
             ),
-            cluster_stream_history_lost: counter(
-                "cluster_stream_history_lost_total",
-                "Times the cluster change stream could not resume from its token",
+            bus_history_lost: counter_vec(
+                "bus_history_lost_total",
+                "Times a change stream could not resume from its point",
+                "stream",
+            ),
+            bus_loss_notices: counter_vec(
+                "bus_loss_notices_total",
+                "Notices to connections after the cluster stream lost its place",
+                "notice",
             ),
             registry,
+        };
+        // Exported at 0 from the start, so a rate() or an alert has a series before the
+        // first event.
+        metrics.bus_restarts.with_label_values(&["cluster"]);
+        metrics.bus_history_lost.with_label_values(&["cluster"]);
+        for notice in ["resubscribe", "missed"] {
+            metrics.bus_loss_notices.with_label_values(&[notice]);
         }
+        metrics
     }
 
     /// The text exposition format, with the connection and channel gauges as of now.

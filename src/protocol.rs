@@ -264,6 +264,12 @@ pub enum ServerMessage<'a> {
         channel: &'a str,
         expires_at: u64,
     },
+    /// This node may have lost deliveries (its cluster stream lost its place): broadcasts,
+    /// user messages, and publications in these channels without history. Sent once, after
+    /// the `unsubscribed` (reason `resubscribe`) of each channel with history.
+    Missed {
+        channels: &'a [&'a str],
+    },
     Presence {
         channel: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -472,6 +478,9 @@ pub enum UnsubscribeReason {
     Revoked,
     /// `DELETE /api/users/{user_id}/subscriptions/{channel}`.
     Server,
+    /// This node may have missed publications: subscribe again with `since`, and history
+    /// fills the gap.
+    Resubscribe,
 }
 
 /// `{"type":"error","error":…}` codes: answers to a request that keep the connection open.
@@ -788,6 +797,13 @@ mod tests {
             }
             .encode(),
             r#"{"type":"unsubscribed","channel":"c","reason":"permission_lost"}"#
+        );
+        assert_eq!(
+            ServerMessage::Missed {
+                channels: &["a", "b"]
+            }
+            .encode(),
+            r#"{"type":"missed","channels":["a","b"]}"#
         );
         assert_eq!(
             ServerMessage::error(ErrorCode::UnknownType, None, None).encode(),

@@ -1,12 +1,14 @@
 // The JavaScript client's channels against real gateway processes: subscriptions with claim
 // grants and subscription tokens, presence, unsubscribe, server-made subscriptions, and every
-// subscription made again after a reconnect and refreshed before its token runs out.
+// subscription made again after a reconnect and refreshed before its token runs out, and
+// made again with `since` when the node lost its place in MongoDB's stream.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { MongoClient } from "mongodb";
 import WebSocket from "ws";
 
 import { TicketgateClient, ChannelError } from "../ticketgate.js";
@@ -343,3 +345,69 @@ test("publish() sends into a channel the JWT's publish claim grants", async () =
   talker.close();
   listener.close();
 });
+
+/**
+ * Makes mongod hold the next change-stream read of the gateway named `appName` for `blockMs`,
+ * then answer ChangeStreamHistoryLost (286), as when the stream's point fell off the oplog
+ * (docs/PROTOCOL.md, "When a node loses its place"). The suite's mongod has test commands.
+ */
+async function loseStreamPlace(appName, blockMs) {
+  const mongo = new MongoClient(process.env.MONGODB_URI);
+  try {
+    await mongo.db("admin").command({
+      configureFailPoint: "failCommand",
+      mode: { times: 1 },
+      data: { failCommands: ["getMore"], errorCode: 286, blockConnection: true, blockTimeMS: blockMs, appName },
+    });
+  } finally {
+    await mongo.close();
+  }
+}
+
+test("a node that lost its place has history subscriptions made again with since, and says what was missed", async () => {
+  const appName = `tg-js-${Math.random().toString(16).slice(2, 10)}`;
+  const uri = process.env.MONGODB_URI;
+  const gw = await gateway({ MONGODB_URI: `${uri}${uri.includes("?") ? "&" : "/?"}appName=${appName}` });
+  // The other node under its own name, so the fail point holds only this one's stream.
+  const other = await Gateway.beside(gw, { MONGODB_URI: uri });
+  gateways.push(other);
+  const client = clientFor(gw, "frank");
+  try {
+    await lostPlaceScenario(client, gw, other, appName);
+  } finally {
+    client.close();
+  }
+});
+
+async function lostPlaceScenario(client, gw, other, appName) {
+  const feed = client.subscribe("feed:lost");
+  const news = client.subscribe("news:lost");
+  const got = collect(feed);
+  const resyncs = [];
+  feed.addEventListener("resync", (e) => resyncs.push(e.detail));
+  const unsubscribed = [];
+  feed.addEventListener("unsubscribed", (e) => unsubscribed.push(e.detail));
+  await client.connect();
+  await nextEvent(feed, "subscribed");
+  await until("news subscribed", () => news.state === "subscribed");
+  await publish(other, "feed:lost", 1);
+  await until("the first publication", () => got.length === 1);
+
+  // The node's stream is held, then loses its place: what is published meanwhile reaches it
+  // only through the resubscribe's recovery.
+  const missed = nextEvent(client, "missed", () => true, 30000);
+  const resubscribed = nextEvent(feed, "subscribed", () => true, 30000);
+  await loseStreamPlace(appName, 2000);
+  await sleep(700);
+  for (let n = 2; n <= 3; n++) assert.equal((await publish(other, "feed:lost", n)).status, 202);
+  assert.deepEqual((await missed).channels, ["news:lost"]);
+  assert.equal((await resubscribed).recovered, true);
+  await publish(other, "feed:lost", 4);
+  await until("4 publications", () => got.length === 4);
+  await sleep(200);
+  assert.deepEqual(got, [1, 2, 3, 4].map((n) => [n, n]));
+  assert.deepEqual(resyncs, []);
+  assert.deepEqual(unsubscribed, [], "the app sees no unsubscribe");
+  assert.equal(feed.state, "subscribed");
+  assert.equal(client.subscriptions.get("feed:lost"), feed);
+}

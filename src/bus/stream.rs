@@ -2,7 +2,9 @@
 //! database, and delivering each event, and each append to a channel's history, to this
 //! node's connections. The stream resumes from the last resume token after any break
 //! (step-down, network cut, mongod restart), so nothing still in the oplog is missed; when the
-//! token has fallen out of the oplog it logs an error, counts it, and goes on from now.
+//! token has fallen out of the oplog it logs an error, counts it, tells every connection
+//! (subscribers of channels with history resubscribe and recover; everyone hears what else
+//! they missed), and goes on from now.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -124,7 +126,10 @@ impl Follower {
                 Some(e) if history_lost(&e) => self.lost_history(&mut token, &e),
                 Some(e) => log::warn!("the cluster event stream broke ({e}); resuming"),
             }
-            self.metrics.cluster_stream_restarts.inc();
+            self.metrics
+                .bus_restarts
+                .with_label_values(&["cluster"])
+                .inc();
             stream = loop {
                 match open(&self.db, token.clone(), self.timeout).await {
                     Ok(stream) => break stream,
@@ -143,14 +148,21 @@ impl Follower {
         }
     }
 
+    /// The stream cannot resume: events written while it was away are lost to this node.
+    /// Its connections are told (the hub's [`stream_lost`](Hub::stream_lost)): subscribers
+    /// of channels with history resubscribe and recover them from MongoDB; the rest hear
+    /// what they missed.
     fn lost_history(&self, token: &mut Option<ResumeToken>, reason: &dyn std::fmt::Display) {
+        let told = self.hub.stream_lost();
         log::error!(
             "the cluster event stream cannot resume ({reason}): events written while it was \
-             down are lost to this node; going on from now"
+             down are lost to this node; going on from now, and {told} connections are told \
+             to resubscribe to channels with history and what else they missed"
         );
-        self.metrics.cluster_stream_history_lost.inc();
-        // Publications were missed here: the history windows no longer hold them.
-        self.hub.forget_windows();
+        self.metrics
+            .bus_history_lost
+            .with_label_values(&["cluster"])
+            .inc();
         *token = None;
     }
 
@@ -252,7 +264,7 @@ impl Follower {
     fn delivered_one(&self, event: Event, written_at: bson::DateTime) {
         let lag_ms = bson::DateTime::now().timestamp_millis() - written_at.timestamp_millis();
         self.metrics
-            .cluster_event_lag_seconds
+            .bus_lag_seconds
             .observe(lag_ms.max(0) as f64 / 1000.0);
         self.metrics
             .cluster_events_delivered

@@ -60,7 +60,7 @@ impl Series {
             auth_failures: by_label(&metrics.auth_failures),
             ticket_rejections: by_label(&metrics.tickets_rejected),
             fanout: buckets(&metrics.broadcast_fanout_seconds),
-            event_lag: buckets(&metrics.cluster_event_lag_seconds),
+            event_lag: buckets(&metrics.bus_lag_seconds),
         };
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let Sampled { last, samples } = &mut *state;

@@ -188,7 +188,8 @@ pub async fn connect_with_options(
     let mut options = ClientOptions::parse(settings.uri.expose_secret())
         .await
         .map_err(|e| Unavailable(format!("MONGODB_URI: {e}")))?;
-    options.app_name = Some("ticketgate".into());
+    // Named in mongod's logs and currentOp; a URI's own `appName` (one per node, say) wins.
+    options.app_name.get_or_insert_with(|| "ticketgate".into());
     options.server_selection_timeout = Some(timeout);
     options.connect_timeout = Some(timeout);
     let client = Client::with_options(options.clone()).map_err(|e| Unavailable(e.to_string()))?;

@@ -37,6 +37,9 @@ pub enum Control {
     Unsubscribe(ChannelName),
     /// A subscription token's `jti` was revoked: end the subscriptions it holds.
     TokenRevoked(std::sync::Arc<str>),
+    /// This node's cluster stream lost its place: deliveries may be missing, so the
+    /// connection asks its client to resubscribe with `since` and says what else it missed.
+    StreamLost,
 }
 
 /// The mailbox overflowed: the connection must close.

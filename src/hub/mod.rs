@@ -159,10 +159,13 @@ impl Hub {
             .deliver_stream(channel, offset, epoch, &delivery)
     }
 
-    /// Forgets every history window: this node may have missed publications (its cluster
-    /// stream lost its place), so the next subscriber of each channel reads the store.
-    pub fn forget_windows(&self) {
+    /// This node's cluster stream lost its place, so it may have missed publications,
+    /// broadcasts and user messages. Every history window is forgotten (the next subscriber
+    /// of each channel reads the store) and every authenticated connection is told
+    /// ([`Control::StreamLost`]); returns how many connections were.
+    pub fn stream_lost(&self) -> usize {
         self.channels.forget_windows();
+        self.registry.control_all(&Control::StreamLost)
     }
 
     /// Asks each authenticated connection of `user_id` to carry out `control`; returns how many.

@@ -297,6 +297,21 @@ impl Registry {
             .count()
     }
 
+    /// Pushes `control` to every authenticated connection; returns how many took it.
+    pub fn control_all(&self, control: &Control) -> usize {
+        let connections = lock(&self.connections);
+        connections
+            .entries
+            .values()
+            .filter(|entry| match &entry.stage {
+                Stage::Authenticated { mailbox, .. } => {
+                    mailbox.push(Inbound::Control(control.clone()))
+                }
+                _ => false,
+            })
+            .count()
+    }
+
     /// Closes every connection of `user_id`, authenticated or not; returns how many.
     pub fn kick_user(&self, user_id: &str, kick: Kick) -> usize {
         let connections = lock(&self.connections);

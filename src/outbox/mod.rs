@@ -138,16 +138,25 @@ impl Outbox {
                 Ok(true) => {
                     log::info!("outbox {}: this node consumes it", self.lease_id());
                     self.metrics.outbox_lease_held.set(1);
+                    let restarts = self.metrics.bus_restarts.with_label_values(&["outbox"]);
                     match self.consume().await {
                         Err(Stop::LeaseLost) => {
                             log::info!("outbox {}: the lease went to another node", self.lease_id())
                         }
-                        Err(Stop::Mongo(e)) => log::warn!("outbox {}: {e}", self.lease_id()),
-                        Ok(()) => {}
+                        Err(Stop::Mongo(e)) => {
+                            log::warn!("outbox {}: {e}", self.lease_id());
+                            restarts.inc();
+                        }
+                        // The stream ended (the collection was dropped, say).
+                        Ok(()) => restarts.inc(),
                     }
                     self.metrics.outbox_lease_held.set(0);
+                    self.stream_up(false);
                 }
-                Ok(false) => {}
+                Ok(false) => {
+                    // The stream is another node's: this one has none to report on.
+                    let _ = self.metrics.bus_up.remove_label_values(&["outbox"]);
+                }
                 Err(e) => log::debug!("outbox: taking the lease: {e}"),
             }
             tokio::time::sleep(self.settings.heartbeat).await;
@@ -245,6 +254,10 @@ impl Outbox {
         let stream = match self.open(token).await {
             Ok(stream) => stream,
             Err(e) if history_lost(&e) => {
+                self.metrics
+                    .bus_history_lost
+                    .with_label_values(&["outbox"])
+                    .inc();
                 log::warn!(
                     "outbox {}: its change stream cannot resume ({e}); publishing the \
                      documents still unmarked, in _id order, then going on",
@@ -260,6 +273,7 @@ impl Outbox {
             // First start (or a new outbox): documents inserted before the stream existed.
             self.catch_up().await?;
         }
+        self.stream_up(true);
         // The stream is read on a task of its own, so the next events arrive while a batch's
         // transaction runs, and a batch is whatever has arrived: no wait for more.
         let (events, mut arrived) = mpsc::channel(MAX_BATCH * 4);
@@ -298,6 +312,14 @@ impl Outbox {
                 batch.into_iter().filter_map(|e| e.full_document).collect();
             self.publish(documents, progress).await?;
         }
+    }
+
+    /// `ticketgate_bus_up{stream="outbox"}`: whether this lease holder's stream is open.
+    fn stream_up(&self, up: bool) {
+        self.metrics
+            .bus_up
+            .with_label_values(&["outbox"])
+            .set(i64::from(up));
     }
 
     /// The outbox's inserts, after `token` (from now without one).

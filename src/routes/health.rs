@@ -68,7 +68,12 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         crate::bus::BusMode::Local => true,
         crate::bus::BusMode::ChangeStream => state.bus.stream_health().stalled_for().is_none(),
     };
-    state.session.metrics.bus_up.set(i64::from(up));
+    state
+        .session
+        .metrics
+        .bus_up
+        .with_label_values(&["cluster"])
+        .set(i64::from(up));
     let hub = &state.session.hub;
     let counts = TransportKind::ALL.map(|transport| (transport, hub.counts_on(transport)));
     let body = state.session.metrics.render(&counts, hub.channel_stats());

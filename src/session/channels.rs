@@ -163,9 +163,10 @@ impl Authenticated {
         recover: Recover,
         id: Option<&RawValue>,
     ) -> Result<Messages, ErrorCode> {
-        let grant = match token {
-            Some(token) => self.token_grant(ctx, &name, token).await?,
-            None => grant_without_token(options, &self.claims, &name)
+        let grant = match (token, self.resubscribable.get(name.as_str())) {
+            (Some(token), _) => self.token_grant(ctx, &name, token).await?,
+            (None, Some(lost)) => lost.clone(),
+            (None, None) => grant_without_token(options, &self.claims, &name)
                 .ok_or(ErrorCode::PermissionDenied)?,
         };
         let held = self.membership.subscription(name.as_str()).cloned();
@@ -182,6 +183,7 @@ impl Authenticated {
             None => grant,
         };
         let position = self.hold(ctx, &name, grant, options, recover).await?;
+        self.resubscribable.remove(name.as_str());
         Ok(vec![subscribed(
             &name,
             id,
@@ -383,6 +385,8 @@ impl Authenticated {
                 .into_iter()
                 .collect(),
             Control::TokenRevoked(jti) => {
+                self.resubscribable
+                    .retain(|_, grant| grant.token_jti() != Some(&jti));
                 let revoked: Vec<ChannelName> = self
                     .membership
                     .subscriptions()
@@ -395,7 +399,55 @@ impl Authenticated {
                 }
                 messages
             }
+            Control::StreamLost => self.on_stream_lost(ctx).await,
         }
+    }
+
+    /// This node's cluster stream lost its place (docs/PROTOCOL.md, "When a node loses its
+    /// place"): each channel with history ends with `resubscribe`, so the client subscribes
+    /// again with `since` and recovery fills the gap from MongoDB; then one `missed` names
+    /// the channels without history, since what they carried (and broadcasts and user
+    /// messages) cannot be had again.
+    async fn on_stream_lost(&mut self, ctx: &SessionContext) -> Messages {
+        let (with_history, without): (Vec<ChannelName>, Vec<ChannelName>) = self
+            .membership
+            .subscriptions()
+            .map(|(name, _)| name.clone())
+            .partition(|name| {
+                ctx.channels
+                    .namespaces
+                    .options(name)
+                    .is_ok_and(|options| options.history.is_some())
+            });
+        let mut messages = Vec::new();
+        self.resubscribable.clear();
+        for name in with_history {
+            // A claim or a public namespace grants it again; a server-made or token-held
+            // subscription is kept to be taken back as it was.
+            if let Some(grant @ (Grant::Server | Grant::Token(_))) =
+                self.membership.subscription(name.as_str())
+            {
+                self.resubscribable.insert(name.clone(), grant.clone());
+            }
+            messages.extend(self.end(ctx, &name, UnsubscribeReason::Resubscribe).await);
+            ctx.metrics
+                .bus_loss_notices
+                .with_label_values(&["resubscribe"])
+                .inc();
+        }
+        let mut channels: Vec<&str> = without.iter().map(ChannelName::as_str).collect();
+        channels.sort_unstable();
+        messages.push(
+            ServerMessage::Missed {
+                channels: &channels,
+            }
+            .encode(),
+        );
+        ctx.metrics
+            .bus_loss_notices
+            .with_label_values(&["missed"])
+            .inc();
+        messages
     }
 
     /// After an in-band refresh: the new JWT's claims replace the old, and subscriptions

@@ -21,6 +21,7 @@ pub mod rules;
 mod serve;
 pub mod transport;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use futures_util::FutureExt;
 use tokio::time::{Instant, timeout};
 
 use crate::bus::Bus;
-use crate::channels::ClaimGrants;
+use crate::channels::{ChannelName, ClaimGrants, Grant};
 use crate::hub::{ConnectionId, Fell, Hub, Membership, OpenConnection};
 use crate::jwt::{JwtRejection, JwtVerifier};
 use crate::lifecycle::{EventKind, Lifecycle, Subject};
@@ -151,6 +152,10 @@ pub struct Authenticated {
     jti: Option<String>,
     /// RPCs waiting for the backend.
     calls: Calls,
+    /// The server-made and token-held subscriptions a lost stream ended with `resubscribe`:
+    /// the client's subscribe takes them back with the grant they had, needing no token or
+    /// claim (docs/PROTOCOL.md, "When a node loses its place").
+    resubscribable: HashMap<ChannelName, Grant>,
 }
 
 /// The end of a connection: why, and the means to say so.
@@ -298,6 +303,7 @@ impl<T: Transport> Connection<Unauthenticated, T> {
                 tokens: TokenExpiries::default(),
                 jti: verified.jti,
                 calls: Calls::default(),
+                resubscribable: HashMap::new(),
             },
         }))
     }

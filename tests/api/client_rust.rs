@@ -1,6 +1,8 @@
 //! The Rust client crate (clients/rust) against real gateways: messages, RPC through a real
 //! backend, client publish, presence and refusals, the stop on 4403, a reconnect across a node
-//! killed with SIGKILL with the missed publications recovered in order, and its `tail` example.
+//! killed with SIGKILL with the missed publications recovered in order, a node that lost its
+//! place in MongoDB's stream (resubscribed with `since`, `missed` raised), and its `tail`
+//! example.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -31,6 +33,9 @@ public = true
 client_publish = true
 history_size = 50
 history_ttl_secs = 600
+[[channels.namespaces]]
+name = "plain"
+public = true
 [[channels.namespaces]]
 name = "price"
 public = true
@@ -65,6 +70,25 @@ async fn next<T>(stream: &mut (impl futures_util::Stream<Item = T> + Unpin)) -> 
         .await
         .expect("an item in time")
         .expect("the stream goes on")
+}
+
+/// No publication follows (nothing twice), and no resync came (nothing lost).
+async fn nothing_twice_nothing_lost(
+    feed: &mut (impl futures_util::Stream + Unpin),
+    resyncs: &mut (impl futures_util::Stream + Unpin),
+) {
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), feed.next())
+            .await
+            .is_err(),
+        "nothing twice"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), resyncs.next())
+            .await
+            .is_err(),
+        "nothing lost"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,18 +265,7 @@ async fn the_rust_client_recovers_across_a_sigkill_and_tail_prints_json_lines() 
         got.push((publication.offset.unwrap(), publication.data));
     }
     assert_eq!(got, (4..=7u64).map(|n| (n, json!(n))).collect::<Vec<_>>());
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), feed.next())
-            .await
-            .is_err(),
-        "nothing twice"
-    );
-    assert!(
-        tokio::time::timeout(Duration::from_millis(100), resyncs.next())
-            .await
-            .is_err(),
-        "nothing lost"
-    );
+    nothing_twice_nothing_lost(&mut feed, &mut resyncs).await;
     client.close().await;
     assert_eq!(client.state(), State::Closed);
 
@@ -406,5 +419,69 @@ async fn the_rust_client_refreshes_its_jwt_and_its_subscription_tokens() {
         .await;
     assert_eq!(status, 202);
     assert_eq!(next(&mut room).await.unwrap().data, json!("still here"));
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_resubscribes_when_its_node_lost_its_place_and_says_what_was_missed() {
+    let file = ConfigFile::new(NAMESPACES);
+    let database = unique_db_name();
+    let app_name = format!("tg-rs-{}", &unique_db_name()[3..]);
+    let shared = mongo_uri();
+    let lossy = with_app_name(&shared, &app_name);
+    let node = |uri: &str| {
+        tokio::task::block_in_place(|| {
+            GatewayProcess::start(&[
+                ("JWT_SECRET", SECRET),
+                ("MONGODB_URI", uri),
+                ("MONGODB_DATABASE", database.as_str()),
+                ("API_KEY", API_KEY),
+                ("CONFIG_FILE", file.path()),
+            ])
+        })
+    };
+    let (node1, node2) = (node(&lossy), node(&shared));
+    let http = reqwest::Client::new();
+    let publish = |n: u64| {
+        let request = http
+            .post(node2.url("/api/channels/feed:lost/publish"))
+            .bearer_auth(API_KEY)
+            .json(&json!({"data": n}));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let client = connect(&node1.url(""), jwt("erin")).await;
+    let mut messages = client.messages();
+    let mut feed = client.subscribe("feed:lost");
+    let mut plain = client.subscribe("plain:lost");
+    feed.ready().await.unwrap();
+    plain.ready().await.unwrap();
+    let mut resyncs = feed.resyncs();
+    assert_eq!(publish(1).await, 202);
+    assert_eq!(next(&mut feed).await.unwrap().data, json!(1));
+
+    // Node 1's stream is held, then loses its place: what is published meanwhile reaches it
+    // only through the resubscribe's recovery.
+    lose_stream_place(&shared, &app_name, 2000).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for n in 2..=3 {
+        assert_eq!(publish(n).await, 202);
+    }
+    assert_eq!(
+        next(&mut messages).await.unwrap(),
+        Message {
+            kind: MessageKind::Missed,
+            data: json!(["plain:lost"]),
+        }
+    );
+    let mut got = Vec::new();
+    for _ in 2..=3 {
+        let publication = next(&mut feed).await.unwrap();
+        got.push((publication.offset.unwrap(), publication.data));
+    }
+    assert_eq!(got, [(2, json!(2)), (3, json!(3))]);
+    node1.wait_for_log("cannot resume").await;
+    assert_eq!(publish(4).await, 202);
+    assert_eq!(next(&mut feed).await.unwrap().data, json!(4));
+    nothing_twice_nothing_lost(&mut feed, &mut resyncs).await;
     client.close().await;
 }

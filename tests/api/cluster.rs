@@ -17,7 +17,7 @@ pub struct Cluster {
     pub nodes: Vec<GatewayProcess>,
     pub http: reqwest::Client,
     uri: String,
-    database: String,
+    pub database: String,
 }
 
 impl Cluster {
@@ -27,13 +27,25 @@ impl Cluster {
     }
 
     pub fn start_with(uri: &str, count: usize, extra: &[(&str, &str)]) -> Cluster {
-        let database = unique_db_name();
-        let nodes = (1..=count)
-            .map(|i| {
+        Self::start_on(&vec![uri; count], extra)
+    }
+
+    /// A node on each of `uris` (the same MongoDB, reached each its own way: say, one through
+    /// a [`CuttableLink`]), sharing one fresh database.
+    pub fn start_on(uris: &[&str], extra: &[(&str, &str)]) -> Cluster {
+        Self::start_in(&unique_db_name(), uris, extra)
+    }
+
+    /// Like [`start_on`](Self::start_on) in a given database (say, a stopped cluster's).
+    pub fn start_in(database: &str, uris: &[&str], extra: &[(&str, &str)]) -> Cluster {
+        let database = database.to_owned();
+        let nodes = (1..=uris.len())
+            .zip(uris)
+            .map(|(i, uri)| {
                 let name = format!("node{i}");
                 let mut vars = vec![
                     ("JWT_SECRET", SECRET),
-                    ("MONGODB_URI", uri),
+                    ("MONGODB_URI", *uri),
                     ("MONGODB_DATABASE", &database),
                     ("API_KEY", API_KEY),
                     ("NODE_NAME", &name),
@@ -49,7 +61,7 @@ impl Cluster {
         Cluster {
             nodes,
             http: reqwest::Client::new(),
-            uri: uri.to_owned(),
+            uri: uris[0].to_owned(),
             database,
         }
     }
@@ -454,7 +466,7 @@ async fn after_a_mongod_restart_the_streams_resume_and_no_broadcast_is_lost() {
     for i in 1..=3 {
         assert!(
             cluster
-                .metric(i, "ticketgate_cluster_stream_restarts_total", &[])
+                .metric(i, "ticketgate_bus_restarts_total", &[("stream", "cluster")])
                 .await
                 >= 1.0
         );
@@ -466,35 +478,24 @@ async fn after_a_mongod_restart_the_streams_resume_and_no_broadcast_is_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_whose_history_is_gone_logs_counts_and_goes_on_from_now() {
+async fn a_stream_whose_history_is_gone_logs_counts_tells_and_goes_on_from_now() {
     let mongod = tokio::task::block_in_place(TestMongod::start);
     let cluster = tokio::task::block_in_place(|| Cluster::start(&mongod.uri, 1));
     let mut client = cluster.client(1, "alice").await;
     cluster.broadcast(1, json!("first")).await;
     assert_eq!(client.next_json().await["data"], "first");
 
-    // The oplog's minimum size is 990 MB, too much to roll over in a test, so MongoDB's own
-    // fail point makes the server give the answer it gives when a stream's history is gone:
-    // ChangeStreamHistoryLost (286) to the node's next getMore.
-    let admin = mongodb::Client::with_uri_str(&mongod.uri)
-        .await
-        .unwrap()
-        .database("admin");
-    admin
-        .run_command(doc! {
-            "configureFailPoint": "failCommand",
-            "mode": { "times": 1 },
-            "data": {
-                "failCommands": ["getMore"],
-                "errorCode": 286,
-                "appName": "ticketgate",
-            },
-        })
-        .await
-        .unwrap();
+    // MongoDB's own fail point makes the server give the answer it gives when a stream's
+    // history is gone: ChangeStreamHistoryLost (286) to the node's next getMore. (The oplog
+    // truly rolled over: history_faults.rs.)
+    lose_stream_place(&mongod.uri, "ticketgate", 0).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while cluster
-        .metric(1, "ticketgate_cluster_stream_history_lost_total", &[])
+        .metric(
+            1,
+            "ticketgate_bus_history_lost_total",
+            &[("stream", "cluster")],
+        )
         .await
         < 1.0
     {
@@ -502,6 +503,11 @@ async fn a_stream_whose_history_is_gone_logs_counts_and_goes_on_from_now() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     cluster.node(1).wait_for_log("cannot resume").await;
+    // The connection hears that it may have missed something (it holds no channel).
+    assert_eq!(
+        client.next_json().await,
+        json!({ "type": "missed", "channels": [] })
+    );
     let receipt = cluster.broadcast(1, json!("after")).await;
     let message = client.next_json().await;
     assert_eq!(

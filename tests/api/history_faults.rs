@@ -1,7 +1,8 @@
 //! Faults that must lose nothing a history channel promised: a node killed under 200
 //! subscribers while another keeps publishing, and mongod killed and restarted while
 //! publications flow. Every acknowledged publication reaches every subscriber, once, in
-//! offset order, and offsets stay contiguous.
+//! offset order, and offsets stay contiguous. And a node whose change stream fell off the
+//! oplog tells its connections so: history subscribers resubscribe and recover everything.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -20,6 +21,9 @@ const NAMESPACES: &str = r#"
 name = "feed"
 history_size = 1000
 history_ttl_secs = 600
+
+[[channels.namespaces]]
+name = "plain"
 "#;
 
 fn start(uri: &str, count: usize, file: &ConfigFile) -> Cluster {
@@ -312,4 +316,186 @@ async fn publish_through_a_fault(
         assert_eq!(got, (1..=latest).collect::<Vec<_>>());
     }
     refused
+}
+
+/// The next text message within `limit`, skipping control frames.
+async fn next_json_within(client: &mut WsClient, limit: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, client.stream.next()).await {
+            Err(_) => panic!("no message within {limit:?}"),
+            Ok(Some(Ok(Message::Text(text)))) => return serde_json::from_str(&text).unwrap(),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(other) => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// docs/PROTOCOL.md, "When a node loses its place": a node cut off from MongoDB (like a
+/// network: nothing answers) while publications flow and the oplog rolls past the point
+/// where its change stream stood cannot resume it. Its subscriber of a history channel is
+/// told to resubscribe, does so with `since`, and recovers every publication it missed; its
+/// channel without history, and the broadcasts, are named in one `missed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_stream_fell_off_the_oplog_has_its_subscribers_recover_everything() {
+    let mongod = tokio::task::block_in_place(TestMongod::start_with_small_oplog);
+    let link = CuttableLink::to(mongod.port).await;
+    let cut_off = link.mongodb_uri();
+    let file = ConfigFile::new(NAMESPACES);
+    let cluster = tokio::task::block_in_place(|| {
+        Cluster::start_on(&[&mongod.uri, &cut_off], &[("CONFIG_FILE", file.path())])
+    });
+    let publish = |channel: &'static str, n: u64| {
+        let cluster = &cluster;
+        async move {
+            let path = format!("/api/channels/{channel}/publish");
+            let (status, body) = cluster.post(1, &path, json!({ "data": n })).await;
+            assert_eq!(status, 202, "{body}");
+            body
+        }
+    };
+    let mut alice = cluster
+        .client_with(2, "alice", &jwt_granting("alice", &["feed:*", "plain:*"]))
+        .await;
+    for channel in ["feed:1", "plain:1"] {
+        alice
+            .send_json(&json!({ "type": "subscribe", "channel": channel }))
+            .await;
+        assert_eq!(alice.next_json().await["type"], "subscribed");
+    }
+    let first = publish("feed:1", 1).await;
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+    let seen = alice.next_json().await;
+    assert_eq!((&seen["offset"], &seen["data"]), (&json!(1), &json!(1)));
+
+    link.cut();
+    for n in 2..=6 {
+        publish("feed:1", n).await;
+    }
+    publish("plain:1", 100).await;
+    cluster.broadcast(1, json!("while cut off")).await;
+    mongod.truncate_oplog().await;
+    link.mend();
+
+    let resubscribe = next_json_within(&mut alice, Duration::from_secs(60)).await;
+    assert_eq!(
+        resubscribe,
+        json!({ "type": "unsubscribed", "channel": "feed:1", "reason": "resubscribe" })
+    );
+    assert_eq!(
+        alice.next_json().await,
+        json!({ "type": "missed", "channels": ["plain:1"] })
+    );
+    cluster.node(2).wait_for_log("cannot resume").await;
+    // As every client does: subscribe again from the last offset it had.
+    alice
+        .send_json(&json!({
+            "type": "subscribe", "channel": "feed:1",
+            "since": { "offset": 1, "epoch": epoch },
+        }))
+        .await;
+    let subscribed = alice.next_json().await;
+    assert_eq!(
+        (&subscribed["type"], &subscribed["recovered"]),
+        (&json!("subscribed"), &json!(true)),
+        "{subscribed}"
+    );
+    let mut got = Vec::new();
+    offsets_until(&mut alice, Some(6), &mut got).await;
+    assert_eq!(got, [2, 3, 4, 5, 6], "everything missed, once, in order");
+    // And it goes on live.
+    publish("feed:1", 7).await;
+    offsets_until(&mut alice, Some(7), &mut got).await;
+    assert_eq!(got, [2, 3, 4, 5, 6, 7]);
+    let lost = cluster
+        .metric(
+            2,
+            "ticketgate_bus_history_lost_total",
+            &[("stream", "cluster")],
+        )
+        .await;
+    assert!(lost >= 1.0, "counted: {lost}");
+    assert_eq!(
+        cluster
+            .metric(
+                2,
+                "ticketgate_bus_loss_notices_total",
+                &[("notice", "missed")]
+            )
+            .await,
+        lost,
+        "one missed per loss for the one connection"
+    );
+}
+
+/// Kills, on mongod, the cursors of the gateways named `app_names` (their change streams:
+/// they hold no other cursor open), as an operator or a tool may; returns how many.
+async fn kill_stream_cursors(uri: &str, app_names: &[String]) -> usize {
+    use futures_util::TryStreamExt;
+    use mongodb::bson::{Document, doc};
+    let client = mongodb::Client::with_uri_str(uri).await.unwrap();
+    let ops: Vec<Document> = client
+        .database("admin")
+        .aggregate([
+            doc! { "$currentOp": { "allUsers": true, "idleCursors": true } },
+            doc! { "$match": { "appName": { "$in": app_names }, "cursor.cursorId": { "$exists": true } } },
+        ])
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let mut killed = 0;
+    for op in ops {
+        let (Ok(ns), Ok(cursor)) = (op.get_str("ns"), op.get_document("cursor")) else {
+            continue;
+        };
+        let (Some((db, collection)), Ok(id)) = (ns.split_once('.'), cursor.get_i64("cursorId"))
+        else {
+            continue;
+        };
+        let answer = client
+            .database(db)
+            .run_command(doc! { "killCursors": collection, "cursors": [id] })
+            .await
+            .unwrap();
+        killed += answer.get_array("cursorsKilled").map_or(0, Vec::len);
+    }
+    killed
+}
+
+/// docs/PROTOCOL.md, "Several nodes": the nodes' change-stream cursors killed on mongod
+/// (`killCursors`) again and again while two nodes publish: each stream resumes from its
+/// point, and every acknowledged publication reaches the subscribers on both nodes, once,
+/// in order; no node says it lost its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_stream_cursors_resume_and_lose_no_publication() {
+    let file = ConfigFile::new(NAMESPACES);
+    let names: Vec<String> = (1..=2)
+        .map(|i| format!("tg-kill{i}-{}", &unique_db_name()[3..]))
+        .collect();
+    let uris: Vec<String> = names
+        .iter()
+        .map(|name| with_app_name(&mongo_uri(), name))
+        .collect();
+    let cluster = tokio::task::block_in_place(|| {
+        Cluster::start_on(&[&uris[0], &uris[1]], &[("CONFIG_FILE", file.path())])
+    });
+    let mut killed = 0;
+    publish_through_a_fault(&cluster, "feed:killed", |n| {
+        if n % 10 == 5 {
+            killed += tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current()
+                    .block_on(kill_stream_cursors(&mongo_uri(), &names))
+            });
+        }
+    })
+    .await;
+    assert!(killed >= 6, "two cursors killed six times: {killed}");
+    for node in 1..=2 {
+        assert!(
+            !cluster.node(node).log().contains("cannot resume"),
+            "node {node} kept its place"
+        );
+    }
 }

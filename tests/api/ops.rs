@@ -149,12 +149,7 @@ async fn metrics_count_what_happened() {
 async fn a_node_cut_off_from_mongodb_is_not_ready_and_still_live() {
     let mongod = tokio::task::block_in_place(TestMongod::start);
     let link = CuttableLink::to(mongod.port).await;
-    // The driver finds the server again by its monitor's checks: frequent and short ones, so
-    // that coming back is a matter of a second or two, not of the defaults' ten.
-    let uri = format!(
-        "mongodb://127.0.0.1:{}/?directConnection=true&heartbeatFrequencyMS=500&connectTimeoutMS=2000",
-        link.port
-    );
+    let uri = link.mongodb_uri();
     let database = unique_db_name();
     let node = GatewayProcess::start(&[
         ("JWT_SECRET", SECRET),
@@ -207,7 +202,9 @@ async fn a_node_cut_off_from_mongodb_is_not_ready_and_still_live() {
         "{body}"
     );
     assert_eq!(get("/livez").await.0, 200, "alive while cut off");
-    let bus_up = |samples: Vec<Sample>| metric_value(&samples, "ticketgate_bus_up", &[]);
+    let bus_up = |samples: Vec<Sample>| {
+        metric_value(&samples, "ticketgate_bus_up", &[("stream", "cluster")])
+    };
     assert_eq!(
         bus_up(scrape_metrics(&http, &node.url("/metrics")).await),
         0.0

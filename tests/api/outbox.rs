@@ -594,3 +594,89 @@ async fn the_retention_setting_rules_the_outbox_ttl_indexes_and_a_change_is_appl
         drop(cluster);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_point_fallen_off_the_oplog_publishes_the_unmarked_documents_in_id_order() {
+    let mongod = tokio::task::block_in_place(TestMongod::start_with_small_oplog);
+    let file = ConfigFile::new(NAMESPACES);
+    let app_db = unique_db_name();
+    let app = App::connect(&mongod.uri, &app_db).await;
+    let cluster = start_nodes(&mongod.uri, 1, &app_db, &file);
+    // As an app does: a transaction again after a transient error (a checkpoint every
+    // second, as this mongod takes, makes lock timeouts likelier).
+    let change_order = |n: i64| {
+        let app = &app;
+        async move {
+            while let Err(e) = app.try_change_order(n).await {
+                assert!(
+                    e.contains_label("TransientTransactionError"),
+                    "order {n}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // Once the consumer follows the stream, its documents' progress is the stream's.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let samples = scrape_metrics(&cluster.http, &cluster.node(1).url("/metrics")).await;
+        if try_metric_value(&samples, "ticketgate_bus_up", &[("stream", "outbox")]) == Some(1.0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outbox stream did not open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in 1..=3 {
+        change_order(n).await;
+    }
+    assert_eq!(app.marked_offsets().await, [1, 2, 3]);
+    let gateway_db = cluster.database.clone();
+    drop(cluster);
+    // No gateway follows the outbox while the app goes on, longer than the oplog's window:
+    // the point where the outbox's stream stopped is gone from the oplog.
+    for n in 4..=8 {
+        change_order(n).await;
+    }
+    mongod.truncate_oplog().await;
+
+    // The same gateway database: the outbox's lease keeps where its stream stood.
+    let cluster = tokio::task::block_in_place(|| {
+        Cluster::start_in(
+            &gateway_db,
+            &[&mongod.uri],
+            &[
+                ("CONFIG_FILE", file.path()),
+                ("OUTBOX_COLLECTION", "outbox"),
+                ("OUTBOX_DATABASE", &app_db),
+            ],
+        )
+    });
+    let log = cluster.node(1).wait_for_log("cannot resume").await;
+    assert!(
+        log.contains("publishing the documents still unmarked"),
+        "the node says what it does:\n{log}"
+    );
+    assert_eq!(
+        app.marked_offsets().await,
+        (1..=8).collect::<Vec<_>>(),
+        "the documents inserted while nobody followed, once each, in _id order"
+    );
+    // And it goes on following the outbox.
+    let mut watcher = subscriber(&cluster, 1, "watcher").await;
+    change_order(9).await;
+    assert_eq!(
+        watcher.publications_then_silence(1).await,
+        [json!({ "n": 9 })]
+    );
+    let history = cluster.get(1, "/api/channels/orders:1/history").await;
+    let published: Vec<i64> = history["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["data"]["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(published, (1..=9).collect::<Vec<_>>());
+}

@@ -42,6 +42,9 @@ client_publish = true
 history_size = 50
 history_ttl_secs = 600
 [[channels.namespaces]]
+name = "plain"
+public = true
+[[channels.namespaces]]
 name = "price"
 public = true
 history_size = 1
@@ -76,13 +79,16 @@ class Gateway:
     def __init__(self, database: str, env: dict[str, str]) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        #: The name this gateway gives MongoDB, so a fail point can aim at it alone.
+        self.app_name = f"tg-py-{secrets.token_hex(4)}"
+        uri = MONGODB_URI or ""
         self.env = {
             "PATH": os.environ.get("PATH", ""),
             "BIND_ADDR": f"127.0.0.1:{self.port}",
             "JWT_SECRET": SECRET,
             "JWT_LEEWAY_SECS": "0",
             "API_KEY": API_KEY,
-            "MONGODB_URI": MONGODB_URI or "",
+            "MONGODB_URI": f"{uri}{'&' if '?' in uri else '/?'}appName={self.app_name}",
             "MONGODB_DATABASE": database,
             "STORE_TIMEOUT_MS": "10000",
             "RUST_LOG": "info",
@@ -112,6 +118,28 @@ class Gateway:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
+
+    def lose_stream_place(self, block_ms: int) -> None:
+        """Makes MongoDB hold this gateway's next change-stream read for `block_ms`, then
+        answer ChangeStreamHistoryLost (286), as when the stream's point fell off the oplog:
+        what is written meanwhile is lost to the stream (docs/PROTOCOL.md, "When a node loses
+        its place"). Needs a mongod with test commands (the suite's own has them)."""
+        from pymongo import MongoClient
+
+        with MongoClient(MONGODB_URI) as mongo:
+            mongo.admin.command(
+                {
+                    "configureFailPoint": "failCommand",
+                    "mode": {"times": 1},
+                    "data": {
+                        "failCommands": ["getMore"],
+                        "errorCode": 286,
+                        "blockConnection": True,
+                        "blockTimeMS": block_ms,
+                        "appName": self.app_name,
+                    },
+                }
+            )
 
     def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         response = httpx.request(

@@ -20,6 +20,7 @@ from ticketgate_client import (
     Message,
     Publication,
     RpcError,
+    Subscription,
     TicketError,
 )
 
@@ -44,6 +45,14 @@ async def take(iterator: Any, count: int) -> list[Any]:
     for _ in range(count):
         items.append(await within(iterator.__anext__()))
     return items
+
+
+async def nothing_twice_nothing_lost(feed: Subscription) -> None:
+    """No publication follows (nothing twice), and no resync came (nothing lost)."""
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(feed.__anext__(), 0.5)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(feed.resyncs().__anext__(), 0.1)
 
 
 class Backend(BaseHTTPRequestHandler):
@@ -176,11 +185,7 @@ def test_reconnects_across_a_sigkill_and_recovers_what_it_missed_in_order(gatewa
         got = await take(feed, 4)
         assert [(p.offset, p.data) for p in got] == [(4, 4), (5, 5), (6, 6), (7, 7)]
         assert client.state == "authenticated"
-        # Nothing twice, and nothing was lost: no resync.
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(feed.__anext__(), 0.5)
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(feed.resyncs().__anext__(), 0.1)
+        await nothing_twice_nothing_lost(feed)
         await client.close()
 
     run(scenario)
@@ -264,6 +269,41 @@ def test_a_token_subscription_is_refreshed_before_its_token_runs_out(gateways: G
         assert issued >= 2
         gw.api("POST", "/api/channels/room:private/publish", {"data": "still here"})
         assert [p.data for p in await take(room, 1)] == ["still here"]
+        await client.close()
+
+    run(scenario)
+
+
+def test_a_node_that_lost_its_place_resubscribes_history_and_says_what_was_missed(gateways: Gateways) -> None:
+    gw = gateways.start()
+    other = gateways.beside(gw)
+
+    async def scenario() -> None:
+        client = Client(gw.base_url, lambda: mint_jwt("erin"), backoff=FAST)
+        await within(client.connect())
+        messages = client.messages()
+        feed = client.subscribe("feed:lost")
+        plain = client.subscribe("plain:lost")
+        await within(feed.ready())
+        await within(plain.ready())
+        publish = lambda n: other.api("POST", "/api/channels/feed:lost/publish", {"data": n})
+        assert publish(1)[0] == 202
+        assert [p.data for p in await take(feed, 1)] == [1]
+
+        # The node's stream is held, then loses its place; what is published meanwhile
+        # reaches the node only through the resubscribe's recovery.
+        await asyncio.to_thread(gw.lose_stream_place, 2000)
+        await asyncio.sleep(0.7)
+        for n in (2, 3):
+            assert publish(n)[0] == 202
+        missed = await within(messages.__anext__())
+        assert missed == Message("missed", ["plain:lost"])
+        got = await take(feed, 2)
+        assert [(p.offset, p.data) for p in got] == [(2, 2), (3, 3)]
+        assert feed.state == "subscribed" and plain.state == "subscribed"
+        assert publish(4)[0] == 202
+        assert [p.data for p in await take(feed, 1)] == [4]
+        await nothing_twice_nothing_lost(feed)
         await client.close()
 
     run(scenario)

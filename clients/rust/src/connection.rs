@@ -427,9 +427,23 @@ impl Connection {
                 }
                 Vec::new()
             }
+            ServerMessage::Unsubscribed {
+                channel, reason, ..
+            } if reason.as_deref() == Some("resubscribe") => {
+                // The node may have missed publications: subscribe again from the last
+                // offset had, and recovery fills the gap.
+                self.subscribe_message(&channel, false)
+                    .await
+                    .into_iter()
+                    .collect()
+            }
             ServerMessage::Unsubscribed { channel, .. } => {
                 // Ended by the server: the stream ends.
                 self.channels.remove(&channel);
+                Vec::new()
+            }
+            ServerMessage::Missed { channels } => {
+                self.deliver(MessageKind::Missed, serde_json::json!(channels));
                 Vec::new()
             }
             ServerMessage::SubscriptionExpiring { channel, .. } => {
@@ -591,6 +605,9 @@ impl Connection {
             reason: "client closed".into(),
         });
         *lock(&self.shared.ending) = Some(ending.clone());
+        // Closed before anyone hears of the ending: an app that reads the state on hearing
+        // it sees the end too.
+        self.set_state(State::Closed);
         for (_, waiting) in self.waiting.drain() {
             if let Waiting::Reply(reply) = waiting {
                 let _ = reply.send(Err(ending.clone()));
@@ -616,7 +633,6 @@ impl Connection {
                 let _ = reply.send(Err(ending.clone()));
             }
         }
-        self.set_state(State::Closed);
     }
 
     fn set_state(&self, state: State) {

@@ -140,13 +140,19 @@ impl State {
     }
 }
 
-/// Whether a [`Message`] went to every connection or to this user's.
+/// Whether a [`Message`] went to every connection or to this user's, or says what may have
+/// been missed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {
     /// To every connection (`POST /api/broadcast`).
     Broadcast,
     /// To this user's connections (`POST /api/users/{id}/messages`).
     Message,
+    /// The gateway node lost its place in MongoDB's stream (docs/PROTOCOL.md, "When a node
+    /// loses its place"): broadcasts, user messages and the publications of the channels
+    /// without history that `data` lists (a JSON array) may be gone. Subscriptions with
+    /// history are subscribed again with `since` by the client itself.
+    Missed,
 }
 
 /// A broadcast, or a message for this user (`POST /api/users/{id}/messages`).

@@ -210,8 +210,16 @@ pub enum ServerMessage<D = Value> {
         id: Option<u64>,
         /// The channel.
         channel: String,
-        /// Why the server ended it (`permission_lost`, `token_expired`, `revoked`, `server`).
+        /// Why the server ended it (`permission_lost`, `token_expired`, `revoked`, `server`,
+        /// `resubscribe`: subscribe again with `since`).
         reason: Option<String>,
+    },
+    /// The node lost its place in MongoDB's stream: broadcasts, user messages and the
+    /// publications of these subscribed channels without history may be gone (those with
+    /// history were ended with reason `resubscribe`, to be subscribed again with `since`).
+    Missed {
+        /// The subscribed channels without history.
+        channels: Vec<String>,
     },
     /// A subscription token expires soon: subscribe again with a fresh one.
     SubscriptionExpiring {
@@ -331,6 +339,7 @@ struct Fields<'a, D> {
     seq: Option<u64>,
     node: Option<String>,
     clients: Option<Vec<PresenceClient>>,
+    channels: Option<Vec<String>>,
     result: Option<Value>,
     /// A code in `error`, an object in `rpc_error`.
     error: Option<Value>,
@@ -380,6 +389,9 @@ impl<D: DeserializeOwned + Default> ServerMessage<D> {
                 id,
                 channel,
                 reason: f.reason,
+            },
+            "missed" => ServerMessage::Missed {
+                channels: f.channels.unwrap_or_default(),
             },
             "subscription_expiring" => ServerMessage::SubscriptionExpiring {
                 channel,

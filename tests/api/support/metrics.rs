@@ -27,15 +27,23 @@ pub fn metric_value(
     name: &str,
     labels: &[(&str, &str)],
 ) -> f64 {
+    try_metric_value(samples, name, labels).unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
+}
+
+/// [`metric_value`], or None when there is no such sample.
+pub fn try_metric_value(
+    samples: &[prometheus_parse::Sample],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
     use prometheus_parse::Value as Metric;
     let wanted: HashMap<&str, &str> = labels.iter().copied().collect();
     let sample = samples
         .iter()
-        .find(|s| s.metric == name && wanted.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
-        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"));
-    match &sample.value {
+        .find(|s| s.metric == name && wanted.iter().all(|(k, v)| s.labels.get(k) == Some(v)))?;
+    Some(match &sample.value {
         Metric::Counter(v) | Metric::Gauge(v) | Metric::Untyped(v) => *v,
         Metric::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
         other => panic!("{name}: unexpected {other:?}"),
-    }
+    })
 }

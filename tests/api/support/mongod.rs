@@ -9,9 +9,6 @@ use mongodb::bson::doc;
 
 use super::*;
 
-/// A mongod started for tests: temporary dbpath, free port, single-node replica set, TTL monitor
-/// every second, and test commands (fail points) enabled. A shell watchdog stops it and deletes its files when this test process ends,
-/// however it ends.
 /// What a test mongod is part of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Topology {
@@ -23,12 +20,17 @@ enum Topology {
     Member,
 }
 
+/// A mongod started for tests: temporary dbpath, free port, single-node replica set, TTL monitor
+/// every second, and test commands (fail points) enabled. A shell watchdog stops it and deletes
+/// its files when this test process ends, however it ends.
 pub struct TestMongod {
     pub uri: String,
     pub port: u16,
     bin: PathBuf,
     dbpath: PathBuf,
     topology: Topology,
+    /// More of mongod's options (say, [`SMALL_OPLOG`]).
+    options: &'static str,
     /// The watchdog shell around mongod, while it runs.
     watchdog: Option<std::process::Child>,
 }
@@ -100,7 +102,7 @@ fn mongod_binary() -> PathBuf {
 const WATCHDOG: &str = r#"
     "$MONGOD" --dbpath "$DBPATH" --port "$PORT" --bind_ip 127.0.0.1 $REPLSET \
         --setParameter ttlMonitorSleepSecs=1 --setParameter enableTestCommands=1 \
-        --wiredTigerCacheSizeGB 0.25 --nounixsocket \
+        --wiredTigerCacheSizeGB 0.25 --nounixsocket $OPTIONS \
         --quiet --logpath "$DBPATH/mongod.log" --logappend &
     m=$!
     trap 'kill -KILL "$m" 2>/dev/null; wait "$m" 2>/dev/null; exit 0' TERM
@@ -118,15 +120,22 @@ impl TestMongod {
     /// Like [`start`](Self::start) on a given port (say, one a gateway was told to use before
     /// any MongoDB listened there).
     pub fn start_on(port: u16) -> TestMongod {
-        Self::start_with(port, Topology::SingleMember)
+        Self::start_with(port, Topology::SingleMember, "")
+    }
+
+    /// Like [`start`](Self::start) with an oplog that a few megabytes of writes truncate
+    /// ([`SMALL_OPLOG`]), to push a change stream's resume point off it
+    /// ([`truncate_oplog`](Self::truncate_oplog)).
+    pub fn start_with_small_oplog() -> TestMongod {
+        Self::start_with(free_port(), Topology::SingleMember, SMALL_OPLOG)
     }
 
     /// A standalone mongod (no replica set, so no change streams) on a free port.
     pub fn start_standalone() -> TestMongod {
-        Self::start_with(free_port(), Topology::Standalone)
+        Self::start_with(free_port(), Topology::Standalone, "")
     }
 
-    fn start_with(port: u16, topology: Topology) -> TestMongod {
+    fn start_with(port: u16, topology: Topology, options: &'static str) -> TestMongod {
         let dbpath = tempfile::Builder::new()
             .prefix("tg-mongod-")
             .tempdir()
@@ -138,6 +147,7 @@ impl TestMongod {
             bin: mongod_binary(),
             dbpath,
             topology,
+            options,
             watchdog: None,
         };
         mongod.restart();
@@ -172,6 +182,7 @@ impl TestMongod {
                     Topology::Member => "--replSet rs3",
                 },
             )
+            .env("OPTIONS", self.options)
             .env("OWNER", std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -201,6 +212,84 @@ impl TestMongod {
             );
         }
     }
+}
+
+/// A 1 MB oplog (the least mongod takes) that mongod truncates as soon as it is full: it may
+/// cut no entry newer than its last checkpoint, taken every 60 s by default and here every
+/// second, and keeps no snapshot history.
+pub const SMALL_OPLOG: &str =
+    "--oplogSize 1 --syncdelay 1 --setParameter minSnapshotHistoryWindowInSeconds=0";
+
+impl TestMongod {
+    /// Writes filler into a database of its own until every oplog entry older than this call
+    /// is gone, so a change stream cannot resume from a point before it (MongoDB error 286).
+    /// Needs [`start_with_small_oplog`](Self::start_with_small_oplog).
+    pub async fn truncate_oplog(&self) {
+        let client = mongodb::Client::with_uri_str(&self.uri).await.unwrap();
+        let oplog = client
+            .database("local")
+            .collection::<mongodb::bson::Document>("oplog.rs");
+        let edge = |newest: bool| {
+            let oplog = oplog.clone();
+            async move {
+                let entry = oplog
+                    .find_one(doc! {})
+                    .sort(doc! { "$natural": if newest { -1 } else { 1 } })
+                    .await
+                    .unwrap()
+                    .expect("an oplog entry");
+                entry.get_timestamp("ts").unwrap()
+            }
+        };
+        let newest = edge(true).await;
+        let filler = client
+            .database("oplog_filler")
+            .collection::<mongodb::bson::Document>("filler");
+        let blob = "x".repeat(100_000);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while edge(false).await <= newest {
+            assert!(
+                Instant::now() < deadline,
+                "mongod kept its oplog past 60 s of writes: was it started with SMALL_OPLOG?"
+            );
+            for _ in 0..10 {
+                filler.insert_one(doc! { "blob": &blob }).await.unwrap();
+            }
+        }
+    }
+}
+
+/// Makes mongod hold the next change-stream read of the gateway named `app_name` (its
+/// `MONGODB_URI`'s `appName`; "ticketgate" by default) for `block_ms`, then answer ChangeStreamHistoryLost (286), as when
+/// the stream's point fell off the oplog: what is written meanwhile is lost to its stream
+/// (docs/PROTOCOL.md, "When a node loses its place"). Needs a mongod with test commands
+/// enabled, as the tests' own are.
+pub async fn lose_stream_place(uri: &str, app_name: &str, block_ms: u32) {
+    let client = mongodb::Client::with_uri_str(uri).await.unwrap();
+    let mut data = doc! {
+        "failCommands": ["getMore"],
+        "errorCode": 286,
+        "appName": app_name,
+    };
+    if block_ms > 0 {
+        data.insert("blockConnection", true);
+        data.insert("blockTimeMS", block_ms);
+    }
+    client
+        .database("admin")
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": { "times": 1 },
+            "data": data,
+        })
+        .await
+        .expect("a fail point (MONGODB_URI's mongod needs --setParameter enableTestCommands=1)");
+}
+
+/// `uri` with `appName=name`, so a fail point can aim at one gateway.
+pub fn with_app_name(uri: &str, name: &str) -> String {
+    let joiner = if uri.contains('?') { '&' } else { '?' };
+    format!("{uri}{joiner}appName={name}")
 }
 
 impl Drop for TestMongod {
@@ -253,7 +342,7 @@ impl TestReplicaSet {
     /// returns once one is primary. Blocks; fine in async tests.
     pub fn start() -> TestReplicaSet {
         let members: Vec<TestMongod> = (0..3)
-            .map(|_| TestMongod::start_with(free_port(), Topology::Member))
+            .map(|_| TestMongod::start_with(free_port(), Topology::Member, ""))
             .collect();
         let hosts: Vec<String> = members
             .iter()

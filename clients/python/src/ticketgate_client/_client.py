@@ -58,9 +58,13 @@ class Backoff:
 
 @dataclass(frozen=True)
 class Message:
-    """A broadcast (`kind="broadcast"`) or a message for this user (`kind="message"`)."""
+    """A broadcast (`kind="broadcast"`) or a message for this user (`kind="message"`); or
+    `kind="missed"`: the gateway node lost its place in MongoDB's stream, so broadcasts, user
+    messages and publications of the channels without history that `data` lists may be gone
+    (the subscriptions with history recover by themselves; docs/PROTOCOL.md, "When a node
+    loses its place")."""
 
-    kind: Literal["broadcast", "message"]
+    kind: Literal["broadcast", "message", "missed"]
     data: Any
 
 
@@ -491,6 +495,9 @@ class Client:
         elif kind in ("broadcast", "message"):
             for feed in self._feeds:
                 feed.put(Message("broadcast" if kind == "broadcast" else "message", message.get("data")))
+        elif kind == "missed":
+            for feed in self._feeds:
+                feed.put(Message("missed", list(message.get("channels") or [])))
         elif kind == "publication":
             receiving = self._subscriptions.get(str(message.get("channel")))
             if receiving is not None and receiving._advance(message):
@@ -512,7 +519,15 @@ class Client:
             made.server = True
             self._subscribed(made, message, refresh=False)
         elif kind == "unsubscribed":
-            ended = self._subscriptions.pop(str(message.get("channel")), None)
+            channel = str(message.get("channel"))
+            if message.get("reason") == "resubscribe" and channel in self._subscriptions:
+                # The node may have missed publications: subscribe again from the last offset
+                # had, and recovery fills the gap.
+                again = self._subscriptions[channel]
+                again.state = "subscribing"
+                self._spawn(self._subscribe(again, refresh=False))
+                return False
+            ended = self._subscriptions.pop(channel, None)
             if ended is not None:
                 ended._end(None)
         elif kind == "subscription_expiring":
