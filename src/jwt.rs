@@ -217,6 +217,13 @@ struct ConfiguredKey {
 }
 
 pub struct JwtVerifier {
+    /// Replaced whole at a SIGHUP's reload ([`JwtVerifier::reload`]); a verification reads
+    /// one set throughout.
+    keys: arc_swap::ArcSwap<KeySet>,
+}
+
+/// The keys in force.
+struct KeySet {
     keys: Vec<ConfiguredKey>,
     /// Whether any key has a kid, i.e. a JWKS is in use: then a token's kid must match one.
     kids_in_use: bool,
@@ -224,6 +231,19 @@ pub struct JwtVerifier {
 
 impl JwtVerifier {
     pub fn new(settings: &JwtSettings) -> Self {
+        JwtVerifier {
+            keys: arc_swap::ArcSwap::from_pointee(KeySet::new(settings)),
+        }
+    }
+
+    /// Verifies with the keys `settings` hold from now on (the key files read again).
+    pub fn reload(&self, settings: &JwtSettings) {
+        self.keys.store(std::sync::Arc::new(KeySet::new(settings)));
+    }
+}
+
+impl KeySet {
+    fn new(settings: &JwtSettings) -> Self {
         let hmac = settings.hs256_secret.iter().map(|secret| VerificationKey {
             kid: None,
             algorithm: Algorithm::HS256,
@@ -242,12 +262,14 @@ impl JwtVerifier {
                 key: k.key,
             })
             .collect();
-        JwtVerifier {
+        KeySet {
             kids_in_use: keys.iter().any(|k| k.kid.is_some()),
             keys,
         }
     }
+}
 
+impl JwtVerifier {
     /// A connection JWT: at `/token/ws`, authentication and refresh.
     pub fn verify(&self, token: &str) -> Result<VerifiedJwt, JwtRejection> {
         let claims = self.verify_claims(token)?;
@@ -282,7 +304,8 @@ impl JwtVerifier {
         if header.crit.is_some() {
             return Err(JwtRejection::UnknownCriticalExtension);
         }
-        let key = self.select(&header)?;
+        let keys = self.keys.load();
+        let key = keys.select(&header)?;
         let claims = decode::<Claims>(token, &key.key, &key.validation)
             .map_err(|e| rejection(e.kind()))?
             .claims;
@@ -297,7 +320,9 @@ impl JwtVerifier {
         }
         Ok(claims)
     }
+}
 
+impl KeySet {
     /// A token with a kid gets the key with that kid (when keys have kids at all); otherwise
     /// the one key without a kid for the token's algorithm.
     fn select(&self, header: &Header) -> Result<&ConfiguredKey, JwtRejection> {

@@ -81,12 +81,7 @@ fn run(command: Command) -> ExitCode {
         Ok(settings) => settings,
         Err(e) => return fail(&format!("configuration: {e}")),
     };
-    let logger = env_logger::Builder::new()
-        .parse_filters(&settings.log_filter)
-        .build();
-    log::set_max_level(logger.filter());
-    // Only fails when a logger is set already, and none is.
-    let _ = log::set_boxed_logger(Box::new(ClientFaultsAtDebug(logger)));
+    ticketgate::logging::init(&settings.log_filter, settings.log_format);
     match command {
         Command::Config { check } => print_config(check),
         Command::Serve => actix_web::rt::System::new().block_on(serve(settings)),
@@ -189,11 +184,20 @@ fn print_config(check: bool) -> ExitCode {
         .max()
         .unwrap_or(0);
     for (setting, value, origin) in effective.settings {
-        println!("{:width$}  {value}  ({origin})", setting.name);
+        let live = if ticketgate::reload::LIVE.contains(&setting.name) {
+            "; SIGHUP reads the file again"
+        } else {
+            ""
+        };
+        println!("{:width$}  {value}  ({origin}{live})", setting.name);
     }
-    println!("channel namespaces ([channels] in CONFIG_FILE):");
+    println!(
+        "SIGHUP reloads the channel namespaces ([channels] in CONFIG_FILE) and the JWT key \
+         files; every other setting takes a restart."
+    );
+    println!("channel namespaces ([channels] in CONFIG_FILE; SIGHUP reloads them):");
     for (name, options) in effective.namespaces.listed() {
-        let name = if name.is_empty() { "(default)" } else { name };
+        let name = if name.is_empty() { "(default)" } else { &name };
         let (history_size, history_ttl_secs) = options
             .history
             .map_or((0, 0), |history| (history.size, history.ttl_secs));
@@ -215,48 +219,4 @@ fn print_config(check: bool) -> ExitCode {
 fn fail(message: &str) -> ExitCode {
     eprintln!("ticketgate: {message}");
     ExitCode::FAILURE
-}
-
-/// actix-http logs a request it could not parse (and answered with 400) at ERROR, after the
-/// answer is written. A client must not be able to write ERROR lines, so those are logged at
-/// DEBUG; everything else passes through unchanged.
-struct ClientFaultsAtDebug(env_logger::Logger);
-
-impl ClientFaultsAtDebug {
-    fn is_client_fault(record: &log::Record) -> bool {
-        record.level() == log::Level::Error
-            && record.target().starts_with("actix_http::h1")
-            && record
-                .args()
-                .as_str()
-                .map_or_else(|| record.args().to_string(), str::to_owned)
-                .contains("parse error")
-    }
-}
-
-impl log::Log for ClientFaultsAtDebug {
-    fn enabled(&self, metadata: &log::Metadata) -> bool {
-        self.0.enabled(metadata)
-    }
-
-    fn log(&self, record: &log::Record) {
-        if !Self::is_client_fault(record) {
-            return self.0.log(record);
-        }
-        let lowered = log::Record::builder()
-            .args(*record.args())
-            .level(log::Level::Debug)
-            .target(record.target())
-            .module_path(record.module_path())
-            .file(record.file())
-            .line(record.line())
-            .build();
-        if self.0.enabled(lowered.metadata()) {
-            self.0.log(&lowered);
-        }
-    }
-
-    fn flush(&self) {
-        self.0.flush();
-    }
 }

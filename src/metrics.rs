@@ -9,6 +9,8 @@ use crate::hub::{ChannelStats, ConnectionCounts, TransportKind};
 
 pub struct Metrics {
     registry: Registry,
+    /// Every metric family's exported name, sorted.
+    names: Vec<String>,
     /// Open connections by `state` (authenticated, unauthenticated); set when scraped.
     connections: IntGaugeVec,
     /// Channels with a subscriber on this node, and subscriptions on it; set when scraped.
@@ -103,19 +105,27 @@ impl Metrics {
     pub fn new() -> Self {
         let registry =
             Registry::new_custom(Some("ticketgate".into()), None).expect("a valid prefix");
+        // Every family's name as exported, kept for [`Metrics::names`]: a family with labels
+        // but no sample yet is left out of the text format.
+        let names = std::cell::RefCell::new(Vec::new());
+        let register = |collector: Box<dyn prometheus::core::Collector>| {
+            names.borrow_mut().extend(
+                collector
+                    .desc()
+                    .iter()
+                    .map(|desc| format!("ticketgate_{}", desc.fq_name)),
+            );
+            registry.register(collector)
+        };
         let counter = |name: &str, help: &str| {
             let counter = IntCounter::new(name, help).expect("a valid metric");
-            registry
-                .register(Box::new(counter.clone()))
-                .expect("registered once");
+            register(Box::new(counter.clone())).expect("registered once");
             counter
         };
         let counter_vec = |name: &str, help: &str, label: &str| {
             let counter =
                 IntCounterVec::new(Opts::new(name, help), &[label]).expect("a valid metric");
-            registry
-                .register(Box::new(counter.clone()))
-                .expect("registered once");
+            register(Box::new(counter.clone())).expect("registered once");
             counter
         };
         let connections = IntGaugeVec::new(
@@ -123,21 +133,15 @@ impl Metrics {
             &["state", "transport"],
         )
         .expect("a valid metric");
-        registry
-            .register(Box::new(connections.clone()))
-            .expect("registered once");
+        register(Box::new(connections.clone())).expect("registered once");
         let gauge = |name: &str, help: &str| {
             let gauge = IntGauge::new(name, help).expect("a valid metric");
-            registry
-                .register(Box::new(gauge.clone()))
-                .expect("registered once");
+            register(Box::new(gauge.clone())).expect("registered once");
             gauge
         };
         let gauge_vec = |name: &str, help: &str, label: &str| {
             let gauge = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("a valid metric");
-            registry
-                .register(Box::new(gauge.clone()))
-                .expect("registered once");
+            register(Box::new(gauge.clone())).expect("registered once");
             gauge
         };
         let latency = |name: &str, help: &str| {
@@ -145,9 +149,7 @@ impl Metrics {
                 HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
             )
             .expect("a valid metric");
-            registry
-                .register(Box::new(histogram.clone()))
-                .expect("registered once");
+            register(Box::new(histogram.clone())).expect("registered once");
             histogram
         };
         let broadcast_fanout_seconds = latency(
@@ -160,9 +162,7 @@ impl Metrics {
                 &[label],
             )
             .expect("a valid metric");
-            registry
-                .register(Box::new(histogram.clone()))
-                .expect("registered once");
+            register(Box::new(histogram.clone())).expect("registered once");
             histogram
         };
         let store_operation_seconds = latency_vec(
@@ -179,16 +179,14 @@ impl Metrics {
             &["path", "outcome"],
         )
         .expect("a valid metric");
-        registry
-            .register(Box::new(upstream_calls.clone()))
-            .expect("registered once");
+        register(Box::new(upstream_calls.clone())).expect("registered once");
         let upstream_call_seconds = latency_vec(
             "upstream_call_seconds",
             "Calls to the app's backend",
             "path",
         );
         // CPU, memory and file descriptors of this process, from /proc.
-        let _ = registry.register(Box::new(
+        let _ = register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
         let metrics = Metrics {
@@ -224,9 +222,7 @@ impl Metrics {
                     "Age of the oldest outbox document not yet published (on the node holding the lease)",
                 )
                 .expect("a valid metric");
-                registry
-                    .register(Box::new(gauge.clone()))
-                    .expect("registered once");
+                register(Box::new(gauge.clone())).expect("registered once");
                 gauge
             },
             bus_up: gauge_vec(
@@ -347,6 +343,11 @@ impl Metrics {
                 "notice",
             ),
             registry,
+            names: {
+                let mut names = names.into_inner();
+                names.sort_unstable();
+                names
+            },
         };
         // Exported at 0 from the start, so a rate() or an alert has a series before the
         // first event.
@@ -356,6 +357,12 @@ impl Metrics {
             metrics.bus_loss_notices.with_label_values(&[notice]);
         }
         metrics
+    }
+
+    /// Every metric family's exported name (`ticketgate_…`), sorted, whether it has a
+    /// sample yet or not (a histogram's `_bucket`, `_sum` and `_count` series are its name's).
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// The text exposition format, with the connection and channel gauges as of now.
@@ -386,5 +393,74 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::Metrics;
+
+    /// Every `expr` in a Grafana dashboard, wherever it sits.
+    fn expressions<'a>(value: &'a serde_json::Value, found: &mut Vec<&'a str>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value) {
+                        ("expr", serde_json::Value::String(expr)) => found.push(expr),
+                        _ => expressions(value, found),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| expressions(v, found)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_metric_the_grafana_dashboard_queries_is_one_the_gateway_exports() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../deploy/grafana/ticketgate.json")).unwrap();
+        let metrics = Metrics::new();
+        let exported: BTreeSet<&str> = metrics.names().iter().map(String::as_str).collect();
+        let mut found = Vec::new();
+        expressions(&dashboard, &mut found);
+        assert!(found.len() > 20, "the dashboard's queries: {found:?}");
+        let mut queried = BTreeSet::new();
+        for expr in found {
+            let names = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                .filter(|token| token.starts_with("ticketgate_"));
+            for name in names {
+                // A histogram's series carry its name with a suffix.
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .filter_map(|suffix| name.strip_suffix(suffix))
+                    .find(|base| exported.contains(base))
+                    .unwrap_or(name);
+                assert!(
+                    exported.contains(family),
+                    "the dashboard queries {name}, which the gateway does not export: {expr}"
+                );
+                queried.insert(family.to_owned());
+            }
+        }
+        // What issue 31 asks the dashboard to show.
+        for shown in [
+            "ticketgate_connections",
+            "ticketgate_authentications_total",
+            "ticketgate_auth_failures_total",
+            "ticketgate_messages_out_total",
+            "ticketgate_broadcast_fanout_seconds",
+            "ticketgate_bus_lag_seconds",
+            "ticketgate_bus_up",
+            "ticketgate_store_operations_shed_total",
+            "ticketgate_upstream_call_seconds",
+            "ticketgate_rpcs_total",
+            "ticketgate_lifecycle_events_queued_total",
+        ] {
+            assert!(queried.contains(shown), "the dashboard shows {shown}");
+        }
     }
 }

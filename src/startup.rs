@@ -63,6 +63,8 @@ pub struct Application {
     node_heartbeat: Duration,
     /// Tripped when the other nodes declared this one lost: the process ends.
     fence: Fence,
+    /// What SIGHUP reloads.
+    reloadable: crate::reload::Reloadable,
 }
 
 impl Application {
@@ -167,6 +169,11 @@ impl Application {
             broadcast_interval: settings.server.broadcast_interval,
             shutdown_grace: settings.server.shutdown_grace,
             node_heartbeat: settings.node.heartbeat,
+            reloadable: crate::reload::Reloadable {
+                namespaces: state.session.channels.namespaces.clone(),
+                jwt: Arc::clone(&state.session.jwt),
+                dev_mode: settings.jwt.dev_mode,
+            },
             state,
             bus,
             cluster,
@@ -268,6 +275,7 @@ impl Application {
             () = demo_broadcasts => unreachable!("the demo broadcaster never ends"),
             () = heartbeat => unreachable!("the heartbeat never ends"),
             () = forget_idle_rate_limits => unreachable!("housekeeping never ends"),
+            () = self.reloadable.on_sighup() => unreachable!("reloads never end"),
         }
     }
 }

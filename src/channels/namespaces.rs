@@ -16,6 +16,9 @@
 //! ```
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use serde::{Deserialize, Serialize};
 
@@ -184,11 +187,23 @@ fn needs_history(
     Ok(deliver_latest)
 }
 
+/// The channel namespaces in force, one table shared by every part that reads them (the
+/// sessions, the bus, the outbox, the API): [`replace`](Self::replace), at a SIGHUP's
+/// reload, reaches them all at once. A clone shares the table.
+#[derive(Clone, Default)]
+pub struct Namespaces(Arc<ArcSwap<Checked>>);
+
 /// The declared namespaces, checked; the default namespace always exists.
 #[derive(Debug, Clone, Default)]
-pub struct Namespaces {
+struct Checked {
     default: NamespaceOptions,
     declared: HashMap<String, NamespaceOptions>,
+}
+
+impl std::fmt::Debug for Namespaces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.load().fmt(f)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -197,6 +212,57 @@ pub struct UnknownNamespace;
 
 impl Namespaces {
     pub fn from_table(table: ChannelsTable) -> Result<Self, String> {
+        let checked = Checked::from_table(table)?;
+        Ok(Namespaces(Arc::new(ArcSwap::from_pointee(checked))))
+    }
+
+    /// Puts `other`'s table in force here and in every clone of this handle.
+    pub fn replace(&self, other: &Namespaces) {
+        self.0.store(other.0.load_full());
+    }
+
+    /// The options of `channel`'s namespace.
+    pub fn options(&self, channel: &ChannelName) -> Result<NamespaceOptions, UnknownNamespace> {
+        self.0.load().options(channel)
+    }
+
+    /// Whether any namespace, the default one included, keeps a history.
+    pub fn any_history(&self) -> bool {
+        let table = self.0.load();
+        table.default.history.is_some() || table.declared.values().any(|o| o.history.is_some())
+    }
+
+    /// Declares `name` with `options` unless the file declared it already.
+    pub fn declare_if_absent(&mut self, name: &str, options: NamespaceOptions) {
+        self.0.rcu(|table| {
+            let mut table = Checked::clone(table);
+            table.declared.entry(name.to_owned()).or_insert(options);
+            table
+        });
+    }
+
+    /// Whether the namespace `name` is declared.
+    pub fn is_declared(&self, name: &str) -> bool {
+        self.0.load().declared.contains_key(name)
+    }
+
+    /// Every namespace, the default one first as `""`, then by name (for `ticketgate config`).
+    pub fn listed(&self) -> Vec<(String, NamespaceOptions)> {
+        let table = self.0.load();
+        let mut named: Vec<_> = table
+            .declared
+            .iter()
+            .map(|(n, o)| (n.clone(), *o))
+            .collect();
+        named.sort_by(|(a, _), (b, _)| a.cmp(b));
+        std::iter::once((String::new(), table.default))
+            .chain(named)
+            .collect()
+    }
+}
+
+impl Checked {
+    fn from_table(table: ChannelsTable) -> Result<Self, String> {
         let mut declared = HashMap::new();
         for namespace in table.namespaces {
             let name = namespace.name;
@@ -231,7 +297,7 @@ impl Namespaces {
             }
         }
         let history = HistoryOptions::from_table(table.history_size, table.history_ttl_secs, "")?;
-        Ok(Namespaces {
+        Ok(Checked {
             default: NamespaceOptions {
                 public: table.public,
                 presence: table.presence,
@@ -252,8 +318,7 @@ impl Namespaces {
         })
     }
 
-    /// The options of `channel`'s namespace.
-    pub fn options(&self, channel: &ChannelName) -> Result<NamespaceOptions, UnknownNamespace> {
+    fn options(&self, channel: &ChannelName) -> Result<NamespaceOptions, UnknownNamespace> {
         match channel.namespace() {
             None => Ok(self.default),
             Some(namespace) => self
@@ -262,32 +327,6 @@ impl Namespaces {
                 .copied()
                 .ok_or(UnknownNamespace),
         }
-    }
-
-    /// Whether any namespace, the default one included, keeps a history.
-    pub fn any_history(&self) -> bool {
-        self.default.history.is_some() || self.declared.values().any(|o| o.history.is_some())
-    }
-
-    /// Declares `name` with `options` unless the file declared it already.
-    pub fn declare_if_absent(&mut self, name: &str, options: NamespaceOptions) {
-        self.declared.entry(name.to_owned()).or_insert(options);
-    }
-
-    /// Whether the namespace `name` is declared.
-    pub fn is_declared(&self, name: &str) -> bool {
-        self.declared.contains_key(name)
-    }
-
-    /// Every namespace, the default one first as `""`, then by name (for `ticketgate config`).
-    pub fn listed(&self) -> Vec<(&str, NamespaceOptions)> {
-        let mut named: Vec<_> = self
-            .declared
-            .iter()
-            .map(|(n, o)| (n.as_str(), *o))
-            .collect();
-        named.sort_by_key(|(name, _)| *name);
-        std::iter::once(("", self.default)).chain(named).collect()
     }
 }
 
@@ -343,7 +382,7 @@ mod tests {
             namespaces.options(&channel("other:x")),
             Err(UnknownNamespace)
         );
-        let listed: Vec<&str> = namespaces.listed().iter().map(|(n, _)| *n).collect();
+        let listed: Vec<String> = namespaces.listed().into_iter().map(|(n, _)| n).collect();
         assert_eq!(listed, ["", "chat", "news"]);
     }
 

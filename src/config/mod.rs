@@ -40,6 +40,8 @@ pub struct Settings {
     pub channels: ChannelPolicy,
     /// The env_logger filter (RUST_LOG).
     pub log_filter: String,
+    /// Text or one JSON object per line (LOG_FORMAT).
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// The app's backend, which answers RPCs and proxied publications.
@@ -355,6 +357,8 @@ impl Settings {
                 idempotency_window: env.secs("IDEMPOTENCY_WINDOW_SECS")?,
             },
             log_filter: env.text("RUST_LOG"),
+            log_format: crate::logging::LogFormat::parse(&env.text("LOG_FORMAT"))
+                .map_err(|reason| env.invalid("LOG_FORMAT", reason))?,
         };
         if settings.upstream.backend.is_none()
             && let Some((name, _)) =
@@ -367,7 +371,7 @@ impl Settings {
                         options.client_publish == crate::channels::ClientPublish::GrantedOrProxied
                     })
         {
-            let name = match name {
+            let name = match name.as_str() {
                 "" => "the default namespace".to_owned(),
                 name => format!("namespace `{name}`"),
             };

@@ -279,6 +279,9 @@ pub static SETTINGS: &[Setting] = &[
         .default("5"),
     setting("RUST_LOG", Logging, Text, "env_logger filter, e.g. `info`, `debug`, `ticketgate=debug`")
         .default("info"),
+    setting("LOG_FORMAT", Logging, Text,
+        "`text` (env_logger's lines) or `json`: one object per line with `time` (RFC 3339, UTC), `level`, `target`, `message`, and the line's structured fields (`connection_id`, `user_id`, `node`, `channel`, `code`…) as top-level keys")
+        .default("text"),
 ];
 
 /// The setting called `name`. Every name the code asks for is in the table (a test checks

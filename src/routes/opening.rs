@@ -94,6 +94,7 @@ impl Opening {
             })?;
         metrics.tickets_consumed.inc();
         log::info!(
+            connection_id:% = open.id, transport = transport.as_str(), user_id = open.user_id();
             "{} opened ({}) for user {}",
             open.id,
             transport.as_str(),

@@ -276,7 +276,10 @@ impl<T: Transport> Connection<Unauthenticated, T> {
         if ctx.send(&mut self.transport, &[&welcome]).await.is_err() {
             return Err(Box::new(self.closing(CloseReason::ConnectionLost)));
         }
-        log::info!("{} authenticated as user {}", self.id(), verified.sub);
+        log::info!(
+            connection_id:% = self.id(), user_id = verified.sub.as_str();
+            "{} authenticated as user {}", self.id(), verified.sub
+        );
         ctx.metrics.authentications.inc();
         ctx.lifecycle.emit(
             ctx.subject(self.open.id, &verified.sub),
@@ -358,11 +361,16 @@ impl<T: Transport> Closing<T> {
             .code()
             .map_or_else(|| "none".to_owned(), |c| c.to_string());
         ctx.metrics.closes.with_label_values(&[&code]).inc();
-        log::info!(
+        let message = format!(
             "{} closed: code {code} after {:.1}s",
             open.id,
             started.elapsed().as_secs_f64()
         );
+        // A close without a code (the socket just ended) has no `code` field.
+        match reason.code() {
+            Some(code) => log::info!(connection_id:% = open.id, code = code; "{message}"),
+            None => log::info!(connection_id:% = open.id; "{message}"),
+        }
         drop(open);
         if told {
             let _ = timeout(CLOSE_LINGER, transport.linger()).await;

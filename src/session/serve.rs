@@ -246,6 +246,7 @@ impl<T: Transport> Connection<Authenticated, T> {
                     return Next::Close(reason);
                 }
                 log::info!(
+                    connection_id:% = self.id(), user_id = verified.sub.as_str();
                     "{} refreshed, now valid until {}",
                     self.id(),
                     verified.expires_at

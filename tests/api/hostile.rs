@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::future::join_all;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -205,12 +205,71 @@ async fn slowloris_clients_are_cut_off_at_the_request_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_debug_log_of_whole_sessions_holds_no_secret() {
+    let log = a_debug_log_of_whole_sessions("text").await;
+    assert!(log.contains(" DEBUG "), "debug logging was on");
+}
+
+/// LOG_FORMAT=json: every line one JSON object with the documented keys, the connection's
+/// fields at the top, and no secret either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_debug_log_of_whole_sessions_is_structured_and_holds_no_secret() {
+    let log = a_debug_log_of_whole_sessions("json").await;
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    for line in &lines {
+        for key in ["time", "level", "target", "message"] {
+            assert!(line[key].is_string(), "{key} in {line}");
+        }
+        let time = line["time"].as_str().unwrap();
+        assert!(
+            time.len() == 24 && time.ends_with('Z') && &time[10..11] == "T",
+            "RFC 3339 in UTC: {time}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l["level"] == "DEBUG"),
+        "debug logging was on"
+    );
+    let authenticated = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .unwrap()
+                .contains(" authenticated as user ")
+        })
+        .expect("an authentication line");
+    assert_eq!(authenticated["user_id"], "alice");
+    let id = authenticated["connection_id"].as_str().unwrap();
+    assert!(id.starts_with('c'), "{authenticated}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["connection_id"] == id
+                && l["message"].as_str().unwrap().contains(" closed: ")),
+        "the connection's close line"
+    );
+    // The refused JWT's connection closed with 4401, a number.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["code"] == 4401 && l["connection_id"].is_string()),
+        "a close line with its code"
+    );
+}
+
+/// Whole sessions, good and refused, under RUST_LOG=debug in `format`: the log holds no
+/// piece of a secret. Returns the log.
+async fn a_debug_log_of_whole_sessions(format: &str) -> String {
     let (uri, db) = (mongo_uri(), unique_db_name());
     let gateway = GatewayProcess::start(&[
         ("JWT_SECRET", SECRET),
         ("MONGODB_URI", &uri),
         ("MONGODB_DATABASE", &db),
         ("RUST_LOG", "debug"),
+        ("LOG_FORMAT", format),
     ]);
     let http = reqwest::Client::new();
     let token = jwt("alice");
@@ -264,7 +323,6 @@ async fn a_debug_log_of_whole_sessions_holds_no_secret() {
     assert_eq!(response.status(), 401);
     // Refusals name the ticket by 8 characters.
     let log = gateway.wait_for_log(&format!("{}…", &tampered[..8])).await;
-    assert!(log.contains(" DEBUG "), "debug logging was on");
     for secret in &secrets {
         // Any long piece of a secret counts: a JWT's signature or a ticket's secret alone leaks it.
         for piece in secret.split('.').filter(|p| p.len() >= 16) {
@@ -274,4 +332,5 @@ async fn a_debug_log_of_whole_sessions_holds_no_secret() {
             );
         }
     }
+    log
 }

@@ -9,14 +9,14 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-fn fixture(name: &str) -> PathBuf {
+pub fn fixture(name: &str) -> PathBuf {
     repo_root()
         .to_path_buf()
         .join("tests/fixtures/keys")
         .join(name)
 }
 
-fn private_key(name: &str) -> EncodingKey {
+pub fn private_key(name: &str) -> EncodingKey {
     let pem = std::fs::read(fixture(&format!("{name}.key.pem"))).unwrap();
     match name {
         n if n.starts_with("rsa") => EncodingKey::from_rsa_pem(&pem).unwrap(),
@@ -24,7 +24,7 @@ fn private_key(name: &str) -> EncodingKey {
     }
 }
 
-fn claims(extra: Value) -> Value {
+pub fn claims(extra: Value) -> Value {
     let mut claims = json!({"sub": "alice", "exp": now() + 600});
     claims
         .as_object_mut()
@@ -33,7 +33,7 @@ fn claims(extra: Value) -> Value {
     claims
 }
 
-fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &Value) -> String {
+pub fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &Value) -> String {
     let mut header = Header::new(alg);
     header.kid = kid.map(str::to_owned);
     jsonwebtoken::encode(&header, claims, key).unwrap()

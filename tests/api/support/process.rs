@@ -58,6 +58,7 @@ impl GatewayProcess {
         let deadline = Instant::now() + STARTUP_PATIENCE;
         let port = loop {
             let listening = stderr.lock().unwrap().iter().find_map(|line| {
+                let line = log_message(line);
                 let addr = line.split("listening on ").nth(1)?;
                 addr.rsplit(':').next()?.trim().parse::<u16>().ok()
             });
@@ -185,6 +186,17 @@ impl Drop for GatewayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A log line's message: the line itself in text, its `message` in JSON (LOG_FORMAT=json).
+fn log_message(line: &str) -> String {
+    if line.starts_with('{')
+        && let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(line)
+        && let Some(serde_json::Value::String(message)) = fields.get("message")
+    {
+        return message.clone();
+    }
+    line.to_owned()
 }
 
 fn collect_lines(pipe: impl std::io::Read + Send + 'static) -> Arc<std::sync::Mutex<Vec<String>>> {
