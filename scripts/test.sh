@@ -25,6 +25,8 @@ echo "test.sh: using python clients $(bash scripts/install-python-clients.sh)" >
 echo "test.sh: using python client tools $(bash scripts/install-python-client-dev.sh)" >&2
 # The Kubernetes manifests (deploy/kubernetes) are validated offline with kubernetes-validate.
 echo "test.sh: using kubernetes-validate $(bash scripts/install-kubernetes-validate.sh)" >&2
+# The Debian package is built with cargo-deb (crates.io) and its contents checked.
+echo "test.sh: using cargo-deb $(bash scripts/install-cargo-deb.sh)" >&2
 
 # The browser test drives Debian's Chromium (browser downloads do not work here); the client
 # tests need Node and the client's two npm dependencies.

@@ -92,3 +92,125 @@ fn the_kubernetes_manifests_validate_offline_and_hold_together() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// The Debian package (`cargo deb`, from Cargo.toml's `[package.metadata.deb]`): the binary
+/// runs `--version` and `config --check` with the packaged settings file, the systemd unit is
+/// hardened and fits the gateway's defaults, the settings are conffiles, and the postinst
+/// makes the system user and enables the unit.
+#[test]
+fn the_debian_package_holds_a_working_binary_a_hardened_unit_and_conffiles() {
+    let install = Command::new("bash")
+        .arg(repo_root().join("scripts/install-cargo-deb.sh"))
+        .output()
+        .expect("running scripts/install-cargo-deb.sh");
+    assert!(
+        install.status.success(),
+        "this test needs cargo-deb (scripts/install-cargo-deb.sh installs it from crates.io):\n{}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let cargo_deb = String::from_utf8(install.stdout).unwrap().trim().to_owned();
+    let out = tempfile::tempdir().unwrap();
+    // The dev profile: the suite has built it already, and packaging is the same.
+    let built = Command::new(&cargo_deb)
+        .current_dir(repo_root())
+        .args([
+            "-p",
+            "ticketgate",
+            "--profile",
+            "dev",
+            "--no-strip",
+            "--output",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "cargo deb: {}{}",
+        String::from_utf8_lossy(&built.stdout),
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let deb = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("a .deb");
+    let (root, control) = (out.path().join("root"), out.path().join("control"));
+    for (flag, into) in [("-x", &root), ("-e", &control)] {
+        let unpacked = Command::new("dpkg-deb")
+            .arg(flag)
+            .arg(&deb)
+            .arg(into)
+            .output()
+            .expect("dpkg-deb (apt-get install dpkg)");
+        assert!(unpacked.status.success(), "dpkg-deb {flag}");
+    }
+
+    let binary = root.join("usr/bin/ticketgate");
+    let version = Command::new(&binary).arg("--version").output().unwrap();
+    let version = String::from_utf8(version.stdout).unwrap();
+    assert!(
+        version.starts_with("ticketgate 0.1.0 (commit "),
+        "--version: {version}"
+    );
+    let check = Command::new(&binary)
+        .current_dir(out.path())
+        .env_clear()
+        .env("CONFIG_FILE", root.join("etc/ticketgate/ticketgate.toml"))
+        .args(["config", "--check"])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "config --check with the packaged file: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let conffiles = std::fs::read_to_string(control.join("conffiles")).unwrap();
+    for file in [
+        "/etc/ticketgate/ticketgate.toml",
+        "/etc/ticketgate/ticketgate.env",
+    ] {
+        assert!(
+            conffiles.lines().any(|l| l == file),
+            "{file} is a conffile: {conffiles}"
+        );
+    }
+    let postinst = std::fs::read_to_string(control.join("postinst")).unwrap();
+    assert!(postinst.contains("adduser --system"), "{postinst}");
+    assert!(
+        postinst.contains("deb-systemd-helper"),
+        "the unit is enabled: {postinst}"
+    );
+
+    let unit = ["lib", "usr/lib"]
+        .iter()
+        .map(|dir| root.join(dir).join("systemd/system/ticketgate.service"))
+        .find(|path| path.exists())
+        .expect("the systemd unit in the package");
+    let unit = std::fs::read_to_string(unit).unwrap();
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} in the unit"))
+            .to_owned()
+    };
+    assert_eq!(value("User"), "ticketgate");
+    assert_eq!(value("NoNewPrivileges"), "yes");
+    assert_eq!(value("Restart"), "on-failure");
+    assert_eq!(value("ExecStart"), "/usr/bin/ticketgate serve");
+    let default = |name: &str| -> u64 {
+        ticketgate::config::table::lookup(name)
+            .default
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let files: u64 = value("LimitNOFILE").parse().unwrap();
+    assert!(files >= default("MAX_CONNECTIONS"), "LimitNOFILE={files}");
+    let stop: u64 = value("TimeoutStopSec").parse().unwrap();
+    assert!(
+        stop > default("SHUTDOWN_GRACE_SECS"),
+        "TimeoutStopSec={stop}"
+    );
+}
