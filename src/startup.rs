@@ -339,7 +339,7 @@ async fn start_bus(
             }
         },
     }
-    log::info!("node id {}", bus.node().id);
+    log::info!(node = bus.node().id.as_str(); "node id {}", bus.node().id);
     Ok(bus)
 }
 

@@ -47,6 +47,7 @@ impl Reaper {
                 continue;
             }
             log::warn!(
+                node = node.as_str();
                 "node {node} stopped beating: {} of its presence entries cleared here",
                 cleared.len()
             );

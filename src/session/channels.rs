@@ -243,7 +243,10 @@ impl Authenticated {
                 let joined = Box::pin(self.join_stream(ctx, name, grant.clone(), recover, source))
                     .await
                     .map_err(|e| {
-                        log::warn!("subscribing to a history channel: {e}");
+                        log::warn!(
+                            connection_id:% = self.connection, channel = name.as_str();
+                            "subscribing to a history channel: {e}"
+                        );
                         ErrorCode::Unavailable
                     })?;
                 let (joined, new) = joined;
@@ -277,7 +280,10 @@ impl Authenticated {
             let client = ctx.presence_client(self.connection, &self.user_id);
             // Boxed: a MongoDB write's state would otherwise size every connection's task.
             if let Err(e) = Box::pin(ctx.presence.add(name, &client)).await {
-                log::warn!("recording presence: {e}");
+                log::warn!(
+                    connection_id = client.connection_id.as_str(), channel = name.as_str();
+                    "recording presence: {e}"
+                );
                 self.membership.unsubscribe(name.as_str());
                 self.tokens.remove(name.as_str());
                 return Err(ErrorCode::Unavailable);
@@ -325,7 +331,10 @@ impl Authenticated {
                 .presence_client(self.connection, &self.user_id)
                 .connection_id;
             if let Err(e) = Box::pin(ctx.presence.remove(name, &connection_id)).await {
-                log::warn!("removing presence: {e}");
+                log::warn!(
+                    connection_id = connection_id.as_str(), channel = name.as_str();
+                    "removing presence: {e}"
+                );
             }
         }
         if options.join_leave {
@@ -373,7 +382,10 @@ impl Authenticated {
                 {
                     Ok(position) => position,
                     Err(code) => {
-                        log::warn!("a server-side subscription failed: {}", code.as_str());
+                        log::warn!(
+                            connection_id:% = self.connection, channel = name.as_str(), code = code.as_str();
+                            "a server-side subscription failed: {}", code.as_str()
+                        );
                         return Vec::new();
                     }
                 };
