@@ -31,6 +31,7 @@ pub mod shutdown;
 pub mod sse;
 pub mod startup;
 pub mod store;
+pub mod telemetry;
 pub mod ticket;
 pub mod upstream;
 pub mod wire;

@@ -29,6 +29,7 @@ use crate::store::{
     MemoryRevocations, MemoryTicketStore, MongoPresence, MongoRevocations, MongoTicketStore,
     PresenceStore, RevocationStore, TicketStore,
 };
+use crate::telemetry::Telemetry;
 use crate::wire;
 use crate::wire::server::HttpTiming;
 
@@ -50,6 +51,8 @@ pub enum StartupError {
          stream and publishes in transactions); this MongoDB is a standalone server"
     )]
     OutboxNeedsReplicaSet,
+    #[error("tracing: {0}")]
+    Telemetry(String),
 }
 
 pub struct Application {
@@ -65,6 +68,8 @@ pub struct Application {
     fence: Fence,
     /// What SIGHUP reloads.
     reloadable: crate::reload::Reloadable,
+    /// Flushes the last spans when the application ends.
+    _exporting: crate::telemetry::Exporting,
 }
 
 impl Application {
@@ -76,6 +81,8 @@ impl Application {
         let listener = TcpListener::bind(settings.server.bind_addr).map_err(bind_error)?;
         let port = listener.local_addr().map_err(bind_error)?.port();
         let metrics = Arc::new(Metrics::new());
+        let (telemetry, exporting) =
+            Telemetry::start(&settings.telemetry).map_err(StartupError::Telemetry)?;
         let hub = Hub::new(settings.limits.connections);
         let Stores {
             tickets,
@@ -90,7 +97,7 @@ impl Application {
             &settings,
             &node.id.to_string(),
             mongo.as_ref(),
-            &metrics,
+            (&metrics, &telemetry),
             &fence,
         );
         let reaper = Reaper {
@@ -141,7 +148,7 @@ impl Application {
             presence,
             (&hub, &bus, &cluster),
             lifecycle,
-            metrics,
+            (metrics, telemetry),
         );
         let app_state = state.clone();
         let console = settings.api.console.is_some();
@@ -169,6 +176,7 @@ impl Application {
             broadcast_interval: settings.server.broadcast_interval,
             shutdown_grace: settings.server.shutdown_grace,
             node_heartbeat: settings.node.heartbeat,
+            _exporting: exporting,
             reloadable: crate::reload::Reloadable {
                 namespaces: state.session.channels.namespaces.clone(),
                 jwt: Arc::clone(&state.session.jwt),
@@ -351,7 +359,7 @@ fn app_state(
     presence: Arc<PresenceStore>,
     (hub, bus, cluster): (&Arc<Hub>, &Arc<Bus>, &Arc<Cluster>),
     lifecycle: Lifecycle,
-    metrics: Arc<Metrics>,
+    (metrics, telemetry): (Arc<Metrics>, Telemetry),
 ) -> web::Data<AppState> {
     web::Data::new(AppState {
         tickets,
@@ -384,9 +392,11 @@ fn app_state(
             upstream: Arc::new(crate::upstream::Upstream::new(
                 &settings.upstream,
                 Arc::clone(&metrics),
+                telemetry.clone(),
             )),
             lifecycle: Arc::new(lifecycle),
             metrics,
+            telemetry,
             revocations: Arc::new(revocations),
         }),
         origins: settings.server.allowed_origins.clone(),

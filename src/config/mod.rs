@@ -42,6 +42,8 @@ pub struct Settings {
     pub log_filter: String,
     /// Text or one JSON object per line (LOG_FORMAT).
     pub log_format: crate::logging::LogFormat,
+    /// Traces (OTEL_*).
+    pub telemetry: crate::telemetry::TelemetrySettings,
 }
 
 /// The app's backend, which answers RPCs and proxied publications.
@@ -359,6 +361,26 @@ impl Settings {
             log_filter: env.text("RUST_LOG"),
             log_format: crate::logging::LogFormat::parse(&env.text("LOG_FORMAT"))
                 .map_err(|reason| env.invalid("LOG_FORMAT", reason))?,
+            telemetry: crate::telemetry::TelemetrySettings {
+                endpoint: env
+                    .get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    .filter(|url| !url.is_empty())
+                    .map(|url| {
+                        // The exporter speaks plain HTTP: a collector beside the node (a
+                        // sidecar or a DaemonSet) forwards over TLS.
+                        if url.starts_with("http://") {
+                            Ok(url.to_owned())
+                        } else {
+                            Err(env.invalid(
+                                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                                "must be an http:// URL (an OpenTelemetry Collector beside the \
+                                 gateway, which may forward over TLS)",
+                            ))
+                        }
+                    })
+                    .transpose()?,
+                service_name: env.text("OTEL_SERVICE_NAME"),
+            },
         };
         if settings.upstream.backend.is_none()
             && let Some((name, _)) =

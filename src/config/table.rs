@@ -279,6 +279,11 @@ pub static SETTINGS: &[Setting] = &[
         .default("5"),
     setting("RUST_LOG", Logging, Text, "env_logger filter, e.g. `info`, `debug`, `ticketgate=debug`")
         .default("info"),
+    setting("OTEL_EXPORTER_OTLP_ENDPOINT", Logging, Text,
+        "an OpenTelemetry Collector's OTLP/HTTP base URL, plain `http://` (`http://127.0.0.1:4318`; the collector may forward over TLS): spans go to `/v1/traces` as protobuf, and calls to the backend and the webhook carry a W3C `traceparent`. Unset: no tracing")
+        .described("unset (no tracing)"),
+    setting("OTEL_SERVICE_NAME", Logging, Text, "the `service.name` the spans carry")
+        .default("ticketgate"),
     setting("LOG_FORMAT", Logging, Text,
         "`text` (env_logger's lines) or `json`: one object per line with `time` (RFC 3339, UTC), `level`, `target`, `message`, and the line's structured fields (`connection_id`, `user_id`, `node`, `channel`, `code`…) as top-level keys")
         .default("text"),

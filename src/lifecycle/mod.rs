@@ -47,7 +47,7 @@ pub fn start(
     settings: &Settings,
     node: &str,
     mongo: Option<&Prepared>,
-    metrics: &Arc<Metrics>,
+    (metrics, telemetry): (&Arc<Metrics>, &crate::telemetry::Telemetry),
     fence: &Fence,
 ) -> (Lifecycle, Option<Arc<Adoption>>) {
     let id = node.to_owned();
@@ -57,6 +57,7 @@ pub fn start(
         timeout: settings.upstream.timeout,
         client: reqwest::Client::new(),
         metrics: Arc::clone(metrics),
+        telemetry: telemetry.clone(),
     });
     let (queue, events) = mpsc::channel(QUEUE);
     let finished = Finished::default();

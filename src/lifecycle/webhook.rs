@@ -53,6 +53,8 @@ pub struct Webhook {
     pub timeout: Duration,
     pub client: reqwest::Client,
     pub metrics: Arc<Metrics>,
+    /// A span per delivery, whose `traceparent` the call carries.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 #[derive(Serialize)]
@@ -92,21 +94,28 @@ impl Webhook {
 
     async fn post(&self, events: &[Event]) -> Result<(), String> {
         let body = serde_json::to_vec(&Batch { events }).expect("events always serialize");
-        let call = self
+        let span = self.telemetry.client("webhook.deliver");
+        span.set("events", events.len() as i64);
+        let mut call = self
             .client
             .post(&self.url)
             .header(reqwest::header::AUTHORIZATION, self.authorization.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .timeout(self.timeout)
-            .body(body)
-            .send();
-        match call.await {
+            .timeout(self.timeout);
+        if let Some(traceparent) = span.traceparent() {
+            call = call.header("traceparent", traceparent);
+        }
+        let outcome = match call.body(body).send().await {
             Ok(response) if response.status().is_success() => Ok(()),
             Ok(response) => Err(format!("answered {}", response.status())),
             Err(e) if e.is_timeout() => Err("no answer within UPSTREAM_TIMEOUT_MS".into()),
             Err(e) if e.is_connect() => Err("cannot connect".into()),
             Err(_) => Err("the call failed".into()),
+        };
+        if let Err(why) = &outcome {
+            span.fail(why.clone());
         }
+        outcome
     }
 }
 

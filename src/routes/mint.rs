@@ -19,13 +19,27 @@ pub async fn mint_ticket(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let span = state.session.telemetry.server("ticket.mint");
+    let minted = mint(&req, &state, &span).await;
+    if let Err(e) = &minted {
+        span.set("error.type", e.code());
+        span.fail(e.code());
+    }
+    minted
+}
+
+async fn mint(
+    req: &HttpRequest,
+    state: &AppState,
+    span: &crate::telemetry::Span,
+) -> Result<HttpResponse, ApiError> {
     if state.shutdown.is_draining() {
         return Err(ApiError::Draining);
     }
-    if !state.origins.allows_request(&req) {
+    if !state.origins.allows_request(req) {
         return Err(ApiError::OriginNotAllowed);
     }
-    let jwt = bearer_token(&req)?;
+    let jwt = bearer_token(req)?;
     let user = state
         .session
         .jwt
@@ -54,6 +68,7 @@ pub async fn mint_ticket(
         ApiError::DatabaseUnavailable
     })?;
     state.session.metrics.tickets_minted.inc();
+    span.set_with("enduser.id", || user.sub.clone());
     let token = ticket.to_string();
     log::debug!("minted ticket {} for user {}", redact(&token), user.sub);
     Ok(HttpResponse::Ok()

@@ -62,7 +62,10 @@ pub fn configure(
     console: bool,
 ) {
     if let Some(max_body_bytes) = api {
-        cfg.service(channel_api::configure(api::scope(max_body_bytes)));
+        cfg.service(
+            channel_api::configure(api::scope(max_body_bytes))
+                .wrap(actix_web::middleware::from_fn(trace_api)),
+        );
     }
     if console {
         console::configure(cfg);
@@ -134,6 +137,31 @@ where
     web::resource(path)
         .route(web::post().to(handler))
         .default_service(web::to(|| method_not_allowed("POST")))
+}
+
+/// A span for each server API call (when tracing): its method, route and status.
+pub async fn trace_api(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let span = req
+        .app_data::<web::Data<AppState>>()
+        .filter(|state| state.session.telemetry.is_on())
+        .map(|state| state.session.telemetry.server("api.request"));
+    let Some(span) = span else {
+        return next.call(req).await;
+    };
+    span.set_with("http.request.method", || req.method().to_string());
+    let response = next.call(req).await?;
+    if let Some(route) = response.request().match_pattern() {
+        span.set("http.route", route);
+    }
+    let status = response.status();
+    span.set("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        span.fail(status.to_string());
+    }
+    Ok(response)
 }
 
 /// Refuses a request with two `Authorization` or two `Origin` headers: whichever copy the

@@ -62,6 +62,24 @@ impl Opening {
         state: &AppState,
         transport: TransportKind,
     ) -> Result<(Option<IpAddr>, OpenConnection), ApiError> {
+        let span = state.session.telemetry.server("connection.open");
+        span.set("transport", transport.as_str());
+        let opened = self.redeem_traced(state, transport).await;
+        match &opened {
+            Ok((_, open)) => {
+                span.set_with("connection.id", || open.id.to_string());
+                span.set_with("enduser.id", || open.user_id().to_owned());
+            }
+            Err(e) => span.fail(e.code()),
+        }
+        opened
+    }
+
+    async fn redeem_traced(
+        self,
+        state: &AppState,
+        transport: TransportKind,
+    ) -> Result<(Option<IpAddr>, OpenConnection), ApiError> {
         let metrics = &state.session.metrics;
         let rejected = |reason: &str| metrics.tickets_rejected.with_label_values(&[reason]).inc();
         let raw_ticket = &self.raw_ticket;

@@ -66,6 +66,8 @@ pub struct SessionContext {
     pub upstream: Arc<Upstream>,
     /// Connect, disconnect, subscribe and unsubscribe events for the events webhook.
     pub lifecycle: Arc<Lifecycle>,
+    /// Spans, when tracing is on (also the mint's, openings' and the server API's).
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl SessionContext {
@@ -257,10 +259,16 @@ impl<T: Transport> Connection<Unauthenticated, T> {
             Ok(Ok(text)) => text,
         };
         ctx.metrics.messages_in.inc();
+        let span = ctx.telemetry.server("connection.authenticate");
+        span.set_with("connection.id", || self.id().to_string());
         let verified = match rules::check_first_message(&text, &ctx.jwt, self.open.user_id()) {
             Ok(verified) => verified,
-            Err(reason) => return Err(Box::new(self.closing(reason))),
+            Err(reason) => {
+                span.fail("refused");
+                return Err(Box::new(self.closing(reason)));
+            }
         };
+        span.set_with("enduser.id", || verified.sub.clone());
         // Join (registering the jti) before checking revocation: a revocation that lands in
         // between is then either seen here or kicks the registered connection.
         let membership = ctx.hub.join(&self.open, verified.jti.as_deref());

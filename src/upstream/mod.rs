@@ -54,6 +54,8 @@ pub struct Upstream {
     timeout: Duration,
     turns: tokio::sync::Semaphore,
     metrics: Arc<Metrics>,
+    /// A span per call, whose `traceparent` the call carries.
+    telemetry: crate::telemetry::Telemetry,
 }
 
 struct Target {
@@ -74,7 +76,11 @@ thread_local! {
 }
 
 impl Upstream {
-    pub fn new(settings: &UpstreamSettings, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        settings: &UpstreamSettings,
+        metrics: Arc<Metrics>,
+        telemetry: crate::telemetry::Telemetry,
+    ) -> Self {
         let backend = settings.backend.as_ref().map(|backend| Target {
             url: backend.url.clone(),
             authorization: bearer(&backend.key),
@@ -85,6 +91,7 @@ impl Upstream {
             timeout: settings.timeout,
             turns: tokio::sync::Semaphore::new(settings.max_in_flight.max(1)),
             metrics,
+            telemetry,
         }
     }
 
@@ -102,6 +109,14 @@ impl Upstream {
             return Err(UpstreamError::Disabled);
         };
         let body = serde_json::to_vec(body).expect("call bodies always serialize");
+        // The app's trace continues from this span: its `traceparent` goes with the call.
+        let span = self.telemetry.client(match path {
+            "/rpc" => "upstream.rpc",
+            _ => "upstream.publish",
+        });
+        span.set("http.request.method", "POST");
+        span.set("url.path", path);
+        let traceparent = span.traceparent();
         let _timer = self
             .metrics
             .upstream_call_seconds
@@ -110,12 +125,16 @@ impl Upstream {
         let call = async {
             let _turn = self.turns.acquire().await.expect("never closed");
             let request = CLIENT.with(|client| {
-                client
+                let request = client
                     .post(format!("{}{path}", target.url))
                     .header(reqwest::header::AUTHORIZATION, target.authorization.clone())
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body)
-                    .send()
+                    .header(reqwest::header::CONTENT_TYPE, "application/json");
+                match &traceparent {
+                    Some(traceparent) => request.header("traceparent", traceparent),
+                    None => request,
+                }
+                .body(body)
+                .send()
             });
             let mut response = request.await.map_err(|e| {
                 UpstreamError::Unavailable(format!("POST {path}: {}", without_url(&e)))
@@ -152,7 +171,9 @@ impl Upstream {
             .upstream_calls
             .with_label_values(&[path, label])
             .inc();
+        span.set("outcome", label);
         if let Err(e) = &outcome {
+            span.fail(e.to_string());
             log::warn!("calling the backend: {e}");
         }
         outcome

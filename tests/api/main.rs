@@ -43,5 +43,6 @@ mod sse;
 mod store_conformance;
 mod support;
 mod task_size;
+mod telemetry;
 mod upgrade;
 mod wire;

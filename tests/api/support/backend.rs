@@ -29,6 +29,8 @@ pub struct BackendCall {
     /// Answered 503 because the backend was told to refuse events.
     pub refused: bool,
     pub authorization: Option<String>,
+    /// The W3C trace context the call carried (when the gateway traces).
+    pub traceparent: Option<String>,
     pub body: Value,
 }
 
@@ -142,6 +144,11 @@ async fn answer(
         authorization: req
             .headers()
             .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        traceparent: req
+            .headers()
+            .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
         body: body.clone(),

@@ -13,6 +13,7 @@
 
 mod app;
 mod backend;
+mod collector;
 mod link;
 mod metrics;
 mod mongod;
@@ -23,6 +24,7 @@ mod ws_client;
 
 pub use app::*;
 pub use backend::*;
+pub use collector::*;
 pub use link::CuttableLink;
 pub use metrics::*;
 pub use mongod::*;

@@ -71,11 +71,15 @@ impl GatewayProcess {
                     stderr.lock().unwrap().join("\n")
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "ticketgate did not start:\n{}",
-                stderr.lock().unwrap().join("\n")
-            );
+            if Instant::now() >= deadline {
+                // Not yet a GatewayProcess, whose drop would end it: end it here.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "ticketgate did not start:\n{}",
+                    stderr.lock().unwrap().join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         };
         GatewayProcess {
