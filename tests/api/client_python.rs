@@ -13,17 +13,10 @@ fn package_dir() -> PathBuf {
 
 /// The venv's python, with websockets, httpx, pytest, mypy and setuptools.
 fn python() -> String {
-    let output = Command::new("bash")
-        .arg(repo_root().join("scripts/install-python-client-dev.sh"))
-        .output()
-        .expect("running scripts/install-python-client-dev.sh");
-    assert!(
-        output.status.success(),
-        "the Python client's tests need python3 with venv and pip, and PyPI \
-         (scripts/install-python-client-dev.sh):\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    installed(
+        "install-python-client-dev.sh",
+        "the Python client's tests need python3 with venv and pip, and PyPI",
+    )
 }
 
 /// Runs `python args…` in the package's folder; its output, or a failure that shows it.

@@ -576,17 +576,11 @@ struct Nginx {
 
 impl Nginx {
     fn start_in_front_of(nodes: &[&GatewayProcess]) -> Nginx {
-        let output = std::process::Command::new("bash")
-            .arg(repo_root().join("scripts/install-nginx.sh"))
-            .output()
-            .expect("running scripts/install-nginx.sh");
-        assert!(
-            output.status.success(),
-            "the cluster proxy test needs nginx (scripts/install-nginx.sh unpacks Debian's \
-             package; it needs apt-get and dpkg):\n{}",
-            String::from_utf8_lossy(&output.stderr)
+        let bin = installed(
+            "install-nginx.sh",
+            "the cluster proxy test needs nginx (the script unpacks Debian's package; it needs \
+             apt-get and dpkg)",
         );
-        let bin = String::from_utf8(output.stdout).unwrap().trim().to_owned();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut config = include_str!("../../deploy/nginx-cluster.conf").to_owned();

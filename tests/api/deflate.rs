@@ -277,17 +277,11 @@ async fn run_client(what: &str, command: &mut tokio::process::Command) -> String
 #[tokio::test]
 async fn independent_clients_negotiate_compression_with_every_parameter_answered() {
     let app = spawn_app(Store::Memory, &[("WS_COMPRESSION", "true")]).await;
-    let install = std::process::Command::new("bash")
-        .arg(repo_root().join("scripts/install-python-clients.sh"))
-        .output()
-        .expect("running scripts/install-python-clients.sh");
-    assert!(
-        install.status.success(),
-        "this test needs Python's websockets (scripts/install-python-clients.sh installs it \
-         from PyPI into a venv; it needs python3 with venv and pip):\n{}",
-        String::from_utf8_lossy(&install.stderr)
+    let python = installed(
+        "install-python-clients.sh",
+        "this test needs Python's websockets (installed from PyPI into a venv; it needs \
+         python3 with venv and pip)",
     );
-    let python = String::from_utf8(install.stdout).unwrap().trim().to_owned();
     let expected =
         "answer: permessage-deflate; server_no_context_takeover; server_max_window_bits=15";
 

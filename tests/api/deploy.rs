@@ -11,19 +11,14 @@ use std::process::Command;
 
 use crate::support::*;
 
-/// kubernetes-validate's venv python, installed by scripts/install-kubernetes-validate.sh.
+/// kubernetes-validate's venv python.
 fn kubernetes_validate_python() -> PathBuf {
-    let install = Command::new("bash")
-        .arg(repo_root().join("scripts/install-kubernetes-validate.sh"))
-        .output()
-        .expect("running scripts/install-kubernetes-validate.sh");
-    assert!(
-        install.status.success(),
-        "this test needs kubernetes-validate (scripts/install-kubernetes-validate.sh installs it \
-         from PyPI into a venv; it needs python3 with venv and pip):\n{}",
-        String::from_utf8_lossy(&install.stderr)
-    );
-    String::from_utf8(install.stdout).unwrap().trim().into()
+    installed(
+        "install-kubernetes-validate.sh",
+        "this test needs kubernetes-validate (installed from PyPI into a venv; it needs python3 \
+         with venv and pip)",
+    )
+    .into()
 }
 
 #[test]
@@ -99,16 +94,10 @@ fn the_kubernetes_manifests_validate_offline_and_hold_together() {
 /// makes the system user and enables the unit.
 #[test]
 fn the_debian_package_holds_a_working_binary_a_hardened_unit_and_conffiles() {
-    let install = Command::new("bash")
-        .arg(repo_root().join("scripts/install-cargo-deb.sh"))
-        .output()
-        .expect("running scripts/install-cargo-deb.sh");
-    assert!(
-        install.status.success(),
-        "this test needs cargo-deb (scripts/install-cargo-deb.sh installs it from crates.io):\n{}",
-        String::from_utf8_lossy(&install.stderr)
+    let cargo_deb = installed(
+        "install-cargo-deb.sh",
+        "this test needs cargo-deb (installed from crates.io)",
     );
-    let cargo_deb = String::from_utf8(install.stdout).unwrap().trim().to_owned();
     let out = tempfile::tempdir().unwrap();
     // The dev profile: the suite has built it already, and packaging is the same.
     let built = Command::new(&cargo_deb)

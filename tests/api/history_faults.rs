@@ -318,19 +318,6 @@ async fn publish_through_a_fault(
     refused
 }
 
-/// The next text message within `limit`, skipping control frames.
-async fn next_json_within(client: &mut WsClient, limit: Duration) -> Value {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, client.stream.next()).await {
-            Err(_) => panic!("no message within {limit:?}"),
-            Ok(Some(Ok(Message::Text(text)))) => return serde_json::from_str(&text).unwrap(),
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            Ok(other) => panic!("expected a text message, got {other:?}"),
-        }
-    }
-}
-
 /// docs/PROTOCOL.md, "When a node loses its place": a node cut off from MongoDB (like a
 /// network: nothing answers) while publications flow and the oplog rolls past the point
 /// where its change stream stood cannot resume it. Its subscriber of a history channel is
@@ -377,7 +364,7 @@ async fn a_node_whose_stream_fell_off_the_oplog_has_its_subscribers_recover_ever
     mongod.truncate_oplog().await;
     link.mend();
 
-    let resubscribe = next_json_within(&mut alice, Duration::from_secs(60)).await;
+    let resubscribe = alice.next_json_within(Duration::from_secs(60)).await;
     assert_eq!(
         resubscribe,
         json!({ "type": "unsubscribed", "channel": "feed:1", "reason": "resubscribe" })

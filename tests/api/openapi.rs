@@ -148,17 +148,11 @@ fn every_route_is_documented_and_nothing_else() {
 /// upgrade.rs and adversarial.rs test that route with real WebSocket clients.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_nothing_against_the_document() {
-    let install = std::process::Command::new("bash")
-        .arg(repo_root().join("scripts/install-schemathesis.sh"))
-        .output()
-        .expect("running scripts/install-schemathesis.sh");
-    assert!(
-        install.status.success(),
-        "this test needs Schemathesis (scripts/install-schemathesis.sh installs it from PyPI \
-         into a venv; it needs python3 with venv and pip):\n{}",
-        String::from_utf8_lossy(&install.stderr)
+    let st = installed(
+        "install-schemathesis.sh",
+        "this test needs Schemathesis (installed from PyPI into a venv; it needs python3 with \
+         venv and pip)",
     );
-    let st = String::from_utf8(install.stdout).unwrap().trim().to_owned();
     // One credential for both schemes: the API key is a valid user JWT, so the tester's one
     // Authorization header passes /token/ws and /api alike.
     let credential = jwt("alice");

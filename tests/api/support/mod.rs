@@ -53,6 +53,22 @@ pub fn repo_root() -> &'static Path {
         .expect("tests/ has a parent")
 }
 
+/// Runs `scripts/<script>` (one of the install scripts the test command runs first) and
+/// returns what it prints: the installed tool's path. Fails with `needs` (what the test needs
+/// and what the script needs to get it) and the script's output when it cannot install.
+pub fn installed(script: &str, needs: &str) -> String {
+    let output = std::process::Command::new("bash")
+        .arg(repo_root().join("scripts").join(script))
+        .output()
+        .unwrap_or_else(|e| panic!("running scripts/{script}: {e}"));
+    assert!(
+        output.status.success(),
+        "{needs} (scripts/{script}):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
 /// The variable by which scripts/test.sh finds every process the tests started and left
 /// behind; a child started with a cleared environment must still carry it.
 pub fn test_run_marker() -> Option<(String, String)> {

@@ -77,8 +77,13 @@ impl WsClient {
 
     /// The next frame of any kind, within `PATIENCE`.
     pub async fn next_frame(&mut self) -> Option<Message> {
-        match tokio::time::timeout(PATIENCE, self.stream.next()).await {
-            Err(_) => panic!("no frame within {PATIENCE:?}"),
+        self.next_frame_within(PATIENCE).await
+    }
+
+    /// The next frame of any kind, within `limit`.
+    pub async fn next_frame_within(&mut self, limit: Duration) -> Option<Message> {
+        match tokio::time::timeout(limit, self.stream.next()).await {
+            Err(_) => panic!("no frame within {limit:?}"),
             Ok(None) => None,
             Ok(Some(Ok(message))) => Some(message),
             Ok(Some(Err(_))) => None,
@@ -87,8 +92,13 @@ impl WsClient {
 
     /// The next text message as JSON, skipping control frames.
     pub async fn next_json(&mut self) -> Value {
+        self.next_json_within(PATIENCE).await
+    }
+
+    /// The next text message as JSON, each frame within `limit`, skipping control frames.
+    pub async fn next_json_within(&mut self, limit: Duration) -> Value {
         loop {
-            match self.next_frame().await {
+            match self.next_frame_within(limit).await {
                 Some(Message::Text(text)) => return serde_json::from_str(&text).unwrap(),
                 Some(Message::Ping(_) | Message::Pong(_)) => continue,
                 other => panic!("expected a text message, got {other:?}"),
