@@ -68,6 +68,11 @@ pub struct Metrics {
     pub bus_lag_seconds: Histogram,
     /// Times a change stream broke and was reopened, by `stream` (cluster, outbox).
     pub bus_restarts: IntCounterVec,
+    /// Channel partitions the cluster stream carries (all of them: 4096).
+    pub bus_partitions: IntGauge,
+    /// Times the cluster stream was reopened for this node's interest, by `change`: widen (a
+    /// subscriber in a partition it did not carry), narrow (partitions nobody here holds).
+    pub bus_interest_changes: IntCounterVec,
     /// Times a change stream could not resume because its point had left the oplog, by
     /// `stream` (cluster, outbox).
     pub bus_history_lost: IntCounterVec,
@@ -332,6 +337,15 @@ impl Metrics {
                 "Times a change stream was reopened",
                 "stream",
             ),
+            bus_partitions: gauge(
+                "bus_partitions",
+                "Channel partitions this node's cluster stream carries, of 4096",
+            ),
+            bus_interest_changes: counter_vec(
+                "bus_interest_changes_total",
+                "Times the cluster stream was reopened for this node's interest: widen, narrow",
+                "change",
+            ),
             bus_history_lost: counter_vec(
                 "bus_history_lost_total",
                 "Times a change stream could not resume from its point",
@@ -353,6 +367,9 @@ impl Metrics {
         // first event.
         metrics.bus_restarts.with_label_values(&["cluster"]);
         metrics.bus_history_lost.with_label_values(&["cluster"]);
+        for change in ["widen", "narrow"] {
+            metrics.bus_interest_changes.with_label_values(&[change]);
+        }
         for notice in ["resubscribe", "missed"] {
             metrics.bus_loss_notices.with_label_values(&[notice]);
         }

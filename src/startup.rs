@@ -113,7 +113,7 @@ impl Application {
             let config = settings.database.mongodb.as_ref()?.outbox.clone()?;
             Some((config, m.db.clone(), m.bounds.clone()))
         });
-        let bus = start_bus(&hub, mongo, node, &metrics).await?;
+        let bus = start_bus(&hub, mongo, node, &metrics, settings.node.bus_narrow).await?;
         bus.stream_health().set_stall_limit(settings.node.bus_stall);
         if let Some((config, db, bounds)) = outbox {
             if bus.mode() == BusMode::Local {
@@ -324,8 +324,10 @@ async fn start_bus(
     mongo: Option<Prepared>,
     node: NodeInfo,
     metrics: &Arc<Metrics>,
+    narrow_every: std::time::Duration,
 ) -> Result<Arc<Bus>, StartupError> {
     let bus = Bus::new(Arc::clone(hub), node);
+    bus.narrow_every(narrow_every);
     match mongo {
         None => {
             log::info!("cluster bus: in process only (the in-process store is single-node)");

@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 
 use crate::Target;
 use crate::client::CHANNEL_PREFIX;
-use crate::measure::{CpuWatch, percentiles_ms};
+use crate::measure::{CpuWatch, EachCpuWatch, percentiles_ms};
 use crate::scenarios::{
     Report, Stamp, clients, open_many, per, subscribe_all, unix_micros, word_padding,
 };
@@ -47,6 +47,14 @@ pub struct ChannelsPlan {
     /// Publishing requests in flight at once, sharing --rate between them.
     #[arg(long, default_value_t = 4)]
     pub publishers: usize,
+    /// Before the publications, watch the processes this long with nothing published: their
+    /// CPU at rest, which `scripts/scale-sim.py` takes off to leave the cost of the events.
+    #[arg(long, default_value_t = 0)]
+    pub rest_secs: u64,
+    /// mongod's process id: its CPU time during the publications is reported too, as is each
+    /// gateway's on its own (`scripts/scale-sim.py`).
+    #[arg(long)]
+    pub mongod_pid: Option<u32>,
 }
 
 /// What the readers count, per kind of message.
@@ -174,7 +182,20 @@ pub async fn channels(target: &Target, secret: &str, plan: ChannelsPlan) -> Resu
     let broadcast_deliveries = tallies.broadcasts.received.load(Ordering::Relaxed);
 
     // Publications to random channels at a steady rate.
+    let watched: Vec<u32> = target
+        .gateway_pids
+        .iter()
+        .copied()
+        .chain(plan.mongod_pid)
+        .collect();
+    let at_rest = EachCpuWatch::start(&watched);
+    let rest_started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(plan.rest_secs)).await;
+    let mut rest = at_rest.elapsed();
+    let rest_secs = rest_started.elapsed().as_secs_f64();
+    let mongod_rest = plan.mongod_pid.and_then(|_| rest.pop().flatten());
     let cpu = CpuWatch::start(&target.gateway_pids);
+    let each_cpu = EachCpuWatch::start(&watched);
     let publishers = plan.publishers.max(1);
     let total = (plan.rate * plan.duration_secs as f64).round() as usize;
     let interval = Duration::from_secs_f64(publishers as f64 / plan.rate.max(0.001));
@@ -183,7 +204,7 @@ pub async fn channels(target: &Target, secret: &str, plan: ChannelsPlan) -> Resu
         let (base, padding, channels) = (&base, &padding, clients.channels);
         let (api_key, subscribers_of) = (&plan.api_key, &subscribers_of);
         async move {
-            let mut expected = 0u64;
+            let (mut expected, mut took) = (0u64, Vec::new());
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             // A fixed xorshift per publisher: every run draws the same channels.
@@ -196,20 +217,27 @@ pub async fn channels(target: &Target, secret: &str, plan: ChannelsPlan) -> Resu
                 let channel = (state % channels as u64) as usize;
                 let data = json!({"t": unix_micros(), "i": i, "pad": padding});
                 let url = format!("{base}/api/channels/{CHANNEL_PREFIX}{channel}/publish");
+                let sent = Instant::now();
                 post(http, &url, api_key, data).await?;
+                took.push(sent.elapsed());
                 expected += subscribers_of[channel];
             }
-            Ok::<u64, String>(expected)
+            Ok::<(u64, Vec<Duration>), String>((expected, took))
         }
     });
-    let expected_publications: u64 = futures_util::future::try_join_all(tasks)
-        .await?
-        .into_iter()
-        .sum();
+    let mut publish_latencies = Vec::new();
+    let mut expected_publications = 0;
+    for (expected, took) in futures_util::future::try_join_all(tasks).await? {
+        expected_publications += expected;
+        publish_latencies.extend(took);
+    }
     let published_in = first_publish.elapsed().as_secs_f64();
     settle(&tallies.publications.received, expected_publications).await;
     let span = first_publish.elapsed().as_secs_f64();
     let (publication_cpu, own_cpu) = cpu.elapsed();
+    let mut each = each_cpu.elapsed();
+    let mongod_cpu = plan.mongod_pid.and_then(|_| each.pop().flatten());
+    let (publish_p50, publish_p99, _) = percentiles_ms(&mut publish_latencies);
     stop.store(true, Ordering::Relaxed);
     for reader in readers {
         let _ = reader.await;
@@ -260,6 +288,11 @@ pub async fn channels(target: &Target, secret: &str, plan: ChannelsPlan) -> Resu
             "latency_ms": {"p50": p50, "p99": p99, "max": max},
             "gateway_cpu_us_per_delivery": publication_us, "cpu_ratio_to_broadcast": ratio,
             "generator_cpu_seconds": own_cpu,
+            "publish_latency_ms": {"p50": publish_p50, "p99": publish_p99},
+            "gateway_cpu_seconds_each": each, "mongod_cpu_seconds": mongod_cpu,
+            "publication_seconds": span,
+            "rest_seconds": rest_secs, "gateway_cpu_seconds_at_rest_each": rest,
+            "mongod_cpu_seconds_at_rest": mongod_rest,
         }),
     })
 }

@@ -88,3 +88,28 @@ impl CpuWatch {
         (gateway, own)
     }
 }
+
+/// CPU time of each of several processes since a start, one by one (a cluster's nodes and
+/// its mongod, where a sum would hide which of them pays).
+pub struct EachCpuWatch {
+    pids: Vec<u32>,
+    before: Vec<Option<Duration>>,
+}
+
+impl EachCpuWatch {
+    pub fn start(pids: &[u32]) -> Self {
+        EachCpuWatch {
+            pids: pids.to_vec(),
+            before: pids.iter().map(|p| cpu_time(Some(*p))).collect(),
+        }
+    }
+
+    /// CPU seconds each process used since `start`, in the order given (None: unreadable).
+    pub fn elapsed(&self) -> Vec<Option<f64>> {
+        self.pids
+            .iter()
+            .zip(&self.before)
+            .map(|(pid, before)| Some((cpu_time(Some(*pid))? - (*before)?).as_secs_f64()))
+            .collect()
+    }
+}

@@ -74,6 +74,7 @@ pub fn for_cluster_events(document: &EventDocument) -> Option<Cow<'_, EventDocum
                     streams: Vec::new(),
                     data: data.clone(),
                 },
+                partitions: document.partitions.clone(),
                 id: document.id,
                 node: document.node.clone(),
                 n: document.n,

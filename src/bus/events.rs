@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use super::NodeId;
 use super::forward::Post;
-use crate::channels::{ChannelName, HistoryOptions, NamespaceOptions};
+use crate::channels::{ChannelName, HistoryOptions, NamespaceOptions, partition_of};
 use crate::hub::{Control, Hub, Kick, Posted};
 use crate::protocol::{self, EncodedMessage, PresenceClient};
 
@@ -179,6 +179,23 @@ impl Event {
                 stream.epoch = top.epoch;
             }
         }
+    }
+
+    /// The partitions of the channels a channel event goes to through `cluster_events` (a
+    /// publication's plain channels; join and leave); None for events every node takes.
+    pub fn partitions(&self) -> Option<Vec<i32>> {
+        let channels: Vec<&str> = match self {
+            Event::Publications { channels, .. } => channels.iter().map(String::as_str).collect(),
+            Event::ChannelMessage { channel, .. } => vec![channel.as_str()],
+            _ => return None,
+        };
+        let mut partitions: Vec<i32> = channels
+            .into_iter()
+            .map(|channel| partition_of(channel) as i32)
+            .collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        Some(partitions)
     }
 
     pub fn kind(&self) -> &'static str {
@@ -368,6 +385,10 @@ pub struct EventDocument {
     pub n: i64,
     /// The TTL index is on this field; also the start of the cross-node latency metric.
     pub created_at: DateTime,
+    /// A channel event's partitions (`crate::bus::interest`): only nodes with subscribers in
+    /// one of them take it from the stream. Absent on events for every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<Vec<i32>>,
     #[serde(flatten)]
     pub event: Event,
 }
@@ -379,6 +400,7 @@ impl EventDocument {
             node: node.as_str().to_owned(),
             n: i64::try_from(stamped.n).unwrap_or(i64::MAX),
             created_at: DateTime::now(),
+            partitions: stamped.event.partitions(),
             event: stamped.event,
         }
     }

@@ -10,6 +10,7 @@ mod batch;
 mod events;
 pub mod forward;
 mod health;
+pub mod interest;
 mod once;
 mod stream;
 pub mod transaction;
@@ -25,6 +26,8 @@ pub use events::{Command, Event, EventDocument, Sequencer, StreamPublication};
 pub use forward::Post;
 use forward::{FORWARD_PATIENCE, Forwarding};
 pub use health::StreamHealth;
+pub use interest::Covering;
+use interest::Interest;
 pub use once::{BadKey, IdempotencyKey, MAX_KEY_BYTES};
 use once::{FirstAnswer, LocalKeys};
 
@@ -114,6 +117,8 @@ enum Route {
     Cluster {
         queue: mpsc::Sender<writer::Outgoing>,
         history: Arc<MongoHistory>,
+        /// How long a subscribe waits for the stream to take its channel's partition in.
+        cover_patience: std::time::Duration,
     },
 }
 
@@ -129,6 +134,8 @@ pub struct Bus {
     /// The change stream's liveness (in a cluster).
     health: Arc<StreamHealth>,
     forwarding: Arc<Forwarding>,
+    /// Which channel partitions the change stream carries (in a cluster).
+    interest: Arc<Interest>,
     /// Unset until MongoDB's topology is known; commands meanwhile answer "unavailable".
     route: OnceLock<Route>,
 }
@@ -140,10 +147,17 @@ impl Bus {
         Arc::new(Bus {
             forwarding: Arc::new(Forwarding::new(node.id.clone(), Arc::clone(&hub))),
             health: Arc::default(),
+            interest: Interest::new(Arc::clone(&hub)),
             hub,
             node,
             route: OnceLock::new(),
         })
+    }
+
+    /// How often the change stream drops the channel partitions nobody here holds any more
+    /// (BUS_NARROW_SECS); set before the stream starts.
+    pub fn narrow_every(&self, every: std::time::Duration) {
+        self.interest.narrow_every(every);
     }
 
     /// Settles the bus on in-process delivery (single node).
@@ -174,6 +188,19 @@ impl Bus {
             None => BusMode::Starting,
             Some(Route::Local(_)) => BusMode::Local,
             Some(Route::Cluster { .. }) => BusMode::ChangeStream,
+        }
+    }
+
+    /// Makes sure this node receives `channel`'s publications before a subscription to it
+    /// joins the hub: in a cluster, waits until the change stream carries the channel's
+    /// partition (`interest.rs`). Keep the answer until the subscription has joined.
+    pub async fn cover(&self, channel: &ChannelName) -> Result<Covering, Unavailable> {
+        match self.route.get() {
+            None => Err(Unavailable("the cluster bus is waiting for MongoDB".into())),
+            Some(Route::Local(_)) => Ok(Covering::local()),
+            Some(Route::Cluster { cover_patience, .. }) => {
+                self.interest.cover(channel.as_str(), *cover_patience).await
+            }
         }
     }
 
@@ -329,8 +356,14 @@ pub async fn start_on_mongodb(
         bus.deliver_locally();
         return Ok(BusMode::Local);
     }
-    // Open the stream before accepting commands, so this node sees its own first event.
-    let opened = stream::open(db, None, bounds.timeout).await?;
+    // Open the stream before accepting commands, so this node sees its own first event. It
+    // carries no channel's publications until a subscriber here wants them.
+    let coverage = bus.interest.target();
+    let opened = stream::open(db, &stream::Place::Now, bounds.timeout, &coverage).await?;
+    bus.interest.opened(coverage.clone());
+    metrics
+        .bus_partitions
+        .set(coverage.partition_count() as i64);
     let (queue, outgoing) = mpsc::channel(writer::QUEUE);
     bus.forwarding.answer_through(queue.clone());
     let follower = stream::Follower::new(
@@ -340,6 +373,7 @@ pub async fn start_on_mongodb(
         Arc::clone(metrics),
         bounds.timeout,
         Arc::clone(&bus.health),
+        Arc::clone(&bus.interest),
     );
     bus.health.answered();
     tokio::spawn(follower.run(opened));
@@ -355,10 +389,15 @@ pub async fn start_on_mongodb(
         metrics: Arc::clone(metrics),
     };
     tokio::spawn(writer.run(outgoing));
-    let _ = bus.route.set(Route::Cluster { queue, history });
+    let _ = bus.route.set(Route::Cluster {
+        queue,
+        history,
+        // Reopening the stream is one aggregate command: the store's bound, twice over.
+        cover_patience: bounds.timeout * 2,
+    });
     log::info!(
         "cluster bus: MongoDB replica set, change stream on {CLUSTER_EVENTS} and \
-         {CHANNEL_HISTORY} (node {})",
+         {CHANNEL_HISTORY}, carrying the channels this node has subscribers in (node {})",
         bus.node.id
     );
     Ok(BusMode::ChangeStream)

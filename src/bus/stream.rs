@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bson::{Document, doc};
+use bson::{Document, Timestamp, doc};
 use futures_util::FutureExt;
 use mongodb::Database;
 use mongodb::change_stream::ChangeStream;
@@ -19,9 +19,10 @@ use mongodb::error::{Error, ErrorKind};
 
 use super::appends::appended_in;
 use super::forward::Forwarding;
+use super::interest::{Coverage, Interest};
 use super::{Event, EventDocument, StreamPublication};
 use crate::db::Unavailable;
-use crate::db::collections::{CHANNEL_HISTORY, CLUSTER_EVENTS};
+use crate::db::collections::CHANNEL_HISTORY;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
@@ -36,21 +37,38 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// ChangeStreamFatalError, InvalidResumeToken.
 const HISTORY_LOST_CODES: [i32; 3] = [286, 280, 260];
 
-/// Opens the change stream of cluster events and history appends, from `token` or from now,
-/// within `timeout`.
+/// Where a stream goes on from when it is opened again.
+#[derive(Debug, Clone)]
+pub enum Place {
+    /// From now: the first stream, or one whose point was lost.
+    Now,
+    /// After a token that names no event (the end of a batch): a stream with any filter
+    /// resumes from it.
+    Token(ResumeToken),
+    /// After an event. MongoDB resumes after an event's token only in a stream that shows
+    /// that event, which a narrower filter may not: the stream starts at the event's cluster
+    /// time instead, and skips what comes up to the event's token
+    /// ([`Follower::already_delivered`]).
+    Event { time: Timestamp, token: String },
+}
+
+/// Opens the change stream of cluster events and history appends, carrying the channel
+/// events of `coverage` (`interest.rs`), from `place`, within `timeout`.
 pub async fn open(
     db: &Database,
-    token: Option<ResumeToken>,
+    place: &Place,
     timeout: Duration,
+    coverage: &Coverage,
 ) -> Result<Stream, OpenError> {
     let watch = db
         .watch()
-        .pipeline([doc! { "$match": { "$or": [
-            { "ns.coll": CLUSTER_EVENTS, "operationType": "insert" },
-            { "ns.coll": CHANNEL_HISTORY, "operationType": { "$in": ["insert", "update"] } },
-        ] } }])
-        .max_await_time(MAX_AWAIT)
-        .resume_after(token);
+        .pipeline([doc! { "$match": coverage.stream_filter() }])
+        .max_await_time(MAX_AWAIT);
+    let watch = match place {
+        Place::Now => watch,
+        Place::Token(token) => watch.resume_after(token.clone()),
+        Place::Event { time, .. } => watch.start_at_operation_time(*time),
+    };
     match tokio::time::timeout(timeout, watch.into_future()).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) if history_lost(&e) => Err(OpenError::HistoryLost(e.to_string())),
@@ -76,8 +94,25 @@ impl From<OpenError> for Unavailable {
     }
 }
 
+/// An event token's `_data`: hex of a key that orders tokens as MongoDB does.
+fn token_data(token: &ResumeToken) -> Option<String> {
+    match bson::to_bson(token).ok()? {
+        bson::Bson::Document(document) => document.get_str("_data").ok().map(str::to_owned),
+        _ => None,
+    }
+}
+
 fn history_lost(e: &Error) -> bool {
     matches!(&*e.kind, ErrorKind::Command(command) if HISTORY_LOST_CODES.contains(&command.code))
+}
+
+/// Why [`Follower::follow`] stopped following a stream.
+enum Stop {
+    /// The stream ended by itself.
+    Ended,
+    Failed(Error),
+    /// This node's interest changed (`widen` or `narrow`): reopen carrying this.
+    Interest(&'static str, Coverage),
 }
 
 pub struct Follower {
@@ -89,6 +124,11 @@ pub struct Follower {
     timeout: Duration,
     /// Told of every answer from MongoDB: readiness watches it.
     health: Arc<super::StreamHealth>,
+    /// Which channel partitions the stream carries, and which this node's subscribers want.
+    interest: Arc<Interest>,
+    /// After reopening at an event's time: that event's, up to which everything at that
+    /// time was delivered already.
+    skip_through: Option<(Timestamp, String)>,
     /// The last event number delivered per publishing node: an event at or below it is a
     /// repeat (or a write that landed late) and is dropped, so each publisher's events reach
     /// connections once and in order.
@@ -103,6 +143,7 @@ impl Follower {
         metrics: Arc<Metrics>,
         timeout: Duration,
         health: Arc<super::StreamHealth>,
+        interest: Arc<Interest>,
     ) -> Self {
         Follower {
             db,
@@ -111,39 +152,86 @@ impl Follower {
             metrics,
             timeout,
             health,
+            interest,
+            skip_through: None,
             delivered: HashMap::new(),
         }
     }
 
-    /// Follows the stream for as long as the process runs.
+    /// Follows the stream for as long as the process runs: reopened from its last resume
+    /// token when it breaks, and when this node's interest in channel partitions changes.
     pub async fn run(mut self, mut stream: Stream) {
-        let mut token = stream.resume_token();
+        let mut place = stream.resume_token().map_or(Place::Now, Place::Token);
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.follow(&mut stream, &mut token).await {
-                // The stream itself ended (say, the collection was dropped): reopen.
-                None => log::warn!("the cluster event stream ended; reopening"),
-                Some(e) if history_lost(&e) => self.lost_history(&mut token, &e),
-                Some(e) => log::warn!("the cluster event stream broke ({e}); resuming"),
-            }
-            self.metrics
-                .bus_restarts
-                .with_label_values(&["cluster"])
-                .inc();
+            let stop = self.follow(&mut stream, &mut place).await;
+            let broke = !matches!(stop, Stop::Interest(..));
+            let mut coverage = match stop {
+                Stop::Interest(change, coverage) => {
+                    self.metrics
+                        .bus_interest_changes
+                        .with_label_values(&[change])
+                        .inc();
+                    coverage
+                }
+                stop => {
+                    self.interest.down();
+                    match stop {
+                        // The stream itself ended (say, the collection was dropped): reopen.
+                        Stop::Ended => log::warn!("the cluster event stream ended; reopening"),
+                        Stop::Failed(e) if history_lost(&e) => self.lost_history(&mut place, &e),
+                        Stop::Failed(e) => {
+                            log::warn!("the cluster event stream broke ({e}); resuming")
+                        }
+                        Stop::Interest(..) => unreachable!("matched above"),
+                    }
+                    self.metrics
+                        .bus_restarts
+                        .with_label_values(&["cluster"])
+                        .inc();
+                    self.interest.target()
+                }
+            };
             stream = loop {
-                match open(&self.db, token.clone(), self.timeout).await {
-                    Ok(stream) => break stream,
+                match open(&self.db, &place, self.timeout, &coverage).await {
+                    Ok(opened) => {
+                        self.skip_through = match &place {
+                            Place::Event { time, token } => Some((*time, token.clone())),
+                            _ => None,
+                        };
+                        self.interest.opened(coverage.clone());
+                        self.metrics
+                            .bus_partitions
+                            .set(coverage.partition_count() as i64);
+                        // Subscribes that joined while no stream was open are taken in
+                        // before anything is read, from the same place.
+                        match self.interest.widening() {
+                            None => break opened,
+                            Some(wider) => {
+                                self.metrics
+                                    .bus_interest_changes
+                                    .with_label_values(&["widen"])
+                                    .inc();
+                                coverage = wider;
+                            }
+                        }
+                    }
                     Err(OpenError::HistoryLost(reason)) => {
-                        self.lost_history(&mut token, &reason);
+                        self.lost_history(&mut place, &reason);
                     }
                     Err(OpenError::Unavailable(reason)) => {
+                        self.interest.down();
                         log::debug!("reopening the cluster event stream: {reason}");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
+                        // Subscribes may have come meanwhile.
+                        coverage = self.interest.target();
                     }
                 }
             };
-            log::info!("the cluster event stream resumed");
+            if broke {
+                log::info!("the cluster event stream resumed");
+            }
             backoff = Duration::from_millis(100);
         }
     }
@@ -152,7 +240,7 @@ impl Follower {
     /// Its connections are told (the hub's [`stream_lost`](Hub::stream_lost)): subscribers
     /// of channels with history resubscribe and recover them from MongoDB; the rest hear
     /// what they missed.
-    fn lost_history(&self, token: &mut Option<ResumeToken>, reason: &dyn std::fmt::Display) {
+    fn lost_history(&self, place: &mut Place, reason: &dyn std::fmt::Display) {
         let told = self.hub.stream_lost();
         log::error!(
             "the cluster event stream cannot resume ({reason}): events written while it was \
@@ -163,36 +251,87 @@ impl Follower {
             .bus_history_lost
             .with_label_values(&["cluster"])
             .inc();
-        *token = None;
+        *place = Place::Now;
     }
 
-    /// Delivers events until the stream fails; keeps `token` at the last point handled.
-    async fn follow(
-        &mut self,
-        stream: &mut Stream,
-        token: &mut Option<ResumeToken>,
-    ) -> Option<Error> {
+    /// Delivers events until the stream fails or has to carry other partitions; keeps
+    /// `place` at the last point handled. A getMore under way when the interest changes is
+    /// dropped with the stream: whatever it held comes again from `place`.
+    async fn follow(&mut self, stream: &mut Stream, place: &mut Place) -> Stop {
         // A server that stops answering (paused, cut off) must not hang the stream forever.
         let patience = self.timeout + MAX_AWAIT;
+        let every = self.interest.narrowing_period();
+        let mut narrow = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
-            let next = tokio::time::timeout(patience, stream.next_if_any()).map(|r| match r {
-                Ok(result) => result,
-                Err(_) => Err(Error::custom(format!("no answer within {patience:?}"))),
-            });
-            match next.await {
+            let answer = {
+                let next = tokio::time::timeout(patience, stream.next_if_any()).map(|r| match r {
+                    Ok(result) => result,
+                    Err(_) => Err(Error::custom(format!("no answer within {patience:?}"))),
+                });
+                let mut next = std::pin::pin!(next);
+                loop {
+                    tokio::select! {
+                        answer = &mut next => break answer,
+                        () = self.interest.wanted() => {
+                            if let Some(coverage) = self.interest.widening() {
+                                return Stop::Interest("widen", coverage);
+                            }
+                        }
+                        _ = narrow.tick() => {
+                            if let Some(coverage) = self.interest.narrowing() {
+                                return Stop::Interest("narrow", coverage);
+                            }
+                        }
+                    }
+                }
+            };
+            match answer {
                 Ok(Some(change)) => {
                     self.health.answered();
-                    self.deliver(change)
+                    match (change.cluster_time, token_data(&change.id)) {
+                        (Some(time), Some(token)) => {
+                            let delivered = self.already_delivered(time, &token);
+                            *place = Place::Event { time, token };
+                            if !delivered {
+                                self.deliver(change);
+                            }
+                        }
+                        // Every change event has both; were one without, its own token
+                        // still resumes a stream with the same filter.
+                        _ => {
+                            if let Some(latest) = stream.resume_token() {
+                                *place = Place::Token(latest);
+                            }
+                            self.deliver(change);
+                        }
+                    }
                 }
-                Ok(None) if !stream.is_alive() => return None,
-                // An empty answer is an answer: the stream is alive.
-                Ok(None) => self.health.answered(),
-                Err(e) => return Some(e),
-            }
-            if let Some(latest) = stream.resume_token() {
-                *token = Some(latest);
+                Ok(None) if !stream.is_alive() => return Stop::Ended,
+                // An empty answer is an answer: the stream is alive, and the batch's end
+                // token marks how far it has looked.
+                Ok(None) => {
+                    self.health.answered();
+                    if let Some(latest) = stream.resume_token() {
+                        *place = Place::Token(latest);
+                    }
+                }
+                Err(e) => return Stop::Failed(e),
             }
         }
+    }
+
+    /// Whether a stream reopened at an event's cluster time has not yet gone past that
+    /// event: what it shows up to the event's token (tokens order as their `_data` strings
+    /// do) was delivered before.
+    fn already_delivered(&mut self, time: Timestamp, token: &str) -> bool {
+        let Some((through_time, through_token)) = &self.skip_through else {
+            return false;
+        };
+        if time == *through_time && token <= through_token.as_str() {
+            return true;
+        }
+        self.skip_through = None;
+        false
     }
 
     fn deliver(&mut self, change: ChangeStreamEvent<Document>) {

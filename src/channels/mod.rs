@@ -5,12 +5,14 @@
 pub mod grants;
 pub mod name;
 pub mod namespaces;
+pub mod partition;
 
 pub use grants::ClaimGrants;
 pub use name::{ChannelName, InvalidChannel, MAX_CHANNEL_BYTES};
 pub use namespaces::{
     ChannelsTable, ClientPublish, HistoryOptions, NamespaceOptions, Namespaces, UnknownNamespace,
 };
+pub use partition::{PARTITIONS, partition_of};
 
 /// The namespace the demo uses: declared by dev mode (presence and join/leave on) when the
 /// configuration file does not declare it; the dev JWT grants it.

@@ -167,6 +167,8 @@ pub struct NodeSettings {
     pub heartbeat: Duration,
     /// BUS_STALL_SECS: a change stream silent this long makes the node not ready.
     pub bus_stall: Duration,
+    /// BUS_NARROW_SECS: how often the change stream drops partitions nobody here holds.
+    pub bus_narrow: Duration,
 }
 
 /// A configuration that cannot be used; the message names the setting and where it was set.
@@ -336,6 +338,7 @@ impl Settings {
                 address: env.get("NODE_ADDRESS").map(str::to_owned),
                 heartbeat: env.secs("NODE_HEARTBEAT_SECS")?,
                 bus_stall: env.secs("BUS_STALL_SECS")?,
+                bus_narrow: env.secs("BUS_NARROW_SECS")?,
             },
             channels: ChannelPolicy {
                 namespaces: {

@@ -274,6 +274,9 @@ pub static SETTINGS: &[Setting] = &[
     setting("BUS_STALL_SECS", Cluster, Secs { min: 1, max: 600 },
         "a node whose change stream has had no answer from MongoDB this long is not ready (`/readyz` 503, cause `bus_stalled`): it would deliver nothing from the other nodes")
         .default("10"),
+    setting("BUS_NARROW_SECS", Cluster, Secs { min: 1, max: 3600 },
+        "how often a node's change stream drops the channel partitions it no longer has subscribers in (docs/SCALING.md); a partition held again within it costs no reopening")
+        .default("30"),
     setting("NODE_HEARTBEAT_SECS", Cluster, Secs { min: 1, max: 20 },
         "how often the node refreshes its entry in the node registry; a node missing three beats is no longer listed")
         .default("5"),

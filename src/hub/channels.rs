@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -12,7 +13,7 @@ use tokio::sync::watch;
 use super::mailbox::{Inbound, Mailbox};
 use super::streams::{Recorded, StreamState, Window};
 use super::{ConnectionId, Delivery, lock};
-use crate::channels::ChannelName;
+use crate::channels::{ChannelName, PARTITIONS, partition_of};
 
 const SHARDS: usize = 16;
 
@@ -119,6 +120,9 @@ pub struct Loaded {
 pub(super) struct ChannelTable {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
+    /// How many channels of each partition have an entry here: what this node's change stream
+    /// must carry (`crate::bus::interest`).
+    partitions: Box<[AtomicU32]>,
 }
 
 impl Default for ChannelTable {
@@ -126,11 +130,29 @@ impl Default for ChannelTable {
         ChannelTable {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
+            partitions: (0..PARTITIONS).map(|_| AtomicU32::new(0)).collect(),
         }
     }
 }
 
 impl ChannelTable {
+    /// `channel` got an entry (under its shard's lock).
+    fn entered(&self, channel: &str) {
+        self.partitions[partition_of(channel) as usize].fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// `channel`'s entry went (under its shard's lock).
+    fn left(&self, channel: &str) {
+        self.partitions[partition_of(channel) as usize].fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The partitions with at least one channel that has subscribers or a window loading here.
+    pub fn watched_partitions(&self) -> Vec<u32> {
+        (0..PARTITIONS)
+            .filter(|p| self.partitions[*p as usize].load(Ordering::Acquire) > 0)
+            .collect()
+    }
+
     fn shard(&self, channel: &str) -> &Mutex<Shard> {
         let index = self.hasher.hash_one(channel) as usize % SHARDS;
         &self.shards[index]
@@ -147,7 +169,10 @@ impl ChannelTable {
         let mut shard = lock(self.shard(channel.as_str()));
         let name = match shard.get_key_value(channel.as_str()) {
             Some((name, _)) => name.clone(),
-            None => channel.clone(),
+            None => {
+                self.entered(channel.as_str());
+                channel.clone()
+            }
         };
         shard
             .entry(name.clone())
@@ -163,6 +188,7 @@ impl ChannelTable {
             entry.subscribers.remove(&id);
             if entry.is_unused() {
                 shard.remove(channel);
+                self.left(channel);
             }
         }
     }
@@ -244,7 +270,10 @@ impl ChannelTable {
                 let entry = shard.get_mut(channel.as_str()).expect("just found");
                 (name, entry)
             }
-            None => (channel.clone(), shard.entry(channel.clone()).or_default()),
+            None => {
+                self.entered(channel.as_str());
+                (channel.clone(), shard.entry(channel.clone()).or_default())
+            }
         };
         let window = match &entry.stream {
             Some(StreamState::Ready(window)) => window,
@@ -336,6 +365,7 @@ impl ChannelTable {
         // A window just loaded stays for the subscriber that loaded it, who joins next.
         if entry.stream.is_none() && entry.is_unused() {
             shard.remove(channel);
+            self.left(channel);
         }
     }
 
@@ -352,11 +382,15 @@ impl ChannelTable {
     pub fn forget_windows(&self) {
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
-            shard.retain(|_, entry| {
+            shard.retain(|name, entry| {
                 if matches!(entry.stream, Some(StreamState::Ready(_))) {
                     entry.stream = None;
                 }
-                !entry.is_unused()
+                let keep = !entry.is_unused();
+                if !keep {
+                    self.left(name.as_str());
+                }
+                keep
             });
         }
     }

@@ -195,6 +195,12 @@ impl Hub {
         self.channels.counts(prefix)
     }
 
+    /// The channel partitions this node has subscribers (or a window loading) in: what its
+    /// cluster stream must carry.
+    pub fn watched_partitions(&self) -> Vec<u32> {
+        self.channels.watched_partitions()
+    }
+
     pub fn channel_stats(&self) -> ChannelStats {
         let counts = self.channels.counts("");
         ChannelStats {

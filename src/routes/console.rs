@@ -171,7 +171,14 @@ async fn tail(
 ) -> Result<HttpResponse, ApiError> {
     let session = console_session(&req, &state).await?;
     let (name, _) = super::api_io::checked_channel(&state, &channel)?;
+    // The listener joins once this node's stream carries the channel (`bus::interest`).
+    let covering = state
+        .bus
+        .cover(&name)
+        .await
+        .map_err(super::api_io::bus_unavailable)?;
     let watch = state.session.hub.watch(&name, TAIL_LABEL);
+    drop(covering);
     log::info!("console {}: tails {}", session.id, name.as_str());
     let tail = Tail {
         watch,

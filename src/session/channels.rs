@@ -234,6 +234,20 @@ impl Authenticated {
         options: NamespaceOptions,
         recover: Recover,
     ) -> Result<Option<Position>, ErrorCode> {
+        // Joins the hub only once this node's stream carries the channel (`bus::interest`);
+        // held until joined. Boxed: the wait would otherwise size every connection's task.
+        let _covering = if self.membership.holds(name.as_str()) {
+            None
+        } else {
+            let covering = Box::pin(ctx.bus.cover(name)).await.map_err(|e| {
+                log::warn!(
+                    connection_id:% = self.connection, channel = name.as_str();
+                    "subscribing: {e}"
+                );
+                ErrorCode::Unavailable
+            })?;
+            Some(covering)
+        };
         let (new, position) = match options.history {
             None => (self.membership.subscribe(name, grant.clone()).1, None),
             Some(history) => {

@@ -14,7 +14,6 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::channels::{ConfigFile, jwt_granting};
 use crate::cluster::Cluster;
 use crate::support::*;
-use ticketgate_client::protocol::{ClientMessage, Position};
 
 const NAMESPACES: &str = r#"
 [[channels.namespaces]]
@@ -41,18 +40,7 @@ async fn subscriber(
     let mut client = cluster
         .client_with(node, sub, &jwt_granting(sub, &["feed:*"]))
         .await;
-    let since = since.map(|(offset, epoch)| Position {
-        offset,
-        epoch: epoch.to_owned(),
-    });
-    client
-        .send_message(&ClientMessage::Subscribe {
-            id: None,
-            channel: channel.to_owned(),
-            since,
-            token: None,
-        })
-        .await;
+    client.send_subscribe(channel, since).await;
     let reply = client.next_json().await;
     assert_eq!(reply["type"], "subscribed", "{reply}");
     (client, reply)

@@ -22,6 +22,7 @@ mod history;
 mod history_faults;
 mod hostile;
 mod idempotency;
+mod interest;
 mod jwt_keys;
 mod lifecycle;
 mod limits;

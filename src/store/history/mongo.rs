@@ -436,6 +436,9 @@ fn statement(
         "top": top as i64,
         "expires_at": expires_at(append.options),
         "appended": {
+            // The channel's partition: only nodes with subscribers in it take the append
+            // from their change streams (`crate::bus::interest`).
+            "p": crate::channels::partition_of(append.channel) as i32,
             "epoch": &epoch,
             "first": (top + 1 - u64::from(added)) as i64,
             "last": top as i64,
@@ -627,7 +630,10 @@ mod tests {
                 .unwrap()
                 .get_document("appended")
                 .unwrap(),
-            &doc! { "epoch": "e", "first": 3_i64, "last": 4_i64 }
+            &doc! {
+                "p": crate::channels::partition_of("feed:a") as i32,
+                "epoch": "e", "first": 3_i64, "last": 4_i64,
+            }
         );
     }
 

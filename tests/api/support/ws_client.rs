@@ -40,6 +40,21 @@ impl WsClient {
         self.send_text(&message.to_text()).await;
     }
 
+    /// A `subscribe` to `channel`, recovering after `since` (offset, epoch) when given.
+    pub async fn send_subscribe(&mut self, channel: &str, since: Option<(u64, &str)>) {
+        let since = since.map(|(offset, epoch)| ticketgate_client::protocol::Position {
+            offset,
+            epoch: epoch.to_owned(),
+        });
+        self.send_message(&ClientMessage::Subscribe {
+            id: None,
+            channel: channel.to_owned(),
+            since,
+            token: None,
+        })
+        .await;
+    }
+
     /// The first message: `token` as the JWT; asserts the answer is `authenticated` and
     /// returns the user it names.
     pub async fn authenticate(&mut self, token: &str) -> String {
