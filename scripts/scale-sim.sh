@@ -9,8 +9,8 @@
 #   scripts/scale-sim.sh --design old=/tmp/old/ticketgate --design new=target/release/ticketgate
 #                                                          # an A/B, alternated within each count
 #   scripts/scale-sim.sh --nodes 1,8 --rate 300 --secs 8   # a quicker look
-#   scripts/scale-sim.sh --perf /tmp/profiles              # also profile mongod and node 2 at the
-#                                                          # largest count (perf -e cpu-clock)
+#   scripts/scale-sim.sh --perf /tmp/profiles              # also profile mongod and the nodes in
+#                                                          # extra runs at the largest count (perf -e cpu-clock)
 #   SKIP_BUILD=1 scripts/scale-sim.sh …                    # the binaries are given
 set -euo pipefail
 cd "$(dirname "$0")/.."

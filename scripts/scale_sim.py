@@ -102,6 +102,9 @@ def start_nodes(binary: str, count: int, uri: str, database: str, config: Path, 
             "NODE_NAME": f"scale{i}", "RUST_LOG": "warn", "CONFIG_FILE": str(config),
             "MONGODB_URI": uri, "MONGODB_DATABASE": database,
         }
+        # The test suite finds what it started (and left behind) by this variable.
+        if "TICKETGATE_TEST_RUN" in os.environ:
+            env["TICKETGATE_TEST_RUN"] = os.environ["TICKETGATE_TEST_RUN"]
         process = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL,
                                    stderr=open(log, "w"))
         children.append(process)
@@ -119,7 +122,7 @@ def perf_record(pids: list[int], out: Path) -> subprocess.Popen:
     )
 
 
-def one_run(args, design: str, binary: str, count: int, kind: str, mongod, uri, work, serial):
+def one_run(args, design, binary, count, kind, mongod, uri, work, serial, profile=False):
     config = work / f"{kind}.toml"
     config.write_text(KINDS[kind])
     database = f"scale_{serial}"
@@ -127,10 +130,10 @@ def one_run(args, design: str, binary: str, count: int, kind: str, mongod, uri, 
     try:
         pids = [p.pid for p, _, _ in nodes]
         perf = None
-        if args.perf and count == max(args.nodes) and design == args.design[-1][0]:
+        if profile:
             Path(args.perf).mkdir(parents=True, exist_ok=True)
-            idle = pids[1] if count > 2 else pids[-1]
-            perf = perf_record([mongod.pid, idle], Path(args.perf) / f"{design}-{kind}-{count}.data")
+            perf = perf_record([mongod.pid, *pids],
+                               Path(args.perf) / f"{design}-{kind}-{count}.data")
         steal = cpu_steal()
         command = [
             args.load, "--threads", "1", "--url", nodes[0][1], "--secret", SECRET,
@@ -156,7 +159,9 @@ def one_run(args, design: str, binary: str, count: int, kind: str, mongod, uri, 
     # What each process spends at rest (heartbeats, idle getMores) over the same span is not
     # the events' cost: taken off, what is left is CPU per event.
     scale = report["publication_seconds"] / report["rest_seconds"] if args.rest_secs else 0
-    each = [busy - rest * scale for busy, rest in
+    # (A node that does nothing for the events can come out a little below zero, its rest
+    # having been the noisier span: it is counted as zero.)
+    each = [max(0.0, busy - rest * scale) for busy, rest in
             zip(report["gateway_cpu_seconds_each"], report["gateway_cpu_seconds_at_rest_each"])]
     mongod_busy = report["mongod_cpu_seconds"] - (report["mongod_cpu_seconds_at_rest"] or 0) * scale
     per_event = lambda seconds: None if seconds is None else round(seconds / published * 1e6, 1)
@@ -256,7 +261,10 @@ def main() -> None:
                         help="CPU at rest measured this long first, and taken off")
     parser.add_argument("--load", default="target/release/ticketgate-load")
     parser.add_argument("--out", default="docs/scaling")
-    parser.add_argument("--perf", help="a directory for perf profiles at the largest count")
+    parser.add_argument("--perf", help="a directory for perf profiles (mongod and every node) "
+                        "of extra runs at the largest count")
+    parser.add_argument("--render", action="store_true",
+                        help="only write the table and the plot again from OUT/results.jsonl")
     args = parser.parse_args()
     args.design = args.design or [["this", "target/release/ticketgate"]]
     for kind in args.kinds:
@@ -264,6 +272,12 @@ def main() -> None:
             sys.exit(f"unknown kind {kind}: one of {', '.join(KINDS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.render:
+        results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        (out / "table.md").write_text(table(results))
+        (out / "curves.svg").write_text(svg(results))
+        print(table(results))
+        return
     results = []
     with tempfile.TemporaryDirectory() as directory:
         work = Path(directory)
@@ -279,6 +293,14 @@ def main() -> None:
                         result = one_run(args, design, binary, count, kind, mongod, uri, work, serial)
                         print(json.dumps(result), flush=True)
                         results.append(result)
+            # Profiles come from runs of their own, kept out of the table: perf slows what it
+            # watches.
+            if args.perf:
+                for kind in args.kinds:
+                    for design, binary in args.design:
+                        serial += 1
+                        one_run(args, design, binary, max(args.nodes), kind, mongod, uri, work,
+                                serial, profile=True)
         finally:
             stop(children)
     (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))

@@ -38,6 +38,7 @@ mod outbox;
 mod reload;
 mod rfc6455;
 mod rpc;
+mod scaling;
 mod server_api;
 mod session;
 mod sse;

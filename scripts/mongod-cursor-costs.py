@@ -1,0 +1,104 @@
+"""What an open change stream costs mongod per write, with and without a `$match` that keeps
+the write away from it (docs/SCALING.md, "Why mongod's share does not fall 3x").
+
+Starts a throwaway single-node replica set on a free port, opens K change streams on the
+database (each read by a thread of its own, as K gateway nodes would), inserts documents one
+by one at a fixed rate with write concern `majority`, and reports mongod's CPU time per insert
+(from /proc) for: no stream, K streams that receive every insert, K streams whose `$match`
+(on a partition list, as ticketgate's) receives none, K streams whose `$match` is on `ns.coll`
+alone (certainly pushed down into the oplog scan), and no stream again.
+
+    "$HOME/.cache/ticketgate/mongod-venv/bin/python" scripts/mongod-cursor-costs.py
+    K=15 RATE=400 SECS=6 …                          # other counts
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from pymongo import MongoClient, WriteConcern
+
+K = int(os.environ.get("K", "7"))
+RATE = float(os.environ.get("RATE", "400"))
+SECS = float(os.environ.get("SECS", "6"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    mongod = os.environ.get("MONGOD_BIN") or shutil.which("mongod")
+    if not mongod:
+        sys.exit("set MONGOD_BIN (scripts/install-mongod.sh prints it)")
+    work = tempfile.mkdtemp()
+    port = free_port()
+    process = subprocess.Popen(
+        [mongod, "--dbpath", work, "--port", str(port), "--bind_ip", "127.0.0.1",
+         "--replSet", "rs0", "--quiet", "--logpath", f"{work}/mongod.log",
+         "--setParameter", "minSnapshotHistoryWindowInSeconds=0"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+        client = MongoClient(uri, serverSelectionTimeoutMS=30000)
+        client.admin.command("replSetInitiate", {
+            "_id": "rs0", "members": [{"_id": 0, "host": f"127.0.0.1:{port}"}]})
+        while not client.admin.command("hello").get("isWritablePrimary"):
+            time.sleep(0.1)
+        events = client.tg.get_collection("events", write_concern=WriteConcern(w="majority"))
+        events.insert_one({"warm": True})
+
+        def run(streams: int, pipeline: list) -> float:
+            stop = threading.Event()
+
+            def follow() -> None:
+                with MongoClient(uri).tg.watch(pipeline, max_await_time_ms=500) as stream:
+                    while not stop.is_set():
+                        stream.try_next()
+
+            threads = [threading.Thread(target=follow) for _ in range(streams)]
+            for thread in threads:
+                thread.start()
+            time.sleep(1.5)
+            before, n, start = cpu_seconds(process.pid), int(RATE * SECS), time.monotonic()
+            for i in range(n):
+                events.insert_one({"kind": "publications", "partitions": [i % 4096], "data": "x" * 100})
+                delay = start + (i + 1) / RATE - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            used = cpu_seconds(process.pid) - before
+            stop.set()
+            for thread in threads:
+                thread.join()
+            return used / n * 1e6
+
+        nothing = [{"$match": {"fullDocument.partitions": {"$in": list(range(100000, 100400))}}}]
+        for name, streams, pipeline in [
+            ("no stream", 0, []),
+            (f"{K} streams, every insert", K, []),
+            (f"{K} streams, a partition $match that takes none", K, nothing),
+            (f"{K} streams, an ns.coll $match that takes none", K, [{"$match": {"ns.coll": "none"}}]),
+            ("no stream, again", 0, []),
+        ]:
+            print(f"{name}: {run(streams, pipeline):.0f} µs of mongod CPU per insert", flush=True)
+    finally:
+        process.terminate()
+        process.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
