@@ -6,7 +6,9 @@ database (each read by a thread of its own, as K gateway nodes would), inserts d
 by one at a fixed rate with write concern `majority`, and reports mongod's CPU time per insert
 (from /proc) for: no stream, K streams that receive every insert, K streams whose `$match`
 (on a partition list, as ticketgate's) receives none, K streams whose `$match` is on `ns.coll`
-alone (certainly pushed down into the oplog scan), and no stream again.
+alone (certainly pushed down into the oplog scan), K tailable cursors each awaiting on a capped
+collection of its own that nobody writes to (what a per-node doorbell would cost), and no
+stream again.
 
     "$HOME/.cache/ticketgate/mongod-venv/bin/python" scripts/mongod-cursor-costs.py
     K=15 RATE=400 SECS=6 …                          # other counts
@@ -21,7 +23,7 @@ import tempfile
 import threading
 import time
 
-from pymongo import MongoClient, WriteConcern
+from pymongo import CursorType, MongoClient, WriteConcern
 
 K = int(os.environ.get("K", "7"))
 RATE = float(os.environ.get("RATE", "400"))
@@ -61,7 +63,7 @@ def main() -> None:
         events = client.tg.get_collection("events", write_concern=WriteConcern(w="majority"))
         events.insert_one({"warm": True})
 
-        def run(streams: int, pipeline: list) -> float:
+        def run(streams: int, pipeline: list, doorbells: bool = False) -> float:
             stop = threading.Event()
 
             def follow() -> None:
@@ -69,7 +71,14 @@ def main() -> None:
                     while not stop.is_set():
                         stream.try_next()
 
-            threads = [threading.Thread(target=follow) for _ in range(streams)]
+            def tail(i: int) -> None:
+                bell = MongoClient(uri).tg[f"bell_{i}"]
+                cursor = bell.find({}, cursor_type=CursorType.TAILABLE_AWAIT).max_await_time_ms(500)
+                while not stop.is_set() and cursor.alive:
+                    next(cursor, None)  # a getMore that waits up to 500 ms for a ring
+
+            target = tail if doorbells else (lambda _: follow())
+            threads = [threading.Thread(target=target, args=(i,)) for i in range(streams)]
             for thread in threads:
                 thread.start()
             time.sleep(1.5)
@@ -85,15 +94,20 @@ def main() -> None:
                 thread.join()
             return used / n * 1e6
 
+        for i in range(K):
+            client.tg.create_collection(f"bell_{i}", capped=True, size=4096)
+            client.tg[f"bell_{i}"].insert_one({"rung": 0})
         nothing = [{"$match": {"fullDocument.partitions": {"$in": list(range(100000, 100400))}}}]
         for name, streams, pipeline in [
             ("no stream", 0, []),
             (f"{K} streams, every insert", K, []),
             (f"{K} streams, a partition $match that takes none", K, nothing),
             (f"{K} streams, an ns.coll $match that takes none", K, [{"$match": {"ns.coll": "none"}}]),
+            (f"{K} tailable cursors on capped collections of their own, none written", K, None),
             ("no stream, again", 0, []),
         ]:
-            print(f"{name}: {run(streams, pipeline):.0f} µs of mongod CPU per insert", flush=True)
+            cost = run(streams, pipeline or [], doorbells=pipeline is None)
+            print(f"{name}: {cost:.0f} µs of mongod CPU per insert", flush=True)
     finally:
         process.terminate()
         process.wait()
