@@ -15,7 +15,8 @@ use crate::channels::{ConfigFile, jwt_granting};
 use crate::cluster::Cluster;
 use crate::support::*;
 
-const NAMESPACES: &str = r#"
+/// A history namespace (`feed`) and a plain one (`plain`); interest.rs uses them too.
+pub const NAMESPACES: &str = r#"
 [[channels.namespaces]]
 name = "feed"
 history_size = 1000

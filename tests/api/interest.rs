@@ -13,17 +13,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::channels::{ConfigFile, jwt_granting};
 use crate::cluster::Cluster;
+use crate::history_faults::NAMESPACES;
 use crate::support::*;
-
-const NAMESPACES: &str = r#"
-[[channels.namespaces]]
-name = "feed"
-history_size = 1000
-history_ttl_secs = 600
-
-[[channels.namespaces]]
-name = "plain"
-"#;
 
 fn start(count: usize, file: &ConfigFile) -> Cluster {
     tokio::task::block_in_place(|| {
