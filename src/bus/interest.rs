@@ -294,7 +294,17 @@ impl Interest {
         self.carried.send_modify(|n| *n += 1);
     }
 
-    /// The stream broke, or could not be opened: subscribes join without waiting until one is.
+    /// The stream's place is lost: the next one opens from now, so a subscribe made before
+    /// it opens could read its channel's history before a publication the stream never
+    /// shows. Subscribes wait for it, whatever the stream carried before.
+    pub(super) fn lost(&self) {
+        let mut state = self.lock();
+        state.in_force = Coverage::none();
+        state.down = false;
+    }
+
+    /// The stream broke, or could not be opened: subscribes join without waiting until one is
+    /// (the next stream resumes from a point before them).
     pub(super) fn down(&self) {
         self.lock().down = true;
         self.carried.send_modify(|n| *n += 1);
@@ -356,5 +366,34 @@ mod tests {
         interest.opened(Coverage::none());
         assert!(interest.widening().unwrap().contains(partition));
         drop(held);
+    }
+
+    #[tokio::test]
+    async fn after_a_lost_place_a_subscribe_waits_for_the_stream_opened_from_now() {
+        let interest = Interest::new(Hub::new(crate::limits::ConnectionLimits::UNLIMITED));
+        let channel = "feed:a";
+        let partition = partition_of(channel);
+        interest.opened(Coverage::Partitions([partition].into()));
+        // Down, then the place is lost: nothing is carried until a stream opens again.
+        interest.down();
+        interest.lost();
+        assert!(
+            interest
+                .cover(channel, Duration::from_millis(20))
+                .await
+                .is_err(),
+            "joined while no stream from now was open"
+        );
+        let waiting = {
+            let interest = Arc::clone(&interest);
+            tokio::spawn(async move { interest.cover(channel, Duration::from_secs(5)).await })
+        };
+        // The refused subscribe's wake-up, then this one's.
+        interest.wanted().await;
+        interest.wanted().await;
+        let target = interest.target();
+        assert!(target.contains(partition));
+        interest.opened(target);
+        assert!(waiting.await.unwrap().is_ok());
     }
 }

@@ -175,12 +175,15 @@ impl Follower {
                     coverage
                 }
                 stop => {
-                    self.interest.down();
                     match stop {
                         // The stream itself ended (say, the collection was dropped): reopen.
-                        Stop::Ended => log::warn!("the cluster event stream ended; reopening"),
+                        Stop::Ended => {
+                            self.interest.down();
+                            log::warn!("the cluster event stream ended; reopening")
+                        }
                         Stop::Failed(e) if history_lost(&e) => self.lost_history(&mut place, &e),
                         Stop::Failed(e) => {
+                            self.interest.down();
                             log::warn!("the cluster event stream broke ({e}); resuming")
                         }
                         Stop::Interest(..) => unreachable!("matched above"),
@@ -199,6 +202,12 @@ impl Follower {
                             Place::Event { time, token } => Some((*time, token.clone())),
                             _ => None,
                         };
+                        // A stream opened from now pins "now" down at once: reopened to
+                        // widen before it has read anything, it must go on from where this
+                        // one started, not from a later now that skips what came between.
+                        if let (Place::Now, Some(start)) = (&place, opened.resume_token()) {
+                            place = Place::Token(start);
+                        }
                         self.interest.opened(coverage.clone());
                         self.metrics
                             .bus_partitions
@@ -220,7 +229,11 @@ impl Follower {
                         self.lost_history(&mut place, &reason);
                     }
                     Err(OpenError::Unavailable(reason)) => {
-                        self.interest.down();
+                        // Subscribes join meanwhile only if the next stream resumes from a
+                        // point before them; one from now makes them wait for it.
+                        if !matches!(place, Place::Now) {
+                            self.interest.down();
+                        }
                         log::debug!("reopening the cluster event stream: {reason}");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -241,6 +254,10 @@ impl Follower {
     /// of channels with history resubscribe and recover them from MongoDB; the rest hear
     /// what they missed.
     fn lost_history(&self, place: &mut Place, reason: &dyn std::fmt::Display) {
+        // First: the next stream starts from now, so a subscribe from here on must wait for
+        // it (one that joined before is in the hub, or finishes before its connection reads
+        // the notice below, and is told to resubscribe).
+        self.interest.lost();
         let told = self.hub.stream_lost();
         log::error!(
             "the cluster event stream cannot resume ({reason}): events written while it was \
