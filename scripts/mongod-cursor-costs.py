@@ -12,6 +12,10 @@ stream again.
 
     "$HOME/.cache/ticketgate/mongod-venv/bin/python" scripts/mongod-cursor-costs.py
     K=15 RATE=400 SECS=6 …                          # other counts
+    DOORBELL=tg …  or  DOORBELL=local …             # the doorbell design against today's:
+        one receiving stream awaiting and K filtered ones awaiting, against one receiving
+        stream read once per ring (a w:1 insert into a capped collection after each write,
+        tailed by the receiver) and K filtered streams read once a second
 """
 
 import os
@@ -28,6 +32,9 @@ from pymongo import CursorType, MongoClient, WriteConcern
 K = int(os.environ.get("K", "7"))
 RATE = float(os.environ.get("RATE", "400"))
 SECS = float(os.environ.get("SECS", "6"))
+# DOORBELL=tg (or local): compare today's design at K + 1 nodes with the doorbell design, its
+# doorbell a capped collection in that database (`local` is not replicated: no oplog entry).
+BELL_DB = os.environ.get("DOORBELL") or "tg"
 
 
 def free_port() -> int:
@@ -63,10 +70,32 @@ def main() -> None:
         events = client.tg.get_collection("events", write_concern=WriteConcern(w="majority"))
         events.insert_one({"warm": True})
 
-        def run(streams: int, pipeline: list, doorbells: bool = False) -> float:
+        def run(streams: int, pipeline: list, doorbells: bool = False,
+                rung: bool = False, mixed: bool = False) -> float:
+            """`rung`: the doorbell design. One receiving stream read only when its
+            doorbell rings (a w:1 insert into its capped collection after each event's
+            write), and `streams` filtered streams that take nothing, read every second
+            without waiting, as idle nodes' would be."""
             stop = threading.Event()
+            quick = 1  # ms: a getMore that hardly waits
 
-            def follow() -> None:
+            def receive() -> None:
+                db = MongoClient(uri).tg
+                bell = MongoClient(uri)[BELL_DB]["bell_rx"].find({}, cursor_type=CursorType.TAILABLE_AWAIT)
+                bell = bell.max_await_time_ms(500)
+                only_events = [{"$match": {"ns.coll": "events"}}]
+                with db.watch(only_events, max_await_time_ms=quick) as stream:
+                    while not stop.is_set() and bell.alive:
+                        if next(bell, None) is not None:
+                            stream.try_next()  # one getMore a ring: the event is committed
+
+            def poll() -> None:
+                with MongoClient(uri).tg.watch(pipeline, max_await_time_ms=quick) as stream:
+                    while not stop.wait(1.0):
+                        while stream.try_next() is not None:
+                            pass
+
+            def follow(pipeline: list = pipeline) -> None:
                 with MongoClient(uri).tg.watch(pipeline, max_await_time_ms=500) as stream:
                     while not stop.is_set():
                         stream.try_next()
@@ -77,14 +106,23 @@ def main() -> None:
                 while not stop.is_set() and cursor.alive:
                     next(cursor, None)  # a getMore that waits up to 500 ms for a ring
 
-            target = tail if doorbells else (lambda _: follow())
+            if rung:
+                target = lambda _: poll()  # noqa: E731
+            else:
+                target = tail if doorbells else (lambda _: follow())
             threads = [threading.Thread(target=target, args=(i,)) for i in range(streams)]
+            if rung:
+                threads.append(threading.Thread(target=receive))
+            if mixed:  # and one stream that takes every insert
+                threads.append(threading.Thread(target=follow, args=([],)))
             for thread in threads:
                 thread.start()
             time.sleep(1.5)
             before, n, start = cpu_seconds(process.pid), int(RATE * SECS), time.monotonic()
             for i in range(n):
                 events.insert_one({"kind": "publications", "partitions": [i % 4096], "data": "x" * 100})
+                if rung:
+                    ring.insert_one({"rung": i})
                 delay = start + (i + 1) / RATE - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
@@ -97,16 +135,31 @@ def main() -> None:
         for i in range(K):
             client.tg.create_collection(f"bell_{i}", capped=True, size=4096)
             client.tg[f"bell_{i}"].insert_one({"rung": 0})
+        client[BELL_DB].create_collection("bell_rx", capped=True, size=4096)
+        client[BELL_DB]["bell_rx"].insert_one({"rung": 0})
+        ring = client[BELL_DB].get_collection("bell_rx", write_concern=WriteConcern(w=1))
         nothing = [{"$match": {"fullDocument.partitions": {"$in": list(range(100000, 100400))}}}]
-        for name, streams, pipeline in [
-            ("no stream", 0, []),
-            (f"{K} streams, every insert", K, []),
-            (f"{K} streams, a partition $match that takes none", K, nothing),
-            (f"{K} streams, an ns.coll $match that takes none", K, [{"$match": {"ns.coll": "none"}}]),
-            (f"{K} tailable cursors on capped collections of their own, none written", K, None),
-            ("no stream, again", 0, []),
-        ]:
-            cost = run(streams, pipeline or [], doorbells=pipeline is None)
+        rows = [
+            ("no stream", 0, [], None),
+            (f"{K} streams, every insert", K, [], None),
+            (f"{K} streams, a partition $match that takes none", K, nothing, None),
+            (f"{K} streams, an ns.coll $match that takes none", K, [{"$match": {"ns.coll": "none"}}], None),
+            (f"{K} tailable cursors on capped collections of their own, none written", K, None, None),
+            ("no stream, again", 0, [], None),
+        ]
+        if os.environ.get("DOORBELL"):
+            # Today's interest-based design at K + 1 nodes against the doorbell design.
+            rows = [
+                ("1 stream, every insert", 1, [], None),
+                (f"1 stream, every insert; {K} partition-filtered streams awaiting", K, nothing, "mixed"),
+                (f"doorbell: 1 stream read when rung; {K} filtered streams read each second", K, nothing, "rung"),
+                ("1 stream, every insert, again", 1, [], None),
+                (f"1 stream, every insert; {K} partition-filtered streams awaiting, again", K, nothing, "mixed"),
+                (f"doorbell: 1 stream read when rung; {K} filtered streams read each second, again", K, nothing, "rung"),
+            ]
+        for name, streams, pipeline, design in rows:
+            cost = run(streams, pipeline or [], doorbells=pipeline is None and design is None,
+                       rung=design == "rung", mixed=design == "mixed")
             print(f"{name}: {cost:.0f} µs of mongod CPU per insert", flush=True)
     finally:
         process.terminate()
