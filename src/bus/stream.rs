@@ -32,6 +32,8 @@ type Stream = ChangeStream<ChangeStreamEvent<Document>>;
 /// advances while no events flow.
 const MAX_AWAIT: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The most a stream's open or read may take once MongoDB has shown it is there but slow.
+const MAX_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Server error codes meaning the resume point is gone for good: ChangeStreamHistoryLost,
 /// ChangeStreamFatalError, InvalidResumeToken.
@@ -73,9 +75,7 @@ pub async fn open(
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) if history_lost(&e) => Err(OpenError::HistoryLost(e.to_string())),
         Ok(Err(e)) => Err(OpenError::Unavailable(e.to_string())),
-        Err(_) => Err(OpenError::Unavailable(format!(
-            "no answer within {timeout:?}"
-        ))),
+        Err(_) => Err(OpenError::TimedOut(timeout)),
     }
 }
 
@@ -84,12 +84,15 @@ pub enum OpenError {
     /// The resume token is no longer in the oplog.
     HistoryLost(String),
     Unavailable(String),
+    /// No answer within the time given.
+    TimedOut(Duration),
 }
 
 impl From<OpenError> for Unavailable {
     fn from(e: OpenError) -> Self {
         match e {
             OpenError::HistoryLost(reason) | OpenError::Unavailable(reason) => Unavailable(reason),
+            OpenError::TimedOut(timeout) => Unavailable(format!("no answer within {timeout:?}")),
         }
     }
 }
@@ -133,6 +136,9 @@ pub struct Follower {
     /// repeat (or a write that landed late) and is dropped, so each publisher's events reach
     /// connections once and in order.
     delivered: HashMap<String, i64>,
+    /// How many times in a row an open or a read ran out of time while MongoDB answered a
+    /// ping: each doubles the next one's patience ([`Follower::patience`]).
+    slow: u32,
 }
 
 impl Follower {
@@ -155,6 +161,35 @@ impl Follower {
             interest,
             skip_through: None,
             delivered: HashMap::new(),
+            slow: 0,
+        }
+    }
+
+    /// How long an open or a read of the stream may take. `STORE_TIMEOUT_MS` at first; but a
+    /// stream resumed after a long break reads the oplog written meanwhile before it answers,
+    /// which on a busy mongod can take longer than any request should: held to the store's
+    /// bound, it would time out and start over from the same point, for ever. So each time
+    /// it runs out of time while MongoDB answers a ping, the next attempt gets twice as long
+    /// (up to 30 s); a MongoDB that does not answer at all keeps the short bound, so a cut is
+    /// still noticed at once.
+    fn patience(&self) -> Duration {
+        let factor = 1u32 << self.slow.min(8);
+        self.timeout
+            .saturating_mul(factor)
+            .min(MAX_PATIENCE.max(self.timeout))
+    }
+
+    /// After an open or a read ran out of time: lengthens the next one's patience if MongoDB
+    /// is there.
+    async fn ran_out_of_time(&mut self) {
+        let ping = self.db.run_command(doc! { "ping": 1 });
+        if let Ok(Ok(_)) = tokio::time::timeout(self.timeout, ping).await {
+            self.slow = self.slow.saturating_add(1);
+            log::debug!(
+                "the cluster event stream's MongoDB answers but the stream took too long; \
+                 waiting up to {:?} next time",
+                self.patience()
+            );
         }
     }
 
@@ -196,7 +231,7 @@ impl Follower {
                 }
             };
             stream = loop {
-                match open(&self.db, &place, self.timeout, &coverage).await {
+                match open(&self.db, &place, self.patience(), &coverage).await {
                     Ok(opened) => {
                         self.skip_through = match &place {
                             Place::Event { time, token } => Some((*time, token.clone())),
@@ -228,7 +263,11 @@ impl Follower {
                     Err(OpenError::HistoryLost(reason)) => {
                         self.lost_history(&mut place, &reason);
                     }
-                    Err(OpenError::Unavailable(reason)) => {
+                    Err(e @ (OpenError::Unavailable(_) | OpenError::TimedOut(_))) => {
+                        if matches!(e, OpenError::TimedOut(_)) {
+                            self.ran_out_of_time().await;
+                        }
+                        let reason = Unavailable::from(e).0;
                         // Subscribes join meanwhile only if the next stream resumes from a
                         // point before them; one from now makes them wait for it.
                         if !matches!(place, Place::Now) {
@@ -275,15 +314,19 @@ impl Follower {
     /// `place` at the last point handled. A getMore under way when the interest changes is
     /// dropped with the stream: whatever it held comes again from `place`.
     async fn follow(&mut self, stream: &mut Stream, place: &mut Place) -> Stop {
-        // A server that stops answering (paused, cut off) must not hang the stream forever.
-        let patience = self.timeout + MAX_AWAIT;
         let every = self.interest.narrowing_period();
         let mut narrow = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
+            // A server that stops answering (paused, cut off) must not hang the stream forever.
+            let patience = self.patience() + MAX_AWAIT;
+            let mut timed_out = false;
             let answer = {
                 let next = tokio::time::timeout(patience, stream.next_if_any()).map(|r| match r {
                     Ok(result) => result,
-                    Err(_) => Err(Error::custom(format!("no answer within {patience:?}"))),
+                    Err(_) => {
+                        timed_out = true;
+                        Err(Error::custom(format!("no answer within {patience:?}")))
+                    }
                 });
                 let mut next = std::pin::pin!(next);
                 loop {
@@ -305,6 +348,7 @@ impl Follower {
             match answer {
                 Ok(Some(change)) => {
                     self.health.answered();
+                    self.slow = 0;
                     match (change.cluster_time, token_data(&change.id)) {
                         (Some(time), Some(token)) => {
                             let delivered = self.already_delivered(time, &token);
@@ -328,11 +372,17 @@ impl Follower {
                 // token marks how far it has looked.
                 Ok(None) => {
                     self.health.answered();
+                    self.slow = 0;
                     if let Some(latest) = stream.resume_token() {
                         *place = Place::Token(latest);
                     }
                 }
-                Err(e) => return Stop::Failed(e),
+                Err(e) => {
+                    if timed_out {
+                        self.ran_out_of_time().await;
+                    }
+                    return Stop::Failed(e);
+                }
             }
         }
     }

@@ -475,3 +475,62 @@ async fn killed_stream_cursors_resume_and_lose_no_publication() {
         );
     }
 }
+
+/// A stream reopened after a break first reads what was written meanwhile, which on a busy
+/// mongod may take longer than `STORE_TIMEOUT_MS`; held to that bound, it would time out and
+/// start over from the same point for ever, and the node would deliver nothing again. Here
+/// every `aggregate` of one node takes 1.5 s against a 500 ms bound when its stream's cursor
+/// is killed: the stream still reopens (its patience doubles while MongoDB answers pings) and
+/// the next publication arrives. On a mongod of its own: `failCommand` is one fail point per
+/// mongod, which the client suites' lost-place tests set on the shared one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_reopening_outlasts_the_store_bound_still_reopens() {
+    use mongodb::bson::doc;
+    let mongod = tokio::task::block_in_place(TestMongod::start);
+    let file = ConfigFile::new(NAMESPACES);
+    let name = "tg-slow";
+    let uri = with_app_name(&mongod.uri, name);
+    let cluster = tokio::task::block_in_place(|| {
+        Cluster::start_on(
+            &[&uri],
+            &[("CONFIG_FILE", file.path()), ("STORE_TIMEOUT_MS", "500")],
+        )
+    });
+    let mut client = cluster
+        .client_with(1, "slow", &jwt_granting("slow", &["plain:*"]))
+        .await;
+    client.send_subscribe("plain:slow", None).await;
+    let reply = client.next_json().await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    // From now on each of this node's aggregates is held 1.5 s.
+    let admin = mongodb::Client::with_uri_str(&mongod.uri)
+        .await
+        .unwrap()
+        .database("admin");
+    admin
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": "alwaysOn",
+            "data": { "failCommands": ["aggregate"], "blockConnection": true,
+                      "blockTimeMS": 1500, "appName": name },
+        })
+        .await
+        .expect("a fail point (the tests' mongod enables test commands)");
+    assert!(kill_stream_cursors(&mongod.uri, &[name.to_owned()]).await >= 1);
+    let (status, body) = cluster
+        .post(
+            1,
+            "/api/channels/plain:slow/publish",
+            json!({ "data": "after" }),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let publication = client.next_json_within(Duration::from_secs(30)).await;
+    assert_eq!(publication["type"], "publication", "{publication}");
+    assert_eq!(publication["data"], "after");
+    assert!(
+        !cluster.node(1).log().contains("cannot resume"),
+        "{}",
+        cluster.node(1).log()
+    );
+}

@@ -170,14 +170,22 @@ async fn subscribers_that_come_and_go_while_publications_flow_lose_and_double_no
         .client_with(2, "dave", &jwt_granting("dave", &["plain:*"]))
         .await;
     subscribe(&mut busy, "plain:busy").await;
-    // The number of the busy channel's last publication, once it is known.
-    let busy_last = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    // The number of the busy channel's last publication, once it is known: the reader looks
+    // again when it is told, since the last publication may have come before it was.
+    let (busy_last, mut last_known) = tokio::sync::watch::channel(None::<u64>);
     let busy_reader = {
-        let busy_last = Arc::clone(&busy_last);
         tokio::spawn(async move {
             let mut got = Vec::new();
-            while got.last() != Some(&busy_last.load(std::sync::atomic::Ordering::Relaxed)) {
-                let text = match busy.next_frame_within(PATIENCE).await {
+            loop {
+                let last = *last_known.borrow_and_update();
+                if last.is_some() && got.last() == last.as_ref() {
+                    break;
+                }
+                let frame = tokio::select! {
+                    frame = busy.next_frame_within(PATIENCE) => frame,
+                    _ = last_known.changed() => continue,
+                };
+                let text = match frame {
                     Some(Message::Text(text)) => text,
                     Some(_) => continue,
                     None => panic!("the busy subscriber was dropped after {:?}", got.last()),
@@ -280,7 +288,7 @@ async fn subscribers_that_come_and_go_while_publications_flow_lose_and_double_no
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     publisher.await.unwrap();
     let busy_sent = busy_publisher.await.unwrap();
-    busy_last.store(busy_sent, std::sync::atomic::Ordering::Relaxed);
+    busy_last.send_replace(Some(busy_sent));
     let busy_got = busy_reader.await.unwrap();
     // The busy channel's subscriber got everything, once, in order, through every reopening
     // (a stream narrowed past the event its token names cannot resume after that token).
