@@ -39,7 +39,15 @@ fn run_node_suite(suite: &str) {
     ensure_node_modules();
     let artifacts = repo_root().join("target/artifacts");
     let output = Command::new("node")
-        .args(["--test", "--test-reporter=spec", suite])
+        // A test that hangs fails after two minutes, and a handle a failed test left open
+        // (a client still reconnecting) cannot keep the suite from ending.
+        .args([
+            "--test",
+            "--test-reporter=spec",
+            "--test-timeout=120000",
+            "--test-force-exit",
+            suite,
+        ])
         .current_dir(client_dir())
         .env("TICKETGATE_BIN", BIN)
         .env("MONGODB_URI", mongo_uri())
