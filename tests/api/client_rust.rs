@@ -427,7 +427,10 @@ async fn the_rust_client_resubscribes_when_its_node_lost_its_place_and_says_what
     let file = ConfigFile::new(NAMESPACES);
     let database = unique_db_name();
     let app_name = format!("tg-rs-{}", &unique_db_name()[3..]);
-    let shared = mongo_uri();
+    // A mongod of its own: MongoDB has one `failCommand` fail point, which the other
+    // clients' suites set too.
+    let mongod = tokio::task::block_in_place(TestMongod::start);
+    let shared = mongod.uri.clone();
     let lossy = with_app_name(&shared, &app_name);
     let node = |uri: &str| {
         tokio::task::block_in_place(|| {
