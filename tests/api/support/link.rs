@@ -70,10 +70,13 @@ impl CuttableLink {
     }
 
     /// The network is back: the connections held silent are closed (as a peer that rebooted
-    /// would), and new ones carry bytes again.
+    /// would), and new ones carry bytes again. The link is whole before the old connections
+    /// close: a client reconnects at once when they do, and let in while the link was still
+    /// cut, its new connection would be held silent for good.
     pub fn mend(&self) {
-        self.relays.lock().unwrap().abort_all();
+        let held = std::mem::take(&mut *self.relays.lock().unwrap());
         self.cut.send_replace(false);
+        drop(held); // a JoinSet dropped aborts its tasks
     }
 }
 
