@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bson::{Document, Timestamp, doc};
-use futures_util::FutureExt;
 use mongodb::Database;
 use mongodb::change_stream::ChangeStream;
 use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
@@ -264,10 +263,10 @@ impl Follower {
                         self.lost_history(&mut place, &reason);
                     }
                     Err(e @ (OpenError::Unavailable(_) | OpenError::TimedOut(_))) => {
-                        if matches!(e, OpenError::TimedOut(_)) {
+                        if let OpenError::TimedOut(_) = e {
                             self.ran_out_of_time().await;
                         }
-                        let reason = Unavailable::from(e).0;
+                        let Unavailable(reason) = e.into();
                         // Subscribes join meanwhile only if the next stream resumes from a
                         // point before them; one from now makes them wait for it.
                         if !matches!(place, Place::Now) {
@@ -319,15 +318,8 @@ impl Follower {
         loop {
             // A server that stops answering (paused, cut off) must not hang the stream forever.
             let patience = self.patience() + MAX_AWAIT;
-            let mut timed_out = false;
             let answer = {
-                let next = tokio::time::timeout(patience, stream.next_if_any()).map(|r| match r {
-                    Ok(result) => result,
-                    Err(_) => {
-                        timed_out = true;
-                        Err(Error::custom(format!("no answer within {patience:?}")))
-                    }
-                });
+                let next = tokio::time::timeout(patience, stream.next_if_any());
                 let mut next = std::pin::pin!(next);
                 loop {
                     tokio::select! {
@@ -345,10 +337,17 @@ impl Follower {
                     }
                 }
             };
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(_) => {
+                    self.ran_out_of_time().await;
+                    let e = Error::custom(format!("no answer within {patience:?}"));
+                    return Stop::Failed(e);
+                }
+            };
             match answer {
                 Ok(Some(change)) => {
-                    self.health.answered();
-                    self.slow = 0;
+                    self.answered();
                     match (change.cluster_time, token_data(&change.id)) {
                         (Some(time), Some(token)) => {
                             let delivered = self.already_delivered(time, &token);
@@ -371,20 +370,21 @@ impl Follower {
                 // An empty answer is an answer: the stream is alive, and the batch's end
                 // token marks how far it has looked.
                 Ok(None) => {
-                    self.health.answered();
-                    self.slow = 0;
+                    self.answered();
                     if let Some(latest) = stream.resume_token() {
                         *place = Place::Token(latest);
                     }
                 }
-                Err(e) => {
-                    if timed_out {
-                        self.ran_out_of_time().await;
-                    }
-                    return Stop::Failed(e);
-                }
+                Err(e) => return Stop::Failed(e),
             }
         }
+    }
+
+    /// MongoDB answered a read within its patience: readiness hears of it, and the next read
+    /// is held to the store's bound again.
+    fn answered(&mut self) {
+        self.health.answered();
+        self.slow = 0;
     }
 
     /// Whether a stream reopened at an event's cluster time has not yet gone past that

@@ -173,31 +173,29 @@ async fn subscribers_that_come_and_go_while_publications_flow_lose_and_double_no
     // The number of the busy channel's last publication, once it is known: the reader looks
     // again when it is told, since the last publication may have come before it was.
     let (busy_last, mut last_known) = tokio::sync::watch::channel(None::<u64>);
-    let busy_reader = {
-        tokio::spawn(async move {
-            let mut got = Vec::new();
-            loop {
-                let last = *last_known.borrow_and_update();
-                if last.is_some() && got.last() == last.as_ref() {
-                    break;
-                }
-                let frame = tokio::select! {
-                    frame = busy.next_frame_within(PATIENCE) => frame,
-                    _ = last_known.changed() => continue,
-                };
-                let text = match frame {
-                    Some(Message::Text(text)) => text,
-                    Some(_) => continue,
-                    None => panic!("the busy subscriber was dropped after {:?}", got.last()),
-                };
-                let message: Value = serde_json::from_str(&text).unwrap();
-                if message["type"] == "publication" {
-                    got.push(message["data"].as_u64().unwrap());
-                }
+    let busy_reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        loop {
+            let last = *last_known.borrow_and_update();
+            if last.is_some() && got.last() == last.as_ref() {
+                break;
             }
-            got
-        })
-    };
+            let frame = tokio::select! {
+                frame = busy.next_frame_within(PATIENCE) => frame,
+                _ = last_known.changed() => continue,
+            };
+            let text = match frame {
+                Some(Message::Text(text)) => text,
+                Some(_) => continue,
+                None => panic!("the busy subscriber was dropped after {:?}", got.last()),
+            };
+            let message: Value = serde_json::from_str(&text).unwrap();
+            if message["type"] == "publication" {
+                got.push(message["data"].as_u64().unwrap());
+            }
+        }
+        got
+    });
     let busy_publisher = {
         let (cluster, stop) = (Arc::clone(&cluster), Arc::clone(&stop));
         tokio::spawn(async move {
